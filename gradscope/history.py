@@ -1,0 +1,244 @@
+"""Bounded per-layer time series of recorded steps.
+
+The first ``head`` records (each layer's baseline) and the most recent ``tail``
+records are always kept; the records in between are thinned by halving, so a run
+of any length costs at most ``capacity`` records.  Facts that must survive the
+thinning (the first step a gradient turned non-finite, how often a parameter got a
+gradient) are kept as running tallies beside the records.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from gradscope.stats import ACT_COLUMNS, GRAD_COLUMNS
+
+
+@dataclass
+class StepRecord:
+    """What one recorded step measured, already on the host.
+
+    ``grads[column][i]`` belongs to parameter ``i`` of :attr:`History.param_names`
+    (NaN where it had no gradient); ``acts[column][j]`` to module ``j`` of
+    :attr:`History.module_names`.
+    """
+
+    step: int
+    loss: float | None
+    scale: float | None
+    grads: dict[str, list[float]]
+    acts: dict[str, list[float]]
+    hooks_fired: int = 0
+    overhead_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy."""
+        return {
+            "step": self.step,
+            "loss": _json_float(self.loss),
+            "scale": _json_float(self.scale),
+            "grads": {k: [_json_float(v) for v in vs] for k, vs in self.grads.items()},
+            "acts": {k: [_json_float(v) for v in vs] for k, vs in self.acts.items()},
+            "hooks_fired": self.hooks_fired,
+            "overhead_s": self.overhead_s,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StepRecord:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            step=data["step"],
+            loss=_from_json_float(data["loss"]),
+            scale=_from_json_float(data["scale"]),
+            grads={k: [_from_json_float(v) for v in vs] for k, vs in data["grads"].items()},
+            acts={k: [_from_json_float(v) for v in vs] for k, vs in data["acts"].items()},
+            hooks_fired=data.get("hooks_fired", 0),
+            overhead_s=data.get("overhead_s", 0.0),
+        )
+
+
+def _json_float(v: float | None) -> float | str | None:
+    if v is None:
+        return None
+    if math.isnan(v):
+        return "nan"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return v
+
+
+def _from_json_float(v: float | str | None) -> float | None:
+    if v is None:
+        return None
+    return float(v)
+
+
+@dataclass
+class History:
+    """Recorded steps of one run, bounded in memory, with depth-ordered names.
+
+    Args:
+        param_names: qualified names of the trainable parameters.
+        param_modules: the module (qualified name) that owns each parameter.
+        module_names: qualified names of the hooked modules.
+        module_types: class name of each hooked module.
+        capacity: most records kept; older middle records are thinned.
+    """
+
+    param_names: list[str]
+    param_modules: list[str]
+    module_names: list[str]
+    module_types: list[str]
+    capacity: int = 1024
+    head: int = 64
+    tail: int = 512
+    records: list[StepRecord] = field(default_factory=list)
+    module_order: list[int] = field(default_factory=list)
+    recorded: int = 0
+    grad_seen: list[int] = field(default_factory=list)
+    first_nonfinite_grad: list[int | None] = field(default_factory=list)
+    first_nonfinite_act: list[int | None] = field(default_factory=list)
+    first_nonfinite_loss: int | None = None
+    calls_total: list[int] = field(default_factory=list)
+    late_losses: dict[int, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.capacity = max(self.capacity, 8)
+        self.head = min(self.head, self.capacity // 4)
+        self.tail = min(self.tail, self.capacity // 2)
+        if not self.grad_seen:
+            self.grad_seen = [0] * len(self.param_names)
+            self.first_nonfinite_grad = [None] * len(self.param_names)
+        if not self.first_nonfinite_act:
+            self.first_nonfinite_act = [None] * len(self.module_names)
+            self.calls_total = [0] * len(self.module_names)
+        if not self.module_order:
+            self.module_order = list(range(len(self.module_names)))
+
+    # -- writing ---------------------------------------------------------------
+    def append(self, record: StepRecord) -> None:
+        """Add a record, update the running tallies and keep memory bounded."""
+        self.recorded += 1
+        has_grad = record.grads["has_grad"]
+        for i, seen in enumerate(has_grad):
+            if seen:
+                self.grad_seen[i] += 1
+                if self.first_nonfinite_grad[i] is None and not math.isfinite(
+                    record.grads["grad_l2"][i]
+                ):
+                    self.first_nonfinite_grad[i] = record.step
+        for j, calls in enumerate(record.acts["calls"]):
+            self.calls_total[j] += int(calls)
+            if (
+                calls
+                and self.first_nonfinite_act[j] is None
+                and not math.isfinite(record.acts["sum"][j])
+            ):
+                self.first_nonfinite_act[j] = record.step
+        if (
+            self.first_nonfinite_loss is None
+            and record.loss is not None
+            and not math.isfinite(record.loss)
+        ):
+            self.first_nonfinite_loss = record.step
+        self.records.append(record)
+        if len(self.records) > self.capacity:
+            middle = self.records[self.head : len(self.records) - self.tail]
+            self.records = (
+                self.records[: self.head] + middle[::2] + self.records[len(self.records) - self.tail :]
+            )
+
+    def set_loss(self, step: int, loss: Any) -> None:
+        """Attach a loss (a float or a tensor, read lazily) to an already recorded step."""
+        self.late_losses[step] = loss
+
+    def _resolve_losses(self) -> None:
+        if not self.late_losses:
+            return
+        by_step = {r.step: r for r in self.records}
+        for step, loss in self.late_losses.items():
+            value = float(loss.detach().float()) if isinstance(loss, torch.Tensor) else float(loss)
+            if step in by_step:
+                by_step[step].loss = value
+            if self.first_nonfinite_loss is None and not math.isfinite(value):
+                self.first_nonfinite_loss = step
+        self.late_losses.clear()
+
+    # -- reading ---------------------------------------------------------------
+    @property
+    def steps(self) -> list[int]:
+        """Step index of each kept record."""
+        return [r.step for r in self.records]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def losses(self) -> torch.Tensor:
+        """Loss per kept record (NaN where none was logged), shape (T,)."""
+        self._resolve_losses()
+        return torch.tensor(
+            [math.nan if r.loss is None else r.loss for r in self.records], dtype=torch.float64
+        )
+
+    def grad_series(self, column: str) -> torch.Tensor:
+        """One gradient column over time, shape (T, P), parameters in attach order."""
+        if column not in GRAD_COLUMNS:
+            raise KeyError(f"unknown gradient column {column!r}; known: {GRAD_COLUMNS}")
+        return torch.tensor([r.grads[column] for r in self.records], dtype=torch.float64).reshape(
+            len(self.records), len(self.param_names)
+        )
+
+    def act_series(self, column: str) -> torch.Tensor:
+        """One activation column over time, shape (T, M), modules in attach order."""
+        if column not in ACT_COLUMNS:
+            raise KeyError(f"unknown activation column {column!r}; known: {ACT_COLUMNS}")
+        return torch.tensor([r.acts[column] for r in self.records], dtype=torch.float64).reshape(
+            len(self.records), len(self.module_names)
+        )
+
+    def depth_rank(self) -> dict[str, int]:
+        """Module name -> position in forward order (modules never called come last)."""
+        return {self.module_names[j]: rank for rank, j in enumerate(self.module_order)}
+
+    # -- persistence -----------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy, tallies included."""
+        self._resolve_losses()
+        return {
+            "param_names": self.param_names,
+            "param_modules": self.param_modules,
+            "module_names": self.module_names,
+            "module_types": self.module_types,
+            "module_order": self.module_order,
+            "capacity": self.capacity,
+            "recorded": self.recorded,
+            "grad_seen": self.grad_seen,
+            "first_nonfinite_grad": self.first_nonfinite_grad,
+            "first_nonfinite_act": self.first_nonfinite_act,
+            "first_nonfinite_loss": self.first_nonfinite_loss,
+            "calls_total": self.calls_total,
+            "records": [r.to_dict() for r in self.records],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> History:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            param_names=data["param_names"],
+            param_modules=data["param_modules"],
+            module_names=data["module_names"],
+            module_types=data["module_types"],
+            module_order=data["module_order"],
+            capacity=data["capacity"],
+            recorded=data["recorded"],
+            grad_seen=data["grad_seen"],
+            first_nonfinite_grad=data["first_nonfinite_grad"],
+            first_nonfinite_act=data["first_nonfinite_act"],
+            first_nonfinite_loss=data["first_nonfinite_loss"],
+            calls_total=data["calls_total"],
+            records=[StepRecord.from_dict(r) for r in data["records"]],
+        )

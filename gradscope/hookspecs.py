@@ -1,0 +1,108 @@
+"""The plugin contract: every hook gradscope calls, documented one by one.
+
+A plugin is any module or object with functions marked ``@gradscope.hookimpl``
+whose names are the hooks below.  Register one for a process with
+``gradscope.plugins.register(obj)``, or for everyone who installs your package
+with an entry point::
+
+    [project.entry-points.gradscope]
+    myplugin = "my_package.my_module"
+
+A plugin that raises is reported by name in ``report.plugin_errors`` and disabled
+for the rest of the run; training goes on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from gradscope.history import History, StepRecord
+    from gradscope.modelinfo import ModelInfo
+    from gradscope.models import ModelSpec
+    from gradscope.report import Finding, Report, Suggestion
+    from gradscope.scope import Scope
+
+PROJECT = "gradscope"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def gradscope_detect(
+    history: History, model_info: ModelInfo, config: dict[str, Any]
+) -> list[Finding]:
+    """Judge the recorded statistics and return the problems seen.
+
+    Called when a report is made (``scope.report()``, the end of ``diagnose``).
+
+    :param history: the recorded steps; columns are read with ``history.grad_series``
+        and ``history.act_series``, and :mod:`gradscope.signals` turns them into
+        per-layer signals in forward (depth) order.
+    :param model_info: the model's layers, parameters, optimizer and loss settings.
+    :param config: threshold overrides, keyed by plugin name
+        (``config["vanishing"]["ratio"]``); read them with ``gradscope.config.thresholds``.
+    :return: a list of :class:`~gradscope.Finding` (may be empty); leave ``suggestions``
+        empty, the ``gradscope_suggest`` hook fills them in.
+    """
+
+
+@hookspec
+def gradscope_suggest(finding: Finding, model_info: ModelInfo) -> list[Suggestion]:
+    """Propose fixes for one finding, best first.
+
+    Called once per finding after detection.  Suggestions from all plugins are joined
+    in plugin call order; the first one of each ``kind`` is kept.
+
+    :param finding: the finding to fix.
+    :param model_info: the model, so snippets can name real modules.
+    :return: a list of :class:`~gradscope.Suggestion`, best first (may be empty).
+    """
+
+
+@hookspec
+def gradscope_on_step(record: StepRecord, scope: Scope) -> None:
+    """React live to a recorded step (warn, log, or raise to stop training).
+
+    Called right after each recorded step is brought to the host.  Raising
+    :class:`gradscope.StopTraining` stops the run on purpose; any other exception
+    disables the plugin.
+
+    :param record: the step's statistics (host floats).
+    :param scope: the running scope (``scope.history``, ``scope.model_info``).
+    """
+
+
+@hookspec
+def gradscope_render(report: Report, outdir: Path) -> list[Path]:
+    """Write pictures or documents of a report into ``outdir``.
+
+    Called by ``report.plot(outdir)`` and the CLI's ``--plot``.  Must not need a
+    display.
+
+    :param report: the report, live or loaded from JSON.
+    :param outdir: an existing directory to write into.
+    :return: the paths written.
+    """
+
+
+@hookspec
+def gradscope_reference_models() -> dict[str, ModelSpec]:
+    """Offer named models (with example batches and losses) to the CLI and tests.
+
+    :return: a mapping from model name to :class:`gradscope.models.ModelSpec`.
+    """
+
+
+#: The names of all hooks, in the order the README documents them.
+HOOK_NAMES = (
+    "gradscope_detect",
+    "gradscope_suggest",
+    "gradscope_on_step",
+    "gradscope_render",
+    "gradscope_reference_models",
+)
+

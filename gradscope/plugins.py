@@ -1,0 +1,172 @@
+"""Plugin manager: built-in and third-party plugins through the ``gradscope`` entry points.
+
+``GRADSCOPE_PLUGINS`` limits what loads: unset loads every installed plugin, an
+empty string loads none, ``vanishing,exploding`` loads just those.  Plugins
+registered in-process with :func:`register` always take part.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from gradscope import hookspecs
+
+if TYPE_CHECKING:
+    from gradscope.report import Report
+
+ENV_VAR = "GRADSCOPE_PLUGINS"
+_manager: pluggy.PluginManager | None = None
+_sources: dict[str, str] = {}
+
+
+class StopTraining(Exception):  # noqa: N818 - reads as an instruction at the raise site
+    """Raise from ``gradscope_on_step`` to stop training on purpose; it is not swallowed."""
+
+
+@dataclass
+class PluginInfo:
+    """One loaded plugin: its name, where it came from and the hooks it implements."""
+
+    name: str
+    source: str
+    hooks: list[str]
+
+
+def _allowed_names() -> set[str] | None:
+    raw = os.environ.get(ENV_VAR)
+    if raw is None:
+        return None
+    return {name.strip() for name in raw.split(",") if name.strip()}
+
+
+def _load_entry_points(pm: pluggy.PluginManager) -> None:
+    allowed = _allowed_names()
+    for ep in metadata.entry_points(group=hookspecs.PROJECT):
+        if allowed is not None and ep.name not in allowed:
+            continue
+        if pm.get_plugin(ep.name) is not None:
+            continue
+        plugin = ep.load()
+        pm.register(plugin, name=ep.name)
+        dist = ep.dist
+        _sources[ep.name] = (
+            f"{dist.metadata['Name']} {dist.version} ({ep.value})" if dist else ep.value
+        )
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager, created and loaded on first use."""
+    global _manager
+    if _manager is None:
+        pm = pluggy.PluginManager(hookspecs.PROJECT)
+        pm.add_hookspecs(hookspecs)
+        _load_entry_points(pm)
+        _manager = pm
+    return _manager
+
+
+def reset_plugin_manager() -> None:
+    """Forget the loaded plugins; the next use reloads them (honours a changed env var)."""
+    global _manager
+    _manager = None
+    _sources.clear()
+
+
+def register(plugin: object, name: str | None = None) -> str:
+    """Register a plugin object or module for this process; returns its name."""
+    pm = get_plugin_manager()
+    registered = pm.register(plugin, name=name)
+    if registered is None:
+        raise ValueError(f"Plugin {name or plugin!r} is already registered.")
+    _sources.setdefault(registered, "registered in-process")
+    return registered
+
+
+def unregister(name_or_plugin: str | object) -> None:
+    """Remove a plugin registered with :func:`register`."""
+    pm = get_plugin_manager()
+    if isinstance(name_or_plugin, str):
+        pm.unregister(name=name_or_plugin)
+        _sources.pop(name_or_plugin, None)
+    else:
+        name = pm.get_name(name_or_plugin)
+        pm.unregister(name_or_plugin)
+        if name is not None:
+            _sources.pop(name, None)
+
+
+@contextlib.contextmanager
+def registered(plugin: object, name: str | None = None) -> Iterator[str]:
+    """Register ``plugin`` for the duration of a ``with`` block."""
+    plugin_name = register(plugin, name)
+    try:
+        yield plugin_name
+    finally:
+        unregister(plugin_name)
+
+
+def list_plugins() -> list[PluginInfo]:
+    """What is loaded, where it came from, and which hooks each implements."""
+    pm = get_plugin_manager()
+    infos = []
+    for name, plugin in sorted(pm.list_name_plugin(), key=lambda item: item[0]):
+        hooks = sorted(
+            caller.name for caller in (pm.get_hookcallers(plugin) or [])
+        )
+        infos.append(PluginInfo(name=name, source=_sources.get(name, "unknown"), hooks=hooks))
+    return infos
+
+
+class PluginRunner:
+    """Calls hooks one implementation at a time, so a plugin that raises is isolated.
+
+    The failing plugin is named in :attr:`errors` and skipped for the rest of this
+    runner's life; the other plugins still run.
+    """
+
+    def __init__(self, pm: pluggy.PluginManager | None = None) -> None:
+        self.pm = pm or get_plugin_manager()
+        self.disabled: set[str] = set()
+        self.errors: list[dict[str, str]] = []
+
+    def call(self, hook_name: str, **kwargs: Any) -> list[Any]:
+        """Call every enabled implementation of ``hook_name``; returns their non-None results."""
+        caller = getattr(self.pm.hook, hook_name)
+        results = []
+        # pluggy calls the last registered first; keep that order.
+        for impl in reversed(caller.get_hookimpls()):
+            if impl.plugin_name in self.disabled:
+                continue
+            args = {name: kwargs[name] for name in impl.argnames}
+            try:
+                result = impl.function(**args)
+            except StopTraining:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a plugin must never kill training
+                self.disabled.add(impl.plugin_name)
+                self.errors.append(
+                    {
+                        "plugin": impl.plugin_name,
+                        "hook": hook_name,
+                        "error": f"{type(exc).__name__}: {exc}",
+                    }
+                )
+                continue
+            if result is not None:
+                results.append(result)
+        return results
+
+    def render(self, report: Report, outdir: Path) -> list[Path]:
+        """Run every renderer; returns the paths written."""
+        paths: list[Path] = []
+        for result in self.call("gradscope_render", report=report, outdir=outdir):
+            paths.extend(Path(p) for p in result)
+        return paths

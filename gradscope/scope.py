@@ -1,0 +1,493 @@
+"""watch()/Scope: attach hooks to a model, record statistics per step, detach cleanly.
+
+Activations are measured by forward hooks; gradients are read once they are final,
+at the optimizer's step pre-hook (or at ``scope.step()`` without an optimizer).
+Full backward hooks on modules are never used: they break with in-place
+activations and are skipped under ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gradscope import stats
+from gradscope.history import History, StepRecord
+from gradscope.modelinfo import ModelInfo, describe, hooked_modules
+from gradscope.plugins import PluginRunner
+from gradscope.report import Finding, Report, Suggestion, sort_findings
+
+
+class Scope:
+    """A live attachment of gradscope to one model; use through :func:`watch`.
+
+    Args:
+        model: any ``torch.nn.Module``.
+        optimizer: when given, each ``optimizer.step()`` records a step automatically.
+        scaler: a ``torch.amp.GradScaler``; gradients are then read after unscaling.
+        every: record one step in ``every``; on the others the hooks return at once.
+        config: threshold overrides for the plugins, keyed by plugin name.
+        full: also measure max |g|, exact non-finite counts and zeros of every module.
+        sample_rows: activation shape statistics use the first rows of each batch.
+        unit_window: a ReLU unit counts as dead after this many silent recorded steps.
+        history_size: most records kept in memory.
+        name: the model's name in reports (default: its class name).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scaler: Any = None,
+        every: int = 1,
+        *,
+        config: dict[str, Any] | None = None,
+        full: bool = False,
+        sample_rows: int = 32,
+        unit_window: int = 5,
+        history_size: int = 1024,
+        name: str | None = None,
+    ) -> None:
+        _validate(model, optimizer, scaler, every)
+        self.model = model
+        self.optimizer = optimizer
+        self.scaler = scaler
+        self.every = int(every)
+        self.config = dict(config or {})
+        self.full = full
+        self.sample_rows = sample_rows
+        self.unit_window = unit_window
+        self.name = name or type(model).__name__
+
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self._param_names = [n for n, _ in named]
+        self._params = [p for _, p in named]
+        self._modules = hooked_modules(model)
+        owner = _owners(model, self._modules)
+        self.history = History(
+            param_names=self._param_names,
+            param_modules=[owner.get(n, "") for n in self._param_names],
+            module_names=[n for n, _ in self._modules],
+            module_types=[type(m).__name__ for _, m in self._modules],
+            capacity=history_size,
+        )
+        self._kinds = [stats.activation_kind(m) for _, m in self._modules]
+        self._runner = PluginRunner()
+        self._handles: list[Any] = []
+        self._step = 0
+        self._rank: list[int | None] = [None] * len(self._modules)
+        self._next_rank = 0
+        self._reset_step_state()
+        self._streaks: list[Tensor | None] = [None] * len(self._modules)
+        self._loss: Tensor | None = None
+        self._forward_since_step = False
+        self._overhead = 0.0
+        self._overhead_total = 0.0
+        self._grad_tensors: dict[str, list[Tensor]] | None = None
+        self._grad_index: list[int] = []
+        self._before: list[Tensor] | None = None
+        self._param_norm: list[Tensor] = []
+        self.model_info: ModelInfo = self._describe()
+
+    # -- attaching -------------------------------------------------------------
+    def __enter__(self) -> Scope:
+        if not self.attached:
+            self.attach()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    @property
+    def attached(self) -> bool:
+        """True while hooks are registered on the model."""
+        return bool(self._handles)
+
+    def attach(self) -> None:
+        """Register the forward hooks (and optimizer step hooks)."""
+        if self._handles:
+            raise RuntimeError("This scope is already attached; use one `with` block per scope.")
+        try:
+            for j, (_, module) in enumerate(self._modules):
+                self._handles.append(module.register_forward_hook(self._forward_hook(j)))
+            if self.optimizer is not None:
+                self._handles.append(self.optimizer.register_step_pre_hook(self._on_pre_step))
+                self._handles.append(self.optimizer.register_step_post_hook(self._on_post_step))
+        except BaseException:
+            self.detach()
+            raise
+
+    def detach(self) -> None:
+        """Remove every hook gradscope registered; safe to call twice."""
+        while self._handles:
+            self._handles.pop().remove()
+
+    # -- recording ---------------------------------------------------------------
+    @property
+    def recording(self) -> bool:
+        """Whether the step in progress is one that gets recorded."""
+        return self._step % self.every == 0
+
+    @property
+    def step_index(self) -> int:
+        """How many steps have been taken since attaching."""
+        return self._step
+
+    def log_loss(self, loss: Tensor | float) -> None:
+        """Attach the loss to the current step (or to the step just taken); never syncs."""
+        value = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
+        if self._forward_since_step or not self.history.records:
+            self._loss = value
+        elif self.history.records[-1].step == self._step - 1:
+            self.history.set_loss(self._step - 1, value)
+
+    def step(self, loss: Tensor | float | None = None) -> None:
+        """Record a step by hand, after ``loss.backward()``, when no optimizer is attached."""
+        if self.optimizer is not None:
+            raise RuntimeError(
+                "This scope records at optimizer.step(); call scope.log_loss(loss) to add "
+                "the loss instead of scope.step()."
+            )
+        if loss is not None:
+            self.log_loss(loss)
+        if self.recording:
+            t0 = time.perf_counter()
+            self._collect_grads()
+            self._finish_step(measure_update=False, started=t0)
+        self._end_step()
+
+    def _forward_hook(self, j: int):
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+            if not self.recording or not torch.is_grad_enabled():
+                return
+            t0 = time.perf_counter()
+            self._forward_since_step = True
+            x = stats.first_float_tensor(output)
+            if x is not None:
+                if self._rank[j] is None:
+                    self._rank[j] = self._next_rank
+                    self._next_rank += 1
+                self._acc[j].add(x.detach(), self.sample_rows, self.full)
+                self._hooks_fired += 1
+            self._overhead += time.perf_counter() - t0
+
+        return hook
+
+    def _on_pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if not self.recording:
+            return
+        t0 = time.perf_counter()
+        self._collect_grads()
+        self._before = stats.snapshot(self._params)
+        self._overhead += time.perf_counter() - t0
+
+    def _on_post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self.recording and self._grad_tensors is not None:
+            self._finish_step(measure_update=True, started=time.perf_counter())
+        self._end_step()
+
+    def _collect_grads(self) -> None:
+        index = [i for i, p in enumerate(self._params) if p.grad is not None]
+        grads = [self._params[i].grad for i in index]
+        with torch.no_grad():
+            self._grad_tensors = stats.grad_statistics(grads, self.full) if grads else {}
+            self._param_norm = stats.param_norms(self._params) if self._params else []
+        self._grad_index = index
+
+    def _finish_step(self, measure_update: bool, started: float) -> None:
+        with torch.no_grad():
+            record = self._gather(measure_update)
+        self._overhead += time.perf_counter() - started
+        record.overhead_s = self._overhead
+        self._overhead_total += self._overhead
+        self.history.append(record)
+        self._runner.call("gradscope_on_step", record=record, scope=self)
+
+    def _end_step(self) -> None:
+        self._step += 1
+        self._forward_since_step = False
+        self._grad_tensors = None
+        self._before = None
+        self._reset_step_state()
+
+    def _reset_step_state(self) -> None:
+        self._acc = [stats.ActivationAccumulator(kind) for kind in self._kinds]
+        self._hooks_fired = 0
+        self._overhead = 0.0
+
+    def _gather(self, measure_update: bool) -> StepRecord:
+        """Stack everything measured this step and bring it to the host in one sync."""
+        tensors: list[Tensor] = []
+        slots: dict[tuple[str, int], int] = {}
+
+        def put(key: tuple[str, int], t: Tensor) -> None:
+            slots[key] = len(tensors)
+            tensors.append(t)
+
+        grad_tensors = self._grad_tensors or {}
+        for column, values in grad_tensors.items():
+            for k, i in enumerate(self._grad_index):
+                put((column, i), values[k])
+        for i, t in enumerate(self._param_norm):
+            put(("param_norm", i), t)
+        if measure_update and self._before is not None:
+            for i, t in enumerate(stats.update_norms(self._params, self._before)):
+                put(("update_norm", i), t)
+        for j, acc in enumerate(self._acc):
+            if not acc.calls:
+                continue
+            for column, parts in (
+                ("sum", acc.sums),
+                ("zeros", acc.zeros),
+                ("saturated", acc.saturated),
+            ):
+                if parts:
+                    put((column, j), parts[0] if len(parts) == 1 else torch.stack(parts).sum())
+            if acc.sumsqs:
+                norms = acc.sumsqs
+                put(("norm", j), norms[0] if len(norms) == 1 else torch.stack(norms).norm())
+            if acc.unit_max is not None:
+                silent = acc.unit_max <= 0
+                streak = self._streaks[j]
+                if streak is None or streak.shape != silent.shape:
+                    streak = torch.zeros_like(silent, dtype=torch.int32)
+                streak = (streak + 1) * silent
+                self._streaks[j] = streak
+                put(("silent_units", j), silent.sum())
+                put(("dead_units", j), (streak >= self.unit_window).sum())
+        if self._loss is not None:
+            put(("loss", 0), self._loss.float())
+        scale = _scaler_scale(self.scaler)
+        if isinstance(scale, Tensor):
+            put(("scale", 0), scale)
+        values = stats.to_host(tensors)
+
+        def get(column: str, i: int) -> float:
+            slot = slots.get((column, i))
+            return math.nan if slot is None else values[slot]
+
+        n_params = len(self._params)
+        grads: dict[str, list[float]] = {c: [math.nan] * n_params for c in stats.GRAD_COLUMNS}
+        has = set(self._grad_index)
+        for i in range(n_params):
+            grads["has_grad"][i] = 1.0 if i in has else 0.0
+            grads["numel"][i] = float(self._params[i].numel())
+            for column in ("grad_l2", "grad_l1", "grad_max", "grad_nonfinite"):
+                grads[column][i] = get(column, i)
+            grads["param_norm"][i] = get("param_norm", i)
+            grads["update_norm"][i] = get("update_norm", i)
+        if not self.full:
+            # The L2 norm is non-finite exactly when some entry is: a 0/1 flag for free.
+            grads["grad_nonfinite"] = [
+                (0.0 if math.isfinite(v) else 1.0) if not math.isnan(v) or i in has else math.nan
+                for i, v in enumerate(grads["grad_l2"])
+            ]
+        acts: dict[str, list[float]] = {c: [math.nan] * len(self._modules) for c in stats.ACT_COLUMNS}
+        for j, acc in enumerate(self._acc):
+            acts["calls"][j] = float(acc.calls)
+            acts["numel"][j] = float(acc.numel)
+            acts["sampled"][j] = float(acc.sampled)
+            acts["units"][j] = float(acc.units)
+            acts["sum"][j] = get("sum", j)
+            norm = get("norm", j)
+            acts["sumsq"][j] = norm * norm
+            acts["zeros"][j] = get("zeros", j)
+            acts["saturated"][j] = get("saturated", j)
+            acts["silent_units"][j] = get("silent_units", j)
+            acts["dead_units"][j] = get("dead_units", j)
+            acts["nonfinite"][j] = (
+                math.nan if not acc.calls else (0.0 if math.isfinite(acts["sum"][j]) else 1.0)
+            )
+        loss = get("loss", 0) if self._loss is not None else None
+        self._loss = None
+        scale_value = get("scale", 0) if isinstance(scale, Tensor) else scale
+        self.history.module_order = self._module_order()
+        return StepRecord(
+            step=self._step,
+            loss=loss,
+            scale=scale_value,
+            grads=grads,
+            acts=acts,
+            hooks_fired=self._hooks_fired,
+        )
+
+    def _module_order(self) -> list[int]:
+        seen = sorted(
+            (rank, j) for j, rank in enumerate(self._rank) if rank is not None
+        )
+        order = [j for _, j in seen]
+        order += [j for j in range(len(self._modules)) if self._rank[j] is None]
+        return order
+
+    def _describe(self) -> ModelInfo:
+        return describe(
+            self.model,
+            self._modules,
+            self._module_order(),
+            self.optimizer,
+            self.scaler is not None,
+            name=self.name,
+        )
+
+    # -- reporting ---------------------------------------------------------------
+    def report(self) -> Report:
+        """Judge what has been recorded so far; callable while training runs."""
+        self.model_info = self._describe()
+        findings: list[Finding] = []
+        notes: list[str] = []
+        if not self.history.records:
+            notes.append(
+                "no step was recorded: with an optimizer, call optimizer.step(); "
+                "without one, call scope.step(loss=loss) after loss.backward()"
+            )
+        else:
+            for result in self._runner.call(
+                "gradscope_detect",
+                history=self.history,
+                model_info=self.model_info,
+                config=self.config,
+            ):
+                findings.extend(result)
+            for finding in findings:
+                finding.suggestions = self._suggestions_for(finding)
+        return Report(
+            findings=sort_findings(findings),
+            model_name=self.name,
+            history=self.history,
+            plugin_errors=list(self._runner.errors),
+            coverage=self.coverage(),
+            overhead=self.overhead(),
+            config=self.config,
+            notes=notes + self.coverage_notes(),
+        )
+
+    def _suggestions_for(self, finding: Finding) -> list[Suggestion]:
+        chosen: list[Suggestion] = []
+        kinds: set[str] = set()
+        for result in self._runner.call(
+            "gradscope_suggest", finding=finding, model_info=self.model_info
+        ):
+            for suggestion in result:
+                if suggestion.kind not in kinds:
+                    kinds.add(suggestion.kind)
+                    chosen.append(suggestion)
+        return chosen
+
+    def overhead(self) -> dict[str, float]:
+        """gradscope's own measured time: total and per recorded step."""
+        recorded = self.history.recorded
+        return {
+            "seconds_total": self._overhead_total,
+            "seconds_per_step": self._overhead_total / recorded if recorded else 0.0,
+            "recorded_steps": float(recorded),
+            "steps": float(self._step),
+        }
+
+    def coverage(self) -> dict[str, Any]:
+        """Hooks fired per recorded step, and modules that ran but were never seen."""
+        records = self.history.records
+        fired = [r.hooks_fired for r in records]
+        return {
+            "hooks_registered": len(self._modules),
+            "hooks_fired_per_step": (sum(fired) / len(fired)) if fired else 0.0,
+            "unseen_modules": self._unseen_modules(),
+        }
+
+    def _unseen_modules(self) -> list[str]:
+        """Modules whose parameters got gradients although their forward hook never fired."""
+        got_grad = {
+            self.history.param_modules[i]
+            for i, seen in enumerate(self.history.grad_seen)
+            if seen
+        }
+        return [
+            name
+            for j, name in enumerate(self.history.module_names)
+            if name in got_grad and self.history.calls_total[j] == 0
+        ]
+
+    def coverage_notes(self) -> list[str]:
+        """Readable warnings about hooks that were silently skipped."""
+        unseen = self._unseen_modules()
+        if not unseen:
+            return []
+        shown = ", ".join(unseen[:5]) + (" ..." if len(unseen) > 5 else "")
+        return [
+            f"{len(unseen)} module(s) got gradients but their forward hook never fired "
+            f"({shown}); their activations are not measured (called as a function, e.g. "
+            "attention's out_proj, or skipped by torch.compile)"
+        ]
+
+
+def _owners(
+    model: torch.nn.Module, modules: list[tuple[str, torch.nn.Module]]
+) -> dict[str, str]:
+    """Parameter name -> the hooked module that owns it."""
+    by_id = {id(m): name for name, m in modules}
+    owners = {}
+    for mod_name, module in model.named_modules():
+        for p_name, _ in module.named_parameters(recurse=False):
+            full = f"{mod_name}.{p_name}" if mod_name else p_name
+            owners[full] = by_id.get(id(module), mod_name)
+    return owners
+
+
+def _scaler_scale(scaler: Any) -> Tensor | float | None:
+    if scaler is None or not scaler.is_enabled():
+        return None
+    scale = getattr(scaler, "_scale", None)
+    if isinstance(scale, Tensor):
+        return scale
+    return None
+
+
+def _validate(model: Any, optimizer: Any, scaler: Any, every: Any) -> None:
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(
+            f"gradscope.watch() needs a torch.nn.Module, got {type(model).__name__}; "
+            "pass the model itself, e.g. gradscope.watch(model, optimizer=opt)."
+        )
+    if optimizer is not None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}; "
+                "pass the optimizer you call .step() on, e.g. torch.optim.SGD(model.parameters())."
+            )
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if trainable and not any(id(p) in held for p in trainable):
+            raise ValueError(
+                "The optimizer does not hold any of this model's trainable parameters; "
+                "pass the optimizer built from it, e.g. torch.optim.Adam(model.parameters())."
+            )
+    if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
+        raise TypeError(
+            f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}; pass the "
+            "scaler you call scaler.step(optimizer) on, or leave it out."
+        )
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"every must be a whole number of steps >= 1, got {every!r}.")
+
+
+def watch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scaler: Any = None,
+    every: int = 1,
+    **options: Any,
+) -> Scope:
+    """Watch ``model`` while it trains; use as ``with gradscope.watch(model, optimizer=opt):``.
+
+    The hooks are attached at once; the ``with`` block (or ``scope.detach()``) removes them.
+
+    With an optimizer, each ``optimizer.step()`` records a step; without one, call
+    ``scope.step(loss=loss)`` after ``loss.backward()``.  Call ``scope.log_loss(loss)``
+    to let the detectors see the loss.  Options are those of :class:`Scope`.
+    """
+    scope = Scope(model, optimizer=optimizer, scaler=scaler, every=every, **options)
+    scope.attach()
+    return scope

@@ -1,0 +1,187 @@
+"""Per-layer signals derived from a History, shared by every plugin that judges.
+
+These are measurements rearranged (per-layer norms in forward order, windows,
+loss trends), not judgements: thresholds live in the plugins.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from gradscope.history import History
+from gradscope.modelinfo import ModelInfo
+
+#: Roles whose gradients carry the signal along the network's depth.
+DEPTH_ROLES = ("weight", "vanilla_rnn", "gated_rnn", "attention")
+
+#: Records treated as "the start" and "recent" when a plugin asks for a window.
+DEFAULT_WINDOW = 5
+
+
+@dataclass
+class LayerSignal:
+    """Gradient and parameter series of one module (all of its trainable parameters).
+
+    Each series has one value per kept record; NaN where the module had no gradient.
+    """
+
+    name: str
+    type: str
+    depth: int
+    params: list[str]
+    numel: int
+    grad_norm: Tensor
+    grad_mean_abs: Tensor
+    param_norm: Tensor
+    update_norm: Tensor
+    nonfinite: Tensor
+
+    @property
+    def relative_grad(self) -> Tensor:
+        """||grad|| / ||param||: gradient size in units of the weights it moves."""
+        return self.grad_norm / self.param_norm.clamp_min(1e-12)
+
+    @property
+    def update_ratio(self) -> Tensor:
+        """||update|| / ||param|| of each step (NaN without an optimizer)."""
+        return self.update_norm / self.param_norm.clamp_min(1e-12)
+
+    @property
+    def rms(self) -> Tensor:
+        """Root-mean-square of the parameter entries."""
+        return self.param_norm / math.sqrt(max(self.numel, 1))
+
+
+def _combine_norms(columns: Tensor) -> Tensor:
+    """Norm over several parameters from their norms, (T, k) -> (T,)."""
+    return columns.square().sum(dim=1).sqrt()
+
+
+def layer_signals(history: History) -> list[LayerSignal]:
+    """One :class:`LayerSignal` per module owning trainable parameters, in forward order.
+
+    Modules whose parameters never got a gradient are left out (see ``no_gradient``).
+    """
+    if not history.records:
+        return []
+    l2 = history.grad_series("grad_l2")
+    l1 = history.grad_series("grad_l1")
+    pn = history.grad_series("param_norm")
+    un = history.grad_series("update_norm")
+    nf = history.grad_series("grad_nonfinite")
+    numel = history.grad_series("numel")[0]
+    has = history.grad_series("has_grad")
+    rank = history.depth_rank()
+    by_module: dict[str, list[int]] = {}
+    for i, module in enumerate(history.param_modules):
+        if history.grad_seen[i]:
+            by_module.setdefault(module, []).append(i)
+    signals = []
+    for module, idx in by_module.items():
+        cols = torch.tensor(idx)
+        present = has[:, cols].sum(dim=1) > 0
+        grad = _combine_norms(torch.nan_to_num(l2[:, cols], nan=0.0))
+        grad = torch.where(present, grad, torch.full_like(grad, math.nan))
+        # A non-finite entry anywhere in the module makes its norm non-finite.
+        grad = torch.where(torch.isfinite(l2[:, cols]).all(dim=1) | ~present, grad, math.inf)
+        n = float(numel[cols].sum())
+        mean_abs = torch.nan_to_num(l1[:, cols], nan=0.0).sum(dim=1) / max(n, 1.0)
+        mean_abs = torch.where(present, mean_abs, torch.full_like(mean_abs, math.nan))
+        j = history.module_names.index(module) if module in history.module_names else -1
+        signals.append(
+            LayerSignal(
+                name=module,
+                type=history.module_types[j] if j >= 0 else "?",
+                depth=rank.get(module, len(rank)),
+                params=[history.param_names[i] for i in idx],
+                numel=int(n),
+                grad_norm=grad,
+                grad_mean_abs=mean_abs,
+                param_norm=_combine_norms(pn[:, cols]),
+                update_norm=_combine_norms(un[:, cols]),
+                nonfinite=torch.nan_to_num(nf[:, cols], nan=0.0).sum(dim=1),
+            )
+        )
+    signals.sort(key=lambda s: s.depth)
+    return signals
+
+
+def depth_signals(history: History, model_info: ModelInfo) -> list[LayerSignal]:
+    """Layer signals of the layers that carry depth (linear, conv, recurrent, attention).
+
+    Norm layers, embeddings and biases-only modules are left out: their gradients are
+    small or sparse by design and would make healthy models look vanishing.
+    """
+    roles = {layer.name: layer.role for layer in model_info.layers}
+    return [s for s in layer_signals(history) if roles.get(s.name) in DEPTH_ROLES]
+
+
+def init_scale(signal: LayerSignal, model_info: ModelInfo) -> float:
+    """Weight RMS times sqrt(fan-in): ~0.58 for PyTorch's default, 1 LeCun, 1.41 Kaiming."""
+    for name in signal.params:
+        shape = model_info.param_shapes.get(name)
+        if name.endswith("weight") and shape and len(shape) >= 2:
+            fan_in = math.prod(shape[1:])
+            # The first record is measured before the first update: the init itself.
+            # The layer's norm includes its bias, which is small next to the weight.
+            weight_rms = early(signal.param_norm, 1) / math.sqrt(max(signal.numel, 1))
+            return weight_rms * math.sqrt(fan_in)
+    return math.nan
+
+
+def recent(series: Tensor, window: int = DEFAULT_WINDOW) -> float:
+    """Median of the last ``window`` finite values (NaN if none)."""
+    return _finite_median(series[-window:])
+
+
+def early(series: Tensor, window: int = DEFAULT_WINDOW) -> float:
+    """Median of the first ``window`` finite values (NaN if none)."""
+    return _finite_median(series[:window])
+
+
+def _finite_median(values: Tensor) -> float:
+    finite = values[torch.isfinite(values)]
+    if finite.numel() == 0:
+        return math.nan
+    return float(finite.median())
+
+
+@dataclass
+class LossTrend:
+    """How the logged loss moved: early and recent medians and the relative improvement."""
+
+    logged: int
+    first: float
+    last: float
+    best: float
+    improvement: float
+
+    @property
+    def known(self) -> bool:
+        """Whether enough loss values were logged to say anything."""
+        return self.logged >= 4 and math.isfinite(self.first) and math.isfinite(self.last)
+
+
+def loss_trend(history: History, window: int = DEFAULT_WINDOW) -> LossTrend:
+    """Summarise the loss curve; ``improvement`` is (first - last) / |first|."""
+    losses = history.losses()
+    finite = losses[torch.isfinite(losses)]
+    logged = int((~torch.isnan(losses)).sum())
+    if finite.numel() == 0:
+        return LossTrend(logged, math.nan, math.nan, math.nan, math.nan)
+    w = max(1, min(window, finite.numel() // 3 or 1))
+    first = float(finite[:w].median())
+    last = float(finite[-w:].median())
+    improvement = (first - last) / max(abs(first), 1e-12)
+    return LossTrend(logged, first, last, float(finite.min()), improvement)
+
+
+def fmt(value: float) -> str:
+    """A short human form of a number for messages (3 significant digits)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.3g}"

@@ -1,0 +1,182 @@
+"""The hot path: batched, on-device statistics of gradients, parameters and activations.
+
+Nothing here synchronises with the host except :func:`to_host`, which the scope
+calls once per recorded step.  Every other function returns tensors that stay on
+the model's device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+#: Columns of the per-parameter gradient table, in order.
+GRAD_COLUMNS = (
+    "has_grad",
+    "grad_l2",
+    "grad_l1",
+    "grad_max",
+    "grad_nonfinite",
+    "param_norm",
+    "update_norm",
+    "numel",
+)
+#: Columns of the per-module activation table, in order.
+ACT_COLUMNS = (
+    "calls",
+    "numel",
+    "sum",
+    "sumsq",
+    "sampled",
+    "zeros",
+    "saturated",
+    "units",
+    "silent_units",
+    "dead_units",
+    "nonfinite",
+)
+
+#: Activation modules whose exact zeros mean "this unit is off".
+RELU_FAMILY = (torch.nn.ReLU, torch.nn.ReLU6)
+#: Activation modules that saturate, with the asymptote test used for each.
+SATURATING = (torch.nn.Sigmoid, torch.nn.Tanh, torch.nn.Hardsigmoid, torch.nn.Hardtanh)
+
+NAN = float("nan")
+
+
+def activation_kind(module: torch.nn.Module) -> str:
+    """Classify a module by how its output should be measured: relu, sigmoid, tanh or plain."""
+    if isinstance(module, RELU_FAMILY):
+        return "relu"
+    if isinstance(module, (torch.nn.Sigmoid, torch.nn.Hardsigmoid)):
+        return "sigmoid"
+    if isinstance(module, (torch.nn.Tanh, torch.nn.Hardtanh)):
+        return "tanh"
+    return "plain"
+
+
+def first_float_tensor(output: object) -> Tensor | None:
+    """The first floating-point tensor in a module output (tensor, tuple, list or dict)."""
+    if isinstance(output, Tensor):
+        return output if output.is_floating_point() else None
+    if isinstance(output, (tuple, list)):
+        for item in output:
+            found = first_float_tensor(item)
+            if found is not None:
+                return found
+    elif isinstance(output, dict):
+        for item in output.values():
+            found = first_float_tensor(item)
+            if found is not None:
+                return found
+    return None
+
+
+def unit_dims(x: Tensor) -> tuple[int, ...]:
+    """Dimensions to reduce so that one value per unit (feature or channel) remains.
+
+    Convolution maps (N, C, H, W[, D]) keep channel dim 1; everything else keeps the last dim.
+    """
+    if x.dim() >= 4:
+        return (0, *range(2, x.dim()))
+    return tuple(range(x.dim() - 1))
+
+
+@dataclass
+class ActivationAccumulator:
+    """Per-module activation sums for one recorded step, kept as device tensors."""
+
+    kind: str
+    calls: int = 0
+    numel: int = 0
+    sampled: int = 0
+    units: int = 0
+    sums: list[Tensor] = field(default_factory=list)
+    sumsqs: list[Tensor] = field(default_factory=list)
+    zeros: list[Tensor] = field(default_factory=list)
+    saturated: list[Tensor] = field(default_factory=list)
+    unit_max: Tensor | None = None
+
+    def add(self, output: Tensor, sample_rows: int, full: bool) -> None:
+        """Measure one call's output (already detached) with a few reductions."""
+        x = output
+        self.calls += 1
+        self.numel += x.numel()
+        if x.numel() == 0:
+            return
+        acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else None
+        self.sums.append(torch.sum(x, dtype=acc))
+        # A norm reads the tensor once and allocates nothing; its square is the sum of squares.
+        self.sumsqs.append(torch.linalg.vector_norm(x, dtype=acc))
+        if self.kind == "plain" and not full:
+            return
+        sample = x[:sample_rows] if x.dim() > 1 and x.shape[0] > sample_rows else x
+        self.sampled += sample.numel()
+        if self.kind == "relu" or full:
+            self.zeros.append((sample == 0).sum())
+        if self.kind == "relu" and sample.dim() >= 2:
+            per_unit = sample.amax(dim=unit_dims(sample))
+            self.units = per_unit.numel()
+            if self.unit_max is None or self.unit_max.shape != per_unit.shape:
+                self.unit_max = per_unit
+            else:
+                self.unit_max = torch.maximum(self.unit_max, per_unit)
+        if self.kind == "sigmoid":
+            self.saturated.append(((sample - 0.5).abs() > 0.49).sum())
+        elif self.kind == "tanh":
+            self.saturated.append((sample.abs() > 0.99).sum())
+
+
+def grad_statistics(grads: list[Tensor], full: bool) -> dict[str, list[Tensor]]:
+    """Per-tensor L2 and L1 norms (and max |g| and non-finite counts when ``full``).
+
+    A non-finite entry makes the L2 norm non-finite, so the default needs no separate check.
+    """
+    dense = [g for g in grads if not g.is_sparse]
+    if len(dense) != len(grads):
+        grads = [g.coalesce().values() if g.is_sparse else g for g in grads]
+    out = {
+        "grad_l2": list(torch._foreach_norm(grads, 2)),
+        "grad_l1": list(torch._foreach_norm(grads, 1)),
+    }
+    if full:
+        out["grad_max"] = list(torch._foreach_norm(grads, float("inf")))
+        out["grad_nonfinite"] = [(~torch.isfinite(g)).sum() for g in grads]
+    return out
+
+
+def param_norms(params: list[Tensor]) -> list[Tensor]:
+    """L2 norm of each parameter tensor."""
+    return list(torch._foreach_norm([p.detach() for p in params], 2))
+
+
+def snapshot(params: list[Tensor]) -> list[Tensor]:
+    """Copies of the parameters, to measure the size of the optimizer's update afterwards."""
+    return [p.detach().clone() for p in params]
+
+
+def update_norms(params: list[Tensor], before: list[Tensor]) -> list[Tensor]:
+    """L2 norm of (after - before) for each parameter."""
+    return list(torch._foreach_norm(torch._foreach_sub([p.detach() for p in params], before), 2))
+
+
+def to_host(tensors: list[Tensor]) -> list[float]:
+    """Bring a list of scalar tensors to the host with one synchronisation per device."""
+    if not tensors:
+        return []
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault((t.device, t.dtype), []).append(i)
+    by_device: dict[torch.device, tuple[list[int], list[Tensor]]] = {}
+    for (device, _dtype), idx in groups.items():
+        order, stacks = by_device.setdefault(device, ([], []))
+        order.extend(idx)
+        stacks.append(torch.stack([tensors[i].reshape(()) for i in idx]).to(torch.float64))
+    values = [NAN] * len(tensors)
+    for order, stacks in by_device.values():
+        flat = torch.cat(stacks).tolist() if len(stacks) > 1 else stacks[0].tolist()
+        for i, v in zip(order, flat, strict=True):
+            values[i] = v
+    return values

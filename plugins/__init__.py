@@ -1,0 +1,1 @@
+"""gradscope's built-in plugins, one module per concern, loaded through entry points."""

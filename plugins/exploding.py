@@ -1,0 +1,141 @@
+"""exploding_gradient: updates too large for the weights, gradients growing, loss diverging.
+
+Healthy training moves each weight matrix by about 1e-3 of its size per step.
+This plugin flags a layer whose update is a large fraction of the weights
+(``update_ratio``), gradient norms that grow by ``growth`` over the run, and a
+loss that climbs far above where it started.  Gradients are read after
+GradScaler unscaling, so loss scaling never looks like an explosion.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from gradscope import Finding, hookimpl
+from gradscope.config import thresholds
+from gradscope.history import History
+from gradscope.modelinfo import ModelInfo
+from gradscope.signals import depth_signals, early, fmt, init_scale, loss_trend, recent
+
+NAME = "exploding"
+DEFAULTS = {
+    # One step moving a layer's weights by more than this fraction of their norm.
+    "update_ratio": 0.5,
+    # Gradient norm at the end over the start of the run.
+    "growth": 1e3,
+    # Loss at the end over the loss at the start.
+    "loss_rise": 10.0,
+    # Records at the start and end of the run that are compared.
+    "window": 5,
+}
+
+
+def _finite_max(series: torch.Tensor) -> float:
+    finite = series[torch.isfinite(series)]
+    return float(finite.max()) if finite.numel() else math.nan
+
+
+@hookimpl
+def gradscope_detect(
+    history: History, model_info: ModelInfo, config: dict[str, Any]
+) -> list[Finding]:
+    """Find the layer whose gradients or updates have blown up."""
+    t = thresholds(config, NAME, DEFAULTS)
+    window = int(t["window"])
+    layers = depth_signals(history, model_info)
+    if not layers:
+        return []
+    trend = loss_trend(history, window)
+    losses = history.losses()
+    loss_went_nonfinite = bool(((~torch.isfinite(losses)) & ~torch.isnan(losses)).any()) or (
+        history.first_nonfinite_loss is not None
+    )
+    loss_rise = (
+        trend.last / trend.first if trend.known and trend.first > 0 else math.nan
+    )
+    diverged = (math.isfinite(loss_rise) and loss_rise > t["loss_rise"]) or loss_went_nonfinite
+
+    # Each layer's worst sustained update (median of three consecutive records).
+    update_peaks = {layer.name: _sustained_peak(layer.update_ratio) for layer in layers}
+    growth = {
+        layer.name: recent(layer.grad_norm, window) / max(early(layer.grad_norm, window), 1e-30)
+        for layer in layers
+    }
+    big_update = {n: r for n, r in update_peaks.items() if math.isfinite(r) and r > t["update_ratio"]}
+    grown = {n: g for n, g in growth.items() if math.isfinite(g) and g > t["growth"]}
+    if not (big_update or grown or (diverged and _grads_rising(layers, window))):
+        return []
+    if big_update:
+        culprit = max(big_update, key=big_update.get)
+        what = (
+            f"one optimizer step moves {culprit}'s weights by {fmt(big_update[culprit])} of their "
+            "size (healthy training moves them by about 0.001)"
+        )
+    elif grown:
+        culprit = max(grown, key=grown.get)
+        what = f"the gradient of {culprit} grew {fmt(grown[culprit])}x during the run"
+    else:
+        culprit = max(growth, key=lambda n: growth[n] if math.isfinite(growth[n]) else -1)
+        what = f"the gradients kept rising while the loss climbed"
+    layer = next(s for s in layers if s.name == culprit)
+    scales = {s.name: init_scale(s, model_info) for s in layers}
+    step = _first_step_over(history, layer.update_ratio, t["update_ratio"])
+    message = (
+        f"Gradients explode: {what}. Steps this large throw the weights around instead of "
+        "descending the loss"
+        + (
+            f"; the loss rose from {fmt(trend.first)} to {fmt(trend.last)}"
+            if math.isfinite(loss_rise) and loss_rise > 1
+            else ""
+        )
+        + ("; the loss became non-finite" if loss_went_nonfinite else "")
+        + ". Clip the gradient norm, lower the learning rate, or fix the initialisation "
+        "if the weights start too large."
+    )
+    return [
+        Finding(
+            kind="exploding_gradient",
+            layer=culprit,
+            severity="error" if diverged or big_update else "warning",
+            step=step,
+            message=message,
+            evidence={
+                "update_ratio_peak": update_peaks,
+                "grad_growth": growth,
+                "grad_norm_peak": _finite_max(layer.grad_norm),
+                "init_scale": scales,
+                "loss_first": trend.first,
+                "loss_last": trend.last,
+                "loss_nonfinite": loss_went_nonfinite,
+                "lr": model_info.lr,
+                "threshold_update_ratio": t["update_ratio"],
+            },
+        )
+    ]
+
+
+def _sustained_peak(series: torch.Tensor) -> float:
+    """Largest median of three consecutive finite values (a single spike does not count)."""
+    finite = series[torch.isfinite(series)]
+    if finite.numel() == 0:
+        return math.nan
+    if finite.numel() < 3:
+        return float(finite.min())
+    return float(finite.unfold(0, 3, 1).median(dim=1).values.max())
+
+
+def _grads_rising(layers: list, window: int) -> bool:
+    return any(
+        _finite_max(s.grad_norm) > 10 * max(early(s.grad_norm, window), 1e-30) for s in layers
+    )
+
+
+def _first_step_over(history: History, series: torch.Tensor, threshold: float) -> int:
+    for k, step in enumerate(history.steps):
+        value = float(series[k])
+        if not math.isfinite(value) and not math.isnan(value) or value > threshold:
+            return step
+    return history.steps[0]

@@ -1,0 +1,345 @@
+"""Fix suggestions for the built-in finding kinds, ranked by fit to the model in hand.
+
+Every snippet names the model's real modules, so it can be pasted as it is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from gradscope import Finding, Suggestion, hookimpl
+from gradscope.modelinfo import LayerInfo, ModelInfo
+from gradscope.signals import fmt
+
+
+def _ref(info: ModelInfo, name: str) -> str:
+    """Python that reaches module ``name`` of the model."""
+    if name == info.model_name:
+        return info.var
+    if all(part.isidentifier() for part in name.split(".")):
+        return f"{info.var}.{name}"
+    return f'{info.var}.get_submodule("{name}")'
+
+
+def _weight_layers(info: ModelInfo, names: list[str] | None = None) -> list[LayerInfo]:
+    layers = [
+        layer
+        for layer in info.layers
+        if layer.role in ("weight", "vanilla_rnn", "gated_rnn")
+        and any(p.endswith("weight") or "weight_" in p for p in layer.params)
+    ]
+    if names:
+        chosen = [layer for layer in layers if layer.name in names]
+        return chosen or layers
+    return layers
+
+
+def _init_loop(info: ModelInfo, layers: list[LayerInfo], init_call: str) -> str:
+    names = ", ".join(f'"{layer.name}"' for layer in layers)
+    has_bias = any(p.endswith(".bias") or p == "bias" for layer in layers for p in layer.params)
+    lines = [
+        "import torch.nn as nn",
+        "",
+        f"for name in [{names}]:",
+        f"    layer = {info.var}.get_submodule(name)",
+        f"    {init_call.format(w='layer.weight')}",
+    ]
+    if has_bias:
+        lines += ["    if layer.bias is not None:", "        nn.init.zeros_(layer.bias)"]
+    return "\n".join(lines)
+
+
+def use_relu(finding: Finding, info: ModelInfo) -> Suggestion:
+    """Swap saturating activations for ReLU."""
+    acts = sorted({layer.type for layer in info.layers if layer.role in ("sigmoid", "tanh")})
+    kinds = ", ".join(f"nn.{a}" for a in acts) or "nn.Sigmoid, nn.Tanh"
+    code = "\n".join(
+        [
+            "import torch.nn as nn",
+            "",
+            "def use_relu(module: nn.Module) -> None:",
+            "    for name, child in module.named_children():",
+            f"        if isinstance(child, ({kinds},)):",
+            "            setattr(module, name, nn.ReLU())",
+            "        else:",
+            "            use_relu(child)",
+            "",
+            f"use_relu({info.var})  # if forward() calls torch.sigmoid/tanh, use torch.relu there",
+        ]
+    )
+    ratio = finding.evidence.get("ratio_to_later_layers")
+    return Suggestion(
+        kind="use_relu",
+        title=f"Replace {'/'.join(acts) or 'the saturating activations'} with ReLU",
+        why=(
+            f"{'/'.join(acts) or 'Sigmoid/Tanh'} passes back at most 0.25 (sigmoid) or 1 (tanh) of "
+            "the gradient per layer, so it fades with depth"
+            + (f" (here down to {fmt(ratio)} of the later layers')" if ratio else "")
+            + "; ReLU passes it unchanged wherever the unit is active."
+        ),
+        code=code,
+    )
+
+
+def kaiming_init(finding: Finding, info: ModelInfo) -> Suggestion:
+    """He/Kaiming init for ReLU networks."""
+    layers = _weight_layers(info)
+    return Suggestion(
+        kind="kaiming_init",
+        title="Initialise the weights with Kaiming (He) init",
+        why=(
+            "Kaiming init scales each layer's weights by sqrt(2 / fan_in), which keeps the "
+            "signal and the gradient the same size through every ReLU layer"
+            + _init_scale_note(finding)
+            + "."
+        ),
+        code=_init_loop(info, layers, 'nn.init.kaiming_normal_({w}, nonlinearity="relu")'),
+    )
+
+
+def xavier_init(finding: Finding, info: ModelInfo) -> Suggestion:
+    """Xavier/Glorot init for tanh/sigmoid networks."""
+    layers = _weight_layers(info)
+    gain = "tanh" if "tanh" in info.roles() else "sigmoid"
+    return Suggestion(
+        kind="xavier_init",
+        title="Initialise the weights with Xavier (Glorot) init",
+        why=(
+            "Xavier init keeps the variance of activations and gradients equal across "
+            f"{gain} layers, so they neither shrink nor grow with depth"
+            + _init_scale_note(finding)
+            + "."
+        ),
+        code=_init_loop(
+            info, layers, f'nn.init.xavier_uniform_({{w}}, gain=nn.init.calculate_gain("{gain}"))'
+        ),
+    )
+
+
+def _init_scale_note(finding: Finding) -> str:
+    scales = finding.evidence.get("init_scale") or {}
+    finite = [v for v in scales.values() if isinstance(v, float) and math.isfinite(v)]
+    if not finite:
+        return ""
+    return (
+        f" (the weights here start at {fmt(max(finite))} x 1/sqrt(fan_in); Kaiming uses 1.41, "
+        "Xavier about 1)"
+    )
+
+
+def orthogonal_init(finding: Finding, info: ModelInfo) -> Suggestion:
+    """Orthogonal recurrent weights."""
+    rnns = [layer for layer in info.layers if layer.role in ("vanilla_rnn", "gated_rnn")]
+    target = rnns[0].name if rnns else None
+    ref = _ref(info, target) if target else info.var
+    code = "\n".join(
+        [
+            "import torch.nn as nn",
+            "",
+            f"for name, param in {ref}.named_parameters():",
+            '    if "weight_hh" in name:',
+            "        nn.init.orthogonal_(param)",
+        ]
+    )
+    return Suggestion(
+        kind="orthogonal_init",
+        title="Initialise the recurrent weights as orthogonal matrices",
+        why=(
+            "An orthogonal recurrent matrix keeps the hidden state's size across time steps, "
+            "so gradients neither vanish nor explode through time at the start of training."
+        ),
+        code=code,
+    )
+
+
+def use_lstm_or_gru(finding: Finding, info: ModelInfo) -> Suggestion:
+    """A gated recurrent layer instead of a vanilla RNN."""
+    rnn = next((layer for layer in info.layers if layer.role == "vanilla_rnn"), None)
+    if rnn is None:
+        size = "input_size=..., hidden_size=..."
+        ref = f"{info.var}.rnn"
+    else:
+        size = (
+            f"input_size={rnn.size.get('input_size', '...')}, "
+            f"hidden_size={rnn.size.get('hidden_size', '...')}, "
+            f"num_layers={rnn.size.get('num_layers', 1)}, "
+            f"batch_first={bool(rnn.size.get('batch_first', 0))}"
+        )
+        ref = _ref(info, rnn.name)
+    code = "\n".join(
+        [
+            "import torch.nn as nn",
+            "",
+            f"{ref} = nn.LSTM({size})  # or nn.GRU(...)",
+            "# forward(): `out, _ = self.rnn(x)` works for RNN, LSTM and GRU alike",
+        ]
+    )
+    return Suggestion(
+        kind="use_lstm_or_gru",
+        title="Use an LSTM or GRU instead of the vanilla RNN",
+        why=(
+            "A vanilla RNN multiplies the gradient by the same matrix and tanh slope at every "
+            "time step, so over long sequences it fades; LSTM/GRU gates carry it through an "
+            "additive cell path."
+        ),
+        code=code,
+    )
+
+
+def clip_grad_norm(finding: Finding, info: ModelInfo) -> Suggestion:
+    """Gradient norm clipping, placed correctly (after unscaling with a GradScaler)."""
+    if info.has_scaler:
+        lines = [
+            "scaler.scale(loss).backward()",
+            f"scaler.unscale_({info.optimizer_var})  # clip the true gradients, not scaled ones",
+            f"torch.nn.utils.clip_grad_norm_({info.var}.parameters(), max_norm=1.0)",
+            f"scaler.step({info.optimizer_var})",
+            "scaler.update()",
+        ]
+    else:
+        lines = [
+            "loss.backward()",
+            f"torch.nn.utils.clip_grad_norm_({info.var}.parameters(), max_norm=1.0)",
+            f"{info.optimizer_var}.step()",
+        ]
+    peak = finding.evidence.get("grad_norm_peak")
+    return Suggestion(
+        kind="clip_grad_norm",
+        title="Clip the gradient norm between backward() and step()",
+        why=(
+            "Clipping rescales the whole gradient when its norm exceeds max_norm, so one bad "
+            "batch cannot throw the weights far"
+            + (f" (the gradient norm reached {fmt(peak)} here)" if peak else "")
+            + "."
+        ),
+        code="\n".join(lines),
+    )
+
+
+def lower_lr(finding: Finding, info: ModelInfo) -> Suggestion:
+    """A ten times smaller learning rate."""
+    new_lr = f"{info.lr / 10:g}" if info.lr else "1e-4"
+    return Suggestion(
+        kind="lower_lr",
+        title=f"Lower the learning rate to {new_lr}",
+        why=(
+            "The step size is the learning rate times the gradient; "
+            + (f"at lr={info.lr:g} " if info.lr else "")
+            + "updates are far beyond the ~1e-3 of the weights that healthy training takes."
+        ),
+        code="\n".join(
+            [
+                f"for group in {info.optimizer_var}.param_groups:",
+                f'    group["lr"] = {new_lr}',
+            ]
+        ),
+    )
+
+
+def add_batchnorm(finding: Finding, info: ModelInfo) -> Suggestion:
+    """BatchNorm after the weight layers."""
+    layers = _weight_layers(info, finding.evidence.get("layers"))
+    first = layers[0] if layers else None
+    if info.root_type == "Sequential":
+        code = "\n".join(
+            [
+                "import torch.nn as nn",
+                "",
+                "layers = []",
+                f"for module in {info.var}:",
+                "    layers.append(module)",
+                f"    if isinstance(module, nn.Linear) and module is not {info.var}[-1]:",
+                "        layers.append(nn.BatchNorm1d(module.out_features))",
+                "    elif isinstance(module, nn.Conv2d):",
+                "        layers.append(nn.BatchNorm2d(module.out_channels))",
+                f"{info.var} = nn.Sequential(*layers)  # then rebuild the optimizer",
+            ]
+        )
+    else:
+        width = (first.size.get("out_features") or first.size.get("out_channels")) if first else None
+        norm = "BatchNorm2d" if first and "out_channels" in first.size else "BatchNorm1d"
+        name = first.name.replace(".", "_") if first else "layer"
+        code = "\n".join(
+            [
+                "# in __init__:",
+                f"self.bn_{name} = nn.{norm}({width or '...'})",
+                "# in forward(), right after the layer:",
+                f"x = self.bn_{name}(self.{first.name if first else 'layer'}(x))",
+            ]
+        )
+    return Suggestion(
+        kind="add_batchnorm",
+        title="Add BatchNorm after the weight layers",
+        why=(
+            "BatchNorm re-centres and re-scales each layer's output, keeping activations in the "
+            "range where the activation's slope (and so the gradient) is large."
+        ),
+        code=code,
+    )
+
+
+def add_residual(finding: Finding, info: ModelInfo) -> Suggestion:
+    """A skip connection so gradients bypass the deep stack."""
+    return Suggestion(
+        kind="add_residual",
+        title="Add residual (skip) connections around blocks of layers",
+        why=(
+            "With x = x + block(x) the gradient reaches early layers through the identity path "
+            "untouched, however deep the stack."
+        ),
+        code="\n".join(
+            [
+                "class Residual(nn.Module):",
+                "    def __init__(self, block: nn.Module):",
+                "        super().__init__()",
+                "        self.block = block",
+                "",
+                "    def forward(self, x):",
+                "        return x + self.block(x)",
+            ]
+        ),
+    )
+
+
+Builder = Callable[[Finding, ModelInfo], Suggestion]
+
+
+def _vanishing_plan(finding: Finding, info: ModelInfo) -> list[Builder]:
+    roles = info.roles()
+    if "vanilla_rnn" in roles:
+        return [use_lstm_or_gru, orthogonal_init, clip_grad_norm]
+    if roles & {"sigmoid", "tanh"}:
+        scales = finding.evidence.get("init_scale") or {}
+        tiny = [v for v in scales.values() if isinstance(v, float) and v < 0.1]
+        if tiny and "tanh" in roles:
+            return [xavier_init, use_relu, add_batchnorm]
+        return [use_relu, kaiming_init, add_batchnorm]
+    return [add_batchnorm, kaiming_init, add_residual]
+
+
+def _exploding_plan(finding: Finding, info: ModelInfo) -> list[Builder]:
+    roles = info.roles()
+    if roles & {"vanilla_rnn", "gated_rnn"}:
+        return [clip_grad_norm, orthogonal_init, lower_lr]
+    scales = finding.evidence.get("init_scale") or {}
+    too_big = [v for v in scales.values() if isinstance(v, float) and v > 3.0]
+    init = xavier_init if roles & {"sigmoid", "tanh"} and "relu" not in roles else kaiming_init
+    if too_big:
+        return [init, clip_grad_norm, lower_lr]
+    return [clip_grad_norm, lower_lr, init]
+
+
+PLANS: dict[str, Callable[[Finding, ModelInfo], list[Builder]]] = {
+    "vanishing_gradient": _vanishing_plan,
+    "exploding_gradient": _exploding_plan,
+}
+
+
+@hookimpl
+def gradscope_suggest(finding: Finding, model_info: ModelInfo) -> list[Suggestion]:
+    """Suggestions for the built-in finding kinds, best first."""
+    plan = PLANS.get(finding.kind)
+    if plan is None:
+        return []
+    return [build(finding, model_info) for build in plan(finding, model_info)]
