@@ -1,0 +1,275 @@
+"""Per-layer plots of a report with matplotlib (Agg: no display needed).
+
+One function draws each view on an Axes; the single-view PNGs and the dashboard
+use the same functions.  Colour and axis ranges come from the recent window of
+the run, so an early spike does not flatten a healthy run into "vanished".
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
+
+from gradscope import Report, hookimpl  # noqa: E402
+from gradscope.signals import LayerSignal, layer_signals  # noqa: E402
+
+FLAG = "#d62728"
+OK = "#1f77b4"
+MUTED = "#9aa5b1"
+#: Healthy training moves weights by about this fraction per step.
+UPDATE_GUIDE = 1e-3
+#: The gap (relative to later layers) the vanishing detector flags by default.
+VANISH_GUIDE = 1e-3
+RECENT = 20
+MAX_LABELS = 40
+
+
+def short(name: str, limit: int = 18) -> str:
+    """Abbreviate a qualified module name to its tail so tick labels stay readable."""
+    if len(name) <= limit:
+        return name
+    tail = name.split(".")
+    text = tail[-1]
+    for part in reversed(tail[:-1]):
+        if len(part) + len(text) + 1 > limit - 1:
+            break
+        text = f"{part}.{text}"
+    return "…" + text[-(limit - 1) :]
+
+
+def _flagged(report: Report) -> dict[str, str]:
+    flagged: dict[str, str] = {}
+    for f in report.findings:
+        if f.severity == "info":
+            continue
+        for name in [f.layer, *(f.evidence.get("layers") or [])]:
+            if name:
+                flagged.setdefault(name, f.kind)
+    return flagged
+
+
+def _recent_median(series: torch.Tensor) -> float:
+    finite = series[-RECENT:]
+    finite = finite[torch.isfinite(finite)]
+    return float(finite.median()) if finite.numel() else math.nan
+
+
+def _label_layers(ax: Axes, names: list[str]) -> None:
+    step = max(1, math.ceil(len(names) / MAX_LABELS))
+    ticks = list(range(0, len(names), step))
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([short(names[i]) for i in ticks], rotation=90, fontsize=7)
+
+
+def draw_gradient_flow(ax: Axes, report: Report, layers: list[LayerSignal]) -> None:
+    """Mean |grad| per layer in forward order, log scale, flagged layers in red."""
+    flagged = _flagged(report)
+    names = [s.name for s in layers]
+    mean_abs = [_recent_median(s.grad_mean_abs) for s in layers]
+    rms = [_recent_median(s.grad_norm) / math.sqrt(max(s.numel, 1)) for s in layers]
+    colours = [FLAG if n in flagged else OK for n in names]
+    x = list(range(len(layers)))
+    ax.bar(x, [v if math.isfinite(v) and v > 0 else float("nan") for v in mean_abs],
+           color=colours, alpha=0.8, label="mean |grad| (recent)")
+    ax.scatter(x, [v if math.isfinite(v) and v > 0 else float("nan") for v in rms],
+               color="black", s=10, zorder=3, label="RMS grad")
+    finite = [v for v in mean_abs if math.isfinite(v) and v > 0]
+    if finite:
+        top = max(finite)
+        ax.set_yscale("log")
+        ax.axhspan(min(min(finite), top * VANISH_GUIDE) / 10, top * VANISH_GUIDE,
+                   color=FLAG, alpha=0.08, label=f"< {VANISH_GUIDE:g} x largest: vanishing zone")
+    ax.set_title("Gradient flow (input on the left)")
+    ax.set_ylabel("|grad|")
+    _label_layers(ax, names)
+    for i, n in enumerate(names):
+        if n in flagged and len(names) <= MAX_LABELS:
+            ax.get_xticklabels()[i].set_color(FLAG)
+    ax.legend(fontsize=7, loc="best")
+
+
+def draw_grad_heatmap(ax: Axes, report: Report, layers: list[LayerSignal]) -> None:
+    """Layer x step heat map of gradient norms, non-finite cells in black."""
+    if not layers:
+        return
+    steps = report.history.steps if report.history else []
+    grid = torch.stack([s.grad_norm for s in layers])  # (L, T)
+    nonfinite = torch.isinf(grid) | (torch.isnan(grid) & (torch.stack([s.nonfinite for s in layers]) > 0))
+    values = grid.clone()
+    values[~torch.isfinite(values) | (values <= 0)] = float("nan")
+    recent = values[:, -RECENT:]
+    finite = recent[torch.isfinite(recent)]
+    if finite.numel() == 0:
+        finite = values[torch.isfinite(values)]
+    vmin = float(finite.min()) if finite.numel() else 1e-8
+    vmax = float(finite.max()) if finite.numel() else 1.0
+    vmax = max(vmax, vmin * 10)
+    cmap = matplotlib.colormaps["viridis"].copy()
+    cmap.set_bad("#eeeeee")
+    image = ax.imshow(values.numpy(), aspect="auto", cmap=cmap,
+                      norm=LogNorm(vmin=vmin, vmax=vmax), interpolation="nearest")
+    if bool(nonfinite.any()):
+        ys, xs = torch.nonzero(nonfinite, as_tuple=True)
+        ax.scatter(xs.numpy(), ys.numpy(), marker="s", color="black", s=12,
+                   label="non-finite")
+        ax.legend(fontsize=7, loc="upper right")
+    ax.figure.colorbar(image, ax=ax, label="||grad|| (log)")
+    ax.set_title("Gradient norm per layer and step")
+    ax.set_xlabel("recorded step")
+    n = len(layers)
+    stride = max(1, math.ceil(n / MAX_LABELS))
+    ax.set_yticks(list(range(0, n, stride)))
+    ax.set_yticklabels([short(layers[i].name) for i in range(0, n, stride)], fontsize=7)
+    if steps:
+        ticks = list(range(0, len(steps), max(1, len(steps) // 8)))
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([str(steps[i]) for i in ticks], fontsize=7)
+
+
+def draw_update_ratio(ax: Axes, report: Report, layers: list[LayerSignal]) -> None:
+    """Update-to-weight ratio of each layer over steps, with the ~1e-3 guide."""
+    steps = report.history.steps if report.history else []
+    flagged = _flagged(report)
+    plotted = False
+    for s in layers:
+        ratio = s.update_ratio
+        if not bool(torch.isfinite(ratio).any()):
+            continue
+        plotted = True
+        ax.plot(steps, ratio.numpy(), lw=1.5 if s.name in flagged else 0.8,
+                color=FLAG if s.name in flagged else None, label=short(s.name))
+    if plotted:
+        ax.set_yscale("log")
+        ax.axhline(UPDATE_GUIDE, color="black", ls="--", lw=1, label="~1e-3 guide")
+        if len(layers) <= 8:
+            ax.legend(fontsize=6, ncol=2)
+    else:
+        ax.text(0.5, 0.5, "no optimizer: update sizes not measured", ha="center",
+                transform=ax.transAxes, color=MUTED)
+    ax.set_title("Update / weight per step")
+    ax.set_xlabel("step")
+
+
+def draw_activation_health(ax: Axes, report: Report) -> None:
+    """Zero fraction of ReLU outputs and saturated fraction of sigmoid/tanh outputs."""
+    history = report.history
+    if history is None or not history.records:
+        return
+    zeros = history.act_series("zeros")[-RECENT:]
+    sat = history.act_series("saturated")[-RECENT:]
+    sampled = history.act_series("sampled")[-RECENT:].clamp_min(1)
+    order = [j for j in history.module_order
+             if history.module_types[j] in ("ReLU", "ReLU6", "Sigmoid", "Tanh", "Hardtanh",
+                                            "Hardsigmoid")]
+    if not order:
+        ax.text(0.5, 0.5, "no activation modules to measure", ha="center",
+                transform=ax.transAxes, color=MUTED)
+        ax.set_title("Activation health")
+        return
+    names = [history.module_names[j] for j in order]
+    zero_frac = [float(torch.nan_to_num(zeros[:, j] / sampled[:, j], nan=float("nan")).nanmean())
+                 for j in order]
+    sat_frac = [float(torch.nan_to_num(sat[:, j] / sampled[:, j], nan=float("nan")).nanmean())
+                for j in order]
+    x = torch.arange(len(order)).numpy()
+    ax.bar(x - 0.2, zero_frac, width=0.4, color=OK, label="zero fraction (ReLU)")
+    ax.bar(x + 0.2, sat_frac, width=0.4, color="#ff7f0e", label="saturated fraction (sigmoid/tanh)")
+    ax.axhline(0.5, color=MUTED, ls=":", lw=1)
+    ax.set_ylim(0, 1.05)
+    ax.set_title("Activation health (recent)")
+    _label_layers(ax, names)
+    ax.legend(fontsize=7)
+
+
+def draw_loss(ax: Axes, report: Report) -> None:
+    """The logged loss, with the step of the first finding marked."""
+    history = report.history
+    if history is None or not history.records:
+        return
+    losses = history.losses()
+    steps = history.steps
+    ax.plot(steps, losses.numpy(), color="black", lw=1.2)
+    first = [f.step for f in report.findings if f.step is not None and f.severity != "info"]
+    if first:
+        ax.axvline(min(first), color=FLAG, ls="--", lw=1, label=f"first finding (step {min(first)})")
+        ax.legend(fontsize=7)
+    finite = losses[torch.isfinite(losses)]
+    if finite.numel() and float(finite.min()) > 0 and float(finite.max()) / float(finite.min()) > 100:
+        ax.set_yscale("log")
+    ax.set_title("Loss")
+    ax.set_xlabel("step")
+
+
+def _verdict(report: Report) -> str:
+    if not report.findings:
+        return "healthy"
+    kinds = sorted({f.kind for f in report.findings})
+    return ("NOT OK: " if not report.ok else "warnings: ") + ", ".join(kinds)
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def render(report: Report, outdir: Path) -> list[Path]:
+    """Write the single views and the one-page dashboard; returns their paths."""
+    layers = layer_signals(report.history) if report.history is not None else []
+    n = len(layers)
+    wide = max(8.0, min(30.0, 0.12 * n + 6))
+    written = []
+    views = [
+        ("gradient_flow.png", (wide, 4.5), lambda ax: draw_gradient_flow(ax, report, layers)),
+        ("grad_heatmap.png", (10, max(4.0, min(30.0, 0.12 * n + 2))),
+         lambda ax: draw_grad_heatmap(ax, report, layers)),
+        ("update_ratio.png", (8, 4.5), lambda ax: draw_update_ratio(ax, report, layers)),
+        ("activation_health.png", (wide, 4.5), lambda ax: draw_activation_health(ax, report)),
+        ("loss.png", (7, 4), lambda ax: draw_loss(ax, report)),
+    ]
+    for filename, size, draw in views:
+        fig, ax = plt.subplots(figsize=size)
+        draw(ax)
+        written.append(_save(fig, outdir / filename))
+    fig, axes = plt.subplots(2, 3, figsize=(18, 9.5))
+    draw_gradient_flow(axes[0, 0], report, layers)
+    draw_grad_heatmap(axes[0, 1], report, layers)
+    draw_loss(axes[0, 2], report)
+    draw_update_ratio(axes[1, 0], report, layers)
+    draw_activation_health(axes[1, 1], report)
+    _draw_findings_text(axes[1, 2], report)
+    fig.suptitle(f"gradscope: {report.model_name} — {_verdict(report)}", fontsize=15,
+                 color=FLAG if report.findings else "black")
+    fig.tight_layout()
+    written.append(_save(fig, outdir / "dashboard.png"))
+    return written
+
+
+def _draw_findings_text(ax: Axes, report: Report) -> None:
+    ax.axis("off")
+    lines = []
+    for f in report.findings[:6]:
+        fix = f.suggestions[0].title if f.suggestions else ""
+        lines.append(f"[{f.severity}] {f.kind} in {f.layer or '-'} (step {f.step})")
+        if fix:
+            lines.append(f"    fix: {fix}")
+    if not lines:
+        lines = ["No findings: gradients, updates and", "activations look healthy."]
+    ax.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=9,
+            transform=ax.transAxes, wrap=True)
+    ax.set_title("Findings")
+
+
+@hookimpl
+def gradscope_render(report: Report, outdir: Path) -> list[Path]:
+    """Gradient flow, gradient heat map, update ratios, activation health, loss, dashboard."""
+    return render(report, Path(outdir))
