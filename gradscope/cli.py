@@ -238,7 +238,10 @@ def plugins(as_json: bool) -> None:
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False), help="Write plots here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON again.")
 @click.option(
-    "--fail-on", type=click.Choice(SEVERITIES), default="error", show_default=True,
+    "--fail-on",
+    type=click.Choice(SEVERITIES),
+    default="error",
+    show_default=True,
     help="Exit 1 when a finding is at least this severe.",
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")

@@ -17,8 +17,7 @@ def thresholds(config: Mapping[str, Any] | None, plugin: str, defaults: Mapping[
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:
         raise ValueError(
-            f"Unknown threshold(s) {unknown} for plugin {plugin!r}; "
-            f"it knows {sorted(defaults)}."
+            f"Unknown threshold(s) {unknown} for plugin {plugin!r}; it knows {sorted(defaults)}."
         )
     merged.update(overrides)
     return merged

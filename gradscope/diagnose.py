@@ -120,8 +120,11 @@ def diagnose(
             if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
                 raise InputError(
                     "loss_fn must return a scalar tensor (reduce it with .mean()), got "
-                    + (f"shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else
-                       type(loss).__name__)
+                    + (
+                        f"shape {tuple(loss.shape)}"
+                        if isinstance(loss, torch.Tensor)
+                        else type(loss).__name__
+                    )
                     + "."
                 )
             scope.log_loss(loss)

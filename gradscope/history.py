@@ -149,7 +149,9 @@ class History:
         if len(self.records) > self.capacity:
             middle = self.records[self.head : len(self.records) - self.tail]
             self.records = (
-                self.records[: self.head] + middle[::2] + self.records[len(self.records) - self.tail :]
+                self.records[: self.head]
+                + middle[::2]
+                + self.records[len(self.records) - self.tail :]
             )
 
     def set_loss(self, step: int, loss: Any) -> None:

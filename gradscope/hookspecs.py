@@ -105,4 +105,3 @@ HOOK_NAMES = (
     "gradscope_render",
     "gradscope_reference_models",
 )
-

@@ -118,9 +118,7 @@ def list_plugins() -> list[PluginInfo]:
     pm = get_plugin_manager()
     infos = []
     for name, plugin in sorted(pm.list_name_plugin(), key=lambda item: item[0]):
-        hooks = sorted(
-            caller.name for caller in (pm.get_hookcallers(plugin) or [])
-        )
+        hooks = sorted(caller.name for caller in (pm.get_hookcallers(plugin) or []))
         infos.append(PluginInfo(name=name, source=_sources.get(name, "unknown"), hooks=hooks))
     return infos
 

@@ -91,6 +91,8 @@ class Scope:
         self._grad_index: list[int] = []
         self._before: list[Tensor] | None = None
         self._param_norm: list[Tensor] = []
+        self._row_spread: dict[int, Tensor] = {}
+        self._order_changed = False
         self.model_info: ModelInfo = self._describe()
 
     # -- attaching -------------------------------------------------------------
@@ -171,6 +173,7 @@ class Scope:
                 if self._rank[j] is None:
                     self._rank[j] = self._next_rank
                     self._next_rank += 1
+                    self._order_changed = True
                 self._acc[j].add(x.detach(), self.sample_rows, self.full)
                 self._hooks_fired += 1
             self._overhead += time.perf_counter() - t0
@@ -197,6 +200,14 @@ class Scope:
             self._grad_tensors = stats.grad_statistics(grads, self.full) if grads else {}
             self._param_norm = stats.param_norms(self._params) if self._params else []
         self._grad_index = index
+        recorded = self.history.recorded
+        if recorded < 3 or recorded % 10 == 0 or self.full:
+            matrices = [i for i, p in enumerate(self._params) if p.dim() >= 2]
+            with torch.no_grad():
+                spreads = stats.row_spread([self._params[i] for i in matrices])
+            self._row_spread = dict(zip(matrices, spreads, strict=True))
+        else:
+            self._row_spread = {}
 
     def _finish_step(self, measure_update: bool, started: float) -> None:
         with torch.no_grad():
@@ -205,6 +216,9 @@ class Scope:
         record.overhead_s = self._overhead
         self._overhead_total += self._overhead
         self.history.append(record)
+        if self._order_changed:
+            self.model_info = self._describe()
+            self._order_changed = False
         self._runner.call("gradscope_on_step", record=record, scope=self)
 
     def _end_step(self) -> None:
@@ -234,6 +248,8 @@ class Scope:
                 put((column, i), values[k])
         for i, t in enumerate(self._param_norm):
             put(("param_norm", i), t)
+        for i, t in self._row_spread.items():
+            put(("row_spread", i), t)
         if measure_update and self._before is not None:
             for i, t in enumerate(stats.update_norms(self._params, self._before)):
                 put(("update_norm", i), t)
@@ -280,13 +296,16 @@ class Scope:
                 grads[column][i] = get(column, i)
             grads["param_norm"][i] = get("param_norm", i)
             grads["update_norm"][i] = get("update_norm", i)
+            grads["row_spread"][i] = get("row_spread", i)
         if not self.full:
             # The L2 norm is non-finite exactly when some entry is: a 0/1 flag for free.
             grads["grad_nonfinite"] = [
                 (0.0 if math.isfinite(v) else 1.0) if not math.isnan(v) or i in has else math.nan
                 for i, v in enumerate(grads["grad_l2"])
             ]
-        acts: dict[str, list[float]] = {c: [math.nan] * len(self._modules) for c in stats.ACT_COLUMNS}
+        acts: dict[str, list[float]] = {
+            c: [math.nan] * len(self._modules) for c in stats.ACT_COLUMNS
+        }
         for j, acc in enumerate(self._acc):
             acts["calls"][j] = float(acc.calls)
             acts["numel"][j] = float(acc.numel)
@@ -316,9 +335,7 @@ class Scope:
         )
 
     def _module_order(self) -> list[int]:
-        seen = sorted(
-            (rank, j) for j, rank in enumerate(self._rank) if rank is not None
-        )
+        seen = sorted((rank, j) for j, rank in enumerate(self._rank) if rank is not None)
         order = [j for _, j in seen]
         order += [j for j in range(len(self._modules)) if self._rank[j] is None]
         return order
@@ -400,9 +417,7 @@ class Scope:
     def _unseen_modules(self) -> list[str]:
         """Modules whose parameters got gradients although their forward hook never fired."""
         got_grad = {
-            self.history.param_modules[i]
-            for i, seen in enumerate(self.history.grad_seen)
-            if seen
+            self.history.param_modules[i] for i, seen in enumerate(self.history.grad_seen) if seen
         }
         return [
             name
@@ -423,9 +438,7 @@ class Scope:
         ]
 
 
-def _owners(
-    model: torch.nn.Module, modules: list[tuple[str, torch.nn.Module]]
-) -> dict[str, str]:
+def _owners(model: torch.nn.Module, modules: list[tuple[str, torch.nn.Module]]) -> dict[str, str]:
     """Parameter name -> the hooked module that owns it."""
     by_id = {id(m): name for name, m in modules}
     owners = {}

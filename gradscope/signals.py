@@ -185,3 +185,30 @@ def fmt(value: float) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return f"{value:.3g}"
+
+
+def activation_fraction(history: History, column: str, window: int = DEFAULT_WINDOW) -> dict:
+    """Per module: ``column`` (zeros, saturated) as a fraction of the sampled entries,
+    averaged over the last ``window`` records in which the module ran."""
+    values = history.act_series(column)[-window:]
+    sampled = history.act_series("sampled")[-window:]
+    out = {}
+    for j, name in enumerate(history.module_names):
+        ran = sampled[:, j] > 0
+        ok = ran & torch.isfinite(values[:, j])
+        if bool(ok.any()):
+            out[name] = float(values[ok, j].sum() / sampled[ok, j].sum())
+    return out
+
+
+def last_measured(history: History, column: str) -> dict[str, tuple[int, float]]:
+    """Per parameter: (step, value) of the latest record where gradient ``column`` was measured."""
+    series = history.grad_series(column)
+    steps = history.steps
+    out = {}
+    for i, name in enumerate(history.param_names):
+        finite = torch.nonzero(~torch.isnan(series[:, i])).flatten()
+        if finite.numel():
+            k = int(finite[-1])
+            out[name] = (steps[k], float(series[k, i]))
+    return out

@@ -21,6 +21,7 @@ GRAD_COLUMNS = (
     "grad_nonfinite",
     "param_norm",
     "update_norm",
+    "row_spread",
     "numel",
 )
 #: Columns of the per-module activation table, in order.
@@ -160,6 +161,29 @@ def snapshot(params: list[Tensor]) -> list[Tensor]:
 def update_norms(params: list[Tensor], before: list[Tensor]) -> list[Tensor]:
     """L2 norm of (after - before) for each parameter."""
     return list(torch._foreach_norm(torch._foreach_sub([p.detach() for p in params], before), 2))
+
+
+_PROBES: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
+
+
+def row_spread(weights: list[Tensor]) -> list[Tensor]:
+    """How different the rows (output units) of each weight matrix are; 0 when all are equal.
+
+    Projects each matrix on a fixed random vector (one matrix-vector product, no copy)
+    and takes the standard deviation across rows: identical rows give identical values.
+    """
+    out = []
+    for w in weights:
+        flat = w.detach().flatten(1)
+        key = (flat.shape[1], flat.device, flat.dtype)
+        probe = _PROBES.get(key)
+        if probe is None:
+            g = torch.Generator().manual_seed(flat.shape[1])
+            probe = torch.randn(flat.shape[1], generator=g).to(flat.device, flat.dtype)
+            probe = probe / probe.norm()
+            _PROBES[key] = probe
+        out.append((flat @ probe).std() if flat.shape[0] > 1 else flat.new_zeros(()))
+    return out
 
 
 def to_host(tensors: list[Tensor]) -> list[float]:

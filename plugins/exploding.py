@@ -53,9 +53,7 @@ def gradscope_detect(
     loss_went_nonfinite = bool(((~torch.isfinite(losses)) & ~torch.isnan(losses)).any()) or (
         history.first_nonfinite_loss is not None
     )
-    loss_rise = (
-        trend.last / trend.first if trend.known and trend.first > 0 else math.nan
-    )
+    loss_rise = trend.last / trend.first if trend.known and trend.first > 0 else math.nan
     diverged = (math.isfinite(loss_rise) and loss_rise > t["loss_rise"]) or loss_went_nonfinite
 
     # Each layer's worst sustained update (median of three consecutive records).
@@ -64,7 +62,9 @@ def gradscope_detect(
         layer.name: recent(layer.grad_norm, window) / max(early(layer.grad_norm, window), 1e-30)
         for layer in layers
     }
-    big_update = {n: r for n, r in update_peaks.items() if math.isfinite(r) and r > t["update_ratio"]}
+    big_update = {
+        n: r for n, r in update_peaks.items() if math.isfinite(r) and r > t["update_ratio"]
+    }
     grown = {n: g for n, g in growth.items() if math.isfinite(g) and g > t["growth"]}
     if not (big_update or grown or (diverged and _grads_rising(layers, window))):
         return []
@@ -79,7 +79,7 @@ def gradscope_detect(
         what = f"the gradient of {culprit} grew {fmt(grown[culprit])}x during the run"
     else:
         culprit = max(growth, key=lambda n: growth[n] if math.isfinite(growth[n]) else -1)
-        what = f"the gradients kept rising while the loss climbed"
+        what = "the gradients kept rising while the loss climbed"
     layer = next(s for s in layers if s.name == culprit)
     scales = {s.name: init_scale(s, model_info) for s in layers}
     step = _first_step_over(history, layer.update_ratio, t["update_ratio"])

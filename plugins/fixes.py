@@ -257,7 +257,9 @@ def add_batchnorm(finding: Finding, info: ModelInfo) -> Suggestion:
             ]
         )
     else:
-        width = (first.size.get("out_features") or first.size.get("out_channels")) if first else None
+        width = (
+            (first.size.get("out_features") or first.size.get("out_channels")) if first else None
+        )
         norm = "BatchNorm2d" if first and "out_channels" in first.size else "BatchNorm1d"
         name = first.name.replace(".", "_") if first else "layer"
         code = "\n".join(
@@ -302,6 +304,86 @@ def add_residual(finding: Finding, info: ModelInfo) -> Suggestion:
     )
 
 
+def fix_loss_numerics(finding: Finding, info: ModelInfo) -> Suggestion:
+    """Numerically safe versions of log/softmax/division, naming the culprit."""
+    culprit = finding.evidence.get("culprit") or finding.layer or "the loss"
+    where = finding.evidence.get("where")
+    place = "the loss function" if where == "loss" else culprit
+    return Suggestion(
+        kind="fix_loss_numerics",
+        title=f"Make {place} numerically safe",
+        why=(
+            f"The first NaN/Inf comes from {place}"
+            + (f" (its {where} pass)" if where in ("forward", "backward") else "")
+            + ": log(0), division by ~0 and exp overflow give Inf/NaN; the fused, clamped "
+            "versions below never do."
+        ),
+        code="\n".join(
+            [
+                "# log(softmax(x)) underflows to log(0) = -inf: use the fused, stable forms",
+                "log_probs = torch.log_softmax(logits, dim=-1)  # not log(softmax(...))",
+                "loss = nn.functional.cross_entropy(logits, target)  # takes raw logits",
+                "# BCE on sigmoid outputs -> the fused form on raw logits:",
+                "loss = nn.functional.binary_cross_entropy_with_logits(logits, target)",
+                "# elsewhere: keep arguments away from 0",
+                "y = torch.log(x.clamp_min(1e-8)); z = a / (b + 1e-8); r = torch.sqrt(x + 1e-8)",
+            ]
+        ),
+    )
+
+
+def check_graph(finding: Finding, info: ModelInfo) -> Suggestion:
+    """Find where the graph is cut, or freeze on purpose."""
+    params = finding.evidence.get("parameters") or []
+    names = ", ".join(f'"{p}"' for p in params)
+    return Suggestion(
+        kind="check_graph",
+        title=f"Connect {finding.layer} to the loss, or freeze it",
+        why=(
+            "A parameter gets a gradient only if the loss depends on it through autograd; "
+            + (
+                "this module runs but its output is detached somewhere"
+                if finding.evidence.get("module_called")
+                else "this module is never called in forward()"
+            )
+            + "."
+        ),
+        code="\n".join(
+            [
+                "loss.backward()",
+                f"missing = [n for n, p in {info.var}.named_parameters()",
+                "           if p.requires_grad and p.grad is None]",
+                "print(missing)  # look for .detach(), .data or torch.no_grad() on their path",
+                "# or, if they are meant to stay fixed:",
+                f"for name, param in {info.var}.named_parameters():",
+                f"    if name in [{names}]:",
+                "        param.requires_grad_(False)",
+            ]
+        ),
+    )
+
+
+def random_init(finding: Finding, info: ModelInfo) -> Suggestion:
+    """Random init for a layer whose rows are identical."""
+    layer = info.layer(finding.layer)
+    layers = [layer] if layer is not None else _weight_layers(info)
+    nonlinearity = info.activation_after(finding.layer or "") or "relu"
+    call = (
+        'nn.init.kaiming_normal_({w}, nonlinearity="relu")'
+        if nonlinearity == "relu"
+        else f'nn.init.xavier_uniform_({{w}}, gain=nn.init.calculate_gain("{nonlinearity}"))'
+    )
+    return Suggestion(
+        kind="random_init",
+        title=f"Initialise {finding.layer} randomly instead of with a constant",
+        why=(
+            "Random weights make every unit compute something different, so the units get "
+            "different gradients and learn different features (zero or constant weights never do)."
+        ),
+        code=_init_loop(info, layers, call),
+    )
+
+
 Builder = Callable[[Finding, ModelInfo], Suggestion]
 
 
@@ -330,9 +412,22 @@ def _exploding_plan(finding: Finding, info: ModelInfo) -> list[Builder]:
     return [clip_grad_norm, lower_lr, init]
 
 
+def _dead_relu_plan(finding: Finding, info: ModelInfo) -> list[Builder]:
+    return [lower_lr, kaiming_init, add_batchnorm]
+
+
+def _saturation_plan(finding: Finding, info: ModelInfo) -> list[Builder]:
+    return [add_batchnorm, xavier_init, use_relu]
+
+
 PLANS: dict[str, Callable[[Finding, ModelInfo], list[Builder]]] = {
     "vanishing_gradient": _vanishing_plan,
     "exploding_gradient": _exploding_plan,
+    "nonfinite_gradient": lambda f, i: [fix_loss_numerics, clip_grad_norm, lower_lr],
+    "no_gradient": lambda f, i: [check_graph],
+    "dead_relu": _dead_relu_plan,
+    "saturated_activation": _saturation_plan,
+    "symmetric_weights": lambda f, i: [random_init],
 }
 
 

@@ -78,16 +78,32 @@ def draw_gradient_flow(ax: Axes, report: Report, layers: list[LayerSignal]) -> N
     rms = [_recent_median(s.grad_norm) / math.sqrt(max(s.numel, 1)) for s in layers]
     colours = [FLAG if n in flagged else OK for n in names]
     x = list(range(len(layers)))
-    ax.bar(x, [v if math.isfinite(v) and v > 0 else float("nan") for v in mean_abs],
-           color=colours, alpha=0.8, label="mean |grad| (recent)")
-    ax.scatter(x, [v if math.isfinite(v) and v > 0 else float("nan") for v in rms],
-               color="black", s=10, zorder=3, label="RMS grad")
+    ax.bar(
+        x,
+        [v if math.isfinite(v) and v > 0 else float("nan") for v in mean_abs],
+        color=colours,
+        alpha=0.8,
+        label="mean |grad| (recent)",
+    )
+    ax.scatter(
+        x,
+        [v if math.isfinite(v) and v > 0 else float("nan") for v in rms],
+        color="black",
+        s=10,
+        zorder=3,
+        label="RMS grad",
+    )
     finite = [v for v in mean_abs if math.isfinite(v) and v > 0]
     if finite:
         top = max(finite)
         ax.set_yscale("log")
-        ax.axhspan(min(min(finite), top * VANISH_GUIDE) / 10, top * VANISH_GUIDE,
-                   color=FLAG, alpha=0.08, label=f"< {VANISH_GUIDE:g} x largest: vanishing zone")
+        ax.axhspan(
+            min(min(finite), top * VANISH_GUIDE) / 10,
+            top * VANISH_GUIDE,
+            color=FLAG,
+            alpha=0.08,
+            label=f"< {VANISH_GUIDE:g} x largest: vanishing zone",
+        )
     ax.set_title("Gradient flow (input on the left)")
     ax.set_ylabel("|grad|")
     _label_layers(ax, names)
@@ -103,7 +119,9 @@ def draw_grad_heatmap(ax: Axes, report: Report, layers: list[LayerSignal]) -> No
         return
     steps = report.history.steps if report.history else []
     grid = torch.stack([s.grad_norm for s in layers])  # (L, T)
-    nonfinite = torch.isinf(grid) | (torch.isnan(grid) & (torch.stack([s.nonfinite for s in layers]) > 0))
+    nonfinite = torch.isinf(grid) | (
+        torch.isnan(grid) & (torch.stack([s.nonfinite for s in layers]) > 0)
+    )
     values = grid.clone()
     values[~torch.isfinite(values) | (values <= 0)] = float("nan")
     recent = values[:, -RECENT:]
@@ -115,12 +133,16 @@ def draw_grad_heatmap(ax: Axes, report: Report, layers: list[LayerSignal]) -> No
     vmax = max(vmax, vmin * 10)
     cmap = matplotlib.colormaps["viridis"].copy()
     cmap.set_bad("#eeeeee")
-    image = ax.imshow(values.numpy(), aspect="auto", cmap=cmap,
-                      norm=LogNorm(vmin=vmin, vmax=vmax), interpolation="nearest")
+    image = ax.imshow(
+        values.numpy(),
+        aspect="auto",
+        cmap=cmap,
+        norm=LogNorm(vmin=vmin, vmax=vmax),
+        interpolation="nearest",
+    )
     if bool(nonfinite.any()):
         ys, xs = torch.nonzero(nonfinite, as_tuple=True)
-        ax.scatter(xs.numpy(), ys.numpy(), marker="s", color="black", s=12,
-                   label="non-finite")
+        ax.scatter(xs.numpy(), ys.numpy(), marker="s", color="black", s=12, label="non-finite")
         ax.legend(fontsize=7, loc="upper right")
     ax.figure.colorbar(image, ax=ax, label="||grad|| (log)")
     ax.set_title("Gradient norm per layer and step")
@@ -145,16 +167,27 @@ def draw_update_ratio(ax: Axes, report: Report, layers: list[LayerSignal]) -> No
         if not bool(torch.isfinite(ratio).any()):
             continue
         plotted = True
-        ax.plot(steps, ratio.numpy(), lw=1.5 if s.name in flagged else 0.8,
-                color=FLAG if s.name in flagged else None, label=short(s.name))
+        ax.plot(
+            steps,
+            ratio.numpy(),
+            lw=1.5 if s.name in flagged else 0.8,
+            color=FLAG if s.name in flagged else None,
+            label=short(s.name),
+        )
     if plotted:
         ax.set_yscale("log")
         ax.axhline(UPDATE_GUIDE, color="black", ls="--", lw=1, label="~1e-3 guide")
         if len(layers) <= 8:
             ax.legend(fontsize=6, ncol=2)
     else:
-        ax.text(0.5, 0.5, "no optimizer: update sizes not measured", ha="center",
-                transform=ax.transAxes, color=MUTED)
+        ax.text(
+            0.5,
+            0.5,
+            "no optimizer: update sizes not measured",
+            ha="center",
+            transform=ax.transAxes,
+            color=MUTED,
+        )
     ax.set_title("Update / weight per step")
     ax.set_xlabel("step")
 
@@ -167,19 +200,32 @@ def draw_activation_health(ax: Axes, report: Report) -> None:
     zeros = history.act_series("zeros")[-RECENT:]
     sat = history.act_series("saturated")[-RECENT:]
     sampled = history.act_series("sampled")[-RECENT:].clamp_min(1)
-    order = [j for j in history.module_order
-             if history.module_types[j] in ("ReLU", "ReLU6", "Sigmoid", "Tanh", "Hardtanh",
-                                            "Hardsigmoid")]
+    order = [
+        j
+        for j in history.module_order
+        if history.module_types[j]
+        in ("ReLU", "ReLU6", "Sigmoid", "Tanh", "Hardtanh", "Hardsigmoid")
+    ]
     if not order:
-        ax.text(0.5, 0.5, "no activation modules to measure", ha="center",
-                transform=ax.transAxes, color=MUTED)
+        ax.text(
+            0.5,
+            0.5,
+            "no activation modules to measure",
+            ha="center",
+            transform=ax.transAxes,
+            color=MUTED,
+        )
         ax.set_title("Activation health")
         return
     names = [history.module_names[j] for j in order]
-    zero_frac = [float(torch.nan_to_num(zeros[:, j] / sampled[:, j], nan=float("nan")).nanmean())
-                 for j in order]
-    sat_frac = [float(torch.nan_to_num(sat[:, j] / sampled[:, j], nan=float("nan")).nanmean())
-                for j in order]
+    zero_frac = [
+        float(torch.nan_to_num(zeros[:, j] / sampled[:, j], nan=float("nan")).nanmean())
+        for j in order
+    ]
+    sat_frac = [
+        float(torch.nan_to_num(sat[:, j] / sampled[:, j], nan=float("nan")).nanmean())
+        for j in order
+    ]
     x = torch.arange(len(order)).numpy()
     ax.bar(x - 0.2, zero_frac, width=0.4, color=OK, label="zero fraction (ReLU)")
     ax.bar(x + 0.2, sat_frac, width=0.4, color="#ff7f0e", label="saturated fraction (sigmoid/tanh)")
@@ -200,10 +246,16 @@ def draw_loss(ax: Axes, report: Report) -> None:
     ax.plot(steps, losses.numpy(), color="black", lw=1.2)
     first = [f.step for f in report.findings if f.step is not None and f.severity != "info"]
     if first:
-        ax.axvline(min(first), color=FLAG, ls="--", lw=1, label=f"first finding (step {min(first)})")
+        ax.axvline(
+            min(first), color=FLAG, ls="--", lw=1, label=f"first finding (step {min(first)})"
+        )
         ax.legend(fontsize=7)
     finite = losses[torch.isfinite(losses)]
-    if finite.numel() and float(finite.min()) > 0 and float(finite.max()) / float(finite.min()) > 100:
+    if (
+        finite.numel()
+        and float(finite.min()) > 0
+        and float(finite.max()) / float(finite.min()) > 100
+    ):
         ax.set_yscale("log")
     ax.set_title("Loss")
     ax.set_xlabel("step")
@@ -230,8 +282,11 @@ def render(report: Report, outdir: Path) -> list[Path]:
     written = []
     views = [
         ("gradient_flow.png", (wide, 4.5), lambda ax: draw_gradient_flow(ax, report, layers)),
-        ("grad_heatmap.png", (10, max(4.0, min(30.0, 0.12 * n + 2))),
-         lambda ax: draw_grad_heatmap(ax, report, layers)),
+        (
+            "grad_heatmap.png",
+            (10, max(4.0, min(30.0, 0.12 * n + 2))),
+            lambda ax: draw_grad_heatmap(ax, report, layers),
+        ),
         ("update_ratio.png", (8, 4.5), lambda ax: draw_update_ratio(ax, report, layers)),
         ("activation_health.png", (wide, 4.5), lambda ax: draw_activation_health(ax, report)),
         ("loss.png", (7, 4), lambda ax: draw_loss(ax, report)),
@@ -247,8 +302,11 @@ def render(report: Report, outdir: Path) -> list[Path]:
     draw_update_ratio(axes[1, 0], report, layers)
     draw_activation_health(axes[1, 1], report)
     _draw_findings_text(axes[1, 2], report)
-    fig.suptitle(f"gradscope: {report.model_name} — {_verdict(report)}", fontsize=15,
-                 color=FLAG if report.findings else "black")
+    fig.suptitle(
+        f"gradscope: {report.model_name} — {_verdict(report)}",
+        fontsize=15,
+        color=FLAG if report.findings else "black",
+    )
     fig.tight_layout()
     written.append(_save(fig, outdir / "dashboard.png"))
     return written
@@ -264,8 +322,17 @@ def _draw_findings_text(ax: Axes, report: Report) -> None:
             lines.append(f"    fix: {fix}")
     if not lines:
         lines = ["No findings: gradients, updates and", "activations look healthy."]
-    ax.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=9,
-            transform=ax.transAxes, wrap=True)
+    ax.text(
+        0.0,
+        1.0,
+        "\n".join(lines),
+        va="top",
+        ha="left",
+        family="monospace",
+        fontsize=9,
+        transform=ax.transAxes,
+        wrap=True,
+    )
     ax.set_title("Findings")
 
 

@@ -73,11 +73,7 @@ def gradscope_detect(
         f"than {fmt(t['depth_ratio'])} of the gradient (relative to their weights) that later "
         f"layers get; {worst_layer.name} gets {fmt(worst_ratio)} of it. These layers barely "
         f"change, so the network cannot learn features in them. {cause}"
-        + (
-            f" The loss has stalled ({fmt(trend.first)} -> {fmt(trend.last)})."
-            if stalled
-            else ""
-        )
+        + (f" The loss has stalled ({fmt(trend.first)} -> {fmt(trend.last)})." if stalled else "")
     )
     return [
         Finding(

@@ -40,7 +40,7 @@ def _mlp(
 
 
 def deep_sigmoid_mlp() -> nn.Sequential:
-    """Eight Linear+Sigmoid layers with PyTorch's default init: gradients vanish toward the input."""
+    """Eight Linear+Sigmoid layers, PyTorch's default init: gradients vanish toward the input."""
     return _mlp([32] + [64] * 8, nn.Sigmoid, 4, init=None)
 
 

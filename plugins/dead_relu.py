@@ -1,0 +1,95 @@
+"""dead_relu: ReLU units that output zero for every sample, step after step.
+
+Judged per unit (a feature or a channel), not per element: a healthy ReLU layer
+outputs zero for about half of its entries, but each unit is on for some
+samples.  A dead unit is off for every sample of ``unit_window`` recorded steps
+in a row (a watch() option, 5 by default); its weights get no gradient, so it
+never comes back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from gradscope import Finding, hookimpl
+from gradscope.config import thresholds
+from gradscope.history import History
+from gradscope.modelinfo import ModelInfo
+from gradscope.signals import fmt
+
+NAME = "dead_relu"
+DEFAULTS = {
+    # Fraction of a layer's units dead for the whole window: a warning from here...
+    "warn_fraction": 0.4,
+    # ...and an error from here.
+    "error_fraction": 0.8,
+}
+
+
+@hookimpl
+def gradscope_detect(
+    history: History, model_info: ModelInfo, config: dict[str, Any]
+) -> list[Finding]:
+    """One finding per ReLU module with many units silent over the recent window."""
+    t = thresholds(config, NAME, DEFAULTS)
+    if not history.records:
+        return []
+    dead = history.act_series("dead_units")
+    units = history.act_series("units")
+    findings = []
+    for j, name in enumerate(history.module_names):
+        if not bool(torch.isfinite(dead[:, j]).any()):
+            continue
+        k = int(torch.nonzero(torch.isfinite(dead[:, j])).flatten()[-1])
+        n_units = float(units[k, j])
+        if n_units <= 0:
+            continue
+        fraction = float(dead[k, j]) / n_units
+        if fraction < t["warn_fraction"]:
+            continue
+        first = _first_dead_step(history, j, t["warn_fraction"])
+        feeding = _layer_before(model_info, name)
+        findings.append(
+            Finding(
+                kind="dead_relu",
+                layer=name,
+                severity="error" if fraction >= t["error_fraction"] else "warning",
+                step=first,
+                message=(
+                    f"{int(dead[k, j])} of {int(n_units)} units of {name} ({fmt(100 * fraction)}%) "
+                    "output zero for every sample over the last recorded steps: they are dead. "
+                    "A dead ReLU passes no gradient back, so the weights feeding it"
+                    + (f" ({feeding})" if feeding else "")
+                    + " stop learning and the unit never recovers. Usual causes: a learning "
+                    "rate so large that one step pushed the biases far negative, or an "
+                    "initialisation with negative biases."
+                ),
+                evidence={
+                    "dead_units": int(dead[k, j]),
+                    "units": int(n_units),
+                    "dead_fraction": fraction,
+                    "feeding_layer": feeding,
+                    "threshold_warn_fraction": t["warn_fraction"],
+                },
+            )
+        )
+    return findings
+
+
+def _first_dead_step(history: History, j: int, fraction: float) -> int:
+    dead = history.act_series("dead_units")[:, j]
+    units = history.act_series("units")[:, j].clamp_min(1)
+    over = torch.nonzero(torch.nan_to_num(dead / units, nan=0.0) >= fraction).flatten()
+    return history.steps[int(over[0])] if over.numel() else history.steps[-1]
+
+
+def _layer_before(model_info: ModelInfo, name: str) -> str | None:
+    names = [layer.name for layer in model_info.layers]
+    if name not in names:
+        return None
+    for layer in reversed(model_info.layers[: names.index(name)]):
+        if layer.role in ("weight", "norm"):
+            return layer.name
+    return None

@@ -1,0 +1,61 @@
+"""no_gradient: parameters that require a gradient but never receive one.
+
+Frozen parameters (``requires_grad=False``) are not watched, so they are never a
+finding.  A parameter whose gradient is zero is not a finding either: it took
+part in the graph (an embedding row no batch used, for example).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gradscope import Finding, hookimpl
+from gradscope.history import History
+from gradscope.modelinfo import ModelInfo
+
+
+@hookimpl
+def gradscope_detect(
+    history: History, model_info: ModelInfo, config: dict[str, Any]
+) -> list[Finding]:
+    """One finding per module whose trainable parameters never got a gradient."""
+    if history.recorded == 0:
+        return []
+    missing: dict[str, list[str]] = {}
+    for name, module, seen in zip(
+        history.param_names, history.param_modules, history.grad_seen, strict=True
+    ):
+        if seen == 0:
+            missing.setdefault(module, []).append(name)
+    calls = dict(zip(history.module_names, history.calls_total, strict=True))
+    findings = []
+    for module, params in missing.items():
+        ran = calls.get(module, 0) > 0
+        why = (
+            f"{module} runs in forward(), so its output is cut off from the loss: look for "
+            ".detach(), .data, torch.no_grad() or a tensor rebuilt with torch.tensor(...) "
+            "between it and the loss"
+            if ran
+            else f"{module} is never called in forward(): an unused layer, or one that a "
+            "branch always skips"
+        )
+        findings.append(
+            Finding(
+                kind="no_gradient",
+                layer=module,
+                severity="warning",
+                step=history.steps[0],
+                message=(
+                    f"{', '.join(params)} require{'s' if len(params) == 1 else ''} a gradient "
+                    f"but never got one in {history.recorded} recorded steps, so "
+                    f"{'it does' if len(params) == 1 else 'they do'} not learn. {why}. If that "
+                    "is intended, freeze them with requires_grad_(False)."
+                ),
+                evidence={
+                    "parameters": params,
+                    "module_called": ran,
+                    "recorded_steps": history.recorded,
+                },
+            )
+        )
+    return findings

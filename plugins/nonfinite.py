@@ -1,0 +1,91 @@
+"""nonfinite_gradient: NaN/Inf in an output, the loss or a gradient, traced to where it began.
+
+No ``torch.autograd.detect_anomaly`` is needed: the forward sums gradscope keeps
+turn non-finite exactly when an output does, so the first module (in forward
+order) with a non-finite output at the first bad step is where the forward pass
+broke.  When every output and the loss are finite but gradients are not, the
+backward pass broke; backward runs from the loss toward the input, so the layer
+nearest the output with a non-finite gradient is where it started.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gradscope import Finding, hookimpl
+from gradscope.history import History
+from gradscope.modelinfo import ModelInfo
+
+
+@hookimpl
+def gradscope_detect(
+    history: History, model_info: ModelInfo, config: dict[str, Any]
+) -> list[Finding]:
+    """Find the first step with a non-finite value and the module where it began."""
+    history.losses()  # resolves losses logged after their step
+    act_steps = [s for s in history.first_nonfinite_act if s is not None]
+    grad_steps = [s for s in history.first_nonfinite_grad if s is not None]
+    loss_step = history.first_nonfinite_loss
+    candidates = act_steps + grad_steps + ([loss_step] if loss_step is not None else [])
+    if not candidates:
+        return []
+    step = min(candidates)
+    rank = history.depth_rank()
+    bad_outputs = sorted(
+        (
+            name
+            for name, s in zip(history.module_names, history.first_nonfinite_act, strict=True)
+            if s == step
+        ),
+        key=lambda name: rank.get(name, len(rank)),
+    )
+    bad_grads = sorted(
+        {
+            module
+            for module, s in zip(history.param_modules, history.first_nonfinite_grad, strict=True)
+            if s == step
+        },
+        key=lambda name: rank.get(name, len(rank)),
+    )
+    if bad_outputs:
+        culprit, where = bad_outputs[0], "forward"
+        detail = (
+            f"the output of {culprit} is the first non-finite value in forward order at step "
+            f"{step}; everything computed before it was finite, so the NaN/Inf is made inside "
+            f"{culprit} (log or sqrt of a value <= 0, division by zero, exp overflow) or by "
+            "weights that were already non-finite"
+        )
+    elif loss_step == step:
+        culprit, where = None, "loss"
+        detail = (
+            f"every module's output was finite at step {step} but the loss was not: the loss "
+            "function makes it (log of 0, division by zero, or probabilities outside [0, 1])"
+        )
+    else:
+        culprit, where = bad_grads[-1], "backward"
+        detail = (
+            f"at step {step} every output and the loss were finite but gradients were not; "
+            f"backward runs from the loss to the input and {culprit} is the layer nearest the "
+            "output with a non-finite gradient, so the NaN/Inf starts in its backward or in "
+            "the operation right after it (sqrt or log at 0, a division by a tiny number)"
+        )
+    message = (
+        f"NaN/Inf appeared during training: {detail}. Once a weight is NaN every later step "
+        "is NaN too, so fix the first source."
+    )
+    return [
+        Finding(
+            kind="nonfinite_gradient",
+            layer=culprit,
+            severity="error",
+            step=step,
+            message=message,
+            evidence={
+                "culprit": culprit or "loss",
+                "where": where,
+                "nonfinite_outputs": bad_outputs,
+                "nonfinite_gradients": bad_grads,
+                "loss_nonfinite_step": loss_step,
+            },
+        )
+    ]

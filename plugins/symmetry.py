@@ -1,0 +1,73 @@
+"""symmetric_weights: weight matrices whose rows stay identical, so units learn the same thing.
+
+Zero or constant initialisation gives every unit of a layer the same weights,
+the same output and the same gradient: they stay copies of each other forever.
+Only rows that are *still* identical after training steps count, so a final
+layer initialised to zero on purpose (its rows diverge at the first step) is fine.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from gradscope import Finding, hookimpl
+from gradscope.config import thresholds
+from gradscope.history import History
+from gradscope.modelinfo import ModelInfo
+from gradscope.signals import last_measured
+
+NAME = "symmetry"
+DEFAULTS = {
+    # Row spread below this fraction of the weight RMS counts as identical rows.
+    "relative_spread": 1e-6,
+}
+
+
+@hookimpl
+def gradscope_detect(
+    history: History, model_info: ModelInfo, config: dict[str, Any]
+) -> list[Finding]:
+    """One finding per layer whose weight rows were identical after the first update."""
+    t = thresholds(config, NAME, DEFAULTS)
+    spreads = last_measured(history, "row_spread")
+    norms = last_measured(history, "param_norm")
+    numel = dict(zip(history.param_names, history.grad_series("numel")[0].tolist(), strict=True))
+    first_step = history.steps[0] if history.steps else 0
+    findings = []
+    for name, module in zip(history.param_names, history.param_modules, strict=True):
+        if name not in spreads or name not in norms:
+            continue
+        step, spread = spreads[name]
+        if step <= first_step:
+            continue  # not yet trained: a zero-initialised layer may be fine
+        shape = model_info.param_shapes.get(name, [])
+        if len(shape) < 2 or shape[0] < 2:
+            continue
+        rms = norms[name][1] / math.sqrt(max(numel.get(name, 1), 1))
+        if spread > t["relative_spread"] * rms + 1e-12:
+            continue
+        findings.append(
+            Finding(
+                kind="symmetric_weights",
+                layer=module,
+                severity="error",
+                step=first_step,
+                message=(
+                    f"All {shape[0]} rows of {name} are identical "
+                    + ("(all zero) " if rms == 0 else "")
+                    + f"after {step} training steps: every unit of {module} computes the same "
+                    "thing and gets the same gradient, so they can never become different. "
+                    "Zero or constant initialisation causes this; initialise weights randomly "
+                    "(Kaiming or Xavier) to break the symmetry."
+                ),
+                evidence={
+                    "parameter": name,
+                    "rows": shape[0],
+                    "row_spread": spread,
+                    "weight_rms": rms,
+                    "measured_at_step": step,
+                },
+            )
+        )
+    return findings

@@ -1,0 +1,52 @@
+"""Small models and training loops the tests share."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TwoHead(nn.Module):
+    """Defined in one order, called in another; returns a dict; reuses a module twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(8, 3)
+        self.body = nn.Linear(6, 8)
+        self.act = nn.ReLU(inplace=True)
+        self.shared = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.act(self.body(x))
+        h = self.shared(h)
+        h = self.shared(torch.relu(h))
+        return {"logits": self.head(h), "hidden": h}
+
+
+def mlp() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3)
+    )
+
+
+def batch(n: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=g)
+    return x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+
+
+def train(model, optimizer, steps: int = 5, scope=None, loss_fn=nn.functional.cross_entropy):
+    """A plain loop; returns the losses as floats."""
+    losses = []
+    for k in range(steps):
+        x, y = batch(seed=k)
+        optimizer.zero_grad()
+        out = model(x)
+        out = out["logits"] if isinstance(out, dict) else out
+        loss = loss_fn(out, y)
+        if scope is not None:
+            scope.log_loss(loss)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses

@@ -1,0 +1,365 @@
+"""The hook engine: what watch() measures, that it changes nothing, and that it cleans up."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from helpers import TwoHead, batch, mlp, train
+from torch import nn
+
+import gradscope
+from gradscope import stats
+
+
+def _hook_count(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) for m in model.modules())
+
+
+def test_losses_and_parameters_are_bit_identical_with_and_without_gradscope():
+    torch.manual_seed(1)
+    plain = mlp()
+    watched = mlp()
+    watched.load_state_dict(plain.state_dict())
+    opt_a = torch.optim.Adam(plain.parameters(), lr=1e-2)
+    opt_b = torch.optim.Adam(watched.parameters(), lr=1e-2)
+    losses_a = train(plain, opt_a, steps=8)
+    with gradscope.watch(watched, optimizer=opt_b, full=True) as scope:
+        losses_b = train(watched, opt_b, steps=8, scope=scope)
+    assert losses_a == losses_b
+    for (name, a), (_, b) in zip(plain.named_parameters(), watched.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+    assert scope.history.recorded == 8
+
+
+def test_every_hook_is_removed_on_exit_and_on_an_exception():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(RuntimeError, match="boom"), gradscope.watch(model, optimizer=opt):
+        assert _hook_count(model) > 0
+        assert opt._optimizer_step_pre_hooks
+        raise RuntimeError("boom")
+    assert _hook_count(model) == 0
+    assert not opt._optimizer_step_pre_hooks
+    assert not opt._optimizer_step_post_hooks
+
+
+def test_users_own_hooks_still_fire_and_outputs_are_unchanged():
+    model = mlp()
+    seen = []
+    handle = model[0].register_forward_hook(lambda m, i, o: seen.append(o.clone()))
+    x, _ = batch()
+    expected = model(x)
+    with gradscope.watch(model):
+        got = model(x)
+    handle.remove()
+    assert torch.equal(expected, got)
+    assert len(seen) == 2
+
+
+def test_gradient_statistics_match_a_direct_computation():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = batch()
+    with gradscope.watch(model, optimizer=opt, full=True) as scope:
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        opt.step()
+    record = scope.history.records[0]
+    names = scope.history.param_names
+    for i, name in enumerate(names):
+        g = grads[name]
+        assert record.grads["grad_l2"][i] == pytest.approx(float(g.norm()), rel=1e-5)
+        assert record.grads["grad_l1"][i] == pytest.approx(float(g.abs().sum()), rel=1e-5)
+        assert record.grads["grad_max"][i] == pytest.approx(float(g.abs().max()), rel=1e-5)
+        assert record.grads["grad_nonfinite"][i] == 0
+        assert record.grads["param_norm"][i] == pytest.approx(float(before[name].norm()), rel=1e-5)
+        change = dict(model.named_parameters())[name].detach() - before[name]
+        assert record.grads["update_norm"][i] == pytest.approx(float(change.norm()), rel=1e-4)
+
+
+def test_activation_statistics_match_a_direct_computation():
+    model = mlp()
+    x, y = batch(n=16)
+    with gradscope.watch(model) as scope:
+        out = model(x)
+        nn.functional.cross_entropy(out, y).backward()
+        scope.step()
+    h = scope.history
+    j_relu = h.module_names.index("1")
+    j_tanh = h.module_names.index("3")
+    with torch.no_grad():
+        relu_out = torch.relu(model[0](x))
+        tanh_out = torch.tanh(model[2](relu_out))
+    rec = h.records[0]
+    assert rec.acts["sum"][j_relu] == pytest.approx(float(relu_out.sum()), rel=1e-5)
+    assert rec.acts["sumsq"][j_relu] == pytest.approx(float((relu_out**2).sum()), rel=1e-4)
+    assert rec.acts["zeros"][j_relu] == float((relu_out == 0).sum())
+    assert rec.acts["silent_units"][j_relu] == float((relu_out.amax(0) == 0).sum())
+    assert rec.acts["saturated"][j_tanh] == float((tanh_out.abs() > 0.99).sum())
+    assert rec.acts["numel"][j_relu] == relu_out.numel()
+
+
+def test_one_host_sync_per_recorded_step(monkeypatch):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    calls = {"to_host": 0, "item": 0}
+    real_to_host = stats.to_host
+    real_item = torch.Tensor.item
+
+    def counting_to_host(tensors):
+        calls["to_host"] += 1
+        return real_to_host(tensors)
+
+    def counting_item(self):
+        calls["item"] += 1
+        return real_item(self)
+
+    monkeypatch.setattr(stats, "to_host", counting_to_host)
+    with gradscope.watch(model, optimizer=opt) as scope:
+        monkeypatch.setattr(torch.Tensor, "item", counting_item)
+        for k in range(4):
+            x, y = batch(seed=k)
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            scope.log_loss(loss)
+            loss.backward()
+            opt.step()
+        monkeypatch.setattr(torch.Tensor, "item", real_item)
+    assert calls == {"to_host": 4, "item": 0}
+
+
+def test_every_n_records_one_step_in_n_and_hooks_do_no_work_between():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.watch(model, optimizer=opt, every=3) as scope:
+        train(model, opt, steps=10, scope=scope)
+    assert scope.history.steps == [0, 3, 6, 9]
+    assert all(r.hooks_fired == 5 for r in scope.history.records)
+
+
+def test_layers_are_ordered_by_first_call_and_shared_modules_count_calls():
+    model = TwoHead()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.watch(model, optimizer=opt) as scope:
+        train(model, opt, steps=2, scope=scope)
+    h = scope.history
+    ordered = [h.module_names[j] for j in h.module_order]
+    assert ordered == ["body", "act", "shared", "head"]
+    assert [layer.name for layer in scope.model_info.layers] == ordered
+    assert h.records[0].acts["calls"][h.module_names.index("shared")] == 2
+    # the in-place ReLU was measured on its real output
+    assert h.records[0].acts["zeros"][h.module_names.index("act")] > 0
+
+
+def test_frozen_and_tied_parameters():
+    model = mlp()
+    model[0].weight.requires_grad_(False)
+    tied = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 10, bias=False))
+    tied[1].weight = tied[0].weight
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    with gradscope.watch(model, optimizer=opt) as scope:
+        train(model, opt, steps=2, scope=scope)
+    assert "0.weight" not in scope.history.param_names
+    assert "0.bias" in scope.history.param_names
+    opt2 = torch.optim.SGD(tied.parameters(), lr=0.1)
+    with gradscope.watch(tied, optimizer=opt2) as scope2:
+        opt2.zero_grad()
+        nn.functional.cross_entropy(
+            tied(torch.tensor([1, 2, 3])), torch.tensor([1, 2, 3])
+        ).backward()
+        opt2.step()
+    assert scope2.history.param_names == ["0.weight"]
+    assert scope2.history.records[0].grads["has_grad"] == [1.0]
+
+
+def test_gradient_accumulation_reads_the_accumulated_gradient():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.watch(model, optimizer=opt) as scope:
+        opt.zero_grad()
+        for k in range(3):
+            x, y = batch(seed=k)
+            nn.functional.cross_entropy(model(x), y).backward()
+        expected = float(model[0].weight.grad.norm())
+        opt.step()
+    rec = scope.history.records[0]
+    i = scope.history.param_names.index("0.weight")
+    assert rec.grads["grad_l2"][i] == pytest.approx(expected, rel=1e-5)
+    assert rec.acts["calls"][scope.history.module_names.index("0")] == 3
+
+
+def test_lstm_tuple_outputs_are_measured():
+    class Seq(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = nn.LSTM(4, 8, batch_first=True)
+            self.fc = nn.Linear(8, 1)
+
+        def forward(self, x):
+            out, _ = self.lstm(x)
+            return self.fc(out[:, -1])
+
+    model = Seq()
+    opt = torch.optim.Adam(model.parameters())
+    with gradscope.watch(model, optimizer=opt) as scope:
+        opt.zero_grad()
+        model(torch.randn(3, 5, 4)).pow(2).mean().backward()
+        opt.step()
+    rec = scope.history.records[0]
+    j = scope.history.module_names.index("lstm")
+    assert rec.acts["numel"][j] == 3 * 5 * 8
+    assert all(rec.grads["has_grad"])
+
+
+def test_grad_scaler_gradients_are_read_after_unscaling():
+    torch.manual_seed(3)
+    model_a, model_b = mlp(), mlp()
+    model_b.load_state_dict(model_a.state_dict())
+    x, y = batch()
+    opt_a = torch.optim.SGD(model_a.parameters(), lr=0.1)
+    with gradscope.watch(model_a, optimizer=opt_a) as plain:
+        opt_a.zero_grad()
+        nn.functional.cross_entropy(model_a(x), y).backward()
+        opt_a.step()
+    opt_b = torch.optim.SGD(model_b.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    with gradscope.watch(model_b, optimizer=opt_b, scaler=scaler) as scaled:
+        opt_b.zero_grad()
+        scaler.scale(nn.functional.cross_entropy(model_b(x), y)).backward()
+        scaler.step(opt_b)
+        scaler.update()
+    a = plain.history.records[0].grads["grad_l2"]
+    b = scaled.history.records[0].grads["grad_l2"]
+    assert b == pytest.approx(a, rel=1e-4)
+    assert scaled.history.records[0].scale == 2.0**12
+
+
+def test_step_without_an_optimizer_and_late_loss():
+    model = mlp()
+    with gradscope.watch(model) as scope:
+        for k in range(3):
+            x, y = batch(seed=k)
+            model.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            scope.step(loss=loss)
+    losses = scope.history.losses()
+    assert losses.shape == (3,)
+    assert bool(torch.isfinite(losses).all())
+    with pytest.raises(RuntimeError, match="records at optimizer.step"):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with gradscope.watch(model, optimizer=opt) as s2:
+            s2.step()
+
+
+def test_loss_logged_after_the_optimizer_step_lands_on_that_step():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.watch(model, optimizer=opt) as scope:
+        for k in range(3):
+            x, y = batch(seed=k)
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            scope.log_loss(loss)
+    assert bool(torch.isfinite(scope.history.losses()).all())
+
+
+def test_history_is_bounded_and_keeps_first_and_recent_steps_and_tallies():
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x = torch.randn(4, 3)
+    with gradscope.watch(model, optimizer=opt, history_size=64) as scope:
+        for step in range(3000):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            if step == 1500:
+                model.weight.grad[0, 0] = float("nan")
+            opt.step()
+            if step == 1500:
+                with torch.no_grad():
+                    model.weight.nan_to_num_(0.0)
+    h = scope.history
+    assert len(h) <= 64
+    assert h.steps[0] == 0 and h.steps[-1] == 2999
+    assert h.recorded == 3000
+    assert h.first_nonfinite_grad[h.param_names.index("weight")] == 1500
+
+
+def test_a_module_that_runs_but_is_never_seen_is_reported():
+    layer = nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16, batch_first=True)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.01)
+    with gradscope.watch(layer, optimizer=opt) as scope:
+        opt.zero_grad()
+        layer(torch.randn(2, 5, 8)).pow(2).mean().backward()
+        opt.step()
+    report = scope.report()
+    assert "self_attn.out_proj" in report.coverage["unseen_modules"]
+    assert any("forward hook never fired" in note for note in report.notes)
+    assert report.coverage["hooks_fired_per_step"] > 0
+
+
+def test_validation_forwards_under_no_grad_are_not_measured():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.watch(model, optimizer=opt) as scope:
+        x, y = batch()
+        with torch.no_grad():
+            model(x)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    assert scope.history.records[0].acts["calls"][0] == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        (
+            {"model": [1, 2]},
+            TypeError,
+            "gradscope.watch() needs a torch.nn.Module, got list; pass the model itself, "
+            "e.g. gradscope.watch(model, optimizer=opt).",
+        ),
+        (
+            {"optimizer": "sgd"},
+            TypeError,
+            "optimizer must be a torch.optim.Optimizer, got str; pass the optimizer you call "
+            ".step() on, e.g. torch.optim.SGD(model.parameters()).",
+        ),
+        (
+            {"optimizer": torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)},
+            ValueError,
+            "The optimizer does not hold any of this model's trainable parameters; pass the "
+            "optimizer built from it, e.g. torch.optim.Adam(model.parameters()).",
+        ),
+        (
+            {"scaler": object()},
+            TypeError,
+            "scaler must be a torch.amp.GradScaler, got object; pass the scaler you call "
+            "scaler.step(optimizer) on, or leave it out.",
+        ),
+        ({"every": 0}, ValueError, "every must be a whole number of steps >= 1, got 0."),
+    ],
+)
+def test_bad_input_gets_one_sentence_saying_what_to_pass(kwargs, error, message):
+    args = {"model": mlp()} | kwargs
+    with pytest.raises(error) as info:
+        gradscope.watch(**args)
+    assert str(info.value) == message
+
+
+def test_overhead_is_measured_and_reported():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.watch(model, optimizer=opt) as scope:
+        train(model, opt, steps=3, scope=scope)
+    overhead = scope.report().overhead
+    assert overhead["recorded_steps"] == 3
+    assert 0 < overhead["seconds_per_step"] < 1
+    assert math.isclose(overhead["seconds_total"], overhead["seconds_per_step"] * 3)
