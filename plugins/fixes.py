@@ -306,27 +306,39 @@ def add_residual(finding: Finding, info: ModelInfo) -> Suggestion:
 
 def fix_loss_numerics(finding: Finding, info: ModelInfo) -> Suggestion:
     """Numerically safe versions of log/softmax/division, naming the culprit."""
-    culprit = finding.evidence.get("culprit") or finding.layer or "the loss"
+    culprit = finding.evidence.get("culprit") or finding.layer or "loss"
     where = finding.evidence.get("where")
     place = "the loss function" if where == "loss" else culprit
+    layer = info.layer(culprit)
+    located = (
+        f"# in {layer.type}.forward ({info.var} module {culprit!r}):"
+        if layer is not None
+        else "# in the loss function:"
+    )
     return Suggestion(
         kind="fix_loss_numerics",
         title=f"Make {place} numerically safe",
         why=(
             f"The first NaN/Inf comes from {place}"
             + (f" (its {where} pass)" if where in ("forward", "backward") else "")
-            + ": log(0), division by ~0 and exp overflow give Inf/NaN; the fused, clamped "
-            "versions below never do."
+            + ": log(0), sqrt(0)'s slope, division by ~0 and exp overflow give Inf/NaN; "
+            "the fused or clamped forms below never do."
         ),
         code="\n".join(
             [
-                "# log(softmax(x)) underflows to log(0) = -inf: use the fused, stable forms",
-                "log_probs = torch.log_softmax(logits, dim=-1)  # not log(softmax(...))",
-                "loss = nn.functional.cross_entropy(logits, target)  # takes raw logits",
-                "# BCE on sigmoid outputs -> the fused form on raw logits:",
-                "loss = nn.functional.binary_cross_entropy_with_logits(logits, target)",
-                "# elsewhere: keep arguments away from 0",
-                "y = torch.log(x.clamp_min(1e-8)); z = a / (b + 1e-8); r = torch.sqrt(x + 1e-8)",
+                "import torch",
+                "",
+                located,
+                "#   torch.log(torch.softmax(x, -1))  ->  torch.log_softmax(x, dim=-1)",
+                "#   torch.log(p)                     ->  torch.log(p.clamp_min(1e-8))",
+                "#   torch.sqrt(s)                    ->  torch.sqrt(s + 1e-8)",
+                "#   a / b                            ->  a / (b + 1e-8)",
+                "# and losses on probabilities -> the fused versions on raw logits:",
+                "#   nn.functional.cross_entropy(logits, target)",
+                "#   nn.functional.binary_cross_entropy_with_logits(logits, target)",
+                "",
+                "def safe_log(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:",
+                "    return torch.log(x.clamp_min(eps))",
             ]
         ),
     )
@@ -412,6 +424,14 @@ def _exploding_plan(finding: Finding, info: ModelInfo) -> list[Builder]:
     return [clip_grad_norm, lower_lr, init]
 
 
+def _nonfinite_plan(finding: Finding, info: ModelInfo) -> list[Builder]:
+    layer = info.layer(finding.layer)
+    if finding.evidence.get("where") == "forward" and layer is not None and layer.params:
+        # A layer with weights overflowing: the values grew too large, not a bad formula.
+        return [clip_grad_norm, lower_lr, fix_loss_numerics]
+    return [fix_loss_numerics, clip_grad_norm, lower_lr]
+
+
 def _dead_relu_plan(finding: Finding, info: ModelInfo) -> list[Builder]:
     return [lower_lr, kaiming_init, add_batchnorm]
 
@@ -423,7 +443,7 @@ def _saturation_plan(finding: Finding, info: ModelInfo) -> list[Builder]:
 PLANS: dict[str, Callable[[Finding, ModelInfo], list[Builder]]] = {
     "vanishing_gradient": _vanishing_plan,
     "exploding_gradient": _exploding_plan,
-    "nonfinite_gradient": lambda f, i: [fix_loss_numerics, clip_grad_norm, lower_lr],
+    "nonfinite_gradient": _nonfinite_plan,
     "no_gradient": lambda f, i: [check_graph],
     "dead_relu": _dead_relu_plan,
     "saturated_activation": _saturation_plan,

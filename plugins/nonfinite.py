@@ -62,12 +62,20 @@ def gradscope_detect(
             "function makes it (log of 0, division by zero, or probabilities outside [0, 1])"
         )
     else:
-        culprit, where = bad_grads[-1], "backward"
+        last_bad = bad_grads[-1]
+        between = _parameterless_after(history, last_bad)
+        culprit, where = (between[-1] if between else last_bad), "backward"
         detail = (
             f"at step {step} every output and the loss were finite but gradients were not; "
-            f"backward runs from the loss to the input and {culprit} is the layer nearest the "
-            "output with a non-finite gradient, so the NaN/Inf starts in its backward or in "
-            "the operation right after it (sqrt or log at 0, a division by a tiny number)"
+            f"backward runs from the loss to the input and {last_bad} is the layer nearest the "
+            "output with a non-finite gradient, so the NaN/Inf is made in the backward of "
+            + (
+                f"{culprit}, the operation right after it (sqrt or log at 0, a division by "
+                "a tiny number)"
+                if between
+                else f"{last_bad} or of an operation right after it (sqrt or log at 0, "
+                "a division by a tiny number)"
+            )
         )
     message = (
         f"NaN/Inf appeared during training: {detail}. Once a weight is NaN every later step "
@@ -86,6 +94,24 @@ def gradscope_detect(
                 "nonfinite_outputs": bad_outputs,
                 "nonfinite_gradients": bad_grads,
                 "loss_nonfinite_step": loss_step,
+                "backward_candidates": (
+                    _parameterless_after(history, bad_grads[-1]) if where == "backward" else []
+                ),
             },
         )
     ]
+
+
+def _parameterless_after(history: History, module: str) -> list[str]:
+    """Modules without trainable parameters that ran between ``module`` and the next layer
+    that has them, in forward order."""
+    owners = set(history.param_modules)
+    order = [history.module_names[j] for j in history.module_order if history.calls_total[j]]
+    if module not in order:
+        return []
+    between = []
+    for name in order[order.index(module) + 1 :]:
+        if name in owners:
+            break
+        between.append(name)
+    return between

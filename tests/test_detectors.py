@@ -1,0 +1,246 @@
+"""Built-in detectors: each problem found on the right layer, no alarm on healthy training,
+and every suggested snippet runs on the model it was made for."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import batch, mlp
+from torch import nn
+
+import gradscope
+from gradscope.models import builtin_specs
+
+CE = nn.functional.cross_entropy
+
+
+def run_spec(name: str, steps: int = 30) -> gradscope.Report:
+    spec = builtin_specs()[name]
+    torch.manual_seed(0)
+    model = spec.factory()
+    batches = [spec.example_batch(64, seed=s) for s in range(8)]
+    return gradscope.diagnose(model, batches, spec.loss_fn, steps=steps, lr=0.05)
+
+
+def serious(report: gradscope.Report) -> list[gradscope.Finding]:
+    return report.at_least("warning")
+
+
+def test_deep_sigmoid_mlp_vanishes_at_the_input_layer_and_relu_comes_first():
+    report = run_spec("deep_sigmoid_mlp")
+    (finding,) = serious(report)
+    assert finding.kind == "vanishing_gradient"
+    assert finding.layer == "0"
+    assert finding.severity == "error"
+    assert finding.evidence["layers"][:3] == ["0", "2", "4"]
+    assert [s.kind for s in finding.suggestions] == ["use_relu", "kaiming_init", "add_batchnorm"]
+
+
+def test_large_init_explodes_and_kaiming_comes_first():
+    report = run_spec("relu_mlp_large_init")
+    kinds = report.kinds()
+    assert "exploding_gradient" in kinds
+    finding = next(f for f in report.findings if f.kind == "exploding_gradient")
+    assert finding.suggestions[0].kind == "kaiming_init"
+    assert finding.evidence["init_scale"]["0"] > 3
+
+
+@pytest.mark.parametrize("name", ["fnn", "deep_relu_mlp", "relu_mlp_kaiming"])
+def test_healthy_reference_models_raise_no_alarm(name):
+    assert serious(run_spec(name)) == []
+
+
+class LogSoftmaxByHand(nn.Module):
+    def forward(self, x):
+        return torch.log(torch.softmax(x, dim=-1))
+
+
+def test_nan_from_log_of_zero_names_the_module_that_made_it():
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3), LogSoftmaxByHand())
+    with torch.no_grad():
+        model[2].weight.mul_(400.0)
+    report = gradscope.diagnose(model, batch(), nn.functional.nll_loss, steps=3)
+    finding = next(f for f in report.findings if f.kind == "nonfinite_gradient")
+    assert finding.layer == "3"
+    assert finding.step == 0
+    assert finding.evidence["where"] == "forward"
+    assert finding.suggestions[0].kind == "fix_loss_numerics"
+
+
+class WithMagnitude(nn.Module):
+    """Appends each row's length: sqrt(0) has an infinite slope, so a zero row gives NaN grads."""
+
+    def forward(self, x):
+        return torch.cat([x, x.pow(2).sum(-1, keepdim=True).sqrt()], dim=-1)
+
+
+def test_nan_made_in_backward_names_the_operation_after_the_last_bad_layer():
+    model = nn.Sequential(nn.Linear(6, 16, bias=False), WithMagnitude(), nn.Linear(17, 3))
+    x, y = batch()
+    x[0] = 0.0  # one all-zero sample: a zero row reaches the sqrt
+    report = gradscope.diagnose(model, (x, y), CE, steps=2)
+    finding = next(f for f in report.findings if f.kind == "nonfinite_gradient")
+    assert finding.evidence["where"] == "backward"
+    assert finding.layer == "1"
+    assert finding.step == 0
+    assert finding.evidence["nonfinite_gradients"] == ["0"]
+
+
+def test_nan_in_the_loss_itself_blames_the_loss():
+    model = nn.Sequential(nn.Linear(6, 1), nn.Sigmoid())
+    with torch.no_grad():
+        model[0].weight.fill_(100.0)
+
+    def bce_by_hand(p, y):
+        y = (y > 0).float().unsqueeze(1)
+        return -(y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean()
+
+    report = gradscope.diagnose(model, batch(), bce_by_hand, steps=2)
+    finding = next(f for f in report.findings if f.kind == "nonfinite_gradient")
+    assert finding.layer is None
+    assert finding.evidence["culprit"] == "loss"
+
+
+def test_dead_relu_units_are_found_per_unit_and_normal_sparsity_is_not():
+    dead = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 3))
+    with torch.no_grad():
+        dead[0].bias.fill_(-20.0)
+    report = gradscope.diagnose(dead, batch(), CE, steps=8)
+    finding = next(f for f in report.findings if f.kind == "dead_relu")
+    assert finding.layer == "1"
+    assert finding.evidence["dead_units"] == 32
+    assert finding.evidence["feeding_layer"] == "0"
+    healthy = gradscope.diagnose(mlp(), batch(), CE, steps=8)
+    zeros = healthy.history.act_series("zeros")[:, 1] / healthy.history.act_series("sampled")[:, 1]
+    assert float(zeros.mean()) > 0.3  # ordinary ReLU sparsity...
+    assert "dead_relu" not in healthy.kinds()  # ...is not a finding
+
+
+def test_saturated_sigmoid_is_found():
+    model = nn.Sequential(nn.Linear(6, 16), nn.Sigmoid(), nn.Linear(16, 3))
+    with torch.no_grad():
+        model[0].weight.mul_(200.0)
+    report = gradscope.diagnose(model, batch(), CE, steps=6)
+    finding = next(f for f in report.findings if f.kind == "saturated_activation")
+    assert finding.layer == "1"
+    assert finding.evidence["saturated_fraction"] > 0.9
+
+
+def test_zero_init_is_symmetric_but_a_zero_initialised_last_layer_is_not():
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+    report = gradscope.diagnose(model, batch(), CE, steps=5)
+    layers = {f.layer for f in report.findings if f.kind == "symmetric_weights"}
+    assert {"0", "2"} <= layers
+    assert all(
+        f.suggestions[0].kind == "random_init"
+        for f in report.findings
+        if f.kind == "symmetric_weights"
+    )
+    fine = mlp()
+    nn.init.zeros_(fine[4].weight)
+    assert "symmetric_weights" not in gradscope.diagnose(fine, batch(), CE, steps=5).kinds()
+
+
+class WithUnused(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.used = nn.Linear(6, 3)
+        self.unused = nn.Linear(6, 3)
+        self.detached = nn.Linear(6, 6)
+
+    def forward(self, x):
+        return self.used(x + self.detached(x).detach())
+
+
+def test_parameters_without_gradients_are_named_and_frozen_ones_are_not():
+    model = WithUnused()
+    model.used.bias.requires_grad_(False)
+    report = gradscope.diagnose(model, batch(), CE, steps=3)
+    found = {f.layer: f for f in report.findings if f.kind == "no_gradient"}
+    assert set(found) == {"unused", "detached"}
+    assert found["unused"].evidence["parameters"] == ["unused.weight", "unused.bias"]
+    assert found["unused"].evidence["module_called"] is False
+    assert found["detached"].evidence["module_called"] is True
+    assert "detached.weight, detached.bias require a gradient" in found["detached"].message
+    assert found["detached"].suggestions[0].kind == "check_graph"
+
+
+def test_healthy_models_of_other_kinds_raise_no_alarm():
+    cases = []
+    emb = nn.Sequential(nn.Embedding(1000, 16), nn.Flatten(), nn.Linear(16 * 4, 3))
+    tokens = torch.randint(0, 50, (32, 4))  # most rows are never used: zero gradient rows
+    cases.append((emb, (tokens, batch()[1])))
+    backbone = mlp()
+    for p in backbone[:3].parameters():
+        p.requires_grad_(False)
+    cases.append((backbone, batch()))
+    encoder = nn.Sequential(
+        nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(6, 2, dim_feedforward=32, batch_first=True), num_layers=2
+        ),
+        nn.Flatten(),
+        nn.Linear(6 * 5, 3),
+    )
+    cases.append((encoder, (torch.randn(32, 5, 6), batch()[1])))
+    for model, data in cases:
+        report = gradscope.diagnose(model, data, CE, steps=8)
+        assert serious(report) == [], (type(model[0]).__name__, str(report))
+
+
+def _namespace(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    loss = CE(model(x), y)
+    return {"model": model, "optimizer": optimizer, "loss": loss, "torch": torch, "nn": nn}
+
+
+SNIPPET_CASES = ["deep_sigmoid_mlp", "relu_mlp_large_init"]
+
+
+@pytest.mark.parametrize("name", SNIPPET_CASES)
+def test_every_suggested_snippet_runs_on_its_model(name):
+    spec = builtin_specs()[name]
+    report = run_spec(name, steps=10)
+    assert report.findings
+    for finding in report.findings:
+        for suggestion in finding.suggestions:
+            torch.manual_seed(0)
+            model = spec.factory()
+            x, y = spec.example_batch(64)
+            ns = _namespace(model, x, y)
+            exec(compile(suggestion.code, f"<{suggestion.kind}>", "exec"), ns)  # noqa: S102
+            after = ns["model"]
+            after(x)  # still a working model
+
+
+def test_applying_the_first_fix_makes_the_loss_fall():
+    spec = builtin_specs()["deep_sigmoid_mlp"]
+    report = run_spec("deep_sigmoid_mlp", steps=10)
+    fix = report.findings[0].suggestions[0]
+    kaiming = report.findings[0].suggestions[1]
+
+    def final_loss(apply: list) -> float:
+        torch.manual_seed(0)
+        model = spec.factory()
+        ns = _namespace(model, *spec.example_batch(64))
+        for s in apply:
+            exec(s.code, ns)  # noqa: S102
+        model = ns["model"]
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        losses = []
+        for step in range(60):
+            x, y = spec.example_batch(64, seed=step % 8)
+            opt.zero_grad()
+            loss = spec.loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        return sum(losses[-5:]) / 5
+
+    untouched = final_loss([])
+    assert final_loss([fix, kaiming]) < untouched - 0.1
+    assert final_loss([fix]) < untouched
+
