@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> gradscope.Report:
 
     with gradscope.watch(model, optimizer=optimizer) as scope:
         for step in range(args.steps):
-            idx = torch.randint(0, len(images), (64,), generator=torch.Generator().manual_seed(step))
+            idx = torch.randint(
+                0, len(images), (64,), generator=torch.Generator().manual_seed(step)
+            )
             optimizer.zero_grad()
             loss = loss_fn(model(images[idx]), labels[idx])
             scope.log_loss(loss)

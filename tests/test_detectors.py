@@ -127,7 +127,9 @@ def test_saturated_sigmoid_is_found():
 
 
 def test_zero_init_is_symmetric_but_a_zero_initialised_last_layer_is_not():
-    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
+    model = nn.Sequential(
+        nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3)
+    )
     for layer in model:
         if isinstance(layer, nn.Linear):
             nn.init.zeros_(layer.weight)
@@ -243,4 +245,3 @@ def test_applying_the_first_fix_makes_the_loss_fall():
     untouched = final_loss([])
     assert final_loss([fix, kaiming]) < untouched - 0.1
     assert final_loss([fix]) < untouched
-
