@@ -18,6 +18,8 @@ import torch
 from gradscope.errors import GradscopeError
 from gradscope.report import SEVERITIES, Report
 
+LOSS_NAMES = ("cross_entropy", "nll", "mse", "l1", "smooth_l1", "bce", "bce_logits", "hinge")
+OPTIMIZER_NAMES = ("sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw")
 EXIT_FINDINGS = 1
 EXIT_INPUT = 2
 
@@ -164,6 +166,122 @@ def demo(
             paths = result.faulty.plot(plot_dir)
             for path in paths:
                 console.print(f"wrote {path}")
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=True))
+@click.option("--model", "model_name", help="A reference model name (see `gradscope models`).")
+@click.option("--model-factory", help="package.module:function that builds the model.")
+@click.option("--input-shape", help="Shape of a synthetic input batch, e.g. 8,1,28,28.")
+@click.option(
+    "--batch",
+    "batch_file",
+    type=click.Path(dir_okay=False),
+    help="A torch.save'd (input, target) pair to train on instead of synthetic data.",
+)
+@click.option("--loss", type=click.Choice(sorted(LOSS_NAMES)), help="Loss to train with.")
+@click.option("--steps", default=20, show_default=True, help="Instrumented training steps.")
+@click.option("--lr", default=0.01, show_default=True, help="Learning rate.")
+@click.option(
+    "--optimizer", type=click.Choice(sorted(OPTIMIZER_NAMES)), default="sgd", show_default=True
+)
+@click.option("--plot", "plot_dir", type=click.Path(file_okay=False), help="Write plots here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--fail-on",
+    type=click.Choice(SEVERITIES),
+    default="error",
+    show_default=True,
+    help="Exit 1 when a finding is at least this severe.",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="PLUGIN.NAME=VALUE",
+    help="Override a threshold, e.g. --set vanishing.depth_ratio=1e-4.",
+)
+@click.option(
+    "--unsafe-load",
+    is_flag=True,
+    help="Allow checkpoints that pickle arbitrary objects. This EXECUTES code from "
+    "the file: only for files you trust.",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+def check(
+    checkpoint: str,
+    model_name: str | None,
+    model_factory: str | None,
+    input_shape: str | None,
+    batch_file: str | None,
+    loss: str | None,
+    steps: int,
+    lr: float,
+    optimizer: str,
+    plot_dir: str | None,
+    as_json: bool,
+    fail_on: str,
+    overrides: tuple[str, ...],
+    unsafe_load: bool,
+    debug: bool,
+) -> None:
+    """Diagnose a checkpoint: load it, train a copy for a few steps, report the findings.
+
+    CHECKPOINT is a state_dict (.pt/.pth, also nested under state_dict/model/
+    model_state_dict, with Lightning/DDP prefixes stripped), a .safetensors file,
+    a TorchScript file or a torch.export program (.pt2). The last two carry their
+    architecture; weights alone need --model or --model-factory.
+
+    Loading never unpickles code unless you pass --unsafe-load.
+
+    \b
+    Examples:
+      gradscope check cnn.pt --model cnn
+      gradscope check weights.safetensors --model-factory mypkg.nets:build --input-shape 8,3,32,32
+      gradscope check scripted.pt --input-shape 16,10 --loss mse --fail-on warning
+    """
+    from gradscope.check import CheckOptions, parse_shape, run_check
+    from gradscope.config import parse_overrides
+
+    _set_threads()
+    with _friendly_errors(debug):
+        options = CheckOptions(
+            checkpoint=Path(checkpoint),
+            model=model_name,
+            model_factory=model_factory,
+            input_shape=parse_shape(input_shape) if input_shape else None,
+            batch=Path(batch_file) if batch_file else None,
+            loss=loss,
+            steps=steps,
+            lr=lr,
+            optimizer=optimizer,
+            unsafe_load=unsafe_load,
+            config=parse_overrides(list(overrides)),
+        )
+        if steps < 1:
+            raise ValueError(f"--steps must be at least 1, got {steps}.")
+        with _progress_bar(steps) as advance:
+            result = run_check(options, progress=advance)
+        if as_json:
+            click.echo(result.to_json())
+        else:
+            print_report(result, _console(), suggestions=2)
+        if plot_dir:
+            for written in result.plot(plot_dir):
+                click.echo(f"wrote {written}", err=as_json)
+    sys.exit(_exit_code(result, fail_on))
+
+
+@contextlib.contextmanager
+def _progress_bar(total: int) -> Iterator[Any]:
+    """A progress bar on stderr when it is a terminal; silent otherwise."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("training", total=total)
+        yield lambda step: bar.update(task, completed=step + 1)
 
 
 @main.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 from collections.abc import Callable, Iterable, Iterator
@@ -55,6 +56,12 @@ def _call(model: torch.nn.Module, x: Any) -> Any:
     return model(x)
 
 
+def _train_mode(model: torch.nn.Module) -> None:
+    # torch.export programs refuse train(): they keep the mode they were exported in.
+    with contextlib.suppress(NotImplementedError):
+        model.train()
+
+
 def diagnose(
     model: torch.nn.Module,
     batches: Any,
@@ -99,7 +106,7 @@ def diagnose(
         if not trainable:
             raise InputError("The model has no trainable parameters (all requires_grad=False).")
         optimizer = torch.optim.SGD(trainable, lr=lr)
-    model.train()
+    _train_mode(model)
     source = _as_batches(batches)
     with Scope(model, optimizer=optimizer, config=config, **watch_options) as scope:
         for step in range(steps):

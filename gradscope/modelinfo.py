@@ -129,6 +129,9 @@ def hooked_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     """The modules gradscope measures: leaves, and containers that own parameters directly."""
     chosen = []
     for name, module in model.named_modules():
+        if isinstance(module, torch.jit.ScriptModule):
+            continue  # TorchScript refuses forward hooks
+
         is_leaf = next(iter(module.children()), None) is None
         owns_params = next(iter(module.parameters(recurse=False)), None) is not None
         if is_leaf or owns_params:

@@ -1,0 +1,195 @@
+"""`gradscope check`: diagnose a checkpoint without touching the user's training code."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradscope.checkpoint import (
+    first_layer_expectation,
+    import_factory,
+    load_checkpoint,
+    load_into,
+)
+from gradscope.diagnose import diagnose
+from gradscope.errors import InputError
+from gradscope.models import ModelSpec, get_spec
+from gradscope.report import Report
+
+
+def _bce(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return nn.functional.binary_cross_entropy(output, target.to(output.dtype))
+
+
+def _hinge(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return nn.functional.relu(1 - target.to(output.dtype) * output).mean()
+
+
+LOSSES: dict[str, Callable[[Any, Any], torch.Tensor]] = {
+    "cross_entropy": nn.functional.cross_entropy,
+    "nll": nn.functional.nll_loss,
+    "mse": nn.functional.mse_loss,
+    "l1": nn.functional.l1_loss,
+    "smooth_l1": nn.functional.smooth_l1_loss,
+    "bce": _bce,
+    "bce_logits": nn.functional.binary_cross_entropy_with_logits,
+    "hinge": _hinge,
+}
+
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr),
+    "momentum": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9),
+    "adagrad": lambda params, lr: torch.optim.Adagrad(params, lr=lr),
+    "rmsprop": lambda params, lr: torch.optim.RMSprop(params, lr=lr),
+    "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
+    "adamw": lambda params, lr: torch.optim.AdamW(params, lr=lr),
+}
+
+
+@dataclass
+class CheckOptions:
+    """What `gradscope check` was asked to do."""
+
+    checkpoint: Path
+    model: str | None = None
+    model_factory: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    batch: Path | None = None
+    loss: str | None = None
+    steps: int = 20
+    lr: float = 0.01
+    optimizer: str = "sgd"
+    unsafe_load: bool = False
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``1,1,28,28`` -> (1, 1, 28, 28)."""
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+    except ValueError:
+        raise InputError(
+            f"--input-shape {text!r} must be whole numbers separated by commas, e.g. 8,1,28,28."
+        ) from None
+    if not shape or any(d <= 0 for d in shape):
+        raise InputError(f"--input-shape {text!r} must be positive whole numbers, e.g. 8,1,28,28.")
+    return shape
+
+
+def _build_model(options: CheckOptions) -> tuple[nn.Module, ModelSpec | None, Any, list[str]]:
+    notes: list[str] = []
+    loaded = load_checkpoint(options.checkpoint, unsafe=options.unsafe_load)
+    spec = get_spec(options.model) if options.model else None
+    if loaded.model is not None:
+        if loaded.kind == "torchscript":
+            notes.append("TorchScript modules take no forward hooks: activations are not measured")
+        return loaded.model, spec, loaded.example_input, notes
+    if spec is not None:
+        model = spec.factory()
+        name = spec.name
+    elif options.model_factory:
+        model = import_factory(options.model_factory)()
+        if not isinstance(model, nn.Module):
+            raise InputError(
+                f"--model-factory {options.model_factory} returned {type(model).__name__}, "
+                "not a torch.nn.Module."
+            )
+        name = options.model_factory
+    else:
+        raise InputError(
+            f"{options.checkpoint} holds weights only: say which model they belong to with "
+            "--model NAME (see `gradscope models`) or --model-factory package.module:function."
+        )
+    load_into(model, loaded.state_dict or {}, name)
+    return model, spec, None, notes
+
+
+def _load_batch(path: Path) -> tuple[Any, Any]:
+    if not path.exists():
+        raise InputError(f"No such batch file: {path}.")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means "not a batch file"
+        raise InputError(f"{path} is not a batch saved with torch.save ({exc}).") from exc
+    if isinstance(obj, dict) and {"input", "target"} <= set(obj):
+        return obj["input"], obj["target"]
+    if isinstance(obj, (tuple, list)) and len(obj) == 2:
+        return obj[0], obj[1]
+    raise InputError(
+        f"{path} must hold an (input, target) pair or a dict with 'input' and 'target'."
+    )
+
+
+def _synthetic_target(output: torch.Tensor, loss: str) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    if loss in ("cross_entropy", "nll"):
+        return torch.randint(0, output.shape[-1], output.shape[:-1], generator=g)
+    if loss in ("bce", "bce_logits"):
+        return torch.randint(0, 2, output.shape, generator=g).to(output.dtype)
+    if loss == "hinge":
+        return torch.randint(0, 2, output.shape, generator=g).to(output.dtype) * 2 - 1
+    return torch.randn(output.shape, generator=g).to(output.dtype)
+
+
+def _run_forward(model: nn.Module, x: Any) -> Any:
+    try:
+        with torch.no_grad():
+            return model(x)
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise InputError(
+            f"The model rejects input of shape {shape}: {first_layer_expectation(model)} "
+            f"(torch said: {str(exc).splitlines()[0][:160]})."
+        ) from exc
+
+
+def run_check(options: CheckOptions, progress: Callable[[int], None] | None = None) -> Report:
+    """Load, build a batch, train a copy for ``options.steps`` instrumented steps."""
+    if options.loss is not None and options.loss not in LOSSES:
+        raise InputError(f"Unknown --loss {options.loss!r}; choose one of {', '.join(LOSSES)}.")
+    model, spec, example, notes = _build_model(options)
+    loss_name = options.loss or (spec.loss_name if spec else "mse")
+    loss_fn = LOSSES.get(loss_name) or (spec.loss_fn if spec else LOSSES["mse"])
+    if options.batch is not None:
+        x, y = _load_batch(options.batch)
+    else:
+        notes.append("the diagnosis used a synthetic batch (pass --batch FILE for real data)")
+        if options.input_shape is not None:
+            g = torch.Generator().manual_seed(0)
+            x = torch.randn(options.input_shape, generator=g)
+            y = None
+        elif spec is not None:
+            x, y = spec.example_batch()
+        elif isinstance(example, (tuple, list)) and example and torch.is_tensor(example[0]):
+            x, y = example[0], None
+        else:
+            raise InputError(
+                "Without --batch or --model, gradscope cannot guess the input: pass "
+                "--input-shape, e.g. --input-shape 8,1,28,28."
+            )
+        if y is None:
+            y = _synthetic_target(_run_forward(model, x), loss_name)
+    _run_forward(model, x)
+    # The model was built from the file here, so training it changes nothing of the user's.
+    trained = model
+    params = [p for p in trained.parameters() if p.requires_grad]
+    if not params:
+        raise InputError("The model has no trainable parameters to diagnose.")
+    optimizer = OPTIMIZERS[options.optimizer](params, options.lr)
+    report = diagnose(
+        trained,
+        (x, y),
+        loss_fn,
+        optimizer=optimizer,
+        steps=options.steps,
+        config=options.config,
+        progress=progress,
+        name=spec.name if spec else type(model).__name__,
+    )
+    report.notes.extend(notes)
+    return report
