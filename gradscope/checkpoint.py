@@ -50,14 +50,18 @@ def load_checkpoint(path: str | Path, unsafe: bool = False) -> Loaded:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not unsafe)
     except pickle.UnpicklingError as exc:
+        if "Weights only load failed" not in str(exc):
+            raise InputError(
+                f"{path} is not a checkpoint torch can read ({_first_line(exc)})."
+            ) from exc
         raise InputError(
             f"{path} needs to run code from the file to load (it pickles more than tensors), "
             "so gradscope refused; if you trust the file, pass --unsafe-load, which executes "
-            f"that code ({_first_line(exc)})."
+            "that code."
         ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - torch.load raises KeyError, EOFError, ... on junk
         raise InputError(
-            f"{path} is not a checkpoint torch can read ({_first_line(exc)})."
+            f"{path} is not a checkpoint torch can read ({type(exc).__name__}: {_first_line(exc)})."
         ) from exc
     if isinstance(obj, nn.Module):
         return Loaded("module", model=obj)

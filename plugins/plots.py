@@ -131,8 +131,7 @@ def draw_grad_heatmap(ax: Axes, report: Report, layers: list[LayerSignal]) -> No
     vmin = float(finite.min()) if finite.numel() else 1e-8
     vmax = float(finite.max()) if finite.numel() else 1.0
     vmax = max(vmax, vmin * 10)
-    cmap = matplotlib.colormaps["viridis"].copy()
-    cmap.set_bad("#eeeeee")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#eeeeee")
     image = ax.imshow(
         values.numpy(),
         aspect="auto",
