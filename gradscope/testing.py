@@ -40,6 +40,7 @@ def check_report(
     what: str = "gradients are not healthy",
 ) -> None:
     """Raise AssertionError listing the findings of ``kinds`` at or above ``fail_on``."""
+    __tracebackhide__ = True  # pytest shows the findings, not this frame
     wanted = set(kinds) if kinds is not None else None
     skipped = set(ignore)
     bad = [
@@ -69,6 +70,7 @@ def assert_healthy_gradients(
 
     ``ignore`` takes finding kinds or layer names.  Returns the report when healthy.
     """
+    __tracebackhide__ = True
     report = _run(model, batch, loss_fn, steps, **diagnose_options)
     check_report(report, ignore=ignore, fail_on=fail_on)
     return report
@@ -84,6 +86,7 @@ def _single_kind(kind: str, what: str) -> Callable[..., Report]:
         fail_on: str = "warning",
         **diagnose_options: Any,
     ) -> Report:
+        __tracebackhide__ = True
         report = _run(model, batch, loss_fn, steps, **diagnose_options)
         check_report(report, kinds={kind}, fail_on=fail_on, what=what)
         return report
