@@ -108,6 +108,8 @@ def diagnose(
         optimizer = torch.optim.SGD(trainable, lr=lr)
     _train_mode(model)
     source = _as_batches(batches)
+    # A short diagnostic run measures every statistic on every step.
+    watch_options.setdefault("detail_every", 1)
     with Scope(model, optimizer=optimizer, config=config, **watch_options) as scope:
         for step in range(steps):
             x, y = next(source)

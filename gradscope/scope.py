@@ -31,7 +31,10 @@ class Scope:
         scaler: a ``torch.amp.GradScaler``; gradients are then read after unscaling.
         every: record one step in ``every``; on the others the hooks return at once.
         config: threshold overrides for the plugins, keyed by plugin name.
-        full: also measure max |g|, exact non-finite counts and zeros of every module.
+        full: measure everything on every recorded step, exactly: max |g|, exact non-finite
+            counts, zeros of every module, whole activations and whole update norms.
+        detail_every: the costlier statistics (mean |g|, ReLU zero fractions, weight-row
+            symmetry) run on one recorded step in this many (and on the first three).
         sample_rows: activation shape statistics use the first rows of each batch.
         unit_window: a ReLU unit counts as dead after this many silent recorded steps.
         history_size: most records kept in memory.
@@ -47,6 +50,7 @@ class Scope:
         *,
         config: dict[str, Any] | None = None,
         full: bool = False,
+        detail_every: int = 10,
         sample_rows: int = 32,
         unit_window: int = 5,
         history_size: int = 1024,
@@ -59,6 +63,7 @@ class Scope:
         self.every = int(every)
         self.config = dict(config or {})
         self.full = full
+        self.detail_every = 1 if full else max(1, int(detail_every))
         self.sample_rows = sample_rows
         self.unit_window = unit_window
         self.name = name or type(model).__name__
@@ -135,6 +140,12 @@ class Scope:
         return self._step % self.every == 0
 
     @property
+    def _detail(self) -> bool:
+        """Whether this recorded step also measures the costlier statistics."""
+        recorded = self.history.recorded
+        return recorded < 3 or recorded % self.detail_every == 0
+
+    @property
     def step_index(self) -> int:
         """How many steps have been taken since attaching."""
         return self._step
@@ -174,7 +185,7 @@ class Scope:
                     self._rank[j] = self._next_rank
                     self._next_rank += 1
                     self._order_changed = True
-                self._acc[j].add(x.detach(), self.sample_rows, self.full)
+                self._acc[j].add(x.detach(), self.sample_rows, self._detail, self.full)
                 self._hooks_fired += 1
             self._overhead += time.perf_counter() - t0
 
@@ -185,7 +196,8 @@ class Scope:
             return
         t0 = time.perf_counter()
         self._collect_grads()
-        self._before = stats.snapshot(self._params)
+        with torch.no_grad():
+            self._before = stats.snapshot(self._params, None if self.full else stats.UPDATE_SAMPLE)
         self._overhead += time.perf_counter() - t0
 
     def _on_post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
@@ -197,11 +209,12 @@ class Scope:
         index = [i for i, p in enumerate(self._params) if p.grad is not None]
         grads = [self._params[i].grad for i in index]
         with torch.no_grad():
-            self._grad_tensors = stats.grad_statistics(grads, self.full) if grads else {}
+            self._grad_tensors = (
+                stats.grad_statistics(grads, self._detail, self.full) if grads else {}
+            )
             self._param_norm = stats.param_norms(self._params) if self._params else []
         self._grad_index = index
-        recorded = self.history.recorded
-        if recorded < 3 or recorded % 10 == 0 or self.full:
+        if self._detail:
             matrices = [i for i, p in enumerate(self._params) if p.dim() >= 2]
             with torch.no_grad():
                 spreads = stats.row_spread([self._params[i] for i in matrices])
@@ -251,7 +264,8 @@ class Scope:
         for i, t in self._row_spread.items():
             put(("row_spread", i), t)
         if measure_update and self._before is not None:
-            for i, t in enumerate(stats.update_norms(self._params, self._before)):
+            sample = None if self.full else stats.UPDATE_SAMPLE
+            for i, t in enumerate(stats.update_norms(self._params, self._before, sample)):
                 put(("update_norm", i), t)
         for j, acc in enumerate(self._acc):
             if not acc.calls:
@@ -310,6 +324,7 @@ class Scope:
             acts["calls"][j] = float(acc.calls)
             acts["numel"][j] = float(acc.numel)
             acts["sampled"][j] = float(acc.sampled)
+            acts["zero_sampled"][j] = float(acc.zero_sampled)
             acts["units"][j] = float(acc.units)
             acts["sum"][j] = get("sum", j)
             norm = get("norm", j)

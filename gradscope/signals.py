@@ -90,7 +90,8 @@ def layer_signals(history: History) -> list[LayerSignal]:
         grad = torch.where(torch.isfinite(l2[:, cols]).all(dim=1) | ~present, grad, math.inf)
         n = float(numel[cols].sum())
         mean_abs = torch.nan_to_num(l1[:, cols], nan=0.0).sum(dim=1) / max(n, 1.0)
-        mean_abs = torch.where(present, mean_abs, torch.full_like(mean_abs, math.nan))
+        measured = present & ~torch.isnan(l1[:, cols]).all(dim=1)  # L1 runs on detail steps
+        mean_abs = torch.where(measured, mean_abs, torch.full_like(mean_abs, math.nan))
         j = history.module_names.index(module) if module in history.module_names else -1
         signals.append(
             LayerSignal(
@@ -187,11 +188,18 @@ def fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
+#: The count each activation column is a fraction of.
+_DENOMINATOR = {"zeros": "zero_sampled", "saturated": "sampled"}
+
+
 def activation_fraction(history: History, column: str, window: int = DEFAULT_WINDOW) -> dict:
-    """Per module: ``column`` (zeros, saturated) as a fraction of the sampled entries,
-    averaged over the last ``window`` records in which the module ran."""
-    values = history.act_series(column)[-window:]
-    sampled = history.act_series("sampled")[-window:]
+    """Per module: ``column`` (zeros, saturated) as a fraction of the entries it was counted
+    on, over the last ``window`` records in which it was measured."""
+    values = history.act_series(column)
+    sampled = history.act_series(_DENOMINATOR[column])
+    measured = torch.nonzero((sampled > 0).any(dim=1) & torch.isfinite(values).any(dim=1))
+    rows = measured.flatten()[-window:]
+    values, sampled = values[rows], sampled[rows]
     out = {}
     for j, name in enumerate(history.module_names):
         ran = sampled[:, j] > 0

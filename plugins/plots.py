@@ -20,7 +20,7 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
 from gradscope import Report, hookimpl  # noqa: E402
-from gradscope.signals import LayerSignal, layer_signals  # noqa: E402
+from gradscope.signals import LayerSignal, activation_fraction, layer_signals  # noqa: E402
 
 FLAG = "#d62728"
 OK = "#1f77b4"
@@ -196,9 +196,8 @@ def draw_activation_health(ax: Axes, report: Report) -> None:
     history = report.history
     if history is None or not history.records:
         return
-    zeros = history.act_series("zeros")[-RECENT:]
-    sat = history.act_series("saturated")[-RECENT:]
-    sampled = history.act_series("sampled")[-RECENT:].clamp_min(1)
+    zeros = activation_fraction(history, "zeros", RECENT)
+    saturated = activation_fraction(history, "saturated", RECENT)
     order = [
         j
         for j in history.module_order
@@ -217,14 +216,8 @@ def draw_activation_health(ax: Axes, report: Report) -> None:
         ax.set_title("Activation health")
         return
     names = [history.module_names[j] for j in order]
-    zero_frac = [
-        float(torch.nan_to_num(zeros[:, j] / sampled[:, j], nan=float("nan")).nanmean())
-        for j in order
-    ]
-    sat_frac = [
-        float(torch.nan_to_num(sat[:, j] / sampled[:, j], nan=float("nan")).nanmean())
-        for j in order
-    ]
+    zero_frac = [zeros.get(n, float("nan")) for n in names]
+    sat_frac = [saturated.get(n, float("nan")) for n in names]
     x = torch.arange(len(order)).numpy()
     ax.bar(x - 0.2, zero_frac, width=0.4, color=OK, label="zero fraction (ReLU)")
     ax.bar(x + 0.2, sat_frac, width=0.4, color="#ff7f0e", label="saturated fraction (sigmoid/tanh)")

@@ -111,7 +111,9 @@ def test_dead_relu_units_are_found_per_unit_and_normal_sparsity_is_not():
     assert finding.evidence["dead_units"] == 32
     assert finding.evidence["feeding_layer"] == "0"
     healthy = gradscope.diagnose(mlp(), batch(), CE, steps=8)
-    zeros = healthy.history.act_series("zeros")[:, 1] / healthy.history.act_series("sampled")[:, 1]
+    zeros = (
+        healthy.history.act_series("zeros")[:, 1] / healthy.history.act_series("zero_sampled")[:, 1]
+    )
     assert float(zeros.mean()) > 0.3  # ordinary ReLU sparsity...
     assert "dead_relu" not in healthy.kinds()  # ...is not a finding
 

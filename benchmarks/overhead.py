@@ -1,0 +1,294 @@
+"""Overhead of gradscope vs a plain training step, and vs the tools users pick instead.
+
+Run:  python benchmarks/overhead.py [--quick] [--out benchmarks/results/overhead.json]
+
+Every strategy runs in the same process, interleaved with plain blocks, on the
+same model and batch; the figure reported is the median step time of a strategy
+over the median plain step time (1.00x = free).  Threads are pinned to 1, as
+the shared 2-core machine this was written on runs small models steadier so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import platform
+import statistics
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import gradscope
+
+
+def mlp() -> tuple[nn.Module, tuple]:
+    layers: list[nn.Module] = [nn.Linear(784, 512), nn.ReLU()]
+    for _ in range(3):
+        layers += [nn.Linear(512, 512), nn.ReLU()]
+    layers.append(nn.Linear(512, 10))
+    return nn.Sequential(*layers), (torch.randn(128, 784), torch.randint(0, 10, (128,)))
+
+
+def cnn() -> tuple[nn.Module, tuple]:
+    model = nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * 7 * 7, 128),
+        nn.ReLU(),
+        nn.Linear(128, 10),
+    )
+    return model, (torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,)))
+
+
+class LSTMNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(32, 128, num_layers=2, batch_first=True)
+        self.fc = nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(x)
+        return self.fc(out[:, -1])
+
+
+def lstm() -> tuple[nn.Module, tuple]:
+    return LSTMNet(), (torch.randn(32, 50, 32), torch.randint(0, 10, (32,)))
+
+
+class TransformerNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(1000, 256)
+        layer = nn.TransformerEncoderLayer(256, 4, dim_feedforward=512, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=4, enable_nested_tensor=False)
+        self.fc = nn.Linear(256, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.encoder(self.embed(x)).mean(1))
+
+
+def transformer() -> tuple[nn.Module, tuple]:
+    return TransformerNet(), (torch.randint(0, 1000, (16, 32)), torch.randint(0, 10, (16,)))
+
+
+MODELS: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
+    "MLP 784-512x4-10 b128": mlp,
+    "CNN 28x28 b64": cnn,
+    "LSTM 2x128 T50": lstm,
+    "Transformer 4x256": transformer,
+}
+
+
+@contextlib.contextmanager
+def plain(model: nn.Module, opt: torch.optim.Optimizer) -> Iterator[None]:
+    yield None
+
+
+def _watch(**options) -> Callable:
+    @contextlib.contextmanager
+    def strategy(model: nn.Module, opt: torch.optim.Optimizer) -> Iterator[object]:
+        with gradscope.watch(model, optimizer=opt, **options) as scope:
+            yield scope
+
+    return strategy
+
+
+@contextlib.contextmanager
+def anomaly(model: nn.Module, opt: torch.optim.Optimizer) -> Iterator[None]:
+    with torch.autograd.detect_anomaly(check_nan=True):
+        yield None
+
+
+def _tensorboard() -> Callable | None:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    import tempfile
+
+    @contextlib.contextmanager
+    def strategy(model: nn.Module, opt: torch.optim.Optimizer) -> Iterator[None]:
+        writer = SummaryWriter(tempfile.mkdtemp())
+        step = [0]
+
+        def log(*_: object) -> None:
+            for name, p in model.named_parameters():
+                if p.grad is not None:
+                    writer.add_histogram(name, p.grad, step[0])
+            step[0] += 1
+
+        handle = opt.register_step_pre_hook(log)
+        try:
+            yield None
+        finally:
+            handle.remove()
+            writer.close()
+
+    return strategy
+
+
+STRATEGIES: dict[str, Callable] = {
+    "gradscope default": _watch(),
+    "gradscope every=10": _watch(every=10),
+    "gradscope full stats": _watch(full=True),
+    "torch detect_anomaly": anomaly,
+}
+
+
+def step_times(model, batch, opt, loss_fn, steps: int, strategy) -> tuple[list[float], object]:
+    x, y = batch
+    times = []
+    with strategy(model, opt) as scope:
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            if scope is not None:
+                scope.log_loss(loss)
+            loss.backward()
+            opt.step()
+            times.append(time.perf_counter() - t0)
+    return times, scope
+
+
+def measure(name: str, rounds: int, block: int, strategies: dict[str, Callable]) -> dict:
+    torch.manual_seed(0)
+    model, batch = MODELS[name]()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    loss_fn = nn.functional.cross_entropy
+    step_times(model, batch, opt, loss_fn, 5, plain)  # warm-up
+    samples: dict[str, list[float]] = {"plain": [], **{k: [] for k in strategies}}
+    overhead: dict[str, list[float]] = {k: [] for k in strategies}
+    for _ in range(rounds):
+        for label, strategy in [("plain", plain), *strategies.items()]:
+            gc.collect()
+            times, scope = step_times(model, batch, opt, loss_fn, block, strategy)
+            samples[label].extend(times[1:])  # the first step of a block pays for attaching
+            if scope is not None and label in overhead:
+                overhead[label].append(scope.overhead()["seconds_per_step"])
+    base = statistics.median(samples["plain"])
+    rows = {}
+    for label in strategies:
+        med = statistics.median(samples[label])
+        q = statistics.quantiles(samples[label], n=4)
+        rows[label] = {
+            "ratio": med / base,
+            "ratio_q1": q[0] / base,
+            "ratio_q3": q[2] / base,
+            "own_ms_per_recorded_step": (
+                1e3 * statistics.median(overhead[label]) if overhead[label] else None
+            ),
+        }
+    return {"plain_ms": 1e3 * base, "strategies": rows}
+
+
+def memory_after(steps: int) -> dict:
+    """gradscope's own Python memory after ``steps`` recorded steps of an MLP of the same depth.
+
+    The layer structure (5 Linear + 4 ReLU) is that of the benchmark MLP; the widths are
+    small so 100,000 steps finish in minutes.  gradscope's memory depends on the number
+    of layers and parameters tensors, not on their sizes.
+    """
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Linear(16, 16), nn.ReLU()]
+    for _ in range(3):
+        layers += [nn.Linear(16, 16), nn.ReLU()]
+    layers.append(nn.Linear(16, 10))
+    model = nn.Sequential(*layers)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x, y = torch.randn(8, 16), torch.randint(0, 10, (8,))
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    with gradscope.watch(model, optimizer=opt) as scope:
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            scope.log_loss(loss)
+            loss.backward()
+            opt.step()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return {
+        "recorded_steps": scope.history.recorded,
+        "records_kept": len(scope.history),
+        "python_mb": (after - before) / 2**20,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="about a minute: fewer rounds")
+    parser.add_argument("--out", default="benchmarks/results/overhead.json")
+    parser.add_argument(
+        "--memory-steps",
+        type=int,
+        default=None,
+        help="steps for the memory check (default 100000, 5000 with --quick)",
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    rounds, block = (3, 8) if args.quick else (8, 15)
+    strategies = dict(STRATEGIES)
+    tensorboard = _tensorboard()
+    if tensorboard is not None:
+        strategies["TensorBoard histograms"] = tensorboard
+    results = {
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "threads": torch.get_num_threads(),
+        "rounds": rounds,
+        "block": block,
+        "models": {},
+    }
+    for name in MODELS:
+        results["models"][name] = measure(name, rounds, block, strategies)
+        row = results["models"][name]
+        cells = "  ".join(f"{k}={v['ratio']:.2f}x" for k, v in row["strategies"].items())
+        print(f"{name:24s} plain {row['plain_ms']:7.2f} ms  {cells}", flush=True)
+    memory_steps = args.memory_steps or (5_000 if args.quick else 100_000)
+    results["memory"] = memory_after(memory_steps)
+    print(_table(results))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+
+
+def _table(results: dict) -> str:
+    names = list(results["models"])
+    labels = list(next(iter(results["models"].values()))["strategies"])
+    lines = [
+        "| strategy | " + " | ".join(names) + " |",
+        "| --- | " + " | ".join("---" for _ in names) + " |",
+        "| plain step (ms) | "
+        + " | ".join(f"{results['models'][n]['plain_ms']:.1f}" for n in names)
+        + " |",
+    ]
+    for label in labels:
+        cells = []
+        for n in names:
+            r = results["models"][n]["strategies"][label]
+            cells.append(f"{r['ratio']:.2f}x ({r['ratio_q1']:.2f}-{r['ratio_q3']:.2f})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    mem = results["memory"]
+    lines.append("")
+    lines.append(
+        f"memory: {mem['python_mb']:.1f} MB of gradscope's own Python memory after "
+        f"{mem['recorded_steps']:,} recorded steps ({mem['records_kept']} records kept)"
+    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
