@@ -95,8 +95,8 @@ class Scope:
         self._grad_tensors: dict[str, list[Tensor]] | None = None
         self._grad_index: list[int] = []
         self._before: list[Tensor] | None = None
-        self._param_norm: list[Tensor] = []
         self._row_spread: dict[int, Tensor] = {}
+        self._last_param_norm: list[float] = []
         self._order_changed = False
         self.model_info: ModelInfo = self._describe()
 
@@ -209,10 +209,7 @@ class Scope:
         index = [i for i, p in enumerate(self._params) if p.grad is not None]
         grads = [self._params[i].grad for i in index]
         with torch.no_grad():
-            self._grad_tensors = (
-                stats.grad_statistics(grads, self._detail, self.full) if grads else {}
-            )
-            self._param_norm = stats.param_norms(self._params) if self._params else []
+            self._grad_tensors = stats.grad_statistics(grads, self._params, self._detail, self.full)
         self._grad_index = index
         if self._detail:
             matrices = [i for i, p in enumerate(self._params) if p.dim() >= 2]
@@ -255,18 +252,21 @@ class Scope:
             slots[key] = len(tensors)
             tensors.append(t)
 
-        grad_tensors = self._grad_tensors or {}
+        grad_tensors = dict(self._grad_tensors or {})
+        for i, t in enumerate(grad_tensors.pop("param_norm", [])):
+            put(("param_norm", i), t)
         for column, values in grad_tensors.items():
             for k, i in enumerate(self._grad_index):
                 put((column, i), values[k])
-        for i, t in enumerate(self._param_norm):
-            put(("param_norm", i), t)
         for i, t in self._row_spread.items():
             put(("row_spread", i), t)
         if measure_update and self._before is not None:
             sample = None if self.full else stats.UPDATE_SAMPLE
-            for i, t in enumerate(stats.update_norms(self._params, self._before, sample)):
+            norms, update_scale = stats.update_norms(self._params, self._before, sample)
+            for i, t in enumerate(norms):
                 put(("update_norm", i), t)
+        else:
+            update_scale = [1.0] * len(self._params)
         for j, acc in enumerate(self._acc):
             if not acc.calls:
                 continue
@@ -309,8 +309,13 @@ class Scope:
             for column in ("grad_l2", "grad_l1", "grad_max", "grad_nonfinite"):
                 grads[column][i] = get(column, i)
             grads["param_norm"][i] = get("param_norm", i)
-            grads["update_norm"][i] = get("update_norm", i)
+            grads["update_norm"][i] = get("update_norm", i) * update_scale[i]
             grads["row_spread"][i] = get("row_spread", i)
+        if ("param_norm", 0) in slots or not self._last_param_norm:
+            self._last_param_norm = list(grads["param_norm"])
+        else:
+            # Weights move ~1e-3 per step: between detail steps the last measurement stands.
+            grads["param_norm"] = list(self._last_param_norm)
         if not self.full:
             # The L2 norm is non-finite exactly when some entry is: a 0/1 flag for free.
             grads["grad_nonfinite"] = [

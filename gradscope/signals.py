@@ -115,10 +115,16 @@ def depth_signals(history: History, model_info: ModelInfo) -> list[LayerSignal]:
     """Layer signals of the layers that carry depth (linear, conv, recurrent, attention).
 
     Norm layers, embeddings and biases-only modules are left out: their gradients are
-    small or sparse by design and would make healthy models look vanishing.
+    small or sparse by design and would make healthy models look vanishing.  So are
+    layers whose weights are all zero: gradient sizes relative to zero weights mean
+    nothing (``symmetric_weights`` reports them).
     """
     roles = {layer.name: layer.role for layer in model_info.layers}
-    return [s for s in layer_signals(history) if roles.get(s.name) in DEPTH_ROLES]
+    return [
+        s
+        for s in layer_signals(history)
+        if roles.get(s.name) in DEPTH_ROLES and bool((s.param_norm[-DEFAULT_WINDOW:] != 0).any())
+    ]
 
 
 def init_scale(signal: LayerSignal, model_info: ModelInfo) -> float:

@@ -136,25 +136,27 @@ class ActivationAccumulator:
             self.saturated.append((sample.abs() > 0.99).sum())
 
 
-def grad_statistics(grads: list[Tensor], detail: bool, full: bool) -> dict[str, list[Tensor]]:
-    """Per-tensor L2 norms; L1 norms on ``detail`` steps; max |g| and non-finite counts when
-    ``full``.  A non-finite entry makes the L2 norm non-finite, so the default needs no
-    separate check (the L1 and max norms cost 7x and 20x the L2 norm on a CPU).
+def grad_statistics(
+    grads: list[Tensor], params: list[Tensor], detail: bool, full: bool
+) -> dict[str, list[Tensor]]:
+    """Per-tensor L2 norms of the gradients; on ``detail`` steps also of the parameters
+    (fused into the same call) and the L1 norms of the gradients; max |g| and non-finite
+    counts when ``full``.
+
+    A non-finite entry makes the L2 norm non-finite, so the default needs no separate
+    check (the L1 and max norms cost 7x and 20x the L2 norm on a CPU).
     """
     if any(g.is_sparse for g in grads):
         grads = [g.coalesce().values() if g.is_sparse else g for g in grads]
-    out = {"grad_l2": list(torch._foreach_norm(grads, 2))}
+    measured = grads + params if detail or full else grads
+    norms = list(torch._foreach_norm(measured, 2))
+    out = {"grad_l2": norms[: len(grads)], "param_norm": norms[len(grads) :]}
     if detail or full:
         out["grad_l1"] = list(torch._foreach_norm(grads, 1))
     if full:
         out["grad_max"] = list(torch._foreach_norm(grads, float("inf")))
         out["grad_nonfinite"] = [(~torch.isfinite(g)).sum() for g in grads]
     return out
-
-
-def param_norms(params: list[Tensor]) -> list[Tensor]:
-    """L2 norm of each parameter tensor."""
-    return list(torch._foreach_norm([p.detach() for p in params], 2))
 
 
 #: Entries of each parameter whose change is measured to estimate the update size.
@@ -168,7 +170,7 @@ def snapshot(params: list[Tensor], sample: int | None = UPDATE_SAMPLE) -> list[T
     ratio it gives is exact for tensors up to ``sample`` entries and an unbiased-scale
     estimate beyond (see :func:`update_norms`).  ``sample=None`` copies everything.
     """
-    return [_head(p.detach(), sample).clone() for p in params]
+    return [_head(p, sample).clone() for p in params]
 
 
 def _head(p: Tensor, sample: int | None) -> Tensor:
@@ -178,14 +180,13 @@ def _head(p: Tensor, sample: int | None) -> Tensor:
 
 def update_norms(
     params: list[Tensor], before: list[Tensor], sample: int | None = UPDATE_SAMPLE
-) -> list[Tensor]:
-    """L2 norm of (after - before) for each parameter, scaled up from the sampled slice."""
-    heads = [_head(p.detach(), sample) for p in params]
-    norms = torch._foreach_norm(torch._foreach_sub(heads, before), 2)
-    return [
-        n if h.numel() == p.numel() else n * (p.numel() / h.numel()) ** 0.5
-        for n, h, p in zip(norms, heads, params, strict=True)
-    ]
+) -> tuple[list[Tensor], list[float]]:
+    """L2 norm of (after - before) on each sampled slice, and the factor that scales each
+    slice's norm up to the whole tensor (applied on the host, after the sync)."""
+    heads = [_head(p, sample) for p in params]
+    norms = list(torch._foreach_norm(torch._foreach_sub(heads, before), 2))
+    scale = [(p.numel() / h.numel()) ** 0.5 for h, p in zip(heads, params, strict=True)]
+    return norms, scale
 
 
 _PROBES: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
@@ -222,7 +223,8 @@ def to_host(tensors: list[Tensor]) -> list[float]:
     for (device, _dtype), idx in groups.items():
         order, stacks = by_device.setdefault(device, ([], []))
         order.extend(idx)
-        stacks.append(torch.stack([tensors[i].reshape(()) for i in idx]).to(torch.float64))
+        group = [tensors[i] if tensors[i].dim() == 0 else tensors[i].reshape(()) for i in idx]
+        stacks.append(torch.stack(group).to(torch.float64))
     values = [NAN] * len(tensors)
     for order, stacks in by_device.values():
         flat = torch.cat(stacks).tolist() if len(stacks) > 1 else stacks[0].tolist()
