@@ -317,11 +317,14 @@ class Scope:
             # Weights move ~1e-3 per step: between detail steps the last measurement stands.
             grads["param_norm"] = list(self._last_param_norm)
         if not self.full:
-            # The L2 norm is non-finite exactly when some entry is: a 0/1 flag for free.
-            grads["grad_nonfinite"] = [
-                (0.0 if math.isfinite(v) else 1.0) if not math.isnan(v) or i in has else math.nan
-                for i, v in enumerate(grads["grad_l2"])
-            ]
+            # The L2 norm is non-finite exactly when some entry is, so the count costs nothing
+            # on a healthy step; only a step that went bad pays for counting (and a 2nd sync).
+            bad = [i for i in self._grad_index if not math.isfinite(grads["grad_l2"][i])]
+            counts = stats.nonfinite_counts([self._params[i].grad for i in bad])
+            for i in self._grad_index:
+                grads["grad_nonfinite"][i] = 0.0
+            for i, count in zip(bad, counts, strict=True):
+                grads["grad_nonfinite"][i] = count
         acts: dict[str, list[float]] = {
             c: [math.nan] * len(self._modules) for c in stats.ACT_COLUMNS
         }

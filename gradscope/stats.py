@@ -159,6 +159,13 @@ def grad_statistics(
     return out
 
 
+def nonfinite_counts(tensors: list[Tensor]) -> list[float]:
+    """Exact NaN/Inf counts of a few tensors (used only once a norm came out non-finite)."""
+    if not tensors:
+        return []
+    return to_host([(~torch.isfinite(t)).sum() for t in tensors])
+
+
 #: Entries of each parameter whose change is measured to estimate the update size.
 UPDATE_SAMPLE = 4096
 

@@ -291,6 +291,20 @@ def test_history_is_bounded_and_keeps_first_and_recent_steps_and_tallies():
     assert h.first_nonfinite_grad[h.param_names.index("weight")] == 1500
 
 
+def test_nonfinite_entries_are_counted_exactly_without_full_mode():
+    model = nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with gradscope.watch(model, optimizer=opt) as scope:
+        for step in range(3):
+            opt.zero_grad()
+            model(torch.randn(4, 3)).pow(2).mean().backward()
+            if step == 1:
+                model.weight.grad[0, :2] = float("inf")
+            opt.step()
+    counts = scope.history.grad_series("grad_nonfinite")[:, 0].tolist()
+    assert counts == [0.0, 2.0, 0.0]
+
+
 def test_a_module_that_runs_but_is_never_seen_is_reported():
     layer = nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16, batch_first=True)
     opt = torch.optim.SGD(layer.parameters(), lr=0.01)
