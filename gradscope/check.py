@@ -66,6 +66,7 @@ class CheckOptions:
     optimizer: str = "sgd"
     unsafe_load: bool = False
     config: dict[str, Any] = field(default_factory=dict)
+    target: str | None = None
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -125,8 +126,19 @@ def _load_batch(path: Path) -> tuple[Any, Any]:
     )
 
 
-def _synthetic_target(output: torch.Tensor, loss: str) -> torch.Tensor:
+def _synthetic_target(output: torch.Tensor, loss: str, spec: str | None = None) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
+    if spec is not None:
+        shape = parse_shape(spec) if "," in spec else None
+        if shape is None:
+            try:
+                classes = int(spec)
+            except ValueError:
+                raise InputError(
+                    f"--target {spec!r} must be a class count (e.g. 10) or a shape (e.g. 8,1)."
+                ) from None
+            return torch.randint(0, classes, output.shape[:1], generator=g)
+        return torch.randn(shape, generator=g).to(output.dtype)
     if loss in ("cross_entropy", "nll"):
         return torch.randint(0, output.shape[-1], output.shape[:-1], generator=g)
     if loss in ("bce", "bce_logits"):
@@ -165,6 +177,8 @@ def run_check(options: CheckOptions, progress: Callable[[int], None] | None = No
             y = None
         elif spec is not None:
             x, y = spec.example_batch()
+            if options.target is not None:
+                y = None
         elif isinstance(example, (tuple, list)) and example and torch.is_tensor(example[0]):
             x, y = example[0], None
         else:
@@ -173,7 +187,7 @@ def run_check(options: CheckOptions, progress: Callable[[int], None] | None = No
                 "--input-shape, e.g. --input-shape 8,1,28,28."
             )
         if y is None:
-            y = _synthetic_target(_run_forward(model, x), loss_name)
+            y = _synthetic_target(_run_forward(model, x), loss_name, options.target)
     _run_forward(model, x)
     # The model was built from the file here, so training it changes nothing of the user's.
     trained = model

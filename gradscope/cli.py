@@ -122,11 +122,23 @@ def main() -> None:
 @click.argument("name")
 @click.option("--steps", default=40, show_default=True, help="Training steps for each model.")
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False), help="Write plots here.")
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False),
+    help="Write the faulty model's report as HTML here.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the faulty model's report as JSON.")
 @click.option("--suggestions", default=3, show_default=True, help="Fixes shown per finding.")
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 def demo(
-    name: str, steps: int, plot_dir: str | None, as_json: bool, suggestions: int, debug: bool
+    name: str,
+    steps: int,
+    plot_dir: str | None,
+    html_file: str | None,
+    as_json: bool,
+    suggestions: int,
+    debug: bool,
 ) -> None:
     """Train a faulty reference model, show what gradscope finds, then train its fix.
 
@@ -162,10 +174,7 @@ def demo(
                 f"fixed model ({result.spec.fix}): "
                 + ("healthy" if not result.fixed.findings else result.fixed._verdict())
             )
-        if plot_dir:
-            paths = result.faulty.plot(plot_dir)
-            for path in paths:
-                console.print(f"wrote {path}")
+        _write_outputs(result.faulty, plot_dir, False, html_file, quiet=False)
 
 
 @main.command()
@@ -185,7 +194,14 @@ def demo(
 @click.option(
     "--optimizer", type=click.Choice(sorted(OPTIMIZER_NAMES)), default="sgd", show_default=True
 )
+@click.option(
+    "--target", "target_spec", help="Synthetic target: a class count (e.g. 10) or a shape (8,1)."
+)
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False), help="Write plots here.")
+@click.option("--svg", is_flag=True, help="With --plot: write SVG next to each PNG.")
+@click.option(
+    "--html", "html_file", type=click.Path(dir_okay=False), help="Write an HTML report here."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option(
     "--fail-on",
@@ -218,7 +234,10 @@ def check(
     steps: int,
     lr: float,
     optimizer: str,
+    target_spec: str | None,
     plot_dir: str | None,
+    svg: bool,
+    html_file: str | None,
     as_json: bool,
     fail_on: str,
     overrides: tuple[str, ...],
@@ -257,6 +276,7 @@ def check(
             optimizer=optimizer,
             unsafe_load=unsafe_load,
             config=parse_overrides(list(overrides)),
+            target=target_spec,
         )
         if steps < 1:
             raise ValueError(f"--steps must be at least 1, got {steps}.")
@@ -266,10 +286,19 @@ def check(
             click.echo(result.to_json())
         else:
             print_report(result, _console(), suggestions=2)
-        if plot_dir:
-            for written in result.plot(plot_dir):
-                click.echo(f"wrote {written}", err=as_json)
+        _write_outputs(result, plot_dir, svg, html_file, quiet=as_json)
     sys.exit(_exit_code(result, fail_on))
+
+
+def _write_outputs(
+    report: Report, plot_dir: str | None, svg: bool, html_file: str | None, quiet: bool
+) -> None:
+    """Plots and HTML as asked; each written path is named (on stderr with --json)."""
+    if plot_dir:
+        for written in report.plot(plot_dir, formats=("png", "svg") if svg else ("png",)):
+            click.echo(f"wrote {written}", err=quiet)
+    if html_file:
+        click.echo(f"wrote {report.save_html(html_file)}", err=quiet)
 
 
 @contextlib.contextmanager
@@ -354,6 +383,13 @@ def plugins(as_json: bool) -> None:
 @main.command()
 @click.argument("run_json", type=click.Path(dir_okay=False))
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False), help="Write plots here.")
+@click.option("--svg", is_flag=True, help="With --plot: write SVG next to each PNG.")
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False),
+    help="Write a self-contained HTML report here.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON again.")
 @click.option(
     "--fail-on",
@@ -363,12 +399,20 @@ def plugins(as_json: bool) -> None:
     help="Exit 1 when a finding is at least this severe.",
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
-def report(run_json: str, plot_dir: str | None, as_json: bool, fail_on: str, debug: bool) -> None:
+def report(
+    run_json: str,
+    plot_dir: str | None,
+    svg: bool,
+    html_file: str | None,
+    as_json: bool,
+    fail_on: str,
+    debug: bool,
+) -> None:
     """Show (and re-render) a report saved with `--json` or report.to_json().
 
     \b
     Example:
-      gradscope report run.json --plot plots/
+      gradscope report run.json --plot plots/ --html run.html
     """
     with _friendly_errors(debug):
         path = Path(run_json)
@@ -379,9 +423,7 @@ def report(run_json: str, plot_dir: str | None, as_json: bool, fail_on: str, deb
             click.echo(loaded.to_json())
         else:
             print_report(loaded, _console())
-        if plot_dir:
-            for written in loaded.plot(plot_dir):
-                click.echo(f"wrote {written}")
+        _write_outputs(loaded, plot_dir, svg, html_file, quiet=as_json)
     sys.exit(_exit_code(loaded, fail_on))
 
 

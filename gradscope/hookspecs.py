@@ -77,14 +77,17 @@ def gradscope_on_step(record: StepRecord, scope: Scope) -> None:
 
 
 @hookspec
-def gradscope_render(report: Report, outdir: Path) -> list[Path]:
+def gradscope_render(report: Report, outdir: Path, options: dict[str, Any]) -> list[Path]:
     """Write pictures or documents of a report into ``outdir``.
 
-    Called by ``report.plot(outdir)`` and the CLI's ``--plot``.  Must not need a
-    display.
+    Called by ``report.plot(outdir)``, ``report.save_html(path)`` and the CLI's
+    ``--plot``/``--html``.  Must not need a display.  A renderer marked
+    ``@hookimpl(trylast=True)`` runs after the others and can use what they wrote.
 
     :param report: the report, live or loaded from JSON.
     :param outdir: an existing directory to write into.
+    :param options: rendering options; ``options["formats"]`` lists the image formats
+        wanted (``["png"]`` by default, ``"svg"`` may be added).
     :return: the paths written.
     """
 

@@ -162,9 +162,12 @@ class PluginRunner:
                 results.append(result)
         return results
 
-    def render(self, report: Report, outdir: Path) -> list[Path]:
+    def render(
+        self, report: Report, outdir: Path, options: dict[str, Any] | None = None
+    ) -> list[Path]:
         """Run every renderer; returns the paths written."""
         paths: list[Path] = []
-        for result in self.call("gradscope_render", report=report, outdir=outdir):
+        options = {"formats": ["png"], **(options or {})}
+        for result in self.call("gradscope_render", report=report, outdir=outdir, options=options):
             paths.extend(Path(p) for p in result)
         return paths

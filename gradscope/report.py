@@ -172,16 +172,37 @@ class Report:
         )
 
     # -- rendering -------------------------------------------------------------
-    def plot(self, outdir: str | Path) -> list[Path]:
-        """Write every plot the loaded renderer plugins make; returns the written paths."""
+    def plot(self, outdir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
+        """Write every view the loaded renderer plugins make; returns the written paths.
+
+        ``formats`` may add ``"svg"`` next to ``"png"``.  A renderer that fails is named in
+        :attr:`plugin_errors` and skipped; plotting never raises for it.
+        """
         from gradscope.plugins import PluginRunner
 
         outdir = Path(outdir)
         outdir.mkdir(parents=True, exist_ok=True)
         runner = PluginRunner()
-        written = runner.render(self, outdir)
+        written = runner.render(self, outdir, {"formats": list(formats)})
         self.plugin_errors.extend(e for e in runner.errors if e not in self.plugin_errors)
         return written
+
+    def save_html(self, path: str | Path) -> Path:
+        """Write a self-contained HTML report (plots inlined) to ``path``."""
+        import shutil
+        import tempfile
+
+        path = Path(path)
+        with tempfile.TemporaryDirectory() as tmp:
+            written = {p.name: p for p in self.plot(tmp)}
+            if "report.html" not in written:
+                raise RuntimeError(
+                    "No loaded renderer writes report.html (is the html_report plugin "
+                    "excluded by GRADSCOPE_PLUGINS?)."
+                )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(written["report.html"], path)
+        return path
 
     def summary(self, suggestions: int = 1) -> str:
         """A plain-text table of the findings with the top ``suggestions`` fixes each."""

@@ -13,6 +13,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+# Text stays text in SVG, so layer names can be searched and copied.
+matplotlib.rcParams["svg.fonttype"] = "none"
 
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
@@ -157,28 +159,15 @@ def draw_grad_heatmap(ax: Axes, report: Report, layers: list[LayerSignal]) -> No
 
 
 def draw_update_ratio(ax: Axes, report: Report, layers: list[LayerSignal]) -> None:
-    """Update-to-weight ratio of each layer over steps, with the ~1e-3 guide."""
+    """Update-to-weight ratio per layer over steps, with the ~1e-3 guide.
+
+    Up to 8 layers get a line each; beyond that the median and 10-90% band over layers
+    are drawn, with flagged layers on top in red.
+    """
     steps = report.history.steps if report.history else []
     flagged = _flagged(report)
-    plotted = False
-    for s in layers:
-        ratio = s.update_ratio
-        if not bool(torch.isfinite(ratio).any()):
-            continue
-        plotted = True
-        ax.plot(
-            steps,
-            ratio.numpy(),
-            lw=1.5 if s.name in flagged else 0.8,
-            color=FLAG if s.name in flagged else None,
-            label=short(s.name),
-        )
-    if plotted:
-        ax.set_yscale("log")
-        ax.axhline(UPDATE_GUIDE, color="black", ls="--", lw=1, label="~1e-3 guide")
-        if len(layers) <= 8:
-            ax.legend(fontsize=6, ncol=2)
-    else:
+    measured = [s for s in layers if bool(torch.isfinite(s.update_ratio).any())]
+    if not measured:
         ax.text(
             0.5,
             0.5,
@@ -187,6 +176,28 @@ def draw_update_ratio(ax: Axes, report: Report, layers: list[LayerSignal]) -> No
             transform=ax.transAxes,
             color=MUTED,
         )
+        ax.set_title("Update / weight per step")
+        return
+    if len(measured) <= 8:
+        for s in measured:
+            ax.plot(
+                steps,
+                s.update_ratio.numpy(),
+                lw=1.5 if s.name in flagged else 0.8,
+                color=FLAG if s.name in flagged else None,
+                label=short(s.name),
+            )
+    else:
+        grid = torch.stack([s.update_ratio for s in measured])
+        grid = torch.where(torch.isfinite(grid) & (grid > 0), grid, float("nan"))
+        low, mid, high = (torch.nanquantile(grid, q, dim=0).numpy() for q in (0.1, 0.5, 0.9))
+        ax.fill_between(steps, low, high, color=OK, alpha=0.25, label="10-90% of layers")
+        ax.plot(steps, mid, color=OK, lw=1.5, label="median layer")
+        for s in [s for s in measured if s.name in flagged][:10]:
+            ax.plot(steps, s.update_ratio.numpy(), color=FLAG, lw=0.8)
+    ax.set_yscale("log")
+    ax.axhline(UPDATE_GUIDE, color="black", ls="--", lw=1, label="~1e-3 guide")
+    ax.legend(fontsize=6, ncol=2)
     ax.set_title("Update / weight per step")
     ax.set_xlabel("step")
 
@@ -221,6 +232,11 @@ def draw_activation_health(ax: Axes, report: Report) -> None:
     x = torch.arange(len(order)).numpy()
     ax.bar(x - 0.2, zero_frac, width=0.4, color=OK, label="zero fraction (ReLU)")
     ax.bar(x + 0.2, sat_frac, width=0.4, color="#ff7f0e", label="saturated fraction (sigmoid/tanh)")
+    if len(names) <= 24:  # the numbers, so a 0% bar is seen as 0%, not as missing
+        for xi, z, sv in zip(x, zero_frac, sat_frac, strict=True):
+            for offset, value in ((-0.2, z), (0.2, sv)):
+                if math.isfinite(value):
+                    ax.text(xi + offset, value + 0.01, f"{value:.0%}", ha="center", fontsize=6)
     ax.axhline(0.5, color=MUTED, ls=":", lw=1)
     ax.set_ylim(0, 1.05)
     ax.set_title("Activation health (recent)")
@@ -260,13 +276,21 @@ def _verdict(report: Report) -> str:
     return ("NOT OK: " if not report.ok else "warnings: ") + ", ".join(kinds)
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+def _save(fig: plt.Figure, path: Path, formats: list[str]) -> list[Path]:
+    written = []
+    for fmt in formats:
+        target = path.with_suffix(f".{fmt}")
+        fig.savefig(target, dpi=110, metadata=_METADATA.get(fmt))
+        written.append(target)
     plt.close(fig)
-    return path
+    return written
 
 
-def render(report: Report, outdir: Path) -> list[Path]:
+#: No creation dates or tool versions in the files, so the same report gives the same bytes.
+_METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None}}
+
+
+def render(report: Report, outdir: Path, formats: list[str] | None = None) -> list[Path]:
     """Write the single views and the one-page dashboard; returns their paths."""
     layers = layer_signals(report.history) if report.history is not None else []
     n = len(layers)
@@ -283,11 +307,12 @@ def render(report: Report, outdir: Path) -> list[Path]:
         ("activation_health.png", (wide, 4.5), lambda ax: draw_activation_health(ax, report)),
         ("loss.png", (7, 4), lambda ax: draw_loss(ax, report)),
     ]
+    formats = [f for f in (formats or ["png"]) if f in ("png", "svg")] or ["png"]
     for filename, size, draw in views:
-        fig, ax = plt.subplots(figsize=size)
+        fig, ax = plt.subplots(figsize=size, layout="constrained")
         draw(ax)
-        written.append(_save(fig, outdir / filename))
-    fig, axes = plt.subplots(2, 3, figsize=(18, 9.5))
+        written.extend(_save(fig, outdir / filename, formats))
+    fig, axes = plt.subplots(2, 3, figsize=(18, 9.5), layout="constrained")
     draw_gradient_flow(axes[0, 0], report, layers)
     draw_grad_heatmap(axes[0, 1], report, layers)
     draw_loss(axes[0, 2], report)
@@ -299,8 +324,7 @@ def render(report: Report, outdir: Path) -> list[Path]:
         fontsize=15,
         color=FLAG if report.findings else "black",
     )
-    fig.tight_layout()
-    written.append(_save(fig, outdir / "dashboard.png"))
+    written.extend(_save(fig, outdir / "dashboard.png", formats))
     return written
 
 
@@ -329,6 +353,6 @@ def _draw_findings_text(ax: Axes, report: Report) -> None:
 
 
 @hookimpl
-def gradscope_render(report: Report, outdir: Path) -> list[Path]:
+def gradscope_render(report: Report, outdir: Path, options: dict) -> list[Path]:
     """Gradient flow, gradient heat map, update ratios, activation health, loss, dashboard."""
-    return render(report, Path(outdir))
+    return render(report, Path(outdir), options.get("formats"))

@@ -29,10 +29,10 @@ def _sigmoid_report() -> Report:
     )
 
 
-def test_plot_writes_every_view_as_a_valid_png(tmp_path):
+def test_plot_writes_every_view_as_a_valid_png_and_an_index_page(tmp_path):
     paths = _sigmoid_report().plot(tmp_path)
-    assert {p.name for p in paths} == EXPECTED
-    for path in paths:
+    assert {p.name for p in paths} == EXPECTED | {"report.html"}
+    for path in (p for p in paths if p.suffix == ".png"):
         data = path.read_bytes()
         assert data[:8] == PNG_MAGIC, path
         assert len(data) > 5_000, path
@@ -59,7 +59,7 @@ def test_two_hundred_layers_render(tmp_path):
     paths = report.plot(tmp_path)
     assert (tmp_path / "dashboard.png").read_bytes()[:8] == PNG_MAGIC
     assert len(report.history.module_names) == 201
-    assert len(paths) == len(EXPECTED)
+    assert {p.name for p in paths} == EXPECTED | {"report.html"}
 
 
 def test_nonfinite_cells_and_failing_renderers_do_not_break_plotting(tmp_path):
@@ -74,5 +74,41 @@ def test_nonfinite_cells_and_failing_renderers_do_not_break_plotting(tmp_path):
     report = gradscope.diagnose(model, batch(), nn.functional.cross_entropy, steps=2)
     with plugins.registered(BrokenRenderer(), name="broken_renderer"):
         paths = report.plot(tmp_path)
-    assert {p.name for p in paths} == EXPECTED
+    assert {p.name for p in paths} == EXPECTED | {"report.html"}
     assert report.plugin_errors[-1]["plugin"] == "broken_renderer"
+
+
+def test_svg_and_html_carry_the_flagged_layer_names_as_text(tmp_path):
+    report = _sigmoid_report()
+    paths = report.plot(tmp_path, formats=("png", "svg"))
+    svg = (tmp_path / "gradient_flow.svg").read_text()
+    assert svg.lstrip().startswith("<?xml") and "<svg" in svg
+    flagged = report.findings[0].evidence["layers"]
+    for name in flagged:
+        assert f">{name}</text>" in svg
+    assert {p.suffix for p in paths} == {".png", ".svg", ".html"}
+    html_path = report.save_html(tmp_path / "out" / "report.html")
+    page = html_path.read_text()
+    assert page.startswith("<!doctype html>")
+    assert "vanishing_gradient</a>" in page
+    assert "<code>0</code>" in page  # the flagged layer in the findings table
+    assert page.count('src="data:image/png;base64,') == len(EXPECTED)
+    assert "Replace Sigmoid with ReLU" in page
+    assert "nn.init.kaiming_normal_(layer.weight, nonlinearity=&quot;relu&quot;)" in page
+
+
+def test_html_escapes_what_it_shows(tmp_path):
+    report = Report(
+        findings=[
+            gradscope.Finding(
+                kind="x",
+                layer="<script>alert(1)</script>",
+                severity="warning",
+                step=0,
+                message="a < b & c",
+            )
+        ]
+    )
+    page = report.save_html(tmp_path / "r.html").read_text()
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
