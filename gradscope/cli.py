@@ -120,7 +120,9 @@ def main() -> None:
 
 @main.command()
 @click.argument("name")
-@click.option("--steps", default=40, show_default=True, help="Training steps for each model.")
+@click.option(
+    "--steps", type=int, default=None, help="Training steps for each model [default: the model's]."
+)
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False), help="Write plots here.")
 @click.option(
     "--html",
@@ -133,7 +135,7 @@ def main() -> None:
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 def demo(
     name: str,
-    steps: int,
+    steps: int | None,
     plot_dir: str | None,
     html_file: str | None,
     as_json: bool,
@@ -167,7 +169,7 @@ def demo(
             model_name = result.spec.name if label == "faulty" else result.spec.fixed_by
             console.print(
                 f"loss of {label} model {model_name}: {curve[0]:.4f} -> {curve[1]:.4f} "
-                f"over {steps} steps"
+                f"over {result.steps} steps"
             )
         if result.fixed is not None:
             console.print(

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
-from gradscope.diagnose import diagnose
 from gradscope.errors import InputError
 from gradscope.models import ModelSpec, available_specs, get_spec
 from gradscope.report import Report
+from gradscope.scope import watch
 
 
 @dataclass
@@ -21,6 +21,7 @@ class DemoResult:
     faulty_loss: tuple[float, float] | None
     fixed: Report | None
     fixed_loss: tuple[float, float] | None
+    steps: int = 0
 
 
 def train_spec(spec: ModelSpec, steps: int, seed: int = 0, name: str | None = None) -> Report:
@@ -28,10 +29,16 @@ def train_spec(spec: ModelSpec, steps: int, seed: int = 0, name: str | None = No
     torch.manual_seed(seed)
     model = spec.factory()
     optimizer = spec.optimizer(model.parameters())
-    batches = [spec.example_batch(seed=seed * 1000 + k) for k in range(8)]
-    return diagnose(
-        model, batches, spec.loss_fn, optimizer=optimizer, steps=steps, name=name or spec.name
-    )
+    batches = [
+        spec.example_batch(seed=seed * 100_000 + k)
+        for k in range(min(steps, spec.distinct_batches))
+    ]
+    step = spec.train_step()
+    model.train()
+    with watch(model, optimizer=optimizer, name=name or spec.name, detail_every=1) as scope:
+        for k in range(steps):
+            step(model, batches[k % len(batches)], optimizer, scope)
+    return scope.report()
 
 
 def _loss_ends(report: Report) -> tuple[float, float] | None:
@@ -43,17 +50,18 @@ def _loss_ends(report: Report) -> tuple[float, float] | None:
     return float(losses[0]), float(losses[-1])
 
 
-def run_demo(name: str, steps: int = 40) -> DemoResult:
-    """Run the faulty twin ``name`` and, if it has one, its fix."""
+def run_demo(name: str, steps: int | None = None) -> DemoResult:
+    """Run the faulty twin ``name`` and its fix, each for ``steps`` (default: the spec's)."""
     spec = get_spec(name)
     if spec.fixed_by is None:
         twins = sorted(n for n, s in available_specs().items() if s.fixed_by)
         raise InputError(
             f"{name!r} is a healthy reference model; demo takes a faulty twin: {', '.join(twins)}."
         )
+    steps = steps if steps is not None else spec.demo_steps
     if steps < 2:
         raise InputError(f"--steps must be at least 2 to compare losses, got {steps}.")
     faulty = train_spec(spec, steps)
     fixed_spec = get_spec(spec.fixed_by)
     fixed = train_spec(fixed_spec, steps)
-    return DemoResult(spec, faulty, _loss_ends(faulty), fixed, _loss_ends(fixed))
+    return DemoResult(spec, faulty, _loss_ends(faulty), fixed, _loss_ends(fixed), steps)

@@ -136,6 +136,12 @@ def diagnose(
                     )
                     + "."
                 )
+            if not loss.requires_grad:
+                raise InputError(
+                    "The loss does not depend on any trainable parameter (it has no grad_fn), so "
+                    "there is no gradient to diagnose: is it computed from argmax/round/.item() "
+                    "values (a 0-1 loss is not differentiable), or under torch.no_grad()?"
+                )
             scope.log_loss(loss)
             loss.backward()
             optimizer.step()

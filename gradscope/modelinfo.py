@@ -76,6 +76,7 @@ class LayerInfo:
     frozen: list[str] = field(default_factory=list)
     nonlinearity: str | None = None
     size: dict[str, int] = field(default_factory=dict)
+    output_shape: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -107,6 +108,32 @@ class ModelInfo:
     def roles(self) -> set[str]:
         """The distinct roles of the model's layers."""
         return {layer.role for layer in self.layers}
+
+    def gan_part(self, name: str | None) -> str | None:
+        """ "generator" or "discriminator" for a layer of a GAN (by its top-level module name)."""
+        if not name:
+            return None
+        top = name.split(".")[0].lower()
+        tops = {layer.name.split(".")[0].lower() for layer in self.layers}
+        is_gan = any(t.startswith("gen") for t in tops) and any(t.startswith("disc") for t in tops)
+        if not is_gan:
+            return None
+        if top.startswith("gen"):
+            return "generator"
+        if top.startswith("disc"):
+            return "discriminator"
+        return None
+
+    def is_gan(self) -> bool:
+        """Whether the model has top-level generator and discriminator parts."""
+        return any(self.gan_part(layer.name) for layer in self.layers)
+
+    def sequence_length(self, name: str) -> int | None:
+        """Time steps a recurrent layer ran over (from its first output's shape)."""
+        layer = self.layer(name)
+        if layer is None or layer.output_shape is None or len(layer.output_shape) != 3:
+            return None
+        return layer.output_shape[1] if layer.size.get("batch_first") else layer.output_shape[0]
 
     def weight_layers(self) -> list[LayerInfo]:
         """Linear/conv layers in forward order."""
@@ -146,6 +173,7 @@ def describe(
     optimizer: torch.optim.Optimizer | None,
     has_scaler: bool,
     name: str | None = None,
+    shapes: list[tuple[int, ...] | None] | None = None,
 ) -> ModelInfo:
     """Build a :class:`ModelInfo` with layers in ``order`` (indices into ``modules``)."""
     layers = []
@@ -166,6 +194,7 @@ def describe(
                     for attr in _SIZE_ATTRS
                     if isinstance(getattr(module, attr, None), (int, bool))
                 },
+                output_shape=shapes[j] if shapes else None,
             )
         )
     lr = None

@@ -85,6 +85,7 @@ class Scope:
         self._handles: list[Any] = []
         self._step = 0
         self._rank: list[int | None] = [None] * len(self._modules)
+        self._shapes: list[tuple[int, ...] | None] = [None] * len(self._modules)
         self._next_rank = 0
         self._reset_step_state()
         self._streaks: list[Tensor | None] = [None] * len(self._modules)
@@ -184,6 +185,7 @@ class Scope:
                 if self._rank[j] is None:
                     self._rank[j] = self._next_rank
                     self._next_rank += 1
+                    self._shapes[j] = tuple(x.shape)
                     self._order_changed = True
                 self._acc[j].add(x.detach(), self.sample_rows, self._detail, self.full)
                 self._hooks_fired += 1
@@ -371,6 +373,7 @@ class Scope:
             self.optimizer,
             self.scaler is not None,
             name=self.name,
+            shapes=self._shapes,
         )
 
     # -- reporting ---------------------------------------------------------------

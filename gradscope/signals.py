@@ -166,6 +166,7 @@ class LossTrend:
     last: float
     best: float
     improvement: float
+    late_improvement: float = math.nan
 
     @property
     def known(self) -> bool:
@@ -174,7 +175,8 @@ class LossTrend:
 
 
 def loss_trend(history: History, window: int = DEFAULT_WINDOW) -> LossTrend:
-    """Summarise the loss curve; ``improvement`` is (first - last) / |first|."""
+    """Summarise the loss curve; ``improvement`` is (first - last) / |first|, and
+    ``late_improvement`` the same over the second half of the run."""
     losses = history.losses()
     finite = losses[torch.isfinite(losses)]
     logged = int((~torch.isnan(losses)).sum())
@@ -184,7 +186,10 @@ def loss_trend(history: History, window: int = DEFAULT_WINDOW) -> LossTrend:
     first = float(finite[:w].median())
     last = float(finite[-w:].median())
     improvement = (first - last) / max(abs(first), 1e-12)
-    return LossTrend(logged, first, last, float(finite.min()), improvement)
+    half = finite[finite.numel() // 2 :]
+    middle = float(half[:w].median())
+    late = (middle - last) / max(abs(middle), 1e-12)
+    return LossTrend(logged, first, last, float(finite.min()), improvement, late)
 
 
 def fmt(value: float) -> str:

@@ -56,8 +56,13 @@ def gradscope_detect(
     loss_rise = trend.last / trend.first if trend.known and trend.first > 0 else math.nan
     diverged = (math.isfinite(loss_rise) and loss_rise > t["loss_rise"]) or loss_went_nonfinite
 
-    # Each layer's worst sustained update (median of three consecutive records).
-    update_peaks = {layer.name: _sustained_peak(layer.update_ratio) for layer in layers}
+    # Each layer's worst sustained update (median of three consecutive records).  A layer
+    # that starts at zero (a zero-initialised head) has no size to compare updates with.
+    update_peaks = {
+        layer.name: _sustained_peak(layer.update_ratio)
+        for layer in layers
+        if float(layer.param_norm[0]) > 0
+    }
     growth = {
         layer.name: recent(layer.grad_norm, window) / max(early(layer.grad_norm, window), 1e-30)
         for layer in layers
@@ -68,14 +73,17 @@ def gradscope_detect(
     grown = {n: g for n, g in growth.items() if math.isfinite(g) and g > t["growth"]}
     if not (big_update or grown or (diverged and _grads_rising(layers, window))):
         return []
+    depth = {layer.name: i for i, layer in enumerate(layers)}
     if big_update:
-        culprit = max(big_update, key=big_update.get)
+        # The input-most layer over the line: where the blow-up can start (an RNN's recurrence,
+        # the first badly initialised layer), not the head that inherits it.
+        culprit = min(big_update, key=depth.get)
         what = (
             f"one optimizer step moves {culprit}'s weights by {fmt(big_update[culprit])} of their "
             "size (healthy training moves them by about 0.001)"
         )
     elif grown:
-        culprit = max(grown, key=grown.get)
+        culprit = min(grown, key=depth.get)
         what = f"the gradient of {culprit} grew {fmt(grown[culprit])}x during the run"
     else:
         culprit = max(growth, key=lambda n: growth[n] if math.isfinite(growth[n]) else -1)

@@ -304,6 +304,44 @@ def add_residual(finding: Finding, info: ModelInfo) -> Suggestion:
     )
 
 
+def use_nonsaturating_loss(finding: Finding, info: ModelInfo) -> Suggestion:
+    """The non-saturating generator loss of a GAN."""
+    d = next(
+        (
+            layer.name.split(".")[0]
+            for layer in info.layers
+            if info.gan_part(layer.name) == "discriminator"
+        ),
+        "discriminator",
+    )
+    g = next(
+        (
+            layer.name.split(".")[0]
+            for layer in info.layers
+            if info.gan_part(layer.name) == "generator"
+        ),
+        "generator",
+    )
+    return Suggestion(
+        kind="use_nonsaturating_loss",
+        title="Train the generator with the non-saturating loss -log D(G(z))",
+        why=(
+            "log(1 - D(G(z))) is flat where D(G(z)) is near 0, exactly when the discriminator "
+            "wins, so the generator's gradient vanishes; -log D(G(z)) has the same fixed point "
+            "but a strong gradient there."
+        ),
+        code="\n".join(
+            [
+                "import torch.nn.functional as F",
+                "",
+                f"d_on_fake = {info.var}.{d}({info.var}.{g}(z))",
+                "# instead of: g_loss = torch.log(1 - d_on_fake).mean()",
+                "g_loss = F.binary_cross_entropy(d_on_fake, torch.ones_like(d_on_fake))",
+            ]
+        ),
+    )
+
+
 def fix_loss_numerics(finding: Finding, info: ModelInfo) -> Suggestion:
     """Numerically safe versions of log/softmax/division, naming the culprit."""
     culprit = finding.evidence.get("culprit") or finding.layer or "loss"
@@ -401,6 +439,8 @@ Builder = Callable[[Finding, ModelInfo], Suggestion]
 
 def _vanishing_plan(finding: Finding, info: ModelInfo) -> list[Builder]:
     roles = info.roles()
+    if info.gan_part(finding.layer) == "generator":
+        return [use_nonsaturating_loss, lower_lr, add_batchnorm]
     if "vanilla_rnn" in roles:
         return [use_lstm_or_gru, orthogonal_init, clip_grad_norm]
     if roles & {"sigmoid", "tanh"}:

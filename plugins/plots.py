@@ -202,6 +202,28 @@ def draw_update_ratio(ax: Axes, report: Report, layers: list[LayerSignal]) -> No
     ax.set_xlabel("step")
 
 
+def draw_gan_balance(ax: Axes, report: Report, layers: list[LayerSignal]) -> bool:
+    """Generator vs discriminator gradient norm over steps; False when the model is no GAN."""
+    parts: dict[str, list[LayerSignal]] = {"generator": [], "discriminator": []}
+    for s in layers:
+        top = s.name.split(".")[0].lower()
+        for part in parts:
+            if top.startswith(part[:3]):
+                parts[part].append(s)
+    if not (parts["generator"] and parts["discriminator"]):
+        return False
+    steps = report.history.steps if report.history else []
+    colours = {"generator": "#2ca02c", "discriminator": "#9467bd"}
+    for part, members in parts.items():
+        norm = torch.stack([m.grad_norm for m in members]).square().sum(dim=0).sqrt()
+        ax.plot(steps, norm.numpy(), color=colours[part], lw=1.5, label=f"{part} ||grad||")
+    ax.set_yscale("log")
+    ax.set_title("GAN balance: generator vs discriminator gradients")
+    ax.set_xlabel("step")
+    ax.legend(fontsize=7)
+    return True
+
+
 def draw_activation_health(ax: Axes, report: Report) -> None:
     """Zero fraction of ReLU outputs and saturated fraction of sigmoid/tanh outputs."""
     history = report.history
@@ -312,6 +334,11 @@ def render(report: Report, outdir: Path, formats: list[str] | None = None) -> li
         fig, ax = plt.subplots(figsize=size, layout="constrained")
         draw(ax)
         written.extend(_save(fig, outdir / filename, formats))
+    fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
+    if draw_gan_balance(ax, report, layers):
+        written.extend(_save(fig, outdir / "gan_balance.png", formats))
+    else:
+        plt.close(fig)
     fig, axes = plt.subplots(2, 3, figsize=(18, 9.5), layout="constrained")
     draw_gradient_flow(axes[0, 0], report, layers)
     draw_grad_heatmap(axes[0, 1], report, layers)

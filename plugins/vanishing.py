@@ -15,7 +15,7 @@ from gradscope import Finding, hookimpl
 from gradscope.config import thresholds
 from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
-from gradscope.signals import depth_signals, fmt, loss_trend, recent
+from gradscope.signals import depth_signals, early, fmt, loss_trend, recent
 
 NAME = "vanishing"
 DEFAULTS = {
@@ -27,6 +27,10 @@ DEFAULTS = {
     "stall": 0.05,
     # Records at the end of the run that are judged.
     "window": 5,
+    # A layer whose relative gradient fell below this fraction of its own start...
+    "time_ratio": 0.1,
+    # A vanilla RNN over at least this many steps, with a stalled loss, fades through time.
+    "rnn_steps": 50,
 }
 
 
@@ -44,17 +48,22 @@ def gradscope_detect(
     affected = []
     for i, layer in enumerate(layers[:-1]):
         later = [r for r in rel[i + 1 :] if math.isfinite(r)]
-        if not later or not math.isfinite(rel[i]):
+        if not later or not math.isfinite(rel[i]) or rel[i] == 0:
+            # Exactly zero is a blocked path (dead units, a cut graph), not a fading one.
             continue
         ratio = rel[i] / max(max(later), 1e-30)
         if ratio < t["depth_ratio"]:
             affected.append((layer, ratio))
-    if not affected:
-        return []
-    worst_layer, worst_ratio = min(affected, key=lambda item: item[1])
-    first_layer = affected[0][0]
     trend = loss_trend(history, window)
     stalled = trend.known and trend.improvement < t["stall"]
+    if not affected:
+        # A plateau: no better over the second half of the run, and not much better overall.
+        plateau = trend.known and trend.late_improvement < t["stall"] and trend.improvement < 0.5
+        return _faded_through_time(history, model_info, trend, plateau, t) or _faded_over_time(
+            history, model_info, layers, rel, trend, stalled, t
+        )
+    worst_layer, worst_ratio = min(affected, key=lambda item: item[1])
+    first_layer = affected[0][0]
     severe = worst_ratio < t["severe_ratio"] or stalled
     top = max(rel)
     names = [layer.name for layer, _ in affected]
@@ -106,3 +115,113 @@ def _first_step_below(history: History, series: Any, layers: list, threshold: fl
         if values and math.isfinite(here) and here < threshold * max(values):
             return step
     return history.steps[0]
+
+
+def _faded_over_time(
+    history: History,
+    model_info: ModelInfo,
+    layers: list,
+    rel: list[float],
+    trend: Any,
+    stalled: bool,
+    t: dict,
+) -> list[Finding]:
+    """...while the loss got no better: the gradient faded over time, not over depth.
+
+    A gradient that shrinks while the loss falls is convergence; one that shrinks while
+    the loss stalls or rises is a layer that stopped learning (a GAN generator facing a
+    confident discriminator with the saturating loss, a saturating activation).
+    """
+    window = int(t["window"])
+    if not stalled or len(history) < 2 * window:
+        return []
+    faded = []
+    for layer, now in zip(layers, rel, strict=True):
+        if model_info.gan_part(layer.name) == "discriminator":
+            # A GAN's logged loss is the generator's: a discriminator whose gradient fades
+            # is winning its own game, which the generator's finding covers.
+            continue
+        start = early(layer.relative_grad, window)
+        measured = math.isfinite(now) and math.isfinite(start) and start > 0 and now > 0
+        if measured and now / start < t["time_ratio"]:
+            faded.append((layer, now / start))
+    if not faded:
+        return []
+    layer, ratio = faded[0]
+    return [
+        Finding(
+            kind="vanishing_gradient",
+            layer=layer.name,
+            severity="warning",
+            step=_first_step_fallen(history, layer.relative_grad, t["time_ratio"], window),
+            message=(
+                f"The gradient of {layer.name} faded to {fmt(ratio)} of its size at the start "
+                f"of training while the loss did not improve ({fmt(trend.first)} -> "
+                f"{fmt(trend.last)}): the layer has stopped learning, not converged. Something "
+                "downstream stopped passing gradient back: a saturated output (sigmoid near 0 "
+                "or 1), or a loss that flattens where the model now is (the saturating GAN "
+                "generator loss log(1 - D(G(z))) once the discriminator wins)."
+            ),
+            evidence={
+                "layers": [f.name for f, _ in faded],
+                "ratio_to_start": ratio,
+                "relative_grad_start": early(layer.relative_grad, window),
+                "relative_grad_now": recent(layer.relative_grad, window),
+                "loss_first": trend.first,
+                "loss_last": trend.last,
+                "loss_improvement": trend.improvement,
+                "threshold_time_ratio": t["time_ratio"],
+                "over": "time",
+            },
+        )
+    ]
+
+
+def _first_step_fallen(history: History, series: Any, ratio: float, window: int) -> int:
+    start = early(series, window)
+    for k, step in enumerate(history.steps):
+        value = float(series[k])
+        if math.isfinite(value) and value < ratio * start:
+            return step
+    return history.steps[-1]
+
+
+def _faded_through_time(
+    history: History, model_info: ModelInfo, trend: Any, stalled: bool, t: dict
+) -> list[Finding]:
+    """A vanilla RNN over a long sequence whose loss stalls: the gradient fades through time.
+
+    The fading happens inside the RNN's own loop, where no per-layer statistic can see
+    it, so this is judged from the architecture and the symptom together.
+    """
+    if not stalled:
+        return []
+    for layer in model_info.layers:
+        steps = model_info.sequence_length(layer.name)
+        if layer.role != "vanilla_rnn" or steps is None or steps < t["rnn_steps"]:
+            continue
+        return [
+            Finding(
+                kind="vanishing_gradient",
+                layer=layer.name,
+                severity="warning",
+                step=history.steps[0],
+                message=(
+                    f"{layer.name} is a vanilla RNN run over {steps} time steps and the loss "
+                    f"does not improve ({fmt(trend.first)} -> {fmt(trend.last)}). Backpropagation "
+                    "through time multiplies the gradient by the recurrent matrix and the tanh "
+                    f"slope once per step, so after {steps} steps almost nothing of what the "
+                    "early inputs contributed reaches the weights: the network cannot learn "
+                    "long-range dependencies."
+                ),
+                evidence={
+                    "sequence_length": steps,
+                    "loss_first": trend.first,
+                    "loss_last": trend.last,
+                    "loss_improvement": trend.improvement,
+                    "threshold_rnn_steps": t["rnn_steps"],
+                    "over": "time steps",
+                },
+            )
+        ]
+    return []

@@ -15,7 +15,15 @@ import torch
 from torch import nn
 
 from gradscope.models import networks
-from gradscope.models.data import classification_batch, regression_batch
+from gradscope.models.data import (
+    classification_batch,
+    gan_batch,
+    image_batch,
+    regression_batch,
+    sequence_batch,
+    token_batch,
+)
+from gradscope.models.training import Step, gan_step, supervised_step
 
 
 @dataclass
@@ -48,6 +56,13 @@ class ModelSpec:
     fixed_by: str | None = None
     fix: str | None = None
     batch_size: int = 64
+    step: Step | None = None
+    demo_steps: int = 40
+    distinct_batches: int = 8
+
+    def train_step(self) -> Step:
+        """The step that trains this model (a plain supervised step unless the spec says)."""
+        return self.step or supervised_step(self.loss_fn)
 
     def example_batch(self, n: int | None = None, seed: int = 0) -> tuple[Any, Any]:
         """An (input, target) pair of ``n`` samples (default: the spec's batch size)."""
@@ -71,8 +86,55 @@ def _features(dim: int, classes: int) -> Callable[[int, int], tuple[Any, Any]]:
     return lambda n, seed: classification_batch(n, dim, classes, seed)
 
 
+def _sgd(lr: float) -> Callable[[Any], torch.optim.Optimizer]:
+    return lambda params: torch.optim.SGD(params, lr=lr)
+
+
+def _adam(lr: float) -> Callable[[Any], torch.optim.Optimizer]:
+    return lambda params: torch.optim.Adam(params, lr=lr)
+
+
+def _gan_optimizer(params: Any) -> torch.optim.Optimizer:
+    """SGD with the discriminator learning 20x faster than the generator (it wins early)."""
+    params = list(params)
+    generator, discriminator = params[:2], params[2:]
+    return torch.optim.SGD(
+        [{"params": generator, "lr": 0.05}, {"params": discriminator, "lr": 1.0}]
+    )
+
+
+def _clipped(loss_fn: Callable[[Any, Any], torch.Tensor], max_norm: float = 1.0) -> Step:
+    """A supervised step with gradient-norm clipping before the optimizer step."""
+
+    def step(model: nn.Module, batch: tuple, optimizer: torch.optim.Optimizer, scope: Any):
+        x, y = batch
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        if scope is not None:
+            scope.log_loss(loss)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        optimizer.step()
+        return loss
+
+    return step
+
+
+def _nll(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return nn.functional.nll_loss(output, target)
+
+
+def _bce(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return nn.functional.binary_cross_entropy(output, target)
+
+
 def builtin_specs() -> dict[str, ModelSpec]:
     """The reference models and faulty twins that ship with gradscope."""
+    features = _features(32, 4)
+    images = lambda n, seed: image_batch(n, seed)  # noqa: E731
+    short_seq = lambda n, seed: sequence_batch(n, 20, seed)  # noqa: E731
+    long_seq = lambda n, seed: sequence_batch(n, 50, seed, memory=True)  # noqa: E731
+    mid_seq = lambda n, seed: sequence_batch(n, 50, seed)  # noqa: E731
     specs = [
         ModelSpec(
             name="fnn",
@@ -83,9 +145,67 @@ def builtin_specs() -> dict[str, ModelSpec]:
             task="regression: Linear(10,20)-ReLU-Linear(20,1), Kaiming-uniform init",
         ),
         ModelSpec(
+            name="cnn",
+            factory=networks.CNN,
+            batch=images,
+            loss_fn=_ce,
+            loss_name="cross_entropy",
+            task="image classification: Conv2d(1,32,3,p=1)-ReLU-MaxPool-Linear(32*14*14,10)",
+            optimizer=_sgd(0.01),
+        ),
+        ModelSpec(
+            name="cnn_small",
+            factory=networks.SmallCNN,
+            batch=images,
+            loss_fn=_ce,
+            loss_name="cross_entropy",
+            task="image classification: Conv2d(1,16,3)-ReLU-MaxPool-Linear(16*13*13,10)",
+            optimizer=_sgd(0.01),
+        ),
+        ModelSpec(
+            name="rnn",
+            factory=networks.RNNNet,
+            batch=short_seq,
+            loss_fn=_mse,
+            loss_name="mse",
+            task="sequence regression: nn.RNN(10,20,batch_first) + Linear on the last step",
+            optimizer=_sgd(0.05),
+        ),
+        ModelSpec(
+            name="lstm",
+            factory=networks.LSTMNet,
+            batch=short_seq,
+            loss_fn=_mse,
+            loss_name="mse",
+            task="sequence regression: nn.LSTM(10,20,batch_first) + Linear on the last step",
+            optimizer=_sgd(0.05),
+        ),
+        ModelSpec(
+            name="transformer",
+            factory=networks.TransformerClassifier,
+            batch=lambda n, seed: token_batch(n, seed),
+            loss_fn=_ce,
+            loss_name="cross_entropy",
+            task="text classification: Embedding + positions + 2-layer TransformerEncoder",
+            optimizer=_adam(1e-3),
+            batch_size=32,
+        ),
+        ModelSpec(
+            name="gan",
+            factory=networks.GAN,
+            batch=lambda n, seed: gan_batch(n, seed),
+            loss_fn=_bce,
+            loss_name="bce",
+            task="GAN: Generator Linear(100,256)+tanh, Discriminator Linear(256,1)+sigmoid",
+            optimizer=_gan_optimizer,
+            demo_steps=60,
+            step=gan_step(saturating=False),
+        ),
+        # -- faulty twins and their fixes ------------------------------------------
+        ModelSpec(
             name="deep_sigmoid_mlp",
             factory=networks.deep_sigmoid_mlp,
-            batch=_features(32, 4),
+            batch=features,
             loss_fn=_ce,
             loss_name="cross_entropy",
             task="classification with 8 Linear+Sigmoid layers: gradients vanish toward the input",
@@ -96,15 +216,59 @@ def builtin_specs() -> dict[str, ModelSpec]:
         ModelSpec(
             name="deep_relu_mlp",
             factory=networks.deep_relu_mlp,
-            batch=_features(32, 4),
+            batch=features,
             loss_fn=_ce,
             loss_name="cross_entropy",
             task="the fix of deep_sigmoid_mlp: ReLU and Kaiming init",
         ),
         ModelSpec(
+            name="deep_tanh_tiny_init",
+            factory=networks.deep_tanh_tiny_init,
+            batch=features,
+            loss_fn=_ce,
+            loss_name="cross_entropy",
+            task="6 tanh layers with weights 100x too small: gradients vanish toward the input",
+            problem="vanishing_gradient",
+            fixed_by="deep_tanh_xavier",
+            fix="Xavier init",
+        ),
+        ModelSpec(
+            name="deep_tanh_xavier",
+            factory=networks.deep_tanh_xavier,
+            batch=features,
+            loss_fn=_ce,
+            loss_name="cross_entropy",
+            task="the fix of deep_tanh_tiny_init: Xavier init",
+        ),
+        ModelSpec(
+            name="vanilla_rnn_long",
+            factory=lambda: networks.RNNNet(hidden_size=32),
+            batch=long_seq,
+            loss_fn=_mse,
+            loss_name="mse",
+            task="recall the first of 50 steps with a vanilla RNN: gradients vanish through time",
+            optimizer=_adam(1e-2),
+            demo_steps=120,
+            distinct_batches=1000,
+            problem="vanishing_gradient",
+            fixed_by="lstm_long",
+            fix="an LSTM (forget gates opened with bias 3) instead of the vanilla RNN",
+        ),
+        ModelSpec(
+            name="lstm_long",
+            factory=networks.long_memory_lstm,
+            batch=long_seq,
+            loss_fn=_mse,
+            loss_name="mse",
+            task="the fix of vanilla_rnn_long: an LSTM with forget-gate bias 3",
+            optimizer=_adam(1e-2),
+            demo_steps=120,
+            distinct_batches=1000,
+        ),
+        ModelSpec(
             name="relu_mlp_large_init",
             factory=networks.relu_mlp_large_init,
-            batch=_features(32, 4),
+            batch=features,
             loss_fn=_ce,
             loss_name="cross_entropy",
             task="ReLU MLP with N(0, 1) weights: activations and gradients explode",
@@ -115,10 +279,108 @@ def builtin_specs() -> dict[str, ModelSpec]:
         ModelSpec(
             name="relu_mlp_kaiming",
             factory=networks.relu_mlp_kaiming,
-            batch=_features(32, 4),
+            batch=features,
             loss_fn=_ce,
             loss_name="cross_entropy",
             task="the fix of relu_mlp_large_init: Kaiming init",
+        ),
+        ModelSpec(
+            name="exploding_rnn",
+            factory=networks.exploding_rnn,
+            batch=mid_seq,
+            loss_fn=_mse,
+            loss_name="mse",
+            task="vanilla RNN with recurrent weights 3x orthogonal: gradients explode through time",
+            optimizer=_sgd(0.05),
+            problem="exploding_gradient",
+            fixed_by="rnn_orthogonal_clipped",
+            fix="orthogonal recurrent init and gradient clipping",
+        ),
+        ModelSpec(
+            name="rnn_orthogonal_clipped",
+            factory=networks.orthogonal_rnn,
+            batch=mid_seq,
+            loss_fn=_mse,
+            loss_name="mse",
+            task="the fix of exploding_rnn: orthogonal init, clip_grad_norm_(1.0)",
+            optimizer=_sgd(0.05),
+            step=_clipped(_mse),
+        ),
+        ModelSpec(
+            name="zero_init_mlp",
+            factory=networks.zero_init_mlp,
+            batch=features,
+            loss_fn=_ce,
+            loss_name="cross_entropy",
+            task="tanh MLP with all weights zero: every unit of a layer stays the same",
+            problem="symmetric_weights",
+            fixed_by="random_init_mlp",
+            fix="random (Xavier) init",
+        ),
+        ModelSpec(
+            name="random_init_mlp",
+            factory=networks.random_init_mlp,
+            batch=features,
+            loss_fn=_ce,
+            loss_name="cross_entropy",
+            task="the fix of zero_init_mlp: Xavier init",
+        ),
+        ModelSpec(
+            name="negative_bias_relu",
+            factory=networks.negative_bias_relu,
+            batch=features,
+            loss_fn=_ce,
+            loss_name="cross_entropy",
+            task="ReLU MLP with biases of -5: every unit is dead",
+            problem="dead_relu",
+            fixed_by="relu_mlp_kaiming",
+            fix="zero biases with Kaiming init",
+        ),
+        ModelSpec(
+            name="saturated_sigmoid",
+            factory=networks.saturated_sigmoid,
+            batch=features,
+            loss_fn=_ce,
+            loss_name="cross_entropy",
+            task="sigmoid MLP with weights 20x too large: outputs pinned at 0 and 1",
+            problem="saturated_activation",
+            fixed_by="deep_relu_mlp",
+            fix="ReLU with Kaiming init (or Xavier-scaled sigmoid weights)",
+        ),
+        ModelSpec(
+            name="log_of_zero",
+            factory=networks.log_of_zero,
+            batch=features,
+            loss_fn=_nll,
+            loss_name="nll",
+            task="log(softmax(x)) in two steps: softmax underflows to 0, log gives -inf",
+            optimizer=_adam(1e-2),
+            problem="nonfinite_gradient",
+            fixed_by="stable_log_softmax",
+            fix="torch.log_softmax",
+        ),
+        ModelSpec(
+            name="stable_log_softmax",
+            factory=networks.stable_log_softmax,
+            batch=features,
+            loss_fn=_nll,
+            loss_name="nll",
+            task="the fix of log_of_zero: torch.log_softmax",
+            optimizer=_adam(1e-2),
+        ),
+        ModelSpec(
+            name="gan_saturating",
+            factory=networks.GAN,
+            batch=lambda n, seed: gan_batch(n, seed),
+            loss_fn=_bce,
+            loss_name="bce",
+            task="GAN whose generator minimises log(1 - D(G(z))): its gradient vanishes",
+            optimizer=_gan_optimizer,
+            demo_steps=60,
+            step=gan_step(saturating=True),
+            problem="vanishing_gradient",
+            fixed_by="gan",
+            fix="the non-saturating generator loss -log D(G(z))",
         ),
     ]
     return {spec.name: spec for spec in specs}
