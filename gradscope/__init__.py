@@ -1,15 +1,33 @@
-"""gradscope: find out why a PyTorch model is not training, and what to change."""
+"""gradscope: find out why a PyTorch model is not training, and what to change.
 
-from gradscope.diagnose import diagnose
-from gradscope.errors import GradscopeError, InputError
-from gradscope.history import History, StepRecord
-from gradscope.hookspecs import hookimpl
-from gradscope.modelinfo import LayerInfo, ModelInfo
-from gradscope.plugins import StopTraining
-from gradscope.report import Finding, Report, Suggestion
-from gradscope.scope import Scope, watch
+The public names load on first use, so ``import gradscope`` (and the pytest plugin,
+which lives in this package) does not import torch until something needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "Finding": "gradscope.report",
+    "Report": "gradscope.report",
+    "Suggestion": "gradscope.report",
+    "GradscopeError": "gradscope.errors",
+    "InputError": "gradscope.errors",
+    "History": "gradscope.history",
+    "StepRecord": "gradscope.history",
+    "hookimpl": "gradscope.hookspecs",
+    "LayerInfo": "gradscope.modelinfo",
+    "ModelInfo": "gradscope.modelinfo",
+    "StopTraining": "gradscope.plugins",
+    "Scope": "gradscope.scope",
+    "watch": "gradscope.scope",
+    "diagnose": "gradscope.diagnose",
+}
+_SUBMODULES = {"plugins", "testing", "signals", "models", "config", "stats"}
 
 __all__ = [
     "Finding",
@@ -28,3 +46,27 @@ __all__ = [
     "hookimpl",
     "watch",
 ]
+
+if TYPE_CHECKING:
+    from gradscope.diagnose import diagnose
+    from gradscope.errors import GradscopeError, InputError
+    from gradscope.history import History, StepRecord
+    from gradscope.hookspecs import hookimpl
+    from gradscope.modelinfo import LayerInfo, ModelInfo
+    from gradscope.plugins import StopTraining
+    from gradscope.report import Finding, Report, Suggestion
+    from gradscope.scope import Scope, watch
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"gradscope.{name}")
+    raise AttributeError(f"module 'gradscope' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*__all__, *_SUBMODULES])

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from gradscope import testing_state
 from gradscope.diagnose import diagnose
 from gradscope.report import Finding, Report
+from gradscope.signals import layer_signals, recent
 
 
 def _format_failure(headline: str, findings: list[Finding]) -> str:
@@ -53,7 +56,9 @@ def check_report(
 
 
 def _run(model: torch.nn.Module, batch: Any, loss_fn: Callable, steps: int, **kw: Any) -> Report:
-    return diagnose(model, batch, loss_fn, steps=steps, **kw)
+    report = diagnose(model, batch, loss_fn, steps=steps, **kw)
+    testing_state.remember(report)
+    return report
 
 
 def assert_healthy_gradients(
@@ -102,3 +107,87 @@ assert_finite_gradients = _single_kind("nonfinite_gradient", "gradients are not 
 assert_all_parameters_get_gradients = _single_kind(
     "no_gradient", "some parameters never get a gradient"
 )
+
+
+#: Where gradient profiles are kept, next to the test file.
+SNAPSHOT_DIR = "__gradscope_snapshots__"
+
+
+def gradient_profile(report: Report) -> dict[str, float]:
+    """log10 of each layer's recent median gradient norm, in forward order."""
+    import math
+
+    profile = {}
+    for signal in layer_signals(report.history) if report.history is not None else []:
+        value = recent(signal.grad_norm, 10)
+        profile[signal.name] = math.log10(value) if value > 0 else float("-inf")
+    return profile
+
+
+def _snapshot_path(snapshot: str, directory: str | Path | None) -> Path:
+    import os
+    import re
+
+    if directory is not None:
+        base = Path(directory)
+    else:
+        current = os.environ.get("PYTEST_CURRENT_TEST", "").split("::")[0]
+        root = testing_state.rootpath() or Path.cwd()
+        base = (root / current).parent if current else Path.cwd()
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", snapshot):
+        raise ValueError(f"snapshot name {snapshot!r} may hold only letters, digits, _ . -")
+    return base / SNAPSHOT_DIR / f"{snapshot}.json"
+
+
+def assert_gradient_profile(
+    model: torch.nn.Module,
+    batch: Any,
+    loss_fn: Callable,
+    *,
+    snapshot: str,
+    steps: int = 5,
+    tolerance: float = 0.5,
+    directory: str | Path | None = None,
+    **diagnose_options: Any,
+) -> dict[str, float]:
+    """Compare the per-layer gradient-norm profile with a stored snapshot.
+
+    The first run (or ``pytest --gradscope-update-snapshots``) stores the profile in
+    ``__gradscope_snapshots__/<snapshot>.json`` next to the test file.  Later runs fail
+    when a layer's gradient norm moved by more than ``tolerance`` decades (0.5 = 3.2x),
+    naming the layers that moved: a refactor that silently broke gradient flow.
+    Seed torch before building the model so the profile is repeatable.
+    """
+    import json
+    import math
+
+    __tracebackhide__ = True
+    report = _run(model, batch, loss_fn, steps, **diagnose_options)
+    profile = gradient_profile(report)
+    path = _snapshot_path(snapshot, directory)
+    if testing_state.update_snapshots() or not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stored = {"layers": list(profile), "log10_grad_norm": list(profile.values())}
+        path.write_text(json.dumps(stored, indent=2) + "\n")
+        return profile
+    stored = json.loads(path.read_text())
+    before = dict(zip(stored["layers"], stored["log10_grad_norm"], strict=True))
+    if list(before) != list(profile):
+        raise AssertionError(
+            f"gradient profile {snapshot!r}: the layers changed "
+            f"(stored {list(before)}, now {list(profile)}); if intended, run pytest with "
+            "--gradscope-update-snapshots"
+        )
+    moved = []
+    for name, now in profile.items():
+        then = before[name]
+        gap = abs(now - then) if math.isfinite(now) and math.isfinite(then) else math.inf
+        if gap > tolerance:
+            moved.append(f"  {name}: 10^{then:.2f} -> 10^{now:.2f} ({gap:.2f} decades)")
+    if moved:
+        raise AssertionError(
+            f"gradient profile {snapshot!r} moved beyond {tolerance} decades in "
+            f"{len(moved)} layer(s):\n" + "\n".join(moved) + "\nif intended, run pytest with "
+            "--gradscope-update-snapshots"
+        )
+    return profile

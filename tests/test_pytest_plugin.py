@@ -102,3 +102,94 @@ def test_plugin_is_registered_and_can_be_disabled(pytester):
     disabled = pytester.runpytest_subprocess("-p", "no:gradscope", "-p", "no:cacheprovider")
     disabled.assert_outcomes(errors=1)
     disabled.stdout.fnmatch_lines(["*fixture 'gradscope' not found*"])
+
+
+def test_marker_fails_the_test_on_findings_of_watched_models(pytester):
+    pytester.makepyfile(
+        HEADER
+        + """
+import pytest
+
+def _train(scope_factory, name, steps=12):
+    model, batch, loss_fn = spec_batch(name)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    scope = scope_factory(model, opt)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss_fn(model(batch[0]), batch[1]).backward()
+        opt.step()
+
+@pytest.mark.gradscope(fail_on="warning")
+def test_bad(gradscope):
+    _train(gradscope, "deep_sigmoid_mlp")
+
+@pytest.mark.gradscope(fail_on="warning", ignore=["vanishing_gradient"])
+def test_bad_but_ignored(gradscope):
+    _train(gradscope, "deep_sigmoid_mlp")
+
+@pytest.mark.gradscope
+def test_good(gradscope):
+    _train(gradscope, "deep_relu_mlp")
+"""
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*test_bad *", "*vanishing_gradient in 0*"])
+
+
+def test_report_option_writes_files_only_for_failing_tests(pytester):
+    pytester.makepyfile(
+        HEADER
+        + """
+def test_fails():
+    model, batch, loss_fn = spec_batch("deep_sigmoid_mlp")
+    assert_healthy_gradients(model, batch, loss_fn, steps=6, lr=0.05)
+
+def test_passes():
+    model, batch, loss_fn = spec_batch("deep_relu_mlp")
+    assert_healthy_gradients(model, batch, loss_fn, steps=6)
+"""
+    )
+    out = pytester.path / "artifacts"
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--gradscope-report={out}")
+    result.assert_outcomes(passed=1, failed=1)
+    written = sorted(p.name for p in out.iterdir())
+    assert len(written) == 1 and written[0].endswith("test_fails")
+    folder = out / written[0]
+    assert (folder / "report.json").exists()
+    assert (folder / "dashboard.png").read_bytes()[:4] == b"\x89PNG"
+
+
+SNAPSHOT_TEST = """
+import torch
+from torch import nn
+from gradscope.testing import assert_gradient_profile
+
+ACT = {act}
+
+def test_profile():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), ACT(), nn.Linear(32, 32), ACT(),
+                          nn.Linear(32, 32), ACT(), nn.Linear(32, 4))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 16, generator=g)
+    y = x[:, :4].argmax(1)
+    assert_gradient_profile(model, (x, y), nn.functional.cross_entropy, snapshot="mlp")
+"""
+
+
+def test_snapshot_catches_a_change_in_gradient_flow_and_can_be_updated(pytester):
+    pytester.makepyfile(test_snap=SNAPSHOT_TEST.format(act="nn.ReLU"))
+    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    assert (pytester.path / "__gradscope_snapshots__" / "mlp.json").exists()
+    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    pytester.makepyfile(test_snap=SNAPSHOT_TEST.format(act="nn.Sigmoid"))
+    changed = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    changed.assert_outcomes(failed=1)
+    changed.stdout.fnmatch_lines(
+        ["*gradient profile 'mlp' moved beyond 0.5 decades*", "*  0: 10^*"]
+    )
+    pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--gradscope-update-snapshots"
+    ).assert_outcomes(passed=1)
+    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
