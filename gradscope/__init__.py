@@ -25,7 +25,7 @@ _EXPORTS = {
     "StopTraining": "gradscope.plugins",
     "Scope": "gradscope.scope",
     "watch": "gradscope.scope",
-    "diagnose": "gradscope.diagnose",
+    "diagnose": "gradscope.diagnosis",
 }
 _SUBMODULES = {"plugins", "testing", "signals", "models", "config", "stats"}
 
@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from gradscope.diagnose import diagnose
+    from gradscope.diagnosis import diagnose
     from gradscope.errors import GradscopeError, InputError
     from gradscope.history import History, StepRecord
     from gradscope.hookspecs import hookimpl

@@ -16,7 +16,7 @@ from gradscope.checkpoint import (
     load_checkpoint,
     load_into,
 )
-from gradscope.diagnose import diagnose
+from gradscope.diagnosis import diagnose
 from gradscope.errors import InputError
 from gradscope.models import ModelSpec, get_spec
 from gradscope.report import Report

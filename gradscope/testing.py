@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from gradscope import testing_state
-from gradscope.diagnose import diagnose
+from gradscope.diagnosis import diagnose
 from gradscope.report import Finding, Report
 from gradscope.signals import layer_signals, recent
 
