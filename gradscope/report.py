@@ -125,6 +125,10 @@ class Report:
         """The distinct finding kinds present."""
         return {f.kind for f in self.findings}
 
+    def kinds_at_least(self, severity: str) -> set[str]:
+        """The distinct kinds of the findings of ``severity`` or worse."""
+        return {f.kind for f in self.at_least(severity)}
+
     # -- JSON ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict carrying the schema version."""

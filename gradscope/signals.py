@@ -186,9 +186,11 @@ def loss_trend(history: History, window: int = DEFAULT_WINDOW) -> LossTrend:
     first = float(finite[:w].median())
     last = float(finite[-w:].median())
     improvement = (first - last) / max(abs(first), 1e-12)
+    # The second half is compared on wide windows: a noisy loss must not look like progress.
+    wide = max(w, finite.numel() // 5)
     half = finite[finite.numel() // 2 :]
-    middle = float(half[:w].median())
-    late = (middle - last) / max(abs(middle), 1e-12)
+    middle = float(half[:wide].median())
+    late = (middle - float(finite[-wide:].median())) / max(abs(middle), 1e-12)
     return LossTrend(logged, first, last, float(finite.min()), improvement, late)
 
 

@@ -37,6 +37,7 @@ def gradscope_detect(
     if not history.records:
         return []
     dead = history.act_series("dead_units")
+    silent = history.act_series("silent_units")
     units = history.act_series("units")
     findings = []
     for j, name in enumerate(history.module_names):
@@ -67,6 +68,7 @@ def gradscope_detect(
                     "initialisation with negative biases."
                 ),
                 evidence={
+                    "dead_from_start": float(silent[0, j]) >= t["warn_fraction"] * n_units,
                     "dead_units": int(dead[k, j]),
                     "units": int(n_units),
                     "dead_fraction": fraction,

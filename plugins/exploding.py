@@ -21,6 +21,8 @@ from gradscope.modelinfo import ModelInfo
 from gradscope.signals import depth_signals, early, fmt, init_scale, loss_trend, recent
 
 NAME = "exploding"
+#: A loss that fell by at least this fraction over the run is training, whatever the steps.
+STALL = 0.05
 DEFAULTS = {
     # One step moving a layer's weights by more than this fraction of their norm.
     "update_ratio": 0.5,
@@ -73,6 +75,11 @@ def gradscope_detect(
     grown = {n: g for n, g in growth.items() if math.isfinite(g) and g > t["growth"]}
     if not (big_update or grown or (diverged and _grads_rising(layers, window))):
         return []
+    improving = trend.known and trend.improvement >= STALL and not diverged
+    if improving:
+        # Large steps while the loss falls steadily: a small layer (a freshly initialised
+        # head) moving fast, not an explosion.
+        return []
     depth = {layer.name: i for i, layer in enumerate(layers)}
     if big_update:
         # The input-most layer over the line: where the blow-up can start (an RNN's recurrence,
@@ -107,7 +114,7 @@ def gradscope_detect(
         Finding(
             kind="exploding_gradient",
             layer=culprit,
-            severity="error" if diverged or big_update else "warning",
+            severity="error" if diverged else "warning",
             step=step,
             message=message,
             evidence={

@@ -51,9 +51,10 @@ def _init_loop(info: ModelInfo, layers: list[LayerInfo], init_call: str) -> str:
 
 
 def use_relu(finding: Finding, info: ModelInfo) -> Suggestion:
-    """Swap saturating activations for ReLU."""
+    """Swap saturating activations for ReLU, with the Kaiming init ReLU layers need."""
     acts = sorted({layer.type for layer in info.layers if layer.role in ("sigmoid", "tanh")})
     kinds = ", ".join(f"nn.{a}" for a in acts) or "nn.Sigmoid, nn.Tanh"
+    layers = _weight_layers(info)
     code = "\n".join(
         [
             "import torch.nn as nn",
@@ -66,17 +67,22 @@ def use_relu(finding: Finding, info: ModelInfo) -> Suggestion:
             "            use_relu(child)",
             "",
             f"use_relu({info.var})  # if forward() calls torch.sigmoid/tanh, use torch.relu there",
+            "# ReLU layers keep their signal only with Kaiming-scaled weights:",
+            _init_loop(info, layers, 'nn.init.kaiming_normal_({w}, nonlinearity="relu")').split(
+                "\n", 2
+            )[2],
         ]
     )
     ratio = finding.evidence.get("ratio_to_later_layers")
     return Suggestion(
         kind="use_relu",
-        title=f"Replace {'/'.join(acts) or 'the saturating activations'} with ReLU",
+        title=f"Replace {'/'.join(acts) or 'the saturating activations'} with ReLU (Kaiming init)",
         why=(
             f"{'/'.join(acts) or 'Sigmoid/Tanh'} passes back at most 0.25 (sigmoid) or 1 (tanh) of "
             "the gradient per layer, so it fades with depth"
             + (f" (here down to {fmt(ratio)} of the later layers')" if ratio else "")
-            + "; ReLU passes it unchanged wherever the unit is active."
+            + "; ReLU passes it unchanged wherever the unit is active, and Kaiming init keeps "
+            "the signal's size through the ReLU layers."
         ),
         code=code,
     )
@@ -117,9 +123,15 @@ def xavier_init(finding: Finding, info: ModelInfo) -> Suggestion:
     )
 
 
+def _scales(finding: Finding) -> list[float]:
+    """The finite init scales in a finding's evidence (one number or one per layer)."""
+    scales = finding.evidence.get("init_scale")
+    values = scales.values() if isinstance(scales, dict) else [scales]
+    return [v for v in values if isinstance(v, float) and math.isfinite(v)]
+
+
 def _init_scale_note(finding: Finding) -> str:
-    scales = finding.evidence.get("init_scale") or {}
-    finite = [v for v in scales.values() if isinstance(v, float) and math.isfinite(v)]
+    finite = _scales(finding)
     if not finite:
         return ""
     return (
@@ -167,14 +179,27 @@ def use_lstm_or_gru(finding: Finding, info: ModelInfo) -> Suggestion:
             f"batch_first={bool(rnn.size.get('batch_first', 0))}"
         )
         ref = _ref(info, rnn.name)
-    code = "\n".join(
-        [
-            "import torch.nn as nn",
-            "",
-            f"{ref} = nn.LSTM({size})  # or nn.GRU(...)",
-            "# forward(): `out, _ = self.rnn(x)` works for RNN, LSTM and GRU alike",
+    steps = finding.evidence.get("sequence_length")
+    lines = [
+        "import torch",
+        "import torch.nn as nn",
+        "",
+        f"{ref} = nn.LSTM({size})  # or nn.GRU(...)",
+        "# forward(): `out, _ = self.rnn(x)` works for RNN, LSTM and GRU alike",
+    ]
+    if isinstance(steps, int) and steps > 2 and rnn is not None:
+        hidden = rnn.size.get("hidden_size", 0)
+        lines += [
+            f"# open the forget gates so the cell keeps ~1 - 1/{steps - 1} of its state per step",
+            f"# (forget bias log({steps - 1}), as in chrono init, Tallec & Ollivier 2018)",
+            "with torch.no_grad():",
+            f"    for name, bias in {ref}.named_parameters():",
+            '        if name.startswith("bias_ih"):',
+            f"            bias[{hidden}:{2 * hidden}] = {math.log(steps - 1):.3f}",
+            '        elif name.startswith("bias_hh"):',
+            f"            bias[{hidden}:{2 * hidden}] = 0.0",
         ]
-    )
+    code = "\n".join(lines)
     return Suggestion(
         kind="use_lstm_or_gru",
         title="Use an LSTM or GRU instead of the vanilla RNN",
@@ -414,23 +439,36 @@ def check_graph(finding: Finding, info: ModelInfo) -> Suggestion:
 
 
 def random_init(finding: Finding, info: ModelInfo) -> Suggestion:
-    """Random init for a layer whose rows are identical."""
-    layer = info.layer(finding.layer)
-    layers = [layer] if layer is not None else _weight_layers(info)
+    """Random init for every layer whose rows are identical."""
     nonlinearity = info.activation_after(finding.layer or "") or "relu"
     call = (
-        'nn.init.kaiming_normal_({w}, nonlinearity="relu")'
+        'nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")'
         if nonlinearity == "relu"
-        else f'nn.init.xavier_uniform_({{w}}, gain=nn.init.calculate_gain("{nonlinearity}"))'
+        else f'nn.init.xavier_uniform_(layer.weight, gain=nn.init.calculate_gain("{nonlinearity}"))'
+    )
+    code = "\n".join(
+        [
+            "import torch",
+            "import torch.nn as nn",
+            "",
+            f"# every layer whose output units are copies of each other, not only {finding.layer}",
+            f"for layer in {info.var}.modules():",
+            "    if isinstance(layer, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):",
+            "        rows = layer.weight.detach().flatten(1)",
+            "        if torch.allclose(rows, rows[:1].expand_as(rows)):",
+            f"            {call}",
+            "            if layer.bias is not None:",
+            "                nn.init.zeros_(layer.bias)",
+        ]
     )
     return Suggestion(
         kind="random_init",
-        title=f"Initialise {finding.layer} randomly instead of with a constant",
+        title=f"Initialise {finding.layer} (and any layer like it) randomly",
         why=(
             "Random weights make every unit compute something different, so the units get "
             "different gradients and learn different features (zero or constant weights never do)."
         ),
-        code=_init_loop(info, layers, call),
+        code=code,
     )
 
 
@@ -444,8 +482,7 @@ def _vanishing_plan(finding: Finding, info: ModelInfo) -> list[Builder]:
     if "vanilla_rnn" in roles:
         return [use_lstm_or_gru, orthogonal_init, clip_grad_norm]
     if roles & {"sigmoid", "tanh"}:
-        scales = finding.evidence.get("init_scale") or {}
-        tiny = [v for v in scales.values() if isinstance(v, float) and v < 0.1]
+        tiny = [v for v in _scales(finding) if v < 0.1]
         if tiny and "tanh" in roles:
             return [xavier_init, use_relu, add_batchnorm]
         return [use_relu, kaiming_init, add_batchnorm]
@@ -454,13 +491,19 @@ def _vanishing_plan(finding: Finding, info: ModelInfo) -> list[Builder]:
 
 def _exploding_plan(finding: Finding, info: ModelInfo) -> list[Builder]:
     roles = info.roles()
-    if roles & {"vanilla_rnn", "gated_rnn"}:
-        return [clip_grad_norm, orthogonal_init, lower_lr]
-    scales = finding.evidence.get("init_scale") or {}
-    too_big = [v for v in scales.values() if isinstance(v, float) and v > 3.0]
+    layer = info.layer(finding.layer)
+    if layer is not None and layer.role in ("vanilla_rnn", "gated_rnn"):
+        # The recurrence multiplies by the same matrix every step: make it norm-preserving.
+        return [orthogonal_init, clip_grad_norm, lower_lr]
+    too_big = [v for v in _scales(finding) if v > 3.0]
     init = xavier_init if roles & {"sigmoid", "tanh"} and "relu" not in roles else kaiming_init
     if too_big:
         return [init, clip_grad_norm, lower_lr]
+    peaks = finding.evidence.get("update_ratio_peak") or {}
+    giant = [v for v in peaks.values() if isinstance(v, float) and v > 1.0]
+    if giant:
+        # Normal weights, steps larger than the weights themselves: the learning rate.
+        return [lower_lr, clip_grad_norm, init]
     return [clip_grad_norm, lower_lr, init]
 
 
@@ -473,10 +516,20 @@ def _nonfinite_plan(finding: Finding, info: ModelInfo) -> list[Builder]:
 
 
 def _dead_relu_plan(finding: Finding, info: ModelInfo) -> list[Builder]:
+    if finding.evidence.get("dead_from_start"):
+        # Dead before training could kill them: the initialisation (negative biases) did.
+        return [kaiming_init, add_batchnorm, lower_lr]
     return [lower_lr, kaiming_init, add_batchnorm]
 
 
 def _saturation_plan(finding: Finding, info: ModelInfo) -> list[Builder]:
+    scale = finding.evidence.get("init_scale")
+    if finding.evidence.get("activation") == "sigmoid":
+        # A sigmoid in a hidden layer is the problem itself: ReLU cannot saturate.
+        return [use_relu, add_batchnorm, xavier_init]
+    if isinstance(scale, float) and scale > 3.0:
+        # Weights several times too large push the inputs to the asymptotes: rescale them.
+        return [xavier_init, add_batchnorm, use_relu]
     return [add_batchnorm, xavier_init, use_relu]
 
 

@@ -12,7 +12,7 @@ from gradscope import Finding, hookimpl
 from gradscope.config import thresholds
 from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
-from gradscope.signals import activation_fraction, fmt
+from gradscope.signals import activation_fraction, fmt, init_scale, layer_signals
 
 NAME = "saturation"
 DEFAULTS = {
@@ -35,6 +35,7 @@ def gradscope_detect(
         return []
     roles = {layer.name: layer.role for layer in model_info.layers}
     fractions = activation_fraction(history, "saturated", int(t["window"]))
+    signals = {s.name: s for s in layer_signals(history)}
     findings = []
     for name, fraction in fractions.items():
         if roles.get(name) not in ("sigmoid", "tanh") or fraction < t["warn_fraction"]:
@@ -54,6 +55,7 @@ def gradscope_detect(
                     "large: the weights or inputs are badly scaled."
                 ),
                 evidence={
+                    "init_scale": _feeding_scale(model_info, signals, name),
                     "saturated_fraction": fraction,
                     "activation": kind,
                     "threshold_warn_fraction": t["warn_fraction"],
@@ -71,3 +73,14 @@ def _first_step(history: History, name: str, fraction: float) -> int:
         if value >= fraction:
             return history.steps[k]
     return history.steps[-1]
+
+
+def _feeding_scale(model_info: ModelInfo, signals: dict, name: str) -> float:
+    """init_scale of the weight layer right before the activation ``name``."""
+    names = [layer.name for layer in model_info.layers]
+    if name not in names:
+        return float("nan")
+    for layer in reversed(model_info.layers[: names.index(name)]):
+        if layer.name in signals and layer.role == "weight":
+            return init_scale(signals[layer.name], model_info)
+    return float("nan")

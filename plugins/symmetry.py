@@ -39,6 +39,8 @@ def gradscope_detect(
         if name not in spreads or name not in norms:
             continue
         step, spread = spreads[name]
+        if not math.isfinite(spread) or not math.isfinite(norms[name][1]):
+            continue  # NaN weights are nonfinite_gradient's to report
         if step <= first_step:
             continue  # not yet trained: a zero-initialised layer may be fine
         shape = model_info.param_shapes.get(name, [])

@@ -15,7 +15,7 @@ from gradscope import Finding, hookimpl
 from gradscope.config import thresholds
 from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
-from gradscope.signals import depth_signals, early, fmt, loss_trend, recent
+from gradscope.signals import depth_signals, early, fmt, init_scale, loss_trend, recent
 
 NAME = "vanishing"
 DEFAULTS = {
@@ -101,6 +101,7 @@ def gradscope_detect(
                 "loss_last": trend.last,
                 "loss_improvement": trend.improvement,
                 "threshold_depth_ratio": t["depth_ratio"],
+                "init_scale": {layer.name: init_scale(layer, model_info) for layer in layers},
             },
         )
     ]
