@@ -62,13 +62,15 @@ class Scenario:
         return not self.expect
 
 
-def _train(scenario: Scenario, watch: bool, seed: int = 0) -> Run:
+def _train(scenario: Scenario, watch: bool, seed: int = 0, detail_every: int = 1) -> Run:
     torch.manual_seed(seed)
     model = scenario.build()
     optimizer = scenario.optimizer(model.parameters())
     losses: list[float] = []
     norms: list[dict[str, float]] = []
-    scope = gradscope.watch(model, optimizer=optimizer, detail_every=1) if watch else None
+    scope = (
+        gradscope.watch(model, optimizer=optimizer, detail_every=detail_every) if watch else None
+    )
     try:
         for step in range(scenario.steps):
             batch = scenario.batch(step)
@@ -98,9 +100,9 @@ def _train(scenario: Scenario, watch: bool, seed: int = 0) -> Run:
     return Run(model, losses, norms, scope.report() if scope is not None else None)
 
 
-def watched(scenario: Scenario) -> Run:
-    """The scenario trained under gradscope."""
-    return _train(scenario, watch=True)
+def watched(scenario: Scenario, detail_every: int = 1) -> Run:
+    """The scenario trained under gradscope (every statistic on every step by default)."""
+    return _train(scenario, watch=True, detail_every=detail_every)
 
 
 def plain(scenario: Scenario) -> Run:
