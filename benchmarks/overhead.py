@@ -140,6 +140,7 @@ def _tensorboard() -> Callable | None:
 
 STRATEGIES: dict[str, Callable] = {
     "gradscope default": _watch(),
+    "gradscope budget=0.03": _watch(budget=0.03),
     "gradscope every=10": _watch(every=10),
     "gradscope full stats": _watch(full=True),
     "torch detect_anomaly": anomaly,
@@ -170,13 +171,17 @@ def measure(name: str, rounds: int, block: int, strategies: dict[str, Callable])
     step_times(model, batch, opt, loss_fn, 5, plain)  # warm-up
     samples: dict[str, list[float]] = {"plain": [], **{k: [] for k in strategies}}
     overhead: dict[str, list[float]] = {k: [] for k in strategies}
+    budgets: dict[str, dict] = {}
     for _ in range(rounds):
         for label, strategy in [("plain", plain), *strategies.items()]:
             gc.collect()
             times, scope = step_times(model, batch, opt, loss_fn, block, strategy)
             samples[label].extend(times[1:])  # the first step of a block pays for attaching
             if scope is not None and label in overhead:
-                overhead[label].append(scope.overhead()["seconds_per_step"])
+                summary = scope.overhead()
+                overhead[label].append(summary["seconds_per_step"])
+                if "budget" in summary:
+                    budgets[label] = summary
     base = statistics.median(samples["plain"])
     rows = {}
     for label in strategies:
@@ -190,6 +195,9 @@ def measure(name: str, rounds: int, block: int, strategies: dict[str, Callable])
                 1e3 * statistics.median(overhead[label]) if overhead[label] else None
             ),
         }
+        if label in budgets:
+            rows[label]["budget_measured_overhead"] = budgets[label]["measured_overhead"]
+            rows[label]["budget_activation_interval"] = budgets[label]["activation_interval"]
     return {"plain_ms": 1e3 * base, "strategies": rows}
 
 
@@ -281,6 +289,14 @@ def _table(results: dict) -> str:
             r = results["models"][n]["strategies"][label]
             cells.append(f"{r['ratio']:.2f}x ({r['ratio_q1']:.2f}-{r['ratio_q3']:.2f})")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for n in names:
+        for label, r in results["models"][n]["strategies"].items():
+            if "budget_measured_overhead" in r:
+                lines.append(
+                    f"{n}: {label} measured its own overhead at "
+                    f"{r['budget_measured_overhead']:.1%}, activation statistics every "
+                    f"{int(r['budget_activation_interval'])} step(s)"
+                )
     mem = results["memory"]
     lines.append("")
     lines.append(

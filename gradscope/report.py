@@ -218,6 +218,12 @@ class Report:
                 f"  gradscope's own time: {self.overhead['seconds_per_step'] * 1e3:.2f} ms "
                 "per recorded step (measured)"
             )
+        if self.overhead.get("budget") is not None:
+            lines.append(
+                f"  overhead budget {self.overhead['budget']:.1%}: measured "
+                f"{self.overhead['measured_overhead']:.1%}, activation statistics every "
+                f"{int(self.overhead['activation_interval'])} step(s)"
+            )
         for note in self.notes:
             lines.append(f"  note: {note}")
         types = (

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from gradscope import stats
+from gradscope.budget import Budget
 from gradscope.history import History, StepRecord
 from gradscope.modelinfo import ModelInfo, describe, hooked_modules
 from gradscope.plugins import PluginRunner
@@ -38,6 +39,8 @@ class Scope:
         sample_rows: activation shape statistics use the first rows of each batch.
         unit_window: a ReLU unit counts as dead after this many silent recorded steps.
         history_size: most records kept in memory.
+        budget: keep gradscope's own time under this fraction of a step (0.03 = 3%):
+            gradient norms every recorded step, activation statistics as often as fits.
         name: the model's name in reports (default: its class name).
     """
 
@@ -55,6 +58,7 @@ class Scope:
         unit_window: int = 5,
         history_size: int = 1024,
         name: str | None = None,
+        budget: float | None = None,
     ) -> None:
         _validate(model, optimizer, scaler, every)
         self.model = model
@@ -67,6 +71,8 @@ class Scope:
         self.sample_rows = sample_rows
         self.unit_window = unit_window
         self.name = name or type(model).__name__
+        self.budget = Budget(budget) if budget is not None else None
+        self._acts_now = True
 
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self._param_names = [n for n, _ in named]
@@ -143,6 +149,8 @@ class Scope:
     @property
     def _detail(self) -> bool:
         """Whether this recorded step also measures the costlier statistics."""
+        if self.budget is not None:
+            return self._acts_now
         recorded = self.history.recorded
         return recorded < 3 or recorded % self.detail_every == 0
 
@@ -176,7 +184,7 @@ class Scope:
 
     def _forward_hook(self, j: int):
         def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
-            if not self.recording or not torch.is_grad_enabled():
+            if not self.recording or not self._acts_now or not torch.is_grad_enabled():
                 return
             t0 = time.perf_counter()
             self._forward_since_step = True
@@ -198,8 +206,11 @@ class Scope:
             return
         t0 = time.perf_counter()
         self._collect_grads()
-        with torch.no_grad():
-            self._before = stats.snapshot(self._params, None if self.full else stats.UPDATE_SAMPLE)
+        if self.budget is None or self._acts_now:
+            # Under a budget, update sizes ride with the costly statistics.
+            with torch.no_grad():
+                sample = None if self.full else stats.UPDATE_SAMPLE
+                self._before = stats.snapshot(self._params, sample)
         self._overhead += time.perf_counter() - t0
 
     def _on_post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
@@ -224,9 +235,12 @@ class Scope:
     def _finish_step(self, measure_update: bool, started: float) -> None:
         with torch.no_grad():
             record = self._gather(measure_update)
-        self._overhead += time.perf_counter() - started
+        now = time.perf_counter()
+        self._overhead += now - started
         record.overhead_s = self._overhead
         self._overhead_total += self._overhead
+        if self.budget is not None:
+            self.budget.observe(self._overhead, self._acts_now, now)
         self.history.append(record)
         if self._order_changed:
             self.model_info = self._describe()
@@ -235,6 +249,8 @@ class Scope:
 
     def _end_step(self) -> None:
         self._step += 1
+        if self.budget is not None:
+            self._acts_now = self.budget.measures_activations(self.history.recorded)
         self._forward_since_step = False
         self._grad_tensors = None
         self._before = None
@@ -423,12 +439,15 @@ class Scope:
     def overhead(self) -> dict[str, float]:
         """gradscope's own measured time: total and per recorded step."""
         recorded = self.history.recorded
-        return {
+        summary = {
             "seconds_total": self._overhead_total,
             "seconds_per_step": self._overhead_total / recorded if recorded else 0.0,
             "recorded_steps": float(recorded),
             "steps": float(self._step),
         }
+        if self.budget is not None:
+            summary.update(self.budget.summary())
+        return summary
 
     def coverage(self) -> dict[str, Any]:
         """Hooks fired per recorded step, and modules that ran but were never seen."""

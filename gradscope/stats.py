@@ -223,6 +223,9 @@ def to_host(tensors: list[Tensor]) -> list[float]:
     """Bring a list of scalar tensors to the host with one synchronisation per device."""
     if not tensors:
         return []
+    first = tensors[0]
+    if all(t.device == first.device and t.dtype == first.dtype and t.dim() == 0 for t in tensors):
+        return torch.stack(tensors).tolist()  # the common case: one device, one dtype
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, t in enumerate(tensors):
         groups.setdefault((t.device, t.dtype), []).append(i)

@@ -379,3 +379,26 @@ def test_overhead_is_measured_and_reported():
     assert overhead["recorded_steps"] == 3
     assert 0 < overhead["seconds_per_step"] < 1
     assert math.isclose(overhead["seconds_total"], overhead["seconds_per_step"] * 3)
+
+
+def test_budget_spaces_out_activation_statistics_and_reports_what_it_did():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.watch(model, optimizer=opt, budget=1e-6) as tight:
+        train(model, opt, steps=12, scope=tight)
+    summary = tight.report().overhead
+    assert summary["budget"] == 1e-6
+    assert summary["activation_interval"] > 1
+    assert summary["measured_overhead"] > 0
+    calls = [r.acts["calls"][0] for r in tight.history.records]
+    assert calls[0] == 1 and 0 in calls  # activations measured at first, then spaced out
+    assert all(r.grads["has_grad"][0] == 1.0 for r in tight.history.records)  # grads every step
+    with gradscope.watch(model, optimizer=opt, budget=5.0) as loose:
+        train(model, opt, steps=6, scope=loose)
+    assert loose.report().overhead["activation_interval"] == 1
+    assert "overhead budget 500.0%" in str(loose.report())
+
+
+def test_a_budget_that_is_not_a_fraction_is_refused():
+    with pytest.raises(ValueError, match="budget must be a fraction of a training step"):
+        gradscope.watch(mlp(), budget=0)
