@@ -31,6 +31,9 @@ MUTED = "#9aa5b1"
 UPDATE_GUIDE = 1e-3
 #: The gap (relative to later layers) the vanishing detector flags by default.
 VANISH_GUIDE = 1e-3
+#: Where the dead_relu and saturation detectors start warning by default.
+DEAD_GUIDE = 0.4
+SATURATION_GUIDE = 0.5
 RECENT = 20
 MAX_LABELS = 40
 
@@ -251,19 +254,37 @@ def draw_activation_health(ax: Axes, report: Report) -> None:
     names = [history.module_names[j] for j in order]
     zero_frac = [zeros.get(n, float("nan")) for n in names]
     sat_frac = [saturated.get(n, float("nan")) for n in names]
+    dead_frac = [_dead_fraction(history, j) for j in order]
     x = torch.arange(len(order)).numpy()
-    ax.bar(x - 0.2, zero_frac, width=0.4, color=OK, label="zero fraction (ReLU)")
-    ax.bar(x + 0.2, sat_frac, width=0.4, color="#ff7f0e", label="saturated fraction (sigmoid/tanh)")
+    width = 0.28
+    ax.bar(x - width, zero_frac, width=width, color=OK, label="zero fraction of outputs (ReLU)")
+    ax.bar(x, dead_frac, width=width, color=FLAG, label="dead units (ReLU)")
+    ax.bar(
+        x + width, sat_frac, width=width, color="#ff7f0e", label="saturated fraction (sigmoid/tanh)"
+    )
     if len(names) <= 24:  # the numbers, so a 0% bar is seen as 0%, not as missing
-        for xi, z, sv in zip(x, zero_frac, sat_frac, strict=True):
-            for offset, value in ((-0.2, z), (0.2, sv)):
+        for xi, values in zip(x, zip(zero_frac, dead_frac, sat_frac, strict=True), strict=True):
+            for offset, value in zip((-width, 0.0, width), values, strict=True):
                 if math.isfinite(value):
                     ax.text(xi + offset, value + 0.01, f"{value:.0%}", ha="center", fontsize=6)
-    ax.axhline(0.5, color=MUTED, ls=":", lw=1)
+    ax.axhline(DEAD_GUIDE, color=FLAG, ls="--", lw=1, label=f"{DEAD_GUIDE:.0%} dead units")
+    ax.axhline(
+        SATURATION_GUIDE, color="#ff7f0e", ls=":", lw=1, label=f"{SATURATION_GUIDE:.0%} saturated"
+    )
     ax.set_ylim(0, 1.05)
     ax.set_title("Activation health (recent)")
     _label_layers(ax, names)
     ax.legend(fontsize=7)
+
+
+def _dead_fraction(history, j: int) -> float:
+    dead = history.act_series("dead_units")[:, j]
+    units = history.act_series("units")[:, j]
+    measured = torch.nonzero(torch.isfinite(dead) & (units > 0)).flatten()
+    if measured.numel() == 0:
+        return float("nan")
+    k = int(measured[-1])
+    return float(dead[k] / units[k])
 
 
 def draw_loss(ax: Axes, report: Report) -> None:

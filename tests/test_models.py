@@ -40,6 +40,7 @@ def test_models_accept_any_batch_size(name, n):
     spec = SPECS[name]
     x, y = spec.example_batch(n)
     out = spec.factory()(x)
+    out = getattr(out, "logits", out)  # transformers' BERT returns an output object
     assert out.shape[0] == n
     if spec.step is None:
         assert spec.loss_fn(out, y).dim() == 0
@@ -145,3 +146,12 @@ def test_rnn_and_lstm_match_the_notes():
     rnn, lstm = RNNNet(), LSTMNet()
     assert (rnn.rnn.input_size, rnn.rnn.hidden_size, rnn.rnn.batch_first) == (10, 20, True)
     assert isinstance(lstm.rnn, nn.LSTM)
+
+
+def test_bert_from_a_config_when_transformers_is_installed():
+    pytest.importorskip("transformers")
+    spec = builtin_specs()["bert"]
+    report = train_spec(spec, 6)
+    assert report.at_least("warning") == [], str(report)
+    assert report.history.recorded == 6
+    assert any(name.startswith("bert.encoder") for name in report.history.module_names)

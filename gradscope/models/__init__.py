@@ -383,7 +383,46 @@ def builtin_specs() -> dict[str, ModelSpec]:
             fix="the non-saturating generator loss -log D(G(z))",
         ),
     ]
+    specs.extend(_optional_specs())
     return {spec.name: spec for spec in specs}
+
+
+def _optional_specs() -> list[ModelSpec]:
+    """BERT built from a config (never downloaded), when ``transformers`` is installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is None:
+        return []
+
+    def bert() -> nn.Module:
+        from transformers import BertConfig, BertForSequenceClassification
+
+        config = BertConfig(
+            vocab_size=100,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            num_labels=4,
+        )
+        return BertForSequenceClassification(config)
+
+    def logits_ce(output: Any, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(output.logits, target)
+
+    return [
+        ModelSpec(
+            name="bert",
+            factory=bert,
+            batch=lambda n, seed: token_batch(n, seed),
+            loss_fn=logits_ce,
+            loss_name="cross_entropy",
+            task="text classification: a 2-layer BERT built from a BertConfig (no download)",
+            optimizer=_adam(1e-3),
+            batch_size=32,
+        )
+    ]
 
 
 def available_specs() -> dict[str, ModelSpec]:
