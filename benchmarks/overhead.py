@@ -142,7 +142,8 @@ STRATEGIES: dict[str, Callable] = {
     "gradscope default": _watch(),
     "gradscope budget=0.03": _watch(budget=0.03),
     "gradscope every=10": _watch(every=10),
-    "gradscope full stats": _watch(full=True),
+    "gradscope every statistic every step": _watch(detail_every=1),
+    "gradscope full=True (exact, unsampled)": _watch(full=True),
     "torch detect_anomaly": anomaly,
 }
 

@@ -324,8 +324,10 @@ class Scope:
         for i in range(n_params):
             grads["has_grad"][i] = 1.0 if i in has else 0.0
             grads["numel"][i] = float(self._params[i].numel())
-            for column in ("grad_l2", "grad_l1", "grad_max", "grad_nonfinite"):
+            for column in ("grad_l2", "grad_l1", "grad_nonfinite"):
                 grads[column][i] = get(column, i)
+            low, high = get("grad_min", i), get("grad_max", i)
+            grads["grad_max"][i] = max(abs(low), abs(high)) if not math.isnan(low) else math.nan
             grads["param_norm"][i] = get("param_norm", i)
             grads["update_norm"][i] = get("update_norm", i) * update_scale[i]
             grads["row_spread"][i] = get("row_spread", i)
@@ -334,15 +336,14 @@ class Scope:
         else:
             # Weights move ~1e-3 per step: between detail steps the last measurement stands.
             grads["param_norm"] = list(self._last_param_norm)
-        if not self.full:
-            # The L2 norm is non-finite exactly when some entry is, so the count costs nothing
-            # on a healthy step; only a step that went bad pays for counting (and a 2nd sync).
-            bad = [i for i in self._grad_index if not math.isfinite(grads["grad_l2"][i])]
-            counts = stats.nonfinite_counts([self._params[i].grad for i in bad])
-            for i in self._grad_index:
-                grads["grad_nonfinite"][i] = 0.0
-            for i, count in zip(bad, counts, strict=True):
-                grads["grad_nonfinite"][i] = count
+        # The L2 norm is non-finite exactly when some entry is, so the count costs nothing
+        # on a healthy step; only a step that went bad pays for counting (and a 2nd sync).
+        bad = [i for i in self._grad_index if not math.isfinite(grads["grad_l2"][i])]
+        counts = stats.nonfinite_counts([self._params[i].grad for i in bad])
+        for i in self._grad_index:
+            grads["grad_nonfinite"][i] = 0.0
+        for i, count in zip(bad, counts, strict=True):
+            grads["grad_nonfinite"][i] = count
         acts: dict[str, list[float]] = {
             c: [math.nan] * len(self._modules) for c in stats.ACT_COLUMNS
         }

@@ -139,9 +139,9 @@ class ActivationAccumulator:
 def grad_statistics(
     grads: list[Tensor], params: list[Tensor], detail: bool, full: bool
 ) -> dict[str, list[Tensor]]:
-    """Per-tensor L2 norms of the gradients; on ``detail`` steps also of the parameters
-    (fused into the same call) and the L1 norms of the gradients; max |g| and non-finite
-    counts when ``full``.
+    """Per-tensor L2 norms of the gradients; on ``detail`` steps (always when ``full``) also
+    the parameters' norms (fused into the same call), the gradients' L1 norms and their
+    smallest and largest entries (max |g| is formed on the host).
 
     A non-finite entry makes the L2 norm non-finite, so the default needs no separate
     check (the L1 and max norms cost 7x and 20x the L2 norm on a CPU).
@@ -152,10 +152,11 @@ def grad_statistics(
     norms = list(torch._foreach_norm(measured, 2))
     out = {"grad_l2": norms[: len(grads)], "param_norm": norms[len(grads) :]}
     if detail or full:
-        out["grad_l1"] = list(torch._foreach_norm(grads, 1))
-    if full:
-        out["grad_max"] = list(torch._foreach_norm(grads, float("inf")))
-        out["grad_nonfinite"] = [(~torch.isfinite(g)).sum() for g in grads]
+        # On a CPU, abs().sum() is 5x and aminmax 20x faster than the foreach L1/inf norms.
+        out["grad_l1"] = [g.abs().sum() for g in grads]
+        extremes = [torch.aminmax(g) if g.numel() else (g.new_zeros(()),) * 2 for g in grads]
+        out["grad_min"] = [low for low, _ in extremes]
+        out["grad_max"] = [high for _, high in extremes]
     return out
 
 
