@@ -96,10 +96,20 @@ def plain(model: nn.Module, opt: torch.optim.Optimizer) -> Iterator[None]:
 
 
 def _watch(**options) -> Callable:
+    """One scope per model for the whole benchmark, attached only during its own blocks,
+    so its cadence (every, detail_every, budget) runs as in one long training run."""
+    scopes: dict[int, gradscope.Scope] = {}
+
     @contextlib.contextmanager
     def strategy(model: nn.Module, opt: torch.optim.Optimizer) -> Iterator[object]:
-        with gradscope.watch(model, optimizer=opt, **options) as scope:
+        scope = scopes.get(id(model))
+        if scope is None:
+            scope = scopes[id(model)] = gradscope.Scope(model, optimizer=opt, **options)
+        scope.attach()
+        try:
             yield scope
+        finally:
+            scope.detach()
 
     return strategy
 

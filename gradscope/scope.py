@@ -125,6 +125,8 @@ class Scope:
         """Register the forward hooks (and optimizer step hooks)."""
         if self._handles:
             raise RuntimeError("This scope is already attached; use one `with` block per scope.")
+        if self.budget is not None:
+            self.budget.last_step_end = None  # time spent detached is not a training step
         try:
             for j, (_, module) in enumerate(self._modules):
                 self._handles.append(module.register_forward_hook(self._forward_hook(j)))

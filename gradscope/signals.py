@@ -17,6 +17,12 @@ from gradscope.modelinfo import ModelInfo
 
 #: Roles whose gradients carry the signal along the network's depth.
 DEPTH_ROLES = ("weight", "vanilla_rnn", "gated_rnn", "attention")
+#: Names of attention query/key projections (PyTorch, Hugging Face and common conventions).
+#: Their gradients pass through a softmax of dot products and are tiny at initialisation by
+#: design, so comparing them with the other layers would cry wolf on every transformer.
+QUERY_KEY_NAMES = frozenset(
+    {"query", "key", "q_proj", "k_proj", "q", "k", "to_q", "to_k", "wq", "wk", "q_lin", "k_lin"}
+)
 
 #: Records treated as "the start" and "recent" when a plugin asks for a window.
 DEFAULT_WINDOW = 5
@@ -114,8 +120,9 @@ def layer_signals(history: History) -> list[LayerSignal]:
 def depth_signals(history: History, model_info: ModelInfo) -> list[LayerSignal]:
     """Layer signals of the layers that carry depth (linear, conv, recurrent, attention).
 
-    Norm layers, embeddings and biases-only modules are left out: their gradients are
-    small or sparse by design and would make healthy models look vanishing.  So are
+    Norm layers, embeddings, attention query/key projections and biases-only modules are
+    left out: their gradients are small or sparse by design and would make healthy models
+    look vanishing.  So are
     layers whose weights are all zero: gradient sizes relative to zero weights mean
     nothing (``symmetric_weights`` reports them).
     """
@@ -123,7 +130,9 @@ def depth_signals(history: History, model_info: ModelInfo) -> list[LayerSignal]:
     return [
         s
         for s in layer_signals(history)
-        if roles.get(s.name) in DEPTH_ROLES and bool((s.param_norm[-DEFAULT_WINDOW:] != 0).any())
+        if roles.get(s.name) in DEPTH_ROLES
+        and s.name.rsplit(".", 1)[-1].lower() not in QUERY_KEY_NAMES
+        and bool((s.param_norm[-DEFAULT_WINDOW:] != 0).any())
     ]
 
 

@@ -298,6 +298,36 @@ def _frozen_pooler() -> nn.Module:
     return model
 
 
+class SelfAttention(nn.Module):
+    """Attention with separate query/key/value Linear layers and BERT's N(0, 0.02) init."""
+
+    def __init__(self, d: int = 32) -> None:
+        super().__init__()
+        self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.output = nn.Linear(d, d)
+        self.norm = nn.LayerNorm(d)
+        for layer in (self.query, self.key, self.value, self.output):
+            nn.init.normal_(layer.weight, std=0.02)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x):
+        scores = self.query(x) @ self.key(x).transpose(1, 2) / x.shape[-1] ** 0.5
+        return self.norm(x + self.output(torch.softmax(scores, dim=-1) @ self.value(x)))
+
+
+class QKAttentionClassifier(nn.Module):
+    """Two attention blocks over embedded tokens: Hugging Face style, tiny q/k gradients."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(100, 32)
+        self.blocks = nn.Sequential(SelfAttention(), SelfAttention())
+        self.fc = nn.Linear(32, 4)
+
+    def forward(self, tokens):
+        return self.fc(self.blocks(self.embed(tokens)).mean(1))
+
+
 class Unused(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -779,6 +809,14 @@ def _build_suite() -> list[Scenario]:
             s["transformer"].factory,
             tokens,
             optimizer=s["transformer"].optimizer,
+            truth=trains,
+        ),
+        Scenario(
+            "attention_small_query_key_gradients",
+            "transformer",
+            QKAttentionClassifier,
+            tokens,
+            optimizer=lambda p: torch.optim.Adam(p, lr=1e-3),
             truth=trains,
         ),
         Scenario(

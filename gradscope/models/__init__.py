@@ -103,23 +103,6 @@ def _gan_optimizer(params: Any) -> torch.optim.Optimizer:
     )
 
 
-def _clipped(loss_fn: Callable[[Any, Any], torch.Tensor], max_norm: float = 1.0) -> Step:
-    """A supervised step with gradient-norm clipping before the optimizer step."""
-
-    def step(model: nn.Module, batch: tuple, optimizer: torch.optim.Optimizer, scope: Any):
-        x, y = batch
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        if scope is not None:
-            scope.log_loss(loss)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-        optimizer.step()
-        return loss
-
-    return step
-
-
 def _nll(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return nn.functional.nll_loss(output, target)
 
@@ -304,7 +287,7 @@ def builtin_specs() -> dict[str, ModelSpec]:
             loss_name="mse",
             task="the fix of exploding_rnn: orthogonal init, clip_grad_norm_(1.0)",
             optimizer=_sgd(0.05),
-            step=_clipped(_mse),
+            step=supervised_step(_mse, clip=1.0),
         ),
         ModelSpec(
             name="zero_init_mlp",
@@ -409,7 +392,7 @@ def _optional_specs() -> list[ModelSpec]:
         return BertForSequenceClassification(config)
 
     def logits_ce(output: Any, target: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(output.logits, target)
+        return nn.functional.cross_entropy(getattr(output, "logits", output), target)
 
     return [
         ModelSpec(

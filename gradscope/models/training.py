@@ -12,8 +12,8 @@ from torch import nn
 Step = Callable[[nn.Module, tuple[Any, Any], torch.optim.Optimizer, Any], torch.Tensor]
 
 
-def supervised_step(loss_fn: Callable[[Any, Any], torch.Tensor]) -> Step:
-    """zero_grad, forward, loss, backward, step."""
+def supervised_step(loss_fn: Callable[[Any, Any], torch.Tensor], clip: float | None = None) -> Step:
+    """zero_grad, forward, loss, backward, (clip the gradient norm to ``clip``,) step."""
 
     def step(model: nn.Module, batch: tuple, optimizer: torch.optim.Optimizer, scope: Any):
         x, y = batch
@@ -22,6 +22,8 @@ def supervised_step(loss_fn: Callable[[Any, Any], torch.Tensor]) -> Step:
         if scope is not None:
             scope.log_loss(loss)
         loss.backward()
+        if clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
         return loss
 
