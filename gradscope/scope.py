@@ -22,6 +22,9 @@ from gradscope.modelinfo import ModelInfo, describe, hooked_modules
 from gradscope.plugins import PluginRunner
 from gradscope.report import Finding, Report, Suggestion, sort_findings
 
+#: Recorded steps at the start that always take every statistic.
+WARMUP_RECORDS = 5
+
 
 class Scope:
     """A live attachment of gradscope to one model; use through :func:`watch`.
@@ -34,8 +37,10 @@ class Scope:
         config: threshold overrides for the plugins, keyed by plugin name.
         full: measure everything on every recorded step, exactly: max |g|, exact non-finite
             counts, zeros of every module, whole activations and whole update norms.
-        detail_every: the costlier statistics (mean |g|, ReLU zero fractions, weight-row
-            symmetry) run on one recorded step in this many (and on the first three).
+        detail_every: the costlier statistics (update sizes, mean and max |g|, activation
+            size, zeros, silent units and saturation, weight-row symmetry) run on one
+            recorded step in this many (and on the first five); gradient norms, the
+            non-finite checks and the loss run on every recorded step.
         sample_rows: activation shape statistics use the first rows of each batch.
         unit_window: a ReLU unit counts as dead after this many silent recorded steps.
         history_size: most records kept in memory.
@@ -154,7 +159,8 @@ class Scope:
         if self.budget is not None:
             return self._acts_now
         recorded = self.history.recorded
-        return recorded < 3 or recorded % self.detail_every == 0
+        # The first records are all detailed: initialisation problems show at the start.
+        return recorded < WARMUP_RECORDS or recorded % self.detail_every == 0
 
     @property
     def step_index(self) -> int:
@@ -208,8 +214,8 @@ class Scope:
             return
         t0 = time.perf_counter()
         self._collect_grads()
-        if self.budget is None or self._acts_now:
-            # Under a budget, update sizes ride with the costly statistics.
+        if self._detail:
+            # Update sizes ride with the costlier statistics (every step in diagnose()).
             with torch.no_grad():
                 sample = None if self.full else stats.UPDATE_SAMPLE
                 self._before = stats.snapshot(self._params, sample)

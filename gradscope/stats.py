@@ -105,9 +105,10 @@ class ActivationAccumulator:
     def add(self, output: Tensor, sample_rows: int, detail: bool, full: bool) -> None:
         """Measure one call's output (already detached) with a few reductions.
 
-        The sum covers the whole tensor (a non-finite entry anywhere makes it
-        non-finite); the shape statistics use the first ``sample_rows`` rows, and the
-        zero count only runs on ``detail`` steps, because it is the costly one.
+        The sum covers the whole tensor on every recorded step (a non-finite entry
+        anywhere makes it non-finite, which is how the first NaN module is found).  The
+        shape statistics (size, zeros, silent units, saturation) run on ``detail`` steps
+        only, on the first ``sample_rows`` rows.
         """
         x = output
         self.calls += 1
@@ -116,11 +117,13 @@ class ActivationAccumulator:
             return
         acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else None
         self.sums.append(torch.sum(x, dtype=acc))
+        if not (detail or full):
+            return
         sample = x if full or x.dim() < 2 or x.shape[0] <= sample_rows else x[:sample_rows]
         self.sampled += sample.numel()
         # A norm reads the tensor once and allocates nothing; its square is the sum of squares.
         self.sumsqs.append(torch.linalg.vector_norm(sample, dtype=acc))
-        if (self.kind == "relu" and detail) or full:
+        if self.kind == "relu" or full:
             self.zeros.append((sample == 0).sum())
             self.zero_sampled += sample.numel()
         if self.kind == "relu" and sample.dim() >= 2:

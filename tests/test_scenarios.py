@@ -89,3 +89,14 @@ def test_the_first_suggestion_truly_helps_in_90_percent(results):
     outcomes = {sc.name: fix_helps(sc, results[sc.name].report) for sc in suite() if not sc.healthy}
     helped = [name for name, (_, ok) in outcomes.items() if ok]
     assert len(helped) >= 0.9 * len(outcomes), {n: o for n, o in outcomes.items() if not o[1]}
+
+
+def test_the_cheap_default_cadence_still_catches_every_kind():
+    """watch()'s default (costlier statistics on 1 step in 10) is not bought with blindness."""
+    missed, alarms = [], []
+    for sc in suite():
+        found = watched(sc, detail_every=10).report.kinds_at_least("warning")
+        missed += [(sc.name, kind) for kind in sc.expect - found]
+        if sc.healthy and found - sc.allow:
+            alarms.append((sc.name, sorted(found)))
+    assert missed == [] and alarms == []
