@@ -207,7 +207,9 @@ class Scope:
                 self._hooks_fired += 1
             self._overhead += time.perf_counter() - t0
 
-        return hook
+        # Under torch.compile the hook runs eagerly (a graph break) instead of being traced:
+        # traced, its changing Python state would force a recompile at every step.
+        return _compiler_disable(hook)
 
     def _on_pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if not self.recording:
@@ -490,6 +492,11 @@ class Scope:
             f"({shown}); their activations are not measured (called as a function, e.g. "
             "attention's out_proj, or skipped by torch.compile)"
         ]
+
+
+def _compiler_disable(fn: Any) -> Any:
+    disable = getattr(getattr(torch, "compiler", None), "disable", None)
+    return disable(fn) if disable is not None else fn
 
 
 def _owners(model: torch.nn.Module, modules: list[tuple[str, torch.nn.Module]]) -> dict[str, str]:

@@ -402,3 +402,18 @@ def test_budget_spaces_out_activation_statistics_and_reports_what_it_did():
 def test_a_budget_that_is_not_a_fraction_is_refused():
     with pytest.raises(ValueError, match="budget must be a fraction of a training step"):
         gradscope.watch(mlp(), budget=0)
+
+
+def test_works_under_torch_compile_without_changing_the_numbers():
+    torch.manual_seed(5)
+    plain_model, model = mlp(), mlp()
+    model.load_state_dict(plain_model.state_dict())
+    opt_plain = torch.optim.SGD(plain_model.parameters(), lr=0.1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    expected = train(plain_model, opt_plain, steps=6)
+    compiled = torch.compile(model, backend="eager")
+    with gradscope.watch(model, optimizer=opt) as scope:
+        got = train(compiled, opt, steps=6, scope=scope)
+    assert got == expected
+    assert all(r.hooks_fired == 5 for r in scope.history.records)
+    assert scope.report().coverage["unseen_modules"] == []
