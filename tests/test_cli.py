@@ -224,3 +224,68 @@ def test_the_installed_script_runs_for_real(tmp_path):
     assert proc.returncode == 1
     assert "vanishing_gradient" in proc.stdout
     assert "\x1b[" not in proc.stdout
+
+
+def test_check_trains_on_a_real_batch_file_and_a_target_spec(tmp_path):
+    spec = builtin_specs()["fnn"]
+    torch.save(_state_dict("fnn"), tmp_path / "fnn.pt")
+    torch.save(spec.example_batch(32, seed=3), tmp_path / "batch.pt")
+    real = invoke(
+        "check",
+        str(tmp_path / "fnn.pt"),
+        "--model",
+        "fnn",
+        "--batch",
+        str(tmp_path / "batch.pt"),
+        "--steps",
+        "4",
+    )
+    assert real.exit_code == 0, real.output
+    assert "synthetic" not in real.output
+    classes = invoke(
+        "check",
+        str(tmp_path / "fnn.pt"),
+        "--model",
+        "fnn",
+        "--input-shape",
+        "16,10",
+        "--loss",
+        "mse",
+        "--target",
+        "16,1",
+        "--steps",
+        "3",
+    )
+    assert classes.exit_code == 0, classes.output
+    bad = invoke(
+        "check",
+        str(tmp_path / "fnn.pt"),
+        "--model",
+        "fnn",
+        "--input-shape",
+        "16,10",
+        "--target",
+        "ten",
+    )
+    assert bad.exit_code == 2
+    assert "--target 'ten' must be a class count (e.g. 10) or a shape (e.g. 8,1)." in bad.output
+
+
+def test_json_output_is_machine_readable_and_plots_go_to_stderr(tmp_path):
+    torch.save(_state_dict("fnn"), tmp_path / "fnn.pt")
+    result = CliRunner().invoke(
+        main,
+        [
+            "check",
+            str(tmp_path / "fnn.pt"),
+            "--model",
+            "fnn",
+            "--steps",
+            "3",
+            "--json",
+            "--plot",
+            str(tmp_path / "p"),
+        ],
+    )
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["model_name"] == "fnn"
