@@ -31,17 +31,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from scenarios import Scenario, suite, watched  # noqa: E402
+from scenarios import KINDS, Scenario, suite, watched  # noqa: E402
 
-KINDS = (
-    "vanishing_gradient",
-    "exploding_gradient",
-    "nonfinite_gradient",
-    "dead_relu",
-    "saturated_activation",
-    "no_gradient",
-    "symmetric_weights",
-)
 RELU = (nn.ReLU, nn.ReLU6)
 SQUASH = (nn.Sigmoid, nn.Tanh)
 

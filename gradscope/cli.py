@@ -101,6 +101,28 @@ def print_report(report: Report, console: Any, suggestions: int = 1) -> None:
         )
 
 
+plot_option = click.option(
+    "--plot", "plot_dir", type=click.Path(file_okay=False), help="Write plots here."
+)
+svg_option = click.option("--svg", is_flag=True, help="With --plot: write SVG next to each PNG.")
+html_option = click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False),
+    help="Write a self-contained HTML report here.",
+)
+fail_on_option = click.option(
+    "--fail-on",
+    type=click.Choice(SEVERITIES),
+    default="error",
+    show_default=True,
+    help="Exit 1 when a finding is at least this severe.",
+)
+debug_option = click.option(
+    "--debug", is_flag=True, help="Show tracebacks instead of one-line errors."
+)
+
+
 def _exit_code(report: Report, fail_on: str) -> int:
     return EXIT_FINDINGS if report.at_least(fail_on) else 0
 
@@ -123,7 +145,7 @@ def main() -> None:
 @click.option(
     "--steps", type=int, default=None, help="Training steps for each model [default: the model's]."
 )
-@click.option("--plot", "plot_dir", type=click.Path(file_okay=False), help="Write plots here.")
+@plot_option
 @click.option(
     "--html",
     "html_file",
@@ -132,7 +154,7 @@ def main() -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the faulty model's report as JSON.")
 @click.option("--suggestions", default=3, show_default=True, help="Fixes shown per finding.")
-@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@debug_option
 def demo(
     name: str,
     steps: int | None,
@@ -199,19 +221,11 @@ def demo(
 @click.option(
     "--target", "target_spec", help="Synthetic target: a class count (e.g. 10) or a shape (8,1)."
 )
-@click.option("--plot", "plot_dir", type=click.Path(file_okay=False), help="Write plots here.")
-@click.option("--svg", is_flag=True, help="With --plot: write SVG next to each PNG.")
-@click.option(
-    "--html", "html_file", type=click.Path(dir_okay=False), help="Write an HTML report here."
-)
+@plot_option
+@svg_option
+@html_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option(
-    "--fail-on",
-    type=click.Choice(SEVERITIES),
-    default="error",
-    show_default=True,
-    help="Exit 1 when a finding is at least this severe.",
-)
+@fail_on_option
 @click.option(
     "--set",
     "overrides",
@@ -225,7 +239,7 @@ def demo(
     help="Allow checkpoints that pickle arbitrary objects. This EXECUTES code from "
     "the file: only for files you trust.",
 )
-@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@debug_option
 def check(
     checkpoint: str,
     model_name: str | None,
@@ -384,23 +398,12 @@ def plugins(as_json: bool) -> None:
 
 @main.command()
 @click.argument("run_json", type=click.Path(dir_okay=False))
-@click.option("--plot", "plot_dir", type=click.Path(file_okay=False), help="Write plots here.")
-@click.option("--svg", is_flag=True, help="With --plot: write SVG next to each PNG.")
-@click.option(
-    "--html",
-    "html_file",
-    type=click.Path(dir_okay=False),
-    help="Write a self-contained HTML report here.",
-)
+@plot_option
+@svg_option
+@html_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON again.")
-@click.option(
-    "--fail-on",
-    type=click.Choice(SEVERITIES),
-    default="error",
-    show_default=True,
-    help="Exit 1 when a finding is at least this severe.",
-)
-@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@fail_on_option
+@debug_option
 def report(
     run_json: str,
     plot_dir: str | None,

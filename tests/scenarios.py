@@ -23,6 +23,16 @@ from gradscope.models import builtin_specs, networks
 from gradscope.models.data import classification_batch, gan_batch, image_batch, sequence_batch
 from gradscope.models.training import gan_step
 
+#: The built-in finding kinds the suite scores.
+KINDS = (
+    "vanishing_gradient",
+    "exploding_gradient",
+    "nonfinite_gradient",
+    "dead_relu",
+    "saturated_activation",
+    "no_gradient",
+    "symmetric_weights",
+)
 CE = nn.functional.cross_entropy
 MSE = nn.functional.mse_loss
 SPECS = builtin_specs()

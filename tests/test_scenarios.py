@@ -8,17 +8,7 @@ in every case, and a first suggestion that truly helps in >= 90% of faulty scena
 from __future__ import annotations
 
 import pytest
-from scenarios import SCEN, fix_helps, plain, suite, watched
-
-KINDS = (
-    "vanishing_gradient",
-    "exploding_gradient",
-    "nonfinite_gradient",
-    "dead_relu",
-    "saturated_activation",
-    "no_gradient",
-    "symmetric_weights",
-)
+from scenarios import KINDS, SCEN, fix_helps, plain, suite, watched
 
 
 @pytest.fixture(scope="module")
