@@ -17,6 +17,7 @@ _EXPORTS = {
     "Suggestion": "gradscope.report",
     "GradscopeError": "gradscope.errors",
     "InputError": "gradscope.errors",
+    "GradscopeWarning": "gradscope.errors",
     "History": "gradscope.history",
     "StepRecord": "gradscope.history",
     "hookimpl": "gradscope.hookspecs",
@@ -32,6 +33,7 @@ _SUBMODULES = {"plugins", "testing", "signals", "models", "config", "stats"}
 __all__ = [
     "Finding",
     "GradscopeError",
+    "GradscopeWarning",
     "History",
     "InputError",
     "LayerInfo",
@@ -49,7 +51,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from gradscope.diagnosis import diagnose
-    from gradscope.errors import GradscopeError, InputError
+    from gradscope.errors import GradscopeError, GradscopeWarning, InputError
     from gradscope.history import History, StepRecord
     from gradscope.hookspecs import hookimpl
     from gradscope.modelinfo import LayerInfo, ModelInfo

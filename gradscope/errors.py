@@ -9,3 +9,7 @@ class GradscopeError(Exception):
 
 class InputError(GradscopeError, ValueError):
     """Bad input (a batch, a loss, a checkpoint, a model name) with a fix in the message."""
+
+
+class GradscopeWarning(UserWarning):
+    """Something gradscope could not measure (filter it with the warnings module)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -17,6 +18,7 @@ from torch import Tensor
 
 from gradscope import stats
 from gradscope.budget import Budget
+from gradscope.errors import GradscopeWarning
 from gradscope.history import History, StepRecord
 from gradscope.modelinfo import ModelInfo, describe, hooked_modules
 from gradscope.plugins import PluginRunner
@@ -110,6 +112,7 @@ class Scope:
         self._row_spread: dict[int, Tensor] = {}
         self._last_param_norm: list[float] = []
         self._order_changed = False
+        self._warned_unseen = False
         self.model_info: ModelInfo = self._describe()
 
     # -- attaching -------------------------------------------------------------
@@ -252,6 +255,8 @@ class Scope:
         if self.budget is not None:
             self.budget.observe(self._overhead, self._acts_now, now)
         self.history.append(record)
+        if not self._warned_unseen:
+            self._warn_unseen_once()
         if self._order_changed:
             self.model_info = self._describe()
             self._order_changed = False
@@ -480,6 +485,13 @@ class Scope:
             for j, name in enumerate(self.history.module_names)
             if name in got_grad and self.history.calls_total[j] == 0
         ]
+
+    def _warn_unseen_once(self) -> None:
+        """After the first recorded step: warn once about modules whose hooks were skipped."""
+        self._warned_unseen = True
+        notes = self.coverage_notes()
+        if notes:
+            warnings.warn(f"gradscope: {notes[0]}.", GradscopeWarning, stacklevel=4)
 
     def coverage_notes(self) -> list[str]:
         """Readable warnings about hooks that were silently skipped."""
