@@ -84,6 +84,7 @@ class Scope:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self._param_names = [n for n, _ in named]
         self._params = [p for _, p in named]
+        self._numels = [float(p.numel()) for p in self._params]
         self._modules = hooked_modules(model)
         owner = _owners(model, self._modules)
         self.history = History(
@@ -278,41 +279,51 @@ class Scope:
 
     def _gather(self, measure_update: bool) -> StepRecord:
         """Stack everything measured this step and bring it to the host in one sync."""
+        nan = math.nan
+        n_params, n_modules = len(self._params), len(self._modules)
+        grads = {c: [nan] * n_params for c in stats.GRAD_COLUMNS}
+        acts = {c: [nan] * n_modules for c in stats.ACT_COLUMNS}
+        grad_min, act_norm, scalars = [nan] * n_params, [nan] * n_modules, [nan, nan]
         tensors: list[Tensor] = []
-        slots: dict[tuple[str, int], int] = {}
+        targets: list[tuple[list[float], int]] = []
 
-        def put(key: tuple[str, int], t: Tensor) -> None:
-            slots[key] = len(tensors)
-            tensors.append(t)
+        def put_all(target: list[float], positions: Any, values: list[Tensor]) -> None:
+            if not values:
+                return  # not measured on this step
+            for position, value in zip(positions, values, strict=True):
+                targets.append((target, position))
+                tensors.append(value)
 
-        grad_tensors = dict(self._grad_tensors or {})
-        for i, t in enumerate(grad_tensors.pop("param_norm", [])):
-            put(("param_norm", i), t)
-        for column, values in grad_tensors.items():
-            for k, i in enumerate(self._grad_index):
-                put((column, i), values[k])
-        for i, t in self._row_spread.items():
-            put(("row_spread", i), t)
+        grad_tensors = self._grad_tensors or {}
+        index = self._grad_index
+        measured_norms = grad_tensors.get("param_norm") or []
+        put_all(grads["param_norm"], range(len(measured_norms)), measured_norms)
+        for column in ("grad_l2", "grad_l1", "grad_max"):
+            put_all(grads[column], index, grad_tensors.get(column) or [])
+        put_all(grad_min, index, grad_tensors.get("grad_min") or [])
+        put_all(grads["row_spread"], list(self._row_spread), list(self._row_spread.values()))
+        update_scale = None
         if measure_update and self._before is not None:
             sample = None if self.full else stats.UPDATE_SAMPLE
             norms, update_scale = stats.update_norms(self._params, self._before, sample)
-            for i, t in enumerate(norms):
-                put(("update_norm", i), t)
-        else:
-            update_scale = [1.0] * len(self._params)
+            put_all(grads["update_norm"], range(n_params), norms)
         for j, acc in enumerate(self._acc):
             if not acc.calls:
                 continue
-            for column, parts in (
-                ("sum", acc.sums),
-                ("zeros", acc.zeros),
-                ("saturated", acc.saturated),
+            for target, parts in (
+                (acts["sum"], acc.sums),
+                (acts["zeros"], acc.zeros),
+                (acts["saturated"], acc.saturated),
             ):
                 if parts:
-                    put((column, j), parts[0] if len(parts) == 1 else torch.stack(parts).sum())
+                    put_all(
+                        target, (j,), [parts[0] if len(parts) == 1 else torch.stack(parts).sum()]
+                    )
             if acc.sumsqs:
-                norms = acc.sumsqs
-                put(("norm", j), norms[0] if len(norms) == 1 else torch.stack(norms).norm())
+                parts = acc.sumsqs
+                put_all(
+                    act_norm, (j,), [parts[0] if len(parts) == 1 else torch.stack(parts).norm()]
+                )
             if acc.unit_max is not None:
                 silent = acc.unit_max <= 0
                 streak = self._streaks[j]
@@ -320,67 +331,54 @@ class Scope:
                     streak = torch.zeros_like(silent, dtype=torch.int32)
                 streak = (streak + 1) * silent
                 self._streaks[j] = streak
-                put(("silent_units", j), silent.sum())
-                put(("dead_units", j), (streak >= self.unit_window).sum())
+                put_all(acts["silent_units"], (j,), [silent.sum()])
+                put_all(acts["dead_units"], (j,), [(streak >= self.unit_window).sum()])
         if self._loss is not None:
-            put(("loss", 0), self._loss.float())
+            put_all(scalars, (0,), [self._loss.float()])
         scale = _scaler_scale(self.scaler)
         if isinstance(scale, Tensor):
-            put(("scale", 0), scale)
-        values = stats.to_host(tensors)
+            put_all(scalars, (1,), [scale])
+        for (target, position), value in zip(targets, stats.to_host(tensors), strict=True):
+            target[position] = value
 
-        def get(column: str, i: int) -> float:
-            slot = slots.get((column, i))
-            return math.nan if slot is None else values[slot]
-
-        n_params = len(self._params)
-        grads: dict[str, list[float]] = {c: [math.nan] * n_params for c in stats.GRAD_COLUMNS}
-        has = set(self._grad_index)
+        # Derived on the host: plain Python on a few numbers per layer.
+        has = grads["has_grad"]
         for i in range(n_params):
-            grads["has_grad"][i] = 1.0 if i in has else 0.0
-            grads["numel"][i] = float(self._params[i].numel())
-            for column in ("grad_l2", "grad_l1", "grad_nonfinite"):
-                grads[column][i] = get(column, i)
-            low, high = get("grad_min", i), get("grad_max", i)
-            grads["grad_max"][i] = max(abs(low), abs(high)) if not math.isnan(low) else math.nan
-            grads["param_norm"][i] = get("param_norm", i)
-            grads["update_norm"][i] = get("update_norm", i) * update_scale[i]
-            grads["row_spread"][i] = get("row_spread", i)
-        if ("param_norm", 0) in slots or not self._last_param_norm:
+            has[i] = 0.0
+        for i in index:
+            has[i] = 1.0
+            grads["grad_nonfinite"][i] = 0.0
+            if not math.isnan(grad_min[i]):
+                grads["grad_max"][i] = max(abs(grad_min[i]), abs(grads["grad_max"][i]))
+        grads["numel"] = list(self._numels)
+        if update_scale is not None:
+            grads["update_norm"] = [
+                v * k for v, k in zip(grads["update_norm"], update_scale, strict=True)
+            ]
+        if measured_norms or not self._last_param_norm:
             self._last_param_norm = list(grads["param_norm"])
         else:
             # Weights move ~1e-3 per step: between detail steps the last measurement stands.
             grads["param_norm"] = list(self._last_param_norm)
         # The L2 norm is non-finite exactly when some entry is, so the count costs nothing
         # on a healthy step; only a step that went bad pays for counting (and a 2nd sync).
-        bad = [i for i in self._grad_index if not math.isfinite(grads["grad_l2"][i])]
-        counts = stats.nonfinite_counts([self._params[i].grad for i in bad])
-        for i in self._grad_index:
-            grads["grad_nonfinite"][i] = 0.0
-        for i, count in zip(bad, counts, strict=True):
+        bad = [i for i in index if not math.isfinite(grads["grad_l2"][i])]
+        for i, count in zip(
+            bad, stats.nonfinite_counts([self._params[i].grad for i in bad]), strict=True
+        ):
             grads["grad_nonfinite"][i] = count
-        acts: dict[str, list[float]] = {
-            c: [math.nan] * len(self._modules) for c in stats.ACT_COLUMNS
-        }
         for j, acc in enumerate(self._acc):
             acts["calls"][j] = float(acc.calls)
             acts["numel"][j] = float(acc.numel)
             acts["sampled"][j] = float(acc.sampled)
             acts["zero_sampled"][j] = float(acc.zero_sampled)
             acts["units"][j] = float(acc.units)
-            acts["sum"][j] = get("sum", j)
-            norm = get("norm", j)
-            acts["sumsq"][j] = norm * norm
-            acts["zeros"][j] = get("zeros", j)
-            acts["saturated"][j] = get("saturated", j)
-            acts["silent_units"][j] = get("silent_units", j)
-            acts["dead_units"][j] = get("dead_units", j)
-            acts["nonfinite"][j] = (
-                math.nan if not acc.calls else (0.0 if math.isfinite(acts["sum"][j]) else 1.0)
-            )
-        loss = get("loss", 0) if self._loss is not None else None
+            acts["sumsq"][j] = act_norm[j] * act_norm[j]
+            if acc.calls:
+                acts["nonfinite"][j] = 0.0 if math.isfinite(acts["sum"][j]) else 1.0
+        loss = scalars[0] if self._loss is not None else None
         self._loss = None
-        scale_value = get("scale", 0) if isinstance(scale, Tensor) else scale
+        scale_value = scalars[1] if isinstance(scale, Tensor) else scale
         self.history.module_order = self._module_order()
         return StepRecord(
             step=self._step,
