@@ -135,10 +135,6 @@ class ModelInfo:
             return None
         return layer.output_shape[1] if layer.size.get("batch_first") else layer.output_shape[0]
 
-    def weight_layers(self) -> list[LayerInfo]:
-        """Linear/conv layers in forward order."""
-        return [layer for layer in self.layers if layer.role == "weight"]
-
     def activation_after(self, name: str) -> str | None:
         """The activation kind (relu/sigmoid/tanh) that follows layer ``name`` in forward order."""
         names = [layer.name for layer in self.layers]

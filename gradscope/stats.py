@@ -42,8 +42,6 @@ ACT_COLUMNS = (
 
 #: Activation modules whose exact zeros mean "this unit is off".
 RELU_FAMILY = (torch.nn.ReLU, torch.nn.ReLU6)
-#: Activation modules that saturate, with the asymptote test used for each.
-SATURATING = (torch.nn.Sigmoid, torch.nn.Tanh, torch.nn.Hardsigmoid, torch.nn.Hardtanh)
 
 NAN = float("nan")
 

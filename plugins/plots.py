@@ -68,6 +68,12 @@ def _recent_median(series: torch.Tensor) -> float:
     return float(finite.median()) if finite.numel() else math.nan
 
 
+def _empty(ax: Axes, title: str, text: str) -> None:
+    """A panel that says why it has nothing to show."""
+    ax.text(0.5, 0.5, text, ha="center", transform=ax.transAxes, color=MUTED)
+    ax.set_title(title)
+
+
 def _label_layers(ax: Axes, names: list[str]) -> None:
     step = max(1, math.ceil(len(names) / MAX_LABELS))
     ticks = list(range(0, len(names), step))
@@ -171,15 +177,7 @@ def draw_update_ratio(ax: Axes, report: Report, layers: list[LayerSignal]) -> No
     flagged = _flagged(report)
     measured = [s for s in layers if bool(torch.isfinite(s.update_ratio).any())]
     if not measured:
-        ax.text(
-            0.5,
-            0.5,
-            "no optimizer: update sizes not measured",
-            ha="center",
-            transform=ax.transAxes,
-            color=MUTED,
-        )
-        ax.set_title("Update / weight per step")
+        _empty(ax, "Update / weight per step", "no optimizer: update sizes not measured")
         return
     if len(measured) <= 8:
         for s in measured:
@@ -241,15 +239,7 @@ def draw_activation_health(ax: Axes, report: Report) -> None:
         in ("ReLU", "ReLU6", "Sigmoid", "Tanh", "Hardtanh", "Hardsigmoid")
     ]
     if not order:
-        ax.text(
-            0.5,
-            0.5,
-            "no activation modules to measure",
-            ha="center",
-            transform=ax.transAxes,
-            color=MUTED,
-        )
-        ax.set_title("Activation health")
+        _empty(ax, "Activation health", "no activation modules to measure")
         return
     names = [history.module_names[j] for j in order]
     zero_frac = [zeros.get(n, float("nan")) for n in names]

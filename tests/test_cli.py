@@ -289,3 +289,11 @@ def test_json_output_is_machine_readable_and_plots_go_to_stderr(tmp_path):
     )
     assert result.exit_code == 0
     assert json.loads(result.stdout)["model_name"] == "fnn"
+
+
+def test_the_cli_choices_match_what_check_can_run():
+    from gradscope.check import LOSSES, OPTIMIZERS
+    from gradscope.cli import LOSS_NAMES, OPTIMIZER_NAMES
+
+    assert set(LOSS_NAMES) == set(LOSSES)
+    assert set(OPTIMIZER_NAMES) == set(OPTIMIZERS)

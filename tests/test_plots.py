@@ -41,9 +41,7 @@ def test_plot_writes_every_view_as_a_valid_png_and_an_index_page(tmp_path):
 def test_a_report_loaded_from_json_draws_the_same_pictures(tmp_path):
     live = _sigmoid_report()
     loaded = Report.from_json(live.to_json())
-    for path in live.plot(tmp_path / "live"):
-        twin = tmp_path / "loaded" / path.name
-        assert not twin.exists()
+    live.plot(tmp_path / "live")
     loaded.plot(tmp_path / "loaded")
     for name in EXPECTED:
         assert (tmp_path / "live" / name).read_bytes() == (
