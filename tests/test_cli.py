@@ -297,3 +297,16 @@ def test_the_cli_choices_match_what_check_can_run():
 
     assert set(LOSS_NAMES) == set(LOSSES)
     assert set(OPTIMIZER_NAMES) == set(OPTIMIZERS)
+
+
+def test_set_overrides_a_threshold_and_a_bad_one_is_one_sentence(tmp_path):
+    torch.save(_state_dict("deep_relu_mlp"), tmp_path / "relu.pt")
+    args = ["check", str(tmp_path / "relu.pt"), "--model", "deep_relu_mlp", "--steps", "6"]
+    assert invoke(*args).exit_code == 0
+    strict = invoke(*args, "--set", "vanishing.depth_ratio=0.9999", "--json")
+    assert "vanishing_gradient" in {f["kind"] for f in json.loads(strict.stdout)["findings"]}
+    bad = invoke(*args, "--set", "depth_ratio=1")
+    assert bad.exit_code == 2
+    assert bad.output.startswith(
+        "Error: Threshold override 'depth_ratio=1' must look like plugin.name=value"
+    )
