@@ -131,14 +131,12 @@ class History:
                     record.grads["grad_l2"][i]
                 ):
                     self.first_nonfinite_grad[i] = record.step
+        nonfinite_act = record.acts["nonfinite"]
         for j, calls in enumerate(record.acts["calls"]):
-            self.calls_total[j] += int(calls)
-            if (
-                calls
-                and self.first_nonfinite_act[j] is None
-                and not math.isfinite(record.acts["sum"][j])
-            ):
-                self.first_nonfinite_act[j] = record.step
+            if calls:
+                self.calls_total[j] += int(calls)
+                if self.first_nonfinite_act[j] is None and nonfinite_act[j] == 1.0:
+                    self.first_nonfinite_act[j] = record.step
         if (
             self.first_nonfinite_loss is None
             and record.loss is not None

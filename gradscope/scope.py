@@ -48,6 +48,11 @@ class Scope:
         history_size: most records kept in memory.
         budget: keep gradscope's own time under this fraction of a step (0.03 = 3%):
             gradient norms every recorded step, activation statistics as often as fits.
+        nan_origin: sum the output of every module that can start a NaN/Inf (not ReLU,
+            sigmoid, dropout, pooling...: they only pass one along) on every recorded step,
+            so the first module whose output turns non-finite is named (one reduction per
+            module; off, the hooks do nothing between detail steps and a NaN is only
+            traced to a parameter).
         name: the model's name in reports (default: its class name).
     """
 
@@ -66,6 +71,7 @@ class Scope:
         history_size: int = 1024,
         name: str | None = None,
         budget: float | None = None,
+        nan_origin: bool = True,
     ) -> None:
         _validate(model, optimizer, scaler, every)
         self.model = model
@@ -79,7 +85,7 @@ class Scope:
         self.unit_window = unit_window
         self.name = name or type(model).__name__
         self.budget = Budget(budget) if budget is not None else None
-        self._acts_now = True
+        self.nan_origin = bool(nan_origin)
 
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self._param_names = [n for n, _ in named]
@@ -95,6 +101,8 @@ class Scope:
             capacity=history_size,
         )
         self._kinds = [stats.activation_kind(m) for _, m in self._modules]
+        # NaN-origin sums skip modules that cannot start a NaN/Inf (their input shows it).
+        self._origin_sum = [stats.can_start_nonfinite(m) for _, m in self._modules]
         self._runner = PluginRunner()
         self._handles: list[Any] = []
         self._step = 0
@@ -114,6 +122,9 @@ class Scope:
         self._last_param_norm: list[float] = []
         self._order_changed = False
         self._warned_unseen = False
+        self._detail_now = True
+        self._hooks_live = True
+        self._plan_step()
         self.model_info: ModelInfo = self._describe()
 
     # -- attaching -------------------------------------------------------------
@@ -157,14 +168,16 @@ class Scope:
         """Whether the step in progress is one that gets recorded."""
         return self._step % self.every == 0
 
-    @property
-    def _detail(self) -> bool:
-        """Whether this recorded step also measures the costlier statistics."""
-        if self.budget is not None:
-            return self._acts_now
+    def _plan_step(self) -> None:
+        """Decide, once per step, what the coming step measures (the hooks read two flags)."""
         recorded = self.history.recorded
-        # The first records are all detailed: initialisation problems show at the start.
-        return recorded < WARMUP_RECORDS or recorded % self.detail_every == 0
+        if self.budget is not None:
+            detail = self.budget.measures_activations(recorded)
+        else:
+            # The first records are all detailed: initialisation problems show at the start.
+            detail = recorded < WARMUP_RECORDS or recorded % self.detail_every == 0
+        self._detail_now = detail
+        self._hooks_live = self.recording and (detail or self.nan_origin)
 
     @property
     def step_index(self) -> int:
@@ -196,31 +209,44 @@ class Scope:
 
     def _forward_hook(self, j: int):
         def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
-            if not self.recording or not self._acts_now or not torch.is_grad_enabled():
+            if not self._hooks_live or not torch.is_grad_enabled():
+                return
+            self._forward_since_step = True
+            self._hooks_fired += 1
+            if not self._detail_now and not self._origin_sum[j]:
                 return
             t0 = time.perf_counter()
-            self._forward_since_step = True
-            x = stats.first_float_tensor(output)
+            if type(output) is Tensor and output.is_floating_point():
+                x: Tensor | None = output
+            else:
+                x = stats.first_float_tensor(output)
             if x is not None:
                 if self._rank[j] is None:
-                    self._rank[j] = self._next_rank
-                    self._next_rank += 1
-                    self._shapes[j] = tuple(x.shape)
-                    self._order_changed = True
-                self._acc[j].add(x.detach(), self.sample_rows, self._detail, self.full)
-                self._hooks_fired += 1
+                    self._first_call(j, x)
+                acc = self._acc[j]
+                if acc is None:
+                    acc = self._acc[j] = stats.ActivationAccumulator(self._kinds[j])
+                    self._fired.append(j)
+                acc.add(x.detach(), self.sample_rows, self._detail_now, self.full)
             self._overhead += time.perf_counter() - t0
 
         # Under torch.compile the hook runs eagerly (a graph break) instead of being traced:
         # traced, its changing Python state would force a recompile at every step.
         return _compiler_disable(hook)
 
+    def _first_call(self, j: int, x: Tensor) -> None:
+        """Note the call order and output shape of a module the first time it runs."""
+        self._rank[j] = self._next_rank
+        self._next_rank += 1
+        self._shapes[j] = tuple(x.shape)
+        self._order_changed = True
+
     def _on_pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if not self.recording:
             return
         t0 = time.perf_counter()
         self._collect_grads()
-        if self._detail:
+        if self._detail_now:
             # Update sizes ride with the costlier statistics (every step in diagnose()).
             with torch.no_grad():
                 sample = None if self.full else stats.UPDATE_SAMPLE
@@ -236,9 +262,11 @@ class Scope:
         index = [i for i, p in enumerate(self._params) if p.grad is not None]
         grads = [self._params[i].grad for i in index]
         with torch.no_grad():
-            self._grad_tensors = stats.grad_statistics(grads, self._params, self._detail, self.full)
+            self._grad_tensors = stats.grad_statistics(
+                grads, self._params, self._detail_now, self.full
+            )
         self._grad_index = index
-        if self._detail:
+        if self._detail_now:
             matrices = [i for i, p in enumerate(self._params) if p.dim() >= 2]
             with torch.no_grad():
                 spreads = stats.row_spread([self._params[i] for i in matrices])
@@ -254,102 +282,87 @@ class Scope:
         record.overhead_s = self._overhead
         self._overhead_total += self._overhead
         if self.budget is not None:
-            self.budget.observe(self._overhead, self._acts_now, now)
+            self.budget.observe(self._overhead, self._detail_now, now)
         self.history.append(record)
         if not self._warned_unseen:
             self._warn_unseen_once()
         if self._order_changed:
+            self.history.module_order = self._module_order()
             self.model_info = self._describe()
             self._order_changed = False
         self._runner.call("gradscope_on_step", record=record, scope=self)
 
     def _end_step(self) -> None:
         self._step += 1
-        if self.budget is not None:
-            self._acts_now = self.budget.measures_activations(self.history.recorded)
+        self._plan_step()
         self._forward_since_step = False
         self._grad_tensors = None
         self._before = None
         self._reset_step_state()
 
     def _reset_step_state(self) -> None:
-        self._acc = [stats.ActivationAccumulator(kind) for kind in self._kinds]
+        self._acc: list[stats.ActivationAccumulator | None] = [None] * len(self._modules)
+        self._fired: list[int] = []
         self._hooks_fired = 0
         self._overhead = 0.0
 
     def _gather(self, measure_update: bool) -> StepRecord:
-        """Stack everything measured this step and bring it to the host in one sync."""
+        """Stack everything measured this step and bring it to the host in one sync.
+
+        Each measured column is a block (target list, positions, device scalars); the
+        scalars of all blocks go to the host together and land at their positions.
+        Columns not measured on this step stay NaN.
+        """
         nan = math.nan
         n_params, n_modules = len(self._params), len(self._modules)
         grads = {c: [nan] * n_params for c in stats.GRAD_COLUMNS}
         acts = {c: [nan] * n_modules for c in stats.ACT_COLUMNS}
         grad_min, act_norm, scalars = [nan] * n_params, [nan] * n_modules, [nan, nan]
-        tensors: list[Tensor] = []
-        targets: list[tuple[list[float], int]] = []
+        blocks: list[tuple[list[float], Any, list[Tensor]]] = []
 
-        def put_all(target: list[float], positions: Any, values: list[Tensor]) -> None:
-            if not values:
-                return  # not measured on this step
-            for position, value in zip(positions, values, strict=True):
-                targets.append((target, position))
-                tensors.append(value)
+        def put(target: list[float], positions: Any, values: list[Tensor]) -> None:
+            if values:  # an empty list: not measured on this step
+                blocks.append((target, positions, values))
 
-        grad_tensors = self._grad_tensors or {}
+        measured = self._grad_tensors or {}
         index = self._grad_index
-        measured_norms = grad_tensors.get("param_norm") or []
-        put_all(grads["param_norm"], range(len(measured_norms)), measured_norms)
+        measured_norms = measured.get("param_norm") or []
+        put(grads["param_norm"], range(len(measured_norms)), measured_norms)
         for column in ("grad_l2", "grad_l1", "grad_max"):
-            put_all(grads[column], index, grad_tensors.get(column) or [])
-        put_all(grad_min, index, grad_tensors.get("grad_min") or [])
-        put_all(grads["row_spread"], list(self._row_spread), list(self._row_spread.values()))
+            put(grads[column], index, measured.get(column) or [])
+        put(grad_min, index, measured.get("grad_min") or [])
+        put(grads["row_spread"], list(self._row_spread), list(self._row_spread.values()))
         update_scale = None
         if measure_update and self._before is not None:
             sample = None if self.full else stats.UPDATE_SAMPLE
             norms, update_scale = stats.update_norms(self._params, self._before, sample)
-            put_all(grads["update_norm"], range(n_params), norms)
-        for j, acc in enumerate(self._acc):
-            if not acc.calls:
-                continue
-            for target, parts in (
-                (acts["sum"], acc.sums),
-                (acts["zeros"], acc.zeros),
-                (acts["saturated"], acc.saturated),
-            ):
-                if parts:
-                    put_all(
-                        target, (j,), [parts[0] if len(parts) == 1 else torch.stack(parts).sum()]
-                    )
-            if acc.sumsqs:
-                parts = acc.sumsqs
-                put_all(
-                    act_norm, (j,), [parts[0] if len(parts) == 1 else torch.stack(parts).norm()]
-                )
-            if acc.unit_max is not None:
-                silent = acc.unit_max <= 0
-                streak = self._streaks[j]
-                if streak is None or streak.shape != silent.shape:
-                    streak = torch.zeros_like(silent, dtype=torch.int32)
-                streak = (streak + 1) * silent
-                self._streaks[j] = streak
-                put_all(acts["silent_units"], (j,), [silent.sum()])
-                put_all(acts["dead_units"], (j,), [(streak >= self.unit_window).sum()])
+            put(grads["update_norm"], range(n_params), norms)
+        fired = self._fired
+        accs = [self._acc[j] for j in fired]
+        for part, column in (("sums", "sum"), ("zeros", "zeros"), ("saturated", "saturated")):
+            chosen = [(j, acc) for j, acc in zip(fired, accs, strict=True) if getattr(acc, part)]
+            put(acts[column], [j for j, _ in chosen], [acc.total(part) for _, acc in chosen])
+        chosen = [(j, acc) for j, acc in zip(fired, accs, strict=True) if acc.sumsqs]
+        put(act_norm, [j for j, _ in chosen], [acc.total_norm() for _, acc in chosen])
+        self._put_unit_counts(fired, accs, acts, put)
         if self._loss is not None:
-            put_all(scalars, (0,), [self._loss.float()])
+            put(scalars, (0,), [self._loss.float()])
         scale = _scaler_scale(self.scaler)
         if isinstance(scale, Tensor):
-            put_all(scalars, (1,), [scale])
-        for (target, position), value in zip(targets, stats.to_host(tensors), strict=True):
-            target[position] = value
+            put(scalars, (1,), [scale])
+        values = iter(stats.to_host([t for _, _, block in blocks for t in block]))
+        for target, positions, _ in blocks:
+            for position in positions:
+                target[position] = next(values)
 
         # Derived on the host: plain Python on a few numbers per layer.
-        has = grads["has_grad"]
-        for i in range(n_params):
-            has[i] = 0.0
+        has, nonfinite, grad_max = [0.0] * n_params, grads["grad_nonfinite"], grads["grad_max"]
         for i in index:
             has[i] = 1.0
-            grads["grad_nonfinite"][i] = 0.0
-            if not math.isnan(grad_min[i]):
-                grads["grad_max"][i] = max(abs(grad_min[i]), abs(grads["grad_max"][i]))
+            nonfinite[i] = 0.0
+            if grad_min[i] == grad_min[i]:  # measured (not NaN) on this step
+                grad_max[i] = max(abs(grad_min[i]), abs(grad_max[i]))
+        grads["has_grad"] = has
         grads["numel"] = list(self._numels)
         if update_scale is not None:
             grads["update_norm"] = [
@@ -362,24 +375,26 @@ class Scope:
             grads["param_norm"] = list(self._last_param_norm)
         # The L2 norm is non-finite exactly when some entry is, so the count costs nothing
         # on a healthy step; only a step that went bad pays for counting (and a 2nd sync).
-        bad = [i for i in index if not math.isfinite(grads["grad_l2"][i])]
-        for i, count in zip(
-            bad, stats.nonfinite_counts([self._params[i].grad for i in bad]), strict=True
-        ):
-            grads["grad_nonfinite"][i] = count
-        for j, acc in enumerate(self._acc):
+        l2 = grads["grad_l2"]
+        bad = [i for i in index if not math.isfinite(l2[i])]
+        if bad:
+            counts = stats.nonfinite_counts([self._params[i].grad for i in bad])
+            for i, count in zip(bad, counts, strict=True):
+                nonfinite[i] = count
+        for column in ("calls", "numel", "sampled", "zero_sampled", "units"):
+            acts[column] = [0.0] * n_modules
+        for j, acc in zip(fired, accs, strict=True):
             acts["calls"][j] = float(acc.calls)
             acts["numel"][j] = float(acc.numel)
             acts["sampled"][j] = float(acc.sampled)
             acts["zero_sampled"][j] = float(acc.zero_sampled)
             acts["units"][j] = float(acc.units)
             acts["sumsq"][j] = act_norm[j] * act_norm[j]
-            if acc.calls:
+            if acc.sums:
                 acts["nonfinite"][j] = 0.0 if math.isfinite(acts["sum"][j]) else 1.0
         loss = scalars[0] if self._loss is not None else None
         self._loss = None
         scale_value = scalars[1] if isinstance(scale, Tensor) else scale
-        self.history.module_order = self._module_order()
         return StepRecord(
             step=self._step,
             loss=loss,
@@ -388,6 +403,22 @@ class Scope:
             acts=acts,
             hooks_fired=self._hooks_fired,
         )
+
+    def _put_unit_counts(
+        self, fired: list[int], accs: list[stats.ActivationAccumulator], acts: dict, put: Any
+    ) -> None:
+        """Silent units this step and dead units (silent for ``unit_window`` detail steps)."""
+        for j, acc in zip(fired, accs, strict=True):
+            if acc.unit_max is None:
+                continue
+            silent = acc.unit_max <= 0
+            streak = self._streaks[j]
+            if streak is None or streak.shape != silent.shape:
+                streak = torch.zeros_like(silent, dtype=torch.int32)
+            streak = (streak + 1) * silent
+            self._streaks[j] = streak
+            put(acts["silent_units"], (j,), [silent.sum()])
+            put(acts["dead_units"], (j,), [(streak >= self.unit_window).sum()])
 
     def _module_order(self) -> list[int]:
         seen = sorted((rank, j) for j, rank in enumerate(self._rank) if rank is not None)

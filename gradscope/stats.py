@@ -43,6 +43,36 @@ ACT_COLUMNS = (
 #: Activation modules whose exact zeros mean "this unit is off".
 RELU_FAMILY = (torch.nn.ReLU, torch.nn.ReLU6)
 
+#: Modules that cannot turn a finite input into NaN/Inf: they only pass one along from
+#: their input, so the module before them is where a non-finite value starts.
+PASS_THROUGH = (
+    torch.nn.ReLU,
+    torch.nn.ReLU6,
+    torch.nn.LeakyReLU,
+    torch.nn.ELU,
+    torch.nn.SELU,
+    torch.nn.CELU,
+    torch.nn.GELU,
+    torch.nn.SiLU,
+    torch.nn.Mish,
+    torch.nn.Sigmoid,
+    torch.nn.Tanh,
+    torch.nn.Hardtanh,
+    torch.nn.Hardsigmoid,
+    torch.nn.Hardswish,
+    torch.nn.Softsign,
+    torch.nn.Dropout,
+    torch.nn.Dropout1d,
+    torch.nn.Dropout2d,
+    torch.nn.Dropout3d,
+    torch.nn.Identity,
+    torch.nn.Flatten,
+    torch.nn.Unflatten,
+    torch.nn.MaxPool1d,
+    torch.nn.MaxPool2d,
+    torch.nn.MaxPool3d,
+)
+
 NAN = float("nan")
 
 
@@ -55,6 +85,11 @@ def activation_kind(module: torch.nn.Module) -> str:
     if isinstance(module, (torch.nn.Tanh, torch.nn.Hardtanh)):
         return "tanh"
     return "plain"
+
+
+def can_start_nonfinite(module: torch.nn.Module) -> bool:
+    """False for modules that only pass a NaN/Inf along (see :data:`PASS_THROUGH`)."""
+    return not isinstance(module, PASS_THROUGH)
 
 
 def first_float_tensor(output: object) -> Tensor | None:
@@ -110,13 +145,19 @@ class ActivationAccumulator:
         """
         x = output
         self.calls += 1
-        self.numel += x.numel()
-        if x.numel() == 0:
+        numel = x.numel()
+        self.numel += numel
+        if numel == 0:
             return
+        if x.dtype is torch.float16 or x.dtype is torch.bfloat16:
+            self.sums.append(torch.sum(x, dtype=torch.float32))
+        else:
+            self.sums.append(torch.sum(x))
+        if detail or full:
+            self._add_shape(x, sample_rows, full)
+
+    def _add_shape(self, x: Tensor, sample_rows: int, full: bool) -> None:
         acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else None
-        self.sums.append(torch.sum(x, dtype=acc))
-        if not (detail or full):
-            return
         sample = x if full or x.dim() < 2 or x.shape[0] <= sample_rows else x[:sample_rows]
         self.sampled += sample.numel()
         # A norm reads the tensor once and allocates nothing; its square is the sum of squares.
@@ -135,6 +176,16 @@ class ActivationAccumulator:
             self.saturated.append(((sample - 0.5).abs() > 0.49).sum())
         elif self.kind == "tanh":
             self.saturated.append((sample.abs() > 0.99).sum())
+
+    def total(self, part: str) -> Tensor:
+        """The step's total of ``sums``, ``zeros`` or ``saturated`` over all calls."""
+        parts: list[Tensor] = getattr(self, part)
+        return parts[0] if len(parts) == 1 else torch.stack(parts).sum()
+
+    def total_norm(self) -> Tensor:
+        """The step's activation L2 norm over all calls (its square is the sum of squares)."""
+        parts = self.sumsqs
+        return parts[0] if len(parts) == 1 else torch.stack(parts).norm()
 
 
 def grad_statistics(

@@ -395,8 +395,10 @@ def test_budget_spaces_out_activation_statistics_and_reports_what_it_did():
     assert summary["budget"] == 1e-6
     assert summary["activation_interval"] > 1
     assert summary["measured_overhead"] > 0
-    calls = [r.acts["calls"][0] for r in tight.history.records]
-    assert calls[0] == 1 and 0 in calls  # activations measured at first, then spaced out
+    shaped = [not math.isnan(r.acts["sumsq"][0]) for r in tight.history.records]
+    assert shaped[0] and not all(shaped)  # activation statistics at first, then spaced out
+    # The NaN-origin sums still run on every step.
+    assert all(r.acts["calls"][0] == 1 for r in tight.history.records)
     assert all(r.grads["has_grad"][0] == 1.0 for r in tight.history.records)  # grads every step
     with gradscope.watch(model, optimizer=opt, budget=5.0) as loose:
         train(model, opt, steps=6, scope=loose)
