@@ -276,9 +276,12 @@ def to_host(tensors: list[Tensor]) -> list[float]:
     """Bring a list of scalar tensors to the host with one synchronisation per device."""
     if not tensors:
         return []
-    first = tensors[0]
-    if all(t.device == first.device and t.dtype == first.dtype and t.dim() == 0 for t in tensors):
-        return torch.stack(tensors).tolist()  # the common case: one device, one dtype
+    try:
+        # The common case: scalars on one device.  Mixed dtypes promote (float32 holds
+        # counts exactly up to 2**24); mixed devices or shapes raise and take the slow path.
+        return torch.stack(tensors).tolist()
+    except RuntimeError:
+        pass
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, t in enumerate(tensors):
         groups.setdefault((t.device, t.dtype), []).append(i)
