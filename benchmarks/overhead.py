@@ -14,8 +14,10 @@ import argparse
 import contextlib
 import gc
 import json
+import math
 import platform
 import statistics
+import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -125,7 +127,6 @@ def _tensorboard() -> Callable | None:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    import tempfile
 
     @contextlib.contextmanager
     def strategy(model: nn.Module, opt: torch.optim.Optimizer) -> Iterator[None]:
@@ -148,8 +149,55 @@ def _tensorboard() -> Callable | None:
     return strategy
 
 
+class _WandbProbe:
+    """Logs the loss each step, which is when wandb.watch commits its histograms."""
+
+    def __init__(self, run: object) -> None:
+        self.run = run
+
+    def log_loss(self, loss: torch.Tensor) -> None:
+        self.run.log({"loss": float(loss)})
+
+
+def _wandb() -> Callable | None:
+    """wandb.watch(log="all", log_freq=1) in offline mode (nothing leaves the machine)."""
+    try:
+        import wandb
+    except ImportError:
+        return None
+    runs: dict[str, object] = {}
+
+    @contextlib.contextmanager
+    def strategy(model: nn.Module, opt: torch.optim.Optimizer) -> Iterator[object]:
+        if "run" not in runs:
+            runs["run"] = wandb.init(
+                dir=tempfile.mkdtemp(),
+                project="gradscope-overhead",
+                mode="offline",
+                settings=wandb.Settings(console="off", silent=True),
+            )
+        wandb.watch(model, log="all", log_freq=1)
+        try:
+            yield _WandbProbe(runs["run"])
+        finally:
+            wandb.unwatch(model)
+
+    return strategy
+
+
+#: The default, then the same cost split into its parts (each row adds one part).
+DEFAULT = "gradscope default"
+BREAKDOWN = {
+    "hooks attached, nothing measured (every=10**9)": _watch(every=10**9),
+    "+ gradient norms, loss, bookkeeping (nan_origin=False, no detail steps)": _watch(
+        nan_origin=False, detail_every=10**9
+    ),
+    "+ NaN-origin sums (no detail steps)": _watch(detail_every=10**9),
+}
 STRATEGIES: dict[str, Callable] = {
-    "gradscope default": _watch(),
+    DEFAULT: _watch(),
+    "gradscope default, nan_origin=False": _watch(nan_origin=False),
+    **BREAKDOWN,
     "gradscope budget=0.03": _watch(budget=0.03),
     "gradscope every=10": _watch(every=10),
     "gradscope every statistic every step": _watch(detail_every=1),
@@ -161,55 +209,68 @@ STRATEGIES: dict[str, Callable] = {
 def step_times(model, batch, opt, loss_fn, steps: int, strategy) -> tuple[list[float], object]:
     x, y = batch
     times = []
-    with strategy(model, opt) as scope:
+    with strategy(model, opt) as probe:
         for _ in range(steps):
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(x), y)
-            if scope is not None:
-                scope.log_loss(loss)
+            if probe is not None:
+                probe.log_loss(loss)
             loss.backward()
             opt.step()
             times.append(time.perf_counter() - t0)
-    return times, scope
+    return times, probe
 
 
 def measure(name: str, rounds: int, block: int, strategies: dict[str, Callable]) -> dict:
+    """Paired blocks: each strategy block runs right after a plain block of the same size,
+    and its ratio is taken against that neighbour, so slow drift of a shared machine
+    cancels.  The figure is the median over rounds of the per-pair median ratios; the
+    mean ratio (total time over total paired plain time) includes the rare costly steps
+    that a median leaves out."""
     torch.manual_seed(0)
     model, batch = MODELS[name]()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     loss_fn = nn.functional.cross_entropy
     step_times(model, batch, opt, loss_fn, 5, plain)  # warm-up
-    samples: dict[str, list[float]] = {"plain": [], **{k: [] for k in strategies}}
-    overhead: dict[str, list[float]] = {k: [] for k in strategies}
-    budgets: dict[str, dict] = {}
-    for _ in range(rounds):
-        for label, strategy in [("plain", plain), *strategies.items()]:
+    for strategy in strategies.values():
+        step_times(model, batch, opt, loss_fn, 6, strategy)  # warm-up: past the first records
+    ratios: dict[str, list[float]] = {k: [] for k in strategies}
+    totals: dict[str, list[float]] = {k: [0.0, 0.0] for k in strategies}
+    plain_samples: list[float] = []
+    probes: dict[str, object] = {}
+    labels = list(strategies)
+    for r in range(rounds):
+        shift = r % len(labels)  # rotate the order so no strategy always runs first
+        for label in labels[shift:] + labels[:shift]:
             gc.collect()
-            times, scope = step_times(model, batch, opt, loss_fn, block, strategy)
-            samples[label].extend(times[1:])  # the first step of a block pays for attaching
-            if scope is not None and label in overhead:
-                summary = scope.overhead()
-                overhead[label].append(summary["seconds_per_step"])
-                if "budget" in summary:
-                    budgets[label] = summary
-    base = statistics.median(samples["plain"])
+            base, _ = step_times(model, batch, opt, loss_fn, block, plain)
+            times, probe = step_times(model, batch, opt, loss_fn, block, strategies[label])
+            base, times = base[1:], times[1:]  # the first step of a block pays for attaching
+            plain_samples.extend(base)
+            ratios[label].append(statistics.median(times) / statistics.median(base))
+            totals[label][0] += sum(times)
+            totals[label][1] += sum(base)
+            probes[label] = probe
     rows = {}
-    for label in strategies:
-        med = statistics.median(samples[label])
-        q = statistics.quantiles(samples[label], n=4)
-        rows[label] = {
-            "ratio": med / base,
-            "ratio_q1": q[0] / base,
-            "ratio_q3": q[2] / base,
-            "own_ms_per_recorded_step": (
-                1e3 * statistics.median(overhead[label]) if overhead[label] else None
-            ),
+    for label in labels:
+        q = statistics.quantiles(ratios[label], n=4) if len(ratios[label]) > 1 else [math.nan] * 3
+        probe = probes[label]
+        row = {
+            "ratio": statistics.median(ratios[label]),
+            "ratio_q1": q[0],
+            "ratio_q3": q[2],
+            "mean_ratio": totals[label][0] / totals[label][1],
+            "own_ms_per_recorded_step": None,
         }
-        if label in budgets:
-            rows[label]["budget_measured_overhead"] = budgets[label]["measured_overhead"]
-            rows[label]["budget_activation_interval"] = budgets[label]["activation_interval"]
-    return {"plain_ms": 1e3 * base, "strategies": rows}
+        if isinstance(probe, gradscope.Scope):
+            summary = probe.overhead()
+            row["own_ms_per_recorded_step"] = 1e3 * summary["seconds_per_step"]
+            if "budget" in summary:
+                row["budget_measured_overhead"] = summary["measured_overhead"]
+                row["budget_activation_interval"] = summary["activation_interval"]
+        rows[label] = row
+    return {"plain_ms": 1e3 * statistics.median(plain_samples), "strategies": rows}
 
 
 def memory_after(steps: int) -> dict:
@@ -259,9 +320,13 @@ def main() -> None:
     torch.set_num_threads(1)
     rounds, block = (3, 8) if args.quick else (8, 15)
     strategies = dict(STRATEGIES)
-    tensorboard = _tensorboard()
-    if tensorboard is not None:
-        strategies["TensorBoard histograms"] = tensorboard
+    for label, factory in (
+        ("TensorBoard histograms (every gradient, every step)", _tensorboard),
+        ('wandb.watch(log="all", log_freq=1), offline', _wandb),
+    ):
+        strategy = factory()
+        if strategy is not None:
+            strategies[label] = strategy
     results = {
         "torch": torch.__version__,
         "machine": platform.machine(),
@@ -286,22 +351,32 @@ def main() -> None:
 
 def _table(results: dict) -> str:
     names = list(results["models"])
-    labels = list(next(iter(results["models"].values()))["strategies"])
+    models = results["models"]
+    labels = list(next(iter(models.values()))["strategies"])
     lines = [
+        "median step ratio vs a plain step (q1-q3 over rounds); mean = total-time ratio",
+        "",
         "| strategy | " + " | ".join(names) + " |",
         "| --- | " + " | ".join("---" for _ in names) + " |",
-        "| plain step (ms) | "
-        + " | ".join(f"{results['models'][n]['plain_ms']:.1f}" for n in names)
-        + " |",
+        "| plain step | " + " | ".join(f"{models[n]['plain_ms']:.1f} ms" for n in names) + " |",
     ]
     for label in labels:
         cells = []
         for n in names:
-            r = results["models"][n]["strategies"][label]
-            cells.append(f"{r['ratio']:.2f}x ({r['ratio_q1']:.2f}-{r['ratio_q3']:.2f})")
+            r = models[n]["strategies"][label]
+            cells.append(
+                f"{r['ratio']:.2f}x ({r['ratio_q1']:.2f}-{r['ratio_q3']:.2f}), "
+                f"mean {r['mean_ratio']:.2f}x"
+            )
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "cost of each part of the default, % of a plain step:", ""]
+    lines.append("| part | " + " | ".join(names) + " |")
+    lines.append("| --- | " + " | ".join("---" for _ in names) + " |")
+    for part, cells in _breakdown(results).items():
+        lines.append(f"| {part} | " + " | ".join(f"{c:+.1%}" for c in cells) + " |")
+    lines.append("")
     for n in names:
-        for label, r in results["models"][n]["strategies"].items():
+        for label, r in models[n]["strategies"].items():
             if "budget_measured_overhead" in r:
                 lines.append(
                     f"{n}: {label} measured its own overhead at "
@@ -315,6 +390,30 @@ def _table(results: dict) -> str:
         f"{mem['recorded_steps']:,} recorded steps ({mem['records_kept']} records kept)"
     )
     return "\n".join(lines)
+
+
+def _breakdown(results: dict) -> dict[str, list[float]]:
+    """Each part's added cost: the difference between consecutive breakdown rows (medians);
+    the detail statistics run on one step in ten, which a median skips, so that part is
+    the difference of the mean ratios."""
+    hooks, norms, sums = BREAKDOWN
+    parts: dict[str, list[float]] = {}
+    for model in results["models"].values():
+        rows = model["strategies"]
+        for part, value in (
+            ("hook dispatch (hooks attached, returning at once)", rows[hooks]["ratio"] - 1),
+            (
+                "gradient L2 norms, loss, host sync and record (every step)",
+                rows[norms]["ratio"] - rows[hooks]["ratio"],
+            ),
+            ("NaN-origin output sums (every step)", rows[sums]["ratio"] - rows[norms]["ratio"]),
+            (
+                "detail statistics (1 step in 10; from mean ratios)",
+                rows[DEFAULT]["mean_ratio"] - rows[sums]["mean_ratio"],
+            ),
+        ):
+            parts.setdefault(part, []).append(value)
+    return parts
 
 
 if __name__ == "__main__":

@@ -424,3 +424,61 @@ def test_works_under_torch_compile_without_changing_the_numbers():
     assert got == expected
     assert all(r.hooks_fired == 5 for r in scope.history.records)
     assert scope.report().coverage["unseen_modules"] == []
+
+
+def _light_records(scope: gradscope.Scope) -> list:
+    """Records of steps that took only the every-step statistics (no L1 norms)."""
+    return [r for r in scope.history.records if math.isnan(r.grads["grad_l1"][0])]
+
+
+def test_light_steps_sum_only_modules_that_can_start_a_nan():
+    model = mlp()  # Linear, ReLU, Linear, Tanh, Linear
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradscope.watch(model, optimizer=opt, detail_every=100) as scope:
+        train(model, opt, steps=8, scope=scope)
+    light = _light_records(scope)
+    assert len(light) == 3  # the first five records take every statistic
+    names = scope.history.module_names
+    for record in light:
+        sums = dict(zip(names, record.acts["sum"], strict=True))
+        assert all(math.isfinite(sums[n]) for n in ("0", "2", "4"))  # Linear layers
+        assert math.isnan(sums["1"]) and math.isnan(sums["3"])  # ReLU, Tanh: pass-through
+        assert record.hooks_fired == 5
+
+
+def test_nan_origin_off_leaves_light_steps_to_the_gradients_alone():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradscope.watch(model, optimizer=opt, detail_every=100, nan_origin=False) as scope:
+        train(model, opt, steps=8, scope=scope)
+    light = _light_records(scope)
+    assert len(light) == 3
+    assert all(all(c == 0 for c in r.acts["calls"]) for r in light)
+    assert all(all(math.isfinite(v) for v in r.grads["grad_l2"]) for r in light)
+
+
+def test_detail_l1_and_parameter_norms_are_exact_when_small_and_close_when_sampled():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(200, 100), nn.ReLU(), nn.Linear(100, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    x, y = torch.randn(64, 200), torch.randint(0, 3, (64,))
+    with gradscope.watch(model, optimizer=opt) as scope:
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        expected = {n: (p.grad.abs().sum(), p.norm()) for n, p in model.named_parameters()}
+        opt.step()
+    record = scope.history.records[0]
+    for i, name in enumerate(scope.history.param_names):
+        l1, norm = (float(v) for v in expected[name])
+        got_l1, got_norm = record.grads["grad_l1"][i], record.grads["param_norm"][i]
+        if dict(model.named_parameters())[name].numel() <= stats.UPDATE_SAMPLE:
+            assert got_l1 == pytest.approx(l1, rel=1e-5)
+            assert got_norm == pytest.approx(norm, rel=1e-5)
+        else:  # 20,000 entries, estimated from the first 4,096
+            assert got_l1 == pytest.approx(l1, rel=0.25)
+            assert got_norm == pytest.approx(norm, rel=0.1)
+
+
+def test_to_host_keeps_values_across_dtypes_and_shapes():
+    tensors = [torch.tensor(1.5), torch.tensor(7), torch.tensor([2.0]), torch.tensor(0.25)]
+    assert stats.to_host(tensors) == [1.5, 7.0, 2.0, 0.25]
