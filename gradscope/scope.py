@@ -176,8 +176,9 @@ class Scope:
         else:
             # The first records are all detailed: initialisation problems show at the start.
             detail = recorded < WARMUP_RECORDS or recorded % self.detail_every == 0
+        origin = self.nan_origin and (self.budget is None or self.budget.origin_sums)
         self._detail_now = detail
-        self._hooks_live = self.recording and (detail or self.nan_origin)
+        self._hooks_live = self.recording and (detail or origin)
 
     @property
     def step_index(self) -> int:
