@@ -210,9 +210,12 @@ class Scope:
 
     def _forward_hook(self, j: int):
         def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
-            if not self._hooks_live or not torch.is_grad_enabled():
-                return
+            if not torch.is_grad_enabled():
+                return  # validation under no_grad is not part of the training step
+            # Also on steps that measure nothing: log_loss() needs to know a step began.
             self._forward_since_step = True
+            if not self._hooks_live:
+                return
             self._hooks_fired += 1
             if not self._detail_now and not self._origin_sum[j]:
                 return

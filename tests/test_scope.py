@@ -490,3 +490,15 @@ def test_detail_l1_and_parameter_norms_are_exact_when_small_and_close_when_sampl
 def test_to_host_keeps_values_across_dtypes_and_shapes():
     tensors = [torch.tensor(1.5), torch.tensor(7), torch.tensor([2.0]), torch.tensor(0.25)]
     assert stats.to_host(tensors) == [1.5, 7.0, 2.0, 0.25]
+
+
+@pytest.mark.parametrize("options", [{"every": 2}, {"nan_origin": False, "detail_every": 100}])
+def test_each_logged_loss_lands_on_its_own_step(options):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with gradscope.watch(model, optimizer=opt, **options) as scope:
+        losses = train(model, opt, steps=8, scope=scope)
+    recorded = {r.step: r for r in scope.history.records}
+    got = scope.history.losses().tolist()
+    for (step, _record), loss in zip(sorted(recorded.items()), got, strict=True):
+        assert loss == pytest.approx(losses[step])
