@@ -3,10 +3,8 @@
 Gradient norms and the non-finite check run on every recorded step.  Activation
 statistics (and the other costly ones) run on one recorded step in ``interval``;
 the interval is the smallest power of two whose predicted cost stays within the
-budget, re-chosen after every step from measured times.  If even the steps
-between cost more than the budget, the NaN-origin output sums stop for the rest
-of the run (a NaN is then traced by the gradients, and by the outputs on the
-spaced-out steps); the summary states the every-step floor either way.
+budget, re-chosen after every step from measured times.  The summary
+states the every-step floor: what the gradient checks alone cost.
 """
 
 from __future__ import annotations
@@ -17,8 +15,6 @@ from dataclasses import dataclass
 MAX_INTERVAL = 1024
 #: Weight of the newest measurement in the running averages.
 SMOOTHING = 0.2
-#: Steps measured before the NaN-origin sums may be judged too costly.
-WATCH_STEPS = 20
 
 
 def _ema(old: float | None, new: float) -> float:
@@ -38,7 +34,6 @@ class Budget:
     total_plain: float = 0.0
     last_step_end: float | None = None
     steps: int = 0
-    origin_sums: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.fraction < 10:
@@ -65,14 +60,6 @@ class Budget:
             self.steps += 1
         self.last_step_end = now
         self.interval = self._choose()
-        if (
-            self.origin_sums
-            and self.steps >= WATCH_STEPS
-            and self.own_light is not None
-            and self.plain is not None
-            and self.own_light > self.fraction * self.plain
-        ):
-            self.origin_sums = False  # once off, stays off: no flip-flopping
 
     def _choose(self) -> int:
         if self.plain is None or self.own_full is None:
@@ -93,5 +80,4 @@ class Budget:
             "activation_interval": float(self.interval),
             "budget_steps": float(self.steps),
             "every_step_overhead": floor,
-            "nan_origin_every_step": float(self.origin_sums),
         }

@@ -103,6 +103,8 @@ class History:
     first_nonfinite_grad: list[int | None] = field(default_factory=list)
     first_nonfinite_act: list[int | None] = field(default_factory=list)
     first_nonfinite_loss: int | None = None
+    #: Whether module outputs were checked on the first step with a NaN/Inf (None: no such step).
+    nonfinite_outputs_checked: bool | None = None
     calls_total: list[int] = field(default_factory=list)
     late_losses: dict[int, Any] = field(default_factory=dict)
 
@@ -131,18 +133,21 @@ class History:
                     record.grads["grad_l2"][i]
                 ):
                     self.first_nonfinite_grad[i] = record.step
-        nonfinite_act = record.acts["nonfinite"]
         for j, calls in enumerate(record.acts["calls"]):
             if calls:
                 self.calls_total[j] += int(calls)
-                if self.first_nonfinite_act[j] is None and nonfinite_act[j] == 1.0:
-                    self.first_nonfinite_act[j] = record.step
+        # Also set by a replay of the step's forward (see gradscope.replay), without calls.
+        for j, bad in enumerate(record.acts["nonfinite"]):
+            if bad == 1.0 and self.first_nonfinite_act[j] is None:
+                self.first_nonfinite_act[j] = record.step
         if (
             self.first_nonfinite_loss is None
             and record.loss is not None
             and not math.isfinite(record.loss)
         ):
             self.first_nonfinite_loss = record.step
+        if self.nonfinite_outputs_checked is None and went_nonfinite(record):
+            self.nonfinite_outputs_checked = any(v == v for v in record.acts["nonfinite"])
         self.records.append(record)
         if len(self.records) > self.capacity:
             middle = self.records[self.head : len(self.records) - self.tail]
@@ -220,6 +225,7 @@ class History:
             "first_nonfinite_grad": self.first_nonfinite_grad,
             "first_nonfinite_act": self.first_nonfinite_act,
             "first_nonfinite_loss": self.first_nonfinite_loss,
+            "nonfinite_outputs_checked": self.nonfinite_outputs_checked,
             "calls_total": self.calls_total,
             "records": [r.to_dict() for r in self.records],
         }
@@ -239,6 +245,16 @@ class History:
             first_nonfinite_grad=data["first_nonfinite_grad"],
             first_nonfinite_act=data["first_nonfinite_act"],
             first_nonfinite_loss=data["first_nonfinite_loss"],
+            nonfinite_outputs_checked=data.get("nonfinite_outputs_checked"),
             calls_total=data["calls_total"],
             records=[StepRecord.from_dict(r) for r in data["records"]],
         )
+
+
+def went_nonfinite(record: StepRecord) -> bool:
+    """Whether a gradient, the loss or a checked module output of this record is NaN/Inf."""
+    if record.loss is not None and not math.isfinite(record.loss):
+        return True
+    if any(count > 0 for count in record.grads["grad_nonfinite"]):
+        return True
+    return any(bad == 1.0 for bad in record.acts["nonfinite"])

@@ -226,14 +226,9 @@ class Report:
             )
             floor = self.overhead.get("every_step_overhead", 0.0)
             if floor > self.overhead["budget"]:
-                stopped = (
-                    ""
-                    if self.overhead.get("nan_origin_every_step", 1.0)
-                    else " the NaN-origin output sums were stopped;"
-                )
                 lines.append(
                     f"  the every-step gradient checks alone take {floor:.1%}, above the "
-                    f"budget;{stopped} record one step in k (watch(..., every=k)) to go lower"
+                    "budget; record one step in k (watch(..., every=k)) to go lower"
                 )
         for note in self.notes:
             lines.append(f"  note: {note}")

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradscope import stats
+from gradscope import replay, stats
 from gradscope.budget import Budget
 from gradscope.errors import GradscopeWarning
-from gradscope.history import History, StepRecord
+from gradscope.history import History, StepRecord, went_nonfinite
 from gradscope.modelinfo import ModelInfo, describe, hooked_modules
 from gradscope.plugins import PluginRunner
 from gradscope.report import Finding, Report, Suggestion, sort_findings
@@ -48,11 +48,10 @@ class Scope:
         history_size: most records kept in memory.
         budget: keep gradscope's own time under this fraction of a step (0.03 = 3%):
             gradient norms every recorded step, activation statistics as often as fits.
-        nan_origin: sum the output of every module that can start a NaN/Inf (not ReLU,
-            sigmoid, dropout, pooling...: they only pass one along) on every recorded step,
-            so the first module whose output turns non-finite is named (one reduction per
-            module; off, the hooks do nothing between detail steps and a NaN is only
-            traced to a parameter).
+        nan_origin: when the gradients or the loss first turn NaN/Inf, run the step's
+            forward again (same weights and inputs, before the optimizer applies them) to
+            name the first module whose output is non-finite.  Healthy steps pay only for
+            keeping references to the step's inputs.
         name: the model's name in reports (default: its class name).
     """
 
@@ -101,8 +100,9 @@ class Scope:
             capacity=history_size,
         )
         self._kinds = [stats.activation_kind(m) for _, m in self._modules]
-        # NaN-origin sums skip modules that cannot start a NaN/Inf (their input shows it).
-        self._origin_sum = [stats.can_start_nonfinite(m) for _, m in self._modules]
+        self._recorder = replay.CallRecorder(model, _compiler_disable)
+        self._replay_sums: dict[int, list[Tensor]] | None = None
+        self._nonfinite_seen = False
         self._runner = PluginRunner()
         self._handles: list[Any] = []
         self._step = 0
@@ -124,6 +124,7 @@ class Scope:
         self._warned_unseen = False
         self._detail_now = True
         self._hooks_live = True
+        self._origin_note: str | None = None
         self._plan_step()
         self.model_info: ModelInfo = self._describe()
 
@@ -150,6 +151,8 @@ class Scope:
         try:
             for j, (_, module) in enumerate(self._modules):
                 self._handles.append(module.register_forward_hook(self._forward_hook(j)))
+            if self.nan_origin:
+                self._recorder.attach()
             if self.optimizer is not None:
                 self._handles.append(self.optimizer.register_step_pre_hook(self._on_pre_step))
                 self._handles.append(self.optimizer.register_step_post_hook(self._on_post_step))
@@ -161,6 +164,7 @@ class Scope:
         """Remove every hook gradscope registered; safe to call twice."""
         while self._handles:
             self._handles.pop().remove()
+        self._recorder.detach()
 
     # -- recording ---------------------------------------------------------------
     @property
@@ -176,9 +180,9 @@ class Scope:
         else:
             # The first records are all detailed: initialisation problems show at the start.
             detail = recorded < WARMUP_RECORDS or recorded % self.detail_every == 0
-        origin = self.nan_origin and (self.budget is None or self.budget.origin_sums)
         self._detail_now = detail
-        self._hooks_live = self.recording and (detail or origin)
+        self._hooks_live = self.recording and detail
+        self._recorder.active = self.recording
 
     @property
     def step_index(self) -> int:
@@ -210,6 +214,9 @@ class Scope:
 
     def _forward_hook(self, j: int):
         def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+            if self._replay_sums is not None:
+                self._replayed_output(j, output)
+                return
             if not torch.is_grad_enabled():
                 return  # validation under no_grad is not part of the training step
             # Also on steps that measure nothing: log_loss() needs to know a step began.
@@ -217,9 +224,9 @@ class Scope:
             if not self._hooks_live:
                 return
             self._hooks_fired += 1
-            if not self._detail_now and not self._origin_sum[j]:
-                return
             t0 = time.perf_counter()
+            if self.nan_origin and self._recorder.outside_calls:
+                self._recorder.watch_child(self._modules[j][0])  # a GAN-style direct call
             if type(output) is Tensor and output.is_floating_point():
                 x: Tensor | None = output
             else:
@@ -238,6 +245,11 @@ class Scope:
         # traced, its changing Python state would force a recompile at every step.
         return _compiler_disable(hook)
 
+    def _replayed_output(self, j: int, output: Any) -> None:
+        x = stats.first_float_tensor(output)
+        if x is not None and x.numel():
+            self._replay_sums.setdefault(j, []).append(x.float().sum())
+
     def _first_call(self, j: int, x: Tensor) -> None:
         """Note the call order and output shape of a module the first time it runs."""
         self._rank[j] = self._next_rank
@@ -250,11 +262,15 @@ class Scope:
             return
         t0 = time.perf_counter()
         self._collect_grads()
-        if self._detail_now:
-            # Update sizes ride with the costlier statistics (every step in diagnose()).
-            with torch.no_grad():
-                sample = None if self.full else stats.UPDATE_SAMPLE
-                self._before = stats.snapshot(self._params, sample)
+        if not self._detail_now:
+            # Recorded now, before the optimizer applies the gradients: if they are NaN,
+            # the forward can still be replayed on the weights that made them.
+            self._finish_step(measure_update=False, started=t0)
+            return
+        # Update sizes ride with the costlier statistics (every step in diagnose()).
+        with torch.no_grad():
+            sample = None if self.full else stats.UPDATE_SAMPLE
+            self._before = stats.snapshot(self._params, sample)
         self._overhead += time.perf_counter() - t0
 
     def _on_post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
@@ -281,6 +297,11 @@ class Scope:
     def _finish_step(self, measure_update: bool, started: float) -> None:
         with torch.no_grad():
             record = self._gather(measure_update)
+        self._grad_tensors = None  # this step is recorded
+        if not self._nonfinite_seen and went_nonfinite(record):
+            self._nonfinite_seen = True
+            if self.nan_origin and not self._detail_now:
+                self._locate_origin(record)
         now = time.perf_counter()
         self._overhead += now - started
         record.overhead_s = self._overhead
@@ -296,7 +317,29 @@ class Scope:
             self._order_changed = False
         self._runner.call("gradscope_on_step", record=record, scope=self)
 
+    def _locate_origin(self, record: StepRecord) -> None:
+        """Replay the step's top-level calls and mark which module outputs were non-finite."""
+        calls = self._recorder.calls
+        if not calls:
+            self._origin_note = "the step's forward could not be replayed: no call was seen"
+            return
+        self._replay_sums = {}
+        try:
+            failure = replay.replay(self.model, calls)
+            sums = self._replay_sums
+        finally:
+            self._replay_sums = None
+        if failure is not None:
+            self._origin_note = f"the step's forward could not be replayed ({failure})"
+            return
+        totals = [
+            parts[0] if len(parts) == 1 else torch.stack(parts).sum() for parts in sums.values()
+        ]
+        for j, total in zip(sums, stats.to_host(totals), strict=True):
+            record.acts["nonfinite"][j] = 0.0 if math.isfinite(total) else 1.0
+
     def _end_step(self) -> None:
+        self._recorder.calls.clear()
         self._step += 1
         self._plan_step()
         self._forward_since_step = False
@@ -470,7 +513,9 @@ class Scope:
             coverage=self.coverage(),
             overhead=self.overhead(),
             config=self.config,
-            notes=notes + self.coverage_notes(),
+            notes=notes
+            + self.coverage_notes()
+            + ([self._origin_note] if self._origin_note else []),
         )
 
     def _suggestions_for(self, finding: Finding) -> list[Suggestion]:
@@ -499,9 +544,10 @@ class Scope:
         return summary
 
     def coverage(self) -> dict[str, Any]:
-        """Hooks fired per recorded step, and modules that ran but were never seen."""
+        """Hooks fired per detail step, and modules that ran but were never seen."""
         records = self.history.records
-        fired = [r.hooks_fired for r in records]
+        # Forward hooks work on the detail steps only (the others have no L1 norms).
+        fired = [r.hooks_fired for r in records if any(v == v for v in r.grads["grad_l1"])]
         return {
             "hooks_registered": len(self._modules),
             "hooks_fired_per_step": (sum(fired) / len(fired)) if fired else 0.0,

@@ -43,36 +43,6 @@ ACT_COLUMNS = (
 #: Activation modules whose exact zeros mean "this unit is off".
 RELU_FAMILY = (torch.nn.ReLU, torch.nn.ReLU6)
 
-#: Modules that cannot turn a finite input into NaN/Inf: they only pass one along from
-#: their input, so the module before them is where a non-finite value starts.
-PASS_THROUGH = (
-    torch.nn.ReLU,
-    torch.nn.ReLU6,
-    torch.nn.LeakyReLU,
-    torch.nn.ELU,
-    torch.nn.SELU,
-    torch.nn.CELU,
-    torch.nn.GELU,
-    torch.nn.SiLU,
-    torch.nn.Mish,
-    torch.nn.Sigmoid,
-    torch.nn.Tanh,
-    torch.nn.Hardtanh,
-    torch.nn.Hardsigmoid,
-    torch.nn.Hardswish,
-    torch.nn.Softsign,
-    torch.nn.Dropout,
-    torch.nn.Dropout1d,
-    torch.nn.Dropout2d,
-    torch.nn.Dropout3d,
-    torch.nn.Identity,
-    torch.nn.Flatten,
-    torch.nn.Unflatten,
-    torch.nn.MaxPool1d,
-    torch.nn.MaxPool2d,
-    torch.nn.MaxPool3d,
-)
-
 NAN = float("nan")
 
 
@@ -85,11 +55,6 @@ def activation_kind(module: torch.nn.Module) -> str:
     if isinstance(module, (torch.nn.Tanh, torch.nn.Hardtanh)):
         return "tanh"
     return "plain"
-
-
-def can_start_nonfinite(module: torch.nn.Module) -> bool:
-    """False for modules that only pass a NaN/Inf along (see :data:`PASS_THROUGH`)."""
-    return not isinstance(module, PASS_THROUGH)
 
 
 def first_float_tensor(output: object) -> Tensor | None:

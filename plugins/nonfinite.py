@@ -55,6 +55,15 @@ def gradscope_detect(
             f"{culprit} (log or sqrt of a value <= 0, division by zero, exp overflow) or by "
             "weights that were already non-finite"
         )
+    elif history.nonfinite_outputs_checked is False:
+        culprit, where = None, "unknown"
+        first = f" (first in {bad_grads[0]})" if bad_grads else ""
+        detail = (
+            f"gradients{first} or the loss turned non-finite at step {step}, and the module "
+            "outputs were not checked on that step (watch(..., nan_origin=False), or the "
+            "step's forward could not be replayed), so where it began is unknown; run with "
+            "nan_origin=True (the default) or `gradscope check` to name the module"
+        )
     elif loss_step == step:
         culprit, where = None, "loss"
         detail = (

@@ -83,10 +83,17 @@ def test_the_first_suggestion_truly_helps_in_90_percent(results):
 
 def test_the_cheap_default_cadence_still_catches_every_kind():
     """watch()'s default (costlier statistics on 1 step in 10) is not bought with blindness."""
-    missed, alarms = [], []
+    missed, alarms, culprits = [], [], {}
     for sc in suite():
-        found = watched(sc, detail_every=10).report.kinds_at_least("warning")
+        report = watched(sc, detail_every=10).report
+        found = report.kinds_at_least("warning")
         missed += [(sc.name, kind) for kind in sc.expect - found]
         if sc.healthy and found - sc.allow:
             alarms.append((sc.name, sorted(found)))
+        for f in report.findings:
+            if f.kind == "nonfinite_gradient" and f.kind in sc.expect:
+                culprits[sc.name] = (f.layer, sc.layer, f.step)
     assert missed == [] and alarms == []
+    # The NaN origin too, found by replaying the step when it falls between detail steps.
+    assert len(culprits) >= 3
+    assert all(got == want for got, want, _ in culprits.values()), culprits

@@ -1,0 +1,111 @@
+"""NaN origin at no cost on healthy steps: keep the step's top-level calls, replay on a bad one.
+
+Summing every module's output on every step would name the first module whose output
+turns NaN/Inf, but it costs a reduction and a Python call per module per step.  Instead,
+:class:`CallRecorder` keeps *references* to the inputs of the step's top-level module
+calls (the model's own forward, or its direct children when the loop calls them one by
+one, as a GAN loop does).  When a step's gradients or loss come out non-finite, before
+the optimizer applies them, :func:`replay` runs those calls again under ``no_grad`` on
+the same weights and inputs, with the random state and the buffers (BatchNorm running
+statistics) put back afterwards, so training is unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+Call = tuple[torch.nn.Module, tuple, dict]
+
+
+class CallRecorder:
+    """Keeps the inputs of the top-level module calls made with gradients enabled."""
+
+    def __init__(self, model: torch.nn.Module, wrap: Callable[[Any], Any]) -> None:
+        self.model = model
+        self.calls: list[Call] = []
+        self.active = True
+        self._wrap = wrap
+        self._depth = 0
+        self._watched: set[int] = set()
+        self._handles: list[Any] = []
+
+    def attach(self) -> None:
+        """Watch the model's own forward (its children are added by :meth:`watch_child`)."""
+        self._watched.clear()
+        self._watch(self.model)
+
+    def detach(self) -> None:
+        """Remove the hooks and forget the calls."""
+        while self._handles:
+            self._handles.pop().remove()
+        self.calls.clear()
+        self._depth = 0
+
+    def watch_child(self, qualified_name: str) -> None:
+        """Also watch the direct child of the model that contains ``qualified_name``,
+        because a module inside it ran while no watched call was in progress."""
+        top = qualified_name.split(".")[0]
+        child = dict(self.model.named_children()).get(top)
+        if child is not None and id(child) not in self._watched:
+            self._watch(child)
+
+    @property
+    def outside_calls(self) -> bool:
+        """True while no watched call is running: a module running now was called directly."""
+        return self._depth == 0
+
+    def _watch(self, module: torch.nn.Module) -> None:
+        self._watched.add(id(module))
+        if isinstance(module, torch.jit.ScriptModule):
+            return  # TorchScript refuses hooks; its NaN origin stays unknown
+        self._handles.append(
+            module.register_forward_pre_hook(self._wrap(self._before), with_kwargs=True)
+        )
+        self._handles.append(
+            module.register_forward_hook(self._wrap(self._after), always_call=True)
+        )
+
+    def _before(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._depth == 0 and self.active and torch.is_grad_enabled():
+            self.calls.append((module, args, kwargs))
+        self._depth += 1
+
+    def _after(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
+        self._depth = max(self._depth - 1, 0)
+
+
+@contextmanager
+def _untouched(model: torch.nn.Module) -> Iterator[None]:
+    """Put the random state and every buffer back as they were."""
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if device.type == "cpu":
+        fork = torch.random.fork_rng(devices=[])
+    else:
+        fork = torch.random.fork_rng(devices=[device.index or 0], device_type=device.type)
+    try:
+        with fork:
+            yield
+    finally:
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
+
+
+def replay(model: torch.nn.Module, calls: list[Call]) -> str | None:
+    """Run ``calls`` again under ``no_grad``, leaving the model and random state unchanged.
+
+    Returns None, or a one-line reason when the replay could not run.  The scope's
+    forward hooks see the outputs as they would during training.
+    """
+    try:
+        with _untouched(model), torch.no_grad():
+            for module, args, kwargs in calls:
+                module(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - a failed replay must never stop training
+        return f"{type(exc).__name__}: {exc}"
+    return None
