@@ -101,6 +101,10 @@ class Scope:
         )
         self._kinds = [stats.activation_kind(m) for _, m in self._modules]
         self._recorder = replay.CallRecorder(model, _compiler_disable)
+        idle = {c: [math.nan] * len(self._modules) for c in stats.ACT_COLUMNS}
+        for column in ("calls", "numel", "sampled", "zero_sampled", "units"):
+            idle[column] = [0.0] * len(self._modules)
+        self._idle_acts = idle
         self._replay_sums: dict[int, list[Tensor]] | None = None
         self._nonfinite_seen = False
         self._runner = PluginRunner()
@@ -335,6 +339,7 @@ class Scope:
         totals = [
             parts[0] if len(parts) == 1 else torch.stack(parts).sum() for parts in sums.values()
         ]
+        record.acts = {column: list(values) for column, values in record.acts.items()}  # unshare
         for j, total in zip(sums, stats.to_host(totals), strict=True):
             record.acts["nonfinite"][j] = 0.0 if math.isfinite(total) else 1.0
 
@@ -363,7 +368,9 @@ class Scope:
         nan = math.nan
         n_params, n_modules = len(self._params), len(self._modules)
         grads = {c: [nan] * n_params for c in stats.GRAD_COLUMNS}
-        acts = {c: [nan] * n_modules for c in stats.ACT_COLUMNS}
+        fired = self._fired
+        # Steps whose forward hooks did no work share one read-only table of "not measured".
+        acts = {c: [nan] * n_modules for c in stats.ACT_COLUMNS} if fired else self._idle_acts
         grad_min, act_norm, scalars = [nan] * n_params, [nan] * n_modules, [nan, nan]
         blocks: list[tuple[list[float], Any, list[Tensor]]] = []
 
@@ -384,7 +391,6 @@ class Scope:
             sample = None if self.full else stats.UPDATE_SAMPLE
             norms, update_scale = stats.update_norms(self._params, self._before, sample)
             put(grads["update_norm"], range(n_params), norms)
-        fired = self._fired
         accs = [self._acc[j] for j in fired]
         for part, column in (("sums", "sum"), ("zeros", "zeros"), ("saturated", "saturated")):
             chosen = [(j, acc) for j, acc in zip(fired, accs, strict=True) if getattr(acc, part)]
@@ -393,7 +399,8 @@ class Scope:
         put(act_norm, [j for j, _ in chosen], [acc.total_norm() for _, acc in chosen])
         self._put_unit_counts(fired, accs, acts, put)
         if self._loss is not None:
-            put(scalars, (0,), [self._loss.float()])
+            loss = self._loss
+            put(scalars, (0,), [loss if loss.dtype is torch.float32 else loss.float()])
         scale = _scaler_scale(self.scaler)
         if isinstance(scale, Tensor):
             put(scalars, (1,), [scale])
@@ -429,7 +436,8 @@ class Scope:
             for i, count in zip(bad, counts, strict=True):
                 nonfinite[i] = count
         for column in ("calls", "numel", "sampled", "zero_sampled", "units"):
-            acts[column] = [0.0] * n_modules
+            if fired:
+                acts[column] = [0.0] * n_modules
         for j, acc in zip(fired, accs, strict=True):
             acts["calls"][j] = float(acc.calls)
             acts["numel"][j] = float(acc.numel)
