@@ -193,7 +193,7 @@ BREAKDOWN = {
     "+ gradient norms, loss, bookkeeping (nan_origin=False, no detail steps)": _watch(
         nan_origin=False, detail_every=10**9
     ),
-    "+ NaN-origin sums (no detail steps)": _watch(detail_every=10**9),
+    "+ NaN-origin capture (nan_origin=True, no detail steps)": _watch(detail_every=10**9),
 }
 #: A plain loop measured like a strategy: how far from 1.00x noise alone moves a row.
 NOISE = "plain loop again (A/A: the noise floor)"
@@ -414,7 +414,7 @@ def _breakdown(results: dict) -> dict[str, list[float]]:
     """Each part's added cost: the difference between consecutive breakdown rows (medians);
     the detail statistics run on one step in ten, which a median skips, so that part is
     the difference of the mean ratios."""
-    hooks, norms, sums = BREAKDOWN
+    hooks, norms, sums = BREAKDOWN  # each row adds one part to the one before
     parts: dict[str, list[float]] = {}
     for model in results["models"].values():
         rows = model["strategies"]
@@ -424,7 +424,10 @@ def _breakdown(results: dict) -> dict[str, list[float]]:
                 "gradient L2 norms, loss, host sync and record (every step)",
                 rows[norms]["ratio"] - rows[hooks]["ratio"],
             ),
-            ("NaN-origin output sums (every step)", rows[sums]["ratio"] - rows[norms]["ratio"]),
+            (
+                "NaN-origin capture: references to the step's inputs (every step)",
+                rows[sums]["ratio"] - rows[norms]["ratio"],
+            ),
             (
                 "detail statistics (1 step in 10; from mean ratios)",
                 rows[DEFAULT]["mean_ratio"] - rows[sums]["mean_ratio"],
