@@ -1,9 +1,10 @@
 """nonfinite_gradient: NaN/Inf in an output, the loss or a gradient, traced to where it began.
 
-No ``torch.autograd.detect_anomaly`` is needed: the forward sums gradscope keeps
-turn non-finite exactly when an output does, so the first module (in forward
-order) with a non-finite output at the first bad step is where the forward pass
-broke.  When every output and the loss are finite but gradients are not, the
+No ``torch.autograd.detect_anomaly`` is needed: the output sums gradscope takes
+(on detail steps, or by replaying the first bad step's forward; see
+``gradscope.replay``) turn non-finite exactly when an output does, so the first
+module (in forward order) with a non-finite output at the first bad step is
+where the forward pass broke.  When every output and the loss are finite but gradients are not, the
 backward pass broke; backward runs from the loss toward the input, so the layer
 nearest the output with a non-finite gradient is where it started.
 """
