@@ -328,7 +328,16 @@ def main() -> None:
         "--memory-steps",
         type=int,
         default=None,
-        help="steps for the memory check (default 100000, 5000 with --quick)",
+        help="steps for the memory check (default 100000, 5000 with --quick, 0 to skip; "
+        "skipped when --models or --strategies picks a part)",
+    )
+    parser.add_argument(
+        "--models", default="", help="comma list of name parts to run only some models, e.g. MLP"
+    )
+    parser.add_argument(
+        "--strategies",
+        default="",
+        help="comma list of name parts to run only some strategies, e.g. default,budget",
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -345,6 +354,10 @@ def main() -> None:
         strategy = factory()
         if strategy is not None:
             strategies[label] = strategy
+    if args.strategies:
+        parts = args.strategies.split(",")
+        strategies = {k: v for k, v in strategies.items() if any(p in k for p in parts)}
+    names = [n for n in MODELS if not args.models or any(p in n for p in args.models.split(","))]
     results = {
         "torch": torch.__version__,
         "machine": platform.machine(),
@@ -353,13 +366,16 @@ def main() -> None:
         "block": block,
         "models": {},
     }
-    for name in MODELS:
+    for name in names:
         results["models"][name] = measure(name, rounds, block, strategies)
         row = results["models"][name]
         cells = "  ".join(f"{k}={v['ratio']:.2f}x" for k, v in row["strategies"].items())
         print(f"{name:24s} plain {row['plain_ms']:7.2f} ms  {cells}", flush=True)
-    memory_steps = args.memory_steps or (5_000 if args.quick else 100_000)
-    results["memory"] = memory_after(memory_steps)
+    memory_steps = args.memory_steps
+    if memory_steps is None:
+        memory_steps = 0 if args.models or args.strategies else 5_000 if args.quick else 100_000
+    if memory_steps:
+        results["memory"] = memory_after(memory_steps)
     print(_table(results))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -401,12 +417,13 @@ def _table(results: dict) -> str:
                     f"{r['budget_measured_overhead']:.1%}, activation statistics every "
                     f"{int(r['budget_activation_interval'])} step(s)"
                 )
-    mem = results["memory"]
-    lines.append("")
-    lines.append(
-        f"memory: {mem['python_mb']:.1f} MB of gradscope's own Python memory after "
-        f"{mem['recorded_steps']:,} recorded steps ({mem['records_kept']} records kept)"
-    )
+    mem = results.get("memory")
+    if mem:
+        lines.append("")
+        lines.append(
+            f"memory: {mem['python_mb']:.1f} MB of gradscope's own Python memory after "
+            f"{mem['recorded_steps']:,} recorded steps ({mem['records_kept']} records kept)"
+        )
     return "\n".join(lines)
 
 
@@ -418,6 +435,8 @@ def _breakdown(results: dict) -> dict[str, list[float]]:
     parts: dict[str, list[float]] = {}
     for model in results["models"].values():
         rows = model["strategies"]
+        if not all(label in rows for label in (DEFAULT, hooks, norms, sums)):
+            return {}  # a partial run (--strategies)
         for part, value in (
             ("hook dispatch (hooks attached, returning at once)", rows[hooks]["ratio"] - 1),
             (

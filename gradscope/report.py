@@ -225,10 +225,11 @@ class Report:
                 f"{int(self.overhead['activation_interval'])} step(s)"
             )
             floor = self.overhead.get("every_step_overhead", 0.0)
-            if floor > self.overhead["budget"]:
+            every = int(self.overhead.get("record_every", 1))
+            if every > 1:
                 lines.append(
-                    f"  the every-step gradient checks alone take {floor:.1%}, above the "
-                    "budget; record one step in k (watch(..., every=k)) to go lower"
+                    f"  the gradient checks alone take {floor:.1%} of a step, above the "
+                    f"budget, so 1 step in {every} is recorded"
                 )
         for note in self.notes:
             lines.append(f"  note: {note}")

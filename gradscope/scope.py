@@ -129,6 +129,7 @@ class Scope:
         self._detail_now = True
         self._hooks_live = True
         self._origin_note: str | None = None
+        self._last_recorded_step = -1
         self._plan_step()
         self.model_info: ModelInfo = self._describe()
 
@@ -174,7 +175,8 @@ class Scope:
     @property
     def recording(self) -> bool:
         """Whether the step in progress is one that gets recorded."""
-        return self._step % self.every == 0
+        every = self.every * (self.budget.record_every if self.budget is not None else 1)
+        return self._step % every == 0
 
     def _plan_step(self) -> None:
         """Decide, once per step, what the coming step measures (the hooks read two flags)."""
@@ -311,7 +313,9 @@ class Scope:
         record.overhead_s = self._overhead
         self._overhead_total += self._overhead
         if self.budget is not None:
-            self.budget.observe(self._overhead, self._detail_now, now)
+            since = self._step - self._last_recorded_step if self._last_recorded_step >= 0 else 1
+            self.budget.observe(self._overhead, self._detail_now, now, since)
+        self._last_recorded_step = self._step
         self.history.append(record)
         if not self._warned_unseen:
             self._warn_unseen_once()
