@@ -279,6 +279,7 @@ def measure(name: str, rounds: int, block: int, strategies: dict[str, Callable])
             if "budget" in summary:
                 row["budget_measured_overhead"] = summary["measured_overhead"]
                 row["budget_activation_interval"] = summary["activation_interval"]
+                row["budget_record_every"] = summary["record_every"]
         rows[label] = row
     return {
         "plain_ms": 1e3 * statistics.median(plain_samples),
@@ -403,19 +404,22 @@ def _table(results: dict) -> str:
                 f"mean {r['mean_ratio']:.2f}x"
             )
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "cost of each part of the default, % of a plain step:", ""]
-    lines.append("| part | " + " | ".join(names) + " |")
-    lines.append("| --- | " + " | ".join("---" for _ in names) + " |")
-    for part, cells in _breakdown(results).items():
-        lines.append(f"| {part} | " + " | ".join(f"{c:+.1%}" for c in cells) + " |")
+    breakdown = _breakdown(results)
+    if breakdown:
+        lines += ["", "cost of each part of the default, % of a plain step:", ""]
+        lines.append("| part | " + " | ".join(names) + " |")
+        lines.append("| --- | " + " | ".join("---" for _ in names) + " |")
+        for part, cells in breakdown.items():
+            lines.append(f"| {part} | " + " | ".join(f"{c:+.1%}" for c in cells) + " |")
     lines.append("")
     for n in names:
         for label, r in models[n]["strategies"].items():
             if "budget_measured_overhead" in r:
                 lines.append(
                     f"{n}: {label} measured its own overhead at "
-                    f"{r['budget_measured_overhead']:.1%}, activation statistics every "
-                    f"{int(r['budget_activation_interval'])} step(s)"
+                    f"{r['budget_measured_overhead']:.1%}: activation statistics every "
+                    f"{int(r['budget_activation_interval'])} recorded step(s), one step in "
+                    f"{int(r['budget_record_every'])} recorded"
                 )
     mem = results.get("memory")
     if mem:
