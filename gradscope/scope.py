@@ -47,7 +47,8 @@ class Scope:
         unit_window: a ReLU unit counts as dead after this many silent recorded steps.
         history_size: most records kept in memory.
         budget: keep gradscope's own time under this fraction of a step (0.03 = 3%):
-            gradient norms every recorded step, activation statistics as often as fits.
+            gradient norms every recorded step, activation statistics as often as fits;
+            if the gradient checks alone cost more, one step in 2..16 is recorded.
         nan_origin: when the gradients or the loss first turn NaN/Inf, run the step's
             forward again (same weights and inputs, before the optimizer applies them) to
             name the first module whose output is non-finite.  Healthy steps pay only for
