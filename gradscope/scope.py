@@ -374,8 +374,9 @@ class Scope:
         n_params, n_modules = len(self._params), len(self._modules)
         grads = {c: [nan] * n_params for c in stats.GRAD_COLUMNS}
         fired = self._fired
-        # Steps whose forward hooks did no work share one read-only table of "not measured".
-        acts = {c: [nan] * n_modules for c in stats.ACT_COLUMNS} if fired else self._idle_acts
+        # Steps whose forward hooks did no work share read-only "not measured" columns.
+        idle = dict(self._idle_acts)  # its lists are shared and never written
+        acts = {c: [nan] * n_modules for c in stats.ACT_COLUMNS} if fired else idle
         grad_min, act_norm, scalars = [nan] * n_params, [nan] * n_modules, [nan, nan]
         blocks: list[tuple[list[float], Any, list[Tensor]]] = []
 
