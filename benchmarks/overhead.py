@@ -323,13 +323,15 @@ def memory_after(steps: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="about a minute: fewer rounds")
+    parser.add_argument(
+        "--quick", action="store_true", help="about 1.5 minutes: 2 short rounds, no breakdown rows"
+    )
     parser.add_argument("--out", default="benchmarks/results/overhead.json")
     parser.add_argument(
         "--memory-steps",
         type=int,
         default=None,
-        help="steps for the memory check (default 100000, 5000 with --quick, 0 to skip; "
+        help="steps for the memory check (default 100000, 2000 with --quick, 0 to skip; "
         "skipped when --models or --strategies picks a part)",
     )
     parser.add_argument(
@@ -346,8 +348,10 @@ def main() -> None:
     # nn.TransformerEncoder calls attention's out_proj without its forward hook.
     warnings.filterwarnings("ignore", message="Anomaly Detection has been enabled")
     warnings.filterwarnings("ignore", category=gradscope.GradscopeWarning)
-    rounds, block = (3, 8) if args.quick else (8, 15)
+    rounds, block = (2, 5) if args.quick else (8, 15)
     strategies = dict(STRATEGIES)
+    if args.quick:  # the headline rows only: no breakdown
+        strategies = {k: v for k, v in strategies.items() if k not in BREAKDOWN}
     for label, factory in (
         ("TensorBoard histograms (every gradient, every step)", _tensorboard),
         ('wandb.watch(log="all", log_freq=1), offline', _wandb),
@@ -374,7 +378,7 @@ def main() -> None:
         print(f"{name:24s} plain {row['plain_ms']:7.2f} ms  {cells}", flush=True)
     memory_steps = args.memory_steps
     if memory_steps is None:
-        memory_steps = 0 if args.models or args.strategies else 5_000 if args.quick else 100_000
+        memory_steps = 0 if args.models or args.strategies else 2_000 if args.quick else 100_000
     if memory_steps:
         results["memory"] = memory_after(memory_steps)
     print(_table(results))
