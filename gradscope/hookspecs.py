@@ -67,9 +67,11 @@ def gradscope_suggest(finding: Finding, model_info: ModelInfo) -> list[Suggestio
 def gradscope_on_step(record: StepRecord, scope: Scope) -> None:
     """React live to a recorded step (warn, log, or raise to stop training).
 
-    Called right after each recorded step is brought to the host.  Raising
-    :class:`gradscope.StopTraining` stops the run on purpose; any other exception
-    disables the plugin.
+    Called right after each recorded step is brought to the host: from the
+    optimizer's step pre-hook on most steps, so raising on a NaN stops the run
+    before ``optimizer.step()`` applies it, and after the step on detail steps
+    (their update sizes need it).  Raising :class:`gradscope.StopTraining` stops
+    the run on purpose; any other exception disables the plugin.
 
     :param record: the step's statistics (host floats).
     :param scope: the running scope (``scope.history``, ``scope.model_info``).
