@@ -572,3 +572,23 @@ def test_without_nan_origin_the_report_says_the_origin_is_unknown_and_how_to_fin
     finding = next(f for f in scope.report().findings if f.kind == "nonfinite_gradient")
     assert (finding.layer, finding.step, finding.evidence["where"]) == (None, 7, "unknown")
     assert "run with nan_origin=True (the default) or `gradscope check`" in finding.message
+
+
+def test_a_live_plugin_can_stop_the_run_before_a_nan_reaches_the_weights():
+    from gradscope import hookimpl, plugins
+
+    class StopOnNan:
+        @hookimpl
+        def gradscope_on_step(self, record, scope):
+            if any(count > 0 for count in record.grads["grad_nonfinite"]):
+                raise gradscope.StopTraining(f"NaN gradient at step {record.step}")
+
+    model = _nan_net(at=7)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with (
+        plugins.registered(StopOnNan()),
+        pytest.raises(gradscope.StopTraining, match="NaN gradient at step 7"),
+        gradscope.watch(model, optimizer=opt) as scope,
+    ):
+        train(model, opt, steps=9, scope=scope)
+    assert all(bool(p.isfinite().all()) for p in model.parameters())
