@@ -397,6 +397,31 @@ class SafeMagnitude(nn.Module):
         return torch.cat([x, (x.pow(2).sum(-1, keepdim=True) + 1e-8).sqrt()], dim=-1)
 
 
+class NaiveSoftmax(nn.Module):
+    """softmax written out: exp overflows to inf once a logit passes ~88, and inf/inf is NaN."""
+
+    def forward(self, x):
+        e = torch.exp(x)
+        return e / e.sum(dim=-1, keepdim=True)
+
+
+class Softmax(nn.Module):
+    def forward(self, x):
+        return torch.softmax(x, dim=-1)
+
+
+def softmax_head_net(safe: bool = False) -> nn.Sequential:
+    """Probabilities from a hand-written softmax; Adam at lr 0.3 grows the logits until
+    exp overflows at step 8: between detail steps, so only the replay can name it."""
+    return nn.Sequential(
+        nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 4), Softmax() if safe else NaiveSoftmax()
+    )
+
+
+def nll_of_probabilities(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return nn.functional.nll_loss(torch.log(p.clamp_min(1e-12)), y)
+
+
 def magnitude_net(safe: bool = False) -> nn.Sequential:
     return nn.Sequential(
         nn.Linear(32, 16, bias=False), SafeMagnitude() if safe else Magnitude(), nn.Linear(17, 4)
@@ -645,6 +670,18 @@ def _build_suite() -> list[Scenario]:
             expect={"nonfinite_gradient"},
             allow={"dead_relu"},
             layer="2",
+            truth=nonfinite_seen,
+        ),
+        Scenario(
+            "softmax_overflow_late",
+            "mlp",
+            softmax_head_net,
+            features,
+            loss_fn=nll_of_probabilities,
+            optimizer=lambda p: torch.optim.Adam(p, lr=0.3),
+            expect={"nonfinite_gradient"},
+            allow={"exploding_gradient"},
+            layer="3",
             truth=nonfinite_seen,
         ),
         Scenario(
@@ -965,6 +1002,9 @@ FIXES: dict[str, dict[str, Callable[[Scenario], Scenario]]] = {
     },
     "divide_by_zero": {
         "fix_loss_numerics": lambda sc: _with(sc, build=lambda: divide_by_zero(True))
+    },
+    "softmax_overflow_late": {
+        "fix_loss_numerics": lambda sc: _with(sc, build=lambda: softmax_head_net(True))
     },
     "sqrt_at_zero_backward": {
         "fix_loss_numerics": lambda sc: _with(sc, build=lambda: magnitude_net(True))
