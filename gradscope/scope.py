@@ -9,6 +9,8 @@ activations and are skipped under ``torch.compile``.
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 import warnings
 from typing import Any
@@ -584,7 +586,7 @@ class Scope:
         self._warned_unseen = True
         notes = self.coverage_notes()
         if notes:
-            warnings.warn(f"gradscope: {notes[0]}.", GradscopeWarning, stacklevel=4)
+            warnings.warn(f"gradscope: {notes[0]}.", GradscopeWarning, stacklevel=_user_frame())
 
     def coverage_notes(self) -> list[str]:
         """Readable warnings about hooks that were silently skipped."""
@@ -597,6 +599,16 @@ class Scope:
             f"({shown}); their activations are not measured (called as a function, e.g. "
             "attention's out_proj, or skipped by torch.compile)"
         ]
+
+
+def _user_frame() -> int:
+    """The ``stacklevel`` that points a warning at the user's line (``opt.step()``), past
+    gradscope's and torch's own frames."""
+    inside = (os.path.dirname(__file__) + os.sep, os.path.dirname(torch.__file__) + os.sep)
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _compiler_disable(fn: Any) -> Any:

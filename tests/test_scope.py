@@ -319,6 +319,7 @@ def test_a_module_that_runs_but_is_never_seen_is_reported():
             layer(torch.randn(2, 5, 8)).pow(2).mean().backward()
             opt.step()
     assert len(warned) == 1  # once, not every step
+    assert warned[0].filename == __file__  # pointing at the user's opt.step() line
     report = scope.report()
     assert "self_attn.out_proj" in report.coverage["unseen_modules"]
     assert any("forward hook never fired" in note for note in report.notes)
