@@ -394,10 +394,9 @@ class Scope:
             put(grads[column], index, measured.get(column) or [])
         put(grad_min, index, measured.get("grad_min") or [])
         put(grads["row_spread"], list(self._row_spread), list(self._row_spread.values()))
-        update_scale = None
         if measure_update and self._before is not None:
             sample = None if self.full else stats.UPDATE_SAMPLE
-            norms, update_scale = stats.update_norms(self._params, self._before, sample)
+            norms = stats.update_norms(self._params, self._before, sample)
             put(grads["update_norm"], range(n_params), norms)
         accs = [self._acc[j] for j in fired]
         for part, column in (("sums", "sum"), ("zeros", "zeros"), ("saturated", "saturated")):
@@ -426,10 +425,6 @@ class Scope:
                 grad_max[i] = max(abs(grad_min[i]), abs(grad_max[i]))
         grads["has_grad"] = has
         grads["numel"] = list(self._numels)
-        if update_scale is not None:
-            grads["update_norm"] = [
-                v * k for v, k in zip(grads["update_norm"], update_scale, strict=True)
-            ]
         if measured_norms or not self._last_param_norm:
             self._last_param_norm = list(grads["param_norm"])
         else:

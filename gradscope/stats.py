@@ -190,8 +190,14 @@ def _sampled_norms(tensors: list[Tensor], order: int) -> list[Tensor]:
     if not tensors:
         return []
     heads = [_head(t, UPDATE_SAMPLE) for t in tensors]
+    return _scaled_to_whole(list(torch._foreach_norm(heads, order)), tensors, heads, order)
+
+
+def _scaled_to_whole(
+    norms: list[Tensor], tensors: list[Tensor], heads: list[Tensor], order: int
+) -> list[Tensor]:
+    """Scale each head's L1 or L2 norm up to its whole tensor, on the device, in place."""
     pairs = zip(tensors, heads, strict=True)
-    norms = list(torch._foreach_norm(heads, order))
     torch._foreach_mul_(norms, [(t.numel() / max(h.numel(), 1)) ** (1 / order) for t, h in pairs])
     return norms
 
@@ -224,13 +230,11 @@ def _head(p: Tensor, sample: int | None) -> Tensor:
 
 def update_norms(
     params: list[Tensor], before: list[Tensor], sample: int | None = UPDATE_SAMPLE
-) -> tuple[list[Tensor], list[float]]:
-    """L2 norm of (after - before) on each sampled slice, and the factor that scales each
-    slice's norm up to the whole tensor (applied on the host, after the sync)."""
+) -> list[Tensor]:
+    """L2 norm of (after - before) on each sampled slice, scaled up to the whole tensor."""
     heads = [_head(p, sample) for p in params]
     norms = list(torch._foreach_norm(torch._foreach_sub(heads, before), 2))
-    scale = [(p.numel() / h.numel()) ** 0.5 for h, p in zip(heads, params, strict=True)]
-    return norms, scale
+    return _scaled_to_whole(norms, params, heads, 2)
 
 
 #: The corner of each weight matrix whose rows are compared by :func:`row_spread`.

@@ -450,26 +450,31 @@ def test_light_steps_leave_the_module_outputs_alone():
         assert all(math.isfinite(v) for v in record.grads["grad_l2"])
 
 
-def test_detail_l1_and_parameter_norms_are_exact_when_small_and_close_when_sampled():
+def test_detail_l1_parameter_and_update_norms_are_exact_when_small_and_close_when_sampled():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(200, 100), nn.ReLU(), nn.Linear(100, 3))
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.randn(64, 200), torch.randint(0, 3, (64,))
+    params = dict(model.named_parameters())
     with gradscope.watch(model, optimizer=opt) as scope:
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
-        expected = {n: (p.grad.abs().sum(), p.detach().norm()) for n, p in model.named_parameters()}
+        before = {n: p.detach().clone() for n, p in params.items()}
+        l1 = {n: float(p.grad.abs().sum()) for n, p in params.items()}
         opt.step()
     record = scope.history.records[0]
     for i, name in enumerate(scope.history.param_names):
-        l1, norm = (float(v) for v in expected[name])
-        got_l1, got_norm = record.grads["grad_l1"][i], record.grads["param_norm"][i]
-        if dict(model.named_parameters())[name].numel() <= stats.UPDATE_SAMPLE:
-            assert got_l1 == pytest.approx(l1, rel=1e-5)
-            assert got_norm == pytest.approx(norm, rel=1e-5)
+        expected = (
+            l1[name],
+            float(before[name].norm()),
+            float((params[name].detach() - before[name]).norm()),
+        )
+        got = tuple(record.grads[c][i] for c in ("grad_l1", "param_norm", "update_norm"))
+        if params[name].numel() <= stats.UPDATE_SAMPLE:
+            assert got == pytest.approx(expected, rel=1e-4)
         else:  # 20,000 entries, estimated from the first 4,096
-            assert got_l1 == pytest.approx(l1, rel=0.25)
-            assert got_norm == pytest.approx(norm, rel=0.1)
+            for value, want, rel in zip(got, expected, (0.25, 0.1, 0.25), strict=True):
+                assert value == pytest.approx(want, rel=rel)
 
 
 def test_to_host_keeps_values_across_dtypes_and_shapes():
