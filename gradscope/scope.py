@@ -247,7 +247,7 @@ class Scope:
                 if acc is None:
                     acc = self._acc[j] = stats.ActivationAccumulator(self._kinds[j])
                     self._fired.append(j)
-                acc.add(x.detach(), self.sample_rows, self._detail_now, self.full)
+                acc.add(x.detach(), self.sample_rows, self.full)
             self._overhead += time.perf_counter() - t0
 
         # Under torch.compile the hook runs eagerly (a graph break) instead of being traced:
@@ -257,7 +257,7 @@ class Scope:
     def _replayed_output(self, j: int, output: Any) -> None:
         x = stats.first_float_tensor(output)
         if x is not None and x.numel():
-            self._replay_sums.setdefault(j, []).append(x.float().sum())
+            self._replay_sums.setdefault(j, []).append(stats.output_sum(x))
 
     def _first_call(self, j: int, x: Tensor) -> None:
         """Note the call order and output shape of a module the first time it runs."""

@@ -100,29 +100,21 @@ class ActivationAccumulator:
     saturated: list[Tensor] = field(default_factory=list)
     unit_max: Tensor | None = None
 
-    def add(self, output: Tensor, sample_rows: int, detail: bool, full: bool) -> None:
+    def add(self, output: Tensor, sample_rows: int, full: bool) -> None:
         """Measure one call's output (already detached) with a few reductions.
 
-        The sum covers the whole tensor on every recorded step (a non-finite entry
-        anywhere makes it non-finite, which is how the first NaN module is found).  The
-        shape statistics (size, zeros, silent units, saturation) run on ``detail`` steps
-        only, on the first ``sample_rows`` rows.
+        The sum covers the whole tensor (a non-finite entry anywhere makes it
+        non-finite, which is how the first NaN module is found).  The shape statistics
+        (size, zeros, silent units, saturation) use the first ``sample_rows`` rows
+        unless ``full``.
         """
         x = output
         self.calls += 1
-        numel = x.numel()
-        self.numel += numel
-        if numel == 0:
+        self.numel += x.numel()
+        if x.numel() == 0:
             return
-        if x.dtype is torch.float16 or x.dtype is torch.bfloat16:
-            self.sums.append(torch.sum(x, dtype=torch.float32))
-        else:
-            self.sums.append(torch.sum(x))
-        if detail or full:
-            self._add_shape(x, sample_rows, full)
-
-    def _add_shape(self, x: Tensor, sample_rows: int, full: bool) -> None:
-        acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else None
+        self.sums.append(output_sum(x))
+        acc = _accumulation_dtype(x)
         sample = x if full or x.dim() < 2 or x.shape[0] <= sample_rows else x[:sample_rows]
         self.sampled += sample.numel()
         # A norm reads the tensor once and allocates nothing; its square is the sum of squares.
@@ -151,6 +143,16 @@ class ActivationAccumulator:
         """The step's activation L2 norm over all calls (its square is the sum of squares)."""
         parts = self.sumsqs
         return parts[0] if len(parts) == 1 else torch.stack(parts).norm()
+
+
+def _accumulation_dtype(x: Tensor) -> torch.dtype | None:
+    """float32 for half-precision tensors (their sums overflow at 65,504), else None."""
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else None
+
+
+def output_sum(x: Tensor) -> Tensor:
+    """The sum of a whole output: non-finite exactly when some entry is (or it overflows)."""
+    return torch.sum(x, dtype=_accumulation_dtype(x))
 
 
 def grad_statistics(
