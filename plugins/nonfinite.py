@@ -4,9 +4,10 @@ No ``torch.autograd.detect_anomaly`` is needed: the output sums gradscope takes
 (on detail steps, or by replaying the first bad step's forward; see
 ``gradscope.replay``) turn non-finite exactly when an output does, so the first
 module (in forward order) with a non-finite output at the first bad step is
-where the forward pass broke.  When every output and the loss are finite but gradients are not, the
-backward pass broke; backward runs from the loss toward the input, so the layer
-nearest the output with a non-finite gradient is where it started.
+where the forward pass broke.  When every output and the loss are finite but
+gradients are not, the backward pass broke; backward runs from the loss toward
+the input, so the layer nearest the output with a non-finite gradient is where
+it started.
 """
 
 from __future__ import annotations
