@@ -2,7 +2,7 @@
 
 Run:  python benchmarks/detection.py [--out benchmarks/results/detection.json]
 
-For every scenario of tests/scenarios.py this trains the model three ways in one
+For every scenario of scenarios/handwritten.py this trains the model three ways in one
 process: under gradscope (as diagnose() does: every statistic on every step), under
 gradscope's cheap default (``watch()`` with its default cadence), and under the rule
 sets of AUTOTRAINER and DeepDiagnosis, implemented as their papers state them:
@@ -23,15 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from scenarios import KINDS, Scenario, suite, watched  # noqa: E402
+from gradscope_scenarios.handwritten import KINDS, Scenario, suite, watched
 
 RELU = (nn.ReLU, nn.ReLU6)
 SQUASH = (nn.Sigmoid, nn.Tanh)

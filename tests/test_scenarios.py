@@ -8,7 +8,8 @@ in every case, and a first suggestion that truly helps in >= 90% of faulty scena
 from __future__ import annotations
 
 import pytest
-from scenarios import KINDS, SCEN, fix_helps, plain, suite, watched
+
+from gradscope_scenarios.handwritten import KINDS, SCEN, fix_helps, plain, suite, watched
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,1 @@
+"""Integrations with training frameworks; each module loads only when its framework is installed."""

@@ -1,0 +1,1 @@
+"""Scenarios drawn from a space of configurations, labeled by an independent oracle."""
