@@ -30,6 +30,14 @@ from torch import nn
 import gradscope
 
 
+def tiny() -> tuple[nn.Module, tuple]:
+    """A scikit-learn-digits-sized MLP (64 pixels, 10 classes): a ~1 ms step, where the
+    fixed per-step cost of gradscope shows most."""
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU())
+    model.append(nn.Linear(64, 10))
+    return model, (torch.randn(256, 64), torch.randint(0, 10, (256,)))
+
+
 def mlp() -> tuple[nn.Module, tuple]:
     layers: list[nn.Module] = [nn.Linear(784, 512), nn.ReLU()]
     for _ in range(3):
@@ -86,6 +94,7 @@ def transformer() -> tuple[nn.Module, tuple]:
 
 
 MODELS: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
+    "Tiny MLP 64-128-64-10 b256": tiny,
     "MLP 784-512x4-10 b128": mlp,
     "CNN 28x28 b64": cnn,
     "LSTM 2x128 T50": lstm,

@@ -17,7 +17,7 @@ import torch
 
 from gradscope import Finding, Report
 from gradscope.history import History, StepRecord
-from gradscope.stats import ACT_COLUMNS, GRAD_COLUMNS
+from gradscope.statistics import ACT_COLUMNS, GRAD_COLUMNS
 
 
 def synthetic_report(layers: int, steps: int) -> Report:

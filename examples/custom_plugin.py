@@ -14,7 +14,7 @@ import argparse
 import torch
 
 import gradscope
-from gradscope.signals import fmt, loss_trend
+from gradscope.signals import loss_trend
 
 
 class LossRise:
@@ -31,7 +31,7 @@ class LossRise:
                 layer=None,
                 severity="warning",
                 step=history.steps[-1],
-                message=f"The loss rose from {fmt(trend.first)} to {fmt(trend.last)}.",
+                message=f"The loss rose from {trend.first:.3g} to {trend.last:.3g}.",
                 evidence={"first": trend.first, "last": trend.last},
             )
         ]

@@ -9,12 +9,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from gradscope.version import __version__
 
 _EXPORTS = {
-    "Finding": "gradscope.report",
+    "Finding": "gradscope.findings",
     "Report": "gradscope.report",
-    "Suggestion": "gradscope.report",
+    "Suggestion": "gradscope.findings",
     "GradscopeError": "gradscope.errors",
     "InputError": "gradscope.errors",
     "GradscopeWarning": "gradscope.errors",
@@ -28,7 +28,17 @@ _EXPORTS = {
     "watch": "gradscope.scope",
     "diagnose": "gradscope.diagnosis",
 }
-_SUBMODULES = {"plugins", "testing", "signals", "models", "config", "stats"}
+_SUBMODULES = {
+    "plugins",
+    "testing",
+    "signals",
+    "models",
+    "config",
+    "stats",
+    "judge",
+    "render",
+    "recorder",
+}
 
 __all__ = [
     "Finding",
@@ -52,11 +62,12 @@ __all__ = [
 if TYPE_CHECKING:
     from gradscope.diagnosis import diagnose
     from gradscope.errors import GradscopeError, GradscopeWarning, InputError
+    from gradscope.findings import Finding, Suggestion
     from gradscope.history import History, StepRecord
     from gradscope.hookspecs import hookimpl
     from gradscope.modelinfo import LayerInfo, ModelInfo
     from gradscope.plugins import StopTraining
-    from gradscope.report import Finding, Report, Suggestion
+    from gradscope.report import Report
     from gradscope.scope import Scope, watch
 
 

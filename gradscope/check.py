@@ -18,7 +18,8 @@ from gradscope.checkpoint import (
 )
 from gradscope.diagnosis import diagnose
 from gradscope.errors import InputError
-from gradscope.models import ModelSpec, get_spec
+from gradscope.models import ModelSpec
+from gradscope.reference import get_spec
 from gradscope.report import Report
 
 

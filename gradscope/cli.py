@@ -15,8 +15,12 @@ from typing import Any
 import click
 import torch
 
+from gradscope.config import parse_overrides
 from gradscope.errors import GradscopeError
-from gradscope.report import SEVERITIES, Report
+from gradscope.findings import SEVERITIES
+from gradscope.judge import rejudge
+from gradscope.render import print_console, verdict
+from gradscope.report import Report
 
 LOSS_NAMES = ("cross_entropy", "nll", "mse", "l1", "smooth_l1", "bce", "bce_logits", "hinge")
 OPTIMIZER_NAMES = ("sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw")
@@ -53,54 +57,6 @@ def _friendly_errors(debug: bool) -> Iterator[None]:
         raise _Exit(message) from exc
 
 
-def print_report(report: Report, console: Any, suggestions: int = 1) -> None:
-    """The findings as a table, then each finding's message and top fixes."""
-    from rich.table import Table
-
-    colours = {"error": "bold red", "warning": "yellow", "info": "cyan"}
-    verdict = "healthy" if not report.findings else report._verdict()
-    types = (
-        dict(zip(report.history.module_names, report.history.module_types, strict=True))
-        if report.history is not None
-        else {}
-    )
-    console.print(f"[bold]gradscope[/bold] report for [bold]{report.model_name}[/bold]: {verdict}")
-    for note in report.notes:
-        console.print(f"  note: {note}")
-    if report.overhead.get("seconds_per_step"):
-        console.print(
-            f"  {int(report.overhead.get('recorded_steps', 0))} recorded steps, "
-            f"gradscope's own time {report.overhead['seconds_per_step'] * 1e3:.2f} ms per step"
-        )
-    if report.findings:
-        table = Table(show_lines=False)
-        for column in ("severity", "finding", "layer", "step", "top fix"):
-            table.add_column(column)
-        for f in report.findings:
-            table.add_row(
-                f"[{colours[f.severity]}]{f.severity}[/]",
-                f.kind,
-                f"{f.layer} ({types[f.layer]})" if f.layer in types else (f.layer or "-"),
-                str(f.step) if f.step is not None else "-",
-                f.suggestions[0].kind if f.suggestions else "-",
-            )
-        console.print(table)
-    for f in report.findings:
-        console.print(f"\n[{colours[f.severity]}]{f.kind}[/] in [bold]{f.layer or '-'}[/]")
-        console.print(f"  {f.message}", markup=False)
-        for s in f.suggestions[:suggestions]:
-            console.print(f"  [green]fix ({s.kind})[/]: {s.title}")
-            console.print(f"  why: {s.why}", markup=False)
-            for line in s.code.splitlines():
-                console.print(f"      {line}", markup=False)
-    for err in report.plugin_errors:
-        console.print(
-            f"[red]plugin {err['plugin']} failed in {err['hook']} and was disabled:[/] "
-            f"{err['error']}",
-            markup=True,
-        )
-
-
 plot_option = click.option(
     "--plot", "plot_dir", type=click.Path(file_okay=False), help="Write plots here."
 )
@@ -118,12 +74,23 @@ fail_on_option = click.option(
     show_default=True,
     help="Exit 1 when a finding is at least this severe.",
 )
+set_option = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="PLUGIN.NAME=VALUE",
+    help="Override a threshold, e.g. --set vanishing.depth_ratio=1e-4.",
+)
 debug_option = click.option(
     "--debug", is_flag=True, help="Show tracebacks instead of one-line errors."
 )
 
 
 def _exit_code(report: Report, fail_on: str) -> int:
+    """2 when a check did not run (never "healthy" unjudged), 1 for findings, else 0."""
+    if report.not_judged:
+        click.echo(f"Error: not judged: {report.not_judged[0]}.", err=True)
+        return EXIT_INPUT
     return EXIT_FINDINGS if report.at_least(fail_on) else 0
 
 
@@ -183,7 +150,7 @@ def demo(
             click.echo(result.faulty.to_json())
             return
         console = _console()
-        print_report(result.faulty, console, suggestions=suggestions)
+        print_console(result.faulty, console, suggestions=suggestions)
         console.print("")
         for label, curve in (("faulty", result.faulty_loss), ("fixed", result.fixed_loss)):
             if curve is None:
@@ -196,7 +163,7 @@ def demo(
         if result.fixed is not None:
             console.print(
                 f"fixed model ({result.spec.fix}): "
-                + ("healthy" if not result.fixed.findings else result.fixed._verdict())
+                + verdict(result.fixed)
             )
         _write_outputs(result.faulty, plot_dir, False, html_file, quiet=False)
 
@@ -226,13 +193,7 @@ def demo(
 @html_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @fail_on_option
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="PLUGIN.NAME=VALUE",
-    help="Override a threshold, e.g. --set vanishing.depth_ratio=1e-4.",
-)
+@set_option
 @click.option(
     "--unsafe-load",
     is_flag=True,
@@ -276,7 +237,6 @@ def check(
       gradscope check scripted.pt --input-shape 16,10 --loss mse --fail-on warning
     """
     from gradscope.check import CheckOptions, parse_shape, run_check
-    from gradscope.config import parse_overrides
 
     _set_threads()
     with _friendly_errors(debug):
@@ -301,7 +261,7 @@ def check(
         if as_json:
             click.echo(result.to_json())
         else:
-            print_report(result, _console(), suggestions=2)
+            print_console(result, _console(), suggestions=2)
         _write_outputs(result, plot_dir, svg, html_file, quiet=as_json)
     sys.exit(_exit_code(result, fail_on))
 
@@ -338,7 +298,7 @@ def models(as_json: bool) -> None:
     Example:
       gradscope models
     """
-    from gradscope.models import available_specs
+    from gradscope.reference import available_specs
 
     specs = available_specs()
     rows = [
@@ -402,6 +362,7 @@ def plugins(as_json: bool) -> None:
 @svg_option
 @html_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON again.")
+@set_option
 @fail_on_option
 @debug_option
 def report(
@@ -410,24 +371,31 @@ def report(
     svg: bool,
     html_file: str | None,
     as_json: bool,
+    overrides: tuple[str, ...],
     fail_on: str,
     debug: bool,
 ) -> None:
-    """Show (and re-render) a report saved with `--json` or report.to_json().
+    """Show, re-render, or judge again a report saved with `--json` or report.to_json().
+
+    With --set, the saved statistics are judged again with those thresholds (the
+    report's own overrides are kept unless --set replaces them).
 
     \b
-    Example:
+    Examples:
       gradscope report run.json --plot plots/ --html run.html
+      gradscope report run.json --set vanishing.depth_ratio=1e-4
     """
     with _friendly_errors(debug):
         path = Path(run_json)
         if not path.exists():
             raise FileNotFoundError(f"No such report file: {path}.")
         loaded = Report.from_json(path.read_text())
+        if overrides:
+            loaded = rejudge(loaded, parse_overrides(list(overrides)))
         if as_json:
             click.echo(loaded.to_json())
         else:
-            print_report(loaded, _console())
+            print_console(loaded, _console())
         _write_outputs(loaded, plot_dir, svg, html_file, quiet=as_json)
     sys.exit(_exit_code(loaded, fail_on))
 

@@ -32,7 +32,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, dict[str, float]]:
         if not sep or not dot or not plugin or not name:
             raise ValueError(
                 f"Threshold override {pair!r} must look like plugin.name=value, "
-                "e.g. vanishing.ratio=1e-4."
+                "e.g. vanishing.depth_ratio=1e-4."
             )
         try:
             config.setdefault(plugin, {})[name] = float(value)

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from gradscope.errors import InputError
-from gradscope.models import ModelSpec, available_specs, get_spec
+from gradscope.models import ModelSpec
+from gradscope.reference import available_specs, get_spec
 from gradscope.report import Report
 from gradscope.scope import watch
 

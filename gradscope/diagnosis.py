@@ -90,6 +90,28 @@ def diagnose(
         config: threshold overrides for the plugins.
         progress: called with the step index after each step (for progress bars).
     """
+    model, optimizer = _prepare(model, loss_fn, optimizer, steps, lr)
+    _train_mode(model)
+    source = _as_batches(batches)
+    # A short diagnostic run measures every statistic on every step.
+    watch_options.setdefault("detail_every", 1)
+    with Scope(model, optimizer=optimizer, config=config, **watch_options) as scope:
+        for step in range(steps):
+            x, y = next(source)
+            optimizer.zero_grad(set_to_none=True)
+            loss = _loss_of(model, loss_fn, x, y, step)
+            scope.log_loss(loss)
+            loss.backward()
+            optimizer.step()
+            if progress is not None:
+                progress(step)
+        return scope.report()
+
+
+def _prepare(
+    model: Any, loss_fn: Any, optimizer: torch.optim.Optimizer | None, steps: int, lr: float
+) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """Check the arguments; without an optimizer, a deep copy trained by SGD(lr)."""
     if not isinstance(model, torch.nn.Module):
         raise InputError(
             f"diagnose() needs a torch.nn.Module, got {type(model).__name__}; pass the model."
@@ -106,45 +128,31 @@ def diagnose(
         if not trainable:
             raise InputError("The model has no trainable parameters (all requires_grad=False).")
         optimizer = torch.optim.SGD(trainable, lr=lr)
-    _train_mode(model)
-    source = _as_batches(batches)
-    # A short diagnostic run measures every statistic on every step.
-    watch_options.setdefault("detail_every", 1)
-    with Scope(model, optimizer=optimizer, config=config, **watch_options) as scope:
-        for step in range(steps):
-            x, y = next(source)
-            optimizer.zero_grad(set_to_none=True)
-            try:
-                output = _call(model, x)
-            except Exception as exc:
-                raise InputError(
-                    f"The model failed on the input batch at step {step}: {exc}"
-                ) from exc
-            try:
-                loss = loss_fn(output, y)
-            except Exception as exc:
-                raise InputError(
-                    f"The loss function failed on the model output at step {step}: {exc}"
-                ) from exc
-            if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-                raise InputError(
-                    "loss_fn must return a scalar tensor (reduce it with .mean()), got "
-                    + (
-                        f"shape {tuple(loss.shape)}"
-                        if isinstance(loss, torch.Tensor)
-                        else type(loss).__name__
-                    )
-                    + "."
-                )
-            if not loss.requires_grad:
-                raise InputError(
-                    "The loss does not depend on any trainable parameter (it has no grad_fn), so "
-                    "there is no gradient to diagnose: is it computed from argmax/round/.item() "
-                    "values (a 0-1 loss is not differentiable), or under torch.no_grad()?"
-                )
-            scope.log_loss(loss)
-            loss.backward()
-            optimizer.step()
-            if progress is not None:
-                progress(step)
-        return scope.report()
+    return model, optimizer
+
+
+def _loss_of(model: torch.nn.Module, loss_fn: Any, x: Any, y: Any, step: int) -> torch.Tensor:
+    """The step's loss, or a one-sentence InputError saying which part failed."""
+    try:
+        output = _call(model, x)
+    except Exception as exc:
+        raise InputError(f"The model failed on the input batch at step {step}: {exc}") from exc
+    try:
+        loss = loss_fn(output, y)
+    except Exception as exc:
+        raise InputError(
+            f"The loss function failed on the model output at step {step}: {exc}"
+        ) from exc
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        is_tensor = isinstance(loss, torch.Tensor)
+        got = f"shape {tuple(loss.shape)}" if is_tensor else type(loss).__name__
+        raise InputError(
+            f"loss_fn must return a scalar tensor (reduce it with .mean()), got {got}."
+        )
+    if not loss.requires_grad:
+        raise InputError(
+            "The loss does not depend on any trainable parameter (it has no grad_fn), so "
+            "there is no gradient to diagnose: is it computed from argmax/round/.item() "
+            "values (a 0-1 loss is not differentiable), or under torch.no_grad()?"
+        )
+    return loss

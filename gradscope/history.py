@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from gradscope.stats import ACT_COLUMNS, GRAD_COLUMNS
+from gradscope.statistics import ACT_COLUMNS, GRAD_COLUMNS
 
 
 @dataclass
@@ -34,6 +34,10 @@ class StepRecord:
     acts: dict[str, list[float]]
     hooks_fired: int = 0
     overhead_s: float = 0.0
+    #: Whether the step measured the detail statistics (activations, update sizes).
+    detail: bool = True
+    #: Whether a gradient, the loss or a checked module output was NaN/Inf.
+    nonfinite: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy."""
@@ -45,12 +49,13 @@ class StepRecord:
             "acts": {k: [_json_float(v) for v in vs] for k, vs in self.acts.items()},
             "hooks_fired": self.hooks_fired,
             "overhead_s": self.overhead_s,
+            "detail": self.detail,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StepRecord:
         """Inverse of :meth:`to_dict`."""
-        return cls(
+        record = cls(
             step=data["step"],
             loss=_from_json_float(data["loss"]),
             scale=_from_json_float(data["scale"]),
@@ -58,7 +63,10 @@ class StepRecord:
             acts={k: [_from_json_float(v) for v in vs] for k, vs in data["acts"].items()},
             hooks_fired=data.get("hooks_fired", 0),
             overhead_s=data.get("overhead_s", 0.0),
+            detail=data.get("detail", True),
         )
+        record.nonfinite = _any_nonfinite(record)
+        return record
 
 
 def _json_float(v: float | None) -> float | str | None:
@@ -107,6 +115,8 @@ class History:
     nonfinite_outputs_checked: bool | None = None
     calls_total: list[int] = field(default_factory=list)
     late_losses: dict[int, Any] = field(default_factory=dict)
+    _pending_has: list[float] | None = field(default=None, repr=False, compare=False)
+    _pending_count: int = field(default=0, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.capacity = max(self.capacity, 8)
@@ -123,19 +133,39 @@ class History:
 
     # -- writing ---------------------------------------------------------------
     def append(self, record: StepRecord) -> None:
-        """Add a record, update the running tallies and keep memory bounded."""
+        """Add a record, update the running tallies and keep memory bounded.
+
+        A healthy light step costs no per-layer Python: gradient presence is tallied
+        lazily (see :meth:`settle`), and the non-finite and call tallies only look at
+        records that went bad or measured activations.
+        """
         self.recorded += 1
         has_grad = record.grads["has_grad"]
-        for i, seen in enumerate(has_grad):
-            if seen:
-                self.grad_seen[i] += 1
-                if self.first_nonfinite_grad[i] is None and not math.isfinite(
-                    record.grads["grad_l2"][i]
-                ):
-                    self.first_nonfinite_grad[i] = record.step
-        for j, calls in enumerate(record.acts["calls"]):
-            if calls:
-                self.calls_total[j] += int(calls)
+        if has_grad is self._pending_has:
+            self._pending_count += 1
+        else:
+            self._tally_presence()
+            self._pending_has, self._pending_count = has_grad, 1
+        if record.nonfinite:
+            self._note_nonfinite(record)
+        if record.detail:
+            for j, calls in enumerate(record.acts["calls"]):
+                if calls:
+                    self.calls_total[j] += int(calls)
+        self.records.append(record)
+        if len(self.records) > self.capacity:
+            middle = self.records[self.head : len(self.records) - self.tail]
+            self.records = (
+                self.records[: self.head]
+                + middle[::2]
+                + self.records[len(self.records) - self.tail :]
+            )
+
+    def _note_nonfinite(self, record: StepRecord) -> None:
+        l2 = record.grads["grad_l2"]
+        for i, seen in enumerate(record.grads["has_grad"]):
+            if seen and self.first_nonfinite_grad[i] is None and not math.isfinite(l2[i]):
+                self.first_nonfinite_grad[i] = record.step
         # Also set by a replay of the step's forward (see gradscope.replay), without calls.
         for j, bad in enumerate(record.acts["nonfinite"]):
             if bad == 1.0 and self.first_nonfinite_act[j] is None:
@@ -146,16 +176,24 @@ class History:
             and not math.isfinite(record.loss)
         ):
             self.first_nonfinite_loss = record.step
-        if self.nonfinite_outputs_checked is None and went_nonfinite(record):
+        if self.nonfinite_outputs_checked is None:
             self.nonfinite_outputs_checked = any(v == v for v in record.acts["nonfinite"])
-        self.records.append(record)
-        if len(self.records) > self.capacity:
-            middle = self.records[self.head : len(self.records) - self.tail]
-            self.records = (
-                self.records[: self.head]
-                + middle[::2]
-                + self.records[len(self.records) - self.tail :]
-            )
+
+    def _tally_presence(self) -> None:
+        pending, count = self._pending_has, self._pending_count
+        if pending is not None and count:
+            for i, seen in enumerate(pending):
+                if seen:
+                    self.grad_seen[i] += count
+        self._pending_has, self._pending_count = None, 0
+
+    def settle(self) -> None:
+        """Bring the running tallies up to date (gradient presence, late losses).
+
+        Called before judging, saving and by every reader of the tallies.
+        """
+        self._tally_presence()
+        self._resolve_losses()
 
     def set_loss(self, step: int, loss: Any) -> None:
         """Attach a loss (a float or a tensor, read lazily) to an already recorded step."""
@@ -212,7 +250,7 @@ class History:
     # -- persistence -----------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy, tallies included."""
-        self._resolve_losses()
+        self.settle()
         return {
             "param_names": self.param_names,
             "param_modules": self.param_modules,
@@ -253,6 +291,11 @@ class History:
 
 def went_nonfinite(record: StepRecord) -> bool:
     """Whether a gradient, the loss or a checked module output of this record is NaN/Inf."""
+    return record.nonfinite
+
+
+def _any_nonfinite(record: StepRecord) -> bool:
+    """Recompute :attr:`StepRecord.nonfinite` from the columns (records loaded from JSON)."""
     if record.loss is not None and not math.isfinite(record.loss):
         return True
     if any(count > 0 for count in record.grads["grad_nonfinite"]):

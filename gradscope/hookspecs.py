@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
+# Only plain-data modules: the contract must not depend on the code that calls it.
 if TYPE_CHECKING:
+    from gradscope.findings import Finding, Suggestion
     from gradscope.history import History, StepRecord
     from gradscope.modelinfo import ModelInfo
-    from gradscope.models import ModelSpec
-    from gradscope.report import Finding, Report, Suggestion
-    from gradscope.scope import Scope
+    from gradscope.models.spec import ModelSpec
 
 PROJECT = "gradscope"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -37,14 +37,20 @@ def gradscope_detect(
 ) -> list[Finding]:
     """Judge the recorded statistics and return the problems seen.
 
-    Called when a report is made (``scope.report()``, the end of ``diagnose``).
+    Called by :func:`gradscope.judge.judge` when a report is made (``scope.report()``,
+    the end of ``diagnose``, ``gradscope report RUN.json --set ...``).  A detector module
+    may name the statistics it reads in a module attribute ``NEEDS`` (names from
+    :data:`gradscope.statistics.STATISTICS`); when one was never measured the detector is
+    not called and the report says so.  Threshold defaults live in a module attribute
+    ``DEFAULTS`` (with the plugin's ``NAME``), so overrides are checked before training.
 
     :param history: the recorded steps; columns are read with ``history.grad_series``
         and ``history.act_series``, and :mod:`gradscope.signals` turns them into
         per-layer signals in forward (depth) order.
     :param model_info: the model's layers, parameters, optimizer and loss settings.
     :param config: threshold overrides, keyed by plugin name
-        (``config["vanishing"]["ratio"]``); read them with ``gradscope.config.thresholds``.
+        (``config["vanishing"]["depth_ratio"]``); read them with
+        ``gradscope.config.thresholds``.
     :return: a list of :class:`~gradscope.Finding` (may be empty); leave ``suggestions``
         empty, the ``gradscope_suggest`` hook fills them in.
     """
@@ -64,7 +70,7 @@ def gradscope_suggest(finding: Finding, model_info: ModelInfo) -> list[Suggestio
 
 
 @hookspec
-def gradscope_on_step(record: StepRecord, scope: Scope) -> None:
+def gradscope_on_step(record: StepRecord, scope: Any) -> None:
     """React live to a recorded step (warn, log, or raise to stop training).
 
     Called right after each recorded step is brought to the host: from the
@@ -74,19 +80,20 @@ def gradscope_on_step(record: StepRecord, scope: Scope) -> None:
     the run on purpose; any other exception disables the plugin.
 
     :param record: the step's statistics (host floats).
-    :param scope: the running scope (``scope.history``, ``scope.model_info``).
+    :param scope: the running :class:`gradscope.Scope` (``scope.history``,
+        ``scope.model_info``).
     """
 
 
 @hookspec
-def gradscope_render(report: Report, outdir: Path, options: dict[str, Any]) -> list[Path]:
+def gradscope_render(report: Any, outdir: Path, options: dict[str, Any]) -> list[Path]:
     """Write pictures or documents of a report into ``outdir``.
 
     Called by ``report.plot(outdir)``, ``report.save_html(path)`` and the CLI's
     ``--plot``/``--html``.  Must not need a display.  A renderer marked
     ``@hookimpl(trylast=True)`` runs after the others and can use what they wrote.
 
-    :param report: the report, live or loaded from JSON.
+    :param report: the :class:`gradscope.Report`, live or loaded from JSON.
     :param outdir: an existing directory to write into.
     :param options: rendering options; ``options["formats"]`` lists the image formats
         wanted (``["png"]`` by default, ``"svg"`` may be added).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -46,23 +46,41 @@ _SIZE_ATTRS = (
 
 
 def module_role(module: torch.nn.Module) -> str:
-    """One word for what a module does: weight, recurrent, norm, embedding, activation kinds."""
+    """One word for what a module does: weight, recurrent, norm, embedding, activation kinds.
+
+    Layers are recognised by what they hold, not only by their class: any module owning a
+    ``weight`` matrix (2-D or more) is a linear map ("weight": Hugging Face's ``Conv1D``,
+    custom linears), and any module whose own parameters are all 1-D gains and shifts is
+    a normalisation ("norm": RMSNorm, ConvNeXt's LayerNorm, a layer scale).
+    """
     if isinstance(module, torch.nn.RNN):
         return "vanilla_rnn"
     if isinstance(module, RECURRENT_TYPES):
         return "gated_rnn"
-    if isinstance(module, WEIGHT_LAYER_TYPES):
-        return "weight"
     if isinstance(module, NORM_TYPES):
         return "norm"
-    if isinstance(module, torch.nn.Embedding):
+    if isinstance(module, (torch.nn.Embedding, torch.nn.EmbeddingBag)):
         return "embedding"
     if isinstance(module, torch.nn.MultiheadAttention):
         return "attention"
+    if isinstance(module, WEIGHT_LAYER_TYPES) or _owns_weight_matrix(module):
+        return "weight"
+    own = [p for _, p in module.named_parameters(recurse=False) if not _uninitialized(p)]
+    if own and all(p.dim() <= 1 for p in own):
+        return "norm"
     kind = activation_kind(module)
     if kind != "plain":
         return kind
     return "other"
+
+
+def _owns_weight_matrix(module: torch.nn.Module) -> bool:
+    weight = module._parameters.get("weight") if hasattr(module, "_parameters") else None
+    return weight is not None and not _uninitialized(weight) and weight.dim() >= 2
+
+
+def _uninitialized(p: torch.Tensor) -> bool:
+    return isinstance(p, torch.nn.parameter.UninitializedParameter)
 
 
 @dataclass
@@ -97,6 +115,25 @@ class ModelInfo:
     optimizer_var: str = "optimizer"
     param_shapes: dict[str, list[int]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Layer name -> the part of the model it belongs to, when the model is trained in
+    #: parts (several optimizer parameter groups or optimizers, or ``watch(parts=...)``).
+    parts: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy (saved with a report so that it can be judged again)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelInfo:
+        """Inverse of :meth:`to_dict`."""
+        fields = dict(data)
+        layers = []
+        for layer in fields.pop("layers", []):
+            layer = dict(layer)
+            shape = layer.get("output_shape")
+            layer["output_shape"] = tuple(shape) if shape is not None else None
+            layers.append(LayerInfo(**layer))
+        return cls(layers=layers, **fields)
 
     def layer(self, name: str | None) -> LayerInfo | None:
         """The layer called ``name``, or None."""
@@ -108,25 +145,6 @@ class ModelInfo:
     def roles(self) -> set[str]:
         """The distinct roles of the model's layers."""
         return {layer.role for layer in self.layers}
-
-    def gan_part(self, name: str | None) -> str | None:
-        """ "generator" or "discriminator" for a layer of a GAN (by its top-level module name)."""
-        if not name:
-            return None
-        top = name.split(".")[0].lower()
-        tops = {layer.name.split(".")[0].lower() for layer in self.layers}
-        is_gan = any(t.startswith("gen") for t in tops) and any(t.startswith("disc") for t in tops)
-        if not is_gan:
-            return None
-        if top.startswith("gen"):
-            return "generator"
-        if top.startswith("disc"):
-            return "discriminator"
-        return None
-
-    def is_gan(self) -> bool:
-        """Whether the model has top-level generator and discriminator parts."""
-        return any(self.gan_part(layer.name) for layer in self.layers)
 
     def sequence_length(self, name: str) -> int | None:
         """Time steps a recurrent layer ran over (from its first output's shape)."""
@@ -162,6 +180,56 @@ def hooked_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     return chosen
 
 
+def part_map(
+    model: torch.nn.Module,
+    layers: list[LayerInfo],
+    optimizer: torch.optim.Optimizer | None,
+    parts: dict[str, Any] | None = None,
+) -> dict[str, str]:
+    """Layer name -> part name, from the user's ``parts`` (name -> module or module names)
+    or from the optimizer's parameter groups when there are several.
+
+    A group's part is named after the module that holds all of its parameters (the
+    deepest common prefix of their names, e.g. ``generator``), or ``group N``.
+    """
+    owner_of = {p: layer.name for layer in layers for p in layer.params}
+    if parts:
+        by_module = {id(m): n for n, m in model.named_modules()}
+        named: dict[str, str] = {}
+        for part, members in parts.items():
+            members = members if isinstance(members, (list, tuple)) else [members]
+            for member in members:
+                prefix = member if isinstance(member, str) else by_module.get(id(member), "")
+                for layer in layers:
+                    if layer.name == prefix or layer.name.startswith(prefix + "."):
+                        named[layer.name] = part
+        return named
+    if optimizer is None or len(optimizer.param_groups) < 2:
+        return {}
+    names = {id(p): n for n, p in model.named_parameters()}
+    mapped: dict[str, str] = {}
+    for k, group in enumerate(optimizer.param_groups):
+        params = [names[id(p)] for p in group["params"] if id(p) in names]
+        if not params:
+            continue
+        prefix = _common_prefix([n.rsplit(".", 1)[0] if "." in n else "" for n in params])
+        part = prefix or f"group {k}"
+        for param in params:
+            if param in owner_of:
+                mapped[owner_of[param]] = part
+    return mapped if len(set(mapped.values())) > 1 else {}
+
+
+def _common_prefix(module_names: list[str]) -> str:
+    split = [n.split(".") if n else [] for n in module_names]
+    common: list[str] = []
+    for parts in zip(*split, strict=False):
+        if len(set(parts)) != 1:
+            break
+        common.append(parts[0])
+    return ".".join(common)
+
+
 def describe(
     model: torch.nn.Module,
     modules: list[tuple[str, torch.nn.Module]],
@@ -170,6 +238,7 @@ def describe(
     has_scaler: bool,
     name: str | None = None,
     shapes: list[tuple[int, ...] | None] | None = None,
+    parts: dict[str, Any] | None = None,
 ) -> ModelInfo:
     """Build a :class:`ModelInfo` with layers in ``order`` (indices into ``modules``)."""
     layers = []
@@ -205,4 +274,5 @@ def describe(
         has_scaler=has_scaler,
         root_type=type(model).__name__,
         param_shapes={n: list(p.shape) for n, p in model.named_parameters()},
+        parts=part_map(model, layers, optimizer, parts),
     )

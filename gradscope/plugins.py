@@ -1,28 +1,45 @@
-"""Plugin manager: built-in and third-party plugins through the ``gradscope`` entry points.
+"""Plugin manager: the built-in plugins from a default list, third-party ones from entry points.
 
-``GRADSCOPE_PLUGINS`` limits what loads: unset loads every installed plugin, an
-empty string loads none, ``vanishing,exploding`` loads just those.  Plugins
-registered in-process with :func:`register` always take part.
+The built-in plugins are registered from :data:`DEFAULT_PLUGINS` (as datasette and llm
+register theirs), so they load even when the package's entry points are missing (a
+checkout on PYTHONPATH, stale metadata, a vendored copy).  Third-party plugins plug in
+through the ``gradscope`` entry-point group.  ``GRADSCOPE_PLUGINS`` limits what loads,
+from both sources: unset loads everything, an empty string loads none,
+``vanishing,exploding`` loads just those.  Plugins registered in-process with
+:func:`register` always take part.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pluggy
 
 from gradscope import hookspecs
-
-if TYPE_CHECKING:
-    from gradscope.report import Report
+from gradscope.version import __version__
 
 ENV_VAR = "GRADSCOPE_PLUGINS"
+#: The built-in plugins: name -> module.  Each is an ordinary plugin module.
+DEFAULT_PLUGINS = {
+    "vanishing": "gradscope_plugins.vanishing",
+    "exploding": "gradscope_plugins.exploding",
+    "nonfinite": "gradscope_plugins.nonfinite",
+    "no_gradient": "gradscope_plugins.no_gradient",
+    "dead_relu": "gradscope_plugins.dead_relu",
+    "saturation": "gradscope_plugins.saturation",
+    "symmetry": "gradscope_plugins.symmetry",
+    "reference_models": "gradscope_plugins.reference_models",
+    "plots": "gradscope_plugins.plots",
+    "html_report": "gradscope_plugins.html_report",
+}
+BUILTIN_SOURCE = "built-in"
 _manager: pluggy.PluginManager | None = None
 _sources: dict[str, str] = {}
 
@@ -47,6 +64,15 @@ def _allowed_names() -> set[str] | None:
     return {name.strip() for name in raw.split(",") if name.strip()}
 
 
+def _load_defaults(pm: pluggy.PluginManager) -> None:
+    allowed = _allowed_names()
+    for name, module in DEFAULT_PLUGINS.items():
+        if allowed is not None and name not in allowed:
+            continue
+        pm.register(importlib.import_module(module), name=name)
+        _sources[name] = f"gradscope {__version__} ({BUILTIN_SOURCE}: {module})"
+
+
 def _load_entry_points(pm: pluggy.PluginManager) -> None:
     allowed = _allowed_names()
     for ep in metadata.entry_points(group=hookspecs.PROJECT):
@@ -68,6 +94,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
     if _manager is None:
         pm = pluggy.PluginManager(hookspecs.PROJECT)
         pm.add_hookspecs(hookspecs)
+        _load_defaults(pm)
         _load_entry_points(pm)
         _manager = pm
     return _manager
@@ -163,7 +190,7 @@ class PluginRunner:
         return results
 
     def render(
-        self, report: Report, outdir: Path, options: dict[str, Any] | None = None
+        self, report: Any, outdir: Path, options: dict[str, Any] | None = None
     ) -> list[Path]:
         """Run every renderer; returns the paths written."""
         paths: list[Path] = []
@@ -171,3 +198,9 @@ class PluginRunner:
         for result in self.call("gradscope_render", report=report, outdir=outdir, options=options):
             paths.extend(Path(p) for p in result)
         return paths
+
+
+def detector_plugins(pm: pluggy.PluginManager | None = None) -> dict[str, Any]:
+    """Name -> plugin of every loaded plugin that implements ``gradscope_detect``."""
+    pm = pm or get_plugin_manager()
+    return {impl.plugin_name: impl.plugin for impl in pm.hook.gradscope_detect.get_hookimpls()}

@@ -1,97 +1,31 @@
-"""Finding, Suggestion and Report: what a diagnosis says, in a versioned JSON form."""
+"""Report: what a diagnosis says about a run, as plain data in a versioned JSON form.
+
+Rendering (console text, plots, HTML) lives in :mod:`gradscope.render`; judging in
+:mod:`gradscope.judge`.
+"""
 
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gradscope.findings import (
+    SEVERITY_RANK,
+    Finding,
+    jsonable,
+)
 from gradscope.history import History
+from gradscope.modelinfo import ModelInfo
 
 #: Bumped whenever the JSON layout changes incompatibly.
 SCHEMA_VERSION = 1
-SEVERITIES = ("info", "warning", "error")
-_SEVERITY_RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
-
-
-@dataclass
-class Suggestion:
-    """A fix to try: ``kind`` from the suggestion vocabulary, ``code`` to paste."""
-
-    kind: str
-    title: str
-    why: str
-    code: str
-
-
-@dataclass
-class Finding:
-    """One problem seen in training, with the numbers behind it and fixes, best first."""
-
-    kind: str
-    layer: str | None
-    severity: str
-    step: int | None
-    message: str
-    evidence: dict[str, Any] = field(default_factory=dict)
-    suggestions: list[Suggestion] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if self.severity not in SEVERITIES:
-            raise ValueError(
-                f"Finding severity must be one of {SEVERITIES}, got {self.severity!r}."
-            )
-
-    @property
-    def rank(self) -> int:
-        """0 for info, 1 for warning, 2 for error."""
-        return _SEVERITY_RANK[self.severity]
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready copy."""
-        data = asdict(self)
-        data["evidence"] = _jsonable(self.evidence)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Finding:
-        """Inverse of :meth:`to_dict`."""
-        return cls(
-            kind=data["kind"],
-            layer=data["layer"],
-            severity=data["severity"],
-            step=data["step"],
-            message=data["message"],
-            evidence=data.get("evidence", {}),
-            suggestions=[Suggestion(**s) for s in data.get("suggestions", [])],
-        )
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):
-        return _jsonable(value.item())
-    return value
-
-
-def sort_findings(findings: list[Finding]) -> list[Finding]:
-    """Most severe first; then earliest step; then depth order is kept as given."""
-    return sorted(
-        findings,
-        key=lambda f: (-f.rank, f.step if f.step is not None else math.inf),
-    )
 
 
 @dataclass
 class Report:
-    """The result of watching or diagnosing a model.
+    """The result of watching or diagnosing a model: plain data.
 
     Attributes:
         findings: most severe first.
@@ -101,6 +35,11 @@ class Report:
         coverage: how many hooks fired per recorded step, and modules that ran unseen.
         overhead: gradscope's own measured time per recorded step, in seconds.
         config: the threshold overrides in force.
+        notes: sentences a reader should see (what was not measured, and why).
+        model_info: the model as the detectors saw it; with ``history`` it is what
+            :func:`gradscope.judge.judge` needs to judge a saved run again.
+        not_judged: checks that did not run (no detector loaded, a detector that raised,
+            a statistic a detector needs that was never measured), one sentence each.
     """
 
     findings: list[Finding] = field(default_factory=list)
@@ -111,15 +50,19 @@ class Report:
     overhead: dict[str, float] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    model_info: ModelInfo | None = None
+    not_judged: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """True when no finding has severity ``error``."""
+        """True when every check ran and no finding has severity ``error``."""
+        if self.not_judged:
+            return False
         return not any(f.severity == "error" for f in self.findings)
 
     def at_least(self, severity: str) -> list[Finding]:
         """Findings of ``severity`` or worse."""
-        return [f for f in self.findings if f.rank >= _SEVERITY_RANK[severity]]
+        return [f for f in self.findings if f.rank >= SEVERITY_RANK[severity]]
 
     def kinds(self) -> set[str]:
         """The distinct finding kinds present."""
@@ -138,10 +81,12 @@ class Report:
             "ok": self.ok,
             "findings": [f.to_dict() for f in self.findings],
             "plugin_errors": self.plugin_errors,
-            "coverage": _jsonable(self.coverage),
-            "overhead": _jsonable(self.overhead),
-            "config": _jsonable(self.config),
+            "coverage": jsonable(self.coverage),
+            "overhead": jsonable(self.overhead),
+            "config": jsonable(self.config),
             "notes": self.notes,
+            "not_judged": self.not_judged,
+            "model_info": self.model_info.to_dict() if self.model_info is not None else None,
             "history": self.history.to_dict() if self.history is not None else None,
         }
 
@@ -154,7 +99,7 @@ class Report:
         """Load a report written by :meth:`to_json`."""
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise ValueError(f"This is not a gradscope report: invalid JSON ({exc}).") from exc
         if not isinstance(data, dict) or "schema_version" not in data:
             raise ValueError("This is not a gradscope report: it has no schema_version.")
@@ -164,6 +109,7 @@ class Report:
                 f"gradscope understands ({SCHEMA_VERSION}); upgrade gradscope to read it."
             )
         history = data.get("history")
+        info = data.get("model_info")
         return cls(
             findings=[Finding.from_dict(f) for f in data["findings"]],
             model_name=data.get("model_name", "model"),
@@ -173,95 +119,28 @@ class Report:
             overhead=data.get("overhead", {}),
             config=data.get("config", {}),
             notes=data.get("notes", []),
+            not_judged=data.get("not_judged", []),
+            model_info=ModelInfo.from_dict(info) if info else None,
         )
 
-    # -- rendering -------------------------------------------------------------
+    # -- conveniences: each is one call into gradscope.render ------------------
     def plot(self, outdir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
-        """Write every view the loaded renderer plugins make; returns the written paths.
+        """Write every view the loaded renderer plugins make; see :func:`gradscope.render.plot`."""
+        from gradscope import render
 
-        ``formats`` may add ``"svg"`` next to ``"png"``.  A renderer that fails is named in
-        :attr:`plugin_errors` and skipped; plotting never raises for it.
-        """
-        from gradscope.plugins import PluginRunner
-
-        outdir = Path(outdir)
-        outdir.mkdir(parents=True, exist_ok=True)
-        runner = PluginRunner()
-        written = runner.render(self, outdir, {"formats": list(formats)})
-        self.plugin_errors.extend(e for e in runner.errors if e not in self.plugin_errors)
-        return written
+        return render.plot(self, outdir, formats)
 
     def save_html(self, path: str | Path) -> Path:
-        """Write a self-contained HTML report (plots inlined) to ``path``."""
-        import shutil
-        import tempfile
+        """Write a self-contained HTML report; see :func:`gradscope.render.save_html`."""
+        from gradscope import render
 
-        path = Path(path)
-        with tempfile.TemporaryDirectory() as tmp:
-            written = {p.name: p for p in self.plot(tmp)}
-            if "report.html" not in written:
-                raise RuntimeError(
-                    "No loaded renderer writes report.html (is the html_report plugin "
-                    "excluded by GRADSCOPE_PLUGINS?)."
-                )
-            path.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(written["report.html"], path)
-        return path
+        return render.save_html(self, path)
 
     def summary(self, suggestions: int = 1) -> str:
-        """A plain-text table of the findings with the top ``suggestions`` fixes each."""
-        lines = [f"gradscope report for {self.model_name}: " + self._verdict()]
-        if self.history is not None and self.history.recorded:
-            lines.append(f"  {self.history.recorded} recorded steps")
-        if self.overhead.get("seconds_per_step") is not None:
-            lines.append(
-                f"  gradscope's own time: {self.overhead['seconds_per_step'] * 1e3:.2f} ms "
-                "per recorded step (measured)"
-            )
-        if self.overhead.get("budget") is not None:
-            lines.append(
-                f"  overhead budget {self.overhead['budget']:.1%}: measured "
-                f"{self.overhead['measured_overhead']:.1%}, activation statistics every "
-                f"{int(self.overhead['activation_interval'])} step(s)"
-            )
-            floor = self.overhead.get("every_step_overhead", 0.0)
-            every = int(self.overhead.get("record_every", 1))
-            if every > 1:
-                lines.append(
-                    f"  the gradient checks alone take {floor:.1%} of a step, above the "
-                    f"budget, so 1 step in {every} is recorded"
-                )
-        for note in self.notes:
-            lines.append(f"  note: {note}")
-        types = (
-            dict(zip(self.history.module_names, self.history.module_types, strict=True))
-            if self.history is not None
-            else {}
-        )
-        for f in self.findings:
-            kind_of = f" ({types[f.layer]})" if f.layer in types else ""
-            where = f" in {f.layer}{kind_of}" if f.layer else ""
-            at = f" (from step {f.step})" if f.step is not None else ""
-            lines.append("")
-            lines.append(f"[{f.severity.upper()}] {f.kind}{where}{at}")
-            lines.append(f"  {f.message}")
-            for s in f.suggestions[:suggestions]:
-                lines.append(f"  fix ({s.kind}): {s.title}")
-                lines.append(f"    why: {s.why}")
-                for code_line in s.code.splitlines():
-                    lines.append(f"      {code_line}")
-        for err in self.plugin_errors:
-            lines.append(
-                f"  plugin {err['plugin']} failed in {err['hook']} and was disabled: {err['error']}"
-            )
-        return "\n".join(lines)
+        """A plain-text account of the findings; see :func:`gradscope.render.summary`."""
+        from gradscope import render
 
-    def _verdict(self) -> str:
-        if not self.findings:
-            return "healthy: no findings"
-        counts = {s: sum(f.severity == s for f in self.findings) for s in reversed(SEVERITIES)}
-        parts = [f"{n} {s}{'s' if n != 1 else ''}" for s, n in counts.items() if n]
-        return ", ".join(parts)
+        return render.summary(self, suggestions)
 
     def __str__(self) -> str:
         return self.summary()

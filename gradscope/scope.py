@@ -21,10 +21,12 @@ from torch import Tensor
 from gradscope import replay, stats
 from gradscope.budget import Budget
 from gradscope.errors import GradscopeWarning
-from gradscope.history import History, StepRecord, went_nonfinite
+from gradscope.history import History, StepRecord
+from gradscope.judge import judge, validate_config
 from gradscope.modelinfo import ModelInfo, describe, hooked_modules
 from gradscope.plugins import PluginRunner
-from gradscope.report import Finding, Report, Suggestion, sort_findings
+from gradscope.recorder import Recorder
+from gradscope.report import Report
 
 #: Recorded steps at the start that always take every statistic.
 WARMUP_RECORDS = 5
@@ -56,6 +58,9 @@ class Scope:
             name the first module whose output is non-finite.  Healthy steps pay only for
             keeping references to the step's inputs.
         name: the model's name in reports (default: its class name).
+        parts: name the parts of a model trained in parts, e.g. ``{"generator": model.G,
+            "discriminator": model.D}`` (modules or module names); by default they are read
+            from the optimizer's parameter groups when it has several.
     """
 
     def __init__(
@@ -74,8 +79,10 @@ class Scope:
         name: str | None = None,
         budget: float | None = None,
         nan_origin: bool = True,
+        parts: dict[str, Any] | None = None,
     ) -> None:
         _validate(model, optimizer, scaler, every)
+        validate_config(config)
         self.model = model
         self.optimizer = optimizer
         self.scaler = scaler
@@ -88,11 +95,11 @@ class Scope:
         self.name = name or type(model).__name__
         self.budget = Budget(budget) if budget is not None else None
         self.nan_origin = bool(nan_origin)
+        self.parts = parts
 
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self._param_names = [n for n, _ in named]
         self._params = [p for _, p in named]
-        self._numels = [float(p.numel()) for p in self._params]
         self._modules = hooked_modules(model)
         owner = _owners(model, self._modules)
         self.history = History(
@@ -102,12 +109,14 @@ class Scope:
             module_types=[type(m).__name__ for _, m in self._modules],
             capacity=history_size,
         )
-        self._kinds = [stats.activation_kind(m) for _, m in self._modules]
-        self._recorder = replay.CallRecorder(model, _compiler_disable)
-        idle = {c: [math.nan] * len(self._modules) for c in stats.ACT_COLUMNS}
-        for column in ("calls", "numel", "sampled", "zero_sampled", "units"):
-            idle[column] = [0.0] * len(self._modules)
-        self._idle_acts = idle
+        self._measure = Recorder(
+            self._params,
+            [stats.activation_kind(m) for _, m in self._modules],
+            full=full,
+            sample_rows=sample_rows,
+            unit_window=unit_window,
+        )
+        self._calls = replay.CallRecorder(model, _compiler_disable)
         self._replay_sums: dict[int, list[Tensor]] | None = None
         self._nonfinite_seen = False
         self._runner = PluginRunner()
@@ -117,16 +126,10 @@ class Scope:
         self._shapes: list[tuple[int, ...] | None] = [None] * len(self._modules)
         self._next_rank = 0
         self._reset_step_state()
-        self._streaks: list[Tensor | None] = [None] * len(self._modules)
         self._loss: Tensor | None = None
         self._forward_since_step = False
         self._overhead = 0.0
         self._overhead_total = 0.0
-        self._grad_tensors: dict[str, list[Tensor]] | None = None
-        self._grad_index: list[int] = []
-        self._before: list[Tensor] | None = None
-        self._row_spread: dict[int, Tensor] = {}
-        self._last_param_norm: list[float] = []
         self._order_changed = False
         self._warned_unseen = False
         self._detail_now = True
@@ -160,7 +163,7 @@ class Scope:
             for j, (_, module) in enumerate(self._modules):
                 self._handles.append(module.register_forward_hook(self._forward_hook(j)))
             if self.nan_origin:
-                self._recorder.attach()
+                self._calls.attach()
             if self.optimizer is not None:
                 self._handles.append(self.optimizer.register_step_pre_hook(self._on_pre_step))
                 self._handles.append(self.optimizer.register_step_post_hook(self._on_post_step))
@@ -172,7 +175,7 @@ class Scope:
         """Remove every hook gradscope registered; safe to call twice."""
         while self._handles:
             self._handles.pop().remove()
-        self._recorder.detach()
+        self._calls.detach()
 
     # -- recording ---------------------------------------------------------------
     @property
@@ -191,7 +194,7 @@ class Scope:
             detail = recorded < WARMUP_RECORDS or recorded % self.detail_every == 0
         self._detail_now = detail
         self._hooks_live = self.recording and detail
-        self._recorder.active = self.recording
+        self._calls.active = self.recording
 
     @property
     def step_index(self) -> int:
@@ -234,8 +237,8 @@ class Scope:
                 return
             self._hooks_fired += 1
             t0 = time.perf_counter()
-            if self.nan_origin and self._recorder.outside_calls:
-                self._recorder.watch_child(self._modules[j][0])  # a GAN-style direct call
+            if self.nan_origin and self._calls.outside_calls:
+                self._calls.watch_child(self._modules[j][0])  # a GAN-style direct call
             if type(output) is Tensor and output.is_floating_point():
                 x: Tensor | None = output
             else:
@@ -243,11 +246,7 @@ class Scope:
             if x is not None:
                 if self._rank[j] is None:
                     self._first_call(j, x)
-                acc = self._acc[j]
-                if acc is None:
-                    acc = self._acc[j] = stats.ActivationAccumulator(self._kinds[j])
-                    self._fired.append(j)
-                acc.add(x.detach(), self.sample_rows, self.full)
+                self._measure.add_output(j, x)
             self._overhead += time.perf_counter() - t0
 
         # Under torch.compile the hook runs eagerly (a graph break) instead of being traced:
@@ -277,37 +276,22 @@ class Scope:
             self._finish_step(measure_update=False, started=t0)
             return
         # Update sizes ride with the costlier statistics (every step in diagnose()).
-        with torch.no_grad():
-            sample = None if self.full else stats.UPDATE_SAMPLE
-            self._before = stats.snapshot(self._params, sample)
+        self._measure.snapshot()
         self._overhead += time.perf_counter() - t0
 
     def _on_post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if self.recording and self._grad_tensors is not None:
+        if self.recording and self._measure.has_grads:
             self._finish_step(measure_update=True, started=time.perf_counter())
         self._end_step()
 
     def _collect_grads(self) -> None:
-        index = [i for i, p in enumerate(self._params) if p.grad is not None]
-        grads = [self._params[i].grad for i in index]
-        with torch.no_grad():
-            self._grad_tensors = stats.grad_statistics(
-                grads, self._params, self._detail_now, self.full
-            )
-        self._grad_index = index
-        if self._detail_now:
-            matrices = [i for i, p in enumerate(self._params) if p.dim() >= 2]
-            with torch.no_grad():
-                spreads = stats.row_spread([self._params[i] for i in matrices])
-            self._row_spread = dict(zip(matrices, spreads, strict=True))
-        else:
-            self._row_spread = {}
+        self._measure.collect_grads(self._detail_now)
 
     def _finish_step(self, measure_update: bool, started: float) -> None:
-        with torch.no_grad():
-            record = self._gather(measure_update)
-        self._grad_tensors = None  # this step is recorded
-        if not self._nonfinite_seen and went_nonfinite(record):
+        loss, self._loss = self._loss, None
+        scale = _scaler_scale(self.scaler)
+        record = self._measure.gather(self._step, loss, scale, measure_update, self._hooks_fired)
+        if not self._nonfinite_seen and record.nonfinite:
             self._nonfinite_seen = True
             if self.nan_origin and not self._detail_now:
                 self._locate_origin(record)
@@ -330,7 +314,7 @@ class Scope:
 
     def _locate_origin(self, record: StepRecord) -> None:
         """Replay the step's top-level calls and mark which module outputs were non-finite."""
-        calls = self._recorder.calls
+        calls = self._calls.calls
         if not calls:
             self._origin_note = "the step's forward could not be replayed: no call was seen"
             return
@@ -351,132 +335,16 @@ class Scope:
             record.acts["nonfinite"][j] = 0.0 if math.isfinite(total) else 1.0
 
     def _end_step(self) -> None:
-        self._recorder.calls.clear()
+        self._calls.calls.clear()
         self._step += 1
         self._plan_step()
         self._forward_since_step = False
-        self._grad_tensors = None
-        self._before = None
+        self._measure.begin_step()
         self._reset_step_state()
 
     def _reset_step_state(self) -> None:
-        self._acc: list[stats.ActivationAccumulator | None] = [None] * len(self._modules)
-        self._fired: list[int] = []
         self._hooks_fired = 0
         self._overhead = 0.0
-
-    def _gather(self, measure_update: bool) -> StepRecord:
-        """Stack everything measured this step and bring it to the host in one sync.
-
-        Each measured column is a block (target list, positions, device scalars); the
-        scalars of all blocks go to the host together and land at their positions.
-        Columns not measured on this step stay NaN.
-        """
-        nan = math.nan
-        n_params, n_modules = len(self._params), len(self._modules)
-        grads = {c: [nan] * n_params for c in stats.GRAD_COLUMNS}
-        fired = self._fired
-        # Steps whose forward hooks did no work share read-only "not measured" columns.
-        idle = dict(self._idle_acts)  # its lists are shared and never written
-        acts = {c: [nan] * n_modules for c in stats.ACT_COLUMNS} if fired else idle
-        grad_min, act_norm, scalars = [nan] * n_params, [nan] * n_modules, [nan, nan]
-        blocks: list[tuple[list[float], Any, list[Tensor]]] = []
-
-        def put(target: list[float], positions: Any, values: list[Tensor]) -> None:
-            if values:  # an empty list: not measured on this step
-                blocks.append((target, positions, values))
-
-        measured = self._grad_tensors or {}
-        index = self._grad_index
-        measured_norms = measured.get("param_norm") or []
-        put(grads["param_norm"], range(len(measured_norms)), measured_norms)
-        for column in ("grad_l2", "grad_l1", "grad_max"):
-            put(grads[column], index, measured.get(column) or [])
-        put(grad_min, index, measured.get("grad_min") or [])
-        put(grads["row_spread"], list(self._row_spread), list(self._row_spread.values()))
-        if measure_update and self._before is not None:
-            sample = None if self.full else stats.UPDATE_SAMPLE
-            norms = stats.update_norms(self._params, self._before, sample)
-            put(grads["update_norm"], range(n_params), norms)
-        accs = [self._acc[j] for j in fired]
-        for part, column in (("sums", "sum"), ("zeros", "zeros"), ("saturated", "saturated")):
-            chosen = [(j, acc) for j, acc in zip(fired, accs, strict=True) if getattr(acc, part)]
-            put(acts[column], [j for j, _ in chosen], [acc.total(part) for _, acc in chosen])
-        chosen = [(j, acc) for j, acc in zip(fired, accs, strict=True) if acc.sumsqs]
-        put(act_norm, [j for j, _ in chosen], [acc.total_norm() for _, acc in chosen])
-        self._put_unit_counts(fired, accs, acts, put)
-        if self._loss is not None:
-            loss = self._loss
-            put(scalars, (0,), [loss if loss.dtype is torch.float32 else loss.float()])
-        scale = _scaler_scale(self.scaler)
-        if isinstance(scale, Tensor):
-            put(scalars, (1,), [scale])
-        values = iter(stats.to_host([t for _, _, block in blocks for t in block]))
-        for target, positions, _ in blocks:
-            for position in positions:
-                target[position] = next(values)
-
-        # Derived on the host: plain Python on a few numbers per layer.
-        has, nonfinite, grad_max = [0.0] * n_params, grads["grad_nonfinite"], grads["grad_max"]
-        for i in index:
-            has[i] = 1.0
-            nonfinite[i] = 0.0
-            if grad_min[i] == grad_min[i]:  # measured (not NaN) on this step
-                grad_max[i] = max(abs(grad_min[i]), abs(grad_max[i]))
-        grads["has_grad"] = has
-        grads["numel"] = list(self._numels)
-        if measured_norms or not self._last_param_norm:
-            self._last_param_norm = list(grads["param_norm"])
-        else:
-            # Weights move ~1e-3 per step: between detail steps the last measurement stands.
-            grads["param_norm"] = list(self._last_param_norm)
-        # The L2 norm is non-finite exactly when some entry is, so the count costs nothing
-        # on a healthy step; only a step that went bad pays for counting (and a 2nd sync).
-        l2 = grads["grad_l2"]
-        bad = [i for i in index if not math.isfinite(l2[i])]
-        if bad:
-            counts = stats.nonfinite_counts([self._params[i].grad for i in bad])
-            for i, count in zip(bad, counts, strict=True):
-                nonfinite[i] = count
-        for column in ("calls", "numel", "sampled", "zero_sampled", "units"):
-            if fired:
-                acts[column] = [0.0] * n_modules
-        for j, acc in zip(fired, accs, strict=True):
-            acts["calls"][j] = float(acc.calls)
-            acts["numel"][j] = float(acc.numel)
-            acts["sampled"][j] = float(acc.sampled)
-            acts["zero_sampled"][j] = float(acc.zero_sampled)
-            acts["units"][j] = float(acc.units)
-            acts["sumsq"][j] = act_norm[j] * act_norm[j]
-            if acc.sums:
-                acts["nonfinite"][j] = 0.0 if math.isfinite(acts["sum"][j]) else 1.0
-        loss = scalars[0] if self._loss is not None else None
-        self._loss = None
-        scale_value = scalars[1] if isinstance(scale, Tensor) else scale
-        return StepRecord(
-            step=self._step,
-            loss=loss,
-            scale=scale_value,
-            grads=grads,
-            acts=acts,
-            hooks_fired=self._hooks_fired,
-        )
-
-    def _put_unit_counts(
-        self, fired: list[int], accs: list[stats.ActivationAccumulator], acts: dict, put: Any
-    ) -> None:
-        """Silent units this step and dead units (silent for ``unit_window`` detail steps)."""
-        for j, acc in zip(fired, accs, strict=True):
-            if acc.unit_max is None:
-                continue
-            silent = acc.unit_max <= 0
-            streak = self._streaks[j]
-            if streak is None or streak.shape != silent.shape:
-                streak = torch.zeros_like(silent, dtype=torch.int32)
-            streak = (streak + 1) * silent
-            self._streaks[j] = streak
-            put(acts["silent_units"], (j,), [silent.sum()])
-            put(acts["dead_units"], (j,), [(streak >= self.unit_window).sum()])
 
     def _module_order(self) -> list[int]:
         seen = sorted((rank, j) for j, rank in enumerate(self._rank) if rank is not None)
@@ -493,53 +361,33 @@ class Scope:
             self.scaler is not None,
             name=self.name,
             shapes=self._shapes,
+            parts=self.parts,
         )
 
     # -- reporting ---------------------------------------------------------------
     def report(self) -> Report:
         """Judge what has been recorded so far; callable while training runs."""
         self.model_info = self._describe()
-        findings: list[Finding] = []
-        notes: list[str] = []
+        judgement = judge(self.history, self.model_info, self.config, self._runner)
+        notes = []
         if not self.history.records:
             notes.append(
                 "no step was recorded: with an optimizer, call optimizer.step(); "
                 "without one, call scope.step(loss=loss) after loss.backward()"
             )
-        else:
-            for result in self._runner.call(
-                "gradscope_detect",
-                history=self.history,
-                model_info=self.model_info,
-                config=self.config,
-            ):
-                findings.extend(result)
-            for finding in findings:
-                finding.suggestions = self._suggestions_for(finding)
+        notes += self.coverage_notes() + ([self._origin_note] if self._origin_note else [])
         return Report(
-            findings=sort_findings(findings),
+            findings=judgement.findings,
             model_name=self.name,
             history=self.history,
-            plugin_errors=list(self._runner.errors),
+            plugin_errors=judgement.plugin_errors,
             coverage=self.coverage(),
             overhead=self.overhead(),
             config=self.config,
-            notes=notes
-            + self.coverage_notes()
-            + ([self._origin_note] if self._origin_note else []),
+            notes=notes,
+            model_info=self.model_info,
+            not_judged=judgement.not_judged,
         )
-
-    def _suggestions_for(self, finding: Finding) -> list[Suggestion]:
-        chosen: list[Suggestion] = []
-        kinds: set[str] = set()
-        for result in self._runner.call(
-            "gradscope_suggest", finding=finding, model_info=self.model_info
-        ):
-            for suggestion in result:
-                if suggestion.kind not in kinds:
-                    kinds.add(suggestion.kind)
-                    chosen.append(suggestion)
-        return chosen
 
     def overhead(self) -> dict[str, float]:
         """gradscope's own measured time: total and per recorded step."""
@@ -567,6 +415,7 @@ class Scope:
 
     def _unseen_modules(self) -> list[str]:
         """Modules whose parameters got gradients although their forward hook never fired."""
+        self.history.settle()
         got_grad = {
             self.history.param_modules[i] for i, seen in enumerate(self.history.grad_seen) if seen
         }

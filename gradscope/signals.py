@@ -15,15 +15,6 @@ from torch import Tensor
 from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
 
-#: Roles whose gradients carry the signal along the network's depth.
-DEPTH_ROLES = ("weight", "vanilla_rnn", "gated_rnn", "attention")
-#: Names of attention query/key projections (PyTorch, Hugging Face and common conventions).
-#: Their gradients pass through a softmax of dot products and are tiny at initialisation by
-#: design, so comparing them with the other layers would cry wolf on every transformer.
-QUERY_KEY_NAMES = frozenset(
-    {"query", "key", "q_proj", "k_proj", "q", "k", "to_q", "to_k", "wq", "wk", "q_lin", "k_lin"}
-)
-
 #: Records treated as "the start" and "recent" when a plugin asks for a window.
 DEFAULT_WINDOW = 5
 
@@ -74,6 +65,7 @@ def layer_signals(history: History) -> list[LayerSignal]:
     """
     if not history.records:
         return []
+    history.settle()
     l2 = history.grad_series("grad_l2")
     l1 = history.grad_series("grad_l1")
     pn = history.grad_series("param_norm")
@@ -115,25 +107,6 @@ def layer_signals(history: History) -> list[LayerSignal]:
         )
     signals.sort(key=lambda s: s.depth)
     return signals
-
-
-def depth_signals(history: History, model_info: ModelInfo) -> list[LayerSignal]:
-    """Layer signals of the layers that carry depth (linear, conv, recurrent, attention).
-
-    Norm layers, embeddings, attention query/key projections and biases-only modules are
-    left out: their gradients are small or sparse by design and would make healthy models
-    look vanishing.  So are
-    layers whose weights are all zero: gradient sizes relative to zero weights mean
-    nothing (``symmetric_weights`` reports them).
-    """
-    roles = {layer.name: layer.role for layer in model_info.layers}
-    return [
-        s
-        for s in layer_signals(history)
-        if roles.get(s.name) in DEPTH_ROLES
-        and s.name.rsplit(".", 1)[-1].lower() not in QUERY_KEY_NAMES
-        and bool((s.param_norm[-DEFAULT_WINDOW:] != 0).any())
-    ]
 
 
 def init_scale(signal: LayerSignal, model_info: ModelInfo) -> float:
@@ -201,13 +174,6 @@ def loss_trend(history: History, window: int = DEFAULT_WINDOW) -> LossTrend:
     middle = float(half[:wide].median())
     late = (middle - float(finite[-wide:].median())) / max(abs(middle), 1e-12)
     return LossTrend(logged, first, last, float(finite.min()), improvement, late)
-
-
-def fmt(value: float) -> str:
-    """A short human form of a number for messages (3 significant digits)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:.3g}"
 
 
 #: The count each activation column is a fraction of.

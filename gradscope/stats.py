@@ -12,34 +12,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-#: Columns of the per-parameter gradient table, in order.
-GRAD_COLUMNS = (
-    "has_grad",
-    "grad_l2",
-    "grad_l1",
-    "grad_max",
-    "grad_nonfinite",
-    "param_norm",
-    "update_norm",
-    "row_spread",
-    "numel",
-)
-#: Columns of the per-module activation table, in order.
-ACT_COLUMNS = (
-    "calls",
-    "numel",
-    "sum",
-    "sumsq",
-    "sampled",
-    "zero_sampled",
-    "zeros",
-    "saturated",
-    "units",
-    "silent_units",
-    "dead_units",
-    "nonfinite",
-)
-
 #: Activation modules whose exact zeros mean "this unit is off".
 RELU_FAMILY = (torch.nn.ReLU, torch.nn.ReLU6)
 

@@ -10,7 +10,8 @@ import torch
 
 from gradscope import testing_state
 from gradscope.diagnosis import diagnose
-from gradscope.report import Finding, Report
+from gradscope.findings import Finding
+from gradscope.report import Report
 from gradscope.signals import layer_signals, recent
 
 

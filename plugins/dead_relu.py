@@ -13,13 +13,16 @@ from typing import Any
 
 import torch
 
-from gradscope import Finding, hookimpl
+from gradscope import Finding, Suggestion, hookimpl
 from gradscope.config import thresholds
 from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
-from gradscope.signals import fmt
+from gradscope_plugins import fix_builders as fix
+from gradscope_plugins.judgement import first_step_where, fmt, layer_before, over
 
 NAME = "dead_relu"
+#: The statistics this detector reads (see gradscope.statistics); without them it cannot judge.
+NEEDS = ("dead_units", "silent_units", "units")
 DEFAULTS = {
     # Fraction of a layer's units dead for the whole window: a warning from here...
     "warn_fraction": 0.4,
@@ -50,8 +53,12 @@ def gradscope_detect(
         fraction = float(dead[k, j]) / n_units
         if fraction < t["warn_fraction"]:
             continue
-        first = _first_dead_step(history, j, t["warn_fraction"])
-        feeding = _layer_before(model_info, name)
+        first = first_step_where(
+            history, over(_fraction(history, "dead_units", "units", j), t["warn_fraction"] - 1e-9),
+            default="last",
+        )
+        before = layer_before(model_info, name, ("weight", "norm"))
+        feeding = before.name if before is not None else None
         findings.append(
             Finding(
                 kind="dead_relu",
@@ -80,18 +87,21 @@ def gradscope_detect(
     return findings
 
 
-def _first_dead_step(history: History, j: int, fraction: float) -> int:
-    dead = history.act_series("dead_units")[:, j]
-    units = history.act_series("units")[:, j].clamp_min(1)
-    over = torch.nonzero(torch.nan_to_num(dead / units, nan=0.0) >= fraction).flatten()
-    return history.steps[int(over[0])] if over.numel() else history.steps[-1]
+def _fraction(history: History, part: str, whole: str, j: int) -> torch.Tensor:
+    """``part / whole`` of module ``j`` per kept record (0 where not measured)."""
+    ratio = history.act_series(part)[:, j] / history.act_series(whole)[:, j].clamp_min(1)
+    return torch.nan_to_num(ratio, nan=0.0)
 
 
-def _layer_before(model_info: ModelInfo, name: str) -> str | None:
-    names = [layer.name for layer in model_info.layers]
-    if name not in names:
-        return None
-    for layer in reversed(model_info.layers[: names.index(name)]):
-        if layer.role in ("weight", "norm"):
-            return layer.name
-    return None
+def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
+    """Fixes for dead ReLUs, best first: the init when they were dead from the start."""
+    if finding.evidence.get("dead_from_start"):
+        # Dead before training could kill them: the initialisation (negative biases) did.
+        return [fix.kaiming_init, fix.add_batchnorm, fix.lower_lr]
+    return [fix.lower_lr, fix.kaiming_init, fix.add_batchnorm]
+
+
+@hookimpl
+def gradscope_suggest(finding: Finding, model_info: ModelInfo) -> list[Suggestion]:
+    """Suggestions for ``dead_relu`` findings, best first (see :func:`plan`)."""
+    return fix.suggest(finding, model_info, "dead_relu", plan)

@@ -14,13 +14,17 @@ from typing import Any
 
 import torch
 
-from gradscope import Finding, hookimpl
+from gradscope import Finding, Suggestion, hookimpl
 from gradscope.config import thresholds
 from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
-from gradscope.signals import depth_signals, early, fmt, init_scale, loss_trend, recent
+from gradscope.signals import early, init_scale, loss_trend, recent
+from gradscope_plugins import fix_builders as fix
+from gradscope_plugins.judgement import depth_layers, first_step_where, fmt, over
 
 NAME = "exploding"
+#: The statistics this detector reads (see gradscope.statistics); without them it cannot judge.
+NEEDS = ("grad_l2", "param_norm")
 #: A loss that fell by at least this fraction over the run is training, whatever the steps.
 STALL = 0.05
 DEFAULTS = {
@@ -47,7 +51,7 @@ def gradscope_detect(
     """Find the layer whose gradients or updates have blown up."""
     t = thresholds(config, NAME, DEFAULTS)
     window = int(t["window"])
-    layers = depth_signals(history, model_info)
+    layers = depth_layers(history, model_info)
     if not layers:
         return []
     trend = loss_trend(history, window)
@@ -97,19 +101,8 @@ def gradscope_detect(
         what = "the gradients kept rising while the loss climbed"
     layer = next(s for s in layers if s.name == culprit)
     scales = {s.name: init_scale(s, model_info) for s in layers}
-    step = _first_step_over(history, layer.update_ratio, t["update_ratio"])
-    message = (
-        f"Gradients explode: {what}. Steps this large throw the weights around instead of "
-        "descending the loss"
-        + (
-            f"; the loss rose from {fmt(trend.first)} to {fmt(trend.last)}"
-            if math.isfinite(loss_rise) and loss_rise > 1
-            else ""
-        )
-        + ("; the loss became non-finite" if loss_went_nonfinite else "")
-        + ". Clip the gradient norm, lower the learning rate, or fix the initialisation "
-        "if the weights start too large."
-    )
+    step = first_step_where(history, over(layer.update_ratio, t["update_ratio"]))
+    message = _message(what, trend, loss_rise, loss_went_nonfinite)
     return [
         Finding(
             kind="exploding_gradient",
@@ -132,6 +125,21 @@ def gradscope_detect(
     ]
 
 
+def _message(what: str, trend: Any, loss_rise: float, loss_nonfinite: bool) -> str:
+    return (
+        f"Gradients explode: {what}. Steps this large throw the weights around instead of "
+        "descending the loss"
+        + (
+            f"; the loss rose from {fmt(trend.first)} to {fmt(trend.last)}"
+            if math.isfinite(loss_rise) and loss_rise > 1
+            else ""
+        )
+        + ("; the loss became non-finite" if loss_nonfinite else "")
+        + ". Clip the gradient norm, lower the learning rate, or fix the initialisation "
+        "if the weights start too large."
+    )
+
+
 def _sustained_peak(series: torch.Tensor) -> float:
     """Largest median of three consecutive finite values (a single spike does not count)."""
     finite = series[torch.isfinite(series)]
@@ -148,9 +156,28 @@ def _grads_rising(layers: list, window: int) -> bool:
     )
 
 
-def _first_step_over(history: History, series: torch.Tensor, threshold: float) -> int:
-    for k, step in enumerate(history.steps):
-        value = float(series[k])
-        if not math.isfinite(value) and not math.isnan(value) or value > threshold:
-            return step
-    return history.steps[0]
+
+def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
+    """Fixes for an exploding gradient, best first, chosen by its evidence."""
+    roles = info.roles()
+    layer = info.layer(finding.layer)
+    if layer is not None and layer.role in ("vanilla_rnn", "gated_rnn"):
+        # The recurrence multiplies by the same matrix every step: make it norm-preserving.
+        return [fix.orthogonal_init, fix.clip_grad_norm, fix.lower_lr]
+    too_big = [v for v in fix.scales(finding) if v > 3.0]
+    sigmoid_like = roles & {"sigmoid", "tanh"} and "relu" not in roles
+    init = fix.xavier_init if sigmoid_like else fix.kaiming_init
+    if too_big:
+        return [init, fix.clip_grad_norm, fix.lower_lr]
+    peaks = finding.evidence.get("update_ratio_peak") or {}
+    giant = [v for v in peaks.values() if isinstance(v, float) and v > 1.0]
+    if giant:
+        # Normal weights, steps larger than the weights themselves: the learning rate.
+        return [fix.lower_lr, fix.clip_grad_norm, init]
+    return [fix.clip_grad_norm, fix.lower_lr, init]
+
+
+@hookimpl
+def gradscope_suggest(finding: Finding, model_info: ModelInfo) -> list[Suggestion]:
+    """Suggestions for ``exploding_gradient`` findings, best first (see :func:`plan`)."""
+    return fix.suggest(finding, model_info, "exploding_gradient", plan)

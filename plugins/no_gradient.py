@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from gradscope import Finding, hookimpl
+from gradscope import Finding, Suggestion, hookimpl
 from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
+from gradscope_plugins import fix_builders as fix
+
+#: The statistics this detector reads (see gradscope.statistics); without them it cannot judge.
+NEEDS = ("has_grad",)
 
 
 @hookimpl
@@ -59,3 +63,14 @@ def gradscope_detect(
             )
         )
     return findings
+
+
+def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
+    """A missing gradient is a graph problem: show how to find where it is cut."""
+    return [fix.check_graph]
+
+
+@hookimpl
+def gradscope_suggest(finding: Finding, model_info: ModelInfo) -> list[Suggestion]:
+    """Suggestions for ``no_gradient`` findings, best first (see :func:`plan`)."""
+    return fix.suggest(finding, model_info, "no_gradient", plan)

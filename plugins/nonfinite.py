@@ -14,9 +14,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from gradscope import Finding, hookimpl
+from gradscope import Finding, Suggestion, hookimpl
 from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
+from gradscope_plugins import fix_builders as fix
+
+#: The statistics this detector reads (see gradscope.statistics); without them it cannot judge.
+NEEDS = ("grad_l2",)
 
 
 @hookimpl
@@ -49,6 +53,37 @@ def gradscope_detect(
         },
         key=lambda name: rank.get(name, len(rank)),
     )
+    culprit, where, detail = _explain(history, step, bad_outputs, bad_grads)
+    message = (
+        f"NaN/Inf appeared during training: {detail}. Once a weight is NaN every later step "
+        "is NaN too, so fix the first source."
+    )
+    return [
+        Finding(
+            kind="nonfinite_gradient",
+            layer=culprit,
+            severity="error",
+            step=step,
+            message=message,
+            evidence={
+                "culprit": culprit or "loss",
+                "where": where,
+                "nonfinite_outputs": bad_outputs,
+                "nonfinite_gradients": bad_grads,
+                "loss_nonfinite_step": loss_step,
+                "backward_candidates": (
+                    _parameterless_after(history, bad_grads[-1]) if where == "backward" else []
+                ),
+            },
+        )
+    ]
+
+
+def _explain(
+    history: History, step: int, bad_outputs: list[str], bad_grads: list[str]
+) -> tuple[str | None, str, str]:
+    """(culprit module, where it broke: forward/backward/loss/unknown, a sentence why)."""
+    loss_step = history.first_nonfinite_loss
     if bad_outputs:
         culprit, where = bad_outputs[0], "forward"
         detail = (
@@ -88,29 +123,7 @@ def gradscope_detect(
                 "a division by a tiny number)"
             )
         )
-    message = (
-        f"NaN/Inf appeared during training: {detail}. Once a weight is NaN every later step "
-        "is NaN too, so fix the first source."
-    )
-    return [
-        Finding(
-            kind="nonfinite_gradient",
-            layer=culprit,
-            severity="error",
-            step=step,
-            message=message,
-            evidence={
-                "culprit": culprit or "loss",
-                "where": where,
-                "nonfinite_outputs": bad_outputs,
-                "nonfinite_gradients": bad_grads,
-                "loss_nonfinite_step": loss_step,
-                "backward_candidates": (
-                    _parameterless_after(history, bad_grads[-1]) if where == "backward" else []
-                ),
-            },
-        )
-    ]
+    return culprit, where, detail
 
 
 def _parameterless_after(history: History, module: str) -> list[str]:
@@ -126,3 +139,18 @@ def _parameterless_after(history: History, module: str) -> list[str]:
             break
         between.append(name)
     return between
+
+
+def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
+    """Fixes for a NaN/Inf, best first, chosen by where it began."""
+    layer = info.layer(finding.layer)
+    if finding.evidence.get("where") == "forward" and layer is not None and layer.params:
+        # A layer with weights overflowing: the values grew too large, not a bad formula.
+        return [fix.clip_grad_norm, fix.lower_lr, fix.fix_loss_numerics]
+    return [fix.fix_loss_numerics, fix.clip_grad_norm, fix.lower_lr]
+
+
+@hookimpl
+def gradscope_suggest(finding: Finding, model_info: ModelInfo) -> list[Suggestion]:
+    """Suggestions for ``nonfinite_gradient`` findings, best first (see :func:`plan`)."""
+    return fix.suggest(finding, model_info, "nonfinite_gradient", plan)

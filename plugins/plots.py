@@ -1,4 +1,7 @@
-"""Per-layer plots of a report with matplotlib (Agg: no display needed).
+"""Per-layer plots of a report with matplotlib, drawn on Figure objects (no display needed).
+
+No global matplotlib state is touched: no backend switch, no rcParams edits (styles go
+through ``rc_context`` around each save), so a notebook keeps its inline figures.
 
 One function draws each view on an Axes; the single-view PNGs and the dashboard
 use the same functions.  Colour and axis ranges come from the recent window of
@@ -9,31 +12,26 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import matplotlib
+import torch
+from matplotlib.axes import Axes
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-# Text stays text in SVG, so layer names can be searched and copied.
-matplotlib.rcParams["svg.fonttype"] = "none"
-
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
-
-from gradscope import Report, hookimpl  # noqa: E402
-from gradscope.signals import LayerSignal, activation_fraction, layer_signals  # noqa: E402
+from gradscope import Report, hookimpl
+from gradscope.judge import effective_thresholds
+from gradscope.render import verdict
+from gradscope.signals import LayerSignal, activation_fraction, layer_signals
 
 FLAG = "#d62728"
 OK = "#1f77b4"
 MUTED = "#9aa5b1"
 #: Healthy training moves weights by about this fraction per step.
 UPDATE_GUIDE = 1e-3
-#: The gap (relative to later layers) the vanishing detector flags by default.
-VANISH_GUIDE = 1e-3
-#: Where the dead_relu and saturation detectors start warning by default.
-DEAD_GUIDE = 0.4
-SATURATION_GUIDE = 0.5
+#: Text stays text in SVG, so layer names can be searched and copied.
+_STYLE = {"svg.fonttype": "none"}
 RECENT = 20
 MAX_LABELS = 40
 
@@ -81,9 +79,16 @@ def _label_layers(ax: Axes, names: list[str]) -> None:
     ax.set_xticklabels([short(names[i]) for i in ticks], rotation=90, fontsize=7)
 
 
+def _guide(report: Report, plugin: str, key: str, fallback: float) -> float:
+    """A detector's threshold as it was in force for this report (defaults + overrides)."""
+    value = effective_thresholds(report.config).get(plugin, {}).get(key, fallback)
+    return float(value)
+
+
 def draw_gradient_flow(ax: Axes, report: Report, layers: list[LayerSignal]) -> None:
     """Mean |grad| per layer in forward order, log scale, flagged layers in red."""
     flagged = _flagged(report)
+    vanish_guide = _guide(report, "vanishing", "depth_ratio", 1e-3)
     names = [s.name for s in layers]
     mean_abs = [_recent_median(s.grad_mean_abs) for s in layers]
     rms = [_recent_median(s.grad_norm) / math.sqrt(max(s.numel, 1)) for s in layers]
@@ -109,11 +114,11 @@ def draw_gradient_flow(ax: Axes, report: Report, layers: list[LayerSignal]) -> N
         top = max(finite)
         ax.set_yscale("log")
         ax.axhspan(
-            min(min(finite), top * VANISH_GUIDE) / 10,
-            top * VANISH_GUIDE,
+            min(min(finite), top * vanish_guide) / 10,
+            top * vanish_guide,
             color=FLAG,
             alpha=0.08,
-            label=f"< {VANISH_GUIDE:g} x largest: vanishing zone",
+            label=f"< {vanish_guide:g} x largest: vanishing zone",
         )
     ax.set_title("Gradient flow (input on the left)")
     ax.set_ylabel("|grad|")
@@ -227,6 +232,8 @@ def draw_gan_balance(ax: Axes, report: Report, layers: list[LayerSignal]) -> boo
 
 def draw_activation_health(ax: Axes, report: Report) -> None:
     """Zero fraction of ReLU outputs and saturated fraction of sigmoid/tanh outputs."""
+    dead_guide = _guide(report, "dead_relu", "warn_fraction", 0.4)
+    saturation_guide = _guide(report, "saturation", "warn_fraction", 0.5)
     history = report.history
     if history is None or not history.records:
         return
@@ -257,9 +264,9 @@ def draw_activation_health(ax: Axes, report: Report) -> None:
             for offset, value in zip((-width, 0.0, width), values, strict=True):
                 if math.isfinite(value):
                     ax.text(xi + offset, value + 0.01, f"{value:.0%}", ha="center", fontsize=6)
-    ax.axhline(DEAD_GUIDE, color=FLAG, ls="--", lw=1, label=f"{DEAD_GUIDE:.0%} dead units")
+    ax.axhline(dead_guide, color=FLAG, ls="--", lw=1, label=f"{dead_guide:.0%} dead units")
     ax.axhline(
-        SATURATION_GUIDE, color="#ff7f0e", ls=":", lw=1, label=f"{SATURATION_GUIDE:.0%} saturated"
+        saturation_guide, color="#ff7f0e", ls=":", lw=1, label=f"{saturation_guide:.0%} saturated"
     )
     ax.set_ylim(0, 1.05)
     ax.set_title("Activation health (recent)")
@@ -302,21 +309,20 @@ def draw_loss(ax: Axes, report: Report) -> None:
     ax.set_xlabel("step")
 
 
-def _verdict(report: Report) -> str:
-    if not report.findings:
-        return "healthy"
-    kinds = sorted({f.kind for f in report.findings})
-    return ("NOT OK: " if not report.ok else "warnings: ") + ", ".join(kinds)
-
-
-def _save(fig: plt.Figure, path: Path, formats: list[str]) -> list[Path]:
+def _save(fig: Figure, path: Path, formats: list[str]) -> list[Path]:
     written = []
-    for fmt in formats:
-        target = path.with_suffix(f".{fmt}")
-        fig.savefig(target, dpi=110, metadata=_METADATA.get(fmt))
-        written.append(target)
-    plt.close(fig)
+    with matplotlib.rc_context(_STYLE):
+        for fmt in formats:
+            target = path.with_suffix(f".{fmt}")
+            fig.savefig(target, dpi=110, metadata=_METADATA.get(fmt))
+            written.append(target)
     return written
+
+
+def _figure(size: tuple[float, float], rows: int = 1, cols: int = 1) -> tuple[Figure, Any]:
+    """A Figure of its own (no pyplot, no global state) and its axes."""
+    fig = Figure(figsize=size, layout="constrained")
+    return fig, fig.subplots(rows, cols)
 
 
 #: No creation dates or tool versions in the files, so the same report gives the same bytes.
@@ -342,15 +348,13 @@ def render(report: Report, outdir: Path, formats: list[str] | None = None) -> li
     ]
     formats = [f for f in (formats or ["png"]) if f in ("png", "svg")] or ["png"]
     for filename, size, draw in views:
-        fig, ax = plt.subplots(figsize=size, layout="constrained")
+        fig, ax = _figure(size)
         draw(ax)
         written.extend(_save(fig, outdir / filename, formats))
-    fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
+    fig, ax = _figure((8, 4.5))
     if draw_gan_balance(ax, report, layers):
         written.extend(_save(fig, outdir / "gan_balance.png", formats))
-    else:
-        plt.close(fig)
-    fig, axes = plt.subplots(2, 3, figsize=(18, 9.5), layout="constrained")
+    fig, axes = _figure((18, 9.5), 2, 3)
     draw_gradient_flow(axes[0, 0], report, layers)
     draw_grad_heatmap(axes[0, 1], report, layers)
     draw_loss(axes[0, 2], report)
@@ -358,7 +362,7 @@ def render(report: Report, outdir: Path, formats: list[str] | None = None) -> li
     draw_activation_health(axes[1, 1], report)
     _draw_findings_text(axes[1, 2], report)
     fig.suptitle(
-        f"gradscope: {report.model_name} — {_verdict(report)}",
+        f"gradscope: {report.model_name} — {verdict(report)}",
         fontsize=15,
         color=FLAG if report.findings else "black",
     )

@@ -8,13 +8,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from gradscope import Finding, hookimpl
+import torch
+
+from gradscope import Finding, Suggestion, hookimpl
 from gradscope.config import thresholds
 from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
-from gradscope.signals import activation_fraction, fmt, init_scale, layer_signals
+from gradscope.signals import activation_fraction, init_scale, layer_signals
+from gradscope_plugins import fix_builders as fix
+from gradscope_plugins.judgement import first_step_where, fmt, layer_before, over
 
 NAME = "saturation"
+#: The statistics this detector reads (see gradscope.statistics); without them it cannot judge.
+NEEDS = ("saturated", "sampled")
 DEFAULTS = {
     # Fraction of outputs within 1% of an asymptote: a warning from here...
     "warn_fraction": 0.5,
@@ -47,7 +53,10 @@ def gradscope_detect(
                 kind="saturated_activation",
                 layer=name,
                 severity="error" if fraction >= t["error_fraction"] else "warning",
-                step=_first_step(history, name, t["warn_fraction"]),
+                step=first_step_where(
+                    history, over(_saturated_fraction(history, name), t["warn_fraction"] - 1e-9),
+                    default="last",
+                ),
                 message=(
                     f"{fmt(100 * fraction)}% of {name}'s {kind} outputs sit within 1% of {ends}, "
                     "where the slope is under 0.01: almost no gradient gets through, so the "
@@ -65,22 +74,34 @@ def gradscope_detect(
     return findings
 
 
-def _first_step(history: History, name: str, fraction: float) -> int:
+def _saturated_fraction(history: History, name: str) -> torch.Tensor:
+    """Saturated share of the sampled outputs of module ``name`` per kept record."""
     j = history.module_names.index(name)
-    sat = history.act_series("saturated")[:, j]
     sampled = history.act_series("sampled")[:, j].clamp_min(1)
-    for k, value in enumerate((sat / sampled).tolist()):
-        if value >= fraction:
-            return history.steps[k]
-    return history.steps[-1]
+    return torch.nan_to_num(history.act_series("saturated")[:, j] / sampled, nan=0.0)
 
 
 def _feeding_scale(model_info: ModelInfo, signals: dict, name: str) -> float:
     """init_scale of the weight layer right before the activation ``name``."""
-    names = [layer.name for layer in model_info.layers]
-    if name not in names:
+    before = layer_before(model_info, name, ("weight",))
+    if before is None or before.name not in signals:
         return float("nan")
-    for layer in reversed(model_info.layers[: names.index(name)]):
-        if layer.name in signals and layer.role == "weight":
-            return init_scale(signals[layer.name], model_info)
-    return float("nan")
+    return init_scale(signals[before.name], model_info)
+
+
+def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
+    """Fixes for a saturated activation, best first, chosen by its evidence."""
+    scale = finding.evidence.get("init_scale")
+    if finding.evidence.get("activation") == "sigmoid":
+        # A sigmoid in a hidden layer is the problem itself: ReLU cannot saturate.
+        return [fix.use_relu, fix.add_batchnorm, fix.xavier_init]
+    if isinstance(scale, float) and scale > 3.0:
+        # Weights several times too large push the inputs to the asymptotes: rescale them.
+        return [fix.xavier_init, fix.add_batchnorm, fix.use_relu]
+    return [fix.add_batchnorm, fix.xavier_init, fix.use_relu]
+
+
+@hookimpl
+def gradscope_suggest(finding: Finding, model_info: ModelInfo) -> list[Suggestion]:
+    """Suggestions for ``saturated_activation`` findings, best first (see :func:`plan`)."""
+    return fix.suggest(finding, model_info, "saturated_activation", plan)

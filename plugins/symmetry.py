@@ -11,13 +11,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from gradscope import Finding, hookimpl
+from gradscope import Finding, Suggestion, hookimpl
 from gradscope.config import thresholds
 from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
 from gradscope.signals import last_measured
+from gradscope_plugins import fix_builders as fix
 
 NAME = "symmetry"
+#: The statistics this detector reads (see gradscope.statistics); without them it cannot judge.
+NEEDS = ("row_spread", "param_norm")
 DEFAULTS = {
     # Row spread below this fraction of the weight RMS counts as identical rows.
     "relative_spread": 1e-6,
@@ -73,3 +76,14 @@ def gradscope_detect(
             )
         )
     return findings
+
+
+def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
+    """Identical rows can only be told apart by a random initialisation."""
+    return [fix.random_init]
+
+
+@hookimpl
+def gradscope_suggest(finding: Finding, model_info: ModelInfo) -> list[Suggestion]:
+    """Suggestions for ``symmetric_weights`` findings, best first (see :func:`plan`)."""
+    return fix.suggest(finding, model_info, "symmetric_weights", plan)

@@ -11,13 +11,17 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from gradscope import Finding, hookimpl
+from gradscope import Finding, Suggestion, hookimpl
 from gradscope.config import thresholds
 from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
-from gradscope.signals import depth_signals, early, fmt, init_scale, loss_trend, recent
+from gradscope.signals import early, init_scale, loss_trend, recent
+from gradscope_plugins import fix_builders as fix
+from gradscope_plugins.judgement import depth_layers, first_step_where, fmt, gan_roles, under
 
 NAME = "vanishing"
+#: The statistics this detector reads (see gradscope.statistics); without them it cannot judge.
+NEEDS = ("grad_l2", "param_norm")
 DEFAULTS = {
     # A layer whose relative gradient is below this fraction of the largest one after it.
     "depth_ratio": 1e-3,
@@ -41,7 +45,7 @@ def gradscope_detect(
     """Find the input-most layers whose gradients have vanished relative to later layers."""
     t = thresholds(config, NAME, DEFAULTS)
     window = int(t["window"])
-    layers = depth_signals(history, model_info)
+    layers = depth_layers(history, model_info)
     if len(layers) < 2:
         return []
     rel = [recent(layer.relative_grad, window) for layer in layers]
@@ -110,12 +114,13 @@ def gradscope_detect(
 def _first_step_below(history: History, series: Any, layers: list, threshold: float) -> int:
     """The first recorded step at which the layer fell below ``threshold`` of the max."""
     stacked = [layer.relative_grad for layer in layers]
-    for k, step in enumerate(history.steps):
+
+    def holds(k: int) -> bool:
         values = [float(s[k]) for s in stacked if math.isfinite(float(s[k]))]
         here = float(series[k])
-        if values and math.isfinite(here) and here < threshold * max(values):
-            return step
-    return history.steps[0]
+        return bool(values) and math.isfinite(here) and here < threshold * max(values)
+
+    return first_step_where(history, holds)
 
 
 def _faded_over_time(
@@ -137,8 +142,9 @@ def _faded_over_time(
     if not stalled or len(history) < 2 * window:
         return []
     faded = []
+    roles = gan_roles(history, model_info)
     for layer, now in zip(layers, rel, strict=True):
-        if model_info.gan_part(layer.name) == "discriminator":
+        if roles.get(layer.name) == "discriminator":
             # A GAN's logged loss is the generator's: a discriminator whose gradient fades
             # is winning its own game, which the generator's finding covers.
             continue
@@ -154,7 +160,11 @@ def _faded_over_time(
             kind="vanishing_gradient",
             layer=layer.name,
             severity="warning",
-            step=_first_step_fallen(history, layer.relative_grad, t["time_ratio"], window),
+            step=first_step_where(
+                history,
+                under(layer.relative_grad, t["time_ratio"] * early(layer.relative_grad, window)),
+                default="last",
+            ),
             message=(
                 f"The gradient of {layer.name} faded to {fmt(ratio)} of its size at the start "
                 f"of training while the loss did not improve ({fmt(trend.first)} -> "
@@ -173,18 +183,18 @@ def _faded_over_time(
                 "loss_improvement": trend.improvement,
                 "threshold_time_ratio": t["time_ratio"],
                 "over": "time",
+                **_gan_evidence(roles, layer.name),
             },
         )
     ]
 
 
-def _first_step_fallen(history: History, series: Any, ratio: float, window: int) -> int:
-    start = early(series, window)
-    for k, step in enumerate(history.steps):
-        value = float(series[k])
-        if math.isfinite(value) and value < ratio * start:
-            return step
-    return history.steps[-1]
+def _gan_evidence(roles: dict[str, str], layer: str) -> dict[str, Any]:
+    """For a GAN's generator: its role and the module names of both parts (for the fix)."""
+    if roles.get(layer) != "generator":
+        return {}
+    tops = {role: name.split(".")[0] for name, role in reversed(list(roles.items()))}
+    return {"gan_role": "generator", "part": tops["generator"], "other_part": tops["discriminator"]}
 
 
 def _faded_through_time(
@@ -226,3 +236,24 @@ def _faded_through_time(
             )
         ]
     return []
+
+
+def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
+    """Fixes for a vanishing gradient, best first, chosen by its evidence."""
+    roles = info.roles()
+    if finding.evidence.get("gan_role") == "generator":
+        return [fix.use_nonsaturating_loss, fix.lower_lr, fix.add_batchnorm]
+    if "vanilla_rnn" in roles:
+        return [fix.use_lstm_or_gru, fix.orthogonal_init, fix.clip_grad_norm]
+    if roles & {"sigmoid", "tanh"}:
+        tiny = [v for v in fix.scales(finding) if v < 0.1]
+        if tiny and "tanh" in roles:
+            return [fix.xavier_init, fix.use_relu, fix.add_batchnorm]
+        return [fix.use_relu, fix.kaiming_init, fix.add_batchnorm]
+    return [fix.add_batchnorm, fix.kaiming_init, fix.add_residual]
+
+
+@hookimpl
+def gradscope_suggest(finding: Finding, model_info: ModelInfo) -> list[Suggestion]:
+    """Suggestions for ``vanishing_gradient`` findings, best first (see :func:`plan`)."""
+    return fix.suggest(finding, model_info, "vanishing_gradient", plan)

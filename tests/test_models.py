@@ -8,8 +8,9 @@ from torch import nn
 
 import gradscope
 from gradscope.demo import train_spec
-from gradscope.models import available_specs, builtin_specs
+from gradscope.models import builtin_specs
 from gradscope.models.networks import LSTMNet, RNNNet
+from gradscope.reference import available_specs
 
 SPECS = builtin_specs()
 TWINS = [name for name, spec in SPECS.items() if spec.problem]

@@ -16,7 +16,7 @@ from gradscope import Finding, hookimpl, plugins
 from gradscope.hookspecs import HOOK_NAMES
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-BUILTINS = {"vanishing", "exploding", "fixes", "plots", "reference_models"}
+BUILTINS = {"vanishing", "exploding", "plots", "reference_models"}
 
 
 class FlagEverything:
@@ -48,11 +48,67 @@ def _diagnose():
     return gradscope.diagnose(mlp(), batch(), torch.nn.functional.cross_entropy, steps=3)
 
 
-def test_builtin_plugins_load_through_entry_points():
+def test_builtin_plugins_load_from_the_default_list():
     loaded = {info.name: info for info in plugins.list_plugins()}
     assert set(loaded) >= BUILTINS
-    assert loaded["vanishing"].source.startswith("gradscope ")
-    assert loaded["vanishing"].hooks == ["gradscope_detect"]
+    assert loaded["vanishing"].source == (
+        f"gradscope {gradscope.__version__} (built-in: gradscope_plugins.vanishing)"
+    )
+    assert loaded["vanishing"].hooks == ["gradscope_detect", "gradscope_suggest"]
+
+
+def test_builtin_detectors_load_with_the_entry_points_hidden(monkeypatch):
+    """A checkout on PYTHONPATH or stale metadata has no entry points: still not "healthy"."""
+    from importlib import metadata
+
+    real = metadata.entry_points
+
+    def hidden(**params):
+        if params.get("group") == "gradscope":
+            return metadata.EntryPoints(())
+        return real(**params)
+
+    monkeypatch.setattr(metadata, "entry_points", hidden)
+    plugins.reset_plugin_manager()
+    layers = []
+    for _ in range(8):
+        layers += [torch.nn.Linear(16, 16), torch.nn.Sigmoid()]
+    model = torch.nn.Sequential(*layers, torch.nn.Linear(16, 3))
+    report = gradscope.diagnose(model, batch_16(), torch.nn.functional.cross_entropy, steps=20)
+    assert "vanishing_gradient" in report.kinds()
+
+
+def test_with_every_detector_filtered_out_the_report_is_not_ok(monkeypatch):
+    monkeypatch.setenv("GRADSCOPE_PLUGINS", "plots,html_report")
+    plugins.reset_plugin_manager()
+    report = _diagnose()
+    assert not report.ok
+    assert report.not_judged == [
+        "no detector plugin is loaded, so nothing was checked (is GRADSCOPE_PLUGINS "
+        "filtering them all out?)"
+    ]
+    assert "NOT JUDGED" in str(report)
+
+
+def test_a_detector_that_raises_makes_the_report_not_ok():
+    class Raises:
+        @hookimpl
+        def gradscope_detect(self, history, model_info, config):
+            raise ZeroDivisionError("detector bug")
+
+    with plugins.registered(Raises(), name="raises"):
+        report = _diagnose()
+    assert not report.ok
+    assert report.not_judged == [
+        "detector raises raised in gradscope_detect and did not judge this run "
+        "(ZeroDivisionError: detector bug)"
+    ]
+
+
+def batch_16():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 16, generator=g)
+    return x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
 
 
 def test_a_registered_plugin_object_adds_its_finding():
@@ -124,15 +180,45 @@ def test_threshold_overrides_reach_the_plugin_and_typos_are_refused():
         config={"vanishing": {"depth_ratio": 0.999}},
     )
     assert "vanishing_gradient" in strict.kinds()
-    typo = gradscope.diagnose(
-        mlp(),
-        batch(),
-        torch.nn.functional.cross_entropy,
-        steps=3,
-        config={"vanishing": {"depth_ratoi": 1}},
+    # A typo is refused before any training step, naming the valid keys.
+    with pytest.raises(ValueError) as typo:
+        gradscope.diagnose(
+            mlp(),
+            batch(),
+            torch.nn.functional.cross_entropy,
+            steps=3,
+            config={"vanishing": {"depth_ratoi": 1}},
+        )
+    assert str(typo.value) == (
+        "Unknown threshold(s) depth_ratoi for plugin 'vanishing'; it knows depth_ratio, "
+        "rnn_steps, severe_ratio, stall, time_ratio, window."
     )
-    assert typo.plugin_errors[0]["plugin"] == "vanishing"
-    assert (
-        "Unknown threshold(s) ['depth_ratoi'] for plugin 'vanishing'"
-        in typo.plugin_errors[0]["error"]
-    )
+    with pytest.raises(ValueError, match="Unknown plugin 'vanishng' in the threshold overrides"):
+        gradscope.watch(mlp(), config={"vanishng": {"depth_ratio": 1e-4}})
+
+
+def test_a_detector_whose_statistic_was_never_measured_is_named_not_judged():
+    class NeedsMaxGrad:
+        NEEDS = ("grad_max",)  # measured with full=True only
+
+        @hookimpl
+        def gradscope_detect(self, history, model_info, config):
+            return []
+
+    with plugins.registered(NeedsMaxGrad(), name="needs_max"):
+        default = _diagnose()
+        model = mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with gradscope.watch(model, optimizer=opt, full=True) as scope:
+            for _ in range(3):
+                opt.zero_grad()
+                x, y = batch()
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+        full = scope.report()
+    assert not default.ok
+    assert default.not_judged == [
+        "detector needs_max did not run: grad_max was never measured (it is measured with "
+        "full=True only)"
+    ]
+    assert full.not_judged == []

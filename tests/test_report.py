@@ -10,7 +10,8 @@ from helpers import batch, mlp
 
 import gradscope
 from gradscope import Finding, Report, Suggestion
-from gradscope.report import SCHEMA_VERSION, sort_findings
+from gradscope.findings import sort_findings
+from gradscope.report import SCHEMA_VERSION
 
 
 def _finding(kind: str, severity: str, step: int) -> Finding:

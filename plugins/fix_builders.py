@@ -1,6 +1,9 @@
-"""Fix suggestions for the built-in finding kinds, ranked by fit to the model in hand.
+"""Fix builders shared by the built-in detectors (not a plugin itself).
 
-Every snippet names the model's real modules, so it can be pasted as it is.
+Each builder turns a finding into one :class:`~gradscope.Suggestion` whose snippet names
+the model's real modules, so it can be pasted as it is.  Which fixes a finding gets, and
+in which order, is decided next to the detector that wrote its evidence (each detector
+module's ``plan``); :func:`suggest` runs a plan.
 """
 
 from __future__ import annotations
@@ -8,9 +11,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from gradscope import Finding, Suggestion, hookimpl
+from gradscope import Finding, Suggestion
 from gradscope.modelinfo import LayerInfo, ModelInfo
-from gradscope.signals import fmt
+from gradscope_plugins.judgement import fmt
 
 
 def _ref(info: ModelInfo, name: str) -> str:
@@ -123,15 +126,15 @@ def xavier_init(finding: Finding, info: ModelInfo) -> Suggestion:
     )
 
 
-def _scales(finding: Finding) -> list[float]:
+def scales(finding: Finding) -> list[float]:
     """The finite init scales in a finding's evidence (one number or one per layer)."""
-    scales = finding.evidence.get("init_scale")
-    values = scales.values() if isinstance(scales, dict) else [scales]
+    given = finding.evidence.get("init_scale")
+    values = given.values() if isinstance(given, dict) else [given]
     return [v for v in values if isinstance(v, float) and math.isfinite(v)]
 
 
 def _init_scale_note(finding: Finding) -> str:
-    finite = _scales(finding)
+    finite = scales(finding)
     if not finite:
         return ""
     return (
@@ -330,23 +333,9 @@ def add_residual(finding: Finding, info: ModelInfo) -> Suggestion:
 
 
 def use_nonsaturating_loss(finding: Finding, info: ModelInfo) -> Suggestion:
-    """The non-saturating generator loss of a GAN."""
-    d = next(
-        (
-            layer.name.split(".")[0]
-            for layer in info.layers
-            if info.gan_part(layer.name) == "discriminator"
-        ),
-        "discriminator",
-    )
-    g = next(
-        (
-            layer.name.split(".")[0]
-            for layer in info.layers
-            if info.gan_part(layer.name) == "generator"
-        ),
-        "generator",
-    )
+    """The non-saturating generator loss of a GAN (parts named in the finding's evidence)."""
+    g = finding.evidence.get("part") or "generator"
+    d = finding.evidence.get("other_part") or "discriminator"
     return Suggestion(
         kind="use_nonsaturating_loss",
         title="Train the generator with the non-saturating loss -log D(G(z))",
@@ -359,7 +348,7 @@ def use_nonsaturating_loss(finding: Finding, info: ModelInfo) -> Suggestion:
             [
                 "import torch.nn.functional as F",
                 "",
-                f"d_on_fake = {info.var}.{d}({info.var}.{g}(z))",
+                f"d_on_fake = {_ref(info, d)}({_ref(info, g)}(z))",
                 "# instead of: g_loss = torch.log(1 - d_on_fake).mean()",
                 "g_loss = F.binary_cross_entropy(d_on_fake, torch.ones_like(d_on_fake))",
             ]
@@ -475,79 +464,11 @@ def random_init(finding: Finding, info: ModelInfo) -> Suggestion:
 Builder = Callable[[Finding, ModelInfo], Suggestion]
 
 
-def _vanishing_plan(finding: Finding, info: ModelInfo) -> list[Builder]:
-    roles = info.roles()
-    if info.gan_part(finding.layer) == "generator":
-        return [use_nonsaturating_loss, lower_lr, add_batchnorm]
-    if "vanilla_rnn" in roles:
-        return [use_lstm_or_gru, orthogonal_init, clip_grad_norm]
-    if roles & {"sigmoid", "tanh"}:
-        tiny = [v for v in _scales(finding) if v < 0.1]
-        if tiny and "tanh" in roles:
-            return [xavier_init, use_relu, add_batchnorm]
-        return [use_relu, kaiming_init, add_batchnorm]
-    return [add_batchnorm, kaiming_init, add_residual]
+Plan = Callable[[Finding, ModelInfo], list[Builder]]
 
 
-def _exploding_plan(finding: Finding, info: ModelInfo) -> list[Builder]:
-    roles = info.roles()
-    layer = info.layer(finding.layer)
-    if layer is not None and layer.role in ("vanilla_rnn", "gated_rnn"):
-        # The recurrence multiplies by the same matrix every step: make it norm-preserving.
-        return [orthogonal_init, clip_grad_norm, lower_lr]
-    too_big = [v for v in _scales(finding) if v > 3.0]
-    init = xavier_init if roles & {"sigmoid", "tanh"} and "relu" not in roles else kaiming_init
-    if too_big:
-        return [init, clip_grad_norm, lower_lr]
-    peaks = finding.evidence.get("update_ratio_peak") or {}
-    giant = [v for v in peaks.values() if isinstance(v, float) and v > 1.0]
-    if giant:
-        # Normal weights, steps larger than the weights themselves: the learning rate.
-        return [lower_lr, clip_grad_norm, init]
-    return [clip_grad_norm, lower_lr, init]
-
-
-def _nonfinite_plan(finding: Finding, info: ModelInfo) -> list[Builder]:
-    layer = info.layer(finding.layer)
-    if finding.evidence.get("where") == "forward" and layer is not None and layer.params:
-        # A layer with weights overflowing: the values grew too large, not a bad formula.
-        return [clip_grad_norm, lower_lr, fix_loss_numerics]
-    return [fix_loss_numerics, clip_grad_norm, lower_lr]
-
-
-def _dead_relu_plan(finding: Finding, info: ModelInfo) -> list[Builder]:
-    if finding.evidence.get("dead_from_start"):
-        # Dead before training could kill them: the initialisation (negative biases) did.
-        return [kaiming_init, add_batchnorm, lower_lr]
-    return [lower_lr, kaiming_init, add_batchnorm]
-
-
-def _saturation_plan(finding: Finding, info: ModelInfo) -> list[Builder]:
-    scale = finding.evidence.get("init_scale")
-    if finding.evidence.get("activation") == "sigmoid":
-        # A sigmoid in a hidden layer is the problem itself: ReLU cannot saturate.
-        return [use_relu, add_batchnorm, xavier_init]
-    if isinstance(scale, float) and scale > 3.0:
-        # Weights several times too large push the inputs to the asymptotes: rescale them.
-        return [xavier_init, add_batchnorm, use_relu]
-    return [add_batchnorm, xavier_init, use_relu]
-
-
-PLANS: dict[str, Callable[[Finding, ModelInfo], list[Builder]]] = {
-    "vanishing_gradient": _vanishing_plan,
-    "exploding_gradient": _exploding_plan,
-    "nonfinite_gradient": _nonfinite_plan,
-    "no_gradient": lambda f, i: [check_graph],
-    "dead_relu": _dead_relu_plan,
-    "saturated_activation": _saturation_plan,
-    "symmetric_weights": lambda f, i: [random_init],
-}
-
-
-@hookimpl
-def gradscope_suggest(finding: Finding, model_info: ModelInfo) -> list[Suggestion]:
-    """Suggestions for the built-in finding kinds, best first."""
-    plan = PLANS.get(finding.kind)
-    if plan is None:
+def suggest(finding: Finding, info: ModelInfo, kind: str, plan: Plan) -> list[Suggestion]:
+    """The suggestions of ``plan`` for a finding of ``kind`` (none for other kinds)."""
+    if finding.kind != kind:
         return []
-    return [build(finding, model_info) for build in plan(finding, model_info)]
+    return [build(finding, info) for build in plan(finding, info)]

@@ -1,0 +1,287 @@
+"""Recording: the step's device tensors in, one :class:`StepRecord` out, one host sync.
+
+The scope's hooks hand the recorder what they see (module outputs on detail steps, the
+gradients at the optimizer step); :meth:`Recorder.gather` stacks every measured scalar,
+brings them to the host together and lays them out in the columns declared in
+:mod:`gradscope.statistics`.  Columns not measured on a step stay NaN.
+
+Light steps (gradient norms and the loss only) are built without per-layer Python:
+columns that were not measured are shared, read-only lists, and a step whose gradients
+are all present and finite needs no per-parameter bookkeeping at all.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gradscope import stats
+from gradscope.history import StepRecord
+from gradscope.statistics import ACT_COLUMNS, GRAD_COLUMNS
+
+NAN = math.nan
+#: Per-module counts that the accumulators keep on the host.
+_COUNT_COLUMNS = ("calls", "numel", "sampled", "zero_sampled", "units")
+#: Per-module device totals: accumulator part -> column.
+_DEVICE_COLUMNS = (("sums", "sum"), ("zeros", "zeros"), ("saturated", "saturated"))
+
+
+class _Blocks:
+    """Device scalars waiting for the one host transfer, each with where it lands."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[list[float], Any, list[Tensor]]] = []
+
+    def put(self, target: list[float], positions: Any, values: list[Tensor]) -> None:
+        """Land ``values`` at ``positions`` of ``target`` after the transfer."""
+        if values:  # an empty list: not measured on this step
+            self.items.append((target, positions, values))
+
+    def transfer(self) -> None:
+        """One host sync for everything put so far."""
+        values = iter(stats.to_host([t for _, _, block in self.items for t in block]))
+        for target, positions, _ in self.items:
+            for position in positions:
+                target[position] = next(values)
+
+
+class Recorder:
+    """Per-step measurement state of one scope.
+
+    Args:
+        params: the trainable parameters, in the history's order.
+        kinds: the activation kind of each hooked module (relu, sigmoid, tanh, plain).
+        full: measure everything exactly.
+        sample_rows: activation shape statistics use the first rows of each batch.
+        unit_window: a ReLU unit counts as dead after this many silent detail steps.
+    """
+
+    def __init__(
+        self,
+        params: list[Tensor],
+        kinds: list[str],
+        *,
+        full: bool = False,
+        sample_rows: int = 32,
+        unit_window: int = 5,
+    ) -> None:
+        self.params = params
+        self.kinds = kinds
+        self.full = full
+        self.sample_rows = sample_rows
+        self.unit_window = unit_window
+        n_params, n_modules = len(params), len(kinds)
+        # Shared, read-only columns of light steps (nothing ever writes into them).
+        self._numels = [float(p.numel()) for p in params]
+        self._nan_params = [NAN] * n_params
+        self._zeros_params = [0.0] * n_params
+        self._ones_params = [1.0] * n_params
+        idle = {c: [NAN] * n_modules for c in ACT_COLUMNS}
+        for column in _COUNT_COLUMNS:
+            idle[column] = [0.0] * n_modules
+        self._idle_acts = idle
+        self._streaks: list[Tensor | None] = [None] * n_modules
+        self._last_param_norm: list[float] | None = None
+        self.begin_step()
+
+    # -- what the hooks hand over ------------------------------------------------
+    def begin_step(self) -> None:
+        """Forget the previous step's device tensors."""
+        self.acc: dict[int, stats.ActivationAccumulator] = {}
+        self._grads: dict[str, list[Tensor]] | None = None
+        self._index: list[int] | None = None
+        self._row_spread: dict[int, Tensor] = {}
+        self._before: list[Tensor] | None = None
+
+    def add_output(self, j: int, x: Tensor) -> None:
+        """Measure one call's floating-point output of module ``j`` (a detail step)."""
+        acc = self.acc.get(j)
+        if acc is None:
+            acc = self.acc[j] = stats.ActivationAccumulator(self.kinds[j])
+        acc.add(x.detach(), self.sample_rows, self.full)
+
+    @property
+    def has_grads(self) -> bool:
+        """Whether this step's gradients were collected and not yet recorded."""
+        return self._grads is not None
+
+    def collect_grads(self, detail: bool) -> None:
+        """Read the gradients (final at the optimizer's step pre-hook) on the device."""
+        grads = [p.grad for p in self.params]
+        if any(g is None for g in grads):  # `None in grads` would compare tensors with ==
+            index: list[int] | None = [i for i, g in enumerate(grads) if g is not None]
+            grads = [grads[i] for i in index]
+        else:
+            index = None  # every parameter has a gradient: no per-parameter bookkeeping
+        with torch.no_grad():
+            self._grads = stats.grad_statistics(grads, self.params, detail, self.full)
+            if detail:
+                matrices = [i for i, p in enumerate(self.params) if p.dim() >= 2]
+                spreads = stats.row_spread([self.params[i] for i in matrices])
+                self._row_spread = dict(zip(matrices, spreads, strict=True))
+        self._index = index
+
+    def snapshot(self) -> None:
+        """Copy (a slice of) each parameter before the optimizer moves it (detail steps)."""
+        with torch.no_grad():
+            self._before = stats.snapshot(self.params, None if self.full else stats.UPDATE_SAMPLE)
+
+    # -- the record ----------------------------------------------------------------
+    def gather(
+        self, step: int, loss: Tensor | None, scale: Any, measure_update: bool, hooks_fired: int
+    ) -> StepRecord:
+        """Stack everything measured this step, bring it to the host in one sync, and
+        lay it out as a :class:`StepRecord`."""
+        with torch.no_grad():
+            blocks = _Blocks()
+            grads, grad_min = self._grad_columns(blocks, measure_update)
+            fired = sorted(self.acc)
+            acts = self._act_columns(blocks, fired)
+            scalars = [NAN, NAN]
+            if loss is not None:
+                blocks.put(scalars, (0,), [loss if loss.dtype is torch.float32 else loss.float()])
+            if isinstance(scale, Tensor):
+                blocks.put(scalars, (1,), [scale])
+            blocks.transfer()
+        nonfinite = self._derive_grads(grads, grad_min)
+        if fired:
+            self._derive_acts(acts, fired)
+        record = StepRecord(
+            step=step,
+            loss=scalars[0] if loss is not None else None,
+            scale=scalars[1] if isinstance(scale, Tensor) else scale,
+            grads=grads,
+            acts=acts,
+            hooks_fired=hooks_fired,
+            detail=bool(fired) or "grad_l1" in (self._grads or {}),
+            nonfinite=nonfinite
+            or (bool(fired) and _nonfinite_outputs(acts))
+            or (loss is not None and not _finite(scalars[0])),
+        )
+        self.begin_step()
+        return record
+
+    def _grad_columns(
+        self, blocks: _Blocks, measure_update: bool
+    ) -> tuple[dict[str, list[float]], list[float] | None]:
+        measured = self._grads or {}
+        n_params = len(self.params)
+        grads = dict.fromkeys(GRAD_COLUMNS, self._nan_params)
+        positions: Any = self._index if self._index is not None else range(n_params)
+        for column in ("grad_l2", "grad_l1", "grad_max"):
+            if measured.get(column):
+                grads[column] = [NAN] * n_params
+                blocks.put(grads[column], positions, measured[column])
+        grad_min = None
+        if measured.get("grad_min"):
+            grad_min = [NAN] * n_params
+            blocks.put(grad_min, positions, measured["grad_min"])
+        if measured.get("param_norm"):
+            grads["param_norm"] = [NAN] * n_params
+            blocks.put(grads["param_norm"], range(n_params), measured["param_norm"])
+        if self._row_spread:
+            grads["row_spread"] = [NAN] * n_params
+            blocks.put(grads["row_spread"], list(self._row_spread), list(self._row_spread.values()))
+        if measure_update and self._before is not None:
+            sample = None if self.full else stats.UPDATE_SAMPLE
+            grads["update_norm"] = [NAN] * n_params
+            blocks.put(
+                grads["update_norm"],
+                range(n_params),
+                stats.update_norms(self.params, self._before, sample),
+            )
+        return grads, grad_min
+
+    def _derive_grads(self, grads: dict[str, list[float]], grad_min: list[float] | None) -> bool:
+        """Host-side columns; returns whether some gradient is non-finite."""
+        grads["numel"] = self._numels
+        index = self._index
+        l2 = grads["grad_l2"]
+        if index is None:
+            grads["has_grad"] = self._ones_params
+            grads["grad_nonfinite"] = self._zeros_params
+            present: Any = range(len(self.params))
+        else:
+            has = [0.0] * len(self.params)
+            nonfinite = [NAN] * len(self.params)
+            for i in index:
+                has[i] = 1.0
+                nonfinite[i] = 0.0
+            grads["has_grad"], grads["grad_nonfinite"] = has, nonfinite
+            present = index
+        if grad_min is not None:
+            grads["grad_max"] = [
+                max(abs(low), abs(high)) if low == low else high
+                for low, high in zip(grad_min, grads["grad_max"], strict=True)
+            ]
+        if grads["param_norm"] is not self._nan_params or self._last_param_norm is None:
+            self._last_param_norm = grads["param_norm"]
+        else:
+            # Weights move ~1e-3 per step: between detail steps the last measurement stands.
+            grads["param_norm"] = self._last_param_norm
+        # The L2 norm is non-finite exactly when some entry is, so a healthy step pays
+        # nothing for the check; only a step that went bad counts (a 2nd sync).
+        if _finite(sum(l2) if index is None else sum(l2[i] for i in present)):
+            return False
+        bad = [i for i in present if not _finite(l2[i])]
+        if not bad:
+            return False
+        counts = stats.nonfinite_counts([self.params[i].grad for i in bad])
+        grads["grad_nonfinite"] = list(grads["grad_nonfinite"])  # unshare before writing
+        for i, count in zip(bad, counts, strict=True):
+            grads["grad_nonfinite"][i] = count
+        return True
+
+    def _act_columns(self, blocks: _Blocks, fired: list[int]) -> dict[str, list[float]]:
+        if not fired:
+            return dict(self._idle_acts)  # its lists are shared and never written
+        n_modules = len(self.kinds)
+        acts = {c: [NAN] * n_modules for c in ACT_COLUMNS}
+        accs = [self.acc[j] for j in fired]
+        for part, column in _DEVICE_COLUMNS:
+            chosen = [(j, acc) for j, acc in zip(fired, accs, strict=True) if getattr(acc, part)]
+            blocks.put(acts[column], [j for j, _ in chosen], [acc.total(part) for _, acc in chosen])
+        chosen = [(j, acc) for j, acc in zip(fired, accs, strict=True) if acc.sumsqs]
+        # Norms on the device (no overflow), squared on the host: acts["sumsq"] holds norms
+        # until _derive_acts squares them.
+        blocks.put(acts["sumsq"], [j for j, _ in chosen], [acc.total_norm() for _, acc in chosen])
+        self._put_unit_counts(blocks, fired, acts)
+        return acts
+
+    def _put_unit_counts(self, blocks: _Blocks, fired: list[int], acts: dict) -> None:
+        """Silent units this step and dead units (silent for ``unit_window`` detail steps)."""
+        for j in fired:
+            unit_max = self.acc[j].unit_max
+            if unit_max is None:
+                continue
+            silent = unit_max <= 0
+            streak = self._streaks[j]
+            if streak is None or streak.shape != silent.shape:
+                streak = torch.zeros_like(silent, dtype=torch.int32)
+            streak = (streak + 1) * silent
+            self._streaks[j] = streak
+            blocks.put(acts["silent_units"], (j,), [silent.sum()])
+            blocks.put(acts["dead_units"], (j,), [(streak >= self.unit_window).sum()])
+
+    def _derive_acts(self, acts: dict[str, list[float]], fired: list[int]) -> None:
+        for column in _COUNT_COLUMNS:
+            acts[column] = [0.0] * len(self.kinds)
+        for j in fired:
+            acc = self.acc[j]
+            for column in _COUNT_COLUMNS:
+                acts[column][j] = float(getattr(acc, column))
+            norm = acts["sumsq"][j]
+            acts["sumsq"][j] = norm * norm
+            if acc.sums:
+                acts["nonfinite"][j] = 0.0 if _finite(acts["sum"][j]) else 1.0
+
+
+def _finite(value: float) -> bool:
+    return value == value and value not in (math.inf, -math.inf)
+
+
+def _nonfinite_outputs(acts: dict[str, list[float]]) -> bool:
+    return any(bad == 1.0 for bad in acts["nonfinite"])

@@ -1,0 +1,84 @@
+"""The catalogue of statistics gradscope records, each declared once.
+
+A :class:`Statistic` says what it is a value *of* (a parameter or a module), what it
+reads, and on which recorded steps it is measured.  The record's columns, the JSON layout,
+the judge's check that a detector's statistics were measured, and the documentation
+all come from this table.  To add a statistic: declare it here and compute it in
+:mod:`gradscope.stats` (per parameter) or :class:`gradscope.stats.ActivationAccumulator`
+(per module); :mod:`gradscope.recorder` moves it to the host with the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Measured on every recorded step.
+EVERY_STEP = "every recorded step"
+#: Measured on detail steps: the first five recorded steps, then one in ``detail_every``.
+DETAIL = "detail steps"
+#: Measured only with ``full=True``.
+FULL_ONLY = "full=True only"
+
+
+@dataclass(frozen=True)
+class Statistic:
+    """One recorded statistic.
+
+    Attributes:
+        name: the column name in :class:`gradscope.history.StepRecord`.
+        per: ``"parameter"`` (a column of ``record.grads``) or ``"module"`` (``record.acts``).
+        cadence: :data:`EVERY_STEP`, :data:`DETAIL` or :data:`FULL_ONLY`.
+        reads: what it measures, in a few words.
+    """
+
+    name: str
+    per: str
+    cadence: str
+    reads: str
+
+    @property
+    def column(self) -> str:
+        """The record column holding it (its name)."""
+        return self.name
+
+
+_S, _P, _M = Statistic, "parameter", "module"
+_DECLARED = (
+    _S("has_grad", _P, EVERY_STEP, "1 when the parameter got a gradient"),
+    _S("grad_l2", _P, EVERY_STEP, "L2 norm of the gradient (NaN/Inf if an entry is)"),
+    _S("grad_l1", _P, DETAIL, "L1 norm of the gradient (first 4,096 entries)"),
+    _S("grad_max", _P, FULL_ONLY, "largest |entry| of the gradient"),
+    _S("grad_nonfinite", _P, EVERY_STEP, "NaN/Inf entries of the gradient"),
+    _S("param_norm", _P, DETAIL, "L2 norm of the parameter (kept in between)"),
+    _S("update_norm", _P, DETAIL, "L2 norm of the optimizer's update"),
+    _S("row_spread", _P, DETAIL, "spread of weight rows on a fixed projection"),
+    _S("numel", _P, EVERY_STEP, "entries of the parameter"),
+    _S("calls", _M, DETAIL, "forward calls of the module in the step"),
+    _S("numel", _M, DETAIL, "output entries of the module in the step"),
+    _S("sum", _M, DETAIL, "sum of the whole output (NaN/Inf if an entry is)"),
+    _S("sumsq", _M, DETAIL, "sum of squares of the sampled output rows"),
+    _S("sampled", _M, DETAIL, "output entries the shape statistics looked at"),
+    _S("zero_sampled", _M, DETAIL, "entries the zero count looked at"),
+    _S("zeros", _M, DETAIL, "exact zeros among the sampled outputs"),
+    _S("saturated", _M, DETAIL, "sigmoid/tanh outputs within 1% of an asymptote"),
+    _S("units", _M, DETAIL, "units (features or channels) of a ReLU output"),
+    _S("silent_units", _M, DETAIL, "ReLU units that output 0 for every sample"),
+    _S("dead_units", _M, DETAIL, "ReLU units silent for unit_window detail steps"),
+    _S("nonfinite", _M, DETAIL, "1 when the output had NaN/Inf (or a replay saw it)"),
+)
+
+#: Columns of the per-parameter table (``record.grads``), in order.
+GRAD_COLUMNS = tuple(s.name for s in _DECLARED if s.per == "parameter")
+#: Columns of the per-module table (``record.acts``), in order.
+ACT_COLUMNS = tuple(s.name for s in _DECLARED if s.per == "module")
+#: Every statistic, keyed ``"grads.<column>"`` or ``"acts.<column>"``; the bare column name
+#: works too where it is unambiguous (``"grad_l2"``, ``"dead_units"``).
+STATISTICS: dict[str, Statistic] = {
+    **{f"{'grads' if s.per == 'parameter' else 'acts'}.{s.name}": s for s in _DECLARED},
+    **{s.name: s for s in _DECLARED if s.name != "numel"},
+}
+
+
+def table_of(statistic: Statistic) -> str:
+    """``"grads"`` or ``"acts"``: the record attribute holding the statistic."""
+    return "grads" if statistic.per == "parameter" else "acts"

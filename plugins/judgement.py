@@ -1,0 +1,142 @@
+"""Judgement helpers shared by the built-in detectors (not a plugin itself).
+
+Measurements live in the core (:mod:`gradscope.signals`); the choices detectors share
+live here, once: which layers carry depth, which part of a model a layer belongs to,
+the first step where a condition holds, the layer before another, how numbers read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+
+from gradscope.history import History
+from gradscope.modelinfo import LayerInfo, ModelInfo
+from gradscope.signals import DEFAULT_WINDOW, LayerSignal, layer_signals
+
+#: Roles whose gradients carry the signal along the network's depth.
+DEPTH_ROLES = ("weight", "vanilla_rnn", "gated_rnn", "attention")
+#: Names of attention query/key projections (PyTorch, Hugging Face and common conventions).
+#: Their gradients pass through a softmax of dot products and are tiny at initialisation by
+#: design, so comparing them with the other layers would cry wolf on every transformer.
+QUERY_KEY_NAMES = frozenset(
+    {"query", "key", "q_proj", "k_proj", "q", "k", "to_q", "to_k", "wq", "wk", "q_lin", "k_lin"}
+)
+
+
+def depth_layers(history: History, model_info: ModelInfo) -> list[LayerSignal]:
+    """Layer signals of the layers that carry depth (linear maps, recurrent, attention).
+
+    Norm layers, embeddings, attention query/key projections and bias-only modules are
+    left out: their gradients are small or sparse by design and would make healthy models
+    look vanishing.  So are layers whose weights are all zero: gradient sizes relative to
+    zero weights mean nothing (``symmetric_weights`` reports them).
+    """
+    roles = {layer.name: layer.role for layer in model_info.layers}
+    return [
+        s
+        for s in layer_signals(history)
+        if roles.get(s.name) in DEPTH_ROLES
+        and s.name.rsplit(".", 1)[-1].lower() not in QUERY_KEY_NAMES
+        and bool((s.param_norm[-DEFAULT_WINDOW:] != 0).any())
+    ]
+
+
+def part_of(model_info: ModelInfo, layer: str | None) -> str | None:
+    """The part of the model ``layer`` belongs to when several optimizers (or the user's
+    ``parts=``) split it, e.g. ``"generator"``; None for a model trained as one."""
+    if not layer:
+        return None
+    return model_info.parts.get(layer)
+
+
+def parts(model_info: ModelInfo) -> set[str]:
+    """The distinct parts of the model (empty for a model trained as one)."""
+    return set(model_info.parts.values())
+
+
+def first_step_where(
+    history: History, holds: Callable[[int], bool], default: str = "first"
+) -> int:
+    """The first recorded step ``k`` (index into the kept records) where ``holds(k)``.
+
+    When it never holds, the run's first step (``default="first"``) or last step
+    (``"last"``) is returned, so every finding has a step to point at.
+    """
+    for k, step in enumerate(history.steps):
+        if holds(k):
+            return step
+    return history.steps[0] if default == "first" else history.steps[-1]
+
+
+def over(series: torch.Tensor, threshold: float) -> Callable[[int], bool]:
+    """``holds`` for :func:`first_step_where`: the value at k is above ``threshold``
+    (a non-finite value counts as above)."""
+
+    def holds(k: int) -> bool:
+        value = float(series[k])
+        return (not math.isnan(value) and not math.isfinite(value)) or value > threshold
+
+    return holds
+
+
+def under(series: torch.Tensor, threshold: float) -> Callable[[int], bool]:
+    """``holds`` for :func:`first_step_where`: the value at k is finite and below."""
+
+    def holds(k: int) -> bool:
+        value = float(series[k])
+        return math.isfinite(value) and value < threshold
+
+    return holds
+
+
+def layer_before(
+    model_info: ModelInfo, name: str, roles: Iterable[str] = ("weight",)
+) -> LayerInfo | None:
+    """The nearest layer before ``name`` in forward order whose role is one of ``roles``."""
+    names = [layer.name for layer in model_info.layers]
+    if name not in names:
+        return None
+    wanted = set(roles)
+    for layer in reversed(model_info.layers[: names.index(name)]):
+        if layer.role in wanted:
+            return layer
+    return None
+
+
+def fmt(value: float | None) -> str:
+    """A short human form of a number for messages (3 significant digits)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.3g}"
+
+
+def gan_roles(history: History, model_info: ModelInfo) -> dict[str, str]:
+    """Layer name -> ``"generator"`` or ``"discriminator"`` when the model is a GAN.
+
+    Read from structure, never from names: the model is trained in exactly two parts
+    (optimizer parameter groups, optimizers, or ``watch(parts=...)``), one part runs
+    before the other in forward order (the generator), and the later part is called at
+    least twice per step (the discriminator sees real and generated samples).
+    """
+    split = model_info.parts
+    if len(set(split.values())) != 2:
+        return {}
+    order = {layer.name: k for k, layer in enumerate(model_info.layers)}
+    first_seen: dict[str, int] = {}
+    for layer, part in split.items():
+        first_seen[part] = min(first_seen.get(part, len(order)), order.get(layer, len(order)))
+    upstream, downstream = sorted(first_seen, key=first_seen.get)
+    calls = dict(zip(history.module_names, history.calls_total, strict=True))
+    per_part = {
+        part: max((calls.get(layer, 0) for layer, p in split.items() if p == part), default=0)
+        for part in (upstream, downstream)
+    }
+    if per_part[downstream] < 2 * max(per_part[upstream], 1):
+        return {}
+    return {
+        layer: "generator" if part == upstream else "discriminator"
+        for layer, part in split.items()
+    }
