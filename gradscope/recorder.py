@@ -21,6 +21,7 @@ from torch import Tensor
 from gradscope import stats
 from gradscope.history import StepRecord
 from gradscope.statistics import ACT_COLUMNS, GRAD_COLUMNS
+from gradscope.through_time import CallGradients
 
 NAN = math.nan
 #: Per-module counts that the accumulators keep on the host.
@@ -91,6 +92,8 @@ class Recorder:
     def begin_step(self) -> None:
         """Forget the previous step's device tensors."""
         self.acc: dict[int, stats.ActivationAccumulator] = {}
+        self.time_grads: dict[int, tuple[Tensor, Tensor]] = {}
+        self.call_grads: dict[int, CallGradients] = {}
         self._grads: dict[str, list[Tensor]] | None = None
         self._index: list[int] | None = None
         self._row_spread: dict[int, Tensor] = {}
@@ -102,6 +105,17 @@ class Recorder:
         if acc is None:
             acc = self.acc[j] = stats.ActivationAccumulator(self.kinds[j])
         acc.add(x.detach(), self.sample_rows, self.full)
+
+    def add_time_grads(self, j: int, first: Tensor, last: Tensor) -> None:
+        """The gradient norms reaching module ``j``'s first and last time step."""
+        self.time_grads[j] = (first, last)
+
+    def calls_of(self, j: int) -> CallGradients:
+        """Per-call gradient norms of module ``j`` this step (a cell run as a loop)."""
+        calls = self.call_grads.get(j)
+        if calls is None:
+            calls = self.call_grads[j] = CallGradients()
+        return calls
 
     @property
     def has_grads(self) -> bool:
@@ -249,7 +263,19 @@ class Recorder:
         # until _derive_acts squares them.
         blocks.put(acts["sumsq"], [j for j, _ in chosen], [acc.total_norm() for _, acc in chosen])
         self._put_unit_counts(blocks, fired, acts)
+        self._put_time_grads(blocks, acts)
         return acts
+
+    def _put_time_grads(self, blocks: _Blocks, acts: dict) -> None:
+        """First and last time-step gradient norms of recurrences (layers and loops)."""
+        pairs = dict(self.time_grads)
+        for j, calls in self.call_grads.items():
+            measured = calls.first_and_last()
+            if measured is not None and j not in pairs:
+                pairs[j] = measured
+        for j, (first, last) in pairs.items():
+            blocks.put(acts["time_grad_first"], (j,), [first])
+            blocks.put(acts["time_grad_last"], (j,), [last])
 
     def _put_unit_counts(self, blocks: _Blocks, fired: list[int], acts: dict) -> None:
         """Silent units this step and dead units (silent for ``unit_window`` detail steps)."""

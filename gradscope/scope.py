@@ -13,12 +13,13 @@ import os
 import sys
 import time
 import warnings
+import weakref
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from gradscope import replay, stats
+from gradscope import linkage, replay, stats, through_time
 from gradscope.budget import Budget
 from gradscope.errors import GradscopeWarning
 from gradscope.history import History, StepRecord
@@ -136,6 +137,10 @@ class Scope:
         self._hooks_live = True
         self._origin_note: str | None = None
         self._last_recorded_step = -1
+        self._upstream: weakref.ref | None = None
+        self._downstream: weakref.ref | None = None
+        self._root_calls = 0
+        self._root_calls_max = 0
         self._plan_step()
         self.model_info: ModelInfo = self._describe()
 
@@ -162,8 +167,14 @@ class Scope:
         try:
             for j, (_, module) in enumerate(self._modules):
                 self._handles.append(module.register_forward_hook(self._forward_hook(j)))
+                if through_time.is_sequence_layer(module):
+                    hook = self._sequence_input_hook(j)
+                    self._handles.append(module.register_forward_pre_hook(hook))
             if self.nan_origin:
                 self._calls.attach()
+            root = self.model
+            self._handles.append(root.register_forward_pre_hook(_compiler_disable(self._root_in)))
+            self._handles.append(root.register_forward_hook(_compiler_disable(self._root_out)))
             if self.optimizer is not None:
                 self._handles.append(self.optimizer.register_step_pre_hook(self._on_pre_step))
                 self._handles.append(self.optimizer.register_step_post_hook(self._on_post_step))
@@ -247,11 +258,67 @@ class Scope:
                 if self._rank[j] is None:
                     self._first_call(j, x)
                 self._measure.add_output(j, x)
+                self._follow_repeated_call(j, x)
             self._overhead += time.perf_counter() - t0
 
         # Under torch.compile the hook runs eagerly (a graph break) instead of being traced:
         # traced, its changing Python state would force a recompile at every step.
         return _compiler_disable(hook)
+
+    def _root_in(self, module: torch.nn.Module, args: Any) -> None:
+        """Follow which other watched model feeds this one (a GAN's two players)."""
+        if self._step >= linkage.FOLLOW_STEPS or not torch.is_grad_enabled():
+            return
+        self._root_calls += 1
+        self._root_calls_max = max(self._root_calls_max, self._root_calls)
+        producer = linkage.producer_of(self, args)
+        if isinstance(producer, Scope):
+            self._upstream = weakref.ref(producer)
+            producer._downstream = weakref.ref(self)
+
+    def _root_out(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if self._step < linkage.FOLLOW_STEPS and torch.is_grad_enabled():
+            linkage.note_output(self, output)
+
+    def _rival(self) -> dict[str, Any]:
+        """A GAN player's role, when this model feeds (or is fed by) another watched model
+        that is called on real and generated samples in each step."""
+        up = self._upstream() if self._upstream is not None else None
+        down = self._downstream() if self._downstream is not None else None
+        if down is not None and down._root_calls_max >= 2:
+            return {"rival": True, "gan_role": "generator"}
+        if up is not None and self._root_calls_max >= 2:
+            return {"rival": True, "gan_role": "discriminator"}
+        return {}
+
+    def _sequence_input_hook(self, j: int):
+        def pre_hook(module: torch.nn.Module, args: Any) -> Any:
+            if self._replay_sums is not None or not self._hooks_live:
+                return None
+            if not torch.is_grad_enabled():
+                return None
+
+            def sink(first: Tensor, last: Tensor) -> None:
+                self._measure.add_time_grads(j, first, last)
+
+            return through_time.watch_input(module, args, sink)
+
+        return _compiler_disable(pre_hook)
+
+    def _follow_repeated_call(self, j: int, x: Tensor) -> None:
+        """A module called again in the same step may be a recurrent cell: follow the
+        gradient of each call's output (the first call's is hooked at the second call)."""
+        calls = self._measure.calls_of(j)
+        if calls.calls == 0:
+            self._first_output[j] = x
+            calls.calls = 1
+            return
+        if calls.calls == 1:
+            first = self._first_output.pop(j, None)
+            calls.calls = 0
+            if first is not None:
+                through_time.watch_call_output(first, calls.next_sink())
+        through_time.watch_call_output(x, calls.next_sink())
 
     def _replayed_output(self, j: int, output: Any) -> None:
         x = stats.first_float_tensor(output)
@@ -335,6 +402,7 @@ class Scope:
             record.acts["nonfinite"][j] = 0.0 if math.isfinite(total) else 1.0
 
     def _end_step(self) -> None:
+        self._root_calls = 0
         self._calls.calls.clear()
         self._step += 1
         self._plan_step()
@@ -344,6 +412,7 @@ class Scope:
 
     def _reset_step_state(self) -> None:
         self._hooks_fired = 0
+        self._first_output: dict[int, Tensor] = {}
         self._overhead = 0.0
 
     def _module_order(self) -> list[int]:
@@ -353,7 +422,7 @@ class Scope:
         return order
 
     def _describe(self) -> ModelInfo:
-        return describe(
+        info = describe(
             self.model,
             self._modules,
             self._module_order(),
@@ -363,6 +432,8 @@ class Scope:
             shapes=self._shapes,
             parts=self.parts,
         )
+        info.extra.update(self._rival())
+        return info
 
     # -- reporting ---------------------------------------------------------------
     def report(self) -> Report:

@@ -17,6 +17,8 @@ from gradscope.modelinfo import ModelInfo
 
 #: Records treated as "the start" and "recent" when a plugin asks for a window.
 DEFAULT_WINDOW = 5
+#: Logged losses that make the loss curve's starting point.
+HEAD = 3
 
 
 @dataclass
@@ -123,8 +125,10 @@ def init_scale(signal: LayerSignal, model_info: ModelInfo) -> float:
 
 
 def recent(series: Tensor, window: int = DEFAULT_WINDOW) -> float:
-    """Median of the last ``window`` finite values (NaN if none)."""
-    return _finite_median(series[-window:])
+    """Median of the last ``window`` finite values (NaN if none): a run that turned
+    non-finite is judged on its last finite records."""
+    finite = series[torch.isfinite(series)]
+    return _finite_median(finite[-window:])
 
 
 def early(series: Tensor, window: int = DEFAULT_WINDOW) -> float:
@@ -149,6 +153,8 @@ class LossTrend:
     best: float
     improvement: float
     late_improvement: float = math.nan
+    #: The largest finite loss of the run (a transient blow-up shows here).
+    peak: float = math.nan
 
     @property
     def known(self) -> bool:
@@ -158,14 +164,18 @@ class LossTrend:
 
 def loss_trend(history: History, window: int = DEFAULT_WINDOW) -> LossTrend:
     """Summarise the loss curve; ``improvement`` is (first - last) / |first|, and
-    ``late_improvement`` the same over the second half of the run."""
+    ``late_improvement`` the same over the second half of the run.
+
+    ``first`` is the median of the first three logged losses only: a learning rate that
+    blows up within the first steps must not raise the baseline it is compared with.
+    """
     losses = history.losses()
     finite = losses[torch.isfinite(losses)]
     logged = int((~torch.isnan(losses)).sum())
     if finite.numel() == 0:
         return LossTrend(logged, math.nan, math.nan, math.nan, math.nan)
     w = max(1, min(window, finite.numel() // 3 or 1))
-    first = float(finite[:w].median())
+    first = float(finite[: min(w, HEAD)].median())
     last = float(finite[-w:].median())
     improvement = (first - last) / max(abs(first), 1e-12)
     # The second half is compared on wide windows: a noisy loss must not look like progress.
@@ -173,7 +183,9 @@ def loss_trend(history: History, window: int = DEFAULT_WINDOW) -> LossTrend:
     half = finite[finite.numel() // 2 :]
     middle = float(half[:wide].median())
     late = (middle - float(finite[-wide:].median())) / max(abs(middle), 1e-12)
-    return LossTrend(logged, first, last, float(finite.min()), improvement, late)
+    return LossTrend(
+        logged, first, last, float(finite.min()), improvement, late, float(finite.max())
+    )
 
 
 #: The count each activation column is a fraction of.

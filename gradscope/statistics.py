@@ -65,6 +65,8 @@ _DECLARED = (
     _S("silent_units", _M, DETAIL, "ReLU units that output 0 for every sample"),
     _S("dead_units", _M, DETAIL, "ReLU units silent for unit_window detail steps"),
     _S("nonfinite", _M, DETAIL, "1 when the output had NaN/Inf (or a replay saw it)"),
+    _S("time_grad_first", _M, DETAIL, "gradient reaching a recurrence's first time step"),
+    _S("time_grad_last", _M, DETAIL, "gradient reaching a recurrence's last time step"),
 )
 
 #: Columns of the per-parameter table (``record.grads``), in order.

@@ -19,7 +19,15 @@ NAN = float("nan")
 
 
 def activation_kind(module: torch.nn.Module) -> str:
-    """Classify a module by how its output should be measured: relu, sigmoid, tanh or plain."""
+    """Classify a module by how its output should be measured: relu, sigmoid, tanh or plain.
+
+    A recurrent layer's output is its hidden state, which passes through tanh (RNN, GRU,
+    LSTM's o * tanh(c)) or ReLU (``nn.RNN(nonlinearity="relu")``): it saturates the same way.
+    """
+    if isinstance(module, torch.nn.RNN):
+        return "relu" if getattr(module, "nonlinearity", "tanh") == "relu" else "tanh"
+    if isinstance(module, (torch.nn.GRU, torch.nn.LSTM)):
+        return "tanh"
     if isinstance(module, RELU_FAMILY):
         return "relu"
     if isinstance(module, (torch.nn.Sigmoid, torch.nn.Hardsigmoid)):

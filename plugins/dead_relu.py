@@ -17,17 +17,21 @@ from gradscope import Finding, Suggestion, hookimpl
 from gradscope.config import thresholds
 from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
+from gradscope.signals import loss_trend
 from gradscope_plugins import fix_builders as fix
-from gradscope_plugins.judgement import first_step_where, fmt, layer_before, over
+from gradscope_plugins.judgement import first_step_where, fmt, harm_severity, layer_before, over
 
 NAME = "dead_relu"
 #: The statistics this detector reads (see gradscope.statistics); without them it cannot judge.
 NEEDS = ("dead_units", "silent_units", "units")
 DEFAULTS = {
-    # Fraction of a layer's units dead for the whole window: a warning from here...
-    "warn_fraction": 0.4,
-    # ...and an error from here.
+    # Fraction of a layer's units dead for the whole window: a warning from here when the
+    # loss has stalled (half the layer's width is gone for good)...
+    "warn_fraction": 0.5,
+    # ...and an error from here whatever the loss does (the layer has collapsed).
     "error_fraction": 0.8,
+    # Loss improving by less than this fraction over the run counts as stalled.
+    "stall": 0.1,
 }
 
 
@@ -39,6 +43,8 @@ def gradscope_detect(
     t = thresholds(config, NAME, DEFAULTS)
     if not history.records:
         return []
+    trend = loss_trend(history)
+    stalled = not trend.known or trend.improvement < t["stall"]
     dead = history.act_series("dead_units")
     silent = history.act_series("silent_units")
     units = history.act_series("units")
@@ -63,7 +69,7 @@ def gradscope_detect(
             Finding(
                 kind="dead_relu",
                 layer=name,
-                severity="error" if fraction >= t["error_fraction"] else "warning",
+                severity=harm_severity(fraction, t, stalled),
                 step=first,
                 message=(
                     f"{int(dead[k, j])} of {int(n_units)} units of {name} ({fmt(100 * fraction)}%) "

@@ -1,15 +1,33 @@
-"""exploding_gradient: updates too large for the weights, gradients growing, loss diverging.
+"""exploding_gradient: gradients that grow until no learning rate fits them.
 
-Healthy training moves each weight matrix by about 1e-3 of its size per step.
-This plugin flags a layer whose update is a large fraction of the weights
-(``update_ratio``), gradient norms that grow by ``growth`` over the run, and a
-loss that climbs far above where it started.  Gradients are read after
-GradScaler unscaling, so loss scaling never looks like an explosion.
+Pascanu, Mikolov & Bengio (2013): the gradient explodes when it grows exponentially,
+through time in a recurrence and likewise through depth.  It counts even when a small
+learning rate or Adam keeps the loss from diverging.  Each is measured:
+
+- **over training**: the gradient norm reaches ``growth`` times its size at the start;
+- **through depth**: a layer's relative gradient is ``depth_growth`` times a later one's;
+- **through time**: the gradient reaching a recurrence's first time step is
+  ``through_time`` times what reaches its last;
+- **gradients far larger than the weights** ("the gradient is too large"): a layer's
+  gradient norm is ``size_ratio`` times its weights' norm on ``growth_steps`` records;
+- **steps larger than the weights**: an update moves a layer by more than
+  ``update_ratio`` of its size on ``update_steps`` recorded steps;
+- **divergence**: the loss ends (or peaks) ``loss_rise`` times above where it started;
+- **the cause of a NaN**: gradients that grew ``nonfinite_growth`` times before turning
+  non-finite are reported as exploding next to the NaN.
+
+Why 1e3: the largest stable step of gradient descent scales as the inverse of the
+gradient's size, so a gradient spanning three orders of magnitude has no learning rate
+that suits both ends.  Gradients are read after GradScaler unscaling, so loss scaling
+never looks like an explosion; a constantly large gradient (a loss multiplied by 1e4)
+is not growth.  The parts of a GAN follow their rival, so their loss and gradient size
+over training are not judged.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,25 +36,233 @@ from gradscope import Finding, Suggestion, hookimpl
 from gradscope.config import thresholds
 from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
-from gradscope.signals import early, init_scale, loss_trend, recent
+from gradscope.signals import LayerSignal, LossTrend, early, init_scale, loss_trend, recent
 from gradscope_plugins import fix_builders as fix
-from gradscope_plugins.judgement import depth_layers, first_step_where, fmt, over
+from gradscope_plugins.judgement import (
+    depth_layers,
+    first_step_where,
+    fmt,
+    gan_roles,
+    over,
+    reference_norm,
+    relative_grad,
+    through_time_ratios,
+)
 
 NAME = "exploding"
 #: The statistics this detector reads (see gradscope.statistics); without them it cannot judge.
 NEEDS = ("grad_l2", "param_norm")
-#: A loss that fell by at least this fraction over the run is training, whatever the steps.
-STALL = 0.05
 DEFAULTS = {
-    # One step moving a layer's weights by more than this fraction of their norm.
-    "update_ratio": 0.5,
-    # Gradient norm at the end over the start of the run.
+    # The gradient norm over its size at the start of the run...
     "growth": 1e3,
-    # Loss at the end over the loss at the start.
+    # ...on at least this many recorded steps.
+    "growth_steps": 2,
+    # A layer's relative gradient over the smallest one of a later layer.
+    "depth_growth": 1e3,
+    # A layer's gradient norm over its weights' norm (at least their default-init size).
+    "size_ratio": 1e3,
+    # The gradient reaching a recurrence's first time step over what reaches its last.
+    "through_time": 1e3,
+    # One step moving a layer's weights by more than this fraction of their size...
+    "update_ratio": 1.0,
+    # ...on at least this many recorded steps.
+    "update_steps": 2,
+    # The loss at the end (or its peak) over the loss at the start.
     "loss_rise": 10.0,
+    # Growth before a NaN/Inf that makes the explosion its cause.
+    "nonfinite_growth": 1e2,
     # Records at the start and end of the run that are compared.
     "window": 5,
 }
+
+
+@dataclass
+class _Evidence:
+    """What each criterion measured, and the layer it points at."""
+
+    what: list[str]
+    culprits: list[str]
+    numbers: dict[str, Any]
+
+
+@hookimpl
+def gradscope_detect(
+    history: History, model_info: ModelInfo, config: dict[str, Any]
+) -> list[Finding]:
+    """Find gradients that grew over training, depth or time, or steps too large."""
+    t = thresholds(config, NAME, DEFAULTS)
+    layers = depth_layers(history, model_info)
+    if not layers:
+        return []
+    adversarial = bool(gan_roles(history, model_info)) or bool(model_info.extra.get("rival"))
+    trend = loss_trend(history, int(t["window"]))
+    evidence = _Evidence([], [], {})
+    nonfinite = _went_nonfinite(history)
+    _over_training(history, layers, t, adversarial, nonfinite, evidence)
+    _too_large(layers, model_info, t, evidence)
+    _through_depth(layers, model_info, t, evidence)
+    _through_time(history, t, evidence)
+    _big_steps(layers, model_info, t, evidence)
+    diverged = not adversarial and _diverged(trend, t, evidence)
+    if not evidence.what:
+        return []
+    depth = {layer.name: i for i, layer in enumerate(layers)}
+    culprit = min(evidence.culprits, key=lambda n: depth.get(n, len(depth)))
+    layer = next((s for s in layers if s.name == culprit), layers[0])
+    return [
+        Finding(
+            kind="exploding_gradient",
+            layer=culprit,
+            severity="error" if diverged or nonfinite else "warning",
+            step=first_step_where(history, over(layer.grad_norm, _growth_line(layer, t))),
+            message=_message(evidence.what, trend, nonfinite),
+            evidence={
+                **evidence.numbers,
+                "grad_norm_peak": _finite_max(layer.grad_norm),
+                "init_scale": {s.name: init_scale(s, model_info) for s in layers},
+                "loss_first": trend.first,
+                "loss_last": trend.last,
+                "loss_peak": trend.peak,
+                "loss_nonfinite": nonfinite,
+                "lr": model_info.lr,
+                "thresholds": {k: t[k] for k in ("growth", "update_ratio", "loss_rise")},
+            },
+        )
+    ]
+
+
+def _total_norm(layers: list[LayerSignal]) -> torch.Tensor:
+    stacked = torch.stack([torch.nan_to_num(s.grad_norm, nan=0.0) for s in layers], dim=1)
+    return stacked.square().sum(dim=1).sqrt()
+
+
+def _over_training(
+    history: History,
+    layers: list[LayerSignal],
+    t: dict,
+    adversarial: bool,
+    nonfinite: bool,
+    evidence: _Evidence,
+) -> None:
+    """The gradient norm grew by ``growth`` (or by ``nonfinite_growth`` before a NaN)."""
+    if adversarial:
+        return
+    total = _total_norm(layers)
+    finite = total[torch.isfinite(total)]
+    if finite.numel() < 2:
+        return
+    start = float(finite[: min(3, finite.numel())].median())
+    if start <= 0:
+        return
+    growth = finite / start
+    line = t["nonfinite_growth"] if nonfinite else t["growth"]
+    steps_over = int((growth >= line).sum())
+    if steps_over >= (1 if nonfinite else int(t["growth_steps"])):
+        peak = float(growth.max())
+        grown = max(layers, key=lambda s: _finite_max(s.grad_norm) / max(early(s.grad_norm), 1e-30))
+        evidence.what.append(f"the gradient norm grew {fmt(peak)}x from its size at the start")
+        evidence.culprits.append(grown.name)
+        evidence.numbers["grad_growth"] = peak
+
+
+def _too_large(
+    layers: list[LayerSignal], model_info: ModelInfo, t: dict, evidence: _Evidence
+) -> None:
+    """A gradient ``size_ratio`` times its weights on ``growth_steps`` records (or on the
+    only finite one)."""
+    for layer in layers:
+        rel = relative_grad(layer, model_info)
+        finite = rel[torch.isfinite(rel)]
+        need = min(int(t["growth_steps"]), max(finite.numel(), 1))
+        if finite.numel() and int((finite >= t["size_ratio"]).sum()) >= need:
+            evidence.what.append(
+                f"the gradient of {layer.name} is {fmt(float(finite.max()))}x the size of "
+                "its weights"
+            )
+            evidence.culprits.append(layer.name)
+            evidence.numbers["size_ratio"] = float(finite.max())
+            return
+
+
+def _through_depth(
+    layers: list[LayerSignal], model_info: ModelInfo, t: dict, evidence: _Evidence
+) -> None:
+    """A layer's relative gradient is ``depth_growth`` times a later layer's."""
+    rel = [recent(relative_grad(s, model_info)) for s in layers]
+    for i, layer in enumerate(layers[:-1]):
+        later = [r for r in rel[i + 1 :] if math.isfinite(r) and r > 0]
+        if not later or not math.isfinite(rel[i]):
+            continue
+        ratio = rel[i] / min(later)
+        if ratio >= t["depth_growth"]:
+            evidence.what.append(
+                f"{layer.name} gets {fmt(ratio)}x the gradient (relative to its weights) "
+                "of a later layer: it grows layer by layer toward the input"
+            )
+            evidence.culprits.append(layer.name)
+            evidence.numbers["depth_growth"] = ratio
+            return
+
+
+def _through_time(history: History, t: dict, evidence: _Evidence) -> None:
+    """The first time step of a recurrence gets ``through_time`` times what the last gets."""
+    for name, ratio in through_time_ratios(history).items():
+        if ratio >= t["through_time"]:
+            evidence.what.append(
+                f"in {name} the gradient reaching the first time step is {fmt(ratio)}x what "
+                "reaches the last: it grows at every step back through time"
+            )
+            evidence.culprits.append(name)
+            evidence.numbers["through_time_ratio"] = ratio
+            return
+
+
+def _big_steps(
+    layers: list[LayerSignal], model_info: ModelInfo, t: dict, evidence: _Evidence
+) -> None:
+    """Updates larger than ``update_ratio`` of the weights on ``update_steps`` steps."""
+    peaks = {}
+    for layer in layers:
+        size = layer.param_norm.clamp_min(max(reference_norm(layer, model_info), 1e-12))
+        ratio = layer.update_norm / size
+        over_line = ratio[torch.isfinite(ratio)] > t["update_ratio"]
+        if int(over_line.sum()) >= int(t["update_steps"]):
+            peaks[layer.name] = _finite_max(ratio)
+    if peaks:
+        first = next(iter(peaks))
+        evidence.what.append(
+            f"one optimizer step moves {first}'s weights by {fmt(peaks[first])} of their "
+            "size (healthy training moves them by about 0.001)"
+        )
+        evidence.culprits.append(first)
+        evidence.numbers["update_ratio_peak"] = peaks
+
+
+def _diverged(trend: LossTrend, t: dict, evidence: _Evidence) -> bool:
+    """The loss ended, or peaked, ``loss_rise`` times above where it started."""
+    if not trend.known or trend.first <= 0:
+        return False
+    rise = max(trend.last, trend.peak) / trend.first
+    if rise <= t["loss_rise"]:
+        return False
+    ended = trend.last / trend.first > t["loss_rise"]
+    evidence.what.append(
+        f"the loss rose from {fmt(trend.first)} to {fmt(trend.last if ended else trend.peak)}"
+        + ("" if ended else " before coming back down")
+    )
+    evidence.numbers["loss_rise"] = rise
+    return ended
+
+
+def _went_nonfinite(history: History) -> bool:
+    history.losses()  # resolves losses logged after their step
+    return history.first_nonfinite_loss is not None or any(
+        s is not None for s in history.first_nonfinite_grad
+    )
+
+
+def _growth_line(layer: LayerSignal, t: dict) -> float:
+    return max(early(layer.grad_norm), 1e-30) * t["nonfinite_growth"]
 
 
 def _finite_max(series: torch.Tensor) -> float:
@@ -44,117 +270,14 @@ def _finite_max(series: torch.Tensor) -> float:
     return float(finite.max()) if finite.numel() else math.nan
 
 
-@hookimpl
-def gradscope_detect(
-    history: History, model_info: ModelInfo, config: dict[str, Any]
-) -> list[Finding]:
-    """Find the layer whose gradients or updates have blown up."""
-    t = thresholds(config, NAME, DEFAULTS)
-    window = int(t["window"])
-    layers = depth_layers(history, model_info)
-    if not layers:
-        return []
-    trend = loss_trend(history, window)
-    losses = history.losses()
-    loss_went_nonfinite = bool(((~torch.isfinite(losses)) & ~torch.isnan(losses)).any()) or (
-        history.first_nonfinite_loss is not None
-    )
-    loss_rise = trend.last / trend.first if trend.known and trend.first > 0 else math.nan
-    diverged = (math.isfinite(loss_rise) and loss_rise > t["loss_rise"]) or loss_went_nonfinite
-
-    # Each layer's worst sustained update (median of three consecutive records).  A layer
-    # that starts at zero (a zero-initialised head) has no size to compare updates with.
-    update_peaks = {
-        layer.name: _sustained_peak(layer.update_ratio)
-        for layer in layers
-        if float(layer.param_norm[0]) > 0
-    }
-    growth = {
-        layer.name: recent(layer.grad_norm, window) / max(early(layer.grad_norm, window), 1e-30)
-        for layer in layers
-    }
-    big_update = {
-        n: r for n, r in update_peaks.items() if math.isfinite(r) and r > t["update_ratio"]
-    }
-    grown = {n: g for n, g in growth.items() if math.isfinite(g) and g > t["growth"]}
-    if not (big_update or grown or (diverged and _grads_rising(layers, window))):
-        return []
-    improving = trend.known and trend.improvement >= STALL and not diverged
-    if improving:
-        # Large steps while the loss falls steadily: a small layer (a freshly initialised
-        # head) moving fast, not an explosion.
-        return []
-    depth = {layer.name: i for i, layer in enumerate(layers)}
-    if big_update:
-        # The input-most layer over the line: where the blow-up can start (an RNN's recurrence,
-        # the first badly initialised layer), not the head that inherits it.
-        culprit = min(big_update, key=depth.get)
-        what = (
-            f"one optimizer step moves {culprit}'s weights by {fmt(big_update[culprit])} of their "
-            "size (healthy training moves them by about 0.001)"
-        )
-    elif grown:
-        culprit = min(grown, key=depth.get)
-        what = f"the gradient of {culprit} grew {fmt(grown[culprit])}x during the run"
-    else:
-        culprit = max(growth, key=lambda n: growth[n] if math.isfinite(growth[n]) else -1)
-        what = "the gradients kept rising while the loss climbed"
-    layer = next(s for s in layers if s.name == culprit)
-    scales = {s.name: init_scale(s, model_info) for s in layers}
-    step = first_step_where(history, over(layer.update_ratio, t["update_ratio"]))
-    message = _message(what, trend, loss_rise, loss_went_nonfinite)
-    return [
-        Finding(
-            kind="exploding_gradient",
-            layer=culprit,
-            severity="error" if diverged else "warning",
-            step=step,
-            message=message,
-            evidence={
-                "update_ratio_peak": update_peaks,
-                "grad_growth": growth,
-                "grad_norm_peak": _finite_max(layer.grad_norm),
-                "init_scale": scales,
-                "loss_first": trend.first,
-                "loss_last": trend.last,
-                "loss_nonfinite": loss_went_nonfinite,
-                "lr": model_info.lr,
-                "threshold_update_ratio": t["update_ratio"],
-            },
-        )
-    ]
-
-
-def _message(what: str, trend: Any, loss_rise: float, loss_nonfinite: bool) -> str:
+def _message(what: list[str], trend: LossTrend, nonfinite: bool) -> str:
     return (
-        f"Gradients explode: {what}. Steps this large throw the weights around instead of "
-        "descending the loss"
-        + (
-            f"; the loss rose from {fmt(trend.first)} to {fmt(trend.last)}"
-            if math.isfinite(loss_rise) and loss_rise > 1
-            else ""
-        )
-        + ("; the loss became non-finite" if loss_nonfinite else "")
+        f"Gradients explode: {'; '.join(what)}. Steps this large throw the weights around "
+        "instead of descending the loss"
+        + ("; the values then overflowed to NaN/Inf" if nonfinite else "")
         + ". Clip the gradient norm, lower the learning rate, or fix the initialisation "
         "if the weights start too large."
     )
-
-
-def _sustained_peak(series: torch.Tensor) -> float:
-    """Largest median of three consecutive finite values (a single spike does not count)."""
-    finite = series[torch.isfinite(series)]
-    if finite.numel() == 0:
-        return math.nan
-    if finite.numel() < 3:
-        return float(finite.min())
-    return float(finite.unfold(0, 3, 1).median(dim=1).values.max())
-
-
-def _grads_rising(layers: list, window: int) -> bool:
-    return any(
-        _finite_max(s.grad_norm) > 10 * max(early(s.grad_norm, window), 1e-30) for s in layers
-    )
-
 
 
 def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:

@@ -334,8 +334,12 @@ def add_residual(finding: Finding, info: ModelInfo) -> Suggestion:
 
 def use_nonsaturating_loss(finding: Finding, info: ModelInfo) -> Suggestion:
     """The non-saturating generator loss of a GAN (parts named in the finding's evidence)."""
-    g = finding.evidence.get("part") or "generator"
+    g = finding.evidence.get("part")
     d = finding.evidence.get("other_part") or "discriminator"
+    generator = _ref(info, g) if g else info.var
+    # A discriminator watched apart is another model of the user's loop, not a submodule.
+    other = finding.evidence.get("other_model")
+    discriminator = other if other else _ref(info, d)
     return Suggestion(
         kind="use_nonsaturating_loss",
         title="Train the generator with the non-saturating loss -log D(G(z))",
@@ -348,7 +352,7 @@ def use_nonsaturating_loss(finding: Finding, info: ModelInfo) -> Suggestion:
             [
                 "import torch.nn.functional as F",
                 "",
-                f"d_on_fake = {_ref(info, d)}({_ref(info, g)}(z))",
+                f"d_on_fake = {discriminator}({generator}(z))",
                 "# instead of: g_loss = torch.log(1 - d_on_fake).mean()",
                 "g_loss = F.binary_cross_entropy(d_on_fake, torch.ones_like(d_on_fake))",
             ]

@@ -26,6 +26,12 @@ QUERY_KEY_NAMES = frozenset(
 )
 
 
+def blocked_paths_possible(model_info: ModelInfo) -> bool:
+    """Whether an exactly-zero gradient can be a blocked path (silent ReLUs) rather than
+    a gradient that shrank until it underflowed."""
+    return "relu" in model_info.roles()
+
+
 def depth_layers(history: History, model_info: ModelInfo) -> list[LayerSignal]:
     """Layer signals of the layers that carry depth (linear maps, recurrent, attention).
 
@@ -116,11 +122,16 @@ def fmt(value: float | None) -> str:
 def gan_roles(history: History, model_info: ModelInfo) -> dict[str, str]:
     """Layer name -> ``"generator"`` or ``"discriminator"`` when the model is a GAN.
 
-    Read from structure, never from names: the model is trained in exactly two parts
-    (optimizer parameter groups, optimizers, or ``watch(parts=...)``), one part runs
-    before the other in forward order (the generator), and the later part is called at
-    least twice per step (the discriminator sees real and generated samples).
+    Read from structure, never from names: either the two players are watched apart and
+    one's output is the other's input, or the model is trained in exactly two parts
+    (optimizer parameter groups or ``watch(parts=...)``); the upstream part is the
+    generator, and the downstream one is called at least twice per step (the
+    discriminator sees real and generated samples).
     """
+    linked = model_info.extra.get("gan_role")
+    if linked in ("generator", "discriminator"):
+        # Watched apart: this model feeds (or is fed by) the other player (gradscope.linkage).
+        return {layer.name: linked for layer in model_info.layers}
     split = model_info.parts
     if len(set(split.values())) != 2:
         return {}
@@ -140,3 +151,70 @@ def gan_roles(history: History, model_info: ModelInfo) -> dict[str, str]:
         layer: "generator" if part == upstream else "discriminator"
         for layer, part in split.items()
     }
+
+
+def reference_norm(signal: LayerSignal, model_info: ModelInfo) -> float:
+    """The norm a PyTorch-default-initialised copy of the layer's weight matrices has
+    (each entry of variance 1 / (3 fan_in)): the size a "small" weight is measured against,
+    so a zero-initialised layer does not get an infinite relative gradient."""
+    total = 0.0
+    for name in signal.params:
+        shape = model_info.param_shapes.get(name)
+        if shape and len(shape) >= 2:
+            fan_in = math.prod(shape[1:])
+            total += math.prod(shape) / (3.0 * max(fan_in, 1))
+    return math.sqrt(total)
+
+
+def followed_by_norm(model_info: ModelInfo, name: str) -> bool:
+    """Whether the next layer with parameters after ``name`` is a normalisation: the
+    layer's output scale is then irrelevant (BatchNorm/LayerNorm undo it)."""
+    names = [layer.name for layer in model_info.layers]
+    if name not in names:
+        return False
+    for layer in model_info.layers[names.index(name) + 1 :]:
+        if layer.params or layer.frozen:
+            return layer.role == "norm"
+    return False
+
+
+def relative_grad(signal: LayerSignal, model_info: ModelInfo) -> torch.Tensor:
+    """||grad|| / ||weight|| per record, judged fairly across layers and over time.
+
+    Weights are measured against at least their default-initialisation size.  A layer
+    followed by a normalisation is scale-invariant: its gradient shrinks as its weights
+    grow (``g ~ 1/|W|``) without any loss of learning, so its ratio is taken as if the
+    weights had kept their initial size (``|g| |W| / |W_0|^2``).
+    """
+    ref = reference_norm(signal, model_info)
+    norm = signal.param_norm.clamp_min(max(ref, 1e-12))
+    rel = signal.grad_norm / norm
+    if followed_by_norm(model_info, signal.name):
+        finite = signal.param_norm[torch.isfinite(signal.param_norm)]
+        start = max(float(finite[0]) if finite.numel() else ref, ref, 1e-12)
+        rel = rel * (norm / start) ** 2
+    return rel
+
+
+def through_time_ratios(history: History) -> dict[str, float]:
+    """Module -> median over recorded steps of (gradient reaching its first time step) /
+    (gradient reaching its last), for recurrences that were measured."""
+    first = history.act_series("time_grad_first")
+    last = history.act_series("time_grad_last")
+    ratios = first / last
+    out = {}
+    for j, name in enumerate(history.module_names):
+        # An infinite first-step gradient is the far end of an explosion: it counts.
+        measured = (last[:, j] > 0) & ~torch.isnan(first[:, j]) & torch.isfinite(last[:, j])
+        if bool(measured.any()):
+            out[name] = float(ratios[measured, j].median())
+    return out
+
+
+def harm_severity(fraction: float, t: dict, stalled: bool) -> str:
+    """Severity of a share of broken units: an error from ``t["error_fraction"]`` whatever
+    the loss does, a warning from ``t["warn_fraction"]`` when the loss has stalled, and
+    ``info`` when training goes on regardless (no harm seen)."""
+    if fraction >= t["error_fraction"]:
+        return "error"
+    return "warning" if stalled else "info"

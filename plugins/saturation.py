@@ -14,21 +14,38 @@ from gradscope import Finding, Suggestion, hookimpl
 from gradscope.config import thresholds
 from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
-from gradscope.signals import activation_fraction, init_scale, layer_signals
+from gradscope.signals import activation_fraction, init_scale, layer_signals, loss_trend
 from gradscope_plugins import fix_builders as fix
-from gradscope_plugins.judgement import first_step_where, fmt, layer_before, over
+from gradscope_plugins.judgement import first_step_where, fmt, harm_severity, layer_before, over
 
 NAME = "saturation"
 #: The statistics this detector reads (see gradscope.statistics); without them it cannot judge.
 NEEDS = ("saturated", "sampled")
 DEFAULTS = {
-    # Fraction of outputs within 1% of an asymptote: a warning from here...
+    # Fraction of outputs within 1% of an asymptote: a warning from here when the loss
+    # has stalled...
     "warn_fraction": 0.5,
-    # ...and an error from here.
-    "error_fraction": 0.9,
+    # ...and an error from here whatever the loss does.
+    "error_fraction": 0.8,
+    # Loss improving by less than this fraction over the run counts as stalled.
+    "stall": 0.1,
     # Recent records averaged.
     "window": 5,
 }
+
+
+#: Roles whose outputs can saturate, and the function they saturate like (a recurrent
+#: layer's hidden state passes through tanh).
+_SATURATING = {"sigmoid": "sigmoid", "tanh": "tanh", "vanilla_rnn": "tanh", "gated_rnn": "tanh"}
+
+
+def _is_output(model_info: ModelInfo, name: str) -> bool:
+    """An activation after the last layer with weights is the model's output: outputs near
+    0 or 1 that match binary targets are the goal, not a fault."""
+    names = [layer.name for layer in model_info.layers]
+    if name not in names:
+        return False
+    return not any(layer.params for layer in model_info.layers[names.index(name) + 1 :])
 
 
 @hookimpl
@@ -40,19 +57,21 @@ def gradscope_detect(
     if not history.records:
         return []
     roles = {layer.name: layer.role for layer in model_info.layers}
+    trend = loss_trend(history)
+    stalled = not trend.known or trend.improvement < t["stall"]
     fractions = activation_fraction(history, "saturated", int(t["window"]))
     signals = {s.name: s for s in layer_signals(history)}
     findings = []
     for name, fraction in fractions.items():
-        if roles.get(name) not in ("sigmoid", "tanh") or fraction < t["warn_fraction"]:
+        kind = _SATURATING.get(roles.get(name, ""))
+        if kind is None or fraction < t["warn_fraction"] or _is_output(model_info, name):
             continue
-        kind = roles[name]
         ends = "0 or 1" if kind == "sigmoid" else "-1 or 1"
         findings.append(
             Finding(
                 kind="saturated_activation",
                 layer=name,
-                severity="error" if fraction >= t["error_fraction"] else "warning",
+                severity=harm_severity(fraction, t, stalled),
                 step=first_step_where(
                     history, over(_saturated_fraction(history, name), t["warn_fraction"] - 1e-9),
                     default="last",

@@ -1,9 +1,18 @@
 """vanishing_gradient: gradients that shrink toward the input until early layers stop learning.
 
-Each layer is judged by its *relative* gradient, ||grad|| / ||weight||, so layers of
-different sizes compare fairly, and against the layers after it in forward order:
-healthy nets often have last layers with 10-100x larger gradients than the first,
-so only a gap of ``depth_ratio`` (1e-3 by default) or more counts.
+Three ways a gradient vanishes (Bengio, Simard & Frasconi 1994; Glorot & Bengio 2010), each
+measured, each a fault only when it hurts: the loss has stalled.
+
+- **Through depth**: a layer's relative gradient, ||grad|| / ||weight||, is below
+  ``depth_ratio`` of a later layer's.  Under gradient descent a layer's relative step is
+  ``lr * ratio``: a layer getting 1% of what a later layer gets has moved by 1% when the
+  later one has changed completely.
+- **Through time**: the gradient reaching a recurrence's first time step is below
+  ``through_time`` of what reaches its last (measured on the recurrent layer's input).
+- **Over training**: a layer's gradient fell to ``time_ratio`` of its start while the loss
+  did not improve (a GAN generator facing a winning discriminator).
+
+The same property on a model whose loss falls as it should is reported as ``info``.
 """
 
 from __future__ import annotations
@@ -11,30 +20,41 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
+
 from gradscope import Finding, Suggestion, hookimpl
 from gradscope.config import thresholds
 from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
-from gradscope.signals import early, init_scale, loss_trend, recent
+from gradscope.signals import LossTrend, early, init_scale, loss_trend, recent
 from gradscope_plugins import fix_builders as fix
-from gradscope_plugins.judgement import depth_layers, first_step_where, fmt, gan_roles, under
+from gradscope_plugins.judgement import (
+    blocked_paths_possible,
+    depth_layers,
+    first_step_where,
+    fmt,
+    gan_roles,
+    relative_grad,
+    through_time_ratios,
+    under,
+)
 
 NAME = "vanishing"
 #: The statistics this detector reads (see gradscope.statistics); without them it cannot judge.
 NEEDS = ("grad_l2", "param_norm")
 DEFAULTS = {
     # A layer whose relative gradient is below this fraction of the largest one after it.
-    "depth_ratio": 1e-3,
+    "depth_ratio": 1e-2,
     # Below this fraction the problem is severe enough to be an error on its own.
     "severe_ratio": 1e-5,
     # Loss improving by less than this fraction over the run counts as stalled.
-    "stall": 0.05,
+    "stall": 0.1,
     # Records at the end of the run that are judged.
     "window": 5,
     # A layer whose relative gradient fell below this fraction of its own start...
     "time_ratio": 0.1,
-    # A vanilla RNN over at least this many steps, with a stalled loss, fades through time.
-    "rnn_steps": 50,
+    # The gradient reaching a recurrence's first step below this fraction of its last.
+    "through_time": 1e-2,
 }
 
 
@@ -42,36 +62,60 @@ DEFAULTS = {
 def gradscope_detect(
     history: History, model_info: ModelInfo, config: dict[str, Any]
 ) -> list[Finding]:
-    """Find the input-most layers whose gradients have vanished relative to later layers."""
+    """Find gradients that vanished through depth, through time or over training."""
     t = thresholds(config, NAME, DEFAULTS)
     window = int(t["window"])
-    layers = depth_layers(history, model_info)
-    if len(layers) < 2:
-        return []
-    rel = [recent(layer.relative_grad, window) for layer in layers]
-    affected = []
-    for i, layer in enumerate(layers[:-1]):
-        later = [r for r in rel[i + 1 :] if math.isfinite(r)]
-        if not later or not math.isfinite(rel[i]) or rel[i] == 0:
-            # Exactly zero is a blocked path (dead units, a cut graph), not a fading one.
-            continue
-        ratio = rel[i] / max(max(later), 1e-30)
-        if ratio < t["depth_ratio"]:
-            affected.append((layer, ratio))
     trend = loss_trend(history, window)
     stalled = trend.known and trend.improvement < t["stall"]
-    if not affected:
-        # A plateau: no better over the second half of the run, and not much better overall.
-        plateau = trend.known and trend.late_improvement < t["stall"] and trend.improvement < 0.5
-        return _faded_through_time(history, model_info, trend, plateau, t) or _faded_over_time(
-            history, model_info, layers, rel, trend, stalled, t
-        )
+    layers = depth_layers(history, model_info)
+    roles = gan_roles(history, model_info)
+    if roles:
+        # A GAN's losses are a game, not a descent: its players are judged only by the
+        # generator's gradient fading while it fools the discriminator no better.
+        players = [layer for layer in layers if roles.get(layer.name) == "generator"]
+        series = [relative_grad(layer, model_info) for layer in players]
+        rel = [recent(s, window) for s in series]
+        return _faded_over_time(history, model_info, players, series, rel, trend, stalled, t)
+    found = _through_time(history, model_info, trend, stalled, t)
+    if len(layers) < 2:
+        return found
+    series = [relative_grad(layer, model_info) for layer in layers]
+    rel = [recent(s, window) for s in series]
+    affected = []
+    blocked = blocked_paths_possible(model_info)
+    for i, layer in enumerate(layers[:-1]):
+        later = [r for r in rel[i + 1 :] if math.isfinite(r) and r > 0]
+        if not later or not math.isfinite(rel[i]) or (rel[i] == 0 and blocked):
+            # Exactly zero behind ReLUs is a blocked path (dead units: dead_relu says so);
+            # without them it is a gradient that shrank until it underflowed.
+            continue
+        ratio = rel[i] / max(later)
+        if ratio < t["depth_ratio"]:
+            affected.append((layer, ratio))
+    if affected:
+        depth = _through_depth(history, model_info, (layers, series, rel), affected, trend, t)
+        return found + [depth]
+    if found:
+        return found
+    return _faded_over_time(history, model_info, layers, series, rel, trend, stalled, t)
+
+
+def _through_depth(
+    history: History,
+    model_info: ModelInfo,
+    measured: tuple[list, list[torch.Tensor], list[float]],
+    affected: list,
+    trend: LossTrend,
+    t: dict,
+) -> Finding:
+    """The finding for layers whose relative gradient is far below a later layer's."""
+    layers, series, rel = measured
+    stalled = trend.known and trend.improvement < t["stall"]
     worst_layer, worst_ratio = min(affected, key=lambda item: item[1])
     first_layer = affected[0][0]
-    severe = worst_ratio < t["severe_ratio"] or stalled
-    top = max(rel)
     names = [layer.name for layer, _ in affected]
-    step = _first_step_below(history, first_layer.relative_grad, layers, t["depth_ratio"])
+    first_index = [layer.name for layer in layers].index(first_layer.name)
+    step = _first_step_below(history, series[first_index], series, t["depth_ratio"])
     activations = sorted(
         {layer.role for layer in model_info.layers if layer.role in ("sigmoid", "tanh")}
     )
@@ -81,39 +125,52 @@ def gradscope_detect(
         if activations
         else "The gradient shrinks at each layer on its way back to the input."
     )
+    harm = (
+        f" The loss has stalled ({fmt(trend.first)} -> {fmt(trend.last)})."
+        if stalled
+        else f" The loss still falls ({fmt(trend.first)} -> {fmt(trend.last)}), so this does "
+        "not stop training yet."
+    )
     message = (
         f"Gradients vanish toward the input: {len(names)} of {len(layers)} layers get less "
         f"than {fmt(t['depth_ratio'])} of the gradient (relative to their weights) that later "
         f"layers get; {worst_layer.name} gets {fmt(worst_ratio)} of it. These layers barely "
-        f"change, so the network cannot learn features in them. {cause}"
-        + (f" The loss has stalled ({fmt(trend.first)} -> {fmt(trend.last)})." if stalled else "")
+        f"change, so the network cannot learn features in them. {cause}{harm}"
     )
-    return [
-        Finding(
-            kind="vanishing_gradient",
-            layer=first_layer.name,
-            severity="error" if severe else "warning",
-            step=step,
-            message=message,
-            evidence={
-                "layers": names,
-                "worst_layer": worst_layer.name,
-                "ratio_to_later_layers": worst_ratio,
-                "relative_grad": {layer.name: r for layer, r in zip(layers, rel, strict=True)},
-                "largest_relative_grad": top,
-                "loss_first": trend.first,
-                "loss_last": trend.last,
-                "loss_improvement": trend.improvement,
-                "threshold_depth_ratio": t["depth_ratio"],
-                "init_scale": {layer.name: init_scale(layer, model_info) for layer in layers},
-            },
-        )
-    ]
+    return Finding(
+        kind="vanishing_gradient",
+        layer=first_layer.name,
+        severity=_severity(stalled, worst_ratio < t["severe_ratio"]),
+        step=step,
+        message=message,
+        evidence={
+            "layers": names,
+            "worst_layer": worst_layer.name,
+            "ratio_to_later_layers": worst_ratio,
+            "relative_grad": {layer.name: r for layer, r in zip(layers, rel, strict=True)},
+            "largest_relative_grad": max((r for r in rel if math.isfinite(r)), default=math.nan),
+            "loss_first": trend.first,
+            "loss_last": trend.last,
+            "loss_improvement": trend.improvement,
+            "stalled": stalled,
+            "threshold_depth_ratio": t["depth_ratio"],
+            "init_scale": {layer.name: init_scale(layer, model_info) for layer in layers},
+            "over": "depth",
+        },
+    )
 
 
-def _first_step_below(history: History, series: Any, layers: list, threshold: float) -> int:
-    """The first recorded step at which the layer fell below ``threshold`` of the max."""
-    stacked = [layer.relative_grad for layer in layers]
+def _severity(stalled: bool, severe: bool) -> str:
+    """Harm sets the severity: a stalled loss makes it a warning (an error when extreme)."""
+    if not stalled:
+        return "info"
+    return "error" if severe else "warning"
+
+
+def _first_step_below(
+    history: History, series: torch.Tensor, stacked: list[torch.Tensor], threshold: float
+) -> int:
+    """The first recorded step at which ``series`` fell below ``threshold`` of the largest."""
 
     def holds(k: int) -> bool:
         values = [float(s[k]) for s in stacked if math.isfinite(float(s[k]))]
@@ -127,6 +184,7 @@ def _faded_over_time(
     history: History,
     model_info: ModelInfo,
     layers: list,
+    series: list[torch.Tensor],
     rel: list[float],
     trend: Any,
     stalled: bool,
@@ -143,18 +201,14 @@ def _faded_over_time(
         return []
     faded = []
     roles = gan_roles(history, model_info)
-    for layer, now in zip(layers, rel, strict=True):
-        if roles.get(layer.name) == "discriminator":
-            # A GAN's logged loss is the generator's: a discriminator whose gradient fades
-            # is winning its own game, which the generator's finding covers.
-            continue
-        start = early(layer.relative_grad, window)
+    for layer, values, now in zip(layers, series, rel, strict=True):
+        start = early(values, window)
         measured = math.isfinite(now) and math.isfinite(start) and start > 0 and now > 0
         if measured and now / start < t["time_ratio"]:
-            faded.append((layer, now / start))
+            faded.append((layer, now / start, values))
     if not faded:
         return []
-    layer, ratio = faded[0]
+    layer, ratio, values = faded[0]
     return [
         Finding(
             kind="vanishing_gradient",
@@ -162,7 +216,7 @@ def _faded_over_time(
             severity="warning",
             step=first_step_where(
                 history,
-                under(layer.relative_grad, t["time_ratio"] * early(layer.relative_grad, window)),
+                under(values, t["time_ratio"] * early(values, window)),
                 default="last",
             ),
             message=(
@@ -174,10 +228,10 @@ def _faded_over_time(
                 "generator loss log(1 - D(G(z))) once the discriminator wins)."
             ),
             evidence={
-                "layers": [f.name for f, _ in faded],
+                "layers": [f.name for f, _, _ in faded],
                 "ratio_to_start": ratio,
-                "relative_grad_start": early(layer.relative_grad, window),
-                "relative_grad_now": recent(layer.relative_grad, window),
+                "relative_grad_start": early(values, window),
+                "relative_grad_now": recent(values, window),
                 "loss_first": trend.first,
                 "loss_last": trend.last,
                 "loss_improvement": trend.improvement,
@@ -194,48 +248,55 @@ def _gan_evidence(roles: dict[str, str], layer: str) -> dict[str, Any]:
     if roles.get(layer) != "generator":
         return {}
     tops = {role: name.split(".")[0] for name, role in reversed(list(roles.items()))}
+    if "discriminator" not in tops:
+        # Watched apart: the discriminator is another model of the user's loop.
+        return {"gan_role": "generator", "other_model": "discriminator"}
     return {"gan_role": "generator", "part": tops["generator"], "other_part": tops["discriminator"]}
 
 
-def _faded_through_time(
-    history: History, model_info: ModelInfo, trend: Any, stalled: bool, t: dict
+def _through_time(
+    history: History, model_info: ModelInfo, trend: LossTrend, stalled: bool, t: dict
 ) -> list[Finding]:
-    """A vanilla RNN over a long sequence whose loss stalls: the gradient fades through time.
-
-    The fading happens inside the RNN's own loop, where no per-layer statistic can see
-    it, so this is judged from the architecture and the symptom together.
-    """
-    if not stalled:
-        return []
-    for layer in model_info.layers:
-        steps = model_info.sequence_length(layer.name)
-        if layer.role != "vanilla_rnn" or steps is None or steps < t["rnn_steps"]:
+    """A recurrence whose first time step gets almost none of the gradient its last gets."""
+    found = []
+    for name, ratio in through_time_ratios(history).items():
+        if not ratio < t["through_time"]:
             continue
-        return [
+        layer = model_info.layer(name)
+        steps = model_info.sequence_length(name) if layer is not None else None
+        over = f"{steps} time steps" if steps else "its time steps"
+        found.append(
             Finding(
                 kind="vanishing_gradient",
-                layer=layer.name,
-                severity="warning",
+                layer=name,
+                severity=_severity(stalled, ratio < t["severe_ratio"]),
                 step=history.steps[0],
                 message=(
-                    f"{layer.name} is a vanilla RNN run over {steps} time steps and the loss "
-                    f"does not improve ({fmt(trend.first)} -> {fmt(trend.last)}). Backpropagation "
-                    "through time multiplies the gradient by the recurrent matrix and the tanh "
-                    f"slope once per step, so after {steps} steps almost nothing of what the "
-                    "early inputs contributed reaches the weights: the network cannot learn "
-                    "long-range dependencies."
+                    f"The gradient vanishes through time in {name}: what reaches its first "
+                    f"time step is {fmt(ratio)} of what reaches its last, over {over}. "
+                    "Backpropagation through time multiplies the gradient by the recurrent "
+                    "matrix and the activation's slope once per step, so the early inputs "
+                    "barely influence the weights: the network cannot learn long-range "
+                    "dependencies"
+                    + (
+                        f", and the loss has stalled ({fmt(trend.first)} -> {fmt(trend.last)})."
+                        if stalled
+                        else "; the loss still falls, so the task may not need them."
+                    )
                 ),
                 evidence={
+                    "through_time_ratio": ratio,
                     "sequence_length": steps,
                     "loss_first": trend.first,
                     "loss_last": trend.last,
                     "loss_improvement": trend.improvement,
-                    "threshold_rnn_steps": t["rnn_steps"],
+                    "stalled": stalled,
+                    "threshold_through_time": t["through_time"],
                     "over": "time steps",
                 },
             )
-        ]
-    return []
+        )
+    return found
 
 
 def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:

@@ -708,6 +708,9 @@ def _build_suite() -> list[Scenario]:
             constant_mlp,
             features,
             expect={"symmetric_weights"},
+            # Identical rows make degenerate gradients: a vanishing gap between layers is a
+            # symptom of the symmetry, not a second fault (docs/definitions.md).
+            allow={"vanishing_gradient"},
             layer="0",
             truth=lambda r: identical_rows(r, "0.weight") and loss_stalls(r),
         ),
