@@ -110,6 +110,8 @@ class History:
     grad_seen: list[int] = field(default_factory=list)
     first_nonfinite_grad: list[int | None] = field(default_factory=list)
     first_nonfinite_act: list[int | None] = field(default_factory=list)
+    #: Per module: the first step whose replay found the module's *input* non-finite.
+    first_nonfinite_input: list[int | None] = field(default_factory=list)
     first_nonfinite_loss: int | None = None
     #: Whether module outputs were checked on the first step with a NaN/Inf (None: no such step).
     nonfinite_outputs_checked: bool | None = None
@@ -127,6 +129,8 @@ class History:
             self.first_nonfinite_grad = [None] * len(self.param_names)
         if not self.first_nonfinite_act:
             self.first_nonfinite_act = [None] * len(self.module_names)
+        if not self.first_nonfinite_input:
+            self.first_nonfinite_input = [None] * len(self.module_names)
             self.calls_total = [0] * len(self.module_names)
         if not self.module_order:
             self.module_order = list(range(len(self.module_names)))
@@ -170,6 +174,9 @@ class History:
         for j, bad in enumerate(record.acts["nonfinite"]):
             if bad == 1.0 and self.first_nonfinite_act[j] is None:
                 self.first_nonfinite_act[j] = record.step
+        for j, bad in enumerate(record.acts.get("input_nonfinite", ())):
+            if bad == 1.0 and self.first_nonfinite_input[j] is None:
+                self.first_nonfinite_input[j] = record.step
         if (
             self.first_nonfinite_loss is None
             and record.loss is not None
@@ -262,6 +269,7 @@ class History:
             "grad_seen": self.grad_seen,
             "first_nonfinite_grad": self.first_nonfinite_grad,
             "first_nonfinite_act": self.first_nonfinite_act,
+            "first_nonfinite_input": self.first_nonfinite_input,
             "first_nonfinite_loss": self.first_nonfinite_loss,
             "nonfinite_outputs_checked": self.nonfinite_outputs_checked,
             "calls_total": self.calls_total,
@@ -282,6 +290,7 @@ class History:
             grad_seen=data["grad_seen"],
             first_nonfinite_grad=data["first_nonfinite_grad"],
             first_nonfinite_act=data["first_nonfinite_act"],
+            first_nonfinite_input=data.get("first_nonfinite_input", []),
             first_nonfinite_loss=data["first_nonfinite_loss"],
             nonfinite_outputs_checked=data.get("nonfinite_outputs_checked"),
             calls_total=data["calls_total"],

@@ -27,7 +27,13 @@ NAN = math.nan
 #: Per-module counts that the accumulators keep on the host.
 _COUNT_COLUMNS = ("calls", "numel", "sampled", "zero_sampled", "units")
 #: Per-module device totals: accumulator part -> column.
-_DEVICE_COLUMNS = (("sums", "sum"), ("zeros", "zeros"), ("saturated", "saturated"))
+_DEVICE_COLUMNS = (
+    ("bad", "nonfinite"),
+    ("bad_input", "input_nonfinite"),
+    ("zeros", "zeros"),
+    ("saturated", "saturated"),
+    ("spread", "batch_spread"),
+)
 
 
 class _Blocks:
@@ -99,12 +105,15 @@ class Recorder:
         self._row_spread: dict[int, Tensor] = {}
         self._before: list[Tensor] | None = None
 
-    def add_output(self, j: int, x: Tensor) -> None:
-        """Measure one call's floating-point output of module ``j`` (a detail step)."""
+    def add_output(self, j: int, x: Tensor, given: Tensor | None = None) -> None:
+        """Measure one call's floating-point output (and input) of module ``j`` (a detail
+        step)."""
         acc = self.acc.get(j)
         if acc is None:
             acc = self.acc[j] = stats.ActivationAccumulator(self.kinds[j])
         acc.add(x.detach(), self.sample_rows, self.full)
+        if given is not None:
+            acc.add_input(given.detach())
 
     def add_time_grads(self, j: int, first: Tensor, last: Tensor) -> None:
         """The gradient norms reaching module ``j``'s first and last time step."""
@@ -301,8 +310,9 @@ class Recorder:
                 acts[column][j] = float(getattr(acc, column))
             norm = acts["sumsq"][j]
             acts["sumsq"][j] = norm * norm
-            if acc.sums:
-                acts["nonfinite"][j] = 0.0 if _finite(acts["sum"][j]) else 1.0
+            for part, column in (("bad", "nonfinite"), ("bad_input", "input_nonfinite")):
+                if getattr(acc, part):
+                    acts[column][j] = 1.0 if acts[column][j] > 0 else 0.0
 
 
 def _finite(value: float) -> bool:

@@ -8,7 +8,6 @@ activations and are skipped under ``torch.compile``.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -119,7 +118,14 @@ class Scope:
         )
         self._calls = replay.CallRecorder(model, _compiler_disable)
         self._replay_sums: dict[int, list[Tensor]] | None = None
+        self._replay_inputs: dict[int, list[Tensor]] = {}
         self._nonfinite_seen = False
+        self._init_run_state()
+        self._plan_step()
+        self.model_info: ModelInfo = self._describe()
+
+    def _init_run_state(self) -> None:
+        """Counters and per-run state the hooks update as training goes."""
         self._runner = PluginRunner()
         self._handles: list[Any] = []
         self._step = 0
@@ -137,12 +143,11 @@ class Scope:
         self._hooks_live = True
         self._origin_note: str | None = None
         self._last_recorded_step = -1
-        self._upstream: weakref.ref | None = None
-        self._downstream: weakref.ref | None = None
+        self._producer: weakref.ref | None = None  # the watched model that feeds this one
+        self._feeds_another = False
+        self._consumer_calls_max = 0  # most calls per step of the model this one feeds
         self._root_calls = 0
         self._root_calls_max = 0
-        self._plan_step()
-        self.model_info: ModelInfo = self._describe()
 
     # -- attaching -------------------------------------------------------------
     def __enter__(self) -> Scope:
@@ -173,8 +178,13 @@ class Scope:
             if self.nan_origin:
                 self._calls.attach()
             root = self.model
-            self._handles.append(root.register_forward_pre_hook(_compiler_disable(self._root_in)))
-            self._handles.append(root.register_forward_hook(_compiler_disable(self._root_out)))
+            if not isinstance(root, torch.jit.ScriptModule):  # TorchScript refuses hooks
+                self._handles.append(
+                    root.register_forward_pre_hook(_compiler_disable(self._root_in))
+                )
+                self._handles.append(
+                    root.register_forward_hook(_compiler_disable(self._root_out))
+                )
             if self.optimizer is not None:
                 self._handles.append(self.optimizer.register_step_pre_hook(self._on_pre_step))
                 self._handles.append(self.optimizer.register_step_post_hook(self._on_post_step))
@@ -238,7 +248,7 @@ class Scope:
     def _forward_hook(self, j: int):
         def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
             if self._replay_sums is not None:
-                self._replayed_output(j, output)
+                self._replayed_output(j, args, output)
                 return
             if not torch.is_grad_enabled():
                 return  # validation under no_grad is not part of the training step
@@ -257,7 +267,7 @@ class Scope:
             if x is not None:
                 if self._rank[j] is None:
                     self._first_call(j, x)
-                self._measure.add_output(j, x)
+                self._measure.add_output(j, x, stats.first_float_tensor(args))
                 self._follow_repeated_call(j, x)
             self._overhead += time.perf_counter() - t0
 
@@ -273,8 +283,11 @@ class Scope:
         self._root_calls_max = max(self._root_calls_max, self._root_calls)
         producer = linkage.producer_of(self, args)
         if isinstance(producer, Scope):
-            self._upstream = weakref.ref(producer)
-            producer._downstream = weakref.ref(self)
+            self._producer = weakref.ref(producer)
+            producer._feeds_another = True
+        up = self._producer() if self._producer is not None else None
+        if up is not None:
+            up._consumer_calls_max = max(up._consumer_calls_max, self._root_calls)
 
     def _root_out(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if self._step < linkage.FOLLOW_STEPS and torch.is_grad_enabled():
@@ -283,11 +296,9 @@ class Scope:
     def _rival(self) -> dict[str, Any]:
         """A GAN player's role, when this model feeds (or is fed by) another watched model
         that is called on real and generated samples in each step."""
-        up = self._upstream() if self._upstream is not None else None
-        down = self._downstream() if self._downstream is not None else None
-        if down is not None and down._root_calls_max >= 2:
+        if self._feeds_another and self._consumer_calls_max >= 2:
             return {"rival": True, "gan_role": "generator"}
-        if up is not None and self._root_calls_max >= 2:
+        if self._producer is not None and self._root_calls_max >= 2:
             return {"rival": True, "gan_role": "discriminator"}
         return {}
 
@@ -320,10 +331,14 @@ class Scope:
                 through_time.watch_call_output(first, calls.next_sink())
         through_time.watch_call_output(x, calls.next_sink())
 
-    def _replayed_output(self, j: int, output: Any) -> None:
+    def _replayed_output(self, j: int, args: Any, output: Any) -> None:
+        """During the replay: whether module ``j``'s output, and its input, are finite."""
         x = stats.first_float_tensor(output)
         if x is not None and x.numel():
-            self._replay_sums.setdefault(j, []).append(stats.output_sum(x))
+            self._replay_sums.setdefault(j, []).append(stats.nonfinite_flag(x))
+        given = stats.first_float_tensor(args)
+        if given is not None and given.numel():
+            self._replay_inputs.setdefault(j, []).append(stats.nonfinite_flag(given))
 
     def _first_call(self, j: int, x: Tensor) -> None:
         """Note the call order and output shape of a module the first time it runs."""
@@ -385,21 +400,20 @@ class Scope:
         if not calls:
             self._origin_note = "the step's forward could not be replayed: no call was seen"
             return
-        self._replay_sums = {}
+        self._replay_sums, self._replay_inputs = {}, {}
         try:
             failure = replay.replay(self.model, calls)
-            sums = self._replay_sums
+            outputs, inputs = self._replay_sums, self._replay_inputs
         finally:
             self._replay_sums = None
         if failure is not None:
             self._origin_note = f"the step's forward could not be replayed ({failure})"
             return
-        totals = [
-            parts[0] if len(parts) == 1 else torch.stack(parts).sum() for parts in sums.values()
-        ]
         record.acts = {column: list(values) for column, values in record.acts.items()}  # unshare
-        for j, total in zip(sums, stats.to_host(totals), strict=True):
-            record.acts["nonfinite"][j] = 0.0 if math.isfinite(total) else 1.0
+        for column, flags in (("nonfinite", outputs), ("input_nonfinite", inputs)):
+            totals = [torch.stack(parts).any() for parts in flags.values()]
+            for j, bad in zip(flags, stats.to_host(totals), strict=True):
+                record.acts[column][j] = 1.0 if bad else 0.0
 
     def _end_step(self) -> None:
         self._root_calls = 0

@@ -155,6 +155,8 @@ class LossTrend:
     late_improvement: float = math.nan
     #: The largest finite loss of the run (a transient blow-up shows here).
     peak: float = math.nan
+    #: The first logged loss (at the initial weights).
+    initial: float = math.nan
 
     @property
     def known(self) -> bool:
@@ -184,7 +186,14 @@ def loss_trend(history: History, window: int = DEFAULT_WINDOW) -> LossTrend:
     middle = float(half[:wide].median())
     late = (middle - float(finite[-wide:].median())) / max(abs(middle), 1e-12)
     return LossTrend(
-        logged, first, last, float(finite.min()), improvement, late, float(finite.max())
+        logged,
+        first,
+        last,
+        float(finite.min()),
+        improvement,
+        late,
+        float(finite.max()),
+        float(finite[0]),
     )
 
 

@@ -55,7 +55,6 @@ _DECLARED = (
     _S("numel", _P, EVERY_STEP, "entries of the parameter"),
     _S("calls", _M, DETAIL, "forward calls of the module in the step"),
     _S("numel", _M, DETAIL, "output entries of the module in the step"),
-    _S("sum", _M, DETAIL, "sum of the whole output (NaN/Inf if an entry is)"),
     _S("sumsq", _M, DETAIL, "sum of squares of the sampled output rows"),
     _S("sampled", _M, DETAIL, "output entries the shape statistics looked at"),
     _S("zero_sampled", _M, DETAIL, "entries the zero count looked at"),
@@ -65,6 +64,8 @@ _DECLARED = (
     _S("silent_units", _M, DETAIL, "ReLU units that output 0 for every sample"),
     _S("dead_units", _M, DETAIL, "ReLU units silent for unit_window detail steps"),
     _S("nonfinite", _M, DETAIL, "1 when the output had NaN/Inf (or a replay saw it)"),
+    _S("input_nonfinite", _M, DETAIL, "1 when the module's input had NaN/Inf (or in a replay)"),
+    _S("batch_spread", _M, DETAIL, "spread of 2-D outputs across samples over their size"),
     _S("time_grad_first", _M, DETAIL, "gradient reaching a recurrence's first time step"),
     _S("time_grad_last", _M, DETAIL, "gradient reaching a recurrence's last time step"),
 )

@@ -74,7 +74,9 @@ class ActivationAccumulator:
     sampled: int = 0
     zero_sampled: int = 0
     units: int = 0
-    sums: list[Tensor] = field(default_factory=list)
+    bad: list[Tensor] = field(default_factory=list)
+    bad_input: list[Tensor] = field(default_factory=list)
+    spread: list[Tensor] = field(default_factory=list)
     sumsqs: list[Tensor] = field(default_factory=list)
     zeros: list[Tensor] = field(default_factory=list)
     saturated: list[Tensor] = field(default_factory=list)
@@ -83,8 +85,8 @@ class ActivationAccumulator:
     def add(self, output: Tensor, sample_rows: int, full: bool) -> None:
         """Measure one call's output (already detached) with a few reductions.
 
-        The sum covers the whole tensor (a non-finite entry anywhere makes it
-        non-finite, which is how the first NaN module is found).  The shape statistics
+        The finiteness check covers the whole tensor (how the first NaN module is found;
+        a finite but huge output is finite, whatever its sum would be).  The shape statistics
         (size, zeros, silent units, saturation) use the first ``sample_rows`` rows
         unless ``full``.
         """
@@ -93,7 +95,7 @@ class ActivationAccumulator:
         self.numel += x.numel()
         if x.numel() == 0:
             return
-        self.sums.append(output_sum(x))
+        self.bad.append(nonfinite_flag(x))
         acc = _accumulation_dtype(x)
         sample = x if full or x.dim() < 2 or x.shape[0] <= sample_rows else x[:sample_rows]
         self.sampled += sample.numel()
@@ -109,10 +111,20 @@ class ActivationAccumulator:
                 self.unit_max = per_unit
             else:
                 self.unit_max = torch.maximum(self.unit_max, per_unit)
+        if sample.dim() == 2 and sample.shape[0] > 1:
+            # How much the outputs differ across samples, relative to their size: about 0
+            # for a model that predicts the same thing whatever the input.
+            rows = sample.float()
+            self.spread = [rows.std(dim=0).mean() / rows.abs().mean().clamp_min(1e-12)]
         if self.kind == "sigmoid":
             self.saturated.append(((sample - 0.5).abs() > 0.49).sum())
         elif self.kind == "tanh":
             self.saturated.append((sample.abs() > 0.99).sum())
+
+    def add_input(self, given: Tensor) -> None:
+        """Note whether one call's input had NaN/Inf (it tells "made here" from "passed in")."""
+        if given.numel():
+            self.bad_input.append(nonfinite_flag(given))
 
     def total(self, part: str) -> Tensor:
         """The step's total of ``sums``, ``zeros`` or ``saturated`` over all calls."""
@@ -130,9 +142,9 @@ def _accumulation_dtype(x: Tensor) -> torch.dtype | None:
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else None
 
 
-def output_sum(x: Tensor) -> Tensor:
-    """The sum of a whole output: non-finite exactly when some entry is (or it overflows)."""
-    return torch.sum(x, dtype=_accumulation_dtype(x))
+def nonfinite_flag(x: Tensor) -> Tensor:
+    """A device bool: whether some entry of ``x`` is NaN or Inf."""
+    return ~torch.isfinite(x).all()
 
 
 def grad_statistics(

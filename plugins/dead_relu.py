@@ -20,6 +20,7 @@ from gradscope.modelinfo import ModelInfo
 from gradscope.signals import loss_trend
 from gradscope_plugins import fix_builders as fix
 from gradscope_plugins.judgement import first_step_where, fmt, harm_severity, layer_before, over
+from gradscope_plugins.judgement import stalled as is_stalled
 
 NAME = "dead_relu"
 #: The statistics this detector reads (see gradscope.statistics); without them it cannot judge.
@@ -44,7 +45,7 @@ def gradscope_detect(
     if not history.records:
         return []
     trend = loss_trend(history)
-    stalled = not trend.known or trend.improvement < t["stall"]
+    stalled = not trend.known or is_stalled(history, model_info, trend, t["stall"])
     dead = history.act_series("dead_units")
     silent = history.act_series("silent_units")
     units = history.act_series("units")

@@ -8,8 +8,8 @@ learning rate or Adam keeps the loss from diverging.  Each is measured:
 - **through depth**: a layer's relative gradient is ``depth_growth`` times a later one's;
 - **through time**: the gradient reaching a recurrence's first time step is
   ``through_time`` times what reaches its last;
-- **gradients far larger than the weights** ("the gradient is too large"): a layer's
-  gradient norm is ``size_ratio`` times its weights' norm on ``growth_steps`` records;
+- **gradients far larger than the weights** ("the gradient is too large") in a run that
+  then overflowed: a layer's gradient norm was ``size_ratio`` times its weights' norm;
 - **steps larger than the weights**: an update moves a layer by more than
   ``update_ratio`` of its size on ``update_steps`` recorded steps;
 - **divergence**: the loss ends (or peaks) ``loss_rise`` times above where it started;
@@ -99,7 +99,10 @@ def gradscope_detect(
     evidence = _Evidence([], [], {})
     nonfinite = _went_nonfinite(history)
     _over_training(history, layers, t, adversarial, nonfinite, evidence)
-    _too_large(layers, model_info, t, evidence)
+    if nonfinite:
+        # Size alone is not growth (a loss scaled by 1e4 under Adam trains normally); but
+        # a run that overflowed after gradients this large exploded.
+        _too_large(layers, model_info, t, evidence)
     _through_depth(layers, model_info, t, evidence)
     _through_time(history, t, evidence)
     _big_steps(layers, model_info, t, evidence)
@@ -107,7 +110,14 @@ def gradscope_detect(
     if not evidence.what:
         return []
     depth = {layer.name: i for i, layer in enumerate(layers)}
-    culprit = min(evidence.culprits, key=lambda n: depth.get(n, len(depth)))
+    # The input-most layer a criterion pointed at: where the blow-up can start (an RNN's
+    # recurrence, the first badly scaled layer), not the head that inherits it.  The loss
+    # alone points nowhere: then the layer whose gradient grew most.
+    culprit = (
+        min(evidence.culprits, key=lambda n: depth.get(n, len(depth)))
+        if evidence.culprits
+        else _most_grown(layers)
+    )
     layer = next((s for s in layers if s.name == culprit), layers[0])
     return [
         Finding(
@@ -129,6 +139,10 @@ def gradscope_detect(
             },
         )
     ]
+
+
+def _most_grown(layers: list[LayerSignal]) -> str:
+    return max(layers, key=lambda s: _finite_max(s.grad_norm) / max(early(s.grad_norm), 1e-30)).name
 
 
 def _total_norm(layers: list[LayerSignal]) -> torch.Tensor:
@@ -159,9 +173,8 @@ def _over_training(
     steps_over = int((growth >= line).sum())
     if steps_over >= (1 if nonfinite else int(t["growth_steps"])):
         peak = float(growth.max())
-        grown = max(layers, key=lambda s: _finite_max(s.grad_norm) / max(early(s.grad_norm), 1e-30))
         evidence.what.append(f"the gradient norm grew {fmt(peak)}x from its size at the start")
-        evidence.culprits.append(grown.name)
+        evidence.culprits.append(_most_grown(layers))
         evidence.numbers["grad_growth"] = peak
 
 
@@ -239,15 +252,17 @@ def _big_steps(
 
 
 def _diverged(trend: LossTrend, t: dict, evidence: _Evidence) -> bool:
-    """The loss ended, or peaked, ``loss_rise`` times above where it started."""
-    if not trend.known or trend.first <= 0:
+    """The loss ended, or peaked, ``loss_rise`` times above where it started (judged from
+    the very first loss too, so a blow-up within the first steps cannot hide itself)."""
+    start = min(trend.first, trend.initial)
+    if not trend.known or not start > 0:
         return False
-    rise = max(trend.last, trend.peak) / trend.first
+    rise = max(trend.last, trend.peak) / start
     if rise <= t["loss_rise"]:
         return False
-    ended = trend.last / trend.first > t["loss_rise"]
+    ended = trend.last / start > t["loss_rise"]
     evidence.what.append(
-        f"the loss rose from {fmt(trend.first)} to {fmt(trend.last if ended else trend.peak)}"
+        f"the loss rose from {fmt(start)} to {fmt(trend.last if ended else trend.peak)}"
         + ("" if ended else " before coming back down")
     )
     evidence.numbers["loss_rise"] = rise

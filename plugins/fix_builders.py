@@ -431,6 +431,28 @@ def check_graph(finding: Finding, info: ModelInfo) -> Suggestion:
     )
 
 
+def check_inputs(finding: Finding, info: ModelInfo) -> Suggestion:
+    """Find and drop (or repair) the samples whose inputs hold NaN/Inf."""
+    return Suggestion(
+        kind="check_inputs",
+        title="Check the data: a batch reached the model with NaN/Inf in it",
+        why=(
+            "Every module's output was finite until the input itself was not, so no change "
+            "to the model can fix it; one bad sample poisons the whole batch's gradient."
+        ),
+        code="\n".join(
+            [
+                "import torch",
+                "",
+                "bad = ~torch.isfinite(x).flatten(1).all(dim=1)  # samples with NaN/Inf",
+                "if bad.any():",
+                "    print(f\"{int(bad.sum())} bad samples in this batch\")",
+                "    x, y = x[~bad], y[~bad]  # or fix them at the source",
+            ]
+        ),
+    )
+
+
 def random_init(finding: Finding, info: ModelInfo) -> Suggestion:
     """Random init for every layer whose rows are identical."""
     nonlinearity = info.activation_after(finding.layer or "") or "relu"

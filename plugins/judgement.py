@@ -14,7 +14,7 @@ import torch
 
 from gradscope.history import History
 from gradscope.modelinfo import LayerInfo, ModelInfo
-from gradscope.signals import DEFAULT_WINDOW, LayerSignal, layer_signals
+from gradscope.signals import DEFAULT_WINDOW, LayerSignal, LossTrend, layer_signals, recent
 
 #: Roles whose gradients carry the signal along the network's depth.
 DEPTH_ROLES = ("weight", "vanilla_rnn", "gated_rnn", "attention")
@@ -35,16 +35,21 @@ def blocked_paths_possible(model_info: ModelInfo) -> bool:
 def depth_layers(history: History, model_info: ModelInfo) -> list[LayerSignal]:
     """Layer signals of the layers that carry depth (linear maps, recurrent, attention).
 
-    Norm layers, embeddings, attention query/key projections and bias-only modules are
-    left out: their gradients are small or sparse by design and would make healthy models
-    look vanishing.  So are layers whose weights are all zero: gradient sizes relative to
-    zero weights mean nothing (``symmetric_weights`` reports them).
+    Norm layers, embeddings, attention query/key projections, bias-only modules and
+    layers whose forward hook never fired (so their depth is unknown) are left out: their
+    gradients are small or sparse by design and would make healthy models look vanishing.
+    So are layers whose weights are all zero: gradient sizes relative to zero weights mean
+    nothing (``symmetric_weights`` reports them).
     """
     roles = {layer.name: layer.role for layer in model_info.layers}
+    calls = zip(history.module_names, history.calls_total, strict=True)
+    called = {name for name, count in calls if count}
     return [
         s
         for s in layer_signals(history)
         if roles.get(s.name) in DEPTH_ROLES
+        # A layer whose hook never fired (attention's out_proj) has no place in forward order.
+        and (s.name in called or not called)
         and s.name.rsplit(".", 1)[-1].lower() not in QUERY_KEY_NAMES
         and bool((s.param_norm[-DEFAULT_WINDOW:] != 0).any())
     ]
@@ -218,3 +223,32 @@ def harm_severity(fraction: float, t: dict, stalled: bool) -> str:
     if fraction >= t["error_fraction"]:
         return "error"
     return "warning" if stalled else "info"
+
+
+#: Outputs whose spread across samples is below this fraction of their size are the same
+#: prediction for every input.
+CONSTANT_OUTPUT = 1e-2
+
+
+def predicts_a_constant(history: History, model_info: ModelInfo) -> bool:
+    """Whether the model's last layer ends the run giving (nearly) the same output for
+    every sample: it learned the targets' average (the output bias), nothing of the input."""
+    spread = history.act_series("batch_spread")
+    last = [layer.name for layer in model_info.layers if layer.params and layer.role == "weight"]
+    if not last or last[-1] not in history.module_names:
+        return False
+    column = spread[:, history.module_names.index(last[-1])]
+    value = recent(column[torch.isfinite(column)], DEFAULT_WINDOW)
+    return math.isfinite(value) and value < CONSTANT_OUTPUT
+
+
+def stalled(history: History, model_info: ModelInfo, trend: LossTrend, stall: float) -> bool:
+    """Whether training is not learning: the loss improved by less than ``stall``, or it
+    fell only as far as predicting the same output for every input (what a constant
+    predictor reaches: Glorot & Bengio's deep sigmoid nets learn the output bias only)."""
+    if not trend.known:
+        return False
+    if trend.improvement < stall:
+        return True
+    plateau = trend.late_improvement < stall
+    return plateau and predicts_a_constant(history, model_info)

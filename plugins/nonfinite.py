@@ -84,6 +84,15 @@ def _explain(
 ) -> tuple[str | None, str, str]:
     """(culprit module, where it broke: forward/backward/loss/unknown, a sentence why)."""
     loss_step = history.first_nonfinite_loss
+    weights = _nonfinite_weights(history)
+    if weights:
+        return weights[0], "weights", (
+            f"the weights of {', '.join(weights[:3])} were already NaN/Inf at the first "
+            "recorded step, before training could make them so: the model was loaded or "
+            "initialised with non-finite values"
+        )
+    if bad_outputs and _input_was_bad(history, bad_outputs[0], step):
+        return _before_module(history, bad_outputs[0], step)
     if bad_outputs:
         culprit, where = bad_outputs[0], "forward"
         detail = (
@@ -126,6 +135,49 @@ def _explain(
     return culprit, where, detail
 
 
+def _nonfinite_weights(history: History) -> list[str]:
+    """Modules whose parameters were non-finite at the first recorded step."""
+    if not history.records:
+        return []
+    norms = history.records[0].grads["param_norm"]
+    bad = [
+        module
+        for module, norm in zip(history.param_modules, norms, strict=True)
+        if norm == norm and norm in (float("inf"), float("-inf"))
+        or norm != norm and history.records[0].detail
+    ]
+    return list(dict.fromkeys(bad))
+
+
+def _input_was_bad(history: History, module: str, step: int) -> bool:
+    j = history.module_names.index(module)
+    return history.first_nonfinite_input[j] == step if history.first_nonfinite_input else False
+
+
+def _before_module(history: History, module: str, step: int) -> tuple[str | None, str, str]:
+    """The culprit's input was already non-finite: the batch, or an operation between two
+    modules (a functional call no hook sees)."""
+    order = [history.module_names[j] for j in history.module_order if history.calls_total[j]]
+    earlier = order[: order.index(module)] if module in order else []
+    finite_before = [
+        name
+        for name in earlier
+        if history.first_nonfinite_act[history.module_names.index(name)] != step
+    ]
+    if not finite_before:
+        return None, "input", (
+            f"the input batch of step {step} already contained NaN/Inf before any module ran "
+            f"(the first module, {module}, received it): check the data, not the model"
+        )
+    previous = finite_before[-1]
+    return module, "between", (
+        f"the output of {previous} was finite but the input of {module} was not at step "
+        f"{step}: the NaN/Inf is made by an operation between {previous} and {module} "
+        "(a functional call such as torch.log, torch.sqrt, a division or exp in forward(), "
+        "which no module hook sees)"
+    )
+
+
 def _parameterless_after(history: History, module: str) -> list[str]:
     """Modules without trainable parameters that ran between ``module`` and the next layer
     that has them, in forward order."""
@@ -144,7 +196,12 @@ def _parameterless_after(history: History, module: str) -> list[str]:
 def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
     """Fixes for a NaN/Inf, best first, chosen by where it began."""
     layer = info.layer(finding.layer)
-    if finding.evidence.get("where") == "forward" and layer is not None and layer.params:
+    where = finding.evidence.get("where")
+    if where == "input":
+        return [fix.check_inputs, fix.fix_loss_numerics]
+    if where == "weights":
+        return [fix.random_init, fix.check_inputs]
+    if where == "forward" and layer is not None and layer.params:
         # A layer with weights overflowing: the values grew too large, not a bad formula.
         return [fix.clip_grad_norm, fix.lower_lr, fix.fix_loss_numerics]
     return [fix.fix_loss_numerics, fix.clip_grad_norm, fix.lower_lr]

@@ -17,6 +17,7 @@ from gradscope.modelinfo import ModelInfo
 from gradscope.signals import activation_fraction, init_scale, layer_signals, loss_trend
 from gradscope_plugins import fix_builders as fix
 from gradscope_plugins.judgement import first_step_where, fmt, harm_severity, layer_before, over
+from gradscope_plugins.judgement import stalled as is_stalled
 
 NAME = "saturation"
 #: The statistics this detector reads (see gradscope.statistics); without them it cannot judge.
@@ -58,7 +59,7 @@ def gradscope_detect(
         return []
     roles = {layer.name: layer.role for layer in model_info.layers}
     trend = loss_trend(history)
-    stalled = not trend.known or trend.improvement < t["stall"]
+    stalled = not trend.known or is_stalled(history, model_info, trend, t["stall"])
     fractions = activation_fraction(history, "saturated", int(t["window"]))
     signals = {s.name: s for s in layer_signals(history)}
     findings = []

@@ -38,6 +38,9 @@ from gradscope_plugins.judgement import (
     through_time_ratios,
     under,
 )
+from gradscope_plugins.judgement import (
+    stalled as is_stalled,
+)
 
 NAME = "vanishing"
 #: The statistics this detector reads (see gradscope.statistics); without them it cannot judge.
@@ -66,7 +69,7 @@ def gradscope_detect(
     t = thresholds(config, NAME, DEFAULTS)
     window = int(t["window"])
     trend = loss_trend(history, window)
-    stalled = trend.known and trend.improvement < t["stall"]
+    stalled = is_stalled(history, model_info, trend, t["stall"])
     layers = depth_layers(history, model_info)
     roles = gan_roles(history, model_info)
     if roles:
@@ -110,7 +113,7 @@ def _through_depth(
 ) -> Finding:
     """The finding for layers whose relative gradient is far below a later layer's."""
     layers, series, rel = measured
-    stalled = trend.known and trend.improvement < t["stall"]
+    stalled = is_stalled(history, model_info, trend, t["stall"])
     worst_layer, worst_ratio = min(affected, key=lambda item: item[1])
     first_layer = affected[0][0]
     names = [layer.name for layer, _ in affected]

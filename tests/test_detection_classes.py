@@ -1,0 +1,297 @@
+"""The classes of failure an independent hold-out found, each on a small model: exploding
+gradients the loss hides, gradients through time, GANs watched apart, layers recognised
+by what they hold, an early blow-up, harm-tracking severity, and where a NaN begins."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import gradscope
+
+CE = nn.functional.cross_entropy
+
+
+def train(model, data, steps=30, opt=None, loss_fn=CE, **options):
+    """A plain loop under watch(); ``data(k)`` gives step k's (x, y)."""
+    opt = opt or torch.optim.SGD(model.parameters(), lr=0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gradscope.watch(model, optimizer=opt, **options) as scope:
+            for k in range(steps):
+                x, y = data(k)
+                opt.zero_grad()
+                loss = loss_fn(model(x), y)
+                scope.log_loss(loss)
+                loss.backward()
+                opt.step()
+    return scope.report()
+
+
+def serious(report, kind):
+    return [f for f in report.findings if f.kind == kind and f.severity != "info"]
+
+
+class Recurrent(nn.Module):
+    def __init__(self, cell: str, scale: float = 1.0, hidden: int = 32) -> None:
+        super().__init__()
+        self.rnn = getattr(nn, cell)(4, hidden, batch_first=True)
+        with torch.no_grad():
+            for name, p in self.rnn.named_parameters():
+                if "weight_hh" in name:
+                    p.mul_(scale)
+        self.head = nn.Linear(hidden, 2)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0][:, -1])
+
+
+def first_input_task(steps: int):
+    """The label is the sign of the first input: only a gradient through time can learn it."""
+
+    def data(k):
+        g = torch.Generator().manual_seed(k % 4)
+        x = torch.randn(32, steps, 4, generator=g)
+        return x, (x[:, 0, 0] > 0).long()
+
+    return data
+
+
+def test_vanishing_through_time_is_measured_on_a_vanilla_rnn():
+    torch.manual_seed(0)
+    report = train(Recurrent("RNN"), first_input_task(60), steps=30)
+    (finding,) = serious(report, "vanishing_gradient")
+    assert finding.layer == "rnn"
+    assert finding.evidence["over"] == "time steps"
+    assert finding.evidence["through_time_ratio"] < 1e-2
+    assert finding.suggestions[0].kind == "use_lstm_or_gru"
+
+
+def test_recurrent_weights_scaled_up_explode_through_time_while_the_loss_looks_fine():
+    torch.manual_seed(0)
+    model = Recurrent("GRU", scale=16.0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)  # small steps: the loss never diverges
+    report = train(model, first_input_task(20), steps=12, opt=opt)
+    (finding,) = serious(report, "exploding_gradient")
+    assert finding.layer == "rnn"
+    assert finding.evidence["through_time_ratio"] >= 1e3
+    assert finding.suggestions[0].kind == "orthogonal_init"
+
+
+def test_a_short_healthy_lstm_is_silent():
+    torch.manual_seed(0)
+    report = train(Recurrent("LSTM"), first_input_task(8), steps=30)
+    assert report.kinds_at_least("warning") == set()
+
+
+def test_a_recurrent_hidden_state_saturates():
+    torch.manual_seed(0)
+    model = Recurrent("RNN", scale=1.0)
+    with torch.no_grad():
+        model.rnn.weight_ih_l0.mul_(40.0)
+    report = train(model, first_input_task(10), steps=20)
+    assert "rnn" in {f.layer for f in report.findings if f.kind == "saturated_activation"}
+
+
+def test_a_constantly_large_gradient_under_adam_is_size_not_growth():
+    """A loss multiplied by 1e5: Adam's steps do not depend on the gradient's scale, the
+    run trains normally, and nothing grows: no explosion (docs/definitions.md)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 2))
+
+    def data(k):
+        x = torch.randn(64, 8, generator=torch.Generator().manual_seed(k % 4))
+        return x, (x[:, 0] > 0).long()
+
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    report = train(model, data, opt=opt, loss_fn=lambda out, y: 1e5 * CE(out, y))
+    assert report.kinds_at_least("warning") == set()
+
+
+def test_an_early_blow_up_does_not_raise_its_own_baseline():
+    """The loss jumps 14x within the first three steps, then comes back down: judged from
+    the very first loss, that was a transient explosion."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh())
+    model.append(nn.Linear(64, 4))
+
+    def data(k):
+        x = torch.randn(64, 8, generator=torch.Generator().manual_seed(k % 4))
+        return x, (x[:, 0] > 0).long()
+
+    opt = torch.optim.AdamW(model.parameters(), lr=1.0)
+    report = train(model, data, opt=opt, steps=30)
+    assert serious(report, "exploding_gradient")
+
+
+class Generator(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 2))
+
+    def forward(self, z):
+        return self.net(z)
+
+
+class Discriminator(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def gan_run(saturating: bool, steps: int = 80):
+    """The standard two-optimizer loop, each player watched by its own scope."""
+    torch.manual_seed(0)
+    g, d = Generator(), Discriminator()
+    opt_g = torch.optim.SGD(g.parameters(), lr=0.05)
+    opt_d = torch.optim.SGD(d.parameters(), lr=1.0)  # the discriminator wins early
+    bce = nn.functional.binary_cross_entropy_with_logits
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gradscope.watch(g, optimizer=opt_g) as scope_g, gradscope.watch(d, optimizer=opt_d):
+            for k in range(steps):
+                gen = torch.Generator().manual_seed(k)
+                real = torch.randn(64, 2, generator=gen) * 0.5 + 2.0
+                fake = g(torch.randn(64, 4, generator=gen))
+                opt_d.zero_grad()
+                r, f = d(real), d(fake.detach())
+                (bce(r, torch.ones_like(r)) + bce(f, torch.zeros_like(f))).backward()
+                opt_d.step()
+                opt_g.zero_grad()
+                logits = d(fake)
+                fooled = bce(logits, torch.ones_like(logits))
+                g_loss = -bce(logits, torch.zeros_like(logits)) if saturating else fooled
+                scope_g.log_loss(fooled.detach())
+                g_loss.backward()
+                opt_g.step()
+    return scope_g.report()
+
+
+def test_two_optimizer_gan_players_are_recognised_from_what_feeds_what():
+    """No gen*/disc* names: the generator's output is the discriminator's input, and the
+    discriminator runs twice per step (real and generated samples)."""
+    report = gan_run(saturating=True, steps=10)
+    assert report.model_info.extra == {"rival": True, "gan_role": "generator"}
+
+
+def test_two_optimizer_gan_with_the_non_saturating_loss_is_silent():
+    report = gan_run(saturating=False)
+    assert report.kinds_at_least("warning") == set()
+
+
+class Conv1DLike(nn.Module):
+    """A linear map held as a bare weight matrix (Hugging Face's GPT-2 Conv1D)."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n_in, n_out) * 0.02)
+        self.bias = nn.Parameter(torch.zeros(n_out))
+
+    def forward(self, x):
+        return x @ self.weight + self.bias
+
+
+class RMSNormLike(nn.Module):
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.weight
+
+
+def test_layers_are_recognised_by_what_they_hold():
+    model = nn.Sequential(Conv1DLike(8, 16), RMSNormLike(16), nn.Linear(16, 2))
+    scope = gradscope.watch(model)
+    scope.detach()
+    roles = {layer.name: layer.role for layer in scope.model_info.layers}
+    assert roles == {"0": "weight", "1": "norm", "2": "weight"}
+
+
+def test_many_silent_units_in_a_net_that_still_learns_are_info_not_a_warning():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 2))
+    with torch.no_grad():
+        model[0].bias[:38] = -50.0  # 38 of 64 units silent for good, the rest learn
+
+    def data(k):
+        x = torch.randn(64, 8, generator=torch.Generator().manual_seed(k % 4))
+        return x, (x[:, 0] > 0).long()
+
+    report = train(model, data, steps=40, opt=torch.optim.Adam(model.parameters(), lr=1e-2))
+    dead = [f for f in report.findings if f.kind == "dead_relu"]
+    assert [f.severity for f in dead] == ["info"]
+
+
+class SqrtBetween(nn.Module):
+    """fc2(sqrt(fc1(x) + shift)): the square root is a functional call no hook sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 2)
+        self.shift = 100.0
+
+    def forward(self, x):
+        return self.fc2(torch.sqrt(self.fc1(x) + self.shift))
+
+
+@pytest.mark.parametrize("bad_step", [0, 7])  # a detail step, and a replayed light step
+def test_a_nan_made_by_a_functional_op_is_placed_between_two_modules(bad_step):
+    torch.manual_seed(0)
+    model = SqrtBetween()
+
+    def data(k):
+        model.shift = -100.0 if k >= bad_step else 100.0
+        return torch.randn(16, 4), torch.zeros(16, dtype=torch.long)
+
+    report = train(model, data, steps=12)
+    (finding,) = [f for f in report.findings if f.kind == "nonfinite_gradient"]
+    assert finding.step == bad_step
+    assert finding.evidence["where"] == "between"
+    assert "between fc1 and fc2" in finding.message
+
+
+def test_a_nan_in_one_input_sample_blames_the_batch():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+    def data(k):
+        x = torch.randn(16, 4)
+        if k == 7:
+            x[3, 1] = float("nan")
+        return x, torch.zeros(16, dtype=torch.long)
+
+    report = train(model, data, steps=12)
+    (finding,) = [f for f in report.findings if f.kind == "nonfinite_gradient"]
+    assert finding.evidence["where"] == "input"
+    assert finding.suggestions[0].kind == "check_inputs"
+
+
+def test_non_finite_weights_are_named_before_anything_else():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    with torch.no_grad():
+        model[2].weight[0, 0] = float("nan")
+    report = train(model, lambda k: (torch.randn(16, 4), torch.zeros(16, dtype=torch.long)), 6)
+    (finding,) = [f for f in report.findings if f.kind == "nonfinite_gradient"]
+    assert (finding.layer, finding.evidence["where"]) == ("2", "weights")
+
+
+def test_a_huge_but_finite_output_is_not_blamed():
+    class Big(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.fc2(self.fc1(x) * 1e36)
+
+    torch.manual_seed(0)
+    report = train(Big(), lambda k: (torch.randn(16, 4), torch.zeros(16, dtype=torch.long)), 6)
+    # Outputs of 1e36 are finite (their sum would overflow float32): nothing is NaN here.
+    assert "nonfinite_gradient" not in report.kinds()
