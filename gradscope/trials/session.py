@@ -1,0 +1,188 @@
+"""trial(): train every suggested fix on a copy of the user's model and judge it again."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradscope.diagnosis import _call, _pair
+from gradscope.errors import InputError
+from gradscope.report import Finding, Report
+from gradscope.trials import fixes as F
+from gradscope.trials import runner
+from gradscope.trials import verdict as V
+from gradscope.trials.report import TrialReport, TrialResult, rank_results
+
+
+def _batches(batches: Any, steps: int) -> list[tuple[Any, Any]]:
+    """The batches every run reuses: one pair, or the first ``steps`` of an iterable."""
+    if isinstance(batches, tuple) and len(batches) == 2 and not isinstance(batches[0], tuple):
+        return [batches]
+    if isinstance(batches, torch.Tensor) or not isinstance(batches, Iterable):
+        raise InputError(
+            "batches must be an (input, target) pair or an iterable of such pairs, "
+            f"got {type(batches).__name__}."
+        )
+    kept = [_pair(b) for b in itertools.islice(iter(batches), steps)]
+    if not kept:
+        raise InputError("batches is empty: give at least one (input, target) pair.")
+    return kept
+
+
+def _key_names(keys: set[V.Key]) -> list[str]:
+    return sorted(f"{kind}@{layer if layer is not None else '-'}" for kind, layer in keys)
+
+
+def trial(
+    model: nn.Module,
+    batches: Any,
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None,
+    report: Report,
+    *,
+    steps: int = 50,
+    optimizer_factory: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None,
+    seed: int = 0,
+    train_step: runner.TrainStep | None = None,
+) -> TrialReport:
+    """Try each suggested fix of ``report``'s warning/error findings on a copy of ``model``.
+
+    A baseline (an unchanged copy) and one variant per applicable suggestion are trained
+    for ``steps`` steps each under :func:`gradscope.watch`, with the same seed, batches
+    in the same order and the same optimizer settings, and then judged again.  The
+    user's model, its optimizer and the global random state are left as they were.
+
+    Args:
+        model: the model the report is about (never modified).
+        batches: an (input, target) pair, or an iterable of pairs (the first ``steps``
+            are kept and reused, in order, for every run).
+        loss_fn: ``loss_fn(output, target)``; may be None with ``train_step``.
+        report: the report whose findings' suggestions are tried.
+        steps: training steps per run.
+        optimizer_factory: ``optimizer_factory(params)`` builds each run's optimizer;
+            by default the class and param-group hyper-parameters the report was made
+            with (``report.optimizer``), else SGD(lr=0.01).
+        seed: the torch seed of every run.
+        train_step: ``train_step(model, (x, y), optimizer, scope) -> loss`` for loops that
+            are not a plain supervised step (a GAN); it must call ``optimizer.step()``.
+
+    Returns:
+        A :class:`TrialReport` with the results best first.
+    """
+    if not isinstance(model, nn.Module):
+        raise InputError(f"trial() needs a torch.nn.Module, got {type(model).__name__}.")
+    if steps < 1:
+        raise InputError(f"steps must be at least 1, got {steps}.")
+    if loss_fn is None and train_step is None:
+        raise InputError("trial() needs loss_fn (or a train_step that computes the loss).")
+    findings = report.at_least("warning")
+    out = TrialReport(steps=steps, seed=seed, model_name=report.model_name)
+    if not findings:
+        out.notes.append("nothing to fix: the report has no warning or error finding")
+        return out
+    data = _batches(batches, steps)
+    with torch.random.fork_rng(devices=[]):
+        _run_all(model, data, loss_fn, report, findings, out, optimizer_factory, train_step)
+    return out
+
+
+def _run_all(
+    model: nn.Module,
+    data: list[tuple[Any, Any]],
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None,
+    report: Report,
+    findings: list[Finding],
+    out: TrialReport,
+    optimizer_factory: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None,
+    train_step: runner.TrainStep | None,
+) -> None:
+    settings = getattr(report, "optimizer", None) or {}
+    if optimizer_factory is None and not settings:
+        out.notes.append("the report does not name its optimizer: every run uses SGD(lr=0.01)")
+    base_copy = F.copy_model(model)
+    # id(parameter) -> optimizer group of the copy being trained, taken before its fix.
+    group_of = runner.group_map(settings, base_copy)
+
+    def make_optimizer(variant: nn.Module) -> torch.optim.Optimizer:
+        if optimizer_factory is not None:
+            return optimizer_factory([p for p in variant.parameters() if p.requires_grad])
+        return runner.default_optimizer(settings, variant, group_of)
+
+    def run(variant: nn.Module, change: F.Change | None, name: str) -> runner.Run:
+        return runner.train(
+            variant, change, data, loss_fn, make_optimizer, out.steps, out.seed, train_step, name
+        )
+
+    probe = F.probe(model, data[0][0], _call)
+    torch.manual_seed(out.seed)
+    baseline = run(base_copy, None, f"{out.model_name} (baseline)")
+    out.baseline_losses = baseline.losses
+    out.baseline_seconds = baseline.seconds
+    out.margin = V.margin(baseline.losses)
+    before = V.final_loss(baseline.losses)
+    base_keys = V.finding_keys(baseline.report.findings, {})
+    out.baseline_findings = _key_names(base_keys)
+    cache: dict[tuple[str, tuple[str, ...], str], tuple[runner.Run, F.Change]] = {}
+    results: list[TrialResult] = []
+    models: dict[int, nn.Module] = {}
+    spent = 0.0
+    for finding in findings:
+        if (finding.kind, finding.layer) not in base_keys:
+            out.notes.append(
+                f"{finding.kind} in {finding.layer or '-'} did not show in the baseline's "
+                f"{out.steps} steps: its fixes can lower the loss but not remove it"
+            )
+        for suggestion in finding.suggestions:
+            result = TrialResult(suggestion.kind, finding, suggestion, "not applicable", "")
+            results.append(result)
+            ctx = F.FixContext(
+                finding, suggestion, report, [x for x, _ in data], probe, train_step is not None
+            )
+            variant = F.copy_model(model)
+            # The copy's parameters keep their optimizer group through the fix.
+            group_of.clear()
+            group_of.update(runner.group_map(settings, variant))
+            torch.manual_seed(out.seed)
+            try:
+                change = F.apply_fix(variant, ctx)
+            except F.NeedsCodeChange:
+                result.needs_code_change = True
+                result.reason = "needs a code change (the snippet is printed)"
+                continue
+            except F.NotApplicable as exc:
+                result.reason = str(exc)
+                continue
+            result.layers, result.change = change.layers, change.description
+            key = (suggestion.kind, tuple(change.layers), change.description)
+            if key in cache:
+                done, change = cache[key]
+            else:
+                try:
+                    done = run(variant, change, f"{out.model_name} + {suggestion.kind}")
+                except runner.ModelFailed as exc:
+                    result.reason = f"the model fails with this change: {exc}"
+                    continue
+                spent += done.seconds
+                cache[key] = (done, change)
+            keys = V.finding_keys(done.report.findings, change.renames)
+            gone = (finding.kind, finding.layer) not in keys
+            judged = V.judge(baseline.losses, done.losses, gone)
+            result.verdict, result.reason = judged.verdict, judged.reason
+            if done.notes:
+                result.reason += "; " + "; ".join(done.notes)
+            result.loss_before, result.loss_after = before, V.final_loss(done.losses)
+            result.losses, result.seconds = done.losses, done.seconds
+            result.findings_gone = _key_names(base_keys - keys)
+            result.findings_remaining = _key_names(base_keys & keys)
+            result.findings_new = _key_names(keys - base_keys)
+            models[id(result)] = done.model
+    out.results = rank_results(results)
+    out.cost = spent / baseline.seconds if cache and baseline.seconds > 0 else None
+    best = out.best
+    out.best_model = models.get(id(best)) if best is not None else None
+    needs = sorted({r.kind for r in results if r.needs_code_change})
+    if needs:
+        out.notes.append(f"needs a code change, not trained: {', '.join(needs)}")
