@@ -72,6 +72,22 @@ class Change:
     weight_decay: float | None = None
     #: old layer name -> its new name (a layer wrapped together with a norm layer).
     renames: dict[str, str] = field(default_factory=dict)
+    #: the user's own loss or training step for this variant (a code change).
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None
+    train_step: Callable[..., torch.Tensor] | None = None
+
+
+@dataclass
+class CodeChange:
+    """The user's own edit for a fix that needs a code change (``trial(code_changes=...)``).
+
+    Any field left None stays as it is: the model copy, the loss, the training step.
+    """
+
+    model: nn.Module | None = None
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None
+    train_step: Callable[..., torch.Tensor] | None = None
+    description: str = "the user's code change"
 
 
 def copy_model(model: nn.Module) -> nn.Module:
@@ -392,9 +408,39 @@ APPLIERS: dict[str, Callable[[nn.Module, FixContext], Change]] = {
 }
 
 
-def apply_fix(model: nn.Module, ctx: FixContext) -> Change:
-    """Apply ``ctx.suggestion`` to ``model`` (a copy, edited in place)."""
+def apply_code_change(
+    model: nn.Module, made: Callable[[nn.Module], nn.Module | CodeChange]
+) -> Change:
+    """Run the user's code change on ``model`` (a copy) and describe it as a Change."""
+    result = made(model)
+    if isinstance(result, nn.Module):
+        result = CodeChange(model=result)
+    if not isinstance(result, CodeChange):
+        raise NotApplicable(
+            f"the code change returned {type(result).__name__}, not a Module or CodeChange"
+        )
+    return Change(
+        result.model if result.model is not None else model,
+        [],
+        result.description,
+        loss_fn=result.loss_fn,
+        train_step=result.train_step,
+    )
+
+
+def apply_fix(
+    model: nn.Module,
+    ctx: FixContext,
+    code_changes: dict[str, Callable[[nn.Module], nn.Module | CodeChange]] | None = None,
+) -> Change:
+    """Apply ``ctx.suggestion`` to ``model`` (a copy, edited in place).
+
+    A kind in ``code_changes`` is applied by the user's callable instead (it gets the
+    copy, returns the changed model or a :class:`CodeChange`).
+    """
     kind = ctx.suggestion.kind
+    if code_changes and kind in code_changes:
+        return apply_code_change(model, code_changes[kind])
     if kind in CODE_CHANGE_KINDS:
         raise NeedsCodeChange(kind)
     applier = APPLIERS.get(kind)

@@ -187,11 +187,17 @@ class TrialReport:
         return "\n".join(lines + [f"  note: {n}" for n in self.notes])
 
     def _headline(self) -> str:
-        cost = f", cost {self.cost:.1f}x one baseline run" if self.cost is not None else ""
+        cost = f"; cost {self.cost:.1f}x one baseline run" if self.cost is not None else ""
+        if self.baseline_losses and not math.isfinite(V.final_loss(self.baseline_losses)):
+            rule = "the baseline's loss turned non-finite: 'helps' means a finite run"
+        else:
+            rule = (
+                f"'helps' needs a final loss more than {self.margin:.3g} below the "
+                "baseline's and the finding gone"
+            )
         return (
-            f"trial of {self.model_name}: {len(self.results)} fixes, {self.steps} steps each, "
-            f"seed {self.seed}, 'helps' needs a final loss more than {self.margin:.3g} below "
-            f"the baseline's and the finding gone{cost}"
+            f"trial of {self.model_name}: {len(self.results)} fixes, {self.steps} steps "
+            f"each, seed {self.seed}; {rule}{cost}"
         )
 
     def print(self, console: Any = None) -> None:

@@ -119,6 +119,10 @@ def train(
             # as it would in a loop that clips between backward() and step().
             optimizer.register_step_pre_hook(_clip_hook(model, change.clip))
     normalize = change.normalize if change is not None else None
+    if change is not None and change.loss_fn is not None:
+        loss_fn = change.loss_fn
+    if change is not None and change.train_step is not None:
+        train_step = change.train_step
     losses: list[float] = []
     notes: list[str] = []
     start = time.perf_counter()

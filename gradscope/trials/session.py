@@ -47,6 +47,7 @@ def trial(
     optimizer_factory: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None,
     seed: int = 0,
     train_step: runner.TrainStep | None = None,
+    code_changes: dict[str, Callable[[nn.Module], nn.Module | F.CodeChange]] | None = None,
 ) -> TrialReport:
     """Try each suggested fix of ``report``'s warning/error findings on a copy of ``model``.
 
@@ -68,6 +69,11 @@ def trial(
         seed: the torch seed of every run.
         train_step: ``train_step(model, (x, y), optimizer, scope) -> loss`` for loops that
             are not a plain supervised step (a GAN); it must call ``optimizer.step()``.
+        code_changes: ``{suggestion kind: fn}`` for fixes that need a code change (loss
+            numerics, the graph, the GAN loss): ``fn(copy)`` returns the changed model or
+            a :class:`~gradscope.trials.fixes.CodeChange` (model, loss_fn, train_step),
+            and the trial verifies it like any other fix.  Without one, such fixes are
+            listed as "needs a code change" with their snippet, and not trained.
 
     Returns:
         A :class:`TrialReport` with the results best first.
@@ -85,7 +91,17 @@ def trial(
         return out
     data = _batches(batches, steps)
     with torch.random.fork_rng(devices=[]):
-        _run_all(model, data, loss_fn, report, findings, out, optimizer_factory, train_step)
+        _run_all(
+            model,
+            data,
+            loss_fn,
+            report,
+            findings,
+            out,
+            optimizer_factory,
+            train_step,
+            code_changes or {},
+        )
     return out
 
 
@@ -98,6 +114,7 @@ def _run_all(
     out: TrialReport,
     optimizer_factory: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None,
     train_step: runner.TrainStep | None,
+    code_changes: dict[str, Callable[[nn.Module], nn.Module | F.CodeChange]],
 ) -> None:
     settings = getattr(report, "optimizer", None) or {}
     if optimizer_factory is None and not settings:
@@ -147,7 +164,7 @@ def _run_all(
             group_of.update(runner.group_map(settings, variant))
             torch.manual_seed(out.seed)
             try:
-                change = F.apply_fix(variant, ctx)
+                change = F.apply_fix(variant, ctx, code_changes)
             except F.NeedsCodeChange:
                 result.needs_code_change = True
                 result.reason = "needs a code change (the snippet is printed)"
@@ -169,7 +186,7 @@ def _run_all(
                 cache[key] = (done, change)
             keys = V.finding_keys(done.report.findings, change.renames)
             gone = (finding.kind, finding.layer) not in keys
-            judged = V.judge(baseline.losses, done.losses, gone)
+            judged = V.judge(baseline.losses, done.losses, gone, finding.kind)
             result.verdict, result.reason = judged.verdict, judged.reason
             if done.notes:
                 result.reason += "; " + "; ".join(done.notes)

@@ -3,7 +3,9 @@
 "Clearly below" has a stated margin: a variant's final loss (the median of its last
 :data:`TAIL` losses) must be below the baseline's by more than
 ``max(NOISE_SIGMAS x the standard deviation of the baseline's last NOISE_WINDOW losses,
-RELATIVE x the baseline's final loss)``.
+RELATIVE x the baseline's final loss)``, and the finding it addresses must be gone.
+For a finding the loss cannot show (a parameter with no gradient: its fix freezes or
+connects it) the finding gone without a clearly higher loss is enough.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ NOISE_WINDOW = 10
 NOISE_SIGMAS = 2.0
 RELATIVE = 0.02
 VERDICTS = ("helps", "no effect", "hurts", "not applicable")
+#: Finding kinds whose fix removes the finding without having to lower the loss.
+LOSS_NEUTRAL = frozenset({"no_gradient"})
 
 
 def final_loss(losses: list[float]) -> float:
@@ -69,6 +73,7 @@ def judge(
     baseline: list[float],
     variant: list[float],
     finding_gone: bool,
+    kind: str | None = None,
 ) -> Judgement:
     """helps / no effect / hurts for one variant (see the module docstring for "clearly")."""
     before, after = final_loss(baseline), final_loss(variant)
@@ -87,4 +92,6 @@ def judge(
         )
     if after > before + need:
         return Judgement("hurts", f"final loss {after:.4g} > {before:.4g} + {need:.2g}")
+    if kind in LOSS_NEUTRAL and finding_gone:
+        return Judgement("helps", f"the finding is gone, loss {after:.4g} vs {before:.4g}")
     return Judgement("no effect", f"final loss {after:.4g} within {need:.2g} of {before:.4g}")
