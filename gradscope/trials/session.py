@@ -178,7 +178,7 @@ def _run_all(
                 done, change = cache[key]
             else:
                 try:
-                    done = run(variant, change, f"{out.model_name} + {suggestion.kind}")
+                    done = run(change.model, change, f"{out.model_name} + {suggestion.kind}")
                 except runner.ModelFailed as exc:
                     result.reason = f"the model fails with this change: {exc}"
                     continue
