@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -265,3 +266,83 @@ def test_bad_inputs_are_one_sentence_errors():
         gradscope.trial(nn.Linear(32, 4), _batches(), CE, report, steps=0)
     with pytest.raises(gradscope.InputError, match="batches is empty"):
         gradscope.trial(nn.Linear(32, 4), [], CE, report)
+
+
+# -- CLI ---------------------------------------------------------------------------------
+def _cli(*args: str):
+    from click.testing import CliRunner
+
+    from gradscope.cli import main
+
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def _checkpoint(tmp_path, name: str) -> str:
+    torch.manual_seed(0)
+    path = tmp_path / f"{name}.pt"
+    torch.save(get_spec(name).factory().state_dict(), path)
+    return str(path)
+
+
+def test_cli_check_try_fixes_prints_the_table_and_saves_the_best_variant(tmp_path):
+    from safetensors.torch import load_file
+
+    fixed = tmp_path / "fixed.safetensors"
+    args = ["--steps", "30", "--lr", "0.05", "--try-fixes", "--save-fixed", str(fixed)]
+    checkpoint = _checkpoint(tmp_path, "deep_sigmoid_mlp")
+    result = _cli("check", checkpoint, "--model", "deep_sigmoid_mlp", *args)
+
+    assert result.exit_code == 1  # the diagnosis found an error; the exit code says so
+    assert "trial of deep_sigmoid_mlp: 3 fixes, 30 steps each" in result.output
+    assert re.search(r"│ helps +│ use_relu +│ vanishing_gradient in 0", result.output)
+    assert f"wrote {fixed}: the weights after 30 steps of the best variant (use_relu" in (
+        result.output
+    )
+    weights = load_file(str(fixed))
+    assert set(weights) == {f"{k}.{p}" for k in range(0, 17, 2) for p in ("weight", "bias")}
+
+
+def test_cli_check_try_fixes_on_a_healthy_model_trains_nothing(tmp_path):
+    result = _cli("check", _checkpoint(tmp_path, "fnn"), "--model", "fnn", "--try-fixes")
+
+    assert result.exit_code == 0
+    assert "trial of fnn: nothing to fix" in result.output
+
+
+def test_cli_check_json_carries_the_trial(tmp_path):
+    result = _cli(
+        "check",
+        _checkpoint(tmp_path, "deep_sigmoid_mlp"),
+        "--model",
+        "deep_sigmoid_mlp",
+        "--steps",
+        "5",
+        "--try-fixes",
+        "--json",
+    )
+
+    data = json.loads(result.output)
+    assert data["trial"]["steps"] == 5
+    assert {r["kind"] for r in data["trial"]["results"]} == {
+        "use_relu",
+        "kaiming_init",
+        "add_batchnorm",
+    }
+
+
+def test_cli_save_fixed_needs_try_fixes(tmp_path):
+    result = _cli(
+        "check", _checkpoint(tmp_path, "fnn"), "--model", "fnn", "--save-fixed", "x.safetensors"
+    )
+
+    assert result.exit_code == 2
+    assert result.output.strip() == "Error: --save-fixed needs --try-fixes."
+
+
+def test_cli_demo_try_fixes_plots_the_trial(tmp_path):
+    result = _cli("demo", "zero_init_mlp", "--try-fixes", "--plot", str(tmp_path))
+
+    assert result.exit_code == 0
+    assert re.search(r"│ helps +│ random_init +│ symmetric_weights in 0", result.output)
+    assert (tmp_path / "trial.png").stat().st_size > 0
+    assert "trial" in (tmp_path / "report.html").read_text()
