@@ -153,8 +153,16 @@ def measure(case: dict[str, Any]) -> dict[str, Any]:
         "variants": len(result.results),
         "cost": result.cost,
         "seconds": seconds,
-        "trial": result.to_dict(),
+        # The trial without its loss curves (they make the file 30x larger).
+        "trial": _without_curves(result.to_dict()),
     }
+
+
+def _without_curves(data: dict[str, Any]) -> dict[str, Any]:
+    data["baseline"].pop("losses", None)
+    for result in data["results"]:
+        result.pop("losses", None)
+    return data
 
 
 def _share(rows: list[dict[str, Any]], test: Callable[[dict[str, Any]], bool]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from gradscope.diagnosis import _call, _train_mode
+from gradscope.errors import GradscopeWarning
 from gradscope.optimizer_settings import PARAMS, optimizer_class
 from gradscope.report import Report
 from gradscope.scope import watch
@@ -126,7 +128,12 @@ def train(
     losses: list[float] = []
     notes: list[str] = []
     start = time.perf_counter()
-    with watch(model, optimizer=optimizer, detail_every=1, name=name) as scope:
+    # The user saw gradscope's warnings about this model in their own run already.
+    with (
+        warnings.catch_warnings(),
+        watch(model, optimizer=optimizer, detail_every=1, name=name) as scope,
+    ):
+        warnings.simplefilter("ignore", GradscopeWarning)
         for step in range(steps):
             x, y = batches[step % len(batches)]
             try:

@@ -172,7 +172,9 @@ def _run_all(
             except F.NotApplicable as exc:
                 result.reason = str(exc)
                 continue
-            result.layers, result.change = change.layers, change.description
+            order = {name: k for k, (name, _) in enumerate(model.named_modules())}
+            result.layers = sorted(change.layers, key=lambda n: order.get(n, len(order)))
+            result.change = change.description
             key = (suggestion.kind, tuple(change.layers), change.description)
             if key in cache:
                 done, change = cache[key]
