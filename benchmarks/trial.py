@@ -15,6 +15,7 @@ then "needs a code change", never "helps").
 
     python benchmarks/trial.py            # all cases, about 2-4 minutes on one thread
     python benchmarks/trial.py --only log_of_zero,exploding_rnn
+    python benchmarks/trial.py --seed 1 --out /tmp/trial_seed1.json  # another seed
 """
 
 from __future__ import annotations
@@ -117,8 +118,8 @@ def cases(only: set[str] | None) -> list[Callable[[], dict[str, Any]]]:
     return builders
 
 
-def measure(case: dict[str, Any]) -> dict[str, Any]:
-    """Run trial on one case and score it."""
+def measure(case: dict[str, Any], seed: int = 0) -> dict[str, Any]:
+    """Run trial (with torch seed ``seed``) on one case and score it."""
     report: gradscope.Report = case["report"]
     start = time.perf_counter()
     result = gradscope.trial(
@@ -127,6 +128,7 @@ def measure(case: dict[str, Any]) -> dict[str, Any]:
         case["loss_fn"],
         report,
         steps=case["steps"],
+        seed=seed,
         train_step=case["train_step"],
         code_changes=case["code_changes"],
     )
@@ -175,6 +177,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="comma-separated case names")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--seed", type=int, default=0, help="the trial's seed (not the report's)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     only = set(args.only.split(",")) if args.only else None
@@ -185,7 +188,7 @@ def main() -> None:
     with Progress(transient=True) as bar:
         task = bar.add_task("trials", total=len(builders))
         for build in builders:
-            rows.append(measure(build()))
+            rows.append(measure(build(), args.seed))
             bar.advance(task)
     print(
         "| case | main finding | first suggestion | its verdict | trial's first | verdict | cost |"
@@ -219,6 +222,7 @@ def main() -> None:
         ]
         if any(r["cost"] is not None for r in rows)
         else None,
+        "seed": args.seed,
         "torch": torch.__version__,
         "threads": 1,
     }

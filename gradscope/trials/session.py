@@ -144,7 +144,7 @@ def _run_all(
     out.baseline_findings = _key_names(base_keys)
     cache: dict[tuple[str, tuple[str, ...], str], tuple[runner.Run, F.Change]] = {}
     results: list[TrialResult] = []
-    models: dict[int, nn.Module] = {}
+    best_run: tuple[float, int, nn.Module] | None = None  # (final loss, id(result), model)
     spent = 0.0
     for finding in findings:
         if (finding.kind, finding.layer) not in base_keys:
@@ -172,6 +172,9 @@ def _run_all(
             except F.NotApplicable as exc:
                 result.reason = str(exc)
                 continue
+            if change.model is not variant:  # the user's code change built a new model
+                for pid, k in runner.group_map(settings, change.model).items():
+                    group_of.setdefault(pid, k)
             order = {name: k for k, (name, _) in enumerate(model.named_modules())}
             result.layers = sorted(change.layers, key=lambda n: order.get(n, len(order)))
             result.change = change.description
@@ -197,11 +200,13 @@ def _run_all(
             result.findings_gone = _key_names(base_keys - keys)
             result.findings_remaining = _key_names(base_keys & keys)
             result.findings_new = _key_names(keys - base_keys)
-            models[id(result)] = done.model
+            if judged.verdict == "helps" and (best_run is None or result.loss_after < best_run[0]):
+                best_run = (result.loss_after, id(result), done.model)
     out.results = rank_results(results)
     out.cost = spent / baseline.seconds if cache and baseline.seconds > 0 else None
     best = out.best
-    out.best_model = models.get(id(best)) if best is not None else None
+    if best is not None and best_run is not None and best_run[1] == id(best):
+        out.best_model = best_run[2]
     needs = sorted({r.kind for r in results if r.needs_code_change})
     if needs:
         out.notes.append(f"needs a code change, not trained: {', '.join(needs)}")
