@@ -71,9 +71,7 @@ def _twin_case(name: str, spec: Any) -> dict[str, Any]:
     report = train_spec(spec, steps)
     torch.manual_seed(0)
     model = spec.factory()
-    batches = [
-        spec.example_batch(seed=k) for k in range(min(steps, spec.distinct_batches))
-    ]
+    batches = [spec.example_batch(seed=k) for k in range(min(steps, spec.distinct_batches))]
     return {
         "name": name,
         "source": "twin",
@@ -148,9 +146,7 @@ def measure(case: dict[str, Any], seed: int = 0) -> dict[str, Any]:
         "first_suggestion_needs_code": bool(first and first.kind in CODE_CHANGE_KINDS),
         "trial_first": result.results[0].kind if result.results else None,
         "trial_first_verdict": result.results[0].verdict if result.results else "nothing",
-        "trial_first_verdict_without_code_changes": (
-            plain[0].verdict if plain else "nothing"
-        ),
+        "trial_first_verdict_without_code_changes": (plain[0].verdict if plain else "nothing"),
         "code_change_results": len(coded),
         "variants": len(result.results),
         "cost": result.cost,
@@ -204,17 +200,17 @@ def main() -> None:
         )
     summary = {
         "trial_first_helps": _share(rows, lambda r: r["trial_first_verdict"] == "helps"),
-        "first_suggestion_helps": _share(
-            rows, lambda r: r["first_suggestion_verdict"] == "helps"
-        ),
+        "first_suggestion_helps": _share(rows, lambda r: r["first_suggestion_verdict"] == "helps"),
         "without_code_changes": {
             "trial_first_helps": _share(
                 rows, lambda r: r["trial_first_verdict_without_code_changes"] == "helps"
             ),
             "first_suggestion_helps": _share(
                 rows,
-                lambda r: r["first_suggestion_verdict"] == "helps"
-                and not r["first_suggestion_needs_code"],
+                lambda r: (
+                    r["first_suggestion_verdict"] == "helps"
+                    and not r["first_suggestion_needs_code"]
+                ),
             ),
         },
         "cost_median": sorted(r["cost"] for r in rows if r["cost"] is not None)[

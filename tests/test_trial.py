@@ -268,6 +268,64 @@ def test_bad_inputs_are_one_sentence_errors():
         gradscope.trial(nn.Linear(32, 4), [], CE, report)
 
 
+def test_clipping_uses_the_reports_median_gradient_norm_and_a_given_optimizer_factory():
+    model, report = _deep_sigmoid()
+    norms = report.history.grad_series("grad_l2").pow(2).sum(dim=1).sqrt()
+    report.findings = [_finding("vanishing_gradient", "0", "clip_grad_norm", "lower_lr")]
+    built = []
+
+    def factory(params):
+        built.append(len(params))
+        return torch.optim.SGD(params, lr=0.05)
+
+    result = gradscope.trial(model, _batches(), CE, report, steps=3, optimizer_factory=factory)
+
+    clip = next(r for r in result.results if r.kind == "clip_grad_norm")
+    assert (
+        clip.change == f"clip_grad_norm_(max_norm={float(norms.median()):.3g}, the median "
+        "gradient norm of the report)"
+    )
+    assert built == [18, 18, 18]  # the baseline and two variants, every parameter each
+
+
+def test_input_normalisation_and_weight_decay_from_third_party_suggestions():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 4))
+    offset = [(x * 30 + 100, y) for x, y in _batches(4)]
+    report = Report(
+        findings=[_finding("exploding_gradient", "0", "normalize_inputs", "weight_decay")]
+    )
+
+    result = gradscope.trial(model, offset, CE, report, steps=4)
+    custom = gradscope.trial(
+        model,
+        offset,
+        None,
+        report,
+        steps=2,
+        train_step=lambda m, b, o, s: _step(m, b, o),
+    )
+
+    by_kind = {r.kind: r for r in result.results}
+    assert by_kind["normalize_inputs"].change == "inputs standardised per feature"
+    assert by_kind["weight_decay"].change == "weight decay 1e-4 (10x if already set)"
+    assert all(len(r.losses) == 4 for r in result.results)
+    skipped = next(r for r in custom.results if r.kind == "normalize_inputs")
+    assert (skipped.verdict, skipped.reason) == (
+        "not applicable",
+        "a custom train_step feeds the model itself",
+    )
+
+
+def _step(model: nn.Module, batch, optimizer) -> torch.Tensor:
+    x, y = batch
+    optimizer.zero_grad()
+    loss = CE(model(x), y)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 # -- CLI ---------------------------------------------------------------------------------
 def _cli(*args: str):
     from click.testing import CliRunner
