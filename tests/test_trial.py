@@ -404,3 +404,20 @@ def test_cli_demo_try_fixes_plots_the_trial(tmp_path):
     assert re.search(r"│ helps +│ random_init +│ symmetric_weights in 0", result.output)
     assert (tmp_path / "trial.png").stat().st_size > 0
     assert "trial" in (tmp_path / "report.html").read_text()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_torchscript_model_gets_loop_fixes_and_says_why_edits_are_skipped():
+    spec = get_spec("deep_sigmoid_mlp")
+    torch.manual_seed(0)
+    scripted = torch.jit.script(spec.factory())
+    report = Report(
+        findings=[_finding("vanishing_gradient", "0", "use_relu", "lower_lr")],
+        optimizer={"class": "SGD", "param_groups": [{"lr": 0.05, "params": []}]},
+    )
+
+    result = gradscope.trial(scripted, _batches(2), CE, report, steps=3)
+
+    by_kind = {r.kind: r for r in result.results}
+    assert by_kind["use_relu"].reason.startswith("a TorchScript model cannot be edited")
+    assert len(by_kind["lower_lr"].losses) == 3

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import io
 import math
 import re
 from collections.abc import Callable
@@ -92,12 +93,24 @@ class CodeChange:
 
 def copy_model(model: nn.Module) -> nn.Module:
     """A deep copy without gradscope's hooks (the user's own hooks are kept)."""
+    if isinstance(model, torch.jit.ScriptModule):
+        # deepcopy of a ScriptModule gives parameters that are not leaves (torch 2.13),
+        # which no optimizer takes; a save/load round trip gives a true copy.
+        buffer = io.BytesIO()
+        torch.jit.save(model, buffer)
+        buffer.seek(0)
+        return torch.jit.load(buffer, map_location=_device_of(model))
     clone = copy.deepcopy(model)
     for module in clone.modules():
         for hooks in (module._forward_hooks, module._forward_pre_hooks):
             for key in [k for k, fn in hooks.items() if _from_gradscope(fn)]:
                 del hooks[key]
     return clone
+
+
+def _device_of(model: nn.Module) -> torch.device | None:
+    first = next(model.parameters(), None)
+    return first.device if first is not None else None
 
 
 def _from_gradscope(fn: Any) -> bool:
@@ -118,7 +131,10 @@ def probe(model: nn.Module, x: Any, call: Callable[[nn.Module, Any], Any]) -> Pr
                     result.order.append(name)
                     result.shapes[name] = tuple(out.shape) if torch.is_tensor(out) else None
 
-            handles.append(module.register_forward_hook(hook))
+            try:
+                handles.append(module.register_forward_hook(hook))
+            except RuntimeError:  # TorchScript modules take no hooks: no shapes known
+                return result
     try:
         with torch.no_grad():
             call(clone, x)
@@ -408,6 +424,13 @@ APPLIERS: dict[str, Callable[[nn.Module, FixContext], Change]] = {
 }
 
 
+#: Fixes that change the training loop or optimizer, not the model.
+LOOP_KINDS = frozenset(
+    {"clip_grad_norm", "lower_lr", "weight_decay", "add_weight_decay"}
+    | {"normalize_inputs", "normalise_inputs"}
+)
+
+
 def apply_code_change(
     model: nn.Module, made: Callable[[nn.Module], nn.Module | CodeChange]
 ) -> Change:
@@ -446,4 +469,9 @@ def apply_fix(
     applier = APPLIERS.get(kind)
     if applier is None:
         raise NotApplicable(f"no automatic fix for suggestion kind {kind!r}")
+    if isinstance(model, torch.jit.ScriptModule) and kind not in LOOP_KINDS:
+        raise NotApplicable(
+            "a TorchScript model cannot be edited: apply the fix to the Python model, "
+            "then script it again"
+        )
     return applier(model, ctx)

@@ -119,7 +119,12 @@ def _run_all(
     settings = getattr(report, "optimizer", None) or {}
     if optimizer_factory is None and not settings:
         out.notes.append("the report does not name its optimizer: every run uses SGD(lr=0.01)")
-    base_copy = F.copy_model(model)
+    try:
+        base_copy = F.copy_model(model)
+    except Exception as exc:  # noqa: BLE001 - deepcopy fails on some wrapped models
+        raise InputError(
+            f"trial() trains copies of the model, and this one cannot be copied: {exc}"
+        ) from exc
     # id(parameter) -> optimizer group of the copy being trained, taken before its fix.
     group_of = runner.group_map(settings, base_copy)
 
@@ -171,6 +176,9 @@ def _run_all(
                 continue
             except F.NotApplicable as exc:
                 result.reason = str(exc)
+                continue
+            except Exception as exc:  # noqa: BLE001 - a fix that does not fit never stops the trial
+                result.reason = f"the fix could not be applied: {type(exc).__name__}: {exc}"
                 continue
             if change.model is not variant:  # the user's code change built a new model
                 for pid, k in runner.group_map(settings, change.model).items():
