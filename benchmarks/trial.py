@@ -31,7 +31,7 @@ import torch
 
 import gradscope
 from gradscope.demo import train_spec
-from gradscope.models import available_specs
+from gradscope.reference import available_specs
 from gradscope.trials.fixes import CODE_CHANGE_KINDS, CodeChange
 from gradscope_scenarios import handwritten as H
 

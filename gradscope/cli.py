@@ -6,7 +6,6 @@ Exit codes: 0 healthy, 1 findings at or above ``--fail-on``, 2 usage or input er
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import sys
 from collections.abc import Iterator
@@ -257,7 +256,7 @@ def check(
       gradscope check scripted.pt --input-shape 16,10 --loss mse --fail-on warning
       gradscope check cnn.pt --model cnn --try-fixes --save-fixed fixed.safetensors
     """
-    from gradscope.check import CheckOptions, parse_shape, prepare_check, run_check
+    from gradscope.check import CheckOptions, parse_shape, run_check
 
     _set_threads()
     with _friendly_errors(debug):
@@ -279,15 +278,13 @@ def check(
             raise ValueError(f"--steps must be at least 1, got {steps}.")
         if save_fixed and not try_fixes:
             raise ValueError("--save-fixed needs --try-fixes.")
-        prepared = prepare_check(options)
-        pristine = copy.deepcopy(prepared.model) if try_fixes else None
         with _progress_bar(steps) as advance:
-            result = run_check(options, progress=advance, prepared=prepared)
-        trial = None
-        if pristine is not None:
-            from gradscope.trials.cli import trial_for_check
+            if try_fixes:
+                from gradscope.trials.cli import check_with_trial
 
-            trial = trial_for_check(pristine, prepared, result, steps)
+                result, trial = check_with_trial(options, advance)
+            else:
+                result, trial = run_check(options, progress=advance), None
         if as_json:
             data = result.to_dict()
             if trial is not None:
@@ -295,13 +292,10 @@ def check(
             click.echo(json.dumps(data, indent=2))
         else:
             print_console(result, _console(), suggestions=2)
-            if trial is not None:
-                trial.print(_console())
-        if trial is not None and save_fixed:
-            from gradscope.trials.cli import save_fixed as write_fixed
+        if trial is not None:
+            from gradscope.trials.cli import show_trial
 
-            for line in write_fixed(trial, save_fixed):
-                click.echo(line, err=as_json)
+            show_trial(trial, _console(), save_fixed, as_json)
         _write_outputs(result, plot_dir, svg, html_file, quiet=as_json)
     sys.exit(_exit_code(result, fail_on))
 

@@ -13,8 +13,8 @@ from torch import nn
 
 import gradscope
 from gradscope import Finding, Report, Suggestion
-from gradscope.models import get_spec
 from gradscope.models.data import classification_batch
+from gradscope.reference import get_spec
 from gradscope.trials import runner
 from gradscope.trials.fixes import CodeChange
 
@@ -113,8 +113,9 @@ def test_baseline_replays_the_reports_optimizer_class_and_hyper_parameters():
         ]
     )
     report = _watched(model, optimizer, steps=3)
-    assert report.optimizer["class"] == "Adam"
-    assert report.optimizer["param_groups"][1]["params"] == ["2.weight", "2.bias"]
+    settings = report.model_info.optimizer_settings
+    assert settings["class"] == "Adam"
+    assert settings["param_groups"][1]["params"] == ["2.weight", "2.bias"]
     report = Report.from_json(report.to_json())  # the settings survive JSON
     report.findings = [_finding("vanishing_gradient", "0", "lower_lr")]
 
@@ -411,10 +412,7 @@ def test_a_torchscript_model_gets_loop_fixes_and_says_why_edits_are_skipped():
     spec = get_spec("deep_sigmoid_mlp")
     torch.manual_seed(0)
     scripted = torch.jit.script(spec.factory())
-    report = Report(
-        findings=[_finding("vanishing_gradient", "0", "use_relu", "lower_lr")],
-        optimizer={"class": "SGD", "param_groups": [{"lr": 0.05, "params": []}]},
-    )
+    report = Report(findings=[_finding("vanishing_gradient", "0", "use_relu", "lower_lr")])
 
     result = gradscope.trial(scripted, _batches(2), CE, report, steps=3)
 

@@ -12,6 +12,29 @@ from gradscope.trials.report import TrialReport
 from gradscope.trials.session import trial
 
 
+def check_with_trial(options: Any, progress: Any) -> tuple[Report, TrialReport]:
+    """`gradscope check`, then the trial on the model as it was loaded (before check trained it)."""
+    import copy
+
+    from gradscope.check import prepare_check, run_check
+
+    prepared = prepare_check(options)
+    pristine = copy.deepcopy(prepared.model)
+    report = run_check(options, progress=progress, prepared=prepared)
+    return report, trial_for_check(pristine, prepared, report, options.steps)
+
+
+def show_trial(result: TrialReport, console: Any, save_to: str | None, quiet: bool) -> None:
+    """The table (unless ``quiet``: JSON was printed), then ``--save-fixed``'s file."""
+    import click
+
+    if not quiet:
+        result.print(console)
+    if save_to:
+        for line in save_fixed(result, save_to):
+            click.echo(line, err=quiet)
+
+
 def trial_for_check(
     pristine: torch.nn.Module, prepared: Any, report: Report, steps: int
 ) -> TrialReport:
@@ -23,7 +46,7 @@ def trial_for_check(
 
 def trial_for_demo(name: str, report: Report, steps: int) -> TrialReport:
     """Trial on a fresh twin ``name``, seeded and fed exactly as the demo trained it."""
-    from gradscope.models import get_spec
+    from gradscope.reference import get_spec
 
     spec = get_spec(name)
     torch.manual_seed(0)

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradscope.report import Finding, Report, Suggestion
+from gradscope.findings import Finding, Suggestion
+from gradscope.report import Report
 
 WEIGHT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 RNN_TYPES = (nn.RNN, nn.LSTM, nn.GRU)

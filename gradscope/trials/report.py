@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gradscope.report import Finding, Report, Suggestion, _jsonable
+from gradscope.findings import Finding, Suggestion, jsonable
+from gradscope.report import Report
 from gradscope.trials import verdict as V
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ class TrialResult:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy."""
-        return _jsonable(
+        return jsonable(
             {
                 "kind": self.kind,
                 "finding": {
@@ -138,7 +139,7 @@ class TrialReport:
     # -- JSON ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (non-finite numbers as strings)."""
-        return _jsonable(
+        return jsonable(
             {
                 "model_name": self.model_name,
                 "steps": self.steps,

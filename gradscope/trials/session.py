@@ -11,7 +11,8 @@ from torch import nn
 
 from gradscope.diagnosis import _call, _pair
 from gradscope.errors import InputError
-from gradscope.report import Finding, Report
+from gradscope.findings import Finding, Suggestion
+from gradscope.report import Report
 from gradscope.trials import fixes as F
 from gradscope.trials import runner
 from gradscope.trials import verdict as V
@@ -65,7 +66,7 @@ def trial(
         steps: training steps per run.
         optimizer_factory: ``optimizer_factory(params)`` builds each run's optimizer;
             by default the class and param-group hyper-parameters the report was made
-            with (``report.optimizer``), else SGD(lr=0.01).
+            with (``report.model_info.optimizer_settings``), else SGD(lr=0.01).
         seed: the torch seed of every run.
         train_step: ``train_step(model, (x, y), optimizer, scope) -> loss`` for loops that
             are not a plain supervised step (a GAN); it must call ``optimizer.step()``.
@@ -91,130 +92,182 @@ def trial(
         return out
     data = _batches(batches, steps)
     with torch.random.fork_rng(devices=[]):
-        _run_all(
+        session = _Session(model, data, loss_fn, report, out, train_step, code_changes or {})
+        if optimizer_factory is not None:
+            session.factory = optimizer_factory
+        session.run_all(findings)
+    return out
+
+
+Factory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+CodeChanges = dict[str, Callable[[nn.Module], "nn.Module | F.CodeChange"]]
+
+
+class _Session:
+    """One trial: the baseline, then each suggestion on its own copy, judged against it."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: list[tuple[Any, Any]],
+        loss_fn: Callable[[Any, Any], torch.Tensor] | None,
+        report: Report,
+        out: TrialReport,
+        train_step: runner.TrainStep | None,
+        code_changes: CodeChanges,
+    ) -> None:
+        self.model, self.data, self.loss_fn, self.report, self.out = (
             model,
             data,
             loss_fn,
             report,
-            findings,
             out,
-            optimizer_factory,
-            train_step,
-            code_changes or {},
         )
-    return out
+        self.train_step, self.code_changes = train_step, code_changes
+        info = report.model_info
+        self.settings = info.optimizer_settings if info is not None else {}
+        self.factory: Factory | None = None
+        #: id(parameter) -> optimizer group of the copy being trained, taken before its fix.
+        self.group_of: dict[int, int] = {}
+        self.cache: dict[tuple[str, tuple[str, ...], str], tuple[runner.Run, F.Change]] = {}
+        self.spent = 0.0
+        self.best_run: tuple[float, int, nn.Module] | None = None
+        self.order = {name: k for k, (name, _) in enumerate(model.named_modules())}
 
+    def make_optimizer(self, variant: nn.Module) -> torch.optim.Optimizer:
+        """The run's optimizer: the user's factory, else the report's settings."""
+        if self.factory is not None:
+            return self.factory([p for p in variant.parameters() if p.requires_grad])
+        return runner.default_optimizer(self.settings, variant, self.group_of)
 
-def _run_all(
-    model: nn.Module,
-    data: list[tuple[Any, Any]],
-    loss_fn: Callable[[Any, Any], torch.Tensor] | None,
-    report: Report,
-    findings: list[Finding],
-    out: TrialReport,
-    optimizer_factory: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None,
-    train_step: runner.TrainStep | None,
-    code_changes: dict[str, Callable[[nn.Module], nn.Module | F.CodeChange]],
-) -> None:
-    settings = getattr(report, "optimizer", None) or {}
-    if optimizer_factory is None and not settings:
-        out.notes.append("the report does not name its optimizer: every run uses SGD(lr=0.01)")
-    try:
-        base_copy = F.copy_model(model)
-    except Exception as exc:  # noqa: BLE001 - deepcopy fails on some wrapped models
-        raise InputError(
-            f"trial() trains copies of the model, and this one cannot be copied: {exc}"
-        ) from exc
-    # id(parameter) -> optimizer group of the copy being trained, taken before its fix.
-    group_of = runner.group_map(settings, base_copy)
-
-    def make_optimizer(variant: nn.Module) -> torch.optim.Optimizer:
-        if optimizer_factory is not None:
-            return optimizer_factory([p for p in variant.parameters() if p.requires_grad])
-        return runner.default_optimizer(settings, variant, group_of)
-
-    def run(variant: nn.Module, change: F.Change | None, name: str) -> runner.Run:
+    def train(self, variant: nn.Module, change: F.Change | None, name: str) -> runner.Run:
+        """Train one copy with the trial's data, seed and optimizer."""
+        out = self.out
         return runner.train(
-            variant, change, data, loss_fn, make_optimizer, out.steps, out.seed, train_step, name
+            variant,
+            change,
+            self.data,
+            self.loss_fn,
+            self.make_optimizer,
+            out.steps,
+            out.seed,
+            self.train_step,
+            name,
         )
 
-    probe = F.probe(model, data[0][0], _call)
-    torch.manual_seed(out.seed)
-    baseline = run(base_copy, None, f"{out.model_name} (baseline)")
-    out.baseline_losses = baseline.losses
-    out.baseline_seconds = baseline.seconds
-    out.margin = V.margin(baseline.losses)
-    before = V.final_loss(baseline.losses)
-    base_keys = V.finding_keys(baseline.report.findings, {})
-    out.baseline_findings = _key_names(base_keys)
-    cache: dict[tuple[str, tuple[str, ...], str], tuple[runner.Run, F.Change]] = {}
-    results: list[TrialResult] = []
-    best_run: tuple[float, int, nn.Module] | None = None  # (final loss, id(result), model)
-    spent = 0.0
-    for finding in findings:
-        if (finding.kind, finding.layer) not in base_keys:
-            out.notes.append(
-                f"{finding.kind} in {finding.layer or '-'} did not show in the baseline's "
-                f"{out.steps} steps: its fixes can lower the loss but not remove it"
-            )
-        for suggestion in finding.suggestions:
-            result = TrialResult(suggestion.kind, finding, suggestion, "not applicable", "")
-            results.append(result)
-            ctx = F.FixContext(
-                finding, suggestion, report, [x for x, _ in data], probe, train_step is not None
-            )
-            variant = F.copy_model(model)
-            # The copy's parameters keep their optimizer group through the fix.
-            group_of.clear()
-            group_of.update(runner.group_map(settings, variant))
-            torch.manual_seed(out.seed)
+    def copy(self) -> nn.Module:
+        """A fresh copy of the user's model, its parameters mapped to optimizer groups."""
+        try:
+            variant = F.copy_model(self.model)
+        except Exception as exc:  # noqa: BLE001 - deepcopy fails on some wrapped models
+            raise InputError(
+                f"trial() trains copies of the model, and this one cannot be copied: {exc}"
+            ) from exc
+        self.group_of.clear()
+        self.group_of.update(runner.group_map(self.settings, variant))
+        return variant
+
+    def run_all(self, findings: list[Finding]) -> None:
+        """The baseline, then every suggestion of every finding; results ranked in ``out``."""
+        out = self.out
+        if self.factory is None and not self.settings:
+            out.notes.append("the report does not name its optimizer: every run uses SGD(lr=0.01)")
+        self.probe = F.probe(self.model, self.data[0][0], _call)
+        torch.manual_seed(out.seed)
+        self.baseline = self.train(self.copy(), None, f"{out.model_name} (baseline)")
+        out.baseline_losses = self.baseline.losses
+        out.baseline_seconds = self.baseline.seconds
+        out.margin = V.margin(self.baseline.losses)
+        self.base_keys = V.finding_keys(self.baseline.report.findings, {})
+        out.baseline_findings = _key_names(self.base_keys)
+        results = []
+        for finding in findings:
+            if (finding.kind, finding.layer) not in self.base_keys:
+                out.notes.append(
+                    f"{finding.kind} in {finding.layer or '-'} did not show in the baseline's "
+                    f"{out.steps} steps: its fixes can lower the loss but not remove it"
+                )
+            results += [self.attempt(finding, s) for s in finding.suggestions]
+        out.results = rank_results(results)
+        base_time = self.baseline.seconds
+        out.cost = self.spent / base_time if self.cache and base_time > 0 else None
+        best = out.best
+        if best is not None and self.best_run is not None and self.best_run[1] == id(best):
+            out.best_model = self.best_run[2]
+        needs = sorted({r.kind for r in results if r.needs_code_change})
+        if needs:
+            out.notes.append(f"needs a code change, not trained: {', '.join(needs)}")
+
+    def apply(
+        self, finding: Finding, suggestion: Suggestion, result: TrialResult
+    ) -> F.Change | None:
+        """The suggestion applied to a fresh copy; None (reason in ``result``) if it cannot be."""
+        ctx = F.FixContext(
+            finding,
+            suggestion,
+            self.report,
+            [x for x, _ in self.data],
+            self.probe,
+            self.train_step is not None,
+        )
+        variant = self.copy()
+        torch.manual_seed(self.out.seed)
+        try:
+            change = F.apply_fix(variant, ctx, self.code_changes)
+        except F.NeedsCodeChange:
+            result.needs_code_change = True
+            result.reason = "needs a code change (the snippet is printed)"
+            return None
+        except F.NotApplicable as exc:
+            result.reason = str(exc)
+            return None
+        except Exception as exc:  # noqa: BLE001 - a fix that does not fit never stops the trial
+            result.reason = f"the fix could not be applied: {type(exc).__name__}: {exc}"
+            return None
+        if change.model is not variant:  # the user's code change built a new model
+            for pid, k in runner.group_map(self.settings, change.model).items():
+                self.group_of.setdefault(pid, k)
+        return change
+
+    def attempt(self, finding: Finding, suggestion: Suggestion) -> TrialResult:
+        """Apply, train (or reuse an identical run) and judge one suggestion."""
+        result = TrialResult(suggestion.kind, finding, suggestion, "not applicable", "")
+        change = self.apply(finding, suggestion, result)
+        if change is None:
+            return result
+        result.layers = sorted(change.layers, key=lambda n: self.order.get(n, len(self.order)))
+        result.change = change.description
+        key = (suggestion.kind, tuple(change.layers), change.description)
+        if key not in self.cache:
             try:
-                change = F.apply_fix(variant, ctx, code_changes)
-            except F.NeedsCodeChange:
-                result.needs_code_change = True
-                result.reason = "needs a code change (the snippet is printed)"
-                continue
-            except F.NotApplicable as exc:
-                result.reason = str(exc)
-                continue
-            except Exception as exc:  # noqa: BLE001 - a fix that does not fit never stops the trial
-                result.reason = f"the fix could not be applied: {type(exc).__name__}: {exc}"
-                continue
-            if change.model is not variant:  # the user's code change built a new model
-                for pid, k in runner.group_map(settings, change.model).items():
-                    group_of.setdefault(pid, k)
-            order = {name: k for k, (name, _) in enumerate(model.named_modules())}
-            result.layers = sorted(change.layers, key=lambda n: order.get(n, len(order)))
-            result.change = change.description
-            key = (suggestion.kind, tuple(change.layers), change.description)
-            if key in cache:
-                done, change = cache[key]
-            else:
-                try:
-                    done = run(change.model, change, f"{out.model_name} + {suggestion.kind}")
-                except runner.ModelFailed as exc:
-                    result.reason = f"the model fails with this change: {exc}"
-                    continue
-                spent += done.seconds
-                cache[key] = (done, change)
-            keys = V.finding_keys(done.report.findings, change.renames)
-            gone = (finding.kind, finding.layer) not in keys
-            judged = V.judge(baseline.losses, done.losses, gone, finding.kind)
-            result.verdict, result.reason = judged.verdict, judged.reason
-            if done.notes:
-                result.reason += "; " + "; ".join(done.notes)
-            result.loss_before, result.loss_after = before, V.final_loss(done.losses)
-            result.losses, result.seconds = done.losses, done.seconds
-            result.findings_gone = _key_names(base_keys - keys)
-            result.findings_remaining = _key_names(base_keys & keys)
-            result.findings_new = _key_names(keys - base_keys)
-            if judged.verdict == "helps" and (best_run is None or result.loss_after < best_run[0]):
-                best_run = (result.loss_after, id(result), done.model)
-    out.results = rank_results(results)
-    out.cost = spent / baseline.seconds if cache and baseline.seconds > 0 else None
-    best = out.best
-    if best is not None and best_run is not None and best_run[1] == id(best):
-        out.best_model = best_run[2]
-    needs = sorted({r.kind for r in results if r.needs_code_change})
-    if needs:
-        out.notes.append(f"needs a code change, not trained: {', '.join(needs)}")
+                name = f"{self.out.model_name} + {suggestion.kind}"
+                done = self.train(change.model, change, name)
+            except runner.ModelFailed as exc:
+                result.reason = f"the model fails with this change: {exc}"
+                return result
+            self.spent += done.seconds
+            self.cache[key] = (done, change)
+        done, change = self.cache[key]
+        self.judge(finding, result, done, change)
+        return result
+
+    def judge(
+        self, finding: Finding, result: TrialResult, done: runner.Run, change: F.Change
+    ) -> None:
+        """Fill ``result`` from a trained run: verdict, losses, findings gone/left/new."""
+        keys = V.finding_keys(done.report.findings, change.renames)
+        gone = (finding.kind, finding.layer) not in keys
+        judged = V.judge(self.baseline.losses, done.losses, gone, finding.kind)
+        result.verdict, result.reason = judged.verdict, judged.reason
+        if done.notes:
+            result.reason += "; " + "; ".join(done.notes)
+        result.loss_before = V.final_loss(self.baseline.losses)
+        result.loss_after = V.final_loss(done.losses)
+        result.losses, result.seconds = done.losses, done.seconds
+        result.findings_gone = _key_names(self.base_keys - keys)
+        result.findings_remaining = _key_names(self.base_keys & keys)
+        result.findings_new = _key_names(keys - self.base_keys)
+        if judged.verdict == "helps" and (
+            self.best_run is None or result.loss_after < self.best_run[0]
+        ):
+            self.best_run = (result.loss_after, id(result), done.model)

@@ -14,7 +14,7 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from gradscope.report import Finding
+from gradscope.findings import Finding
 
 TAIL = 5
 NOISE_WINDOW = 10
