@@ -27,6 +27,8 @@ _EXPORTS = {
     "Scope": "gradscope.scope",
     "watch": "gradscope.scope",
     "diagnose": "gradscope.diagnosis",
+    "trial": "gradscope.trials",
+    "TrialReport": "gradscope.trials",
 }
 _SUBMODULES = {
     "plugins",
@@ -53,9 +55,11 @@ __all__ = [
     "StepRecord",
     "StopTraining",
     "Suggestion",
+    "TrialReport",
     "__version__",
     "diagnose",
     "hookimpl",
+    "trial",
     "watch",
 ]
 
@@ -69,6 +73,7 @@ if TYPE_CHECKING:
     from gradscope.plugins import StopTraining
     from gradscope.report import Report
     from gradscope.scope import Scope, watch
+    from gradscope.trials import TrialReport, trial
 
 
 def __getattr__(name: str) -> Any:

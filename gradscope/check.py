@@ -161,8 +161,20 @@ def _run_forward(model: nn.Module, x: Any) -> Any:
         ) from exc
 
 
-def run_check(options: CheckOptions, progress: Callable[[int], None] | None = None) -> Report:
-    """Load, build a batch, train a copy for ``options.steps`` instrumented steps."""
+@dataclass
+class PreparedCheck:
+    """What `check` trains: the loaded model (untrained), one batch and the loss."""
+
+    model: nn.Module
+    x: Any
+    y: Any
+    loss_fn: Callable[[Any, Any], torch.Tensor]
+    spec: ModelSpec | None
+    notes: list[str]
+
+
+def prepare_check(options: CheckOptions) -> PreparedCheck:
+    """Load the model and build the batch and loss `check` trains with."""
     if options.loss is not None and options.loss not in LOSSES:
         raise InputError(f"Unknown --loss {options.loss!r}; choose one of {', '.join(LOSSES)}.")
     model, spec, example, notes = _build_model(options)
@@ -190,6 +202,18 @@ def run_check(options: CheckOptions, progress: Callable[[int], None] | None = No
         if y is None:
             y = _synthetic_target(_run_forward(model, x), loss_name, options.target)
     _run_forward(model, x)
+    return PreparedCheck(model, x, y, loss_fn, spec, notes)
+
+
+def run_check(
+    options: CheckOptions,
+    progress: Callable[[int], None] | None = None,
+    prepared: PreparedCheck | None = None,
+) -> Report:
+    """Load, build a batch, train a copy for ``options.steps`` instrumented steps."""
+    prepared = prepared or prepare_check(options)
+    model, spec, notes = prepared.model, prepared.spec, list(prepared.notes)
+    x, y, loss_fn = prepared.x, prepared.y, prepared.loss_fn
     # The model was built from the file here, so training it changes nothing of the user's.
     trained = model
     params = [p for p in trained.parameters() if p.requires_grad]

@@ -121,6 +121,9 @@ def main() -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the faulty model's report as JSON.")
 @click.option("--suggestions", default=3, show_default=True, help="Fixes shown per finding.")
+@click.option(
+    "--try-fixes", is_flag=True, help="Train each suggested fix on a copy and judge it again."
+)
 @debug_option
 def demo(
     name: str,
@@ -129,6 +132,7 @@ def demo(
     html_file: str | None,
     as_json: bool,
     suggestions: int,
+    try_fixes: bool,
     debug: bool,
 ) -> None:
     """Train a faulty reference model, show what gradscope finds, then train its fix.
@@ -165,6 +169,11 @@ def demo(
                 f"fixed model ({result.spec.fix}): "
                 + verdict(result.fixed)
             )
+        if try_fixes:
+            from gradscope.trials.cli import trial_for_demo
+
+            console.print("")
+            trial_for_demo(name, result.faulty, result.steps).print(console)
         _write_outputs(result.faulty, plot_dir, False, html_file, quiet=False)
 
 
@@ -195,6 +204,14 @@ def demo(
 @fail_on_option
 @set_option
 @click.option(
+    "--try-fixes", is_flag=True, help="Train each suggested fix on a copy and judge it again."
+)
+@click.option(
+    "--save-fixed",
+    type=click.Path(dir_okay=False),
+    help="With --try-fixes: write the best variant's state_dict here (safetensors).",
+)
+@click.option(
     "--unsafe-load",
     is_flag=True,
     help="Allow checkpoints that pickle arbitrary objects. This EXECUTES code from "
@@ -218,6 +235,8 @@ def check(
     as_json: bool,
     fail_on: str,
     overrides: tuple[str, ...],
+    try_fixes: bool,
+    save_fixed: str | None,
     unsafe_load: bool,
     debug: bool,
 ) -> None:
@@ -235,6 +254,7 @@ def check(
       gradscope check cnn.pt --model cnn
       gradscope check weights.safetensors --model-factory mypkg.nets:build --input-shape 8,3,32,32
       gradscope check scripted.pt --input-shape 16,10 --loss mse --fail-on warning
+      gradscope check cnn.pt --model cnn --try-fixes --save-fixed fixed.safetensors
     """
     from gradscope.check import CheckOptions, parse_shape, run_check
 
@@ -256,12 +276,26 @@ def check(
         )
         if steps < 1:
             raise ValueError(f"--steps must be at least 1, got {steps}.")
+        if save_fixed and not try_fixes:
+            raise ValueError("--save-fixed needs --try-fixes.")
         with _progress_bar(steps) as advance:
-            result = run_check(options, progress=advance)
+            if try_fixes:
+                from gradscope.trials.cli import check_with_trial
+
+                result, trial = check_with_trial(options, advance)
+            else:
+                result, trial = run_check(options, progress=advance), None
         if as_json:
-            click.echo(result.to_json())
+            data = result.to_dict()
+            if trial is not None:
+                data["trial"] = trial.to_dict()
+            click.echo(json.dumps(data, indent=2))
         else:
             print_console(result, _console(), suggestions=2)
+        if trial is not None:
+            from gradscope.trials.cli import show_trial
+
+            show_trial(trial, _console(), save_fixed, as_json)
         _write_outputs(result, plot_dir, svg, html_file, quiet=as_json)
     sys.exit(_exit_code(result, fail_on))
 

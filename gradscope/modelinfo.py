@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from gradscope.optimizer_settings import optimizer_settings
 from gradscope.stats import activation_kind
 
 #: Module types whose weights an init fix applies to.
@@ -118,6 +119,9 @@ class ModelInfo:
     #: Layer name -> the part of the model it belongs to, when the model is trained in
     #: parts (several optimizer parameter groups or optimizers, or ``watch(parts=...)``).
     parts: dict[str, str] = field(default_factory=dict)
+    #: The optimizer's class and param-group hyper-parameters, parameters named
+    #: (:func:`gradscope.optimizer_settings.optimizer_settings`): trial() replays them.
+    optimizer_settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy (saved with a report so that it can be judged again)."""
@@ -275,4 +279,5 @@ def describe(
         root_type=type(model).__name__,
         param_shapes={n: list(p.shape) for n, p in model.named_parameters()},
         parts=part_map(model, layers, optimizer, parts),
+        optimizer_settings=optimizer_settings(optimizer, model),
     )

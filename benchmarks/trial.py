@@ -1,0 +1,247 @@
+"""How often does trial() find a fix that helps, and does the top suggestion help?
+
+For every faulty reference twin (``gradscope models``) and every faulty scenario of
+``gradscope_scenarios.handwritten``: train and diagnose it, then run
+:func:`gradscope.trial` on the same model, batches and optimizer.  Two shares:
+
+- *trial's first result helps*: the best result trial ranks first has verdict ``helps``;
+- *first suggestion verified*: ``finding.suggestions[0]`` of the case's main finding
+  (the kind the case is labelled with) gets verdict ``helps`` from trial.
+
+Fixes that need a code change (loss numerics, graph, GAN loss) are applied as the
+code change the suite pairs them with (``Scenario.fixes``), passed through
+``trial(code_changes=...)``; the shares without them are printed too (such a fix is
+then "needs a code change", never "helps").
+
+    python benchmarks/trial.py            # all cases, about 2-4 minutes on one thread
+    python benchmarks/trial.py --only log_of_zero,exploding_rnn
+    python benchmarks/trial.py --seed 1 --out /tmp/trial_seed1.json  # another seed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import gradscope
+from gradscope.demo import train_spec
+from gradscope.reference import available_specs
+from gradscope.trials.fixes import CODE_CHANGE_KINDS, CodeChange
+from gradscope_scenarios import handwritten as H
+
+RESULTS = Path(__file__).parent / "results" / "trial.json"
+
+
+def _step_of(step_fn: Callable | None) -> Callable | None:
+    if step_fn is None:
+        return None
+    return lambda model, batch, optimizer, scope: step_fn(model, batch, optimizer, scope, [])
+
+
+def _code_changes(scenario: H.Scenario | None) -> dict[str, Callable]:
+    """The suite's own code change for each fix kind that needs one."""
+    if scenario is None:
+        return {}
+    changes = {}
+    for kind, transform in scenario.fixes.items():
+
+        def change(
+            copy: torch.nn.Module, transform: Callable = transform, kind: str = kind
+        ) -> CodeChange:
+            fixed = transform(scenario)
+            model = None
+            if fixed.build is not scenario.build:
+                torch.manual_seed(0)
+                model = fixed.build()
+            step = _step_of(fixed.step_fn) if fixed.step_fn is not scenario.step_fn else None
+            return CodeChange(model=model, train_step=step, description=f"the suite's {kind}")
+
+        changes[kind] = change
+    return changes
+
+
+def _twin_case(name: str, spec: Any) -> dict[str, Any]:
+    steps = spec.demo_steps
+    report = train_spec(spec, steps)
+    torch.manual_seed(0)
+    model = spec.factory()
+    batches = [spec.example_batch(seed=k) for k in range(min(steps, spec.distinct_batches))]
+    return {
+        "name": name,
+        "source": "twin",
+        "kind": spec.problem,
+        "model": model,
+        "batches": batches,
+        "loss_fn": spec.loss_fn,
+        "report": report,
+        "steps": steps,
+        "train_step": spec.step,
+        "code_changes": _code_changes(H.SCEN.get(name)),
+    }
+
+
+def _scenario_case(scenario: H.Scenario) -> dict[str, Any]:
+    report = H.watched(scenario).report
+    torch.manual_seed(0)
+    model = scenario.build()
+    return {
+        "name": scenario.name,
+        "source": "scenario",
+        "kind": sorted(scenario.expect)[0],
+        "model": model,
+        "batches": [scenario.batch(k) for k in range(scenario.steps)],
+        "loss_fn": scenario.loss_fn,
+        "report": report,
+        "steps": scenario.steps,
+        "train_step": _step_of(scenario.step_fn),
+        "code_changes": _code_changes(scenario),
+    }
+
+
+def cases(only: set[str] | None) -> list[Callable[[], dict[str, Any]]]:
+    """Deferred builders, one per case (twins first)."""
+    builders: list[Callable[[], dict[str, Any]]] = []
+    for name, spec in sorted(available_specs().items()):
+        if spec.fixed_by and (not only or name in only):
+            builders.append(lambda name=name, spec=spec: _twin_case(name, spec))
+    for scenario in H.suite():
+        if scenario.expect and (not only or scenario.name in only):
+            builders.append(lambda scenario=scenario: _scenario_case(scenario))
+    return builders
+
+
+def measure(case: dict[str, Any], seed: int = 0) -> dict[str, Any]:
+    """Run trial (with torch seed ``seed``) on one case and score it."""
+    report: gradscope.Report = case["report"]
+    start = time.perf_counter()
+    result = gradscope.trial(
+        case["model"],
+        case["batches"],
+        case["loss_fn"],
+        report,
+        steps=case["steps"],
+        seed=seed,
+        train_step=case["train_step"],
+        code_changes=case["code_changes"],
+    )
+    seconds = time.perf_counter() - start
+    main = next((f for f in report.findings if f.kind == case["kind"]), None)
+    first = main.suggestions[0] if main is not None and main.suggestions else None
+    verified = result.result_for(main, first.kind) if first is not None else None
+    coded = [r for r in result.results if r.kind in CODE_CHANGE_KINDS]
+    plain = [r for r in result.results if r.kind not in CODE_CHANGE_KINDS]
+    return {
+        "name": case["name"],
+        "source": case["source"],
+        "finding": f"{case['kind']}@{main.layer if main else '-'}" if main else "not found",
+        "first_suggestion": first.kind if first else None,
+        "first_suggestion_verdict": verified.verdict if verified else "no finding",
+        "first_suggestion_reason": verified.reason if verified else "",
+        "first_suggestion_needs_code": bool(first and first.kind in CODE_CHANGE_KINDS),
+        "trial_first": result.results[0].kind if result.results else None,
+        "trial_first_verdict": result.results[0].verdict if result.results else "nothing",
+        "trial_first_verdict_without_code_changes": (plain[0].verdict if plain else "nothing"),
+        "code_change_results": len(coded),
+        "variants": len(result.results),
+        "cost": result.cost,
+        "seconds": seconds,
+        # The trial without its loss curves (they make the file 30x larger).
+        "trial": _without_curves(result.to_dict()),
+    }
+
+
+def _without_curves(data: dict[str, Any]) -> dict[str, Any]:
+    data["baseline"].pop("losses", None)
+    for result in data["results"]:
+        result.pop("losses", None)
+    return data
+
+
+def _share(rows: list[dict[str, Any]], test: Callable[[dict[str, Any]], bool]) -> str:
+    hits = sum(bool(test(r)) for r in rows)
+    return f"{hits}/{len(rows)} ({hits / len(rows):.0%})" if rows else "-"
+
+
+def main() -> None:
+    """Run every case, print a markdown table, write benchmarks/results/trial.json."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help="comma-separated case names")
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--seed", type=int, default=0, help="the trial's seed (not the report's)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    only = set(args.only.split(",")) if args.only else None
+    from rich.progress import Progress
+
+    rows = []
+    builders = cases(only)
+    with Progress(transient=True) as bar:
+        task = bar.add_task("trials", total=len(builders))
+        for build in builders:
+            rows.append(measure(build(), args.seed))
+            bar.advance(task)
+    print(
+        "| case | main finding | first suggestion | its verdict | trial's first | verdict | cost |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        needs = " (code change)" if r["first_suggestion_needs_code"] else ""
+        cost = f"{r['cost']:.1f}x" if r["cost"] is not None else "-"
+        print(
+            f"| {r['source']} {r['name']} | {r['finding']} | {r['first_suggestion']}{needs} | "
+            f"{r['first_suggestion_verdict']} | {r['trial_first']} | "
+            f"{r['trial_first_verdict']} | {cost} |"
+        )
+    summary = {
+        "trial_first_helps": _share(rows, lambda r: r["trial_first_verdict"] == "helps"),
+        "first_suggestion_helps": _share(rows, lambda r: r["first_suggestion_verdict"] == "helps"),
+        "without_code_changes": {
+            "trial_first_helps": _share(
+                rows, lambda r: r["trial_first_verdict_without_code_changes"] == "helps"
+            ),
+            "first_suggestion_helps": _share(
+                rows,
+                lambda r: (
+                    r["first_suggestion_verdict"] == "helps"
+                    and not r["first_suggestion_needs_code"]
+                ),
+            ),
+        },
+        "cost_median": sorted(r["cost"] for r in rows if r["cost"] is not None)[
+            len([r for r in rows if r["cost"] is not None]) // 2
+        ]
+        if any(r["cost"] is not None for r in rows)
+        else None,
+        "seed": args.seed,
+        "torch": torch.__version__,
+        "threads": 1,
+    }
+    print()
+    print(f"trial's first result helps: {summary['trial_first_helps']}")
+    print(f"first suggestion verified as helping: {summary['first_suggestion_helps']}")
+    wo = summary["without_code_changes"]
+    print(
+        "without the suite's code changes: trial's first helps "
+        f"{wo['trial_first_helps']}, first suggestion helps {wo['first_suggestion_helps']}"
+    )
+    print(f"median cost (all variants / one baseline run): {summary['cost_median']:.1f}x")
+    failing = [r for r in rows if r["first_suggestion_verdict"] != "helps"]
+    for r in failing:
+        print(
+            f"first suggestion fails: {r['name']} {r['finding']} {r['first_suggestion']}: "
+            f"{r['first_suggestion_verdict']} ({r['first_suggestion_reason']})"
+        )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"summary": summary, "cases": rows}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Judge a variant against the baseline: helps, no effect, hurts.
+
+"Clearly below" has a stated margin: a variant's final loss (the median of its last
+:data:`TAIL` losses) must be below the baseline's by more than
+``max(NOISE_SIGMAS x the standard deviation of the baseline's last NOISE_WINDOW losses,
+RELATIVE x the baseline's final loss)``, and the finding it addresses must be gone.
+For a finding the loss cannot show (a parameter with no gradient: its fix freezes or
+connects it) the finding gone without a clearly higher loss is enough.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+from gradscope.findings import Finding
+
+TAIL = 5
+NOISE_WINDOW = 10
+NOISE_SIGMAS = 2.0
+RELATIVE = 0.02
+VERDICTS = ("helps", "no effect", "hurts", "not applicable")
+#: Finding kinds whose fix removes the finding without having to lower the loss.
+LOSS_NEUTRAL = frozenset({"no_gradient"})
+
+
+def final_loss(losses: list[float]) -> float:
+    """Median of the last TAIL losses; inf if any loss of the run was non-finite."""
+    if not losses or not all(math.isfinite(v) for v in losses):
+        return math.inf
+    return statistics.median(losses[-TAIL:])
+
+
+def margin(baseline: list[float]) -> float:
+    """How far below the baseline's final loss a variant must end to count as clearly lower."""
+    window = [v for v in baseline[-NOISE_WINDOW:] if math.isfinite(v)]
+    noise = statistics.pstdev(window) if len(window) > 1 else 0.0
+    final = final_loss(baseline)
+    scale = abs(final) if math.isfinite(final) else 0.0
+    return max(NOISE_SIGMAS * noise, RELATIVE * scale)
+
+
+Key = tuple[str, "str | None"]
+
+
+def finding_keys(findings: list[Finding], renames: dict[str, str]) -> set[Key]:
+    """(kind, layer) of the warning/error findings, layers named as in the unchanged model."""
+    back = {new: old for old, new in renames.items()}
+    keys = set()
+    for f in findings:
+        if f.rank < 1:
+            continue
+        layer = f.layer
+        if layer is not None:
+            for new, old in back.items():
+                if layer == new or layer.startswith(new + "."):
+                    layer = old
+                    break
+        keys.add((f.kind, layer))
+    return keys
+
+
+@dataclass
+class Judgement:
+    """The verdict and the reason in words."""
+
+    verdict: str
+    reason: str
+
+
+def judge(
+    baseline: list[float],
+    variant: list[float],
+    finding_gone: bool,
+    kind: str | None = None,
+) -> Judgement:
+    """helps / no effect / hurts for one variant (see the module docstring for "clearly")."""
+    before, after = final_loss(baseline), final_loss(variant)
+    if not math.isfinite(before):
+        if math.isfinite(after):
+            return Judgement("helps", "the baseline's loss turned non-finite, this run's did not")
+        return Judgement("no effect", "the loss still turns non-finite")
+    if not math.isfinite(after):
+        return Judgement("hurts", "the loss turned non-finite")
+    need = margin(baseline)
+    if after < before - need:
+        if finding_gone:
+            return Judgement("helps", f"final loss {after:.4g} < {before:.4g} - {need:.2g}")
+        return Judgement(
+            "no effect", f"the loss fell ({after:.4g} < {before:.4g}) but the finding remains"
+        )
+    if after > before + need:
+        return Judgement("hurts", f"final loss {after:.4g} > {before:.4g} + {need:.2g}")
+    if kind in LOSS_NEUTRAL and finding_gone:
+        return Judgement("helps", f"the finding is gone, loss {after:.4g} vs {before:.4g}")
+    return Judgement("no effect", f"final loss {after:.4g} within {need:.2g} of {before:.4g}")
