@@ -32,7 +32,6 @@ _DEVICE_COLUMNS = (
     ("bad_input", "input_nonfinite"),
     ("zeros", "zeros"),
     ("saturated", "saturated"),
-    ("spread", "batch_spread"),
 )
 
 

@@ -65,7 +65,6 @@ _DECLARED = (
     _S("dead_units", _M, DETAIL, "ReLU units silent for unit_window detail steps"),
     _S("nonfinite", _M, DETAIL, "1 when the output had NaN/Inf (or a replay saw it)"),
     _S("input_nonfinite", _M, DETAIL, "1 when the module's input had NaN/Inf (or in a replay)"),
-    _S("batch_spread", _M, DETAIL, "spread of 2-D outputs across samples over their size"),
     _S("time_grad_first", _M, DETAIL, "gradient reaching a recurrence's first time step"),
     _S("time_grad_last", _M, DETAIL, "gradient reaching a recurrence's last time step"),
 )

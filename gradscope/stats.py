@@ -76,7 +76,6 @@ class ActivationAccumulator:
     units: int = 0
     bad: list[Tensor] = field(default_factory=list)
     bad_input: list[Tensor] = field(default_factory=list)
-    spread: list[Tensor] = field(default_factory=list)
     sumsqs: list[Tensor] = field(default_factory=list)
     zeros: list[Tensor] = field(default_factory=list)
     saturated: list[Tensor] = field(default_factory=list)
@@ -111,11 +110,6 @@ class ActivationAccumulator:
                 self.unit_max = per_unit
             else:
                 self.unit_max = torch.maximum(self.unit_max, per_unit)
-        if sample.dim() == 2 and sample.shape[0] > 1:
-            # How much the outputs differ across samples, relative to their size: about 0
-            # for a model that predicts the same thing whatever the input.
-            rows = sample.float()
-            self.spread = [rows.std(dim=0).mean() / rows.abs().mean().clamp_min(1e-12)]
         if self.kind == "sigmoid":
             self.saturated.append(((sample - 0.5).abs() > 0.49).sum())
         elif self.kind == "tanh":

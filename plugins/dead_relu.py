@@ -31,8 +31,10 @@ DEFAULTS = {
     "warn_fraction": 0.5,
     # ...and an error from here whatever the loss does (the layer has collapsed).
     "error_fraction": 0.8,
-    # Loss improving by less than this fraction over the run counts as stalled.
-    "stall": 0.1,
+    # Loss improving by less than this fraction over the run counts as stalled...
+    "stall": 0.2,
+    # ...and so does one improving by less than this over the second half (a plateau).
+    "plateau": 0.05,
 }
 
 
@@ -45,7 +47,8 @@ def gradscope_detect(
     if not history.records:
         return []
     trend = loss_trend(history)
-    stalled = not trend.known or is_stalled(history, model_info, trend, t["stall"])
+    # Without a logged loss the harm cannot be seen: the share of broken units decides.
+    stalled = not trend.known or is_stalled(trend, t["stall"], t["plateau"])
     dead = history.act_series("dead_units")
     silent = history.act_series("silent_units")
     units = history.act_series("units")

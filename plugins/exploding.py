@@ -12,7 +12,8 @@ learning rate or Adam keeps the loss from diverging.  Each is measured:
   then overflowed: a layer's gradient norm was ``size_ratio`` times its weights' norm;
 - **steps larger than the weights**: an update moves a layer by more than
   ``update_ratio`` of its size on ``update_steps`` recorded steps;
-- **divergence**: the loss ends (or peaks) ``loss_rise`` times above where it started;
+- **divergence**: the loss ends ``loss_rise`` times above where it started (the very
+  first loss counts, so an early blow-up cannot hide itself);
 - **the cause of a NaN**: gradients that grew ``nonfinite_growth`` times before turning
   non-finite are reported as exploding next to the NaN.
 
@@ -67,7 +68,7 @@ DEFAULTS = {
     "update_ratio": 1.0,
     # ...on at least this many recorded steps.
     "update_steps": 2,
-    # The loss at the end (or its peak) over the loss at the start.
+    # The loss at the end over the loss at the start.
     "loss_rise": 10.0,
     # Growth before a NaN/Inf that makes the explosion its cause.
     "nonfinite_growth": 1e2,
@@ -252,21 +253,19 @@ def _big_steps(
 
 
 def _diverged(trend: LossTrend, t: dict, evidence: _Evidence) -> bool:
-    """The loss ended, or peaked, ``loss_rise`` times above where it started (judged from
-    the very first loss too, so a blow-up within the first steps cannot hide itself)."""
+    """The loss ended ``loss_rise`` times above where it started, judged from the very first
+    loss too, so a blow-up within the first steps cannot raise its own baseline.  (A loss
+    that peaks and comes back down is not counted: on the tuning part such peaks were as
+    common in runs that recovered as in runs that exploded.)"""
     start = min(trend.first, trend.initial)
     if not trend.known or not start > 0:
         return False
-    rise = max(trend.last, trend.peak) / start
+    rise = trend.last / start
     if rise <= t["loss_rise"]:
         return False
-    ended = trend.last / start > t["loss_rise"]
-    evidence.what.append(
-        f"the loss rose from {fmt(start)} to {fmt(trend.last if ended else trend.peak)}"
-        + ("" if ended else " before coming back down")
-    )
+    evidence.what.append(f"the loss rose from {fmt(start)} to {fmt(trend.last)}")
     evidence.numbers["loss_rise"] = rise
-    return ended
+    return True
 
 
 def _went_nonfinite(history: History) -> bool:

@@ -14,7 +14,7 @@ import torch
 
 from gradscope.history import History
 from gradscope.modelinfo import LayerInfo, ModelInfo
-from gradscope.signals import DEFAULT_WINDOW, LayerSignal, LossTrend, layer_signals, recent
+from gradscope.signals import DEFAULT_WINDOW, LayerSignal, LossTrend, layer_signals
 
 #: Roles whose gradients carry the signal along the network's depth.
 DEPTH_ROLES = ("weight", "vanilla_rnn", "gated_rnn", "attention")
@@ -225,30 +225,10 @@ def harm_severity(fraction: float, t: dict, stalled: bool) -> str:
     return "warning" if stalled else "info"
 
 
-#: Outputs whose spread across samples is below this fraction of their size are the same
-#: prediction for every input.
-CONSTANT_OUTPUT = 1e-2
-
-
-def predicts_a_constant(history: History, model_info: ModelInfo) -> bool:
-    """Whether the model's last layer ends the run giving (nearly) the same output for
-    every sample: it learned the targets' average (the output bias), nothing of the input."""
-    spread = history.act_series("batch_spread")
-    last = [layer.name for layer in model_info.layers if layer.params and layer.role == "weight"]
-    if not last or last[-1] not in history.module_names:
-        return False
-    column = spread[:, history.module_names.index(last[-1])]
-    value = recent(column[torch.isfinite(column)], DEFAULT_WINDOW)
-    return math.isfinite(value) and value < CONSTANT_OUTPUT
-
-
-def stalled(history: History, model_info: ModelInfo, trend: LossTrend, stall: float) -> bool:
-    """Whether training is not learning: the loss improved by less than ``stall``, or it
-    fell only as far as predicting the same output for every input (what a constant
-    predictor reaches: Glorot & Bengio's deep sigmoid nets learn the output bias only)."""
+def stalled(trend: LossTrend, stall: float, plateau: float) -> bool:
+    """Whether training is not learning: the loss improved by less than ``stall`` over the
+    run, or by less than ``plateau`` over its second half.  Unknown (too few losses
+    logged) counts as not stalled."""
     if not trend.known:
         return False
-    if trend.improvement < stall:
-        return True
-    plateau = trend.late_improvement < stall
-    return plateau and predicts_a_constant(history, model_info)
+    return trend.improvement < stall or trend.late_improvement < plateau

@@ -28,8 +28,10 @@ DEFAULTS = {
     "warn_fraction": 0.5,
     # ...and an error from here whatever the loss does.
     "error_fraction": 0.8,
-    # Loss improving by less than this fraction over the run counts as stalled.
-    "stall": 0.1,
+    # Loss improving by less than this fraction over the run counts as stalled...
+    "stall": 0.2,
+    # ...and so does one improving by less than this over the second half (a plateau).
+    "plateau": 0.05,
     # Recent records averaged.
     "window": 5,
 }
@@ -59,7 +61,8 @@ def gradscope_detect(
         return []
     roles = {layer.name: layer.role for layer in model_info.layers}
     trend = loss_trend(history)
-    stalled = not trend.known or is_stalled(history, model_info, trend, t["stall"])
+    # Without a logged loss the harm cannot be seen: the share of broken units decides.
+    stalled = not trend.known or is_stalled(trend, t["stall"], t["plateau"])
     fractions = activation_fraction(history, "saturated", int(t["window"]))
     signals = {s.name: s for s in layer_signals(history)}
     findings = []

@@ -48,16 +48,20 @@ NEEDS = ("grad_l2", "param_norm")
 DEFAULTS = {
     # A layer whose relative gradient is below this fraction of the largest one after it.
     "depth_ratio": 1e-2,
-    # Below this fraction the problem is severe enough to be an error on its own.
-    "severe_ratio": 1e-5,
-    # Loss improving by less than this fraction over the run counts as stalled.
-    "stall": 0.1,
+    # Below this fraction (through depth) it is a warning even while the loss falls.
+    "severe_ratio": 1e-4,
+    # Loss improving by less than this fraction over the run counts as stalled...
+    "stall": 0.2,
+    # ...and so does one improving by less than this over the second half (a plateau).
+    "plateau": 0.05,
     # Records at the end of the run that are judged.
     "window": 5,
     # A layer whose relative gradient fell below this fraction of its own start...
     "time_ratio": 0.1,
-    # The gradient reaching a recurrence's first step below this fraction of its last.
-    "through_time": 1e-2,
+    # The gradient reaching a recurrence's first step below this fraction of its last (with
+    # a loss that improved by less than ``stall``: a plateau is not enough here, since a
+    # converged gated RNN on a short-range task shows the same small ratio).
+    "through_time": 1e-3,
 }
 
 
@@ -69,17 +73,24 @@ def gradscope_detect(
     t = thresholds(config, NAME, DEFAULTS)
     window = int(t["window"])
     trend = loss_trend(history, window)
-    stalled = is_stalled(history, model_info, trend, t["stall"])
+    stalled = is_stalled(trend, t["stall"], t["plateau"])
     layers = depth_layers(history, model_info)
     roles = gan_roles(history, model_info)
     if roles:
         # A GAN's losses are a game, not a descent: its players are judged only by the
         # generator's gradient fading while it fools the discriminator no better.
+        # Its logged loss only plateaus when the game settles, so only a generator that
+        # fools the discriminator no better than at the start counts as stalled.
         players = [layer for layer in layers if roles.get(layer.name) == "generator"]
         series = [relative_grad(layer, model_info) for layer in players]
         rel = [recent(s, window) for s in series]
-        return _faded_over_time(history, model_info, players, series, rel, trend, stalled, t)
-    found = _through_time(history, model_info, trend, stalled, t)
+        fooled_no_better = trend.known and trend.improvement < t["stall"]
+        return _faded_over_time(
+            history, model_info, players, series, rel, trend, fooled_no_better, t
+        )
+    found = _through_time(
+        history, model_info, trend, trend.known and trend.improvement < t["stall"], t
+    )
     if len(layers) < 2:
         return found
     series = [relative_grad(layer, model_info) for layer in layers]
@@ -113,7 +124,7 @@ def _through_depth(
 ) -> Finding:
     """The finding for layers whose relative gradient is far below a later layer's."""
     layers, series, rel = measured
-    stalled = is_stalled(history, model_info, trend, t["stall"])
+    stalled = is_stalled(trend, t["stall"], t["plateau"])
     worst_layer, worst_ratio = min(affected, key=lambda item: item[1])
     first_layer = affected[0][0]
     names = [layer.name for layer, _ in affected]
@@ -143,7 +154,7 @@ def _through_depth(
     return Finding(
         kind="vanishing_gradient",
         layer=first_layer.name,
-        severity=_severity(stalled, worst_ratio < t["severe_ratio"]),
+        severity=_severity(stalled, worst_ratio < t["severe_ratio"], depth=True),
         step=step,
         message=message,
         evidence={
@@ -163,11 +174,14 @@ def _through_depth(
     )
 
 
-def _severity(stalled: bool, severe: bool) -> str:
-    """Harm sets the severity: a stalled loss makes it a warning (an error when extreme)."""
-    if not stalled:
-        return "info"
-    return "error" if severe else "warning"
+def _severity(stalled: bool, severe: bool, depth: bool = False) -> str:
+    """Harm sets the severity: a stalled loss makes it a warning (an error when extreme);
+    a gap through depth of ``severe_ratio`` or more is a warning even while the loss falls
+    (those layers are not learning; on the tuning part this kept precision and added
+    recall), anything else without harm is ``info``."""
+    if stalled:
+        return "error" if severe else "warning"
+    return "warning" if severe and depth else "info"
 
 
 def _first_step_below(
