@@ -183,7 +183,7 @@ class Recorder:
             or (bool(fired) and _nonfinite_outputs(acts))
             or (loss is not None and not _finite(scalars[0])),
         )
-        self.begin_step()
+        self._grads = None  # recorded; the scope calls begin_step() when the step ends
         return record
 
     def _grad_columns(
