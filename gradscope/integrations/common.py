@@ -137,13 +137,12 @@ def save_report(report: Report, outdir: str | Path) -> list[Path]:
     return [path, *report.plot(outdir)]
 
 
-def report_dirs(root: str | Path, names: Iterable[str]) -> list[Path]:
-    """``root/gradscope`` for one scope; ``root/gradscope/<name>`` each for several."""
+def report_dirs(base: str | Path, names: Iterable[str]) -> list[Path]:
+    """``base`` itself for one scope; ``base/<name>`` for each of several."""
     names = list(names)
-    base = Path(root) / REPORT_SUBDIR
     if len(names) == 1:
-        return [base]
-    return [base / (name or "model") for name in names]
+        return [Path(base)]
+    return [Path(base) / (name or "model") for name in names]
 
 
 def failing(reports: Iterable[Report], fail_on: str | None) -> list[Finding]:

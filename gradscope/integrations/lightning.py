@@ -95,7 +95,9 @@ class GradscopeCallback(Callback):
         """Attach one scope per optimizer of the fit."""
         self._detach()
         self.scopes, self.reports, self.saved = {}, {}, []
-        self._outdir = self.report_dir or Path(trainer.log_dir or trainer.default_root_dir)
+        self._outdir = self.report_dir or (
+            Path(trainer.log_dir or trainer.default_root_dir) / common.REPORT_SUBDIR
+        )
         optimizers = [common.unwrap_optimizer(o) for o in trainer.optimizers]
         optimizers = [o for o in optimizers if o is not None]
         if not optimizers:
@@ -165,9 +167,8 @@ class GradscopeCallback(Callback):
         totals: dict[str, float] = {}
         for report in reports.values():
             for key, value in common.metrics(report).items():
-                totals[key] = min(totals.get(key, 1.0), value) if key.endswith("ok") else (
-                    totals.get(key, 0.0) + value
-                )
+                totals[key] = totals.get(key, 0.0) + value
+        totals["gradscope/ok"] = float(all(report.ok for report in reports.values()))
         for key, value in totals.items():
             pl_module.log(key, value, on_step=False, on_epoch=True, batch_size=1)
         if common.failing(reports.values(), self.fail_on):
