@@ -128,13 +128,14 @@ def metrics(report: Report) -> dict[str, float]:
     return counts
 
 
-def save_report(report: Report, outdir: str | Path) -> list[Path]:
-    """Write ``report.json`` and every rendered view (``dashboard.png``, ...) into ``outdir``."""
+def save_report(report: Report, outdir: str | Path, plot: bool = True) -> list[Path]:
+    """Write ``report.json`` and, with ``plot``, every rendered view (``dashboard.png``,
+    ``report.html``, ...) into ``outdir``."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     path = outdir / "report.json"
     path.write_text(report.to_json(), encoding="utf-8")
-    return [path, *report.plot(outdir)]
+    return [path, *(report.plot(outdir) if plot else [])]
 
 
 def report_dirs(base: str | Path, names: Iterable[str]) -> list[Path]:

@@ -52,6 +52,8 @@ class GradscopeCallback(Callback):
             (default) only reports.
         report_dir: where the report goes; default ``<trainer.log_dir>/gradscope``
             (the logger's version directory, or ``default_root_dir`` without a logger).
+        plot: also render the dashboard PNG, the other views and ``report.html`` next to
+            ``report.json`` (rendering takes a few seconds); ``False`` writes the JSON only.
         **watch_options: passed to :func:`gradscope.watch` (``every``, ``budget``,
             ``config``, ``full``, ...).
 
@@ -68,11 +70,13 @@ class GradscopeCallback(Callback):
         *,
         fail_on: str | None = None,
         report_dir: str | Path | None = None,
+        plot: bool = True,
         **watch_options: Any,
     ) -> None:
         super().__init__()
         self.fail_on = common.check_fail_on(fail_on)
         self.report_dir = Path(report_dir) if report_dir is not None else None
+        self.plot = plot
         self.watch_options = watch_options
         #: One scope per optimizer, keyed by the watched sub-module's name ("" = whole module).
         self.scopes: dict[str, Scope] = {}
@@ -202,5 +206,5 @@ class GradscopeCallback(Callback):
         assert self._outdir is not None
         dirs = common.report_dirs(self._outdir, self.reports)
         for outdir, report in zip(dirs, self.reports.values(), strict=True):
-            common.save_report(report, outdir)
+            common.save_report(report, outdir, self.plot)
         self.saved = dirs

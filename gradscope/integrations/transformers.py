@@ -53,6 +53,8 @@ class GradscopeCallback(TrainerCallback):
             :class:`gradscope.GradscopeError` (after the report is saved).  ``None``
             (default) only reports.
         report_dir: where the report goes; default ``<args.output_dir>/gradscope``.
+        plot: also render the dashboard PNG, the other views and ``report.html`` next to
+            ``report.json`` (rendering takes a few seconds); ``False`` writes the JSON only.
         **watch_options: passed to :func:`gradscope.watch` (``every``, ``budget``,
             ``config``, ``full``, ...).
 
@@ -70,10 +72,12 @@ class GradscopeCallback(TrainerCallback):
         *,
         fail_on: str | None = None,
         report_dir: str | Path | None = None,
+        plot: bool = True,
         **watch_options: Any,
     ) -> None:
         self.fail_on = common.check_fail_on(fail_on)
         self.report_dir = Path(report_dir) if report_dir is not None else None
+        self.plot = plot
         self.watch_options = watch_options
         #: The live scope while training runs.
         self.scope: Scope | None = None
@@ -148,7 +152,7 @@ class GradscopeCallback(TrainerCallback):
         for finding in report.findings:
             logger.warning(common.finding_line(finding))
         self.saved = self.report_dir or Path(args.output_dir) / common.REPORT_SUBDIR
-        common.save_report(report, self.saved)
+        common.save_report(report, self.saved, self.plot)
         bad = common.failing([report], self.fail_on)
         if bad:
             raise common.failure(bad, self.fail_on or "error", [self.saved])
