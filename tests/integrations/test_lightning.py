@@ -69,11 +69,11 @@ def loader() -> DataLoader:
     return DataLoader(TensorDataset(x, y), batch_size=BATCH)
 
 
-def make_trainer(root: Path, callback: GradscopeCallback, logger=True) -> pl.Trainer:
+def make_trainer(root: Path, callback: GradscopeCallback, logger=True, epochs=1) -> pl.Trainer:
     if logger is True:
         logger = pl.loggers.CSVLogger(root)
     return pl.Trainer(
-        max_epochs=1,
+        max_epochs=epochs,
         default_root_dir=root,
         callbacks=[callback],
         logger=logger,
@@ -169,15 +169,16 @@ def test_optimizer_outside_torch_optim_is_recorded_at_on_before_optimizer_step(t
     assert any("vanishing_gradient in net.0" in w for w in warned)
 
 
-def test_fail_on_error_raises_after_saving_and_removes_the_hooks(tmp_path, hooks_left):
+def test_fail_on_error_stops_after_the_epoch_raises_and_removes_the_hooks(tmp_path, hooks_left):
     torch.manual_seed(0)
     module = Classifier(networks.deep_sigmoid_mlp())
     callback = GradscopeCallback(fail_on="error", report_dir=tmp_path / "reports", plot=False)
-    trainer = make_trainer(tmp_path, callback, logger=False)
+    trainer = make_trainer(tmp_path, callback, logger=False, epochs=2)
 
     with pytest.raises(GradscopeError, match=r"\[error\] vanishing_gradient in net\.0"):
         trainer.fit(module, loader())
 
+    assert callback.report.history.recorded == STEPS  # the second epoch never ran
     assert (tmp_path / "reports" / "report.json").exists()
     assert hooks_left(module, trainer.optimizers[0]) == 0
 
