@@ -64,6 +64,37 @@ class HandWrittenSGD(torch.optim.Optimizer):
         return loss
 
 
+class GAN(pl.LightningModule):
+    """Manual optimization with two optimizers, one per sub-module."""
+
+    def __init__(self):
+        super().__init__()
+        self.automatic_optimization = False
+        self.generator = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 2))
+        self.discriminator = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 1))
+
+    def training_step(self, batch, batch_idx):
+        (real,) = batch
+        g_opt, d_opt = self.optimizers()
+        fake = self.generator(torch.randn(len(real), 8))
+        bce = nn.functional.binary_cross_entropy_with_logits
+        ones, zeros = torch.ones(len(real), 1), torch.zeros(len(real), 1)
+        d_loss = bce(self.discriminator(real), ones) + bce(self.discriminator(fake.detach()), zeros)
+        d_opt.zero_grad()
+        self.manual_backward(d_loss)
+        d_opt.step()
+        g_loss = bce(self.discriminator(fake), ones)
+        g_opt.zero_grad()
+        self.manual_backward(g_loss)
+        g_opt.step()
+
+    def configure_optimizers(self):
+        return (
+            torch.optim.Adam(self.generator.parameters(), 1e-3),
+            torch.optim.Adam(self.discriminator.parameters(), 1e-3),
+        )
+
+
 def loader() -> DataLoader:
     x, y = classification_batch(STEPS * BATCH, 32, 4, seed=0)
     return DataLoader(TensorDataset(x, y), batch_size=BATCH)
@@ -167,6 +198,23 @@ def test_optimizer_outside_torch_optim_is_recorded_at_on_before_optimizer_step(t
         ("vanishing_gradient", "net.0")
     ]
     assert any("vanishing_gradient in net.0" in w for w in warned)
+
+
+def test_each_optimizer_of_a_gan_watches_its_own_sub_module(tmp_path):
+    torch.manual_seed(0)
+    callback = GradscopeCallback(plot=False)
+    trainer = make_trainer(tmp_path, callback, logger=False)
+    real = torch.randn(STEPS * 32, 2, generator=torch.Generator().manual_seed(0)) * 0.5 + 2
+    trainer.fit(GAN(), DataLoader(TensorDataset(real), batch_size=32))
+
+    assert {name: r.model_name for name, r in callback.reports.items()} == {
+        "generator": "GAN.generator",
+        "discriminator": "GAN.discriminator",
+    }
+    for name, report in callback.reports.items():
+        assert report.history.recorded == STEPS
+        assert report.findings == []
+        assert (tmp_path / "gradscope" / name / "report.json").exists()
 
 
 def test_fail_on_error_stops_after_the_epoch_raises_and_removes_the_hooks(tmp_path, hooks_left):
