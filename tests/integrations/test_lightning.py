@@ -100,7 +100,9 @@ def loader() -> DataLoader:
     return DataLoader(TensorDataset(x, y), batch_size=BATCH)
 
 
-def make_trainer(root: Path, callback: GradscopeCallback, logger=True, epochs=1) -> pl.Trainer:
+def make_trainer(
+    root: Path, callback: GradscopeCallback, logger=True, epochs=1, **options
+) -> pl.Trainer:
     if logger is True:
         logger = pl.loggers.CSVLogger(root)
     return pl.Trainer(
@@ -112,6 +114,7 @@ def make_trainer(root: Path, callback: GradscopeCallback, logger=True, epochs=1)
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
+        **options,
     )
 
 
@@ -186,6 +189,19 @@ def test_records_the_same_gradients_and_loss_as_a_hand_written_loop(tmp_path):
         want = torch.tensor(theirs.grad_series(column).tolist())
         torch.testing.assert_close(got, want, rtol=1e-4, atol=0.0, equal_nan=True)
     torch.testing.assert_close(ours.losses(), theirs.losses(), rtol=1e-5, atol=0.0)
+
+
+def test_gradient_accumulation_records_optimizer_steps_only(tmp_path):
+    torch.manual_seed(0)
+    callback = GradscopeCallback(plot=False)
+    trainer = make_trainer(tmp_path, callback, logger=False, accumulate_grad_batches=2)
+    x, y = classification_batch(2 * STEPS * 32, 32, 4, seed=0)
+    batches = DataLoader(TensorDataset(x, y), batch_size=32)
+    trainer.fit(Classifier(networks.deep_relu_mlp()), batches)
+
+    assert trainer.global_step == STEPS
+    assert callback.report.history.recorded == STEPS
+    assert callback.report.findings == []
 
 
 def test_optimizer_outside_torch_optim_is_recorded_at_on_before_optimizer_step(tmp_path):
