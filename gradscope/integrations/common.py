@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from gradscope.errors import GradscopeError
-from gradscope.report import SEVERITIES, Finding, Report
+from gradscope.findings import SEVERITIES, Finding
+from gradscope.report import Report
 
 #: Sub-directory of the run's output directory that the reports go to.
 REPORT_SUBDIR = "gradscope"

@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E4
 
 import gradscope  # noqa: E402
 from gradscope import Report, plugins  # noqa: E402
-from gradscope.models import get_spec  # noqa: E402
+from gradscope.reference import get_spec  # noqa: E402
 from gradscope.signals import layer_signals  # noqa: E402
 from gradscope_plugins.tensorboard_export import export  # noqa: E402
 
