@@ -38,6 +38,7 @@ DEFAULT_PLUGINS = {
     "reference_models": "gradscope_plugins.reference_models",
     "plots": "gradscope_plugins.plots",
     "html_report": "gradscope_plugins.html_report",
+    "tensorboard_export": "gradscope_plugins.tensorboard_export",
     "trial_plot": "gradscope_plugins.trial_plot",
 }
 BUILTIN_SOURCE = "built-in"

@@ -28,6 +28,7 @@ over training are not judged.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,13 +206,16 @@ def _through_depth(
     rel = [recent(relative_grad(s, model_info)) for s in layers]
     for i, layer in enumerate(layers[:-1]):
         later = [r for r in rel[i + 1 :] if math.isfinite(r) and r > 0]
-        if not later or not math.isfinite(rel[i]):
+        if len(later) < 2 or not math.isfinite(rel[i]):
+            # Growth "layer by layer" needs a chain; two layers of different scales are not.
             continue
-        ratio = rel[i] / min(later)
+        # Against the typical later layer, as vanishing does: one near-converged head with a
+        # tiny gradient is not growth through the layers before it.
+        ratio = rel[i] / statistics.median(later)
         if ratio >= t["depth_growth"]:
             evidence.what.append(
                 f"{layer.name} gets {fmt(ratio)}x the gradient (relative to its weights) "
-                "of a later layer: it grows layer by layer toward the input"
+                "of the layers after it: it grows layer by layer toward the input"
             )
             evidence.culprits.append(layer.name)
             evidence.numbers["depth_growth"] = ratio

@@ -225,10 +225,14 @@ def harm_severity(fraction: float, t: dict, stalled: bool) -> str:
     return "warning" if stalled else "info"
 
 
+#: Fewer logged losses than this say nothing about whether training stalled.
+MIN_LOSSES_FOR_A_STALL = 10
+
+
 def stalled(trend: LossTrend, stall: float, plateau: float) -> bool:
     """Whether training is not learning: the loss improved by less than ``stall`` over the
-    run, or by less than ``plateau`` over its second half.  Unknown (too few losses
-    logged) counts as not stalled."""
-    if not trend.known:
+    run, or by less than ``plateau`` over its second half.  Unknown (fewer than
+    :data:`MIN_LOSSES_FOR_A_STALL` losses logged) counts as not stalled."""
+    if not trend.known or trend.logged < MIN_LOSSES_FOR_A_STALL:
         return False
     return trend.improvement < stall or trend.late_improvement < plateau

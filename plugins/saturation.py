@@ -29,7 +29,7 @@ DEFAULTS = {
     # ...and an error from here whatever the loss does.
     "error_fraction": 0.8,
     # Loss improving by less than this fraction over the run counts as stalled...
-    "stall": 0.2,
+    "stall": 0.1,
     # ...and so does one improving by less than this over the second half (a plateau).
     "plateau": 0.05,
     # Recent records averaged.

@@ -18,6 +18,7 @@ The same property on a model whose loss falls as it should is reported as ``info
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any
 
 import torch
@@ -48,10 +49,10 @@ NEEDS = ("grad_l2", "param_norm")
 DEFAULTS = {
     # A layer whose relative gradient is below this fraction of the largest one after it.
     "depth_ratio": 1e-2,
-    # Below this fraction (through depth) it is a warning even while the loss falls.
-    "severe_ratio": 1e-4,
+    # Through time: below this fraction, with a stalled loss, the problem is an error.
+    "severe_ratio": 1e-5,
     # Loss improving by less than this fraction over the run counts as stalled...
-    "stall": 0.2,
+    "stall": 0.1,
     # ...and so does one improving by less than this over the second half (a plateau).
     "plateau": 0.05,
     # Records at the end of the run that are judged.
@@ -73,7 +74,6 @@ def gradscope_detect(
     t = thresholds(config, NAME, DEFAULTS)
     window = int(t["window"])
     trend = loss_trend(history, window)
-    stalled = is_stalled(trend, t["stall"], t["plateau"])
     layers = depth_layers(history, model_info)
     roles = gan_roles(history, model_info)
     if roles:
@@ -97,13 +97,20 @@ def gradscope_detect(
     rel = [recent(s, window) for s in series]
     affected = []
     blocked = blocked_paths_possible(model_info)
+    roles = {layer.name: layer.role for layer in model_info.layers}
     for i, layer in enumerate(layers[:-1]):
+        if roles.get(layer.name) in ("vanilla_rnn", "gated_rnn"):
+            # A recurrence's weights get the gradient summed over every time step: they are
+            # judged through time (above), not against a feed-forward layer.
+            continue
         later = [r for r in rel[i + 1 :] if math.isfinite(r) and r > 0]
         if not later or not math.isfinite(rel[i]) or (rel[i] == 0 and blocked):
             # Exactly zero behind ReLUs is a blocked path (dead units: dead_relu says so);
             # without them it is a gradient that shrank until it underflowed.
             continue
-        ratio = rel[i] / max(later)
+        # Against the typical later layer, not the largest: one freshly initialised head
+        # takes hundreds of times the gradient of a healthy transformer's layers.
+        ratio = rel[i] / statistics.median(later)
         if ratio < t["depth_ratio"]:
             affected.append((layer, ratio))
     if affected:
@@ -111,7 +118,10 @@ def gradscope_detect(
         return found + [depth]
     if found:
         return found
-    return _faded_over_time(history, model_info, layers, series, rel, trend, stalled, t)
+    # A gradient that fades while the loss plateaus is convergence: here only a loss that
+    # improved by less than ``stall`` over the whole run counts.
+    no_better = trend.known and trend.improvement < t["stall"]
+    return _faded_over_time(history, model_info, layers, series, rel, trend, no_better, t)
 
 
 def _through_depth(
@@ -154,7 +164,8 @@ def _through_depth(
     return Finding(
         kind="vanishing_gradient",
         layer=first_layer.name,
-        severity=_severity(stalled, worst_ratio < t["severe_ratio"], depth=True),
+        # Layers that do not learn while the loss stalls: the training is broken.
+        severity="error" if stalled else "info",
         step=step,
         message=message,
         evidence={
@@ -174,14 +185,12 @@ def _through_depth(
     )
 
 
-def _severity(stalled: bool, severe: bool, depth: bool = False) -> str:
-    """Harm sets the severity: a stalled loss makes it a warning (an error when extreme);
-    a gap through depth of ``severe_ratio`` or more is a warning even while the loss falls
-    (those layers are not learning; on the tuning part this kept precision and added
-    recall), anything else without harm is ``info``."""
+def _severity(stalled: bool, severe: bool) -> str:
+    """Harm sets the severity: a stalled loss makes it a warning (an error when the gap is
+    extreme); without harm it is ``info``, however large the gap."""
     if stalled:
         return "error" if severe else "warning"
-    return "warning" if severe and depth else "info"
+    return "info"
 
 
 def _first_step_below(

@@ -73,7 +73,7 @@ def test_a_healthy_report_says_so(tmp_path):
 
 
 def test_report_plot_writes_tensorboard_only_when_asked(vanishing, tmp_path, monkeypatch):
-    # Only this renderer loads, through the entry point, so the PNG renderers stay out.
+    # Only this renderer loads (GRADSCOPE_PLUGINS), so the PNG renderers stay out.
     monkeypatch.setenv("GRADSCOPE_PLUGINS", "tensorboard_export")
     plugins.reset_plugin_manager()
 
