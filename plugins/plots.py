@@ -285,7 +285,8 @@ def draw_activation_health(ax: Axes, report: Report) -> None:
     names = [history.module_names[j] for j in order]
     zero_frac = [zeros.get(n, float("nan")) for n in names]
     sat_frac = [saturated.get(n, float("nan")) for n in names]
-    dead_frac = [_dead_fraction(history, j) for j in order]
+    dead, units = history.act_series("dead_units"), history.act_series("units")  # once
+    dead_frac = [_dead_fraction(dead[:, j], units[:, j]) for j in order]
     x = torch.arange(len(order)).numpy()
     width = 0.28
     _bars(ax, x - width, zero_frac, width, color=OK, label="zero fraction of outputs (ReLU)")
@@ -308,9 +309,9 @@ def draw_activation_health(ax: Axes, report: Report) -> None:
     ax.legend(fontsize=7)
 
 
-def _dead_fraction(history, j: int) -> float:
-    dead = history.act_series("dead_units")[:, j]
-    units = history.act_series("units")[:, j]
+def _dead_fraction(dead: torch.Tensor, units: torch.Tensor) -> float:
+    """One module's dead units over its units, at the last step that measured them
+    (``dead`` and ``units`` are its columns of the history's series)."""
     measured = torch.nonzero(torch.isfinite(dead) & (units > 0)).flatten()
     if measured.numel() == 0:
         return float("nan")
