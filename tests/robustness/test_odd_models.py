@@ -130,14 +130,26 @@ def test_a_tied_module_never_called_is_not_reported_as_unseen():
     assert scope.report().coverage["unseen_modules"] == []
 
 
+class Blowup(nn.Module):
+    """Multiplies by a factor the test sets to infinity: the module where NaN/Inf starts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("factor", torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
 class CallCounting(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.lin = nn.Linear(6, 8)
+        self.bad = Blowup()
         self.out = nn.Linear(8, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(torch.relu(self.lin(x)))
+        return self.out(self.bad(torch.relu(self.lin(x))))
 
 
 def test_the_nan_replay_does_not_call_the_users_hooks():
@@ -160,8 +172,8 @@ def test_the_nan_replay_does_not_call_the_users_hooks():
         with gradscope.watch(model, optimizer=opt) as scope:
             for k in range(8):
                 x, y = _batch(k)
-                if k >= 6:
-                    x[0, 0] = float("nan")  # NaN input from step 6 on
+                if k == 6:
+                    model.bad.factor.fill_(float("inf"))  # non-finite from step 6 on
                 opt.zero_grad()
                 loss = nn.functional.cross_entropy(model(x), y)
                 scope.log_loss(loss)
@@ -172,9 +184,9 @@ def test_the_nan_replay_does_not_call_the_users_hooks():
             handle.remove()
     report = scope.report()
     assert seen["module"] == 8 and seen["pre"] == 8
-    assert seen["global"] == 8 * 3  # model, lin, out: one call each per forward
+    assert seen["global"] == 8 * 4  # model, lin, bad, out: one call each per forward
     finding = next(f for f in report.findings if f.kind == "nonfinite_gradient")
-    assert finding.layer == "lin"  # the replay still ran and named the first NaN output
+    assert finding.layer == "bad"  # the replay still ran and named the first NaN output
     assert not math.isnan(report.history.records[0].loss)
 
 
