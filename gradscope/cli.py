@@ -335,10 +335,8 @@ def check(
     model_state_dict, with Lightning/DDP prefixes stripped), a .safetensors file,
     a TorchScript file or a torch.export program (.pt2). The last two carry their
     architecture; weights alone need --model or --model-factory.
-
-    State_dicts and safetensors load as weights only. Files that run code when
-    loaded (pickled objects, TorchScript, torch.export programs) are refused
-    unless you pass --unsafe-load.
+    Weights (state_dicts, safetensors) load without running code; pickled objects,
+    TorchScript and torch.export programs run code, so they need --unsafe-load.
 
     \b
     Examples:
@@ -351,8 +349,6 @@ def check(
 
     _set_threads()
     with _friendly_errors(debug):
-        config = parse_overrides(list(overrides))
-        validate_config(config)  # before loading or training anything
         options = CheckOptions(
             checkpoint=Path(checkpoint),
             model=model_name,
@@ -364,7 +360,7 @@ def check(
             lr=lr,
             optimizer=optimizer,
             unsafe_load=unsafe_load,
-            config=config,
+            config=_overrides(overrides),
             target=target_spec,
         )
         if steps < 1:
@@ -391,6 +387,13 @@ def check(
             show_trial(trial, _console(), save_fixed, as_json)
         _write_outputs(result, plot_dir, svg, html_file, quiet=as_json)
     sys.exit(_exit_code(result, fail_on))
+
+
+def _overrides(pairs: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """The --set overrides, parsed and validated before anything loads or trains."""
+    config = parse_overrides(list(pairs))
+    validate_config(config)
+    return config
 
 
 def _write_outputs(
