@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,10 +13,11 @@ import torch
 from torch import nn
 
 from gradscope.checkpoint import (
+    build_from_factory,
     first_layer_expectation,
-    import_factory,
     load_checkpoint,
     load_into,
+    nonfinite_weights,
 )
 from gradscope.diagnosis import diagnose
 from gradscope.errors import InputError
@@ -88,6 +91,7 @@ def _build_model(options: CheckOptions) -> tuple[nn.Module, ModelSpec | None, An
     loaded = load_checkpoint(options.checkpoint, unsafe=options.unsafe_load)
     spec = get_spec(options.model) if options.model else None
     if loaded.model is not None:
+        _refuse_nonfinite(loaded.model)
         if loaded.kind == "torchscript":
             notes.append("TorchScript modules take no forward hooks: activations are not measured")
         return loaded.model, spec, loaded.example_input, notes
@@ -95,12 +99,7 @@ def _build_model(options: CheckOptions) -> tuple[nn.Module, ModelSpec | None, An
         model = spec.factory()
         name = spec.name
     elif options.model_factory:
-        model = import_factory(options.model_factory)()
-        if not isinstance(model, nn.Module):
-            raise InputError(
-                f"--model-factory {options.model_factory} returned {type(model).__name__}, "
-                "not a torch.nn.Module."
-            )
+        model = build_from_factory(options.model_factory)
         name = options.model_factory
     else:
         raise InputError(
@@ -108,7 +107,19 @@ def _build_model(options: CheckOptions) -> tuple[nn.Module, ModelSpec | None, An
             "--model NAME (see `gradscope models`) or --model-factory package.module:function."
         )
     load_into(model, loaded.state_dict or {}, name)
+    _refuse_nonfinite(model)
     return model, spec, None, notes
+
+
+def _refuse_nonfinite(model: nn.Module) -> None:
+    """Weights that are already NaN/Inf are the answer, before any training step."""
+    bad = nonfinite_weights(model.state_dict())
+    if bad:
+        shown = ", ".join(bad[:4]) + (" ..." if len(bad) > 4 else "")
+        raise InputError(
+            f"The checkpoint's weights hold NaN/Inf values before any training: {shown}; "
+            "training from them cannot show anything else (look at the run that saved it)."
+        )
 
 
 def _load_batch(path: Path) -> tuple[Any, Any]:
@@ -138,7 +149,17 @@ def _synthetic_target(output: torch.Tensor, loss: str, spec: str | None = None) 
                 raise InputError(
                     f"--target {spec!r} must be a class count (e.g. 10) or a shape (e.g. 8,1)."
                 ) from None
+            if classes < 1:
+                raise InputError(f"--target {spec!r} must be a class count of at least 1.")
+            if loss in ("cross_entropy", "nll") and output.dim() >= 1 and (
+                classes > output.shape[-1]
+            ):
+                raise InputError(
+                    f"--target {spec!r} asks for {classes} classes but the model outputs "
+                    f"{output.shape[-1]} scores per sample."
+                )
             return torch.randint(0, classes, output.shape[:1], generator=g)
+        check_allocation(shape, "--target")
         return torch.randn(shape, generator=g).to(output.dtype)
     if loss in ("cross_entropy", "nll"):
         return torch.randint(0, output.shape[-1], output.shape[:-1], generator=g)
@@ -147,6 +168,57 @@ def _synthetic_target(output: torch.Tensor, loss: str, spec: str | None = None) 
     if loss == "hinge":
         return torch.randint(0, 2, output.shape, generator=g).to(output.dtype) * 2 - 1
     return torch.randn(output.shape, generator=g).to(output.dtype)
+
+
+def available_memory() -> int:
+    """Bytes of memory available to this process now (MemAvailable; total RAM as a fallback)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 34  # 16 GiB: unknown platform, assume a workstation
+
+
+def _first_layer_growth(model: nn.Module) -> float:
+    """How many times larger than its input the first weighted layer's output is."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            return module.out_features / max(module.in_features, 1)
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return module.out_channels / max(module.in_channels // module.groups, 1)
+        if isinstance(module, nn.Embedding):
+            return float(module.embedding_dim)
+    return 1.0
+
+
+def check_allocation(shape: tuple[int, ...], option: str, growth: float = 1.0) -> None:
+    """Refuse a synthetic tensor (and the first layer's output) too large for this machine,
+    before allocating anything."""
+    numel = math.prod(shape)
+    # float32 input, its first-layer output, and their gradients.
+    needed = 4 * numel * (1 + max(growth, 1.0)) * 2
+    available = available_memory()
+    if needed > available // 2:
+        text = ",".join(str(d) for d in shape)
+        raise InputError(
+            f"{option} {text} is {numel:.3g} elements (about {_size(needed)} to train on with "
+            f"the model's first layer), more than half of the {_size(available)} of memory "
+            "available; use a smaller batch."
+        )
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
 
 
 def _run_forward(model: nn.Module, x: Any) -> Any:
@@ -177,6 +249,10 @@ def prepare_check(options: CheckOptions) -> PreparedCheck:
     """Load the model and build the batch and loss `check` trains with."""
     if options.loss is not None and options.loss not in LOSSES:
         raise InputError(f"Unknown --loss {options.loss!r}; choose one of {', '.join(LOSSES)}.")
+    if not (math.isfinite(options.lr) and options.lr > 0):
+        raise InputError(f"--lr must be a finite number above 0, got {options.lr}.")
+    if options.input_shape is not None:
+        check_allocation(options.input_shape, "--input-shape")
     model, spec, example, notes = _build_model(options)
     loss_name = options.loss or (spec.loss_name if spec else "mse")
     loss_fn = LOSSES.get(loss_name) or (spec.loss_fn if spec else LOSSES["mse"])
@@ -185,6 +261,8 @@ def prepare_check(options: CheckOptions) -> PreparedCheck:
     else:
         notes.append("the diagnosis used a synthetic batch (pass --batch FILE for real data)")
         if options.input_shape is not None:
+            growth = _first_layer_growth(model)
+            check_allocation(options.input_shape, "--input-shape", growth=growth)
             g = torch.Generator().manual_seed(0)
             x = torch.randn(options.input_shape, generator=g)
             y = None

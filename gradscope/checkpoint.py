@@ -35,18 +35,33 @@ class Loaded:
 
 
 def load_checkpoint(path: str | Path, unsafe: bool = False) -> Loaded:
-    """Read ``path`` as safetensors, TorchScript, torch.export (.pt2) or a torch.save file."""
+    """Read ``path`` as safetensors, TorchScript, torch.export (.pt2) or a torch.save file.
+
+    TorchScript and torch.export files are programs: loading them runs code stored in
+    the file, so like pickles of arbitrary objects they load only with ``unsafe=True``.
+    """
     path = Path(path)
-    if not path.exists():
+    try:
+        exists, is_dir = path.exists(), path.is_dir()
+    except OSError as exc:  # e.g. a file name longer than the file system allows
+        raise InputError(f"Cannot open checkpoint {_short(path)}: {exc.strerror or exc}.") from exc
+    if not exists:
         raise InputError(f"No such checkpoint file: {path}.")
-    if path.is_dir():
+    if is_dir:
         raise InputError(f"{path} is a directory; give the checkpoint file inside it.")
     if path.suffix == ".safetensors":
         return Loaded("state_dict", state_dict=_load_safetensors(path))
-    if path.suffix == ".pt2":
-        return _load_exported(path)
-    if zipfile.is_zipfile(path) and _is_torchscript(path):
-        return Loaded("torchscript", model=torch.jit.load(str(path), map_location="cpu"))
+    program = _program_kind(path)
+    if program is not None:
+        if not unsafe:
+            raise InputError(
+                f"{path} is a {program} program: loading it runs code stored in the file "
+                "(not only weights), so gradscope refused; if you trust the file, pass "
+                "--unsafe-load, or save a state_dict and use --model or --model-factory."
+            )
+        if program == "torch.export":
+            return _load_exported(path)
+        return Loaded("torchscript", model=_load_torchscript(path))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not unsafe)
     except pickle.UnpicklingError as exc:
@@ -66,6 +81,39 @@ def load_checkpoint(path: str | Path, unsafe: bool = False) -> Loaded:
     if isinstance(obj, nn.Module):
         return Loaded("module", model=obj)
     return Loaded("state_dict", state_dict=extract_state_dict(obj, path))
+
+
+def _short(path: Path) -> str:
+    text = str(path)
+    return text if len(text) <= 80 else f"{text[:40]}...{text[-30:]}"
+
+
+def _program_kind(path: Path) -> str | None:
+    """"TorchScript" or "torch.export" when ``path`` holds a serialized program, else None."""
+    if path.suffix == ".pt2":
+        return "torch.export"
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise InputError(f"{path} is a damaged zip archive ({_first_line(exc)}).") from exc
+    if any(n.endswith("/archive_format") or n == "archive_format" for n in names):
+        return "torch.export"
+    if any(n.endswith("constants.pkl") or "/code/" in n or n.startswith("code/") for n in names):
+        return "TorchScript"
+    return None
+
+
+def _load_torchscript(path: Path) -> nn.Module:
+    try:
+        return torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - a damaged archive raises many types
+        raise InputError(
+            f"{path} is not a TorchScript file torch can load "
+            f"({type(exc).__name__}: {_first_line(exc)})."
+        ) from exc
 
 
 def _first_line(exc: BaseException) -> str:
@@ -91,11 +139,6 @@ def _load_exported(path: Path) -> Loaded:
     example = getattr(program, "example_inputs", None)
     args = example[0] if example else None
     return Loaded("exported", model=program.module(), example_input=args)
-
-
-def _is_torchscript(path: Path) -> bool:
-    with zipfile.ZipFile(path) as archive:
-        return any("/code/" in name or name.startswith("code/") for name in archive.namelist())
 
 
 def extract_state_dict(obj: Any, path: Path | str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -173,10 +216,45 @@ def import_factory(path: str) -> Callable[[], nn.Module]:
             f"--model-factory could not import {module_name!r} ({exc}); is it installed or on "
             "PYTHONPATH?"
         ) from exc
-    factory = getattr(module, attr, None)
+    except Exception as exc:  # noqa: BLE001 - the user's module failed while importing
+        raise InputError(
+            f"--model-factory: importing {module_name!r} failed with "
+            f"{type(exc).__name__}: {_first_line(exc)}."
+        ) from exc
+    try:
+        factory = getattr(module, attr, None)
+    except Exception:  # noqa: BLE001 - a module __getattr__ that raises
+        factory = None
     if not callable(factory):
         raise InputError(f"--model-factory: {module_name} has no function {attr!r}.")
     return factory
+
+
+def build_from_factory(path: str) -> nn.Module:
+    """Import ``pkg.module:function``, call it, and check that it built an ``nn.Module``."""
+    factory = import_factory(path)
+    try:
+        model = factory()
+    except Exception as exc:  # noqa: BLE001 - the user's factory failed
+        raise InputError(
+            f"--model-factory {path} raised {type(exc).__name__}: {_first_line(exc)}."
+        ) from exc
+    if not isinstance(model, nn.Module):
+        raise InputError(
+            f"--model-factory {path} returned {type(model).__name__}, not a torch.nn.Module."
+        )
+    return model
+
+
+def nonfinite_weights(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors that hold NaN or Inf, with their counts."""
+    bad = []
+    for name, tensor in tensors.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            count = int((~torch.isfinite(tensor.detach())).sum())
+            if count:
+                bad.append(f"{name} ({count} of {tensor.numel()})")
+    return bad
 
 
 def first_layer_expectation(model: nn.Module) -> str:

@@ -6,6 +6,7 @@ Exit codes: 0 healthy, 1 findings at or above ``--fail-on``, 2 usage or input er
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import sys
 from collections.abc import Iterator
@@ -16,9 +17,9 @@ import click
 import torch
 
 from gradscope.config import parse_overrides
-from gradscope.errors import GradscopeError
+from gradscope.errors import GradscopeError, InputError
 from gradscope.findings import SEVERITIES
-from gradscope.judge import rejudge
+from gradscope.judge import rejudge, validate_config
 from gradscope.render import print_console, verdict
 from gradscope.report import Report
 
@@ -47,14 +48,101 @@ def _console(no_color: bool = False) -> Any:
 
 @contextlib.contextmanager
 def _friendly_errors(debug: bool) -> Iterator[None]:
-    """Turn expected errors into one sentence and exit code 2; ``--debug`` shows tracebacks."""
+    """Turn every error into one sentence and exit code 2; ``--debug`` shows tracebacks.
+
+    Exit code 1 means "findings" and nothing else, so an unexpected exception must not
+    escape as a traceback (Python's exit code 1).
+    """
     try:
         yield
+    except click.ClickException:
+        raise
     except (GradscopeError, ValueError, TypeError, FileNotFoundError, KeyError) as exc:
         if debug:
             raise
         message = str(exc).strip().strip('"') or type(exc).__name__
-        raise _Exit(message) from exc
+        raise _Exit(plain(message.splitlines()[0] if message else message)) from exc
+    except OSError as exc:
+        if debug:
+            raise
+        where = f" ({_where(str(exc.filename))})" if exc.filename else ""
+        raise _Exit(plain(f"{exc.strerror or exc}{where}.")) from exc
+    except RecursionError as exc:
+        if debug:
+            raise
+        raise _Exit("The input is nested too deeply to read (Python's recursion limit).") from exc
+    except MemoryError as exc:
+        if debug:
+            raise
+        raise _Exit("Ran out of memory; try a smaller --input-shape or batch.") from exc
+    except Exception as exc:  # noqa: BLE001 - anything else is still one sentence, exit 2
+        if debug:
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise _Exit(
+            plain(
+                f"gradscope failed unexpectedly ({type(exc).__name__}: {first}); "
+                "rerun with --debug for the traceback."
+            )
+        ) from exc
+
+
+_CONTROL = dict.fromkeys([*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0)])
+
+
+def plain(text: object) -> str:
+    """``text`` with control characters (ESC, CR, ...) shown as ``\\xNN`` escapes, so a
+    name from a model or a file can never drive the terminal."""
+    value = str(text)
+    if not any(ord(ch) in _CONTROL for ch in value):
+        return value
+    return "".join(f"\\x{ord(ch):02x}" if ord(ch) in _CONTROL else ch for ch in value)
+
+
+def safe(text: object) -> str:
+    """``text`` ready for rich markup: control characters escaped, ``[...]`` printed as is."""
+    from rich.markup import escape
+
+    return escape(plain(text))
+
+
+def terminal_safe(report: Report) -> Report:
+    """A copy of ``report`` whose texts cannot drive the terminal: control characters in
+    names, messages and code (ESC, CR, ...) become visible ``\\xNN`` escapes.  (Rich
+    markup in them is escaped when printed.)"""
+    from dataclasses import replace
+
+    def lines(text: str) -> str:
+        return "\n".join(plain(line) for line in text.split("\n"))
+
+    findings = [
+        replace(
+            f,
+            kind=plain(f.kind),
+            layer=plain(f.layer) if f.layer else f.layer,
+            message=lines(f.message),
+            suggestions=[
+                replace(s, kind=plain(s.kind), title=plain(s.title), why=lines(s.why),
+                        code=lines(s.code))
+                for s in f.suggestions
+            ],
+        )
+        for f in report.findings
+    ]
+    history = report.history
+    if history is not None:
+        history = copy.copy(history)
+        history.module_names = [plain(n) for n in history.module_names]
+        history.module_types = [plain(t) for t in history.module_types]
+    return replace(
+        report,
+        model_name=plain(report.model_name),
+        findings=findings,
+        history=history,
+        notes=[lines(n) for n in report.notes],
+        not_judged=[lines(n) for n in report.not_judged],
+        plugin_errors=[{k: lines(str(v)) for k, v in e.items()} for e in report.plugin_errors],
+    )
 
 
 plot_option = click.option(
@@ -89,7 +177,7 @@ debug_option = click.option(
 def _exit_code(report: Report, fail_on: str) -> int:
     """2 when a check did not run (never "healthy" unjudged), 1 for findings, else 0."""
     if report.not_judged:
-        click.echo(f"Error: not judged: {report.not_judged[0]}.", err=True)
+        click.echo(plain(f"Error: not judged: {report.not_judged[0]}."), err=True)
         return EXIT_INPUT
     return EXIT_FINDINGS if report.at_least(fail_on) else 0
 
@@ -154,7 +242,7 @@ def demo(
             click.echo(result.faulty.to_json())
             return
         console = _console()
-        print_console(result.faulty, console, suggestions=suggestions)
+        print_console(terminal_safe(result.faulty), console, suggestions=suggestions)
         console.print("")
         for label, curve in (("faulty", result.faulty_loss), ("fixed", result.fixed_loss)):
             if curve is None:
@@ -214,8 +302,9 @@ def demo(
 @click.option(
     "--unsafe-load",
     is_flag=True,
-    help="Allow checkpoints that pickle arbitrary objects. This EXECUTES code from "
-    "the file: only for files you trust.",
+    help="Allow checkpoints that run code when loaded: pickles of arbitrary objects, "
+    "TorchScript and torch.export (.pt2) programs. This EXECUTES code from the file: only "
+    "for files you trust.",
 )
 @debug_option
 def check(
@@ -246,14 +335,14 @@ def check(
     model_state_dict, with Lightning/DDP prefixes stripped), a .safetensors file,
     a TorchScript file or a torch.export program (.pt2). The last two carry their
     architecture; weights alone need --model or --model-factory.
-
-    Loading never unpickles code unless you pass --unsafe-load.
+    Weights (state_dicts, safetensors) load without running code; pickled objects,
+    TorchScript and torch.export programs run code, so they need --unsafe-load.
 
     \b
     Examples:
       gradscope check cnn.pt --model cnn
       gradscope check weights.safetensors --model-factory mypkg.nets:build --input-shape 8,3,32,32
-      gradscope check scripted.pt --input-shape 16,10 --loss mse --fail-on warning
+      gradscope check scripted.pt --unsafe-load --input-shape 16,10 --loss mse --fail-on warning
       gradscope check cnn.pt --model cnn --try-fixes --save-fixed fixed.safetensors
     """
     from gradscope.check import CheckOptions, parse_shape, run_check
@@ -271,7 +360,7 @@ def check(
             lr=lr,
             optimizer=optimizer,
             unsafe_load=unsafe_load,
-            config=parse_overrides(list(overrides)),
+            config=_overrides(overrides),
             target=target_spec,
         )
         if steps < 1:
@@ -291,7 +380,7 @@ def check(
                 data["trial"] = trial.to_dict()
             click.echo(json.dumps(data, indent=2))
         else:
-            print_console(result, _console(), suggestions=2)
+            print_console(terminal_safe(result), _console(), suggestions=2)
         if trial is not None:
             from gradscope.trials.cli import show_trial
 
@@ -300,15 +389,52 @@ def check(
     sys.exit(_exit_code(result, fail_on))
 
 
+def _overrides(pairs: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """The --set overrides, parsed and validated before anything loads or trains."""
+    config = parse_overrides(list(pairs))
+    validate_config(config)
+    return config
+
+
 def _write_outputs(
     report: Report, plot_dir: str | None, svg: bool, html_file: str | None, quiet: bool
 ) -> None:
-    """Plots and HTML as asked; each written path is named (on stderr with --json)."""
+    """Plots and HTML as asked; each written path is named (on stderr with --json).
+
+    A place that cannot be written is one sentence (exit 2), never a traceback or a
+    silently missing file.
+    """
     if plot_dir:
-        for written in report.plot(plot_dir, formats=("png", "svg") if svg else ("png",)):
-            click.echo(f"wrote {written}", err=quiet)
+        before = len(report.plugin_errors)
+        try:
+            written = report.plot(plot_dir, formats=("png", "svg") if svg else ("png",))
+        except OSError as exc:
+            raise InputError(f"Cannot write plots to {_where(plot_dir)}: {_reason(exc)}.") from exc
+        for path in written:
+            click.echo(f"wrote {plain(path)}", err=quiet)
+        failed = [e for e in report.plugin_errors[before:] if e.get("hook") == "gradscope_render"]
+        if failed:
+            raise InputError(
+                f"Plots in {_where(plot_dir)} were not all written: plugin "
+                f"{failed[0]['plugin']} failed ({failed[0]['error']})."
+            )
     if html_file:
-        click.echo(f"wrote {report.save_html(html_file)}", err=quiet)
+        try:
+            written_html = report.save_html(html_file)
+        except OSError as exc:
+            raise InputError(
+                f"Cannot write the HTML report to {_where(html_file)}: {_reason(exc)}."
+            ) from exc
+        click.echo(f"wrote {plain(written_html)}", err=quiet)
+
+
+def _where(path: str) -> str:
+    text = plain(path)
+    return text if len(text) <= 100 else f"{text[:50]}...{text[-30:]}"
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -423,13 +549,22 @@ def report(
         path = Path(run_json)
         if not path.exists():
             raise FileNotFoundError(f"No such report file: {path}.")
-        loaded = Report.from_json(path.read_text())
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"Cannot read report file {_where(run_json)}: {exc}.") from exc
+        try:
+            loaded = Report.from_json(text)
+        except RecursionError as exc:
+            raise InputError(
+                f"{_where(run_json)} is nested too deeply to be a gradscope report."
+            ) from exc
         if overrides:
             loaded = rejudge(loaded, parse_overrides(list(overrides)))
         if as_json:
             click.echo(loaded.to_json())
         else:
-            print_console(loaded, _console())
+            print_console(terminal_safe(loaded), _console())
         _write_outputs(loaded, plot_dir, svg, html_file, quiet=as_json)
     sys.exit(_exit_code(loaded, fail_on))
 

@@ -277,7 +277,11 @@ def describe(
         lr=lr,
         has_scaler=has_scaler,
         root_type=type(model).__name__,
-        param_shapes={n: list(p.shape) for n, p in model.named_parameters()},
+        param_shapes={
+            n: list(p.shape)
+            for n, p in model.named_parameters()
+            if not isinstance(p, torch.nn.parameter.UninitializedParameter)  # lazy, not yet run
+        },
         parts=part_map(model, layers, optimizer, parts),
         optimizer_settings=optimizer_settings(optimizer, model),
     )

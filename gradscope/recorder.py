@@ -79,12 +79,8 @@ class Recorder:
         self.full = full
         self.sample_rows = sample_rows
         self.unit_window = unit_window
-        n_params, n_modules = len(params), len(kinds)
-        # Shared, read-only columns of light steps (nothing ever writes into them).
-        self._numels = [float(p.numel()) for p in params]
-        self._nan_params = [NAN] * n_params
-        self._zeros_params = [0.0] * n_params
-        self._ones_params = [1.0] * n_params
+        n_modules = len(kinds)
+        self.refresh_params()
         idle = {c: [NAN] * n_modules for c in ACT_COLUMNS}
         for column in _COUNT_COLUMNS:
             idle[column] = [0.0] * n_modules
@@ -92,6 +88,17 @@ class Recorder:
         self._streaks: list[Tensor | None] = [None] * n_modules
         self._last_param_norm: list[float] | None = None
         self.begin_step()
+
+    def refresh_params(self) -> None:
+        """(Re)build the per-parameter columns after :attr:`params` grew (parameters that
+        appeared after ``watch()``); the last measured parameter norms are forgotten."""
+        n_params = len(self.params)
+        # Shared, read-only columns of light steps (nothing ever writes into them).
+        self._numels = [float(p.numel()) for p in self.params]
+        self._nan_params = [NAN] * n_params
+        self._zeros_params = [0.0] * n_params
+        self._ones_params = [1.0] * n_params
+        self._last_param_norm = None
 
     # -- what the hooks hand over ------------------------------------------------
     def begin_step(self) -> None:

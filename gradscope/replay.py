@@ -8,6 +8,15 @@ one, as a GAN loop does).  When a step's gradients or loss come out non-finite, 
 the optimizer applies them, :func:`replay` runs those calls again under ``no_grad`` on
 the same weights and inputs, with the random state and the buffers (BatchNorm running
 statistics) put back afterwards, so training is unchanged.
+
+Memory: only the last :data:`MAX_CALLS` top-level calls are kept, and the scope clears
+them at every optimizer step, so forwards that never reach a recorded step (evaluation
+with gradients on, an optimizer re-created after ``watch()``) cannot pile up inputs.
+
+What the replay runs again: the modules' ``forward`` code (Python-side effects in it,
+such as a call counter, happen once more) with gradscope's own hooks only; the
+user's forward hooks, forward pre-hooks and global module hooks are switched off
+for the replay and put back afterwards.
 """
 
 from __future__ import annotations
@@ -19,6 +28,16 @@ from typing import Any
 import torch
 
 Call = tuple[torch.nn.Module, tuple, dict]
+
+#: Top-level calls kept between two steps (a GAN step makes three or four).
+MAX_CALLS = 8
+_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks_with_kwargs",
+)
 
 
 class CallRecorder:
@@ -71,6 +90,8 @@ class CallRecorder:
 
     def _before(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         if self._depth == 0 and self.active and torch.is_grad_enabled():
+            if len(self.calls) >= MAX_CALLS:
+                del self.calls[0]  # forwards without a step: keep the latest only
             self.calls.append((module, args, kwargs))
         self._depth += 1
 
@@ -96,14 +117,44 @@ def _untouched(model: torch.nn.Module) -> Iterator[None]:
                 buffer.copy_(saved)
 
 
-def replay(model: torch.nn.Module, calls: list[Call]) -> str | None:
+@contextmanager
+def _only_hooks(model: torch.nn.Module, keep: set[int] | None) -> Iterator[None]:
+    """Switch off every forward (pre-)hook whose handle id is not in ``keep``, and the
+    global module hooks, then put them all back."""
+    if keep is None:
+        yield
+        return
+    from torch.nn.modules import module as module_mod
+
+    saved: list[tuple[Any, str, Any]] = []
+    owners = [*model.modules(), module_mod]
+    try:
+        for owner in owners:
+            for attr in _HOOK_DICTS if owner is not module_mod else ():
+                hooks = getattr(owner, attr, None)
+                if hooks:
+                    saved.append((owner, attr, hooks))
+                    setattr(owner, attr, type(hooks)((k, v) for k, v in hooks.items() if k in keep))
+        for attr in ("_global_forward_hooks", "_global_forward_pre_hooks"):
+            hooks = getattr(module_mod, attr, None)
+            if hooks:
+                saved.append((module_mod, attr, hooks))
+                setattr(module_mod, attr, type(hooks)())
+        yield
+    finally:
+        for owner, attr, hooks in reversed(saved):
+            setattr(owner, attr, hooks)
+
+
+def replay(model: torch.nn.Module, calls: list[Call], keep: set[int] | None = None) -> str | None:
     """Run ``calls`` again under ``no_grad``, leaving the model and random state unchanged.
 
     Returns None, or a one-line reason when the replay could not run.  The scope's
-    forward hooks see the outputs as they would during training.
+    forward hooks see the outputs as they would during training; with ``keep`` (hook
+    handle ids), every other forward hook is off during the replay.
     """
     try:
-        with _untouched(model), torch.no_grad():
+        with _untouched(model), _only_hooks(model, keep), torch.no_grad():
             for module, args, kwargs in calls:
                 module(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - a failed replay must never stop training

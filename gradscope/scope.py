@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradscope import linkage, replay, stats, through_time
+from gradscope import linkage, replay, stats, through_time, tracking
 from gradscope.budget import Budget
 from gradscope.errors import GradscopeWarning
 from gradscope.history import History, StepRecord
@@ -30,6 +30,8 @@ from gradscope.report import Report
 
 #: Recorded steps at the start that always take every statistic.
 WARMUP_RECORDS = 5
+#: Forward passes without any recorded step before gradscope says so (once).
+UNRECORDED_WARN = 1000
 
 
 class Scope:
@@ -97,7 +99,10 @@ class Scope:
         self.nan_origin = bool(nan_origin)
         self.parts = parts
 
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        # Lazy modules' parameters join once materialised (see _track_new_params).
+        named = tracking.trainable(model)
+        self._lazy_ids = {id(p) for p in model.parameters() if tracking.is_uninitialized(p)}
+        self._opt_size = tracking.optimizer_size(optimizer)
         self._param_names = [n for n, _ in named]
         self._params = [p for _, p in named]
         self._modules = hooked_modules(model)
@@ -148,14 +153,26 @@ class Scope:
         self._consumer_calls_max = 0  # most calls per step of the model this one feeds
         self._root_calls = 0
         self._root_calls_max = 0
+        self._in_with = False
+        self._unrecorded_calls = 0
+        self._warned_no_step = False
+        self._fired_unmeasured: set[int] = set()
 
     # -- attaching -------------------------------------------------------------
     def __enter__(self) -> Scope:
+        if self._in_with:
+            raise RuntimeError(
+                "This scope is already inside a `with` block; a nested `with` on the same "
+                "scope would detach it when the inner block ends and drop the outer block's "
+                "steps, so use one `with` per scope."
+            )
         if not self.attached:
             self.attach()
+        self._in_with = True
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._in_with = False
         self.detach()
 
     @property
@@ -224,6 +241,11 @@ class Scope:
 
     def log_loss(self, loss: Tensor | float) -> None:
         """Attach the loss to the current step (or to the step just taken); never syncs."""
+        if not self.attached:
+            raise RuntimeError(
+                "scope.log_loss() was called on a detached scope (after its `with` block "
+                "ended?); it would overwrite a recorded loss, so log the loss inside the block."
+            )
         value = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
         if self._forward_since_step or not self.history.records:
             self._loss = value
@@ -241,6 +263,7 @@ class Scope:
             self.log_loss(loss)
         if self.recording:
             t0 = time.perf_counter()
+            self._track_new_params()
             self._collect_grads()
             self._finish_step(measure_update=False, started=t0)
         self._end_step()
@@ -254,6 +277,8 @@ class Scope:
                 return  # validation under no_grad is not part of the training step
             # Also on steps that measure nothing: log_loss() needs to know a step began.
             self._forward_since_step = True
+            if not self.history.recorded:
+                self._count_unrecorded()
             if not self._hooks_live:
                 return
             self._hooks_fired += 1
@@ -269,6 +294,8 @@ class Scope:
                     self._first_call(j, x)
                 self._measure.add_output(j, x, stats.first_float_tensor(args))
                 self._follow_repeated_call(j, x)
+            else:
+                self._fired_unmeasured.add(j)  # it ran, but returned no float tensor
             self._overhead += time.perf_counter() - t0
 
         # Under torch.compile the hook runs eagerly (a graph break) instead of being traced:
@@ -331,6 +358,53 @@ class Scope:
                 through_time.watch_call_output(first, calls.next_sink())
         through_time.watch_call_output(x, calls.next_sink())
 
+    def _count_unrecorded(self) -> None:
+        """Warn once when many forwards ran with gradients but no step was ever recorded."""
+        self._unrecorded_calls += 1
+        if self._warned_no_step or self._unrecorded_calls < UNRECORDED_WARN * len(self._modules):
+            return
+        self._warned_no_step = True
+        how = (
+            "is the optimizer given to watch() the one whose .step() you call (not one "
+            "created after watch())?"
+            if self.optimizer is not None
+            else "without an optimizer, call scope.step(loss=loss) after loss.backward()"
+        )
+        warnings.warn(
+            f"gradscope: {UNRECORDED_WARN} forward passes ran with gradients enabled but no "
+            f"training step was recorded; {how}",
+            GradscopeWarning,
+            stacklevel=_user_frame(),
+        )
+
+    def _track_new_params(self) -> None:
+        """Include parameters that appeared since watch(): lazy modules that materialised
+        (silently) and parameters added later (with a warning), from this step on."""
+        size = tracking.optimizer_size(self.optimizer)
+        if not (self._lazy_ids or self._detail_now or size != self._opt_size):
+            return
+        self._opt_size = size
+        added = tracking.new_parameters(self.model, self._params)
+        if not added:
+            return
+        owner = _owners(self.model, self._modules)
+        names = [n for n, _ in added]
+        self._param_names = [*self._param_names, *names]  # History holds the old list
+        self._params.extend(p for _, p in added)  # the recorder's list too
+        self._measure.refresh_params()
+        tracking.extend_history(self.history, names, [owner.get(n, "") for n in names])
+        later = [n for n, p in added if id(p) not in self._lazy_ids]
+        self._lazy_ids -= {id(p) for _, p in added}
+        self._order_changed = True
+        if later:
+            shown = ", ".join(later[:5]) + (" ..." if len(later) > 5 else "")
+            warnings.warn(
+                f"gradscope: {len(later)} trainable parameter(s) appeared after watch() "
+                f"({shown}: added or unfrozen); they are measured from step {self._step} on.",
+                GradscopeWarning,
+                stacklevel=_user_frame(),
+            )
+
     def _replayed_output(self, j: int, args: Any, output: Any) -> None:
         """During the replay: whether module ``j``'s output, and its input, are finite."""
         x = stats.first_float_tensor(output)
@@ -351,6 +425,7 @@ class Scope:
         if not self.recording:
             return
         t0 = time.perf_counter()
+        self._track_new_params()
         self._collect_grads()
         if not self._detail_now:
             # Recorded now, before the optimizer applies the gradients: if they are NaN,
@@ -402,7 +477,8 @@ class Scope:
             return
         self._replay_sums, self._replay_inputs = {}, {}
         try:
-            failure = replay.replay(self.model, calls)
+            # Only gradscope's hooks run in the replay; the user's stay off.
+            failure = replay.replay(self.model, calls, keep={h.id for h in self._handles})
             outputs, inputs = self._replay_sums, self._replay_inputs
         finally:
             self._replay_sums = None
@@ -504,11 +580,26 @@ class Scope:
         got_grad = {
             self.history.param_modules[i] for i, seen in enumerate(self.history.grad_seen) if seen
         }
-        return [
-            name
+        calls = self.history.calls_total
+        candidates = [
+            j
             for j, name in enumerate(self.history.module_names)
-            if name in got_grad and self.history.calls_total[j] == 0
+            if name in got_grad and calls[j] == 0 and j not in self._fired_unmeasured
         ]
+        if not candidates:
+            return []
+        # A tied module never called itself (T5's `shared`) is seen through its twin that ran.
+        ran = {j for j in range(len(calls)) if calls[j] or j in self._fired_unmeasured}
+        holders: dict[int, set[int]] = {}
+        for j, (_, module) in enumerate(self._modules):
+            for p in module.parameters(recurse=False):
+                holders.setdefault(id(p), set()).add(j)
+        unseen = []
+        for j in candidates:
+            own = [id(p) for p in self._modules[j][1].parameters(recurse=False)]
+            if not any(holders.get(pid, set()) & ran for pid in own):
+                unseen.append(self.history.module_names[j])
+        return unseen
 
     def _warn_unseen_once(self) -> None:
         """After the first recorded step: warn once about modules whose hooks were skipped."""

@@ -7,6 +7,7 @@ the model's device.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -38,7 +39,8 @@ def activation_kind(module: torch.nn.Module) -> str:
 
 
 def first_float_tensor(output: object) -> Tensor | None:
-    """The first floating-point tensor in a module output (tensor, tuple, list or dict)."""
+    """The first floating-point tensor in a module output (tensor, tuple, list, dict or
+    dataclass)."""
     if isinstance(output, Tensor):
         return output if output.is_floating_point() else None
     if isinstance(output, (tuple, list)):
@@ -49,6 +51,11 @@ def first_float_tensor(output: object) -> Tensor | None:
     elif isinstance(output, dict):
         for item in output.values():
             found = first_float_tensor(item)
+            if found is not None:
+                return found
+    elif dataclasses.is_dataclass(output) and not isinstance(output, type):
+        for item in dataclasses.fields(output):
+            found = first_float_tensor(getattr(output, item.name, None))
             if found is not None:
                 return found
     return None

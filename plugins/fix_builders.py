@@ -8,7 +8,9 @@ module's ``plan``); :func:`suggest` runs a plan.
 
 from __future__ import annotations
 
+import keyword
 import math
+import re
 from collections.abc import Callable
 
 from gradscope import Finding, Suggestion
@@ -16,13 +18,34 @@ from gradscope.modelinfo import LayerInfo, ModelInfo
 from gradscope_plugins.judgement import fmt
 
 
-def _ref(info: ModelInfo, name: str) -> str:
-    """Python that reaches module ``name`` of the model."""
+def _is_attr_path(name: str) -> bool:
+    """True when ``a.b.c`` can be written as attribute access (no ``1``, ``class``, ``"``)."""
+    return all(part.isidentifier() and not keyword.iskeyword(part) for part in name.split("."))
+
+
+def _ref(info: ModelInfo, name: str, var: str | None = None) -> str:
+    """Python that reaches module ``name`` of the model (names are quoted with ``repr``)."""
+    var = var or info.var
     if name == info.model_name:
-        return info.var
-    if all(part.isidentifier() for part in name.split(".")):
-        return f"{info.var}.{name}"
-    return f'{info.var}.get_submodule("{name}")'
+        return var
+    if _is_attr_path(name):
+        return f"{var}.{name}"
+    return f"{var}.get_submodule({name!r})"
+
+
+def _assign(info: ModelInfo, name: str, value: str) -> str:
+    """A statement that replaces module ``name`` of the model with ``value``."""
+    if _is_attr_path(name):
+        return f"{info.var}.{name} = {value}"
+    parent, _, last = name.rpartition(".")
+    owner = _ref(info, parent) if parent else info.var
+    return f"setattr({owner}, {last!r}, {value})"
+
+
+def _comment(text: object) -> str:
+    """``text`` safe inside a ``#`` comment: line breaks and control characters escaped."""
+    value = str(text)
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in value)
 
 
 def _weight_layers(info: ModelInfo, names: list[str] | None = None) -> list[LayerInfo]:
@@ -39,7 +62,7 @@ def _weight_layers(info: ModelInfo, names: list[str] | None = None) -> list[Laye
 
 
 def _init_loop(info: ModelInfo, layers: list[LayerInfo], init_call: str) -> str:
-    names = ", ".join(f'"{layer.name}"' for layer in layers)
+    names = ", ".join(repr(layer.name) for layer in layers)
     has_bias = any(p.endswith(".bias") or p == "bias" for layer in layers for p in layer.params)
     lines = [
         "import torch.nn as nn",
@@ -56,7 +79,7 @@ def _init_loop(info: ModelInfo, layers: list[LayerInfo], init_call: str) -> str:
 def use_relu(finding: Finding, info: ModelInfo) -> Suggestion:
     """Swap saturating activations for ReLU, with the Kaiming init ReLU layers need."""
     acts = sorted({layer.type for layer in info.layers if layer.role in ("sigmoid", "tanh")})
-    kinds = ", ".join(f"nn.{a}" for a in acts) or "nn.Sigmoid, nn.Tanh"
+    kinds = ", ".join(f"nn.{a}" for a in acts if _is_attr_path(a)) or "nn.Sigmoid, nn.Tanh"
     layers = _weight_layers(info)
     code = "\n".join(
         [
@@ -121,7 +144,7 @@ def xavier_init(finding: Finding, info: ModelInfo) -> Suggestion:
             + "."
         ),
         code=_init_loop(
-            info, layers, f'nn.init.xavier_uniform_({{w}}, gain=nn.init.calculate_gain("{gain}"))'
+            info, layers, f"nn.init.xavier_uniform_({{w}}, gain=nn.init.calculate_gain({gain!r}))"
         ),
     )
 
@@ -174,6 +197,7 @@ def use_lstm_or_gru(finding: Finding, info: ModelInfo) -> Suggestion:
     if rnn is None:
         size = "input_size=..., hidden_size=..."
         ref = f"{info.var}.rnn"
+        target = "rnn"
     else:
         size = (
             f"input_size={rnn.size.get('input_size', '...')}, "
@@ -182,12 +206,13 @@ def use_lstm_or_gru(finding: Finding, info: ModelInfo) -> Suggestion:
             f"batch_first={bool(rnn.size.get('batch_first', 0))}"
         )
         ref = _ref(info, rnn.name)
+        target = rnn.name
     steps = finding.evidence.get("sequence_length")
     lines = [
         "import torch",
         "import torch.nn as nn",
         "",
-        f"{ref} = nn.LSTM({size})  # or nn.GRU(...)",
+        _assign(info, target, f"nn.LSTM({size})") + "  # or nn.GRU(...)",
         "# forward(): `out, _ = self.rnn(x)` works for RNN, LSTM and GRU alike",
     ]
     if isinstance(steps, int) and steps > 2 and rnn is not None:
@@ -289,13 +314,14 @@ def add_batchnorm(finding: Finding, info: ModelInfo) -> Suggestion:
             (first.size.get("out_features") or first.size.get("out_channels")) if first else None
         )
         norm = "BatchNorm2d" if first and "out_channels" in first.size else "BatchNorm1d"
-        name = first.name.replace(".", "_") if first else "layer"
+        name = re.sub(r"\W", "_", first.name) if first else "layer"
+        layer_ref = _ref(info, first.name, var="self") if first else "self.layer"
         code = "\n".join(
             [
                 "# in __init__:",
                 f"self.bn_{name} = nn.{norm}({width or '...'})",
                 "# in forward(), right after the layer:",
-                f"x = self.bn_{name}(self.{first.name if first else 'layer'}(x))",
+                f"x = self.bn_{name}({layer_ref}(x))",
             ]
         )
     return Suggestion(
@@ -339,7 +365,7 @@ def use_nonsaturating_loss(finding: Finding, info: ModelInfo) -> Suggestion:
     generator = _ref(info, g) if g else info.var
     # A discriminator watched apart is another model of the user's loop, not a submodule.
     other = finding.evidence.get("other_model")
-    discriminator = other if other else _ref(info, d)
+    discriminator = (other if _is_attr_path(other) else "discriminator") if other else _ref(info, d)
     return Suggestion(
         kind="use_nonsaturating_loss",
         title="Train the generator with the non-saturating loss -log D(G(z))",
@@ -367,7 +393,7 @@ def fix_loss_numerics(finding: Finding, info: ModelInfo) -> Suggestion:
     place = "the loss function" if where == "loss" else culprit
     layer = info.layer(culprit)
     located = (
-        f"# in {layer.type}.forward ({info.var} module {culprit!r}):"
+        f"# in {_comment(layer.type)}.forward ({info.var} module {_comment(repr(culprit))}):"
         if layer is not None
         else "# in the loss function:"
     )
@@ -403,7 +429,7 @@ def fix_loss_numerics(finding: Finding, info: ModelInfo) -> Suggestion:
 def check_graph(finding: Finding, info: ModelInfo) -> Suggestion:
     """Find where the graph is cut, or freeze on purpose."""
     params = finding.evidence.get("parameters") or []
-    names = ", ".join(f'"{p}"' for p in params)
+    names = ", ".join(repr(p) for p in params)
     return Suggestion(
         kind="check_graph",
         title=f"Connect {finding.layer} to the loss, or freeze it",
@@ -459,14 +485,15 @@ def random_init(finding: Finding, info: ModelInfo) -> Suggestion:
     call = (
         'nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")'
         if nonlinearity == "relu"
-        else f'nn.init.xavier_uniform_(layer.weight, gain=nn.init.calculate_gain("{nonlinearity}"))'
+        else f"nn.init.xavier_uniform_(layer.weight, gain=nn.init.calculate_gain({nonlinearity!r}))"
     )
     code = "\n".join(
         [
             "import torch",
             "import torch.nn as nn",
             "",
-            f"# every layer whose output units are copies of each other, not only {finding.layer}",
+            "# every layer whose output units are copies of each other, not only "
+            + _comment(finding.layer),
             f"for layer in {info.var}.modules():",
             "    if isinstance(layer, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):",
             "        rows = layer.weight.detach().flatten(1)",

@@ -112,7 +112,7 @@ def render_html(report: Report, images: list[Path]) -> str:
         else ""
     )
     rows = table_rows or '<tr><td colspan="5">none</td></tr>'
-    data = _e(json.dumps({"model": report.model_name, "ok": report.ok}))
+    data = script_json({"model": report.model_name, "ok": report.ok})
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>gradscope: {_e(report.model_name)}</title>
@@ -131,6 +131,14 @@ def render_html(report: Report, images: list[Path]) -> str:
 <script>{SCRIPT}</script>
 </body></html>
 """
+
+
+def script_json(value: object) -> str:
+    """JSON safe inside ``<script type="application/json">``: ``JSON.parse`` of the
+    element's text gives ``value`` back, and no name can close the element (``<``, ``>``
+    and ``&`` are written as ``\\u003c``, ``\\u003e``, ``\\u0026``)."""
+    text = json.dumps(value)  # ensure_ascii: U+2028/U+2029 are escaped too
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 @hookimpl(trylast=True)

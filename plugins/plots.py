@@ -36,17 +36,24 @@ RECENT = 20
 MAX_LABELS = 40
 
 
+def plain(text: object) -> str:
+    """``text`` as matplotlib prints it literally: a ``$`` never starts mathtext (a layer
+    named ``w$_$`` would otherwise fail to parse and take every plot down)."""
+    return str(text).replace("$", r"\$")
+
+
 def short(name: str, limit: int = 18) -> str:
-    """Abbreviate a qualified module name to its tail so tick labels stay readable."""
+    """Abbreviate a qualified module name to its tail so tick labels stay readable
+    (returned as plain text, see :func:`plain`)."""
     if len(name) <= limit:
-        return name
+        return plain(name)
     tail = name.split(".")
     text = tail[-1]
     for part in reversed(tail[:-1]):
         if len(part) + len(text) + 1 > limit - 1:
             break
         text = f"{part}.{text}"
-    return "…" + text[-(limit - 1) :]
+    return plain("…" + text[-(limit - 1) :])
 
 
 def _flagged(report: Report) -> dict[str, str]:
@@ -72,6 +79,31 @@ def _empty(ax: Axes, title: str, text: str) -> None:
     ax.set_title(title)
 
 
+#: Above this many bars, each bar is drawn as one line of a single collection: a
+#: Rectangle per bar takes seconds to lay out for a 1,000-layer model.
+MANY_BARS = 150
+
+
+def _bars(ax: Axes, x: Any, heights: list[float], width: float = 0.8, **style: Any) -> None:
+    """``ax.bar``, or for many bars the same bars as one ``vlines`` collection (``log``:
+    the axis will be logarithmic, so those lines start below the smallest bar, not at 0)."""
+    log = style.pop("log", False)
+    if len(heights) <= MANY_BARS:
+        ax.bar(x, heights, width=width, **style)
+        return
+    finite = [h for h in heights if math.isfinite(h) and h > 0]
+    bottom = (min(finite) / 100 if finite else 1e-12) if log else 0.0
+    colours = style.pop("color", None)
+    ax.vlines(
+        x,
+        bottom,
+        [h if math.isfinite(h) else bottom for h in heights],
+        colors=colours,
+        linewidth=max(0.3, 300 / len(heights)),
+        **style,
+    )
+
+
 def _label_layers(ax: Axes, names: list[str]) -> None:
     step = max(1, math.ceil(len(names) / MAX_LABELS))
     ticks = list(range(0, len(names), step))
@@ -94,12 +126,14 @@ def draw_gradient_flow(ax: Axes, report: Report, layers: list[LayerSignal]) -> N
     rms = [_recent_median(s.grad_norm) / math.sqrt(max(s.numel, 1)) for s in layers]
     colours = [FLAG if n in flagged else OK for n in names]
     x = list(range(len(layers)))
-    ax.bar(
+    _bars(
+        ax,
         x,
         [v if math.isfinite(v) and v > 0 else float("nan") for v in mean_abs],
         color=colours,
         alpha=0.8,
         label="mean |grad| (recent)",
+        log=True,
     )
     ax.scatter(
         x,
@@ -251,13 +285,14 @@ def draw_activation_health(ax: Axes, report: Report) -> None:
     names = [history.module_names[j] for j in order]
     zero_frac = [zeros.get(n, float("nan")) for n in names]
     sat_frac = [saturated.get(n, float("nan")) for n in names]
-    dead_frac = [_dead_fraction(history, j) for j in order]
+    dead, units = history.act_series("dead_units"), history.act_series("units")  # once
+    dead_frac = [_dead_fraction(dead[:, j], units[:, j]) for j in order]
     x = torch.arange(len(order)).numpy()
     width = 0.28
-    ax.bar(x - width, zero_frac, width=width, color=OK, label="zero fraction of outputs (ReLU)")
-    ax.bar(x, dead_frac, width=width, color=FLAG, label="dead units (ReLU)")
-    ax.bar(
-        x + width, sat_frac, width=width, color="#ff7f0e", label="saturated fraction (sigmoid/tanh)"
+    _bars(ax, x - width, zero_frac, width, color=OK, label="zero fraction of outputs (ReLU)")
+    _bars(ax, x, dead_frac, width, color=FLAG, label="dead units (ReLU)")
+    _bars(
+        ax, x + width, sat_frac, width, color="#ff7f0e", label="saturated fraction (sigmoid/tanh)"
     )
     if len(names) <= 24:  # the numbers, so a 0% bar is seen as 0%, not as missing
         for xi, values in zip(x, zip(zero_frac, dead_frac, sat_frac, strict=True), strict=True):
@@ -274,9 +309,9 @@ def draw_activation_health(ax: Axes, report: Report) -> None:
     ax.legend(fontsize=7)
 
 
-def _dead_fraction(history, j: int) -> float:
-    dead = history.act_series("dead_units")[:, j]
-    units = history.act_series("units")[:, j]
+def _dead_fraction(dead: torch.Tensor, units: torch.Tensor) -> float:
+    """One module's dead units over its units, at the last step that measured them
+    (``dead`` and ``units`` are its columns of the history's series)."""
     measured = torch.nonzero(torch.isfinite(dead) & (units > 0)).flatten()
     if measured.numel() == 0:
         return float("nan")
@@ -362,7 +397,7 @@ def render(report: Report, outdir: Path, formats: list[str] | None = None) -> li
     draw_activation_health(axes[1, 1], report)
     _draw_findings_text(axes[1, 2], report)
     fig.suptitle(
-        f"gradscope: {report.model_name} — {verdict(report)}",
+        f"gradscope: {plain(report.model_name)} — {verdict(report)}",
         fontsize=15,
         color=FLAG if report.findings else "black",
     )
@@ -375,9 +410,9 @@ def _draw_findings_text(ax: Axes, report: Report) -> None:
     lines = []
     for f in report.findings[:6]:
         fix = f.suggestions[0].title if f.suggestions else ""
-        lines.append(f"[{f.severity}] {f.kind} in {f.layer or '-'} (step {f.step})")
+        lines.append(plain(f"[{f.severity}] {f.kind} in {f.layer or '-'} (step {f.step})"))
         if fix:
-            lines.append(f"    fix: {fix}")
+            lines.append(plain(f"    fix: {fix}"))
     if not lines:
         lines = ["No findings: gradients, updates and", "activations look healthy."]
     ax.text(

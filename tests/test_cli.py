@@ -98,13 +98,14 @@ def test_torchscript_and_export_carry_their_architecture(tmp_path):
     scripted = tmp_path / "fnn_script.pt"
     torch.jit.save(torch.jit.script(model), str(scripted))
     result = invoke(
-        "check", str(scripted), "--input-shape", "16,10", "--loss", "mse", "--steps", "5"
+        "check", str(scripted), "--input-shape", "16,10", "--loss", "mse", "--steps", "5",
+        "--unsafe-load",
     )
     assert result.exit_code == 0, result.output
     assert "TorchScript modules take no forward hooks" in result.output
     exported = tmp_path / "fnn.pt2"
     torch.export.save(torch.export.export(model, (torch.randn(16, 10),)), str(exported))
-    result = invoke("check", str(exported), "--loss", "mse", "--steps", "5")
+    result = invoke("check", str(exported), "--loss", "mse", "--steps", "5", "--unsafe-load")
     assert result.exit_code == 0, result.output
     assert "recorded steps" in result.output
 

@@ -1,0 +1,68 @@
+"""Parameters that appear after ``watch()``: lazy modules materialising, layers added later.
+
+A scope fixes its list of parameters when it is created.  ``nn.LazyLinear`` and friends
+have no shape until their first forward, and a training script may add a head (and an
+optimizer param group) mid-run.  This module finds such parameters and grows a
+:class:`~gradscope.history.History` to include them, padding the records already kept
+("no gradient measured") so every column stays aligned.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.nn.parameter import UninitializedParameter
+
+from gradscope.history import History
+
+
+def is_uninitialized(p: torch.Tensor) -> bool:
+    """True for a lazy module's parameter that has no shape yet."""
+    return isinstance(p, UninitializedParameter)
+
+
+def trainable(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """The model's trainable parameters that already have a shape."""
+    return [
+        (n, p) for n, p in model.named_parameters() if p.requires_grad and not is_uninitialized(p)
+    ]
+
+
+def has_uninitialized(model: torch.nn.Module) -> bool:
+    """Whether some parameter still waits for a lazy module's first forward."""
+    return any(is_uninitialized(p) for p in model.parameters())
+
+
+def optimizer_size(optimizer: torch.optim.Optimizer | None) -> int:
+    """How many parameters the optimizer holds (cheap: a few groups)."""
+    if optimizer is None:
+        return 0
+    return sum(len(group["params"]) for group in optimizer.param_groups)
+
+
+def new_parameters(
+    model: torch.nn.Module, known: list[torch.Tensor]
+) -> list[tuple[str, torch.nn.Parameter]]:
+    """Trainable, materialised parameters of ``model`` that are not in ``known``."""
+    ids = {id(p) for p in known}
+    return [(n, p) for n, p in trainable(model) if id(p) not in ids]
+
+
+def extend_history(history: History, names: list[str], modules: list[str]) -> None:
+    """Add parameters to ``history``; records kept so far read "not measured" for them."""
+    history.settle()  # flush the running tallies, which are per parameter
+    history.param_names.extend(names)
+    history.param_modules.extend(modules)
+    history.grad_seen.extend([0] * len(names))
+    history.first_nonfinite_grad.extend([None] * len(names))
+    for record in history.records:  # new lists: records share their read-only columns
+        record.grads = {
+            column: [*values, *[_fill(column)] * len(names)]
+            for column, values in record.grads.items()
+        }
+
+
+def _fill(column: str) -> float:
+    """What a record that did not measure a parameter holds in ``column``."""
+    return 0.0 if column in ("has_grad", "numel") else math.nan
