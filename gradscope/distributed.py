@@ -100,6 +100,7 @@ class RankSync:
         self.world_size = dist.get_world_size(group)
         self.sharded = list(sharded)
         self._ops: dict[int, Tensor] = {}
+        self._pending: _PendingLoss | None = None
         #: First recorded step at which each key ("loss" or a module index) was non-finite
         #: on some rank, and on which ranks.
         self.first_bad: dict[Any, tuple[int, list[int]]] = {}
@@ -125,18 +126,33 @@ class RankSync:
         blocks: list[tuple[list[float], Any, list[Tensor]]],
         columns: dict[str, list[float]],
         step: int,
+        history: Any = None,
     ) -> list[float]:
         """Exchange and combine the step's scalars; returns them on the host, in order.
 
         ``blocks`` are the scope's (target list, positions, device scalars) triples and
         ``columns`` names each target list.  Raises when the ranks measured different
         things (different models or options on different ranks).
+
+        Under DDP a light step (no activation statistics, finite gradients) needs no
+        blocking exchange: the gradients are identical on every rank already.  Its loss
+        is then taken out of ``blocks`` (the record gets none for now), gathered
+        asynchronously, and attached to ``history`` as the ranks' mean once it arrived.
         """
         names = {id(target): name for name, target in columns.items()}
         layout = [(names.get(id(target), "?"), list(pos)) for target, pos, _ in blocks]
         flat = [t.reshape(()) for _, _, values in blocks for t in values]
+        self._settle(history)
         if not flat:
             return []
+        if (
+            history is not None
+            and not any(self.sharded)
+            and not _ACT_NAMES & {n for n, _ in layout}
+        ):
+            values = _light_step(blocks, layout, flat, columns, history, step, self)
+            if values is not None:
+                return values
         signature = zlib.crc32(repr(layout).encode())
         ops = self._ops.get(signature)
         if ops is None:
@@ -168,6 +184,23 @@ class RankSync:
         combined = stacked.gather(0, ops.unsqueeze(0)).squeeze(0).tolist()
         self._note_bad_ranks(layout, [row[2:] for row in host_table], step)
         return combined
+
+    def _settle(self, history: Any) -> None:
+        """Wait for the previous light step's loss exchange (done by now: the ranks have
+        since met in DDP's all-reduce) and let the history read it."""
+        if self._pending is not None:
+            self._pending.wait()
+            self._pending = None
+            if history is not None and len(history.late_losses) > 32:
+                history.losses()  # resolves the late losses, keeping that dict small
+
+    def _gather_loss_async(self, loss: Tensor, history: Any, step: int) -> None:
+        """Start gathering this rank's loss; attach the ranks' mean to ``step`` lazily."""
+        mine = loss.reshape(1).to(torch.float64)
+        outputs = [torch.empty_like(mine) for _ in range(self.world_size)]
+        work = self._dist.all_gather(outputs, mine, group=self.group, async_op=True)
+        self._pending = _PendingLoss(work, outputs, self, step)
+        history.set_loss(step, self._pending)
 
     def _op_codes(self, layout: list[tuple[str, list[int]]], device: torch.device) -> Tensor:
         codes: list[int] = []
@@ -237,6 +270,66 @@ class RankSync:
             "only rank 0 renders plots and HTML"
         )
         return shown
+
+
+#: Activation columns: per rank, so a step that measured them is always exchanged.
+_ACT_NAMES = {"sum", "act_norm", "zeros", "saturated", "silent_units", "dead_units"}
+
+
+def _light_step(
+    blocks: list[tuple[list[float], Any, list[Tensor]]],
+    layout: list[tuple[str, list[int]]],
+    flat: list[Tensor],
+    columns: dict[str, list[float]],
+    history: Any,
+    step: int,
+    sync: RankSync,
+) -> list[float] | None:
+    """A DDP step without activation statistics: the gradient values are this rank's own
+    (identical on every rank), the loss is gathered asynchronously.  None when a gradient
+    is non-finite: every rank sees that alike and then exchanges everything."""
+    from gradscope.stats import to_host
+
+    values = to_host(flat)
+    offset, loss_at = 0, None
+    for k, (name, positions) in enumerate(layout):
+        if name == "scalars" and 0 in positions:
+            loss_at = (k, offset + positions.index(0))
+        elif not all(math.isfinite(v) for v in values[offset : offset + len(positions)]):
+            return None
+        offset += len(positions)
+    if loss_at is None:
+        return values
+    k, flat_index = loss_at
+    target, positions, tensors = blocks[k]
+    keep = [i for i, p in enumerate(positions) if p != 0]
+    blocks[k] = (target, [positions[i] for i in keep], [tensors[i] for i in keep])
+    columns["scalars"][0] = None  # the record's loss: attached later, as the ranks' mean
+    sync._gather_loss_async(flat[flat_index], history, step)
+    return values[:flat_index] + values[flat_index + 1 :]
+
+
+class _PendingLoss:
+    """The ranks' mean loss of one light step, read (``float()``) once its gather is done."""
+
+    def __init__(self, work: Any, outputs: list[Tensor], sync: RankSync, step: int) -> None:
+        self._work, self._outputs, self._value = work, outputs, None
+        self._sync, self._step = sync, step
+
+    def wait(self) -> None:
+        """Block until the gather is done (at once, one step after it started)."""
+        if self._value is None:
+            self._work.wait()
+            rows = [o.item() for o in self._outputs]
+            self._value = sum(rows) / len(rows)
+            bad = [r for r, v in enumerate(rows) if not math.isfinite(v)]
+            if bad and "loss" not in self._sync.first_bad:
+                self._sync.first_bad["loss"] = (self._step, bad)
+            self._work = self._outputs = None
+
+    def __float__(self) -> float:
+        self.wait()
+        return self._value
 
 
 def _name_ranks(
