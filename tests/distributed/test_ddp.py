@@ -42,13 +42,18 @@ def test_healthy_run_matches_single_process(tmp_path, mode):
     assert ranks[0]["class"] == "RankReport"
 
 
-@pytest.mark.parametrize("bad_from", [0, 7], ids=["detail_step", "replayed_step"])
-def test_nan_on_one_rank_names_rank_and_module(tmp_path, bad_from):
-    ranks = workers.spawn(workers.train, tmp_path, "ddp", 9, bad_from)
+@pytest.mark.parametrize(
+    ("mode", "bad_from"),
+    [("ddp", 0), ("ddp", 7), ("fsdp2", 7)],
+    ids=["ddp_detail_step", "ddp_replayed_step", "fsdp2_replayed_step"],
+)
+def test_nan_on_one_rank_names_rank_and_module(tmp_path, mode, bad_from):
+    ranks = workers.spawn(workers.train, tmp_path, mode, 9, bad_from)
     for result in ranks:
         nonfinite = [f for f in result["findings"] if f["kind"] == "nonfinite_gradient"]
         assert len(nonfinite) == 1, result["findings"]
-        assert nonfinite[0]["layer"] == "module.2"  # the Log module, on rank 1's batch
+        # The Log module, on rank 1's batch (DDP prefixes its wrapped module's names).
+        assert nonfinite[0]["layer"] == ("module.2" if mode == "ddp" else "2")
         assert nonfinite[0]["ranks"] == [1]
         assert nonfinite[0]["message"].startswith("On rank 1 only")
     assert ranks[0]["findings"] == ranks[1]["findings"]
