@@ -199,7 +199,7 @@ class RankSync:
         mine = loss.reshape(1).to(torch.float64)
         outputs = [torch.empty_like(mine) for _ in range(self.world_size)]
         work = self._dist.all_gather(outputs, mine, group=self.group, async_op=True)
-        self._pending = _PendingLoss(work, outputs, self, step)
+        self._pending = _PendingLoss(work, outputs, mine, self, step)
         history.set_loss(step, self._pending)
 
     def _op_codes(self, layout: list[tuple[str, list[int]]], device: torch.device) -> Tensor:
@@ -312,20 +312,26 @@ def _light_step(
 class _PendingLoss:
     """The ranks' mean loss of one light step, read (``float()``) once its gather is done."""
 
-    def __init__(self, work: Any, outputs: list[Tensor], sync: RankSync, step: int) -> None:
-        self._work, self._outputs, self._value = work, outputs, None
+    def __init__(
+        self, work: Any, outputs: list[Tensor], mine: Tensor, sync: RankSync, step: int
+    ) -> None:
+        self._work, self._outputs, self._mine, self._value = work, outputs, mine, None
         self._sync, self._step = sync, step
 
     def wait(self) -> None:
         """Block until the gather is done (at once, one step after it started)."""
         if self._value is None:
-            self._work.wait()
-            rows = [o.item() for o in self._outputs]
+            try:
+                self._work.wait()
+                ranks, rows = None, [o.item() for o in self._outputs]
+            except RuntimeError:  # the process group is gone: this rank's own loss
+                ranks, rows = [self._sync.rank], [self._mine.item()]
             self._value = sum(rows) / len(rows)
             bad = [r for r, v in enumerate(rows) if not math.isfinite(v)]
+            bad = [ranks[r] for r in bad] if ranks else bad
             if bad and "loss" not in self._sync.first_bad:
                 self._sync.first_bad["loss"] = (self._step, bad)
-            self._work = self._outputs = None
+            self._work = self._outputs = self._mine = None
 
     def __float__(self) -> float:
         self.wait()
