@@ -5,15 +5,16 @@ Run:  python benchmarks/ddp_overhead.py --ddp [--rounds 7] [--block 20] [--out F
 
 ``--ddp`` spawns 2 processes (gloo, 127.0.0.1, one thread each) that train the
 MLP 784-512x4-10 wrapped in DistributedDataParallel, each rank on its half of a
-batch of 128.  Blocks of ``--block`` steps alternate: plain DDP, then the same
-DDP model watched by one scope (kept across its blocks, as in one long run; it
-is detached during the plain blocks).  A round's figure is the median step time
-of its watched block over that of its plain block; the result is the median over
-rounds, with the quartiles over rounds; gradscope's own measured time per recorded
-step (``scope.overhead()``, which includes the exchange) is printed too, as it is
-steadier than a ratio on a loaded machine.  Rank 0's clock is used (DDP's all-reduce
-keeps the ranks in step).  The watched steps include gradscope's one all_gather
-per recorded step (see gradscope/distributed.py).
+batch of 128.  Each round runs three blocks of ``--block`` steps: plain DDP, the
+same DDP model watched by one scope (kept across rounds, as in one long run, and
+detached during the plain blocks), then plain again.  A round's figure is the
+median step time of its watched block over that of its first plain block; the
+second plain block over the first is the A/A row (how far noise alone moves a
+ratio).  Results are medians over rounds, with quartiles over rounds.
+gradscope's own measured time per recorded step (``scope.overhead()``, which
+includes the exchange between ranks) is printed too, as it is steadier than a
+ratio on a loaded machine.  Rank 0's clock is used (DDP's all-reduce keeps the
+ranks in step).  See gradscope/distributed.py for what is exchanged on which step.
 """
 
 from __future__ import annotations
@@ -68,24 +69,32 @@ def measure(model: nn.Module, batch: tuple, rounds: int, block: int) -> dict:
     _block(model, opt, batch, block, None)  # warm-up
     scope = gradscope.watch(model, optimizer=opt)
     scope.detach()
-    ratios, plain_ms = [], []
+    ratios, noise, plain_ms = [], [], []
     for _ in range(rounds):
         plain = statistics.median(_block(model, opt, batch, block, None))
         scope.attach()
         watched = statistics.median(_block(model, opt, batch, block, scope))
         scope.detach()
+        again = statistics.median(_block(model, opt, batch, block, None))
         ratios.append(watched / plain)
+        noise.append(again / plain)
         plain_ms.append(plain * 1e3)
-    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
     return {
         "ratio_median": statistics.median(ratios),
-        "ratio_quartiles": [q[0], q[2]],
+        "ratio_quartiles": _quartiles(ratios),
+        "aa_ratio_median": statistics.median(noise),
+        "aa_ratio_quartiles": _quartiles(noise),
         "plain_step_ms": statistics.median(plain_ms),
         "ratios": ratios,
         "recorded_steps": scope.history.recorded,
         "own_ms_per_recorded_step": scope.overhead()["seconds_per_step"] * 1e3,
         "report_ok": scope.report().ok,
     }
+
+
+def _quartiles(values: list[float]) -> list[float]:
+    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+    return [q[0], q[2]]
 
 
 def _rank(rank: int, port: int, rounds: int, block: int, out: str) -> None:
@@ -133,9 +142,11 @@ def main() -> None:
         block=args.block,
     )
     lo, hi = result["ratio_quartiles"]
+    aa_lo, aa_hi = result["aa_ratio_quartiles"]
     print(
         f"{result['mode']}: plain step {result['plain_step_ms']:.1f} ms; gradscope default "
-        f"{result['ratio_median']:.2f}x ({lo:.2f}-{hi:.2f}) over {args.rounds} rounds of "
+        f"{result['ratio_median']:.2f}x ({lo:.2f}-{hi:.2f}); plain again (A/A: noise) "
+        f"{result['aa_ratio_median']:.2f}x ({aa_lo:.2f}-{aa_hi:.2f}); over {args.rounds} rounds of "
         f"{args.block} steps; gradscope's own time {result['own_ms_per_recorded_step']:.2f} ms "
         "per recorded step"
     )
