@@ -2,7 +2,10 @@
 
 Every rank measures its own step on its own device; :meth:`RankSync.combine` then
 exchanges the step's scalars in **one** ``all_gather`` (only on recorded steps) and
-gives every rank the same combined values, so every rank judges the same findings:
+gives every rank the same combined values, so every rank judges the same findings.
+Under DDP a recorded step without activation statistics and with finite gradients
+(most steps) skips that blocking exchange, since DDP made the gradients identical on
+every rank: only its loss is gathered, asynchronously.  The rules:
 
 * gradient, parameter and update L2 norms: under FSDP2 (DTensor shards) the square
   root of the sum of the ranks' squares, i.e. the whole model's norm; under DDP the
