@@ -513,6 +513,8 @@ class Scope:
     def _warn_unseen_once(self) -> None:
         """After the first recorded step: warn once about modules whose hooks were skipped."""
         self._warned_unseen = True
+        if self._ranks is not None and not self._ranks.is_main:
+            return  # under DDP/FSDP2 only rank 0 prints
         notes = self.coverage_notes()
         if notes:
             warnings.warn(f"gradscope: {notes[0]}.", GradscopeWarning, stacklevel=_user_frame())
