@@ -42,6 +42,15 @@ class SkipCounter:
         self.steps_seen = 0
         self._patched = False
 
+    @classmethod
+    def for_scope(
+        cls, scaler: Any, optimizer: torch.optim.Optimizer | None, on_skip: Callable[[bool], None]
+    ) -> SkipCounter | None:
+        """A counter when a scope has both a scaler and an optimizer, else None."""
+        if scaler is None or optimizer is None:
+            return None
+        return cls(scaler, optimizer, on_skip)
+
     def attach(self) -> None:
         """Wrap ``scaler.update`` on this instance (a no-op for a disabled scaler)."""
         if self._patched or not self.scaler.is_enabled():

@@ -36,7 +36,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradscope.report import Finding, Report
+from gradscope.findings import Finding
+from gradscope.report import Report
 
 # How each column combines across ranks, as an index into the stack built in _combine.
 _MAX, _MIN, _ROOT_SUM_SQ, _SUM, _MEAN, _ROOT_MEAN_SQ = range(6)
@@ -55,6 +56,10 @@ _PARAM_OPS = {
 _OTHER_OPS = {
     "sum": _MEAN,
     "act_norm": _ROOT_MEAN_SQ,
+    "sumsq": _ROOT_MEAN_SQ,  # the recorder moves activation norms in this column
+    "nonfinite": _MAX,  # a module's output had a NaN/Inf on some rank
+    "input_nonfinite": _MAX,
+    "batch_spread": _MEAN,
     "zeros": _MEAN,
     "saturated": _MEAN,
     "silent_units": _MIN,
@@ -91,10 +96,11 @@ class RankSync:
 
     Args:
         sharded: one flag per watched parameter, True when it is a DTensor shard (FSDP2).
+        history: the scope's history (a DDP light step's loss is attached to it later).
         group: the process group (default: the world).
     """
 
-    def __init__(self, sharded: list[bool], group: Any = None) -> None:
+    def __init__(self, sharded: list[bool], history: Any = None, group: Any = None) -> None:
         import torch.distributed as dist
 
         self._dist = dist
@@ -102,6 +108,7 @@ class RankSync:
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
         self.sharded = list(sharded)
+        self.history = history
         self._ops: dict[int, Tensor] = {}
         self._pending: _PendingLoss | None = None
         #: First recorded step at which each key ("loss" or a module index) was non-finite
@@ -109,14 +116,16 @@ class RankSync:
         self.first_bad: dict[Any, tuple[int, list[int]]] = {}
 
     @classmethod
-    def for_model(cls, model: torch.nn.Module, params: list[Tensor]) -> RankSync | None:
+    def for_model(
+        cls, model: torch.nn.Module, params: list[Tensor], history: Any = None
+    ) -> RankSync | None:
         """A sync for a DDP/FSDP2 model when a process group of more than one rank is up."""
         dist = torch.distributed
         if not (dist.is_available() and dist.is_initialized()):
             return None
         if dist.get_world_size() < 2 or not is_distributed_model(model):
             return None
-        return cls([_is_dtensor(p) for p in params])
+        return cls([_is_dtensor(p) for p in params], history)
 
     @property
     def is_main(self) -> bool:
@@ -129,7 +138,6 @@ class RankSync:
         blocks: list[tuple[list[float], Any, list[Tensor]]],
         columns: dict[str, list[float]],
         step: int,
-        history: Any = None,
     ) -> list[float]:
         """Exchange and combine the step's scalars; returns them on the host, in order.
 
@@ -140,11 +148,12 @@ class RankSync:
         Under DDP a light step (no activation statistics, finite gradients) needs no
         blocking exchange: the gradients are identical on every rank already.  Its loss
         is then taken out of ``blocks`` (the record gets none for now), gathered
-        asynchronously, and attached to ``history`` as the ranks' mean once it arrived.
+        asynchronously, and attached to the history as the ranks' mean once it arrived.
         """
         names = {id(target): name for name, target in columns.items()}
         layout = [(names.get(id(target), "?"), list(pos)) for target, pos, _ in blocks]
         flat = [t.reshape(()) for _, _, values in blocks for t in values]
+        history = self.history
         self._settle(history)
         if not flat:
             return []
@@ -195,7 +204,7 @@ class RankSync:
             self._pending.wait()
             self._pending = None
             if history is not None and len(history.late_losses) > 32:
-                history.losses()  # resolves the late losses, keeping that dict small
+                history.settle()  # resolves the late losses, keeping that dict small
 
     def _gather_loss_async(self, loss: Tensor, history: Any, step: int) -> None:
         """Start gathering this rank's loss; attach the ranks' mean to ``step`` lazily."""
@@ -224,24 +233,25 @@ class RankSync:
             keys: list[Any] = []
             if name == "scalars":
                 keys = ["loss" if p == 0 else None for p in positions]
-            elif name == "sum":
+            elif name in ("sum", "nonfinite"):  # a non-finite sum, or a flag above 0
                 keys = list(positions)
             for k, key in enumerate(keys):
                 if key is None or key in self.first_bad:
                     continue
-                bad = [r for r, row in enumerate(rows) if not math.isfinite(row[offset + k])]
+                bad = [r for r, row in enumerate(rows) if _is_bad(name, row[offset + k])]
                 if bad:
                     self.first_bad[key] = (step, bad)
             offset += len(positions)
 
     def combine_replay(
-        self, flags: dict[int, float], n_modules: int, step: int
+        self, flags: dict[int, float], n_modules: int, step: int, note: bool = True
     ) -> dict[int, float]:
         """Combine the replayed forward's non-finite flags (module -> 1.0/0.0) of all ranks.
 
         Called on every rank on the first bad step (the ranks agree it is bad, since the
         record they judge is combined).  Returns module -> 1.0 when any rank's output was
-        non-finite, 0.0 when every replaying rank's was finite.
+        non-finite, 0.0 when every replaying rank's was finite.  ``note``: remember which
+        ranks had a non-finite output, for the finding.
         """
         mine = torch.full((n_modules,), -1.0, dtype=torch.float64)
         for j, flag in flags.items():
@@ -256,7 +266,7 @@ class RankSync:
                 continue  # replayed on no rank
             out[j] = 1.0 if max(seen) > 0 else 0.0
             bad = [r for r, v in enumerate(seen) if v > 0]
-            if bad and j not in self.first_bad:
+            if note and bad and j not in self.first_bad:
                 self.first_bad[j] = (step, bad)
         return out
 
@@ -275,8 +285,25 @@ class RankSync:
         return shown
 
 
+def _is_bad(column: str, value: float) -> bool:
+    return not math.isfinite(value) or (column == "nonfinite" and value > 0)
+
+
 #: Activation columns: per rank, so a step that measured them is always exchanged.
-_ACT_NAMES = {"sum", "act_norm", "zeros", "saturated", "silent_units", "dead_units"}
+_ACT_NAMES = {
+    "sum",
+    "act_norm",
+    "sumsq",
+    "zeros",
+    "saturated",
+    "silent_units",
+    "dead_units",
+    "nonfinite",
+    "input_nonfinite",
+    "batch_spread",
+    "time_grad_first",
+    "time_grad_last",
+}
 
 
 def _light_step(
