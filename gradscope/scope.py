@@ -191,7 +191,9 @@ class Scope:
                 self._handles.append(
                     root.register_forward_pre_hook(_compiler_disable(self._root_in))
                 )
-                self._handles.append(root.register_forward_hook(_compiler_disable(self._root_out)))
+                self._handles.append(
+                    root.register_forward_hook(_compiler_disable(self._root_out))
+                )
             if self.optimizer is not None:
                 self._handles.append(self.optimizer.register_step_pre_hook(self._on_pre_step))
                 self._handles.append(self.optimizer.register_step_post_hook(self._on_post_step))
