@@ -12,10 +12,11 @@ every rank: only its loss is gathered, asynchronously.  The rules:
   gradients are already all-reduced (identical on every rank), so the largest value
   (NaN wins) is taken;
 * L1 norms: summed over shards, largest otherwise; max |g| the largest, min the smallest;
-* the loss and the activation sums, norms and zero/saturation counts: the mean over ranks
+* the loss and the activation norms and zero/saturation counts: the mean over ranks
   (the per-rank batches are the same size under DDP), so a NaN/Inf on one rank makes the
-  combined value non-finite; silent and dead ReLU units: the smallest count (a unit is
-  dead only when it is silent on every rank);
+  combined loss non-finite; a module's non-finite output flag: set when set on any rank;
+  silent and dead ReLU units: the smallest count (a unit is dead only when it is silent
+  on every rank);
 * per-rank flags: which ranks had a non-finite loss or module output, so a finding can
   say "on rank 1".
 
