@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradscope import stats
+from gradscope import distributed, stats
 from gradscope.history import StepRecord
 from gradscope.statistics import ACT_COLUMNS, GRAD_COLUMNS
 from gradscope.through_time import CallGradients
@@ -46,9 +46,13 @@ class _Blocks:
         if values:  # an empty list: not measured on this step
             self.items.append((target, positions, values))
 
-    def transfer(self) -> None:
-        """One host sync for everything put so far."""
-        values = iter(stats.to_host([t for _, _, block in self.items for t in block]))
+    def transfer(self, ranks: distributed.RankSync | None = None, **where: Any) -> None:
+        """One host sync for everything put so far; with ``ranks`` (DDP/FSDP2) every rank
+        gets the values combined across ranks (``where``: the column names and the step)."""
+        if ranks is None:
+            values = iter(stats.to_host([t for _, _, block in self.items for t in block]))
+        else:
+            values = iter(ranks.combine(self.items, **where))
         for target, positions, _ in self.items:
             for position in positions:
                 target[position] = next(values)
@@ -63,6 +67,7 @@ class Recorder:
         full: measure everything exactly.
         sample_rows: activation shape statistics use the first rows of each batch.
         unit_window: a ReLU unit counts as dead after this many silent detail steps.
+        ranks: under DDP/FSDP2, combines each step across ranks (gradscope/distributed.py).
     """
 
     def __init__(
@@ -73,8 +78,10 @@ class Recorder:
         full: bool = False,
         sample_rows: int = 32,
         unit_window: int = 5,
+        ranks: distributed.RankSync | None = None,
     ) -> None:
         self.params = params
+        self.ranks = ranks
         self.kinds = kinds
         self.full = full
         self.sample_rows = sample_rows
@@ -139,24 +146,26 @@ class Recorder:
 
     def collect_grads(self, detail: bool) -> None:
         """Read the gradients (final at the optimizer's step pre-hook) on the device."""
-        grads = [p.grad for p in self.params]
+        grads = distributed.locals_of([p.grad for p in self.params])  # FSDP2: this rank's shard
+        params = distributed.locals_of(self.params)
         if any(g is None for g in grads):  # `None in grads` would compare tensors with ==
             index: list[int] | None = [i for i, g in enumerate(grads) if g is not None]
             grads = [grads[i] for i in index]
         else:
             index = None  # every parameter has a gradient: no per-parameter bookkeeping
         with torch.no_grad():
-            self._grads = stats.grad_statistics(grads, self.params, detail, self.full)
+            self._grads = stats.grad_statistics(grads, params, detail, self.full)
             if detail:
-                matrices = [i for i, p in enumerate(self.params) if p.dim() >= 2]
-                spreads = stats.row_spread([self.params[i] for i in matrices])
+                matrices = [i for i, p in enumerate(params) if p.dim() >= 2]
+                spreads = stats.row_spread([params[i] for i in matrices])
                 self._row_spread = dict(zip(matrices, spreads, strict=True))
         self._index = index
 
     def snapshot(self) -> None:
         """Copy (a slice of) each parameter before the optimizer moves it (detail steps)."""
         with torch.no_grad():
-            self._before = stats.snapshot(self.params, None if self.full else stats.UPDATE_SAMPLE)
+            sample = None if self.full else stats.UPDATE_SAMPLE
+            self._before = stats.snapshot(distributed.locals_of(self.params), sample)
 
     # -- the record ----------------------------------------------------------------
     def gather(
@@ -174,7 +183,11 @@ class Recorder:
                 blocks.put(scalars, (0,), [loss if loss.dtype is torch.float32 else loss.float()])
             if isinstance(scale, Tensor):
                 blocks.put(scalars, (1,), [scale])
-            blocks.transfer()
+            if self.ranks is None:
+                blocks.transfer()
+            else:  # DDP/FSDP2: every rank gets the values combined across ranks
+                columns = {**grads, **acts, "grad_min": grad_min, "scalars": scalars}
+                blocks.transfer(self.ranks, columns=columns, step=step)
         nonfinite = self._derive_grads(grads, grad_min)
         if fired:
             self._derive_acts(acts, fired)
@@ -220,7 +233,7 @@ class Recorder:
             blocks.put(
                 grads["update_norm"],
                 range(n_params),
-                stats.update_norms(self.params, self._before, sample),
+                stats.update_norms(distributed.locals_of(self.params), self._before, sample),
             )
         return grads, grad_min
 
@@ -258,7 +271,7 @@ class Recorder:
         bad = [i for i in present if not _finite(l2[i])]
         if not bad:
             return False
-        counts = stats.nonfinite_counts([self.params[i].grad for i in bad])
+        counts = stats.nonfinite_counts(distributed.locals_of([self.params[i].grad for i in bad]))
         grads["grad_nonfinite"] = list(grads["grad_nonfinite"])  # unshare before writing
         for i, count in zip(bad, counts, strict=True):
             grads["grad_nonfinite"][i] = count

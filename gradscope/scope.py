@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradscope import linkage, replay, stats, through_time, tracking
+from gradscope import amp, compiled, distributed, linkage, replay, stats, through_time, tracking
 from gradscope.budget import Budget
 from gradscope.errors import GradscopeWarning
 from gradscope.history import History, StepRecord
@@ -121,6 +121,7 @@ class Scope:
             sample_rows=sample_rows,
             unit_window=unit_window,
         )
+        self._setup_extensions(model, scaler, optimizer)  # DDP/FSDP2, GradScaler, compile
         self._calls = replay.CallRecorder(model, _compiler_disable)
         self._replay_sums: dict[int, list[Tensor]] | None = None
         self._replay_inputs: dict[int, list[Tensor]] = {}
@@ -158,6 +159,17 @@ class Scope:
         self._warned_no_step = False
         self._fired_unmeasured: set[int] = set()
 
+    def _setup_extensions(self, model: torch.nn.Module, scaler: Any, optimizer: Any) -> None:
+        """What a plain eager single-process run does not need (docs/distributed.md)."""
+        # DDP/FSDP2 under torch.distributed: each recorded step is combined across ranks.
+        self._ranks = distributed.RankSync.for_model(model, self._params, self.history)
+        self._measure.ranks = self._ranks
+        # GradScaler: steps it skipped for overflow never reach the optimizer's hooks.
+        self._skips = amp.SkipCounter.for_scope(scaler, optimizer, self._on_skipped_step)
+        # torch.compile's module: hooks outside the compiled graph only (compiled.py).
+        self._compiled = compiled.is_compiled(model)
+        self._losses_logged = 0  # log_loss() calls this step (gradient accumulation)
+
     # -- attaching -------------------------------------------------------------
     def __enter__(self) -> Scope:
         if self._in_with:
@@ -187,15 +199,13 @@ class Scope:
         if self.budget is not None:
             self.budget.last_step_end = None  # time spent detached is not a training step
         try:
-            for j, (_, module) in enumerate(self._modules):
-                self._handles.append(module.register_forward_hook(self._forward_hook(j)))
-                if through_time.is_sequence_layer(module):
-                    hook = self._sequence_input_hook(j)
-                    self._handles.append(module.register_forward_pre_hook(hook))
-            if self.nan_origin:
-                self._calls.attach()
+            if self._compiled:
+                self._handles.append(self.model.register_forward_hook(self._step_began))
+            else:
+                self._attach_module_hooks()
             root = self.model
-            if not isinstance(root, torch.jit.ScriptModule):  # TorchScript refuses hooks
+            # TorchScript refuses hooks; a compiled model keeps only its one outside hook.
+            if not isinstance(root, torch.jit.ScriptModule) and not self._compiled:
                 self._handles.append(
                     root.register_forward_pre_hook(_compiler_disable(self._root_in))
                 )
@@ -205,15 +215,28 @@ class Scope:
             if self.optimizer is not None:
                 self._handles.append(self.optimizer.register_step_pre_hook(self._on_pre_step))
                 self._handles.append(self.optimizer.register_step_post_hook(self._on_post_step))
+            if self._skips is not None:
+                self._skips.attach()
         except BaseException:
             self.detach()
             raise
+
+    def _attach_module_hooks(self) -> None:
+        for j, (_, module) in enumerate(self._modules):
+            self._handles.append(module.register_forward_hook(self._forward_hook(j)))
+            if through_time.is_sequence_layer(module):
+                hook = self._sequence_input_hook(j)
+                self._handles.append(module.register_forward_pre_hook(hook))
+        if self.nan_origin:
+            self._calls.attach()
 
     def detach(self) -> None:
         """Remove every hook gradscope registered; safe to call twice."""
         while self._handles:
             self._handles.pop().remove()
         self._calls.detach()
+        if self._skips is not None:
+            self._skips.detach()
 
     # -- recording ---------------------------------------------------------------
     @property
@@ -240,7 +263,10 @@ class Scope:
         return self._step
 
     def log_loss(self, loss: Tensor | float) -> None:
-        """Attach the loss to the current step (or to the step just taken); never syncs."""
+        """Attach the loss to the current step (or to the step just taken); never syncs.
+
+        Several calls within one step (gradient accumulation) log the step's mean.
+        """
         if not self.attached:
             raise RuntimeError(
                 "scope.log_loss() was called on a detached scope (after its `with` block "
@@ -248,7 +274,12 @@ class Scope:
             )
         value = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
         if self._forward_since_step or not self.history.records:
-            self._loss = value
+            self._losses_logged += 1
+            if self._loss is None or self._losses_logged == 1:
+                self._loss = value
+            else:  # running mean, in float32 at least
+                mean = self._loss.float()
+                self._loss = mean + (value.float() - mean) / self._losses_logged
         elif self.history.records[-1].step == self._step - 1:
             self.history.set_loss(self._step - 1, value)
 
@@ -405,6 +436,11 @@ class Scope:
                 stacklevel=_user_frame(),
             )
 
+    def _step_began(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        """The compiled model's only forward hook (outside its graph): a step began."""
+        if torch.is_grad_enabled():
+            self._forward_since_step = True
+
     def _replayed_output(self, j: int, args: Any, output: Any) -> None:
         """During the replay: whether module ``j``'s output, and its input, are finite."""
         x = stats.first_float_tensor(output)
@@ -439,6 +475,15 @@ class Scope:
     def _on_post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self.recording and self._measure.has_grads:
             self._finish_step(measure_update=True, started=time.perf_counter())
+        self._end_step()
+
+    def _on_skipped_step(self, persistent: bool) -> None:
+        """The scaler skipped ``opt.step()`` (overflow): end the step without recording it,
+        unless overflow persists, then record it so the non-finite detector judges it."""
+        if persistent and self.recording:
+            t0 = time.perf_counter()
+            self._collect_grads()
+            self._finish_step(measure_update=False, started=t0)
         self._end_step()
 
     def _collect_grads(self) -> None:
@@ -488,12 +533,19 @@ class Scope:
         record.acts = {column: list(values) for column, values in record.acts.items()}  # unshare
         for column, flags in (("nonfinite", outputs), ("input_nonfinite", inputs)):
             totals = [torch.stack(parts).any() for parts in flags.values()]
-            for j, bad in zip(flags, stats.to_host(totals), strict=True):
-                record.acts[column][j] = 1.0 if bad else 0.0
+            host = stats.to_host(totals)
+            found = {j: 1.0 if bad else 0.0 for j, bad in zip(flags, host, strict=True)}
+            if self._ranks is not None:  # every rank replayed its own batch: combine
+                found = self._ranks.combine_replay(
+                    found, len(self._modules), self._step, note=column == "nonfinite"
+                )
+            for j, flag in found.items():
+                record.acts[column][j] = flag
 
     def _end_step(self) -> None:
         self._root_calls = 0
         self._calls.calls.clear()
+        self._loss, self._losses_logged = None, 0
         self._step += 1
         self._plan_step()
         self._forward_since_step = False
@@ -537,7 +589,9 @@ class Scope:
                 "without one, call scope.step(loss=loss) after loss.backward()"
             )
         notes += self.coverage_notes() + ([self._origin_note] if self._origin_note else [])
-        return Report(
+        notes += self._skips.notes() if self._skips is not None else []
+        notes += [compiled.NOTE] if self._compiled else []
+        report = Report(
             findings=judgement.findings,
             model_name=self.name,
             history=self.history,
@@ -549,6 +603,9 @@ class Scope:
             model_info=self.model_info,
             not_judged=judgement.not_judged,
         )
+        if self._ranks is not None:  # names the rank of rank-specific findings
+            report = self._ranks.finish(report, self.history.module_names)
+        return report
 
     def overhead(self) -> dict[str, float]:
         """gradscope's own measured time: total and per recorded step."""
@@ -576,6 +633,8 @@ class Scope:
 
     def _unseen_modules(self) -> list[str]:
         """Modules whose parameters got gradients although their forward hook never fired."""
+        if self._compiled:
+            return []  # not hooked on purpose; the report says so
         self.history.settle()
         got_grad = {
             self.history.param_modules[i] for i, seen in enumerate(self.history.grad_seen) if seen
@@ -604,6 +663,8 @@ class Scope:
     def _warn_unseen_once(self) -> None:
         """After the first recorded step: warn once about modules whose hooks were skipped."""
         self._warned_unseen = True
+        if self._ranks is not None and not self._ranks.is_main:
+            return  # under DDP/FSDP2 only rank 0 prints
         notes = self.coverage_notes()
         if notes:
             warnings.warn(f"gradscope: {notes[0]}.", GradscopeWarning, stacklevel=_user_frame())

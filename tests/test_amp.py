@@ -1,0 +1,149 @@
+"""Mixed precision: CPU autocast (bfloat16, float16) and torch.amp.GradScaler."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from helpers import batch
+from torch import nn
+
+import gradscope
+from gradscope import amp
+from gradscope.models import builtin_specs
+
+torch.set_num_threads(1)
+
+
+class Log(nn.Module):
+    """log(x): -inf where x is 0."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(x)
+
+
+def _relu_mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3)
+    )
+
+
+def _train(model, steps, dtype=None, scaler=None, **options):
+    """A seeded classification loop under autocast(dtype) with an optional GradScaler."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with gradscope.watch(model, optimizer=opt, scaler=scaler, **options) as scope:
+        for k in range(steps):
+            x, y = batch(seed=k)
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                loss = nn.functional.cross_entropy(model(x), y)
+            scope.log_loss(loss)
+            if scaler is None:
+                loss.backward()
+                opt.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+    return scope
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_autocast_healthy_model_has_no_finding_and_fp32_norms(dtype):
+    fp32 = _train(_relu_mlp(), 8)
+    half = _train(_relu_mlp(), 8, dtype=dtype)
+    report = half.report()
+    assert report.findings == [], report
+    for a, b in zip(half.history.records, fp32.history.records, strict=True):
+        for x, y in zip(a.grads["grad_l2"], b.grads["grad_l2"], strict=True):
+            assert math.isclose(x, y, rel_tol=0.05)  # half-precision matmuls, same gradient
+        assert math.isclose(a.loss, b.loss, rel_tol=0.02)
+
+
+def _vanishing_layers(dtype, scaler=None):
+    """Train the deep sigmoid twin under autocast(dtype); the layers named as vanishing."""
+    spec = builtin_specs()["deep_sigmoid_mlp"]
+    torch.manual_seed(0)
+    model = spec.factory()
+    opt = spec.optimizer(model.parameters())
+    with gradscope.watch(model, optimizer=opt, scaler=scaler) as scope:
+        for k in range(spec.demo_steps):
+            x, y = spec.batch(spec.batch_size, k)
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=dtype):
+                loss = spec.loss_fn(model(x).float(), y)
+            scope.log_loss(loss)
+            if scaler is None:
+                loss.backward()
+                opt.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+    return [f.layer for f in scope.report().findings if f.kind == "vanishing_gradient"]
+
+
+def test_bf16_autocast_vanishing_gradient_is_found_on_the_first_layer():
+    assert _vanishing_layers(torch.bfloat16) == ["0"]
+
+
+def test_fp16_autocast_with_scaler_vanishing_gradient_is_found_on_the_first_layer():
+    assert _vanishing_layers(torch.float16, torch.amp.GradScaler("cpu")) == ["0"]
+
+
+def test_fp16_autocast_without_scaler_names_the_underflowed_first_layer():
+    # The gradients of layers 0 and 2 underflow to exactly 0 in float16: still vanishing.
+    assert _vanishing_layers(torch.float16) == ["0"]
+
+
+def test_grad_scaler_norms_equal_the_unscaled_run():
+    plain = _train(_relu_mlp(), 6)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    scaled = _train(_relu_mlp(), 6, scaler=scaler)
+    for a, b in zip(scaled.history.records, plain.history.records, strict=True):
+        for x, y in zip(a.grads["grad_l2"], b.grads["grad_l2"], strict=True):
+            assert math.isclose(x, y, rel_tol=1e-6)
+        assert a.scale == 2.0**10
+    assert scaled.report().notes == []
+
+
+def test_overflow_skipped_by_the_scaler_is_a_note_not_a_finding():
+    # Under float16 autocast a scale of 2**24 overflows the half-precision backward
+    # (max 65504); the scaler skips those steps and halves the scale until it fits.
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**24)
+    scope = _train(_relu_mlp(), 12, dtype=torch.float16, scaler=scaler)
+    report = scope.report()
+    assert report.findings == [], report
+    skipped = scope._skips.skipped
+    assert 1 <= skipped < 12
+    assert scope.history.recorded == 12 - skipped
+    (note,) = [n for n in report.notes if n.startswith("overflow skipped by the scaler")]
+    assert f"on {skipped} of 12 steps" in note
+    assert "not a model fault" in note
+
+
+def test_persistent_overflow_is_judged_as_the_model_s_nan():
+    # log(0) in the model: every step overflows whatever the scale, so the scaler skips
+    # every step; from the skip at scale <= 1 on, gradscope records the step.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), Log(), nn.Linear(8, 3))
+    scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
+    scope = _train(model, 6, scaler=scaler)
+    report = scope.report()
+    nonfinite = [f for f in report.findings if f.kind == "nonfinite_gradient"]
+    assert nonfinite and nonfinite[0].layer == "2", report
+    assert scope._skips.persistent_from == 3  # scales 8, 4, 2, then 1: persistent
+    assert any("persisting from step 3" in n for n in report.notes)
+
+
+def test_twenty_skips_in_a_row_persist_even_at_a_high_scale():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), Log(), nn.Linear(8, 3))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)  # far from 1 after 20 halvings
+    scope = _train(model, amp.PERSISTENT_SKIPS + 2, scaler=scaler)
+    assert scope._skips.persistent_from == amp.PERSISTENT_SKIPS - 1
+    nonfinite = [f for f in scope.report().findings if f.kind == "nonfinite_gradient"]
+    assert nonfinite and nonfinite[0].layer == "2"
+    assert nonfinite[0].step == amp.PERSISTENT_SKIPS - 1
