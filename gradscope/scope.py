@@ -134,6 +134,7 @@ class Scope:
         """Counters and per-run state the hooks update as training goes."""
         self._runner = PluginRunner()
         self._handles: list[Any] = []
+        self._module_handles: list[Any] = []
         self._step = 0
         self._rank: list[int | None] = [None] * len(self._modules)
         self._shapes: list[tuple[int, ...] | None] = [None] * len(self._modules)
@@ -202,36 +203,55 @@ class Scope:
             if self._compiled:
                 self._handles.append(self.model.register_forward_hook(self._step_began))
             else:
-                self._attach_module_hooks()
-            root = self.model
-            # TorchScript refuses hooks; a compiled model keeps only its one outside hook.
-            if not isinstance(root, torch.jit.ScriptModule) and not self._compiled:
-                self._handles.append(
-                    root.register_forward_pre_hook(_compiler_disable(self._root_in))
-                )
-                self._handles.append(
-                    root.register_forward_hook(_compiler_disable(self._root_out))
-                )
+                if self.nan_origin:
+                    self._calls.attach()
+                self._attach_step_hooks()
             if self.optimizer is not None:
                 self._handles.append(self.optimizer.register_step_pre_hook(self._on_pre_step))
                 self._handles.append(self.optimizer.register_step_post_hook(self._on_post_step))
             if self._skips is not None:
                 self._skips.attach()
+            self._sync_module_hooks()
         except BaseException:
             self.detach()
             raise
 
+    def _attach_step_hooks(self) -> None:
+        """The hooks that stay on every step: the root's (a step began; which watched model
+        feeds this one) and its direct children's (a loop that calls them one by one)."""
+        root = self.model
+        if isinstance(root, torch.jit.ScriptModule):  # TorchScript refuses hooks
+            return
+        self._handles.append(root.register_forward_pre_hook(_compiler_disable(self._root_in)))
+        self._handles.append(root.register_forward_hook(_compiler_disable(self._root_out)))
+        for child in root.children():
+            if not isinstance(child, torch.jit.ScriptModule):
+                hook = _compiler_disable(self._child_in)
+                self._handles.append(child.register_forward_pre_hook(hook))
+
+    def _sync_module_hooks(self) -> None:
+        """Module hooks are on only for steps that measure activations: light steps pay
+        nothing per module (the NaN replay puts them back for its one forward)."""
+        want = self._hooks_live and bool(self._handles) and not self._compiled
+        if want and not self._module_handles:
+            self._attach_module_hooks()
+        elif not want and self._module_handles:
+            self._remove_module_hooks()
+
     def _attach_module_hooks(self) -> None:
         for j, (_, module) in enumerate(self._modules):
-            self._handles.append(module.register_forward_hook(self._forward_hook(j)))
+            self._module_handles.append(module.register_forward_hook(self._forward_hook(j)))
             if through_time.is_sequence_layer(module):
                 hook = self._sequence_input_hook(j)
-                self._handles.append(module.register_forward_pre_hook(hook))
-        if self.nan_origin:
-            self._calls.attach()
+                self._module_handles.append(module.register_forward_pre_hook(hook))
+
+    def _remove_module_hooks(self) -> None:
+        while self._module_handles:
+            self._module_handles.pop().remove()
 
     def detach(self) -> None:
         """Remove every hook gradscope registered; safe to call twice."""
+        self._remove_module_hooks()
         while self._handles:
             self._handles.pop().remove()
         self._calls.detach()
@@ -256,6 +276,8 @@ class Scope:
         self._detail_now = detail
         self._hooks_live = self.recording and detail
         self._calls.active = self.recording
+        if self._handles:
+            self._sync_module_hooks()
 
     @property
     def step_index(self) -> int:
@@ -306,10 +328,7 @@ class Scope:
                 return
             if not torch.is_grad_enabled():
                 return  # validation under no_grad is not part of the training step
-            # Also on steps that measure nothing: log_loss() needs to know a step began.
-            self._forward_since_step = True
-            if not self.history.recorded:
-                self._count_unrecorded()
+            self._forward_since_step = True  # also set by the root's hook, on every step
             if not self._hooks_live:
                 return
             self._hooks_fired += 1
@@ -333,9 +352,18 @@ class Scope:
         # traced, its changing Python state would force a recompile at every step.
         return _compiler_disable(hook)
 
+    def _child_in(self, module: torch.nn.Module, args: Any) -> None:
+        if torch.is_grad_enabled():
+            self._forward_since_step = True  # log_loss() needs to know a step began
+
     def _root_in(self, module: torch.nn.Module, args: Any) -> None:
-        """Follow which other watched model feeds this one (a GAN's two players)."""
-        if self._step >= linkage.FOLLOW_STEPS or not torch.is_grad_enabled():
+        """A step began; follow which other watched model feeds this one (a GAN)."""
+        if not torch.is_grad_enabled():
+            return  # validation under no_grad is not part of the training step
+        self._forward_since_step = True
+        if not self.history.recorded:
+            self._count_unrecorded()
+        if self._step >= linkage.FOLLOW_STEPS:
             return
         self._root_calls += 1
         self._root_calls_max = max(self._root_calls_max, self._root_calls)
@@ -392,7 +420,7 @@ class Scope:
     def _count_unrecorded(self) -> None:
         """Warn once when many forwards ran with gradients but no step was ever recorded."""
         self._unrecorded_calls += 1
-        if self._warned_no_step or self._unrecorded_calls < UNRECORDED_WARN * len(self._modules):
+        if self._warned_no_step or self._unrecorded_calls < UNRECORDED_WARN:
             return
         self._warned_no_step = True
         how = (
@@ -521,12 +549,18 @@ class Scope:
             self._origin_note = "the step's forward could not be replayed: no call was seen"
             return
         self._replay_sums, self._replay_inputs = {}, {}
+        temporary = not self._module_handles
+        if temporary:
+            self._attach_module_hooks()
         try:
             # Only gradscope's hooks run in the replay; the user's stay off.
-            failure = replay.replay(self.model, calls, keep={h.id for h in self._handles})
+            keep = {h.id for h in self._handles + self._module_handles}
+            failure = replay.replay(self.model, calls, keep=keep)
             outputs, inputs = self._replay_sums, self._replay_inputs
         finally:
             self._replay_sums = None
+            if temporary:
+                self._remove_module_hooks()
         if failure is not None:
             self._origin_note = f"the step's forward could not be replayed ({failure})"
             return

@@ -62,18 +62,21 @@ def _weight_layers(info: ModelInfo, names: list[str] | None = None) -> list[Laye
 
 
 def _init_loop(info: ModelInfo, layers: list[LayerInfo], init_call: str) -> str:
+    """Code that re-initialises every weight matrix of ``layers`` (a recurrent layer has
+    several: ``weight_ih_l0``, ``weight_hh_l0``, ...) and zeroes their biases."""
     names = ", ".join(repr(layer.name) for layer in layers)
-    has_bias = any(p.endswith(".bias") or p == "bias" for layer in layers for p in layer.params)
-    lines = [
-        "import torch.nn as nn",
-        "",
-        f"for name in [{names}]:",
-        f"    layer = {info.var}.get_submodule(name)",
-        f"    {init_call.format(w='layer.weight')}",
-    ]
-    if has_bias:
-        lines += ["    if layer.bias is not None:", "        nn.init.zeros_(layer.bias)"]
-    return "\n".join(lines)
+    return "\n".join(
+        [
+            "import torch.nn as nn",
+            "",
+            f"for name in [{names}]:",
+            f"    for pname, p in {info.var}.get_submodule(name).named_parameters(recurse=False):",
+            "        if p.dim() >= 2:  # weight matrices (an RNN/LSTM has several)",
+            f"            {init_call.format(w='p')}",
+            "        elif pname.startswith('bias'):",
+            "            nn.init.zeros_(p)",
+        ]
+    )
 
 
 def use_relu(finding: Finding, info: ModelInfo) -> Suggestion:
