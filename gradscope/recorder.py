@@ -330,8 +330,8 @@ class Recorder:
             norm = acts["sumsq"][j]
             acts["sumsq"][j] = norm * norm
             for part, column in (("bad", "nonfinite"), ("bad_input", "input_nonfinite")):
-                if getattr(acc, part):
-                    acts[column][j] = 1.0 if acts[column][j] > 0 else 0.0
+                if getattr(acc, part):  # the sums of the calls' outputs: finite or not
+                    acts[column][j] = 0.0 if _finite(acts[column][j]) else 1.0
 
 
 def _finite(value: float) -> bool:

@@ -8,6 +8,7 @@ activations and are skipped under ``torch.compile``.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -566,9 +567,10 @@ class Scope:
             return
         record.acts = {column: list(values) for column, values in record.acts.items()}  # unshare
         for column, flags in (("nonfinite", outputs), ("input_nonfinite", inputs)):
-            totals = [torch.stack(parts).any() for parts in flags.values()]
+            totals = [torch.stack(parts).sum() for parts in flags.values()]
             host = stats.to_host(totals)
-            found = {j: 1.0 if bad else 0.0 for j, bad in zip(flags, host, strict=True)}
+            pairs = zip(flags, host, strict=True)
+            found = {j: 0.0 if math.isfinite(v) else 1.0 for j, v in pairs}
             if self._ranks is not None:  # every rank replayed its own batch: combine
                 found = self._ranks.combine_replay(
                     found, len(self._modules), self._step, note=column == "nonfinite"

@@ -144,8 +144,12 @@ def _accumulation_dtype(x: Tensor) -> torch.dtype | None:
 
 
 def nonfinite_flag(x: Tensor) -> Tensor:
-    """A device bool: whether some entry of ``x`` is NaN or Inf."""
-    return ~torch.isfinite(x).all()
+    """A device scalar that is NaN/Inf exactly when some entry of ``x`` is.
+
+    One reduction, no mask: the sum in float64, which finite float32/float16 entries
+    cannot overflow (a float32 sum can: a finite 1e36 output is not a NaN).
+    """
+    return torch.sum(x, dtype=torch.float64)
 
 
 def grad_statistics(
