@@ -305,12 +305,12 @@ def tanh_mlp(
 def generator() -> nn.Sequential:
     """The GAN's generator: noise (8) -> 2-D sample."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
+    return nn.Sequential(
+        nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2)
+    )
 
 
 def discriminator() -> nn.Sequential:
     """The GAN's discriminator: 2-D sample -> probability of being real."""
     torch.manual_seed(1)
-    return nn.Sequential(
-        nn.Linear(2, 32), nn.LeakyReLU(0.2), nn.Linear(32, 1), nn.Sigmoid()
-    )
+    return nn.Sequential(nn.Linear(2, 32), nn.LeakyReLU(0.2), nn.Linear(32, 1), nn.Sigmoid())

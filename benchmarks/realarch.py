@@ -1,0 +1,168 @@
+"""Real architectures x recipes: the plain-torch oracle against gradscope's findings.
+
+Runs every recipe of ``tests/realarch/realarch_recipes.py`` (Hugging Face models from tiny
+configs, random init, synthetic data; nothing is downloaded) twice: plain, where the oracle
+decides healthy or broken from the loss, the gradient norms and the gradient through time,
+and inside ``gradscope.watch(model, optimizer=opt)`` with default settings.  Prints a table
+(oracle verdict, gradscope's findings, pass/fail) and saves
+``benchmarks/results/realarch.json`` with, per recipe, the numbers needed to explain a wrong
+answer: the role ``gradscope.modelinfo`` gives each module type, which layers carry depth,
+per-layer |g|/|W|, weight growth, update ratios, whether a norm layer follows, and the
+loss window the detectors judged.
+
+    python benchmarks/realarch.py              # all recipes, about a minute on one thread
+    python benchmarks/realarch.py gpt2 llama   # recipes of these models only
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "realarch"))
+
+import torch  # noqa: E402
+from realarch_recipes import RECIPES, Recipe, plain_run, watched_run  # noqa: E402
+from realarch_verdict import judge  # noqa: E402
+
+from gradscope.modelinfo import LayerInfo, ModelInfo, hooked_modules, module_role  # noqa: E402
+from gradscope.signals import depth_signals, early, layer_signals, loss_trend, recent  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "results" / "realarch.json"
+
+
+def _num(value: float) -> float | None:
+    return float(f"{value:.4g}") if isinstance(value, float) and math.isfinite(value) else None
+
+
+def roles_by_type(model: torch.nn.Module) -> dict[str, str]:
+    """The role gradscope gives each module type that owns trainable parameters."""
+    out = {}
+    for _, module in hooked_modules(model):
+        if any(p.requires_grad for p in module.parameters(recurse=False)):
+            out[type(module).__name__] = module_role(module)
+    return dict(sorted(out.items()))
+
+
+def _next_is_norm(names: list[str], types: list[str], roles: dict[str, str], i: int) -> bool:
+    """Whether the next parameter-owning module in forward order is a normalisation layer."""
+    for j in range(i + 1, len(names)):
+        if roles.get(names[j]) in ("weight", "embedding") or "Norm" in types[j]:
+            return roles.get(names[j]) == "norm" or "Norm" in types[j]
+    return False
+
+
+def layer_table(report: Any, model_roles: dict[str, str]) -> list[dict[str, Any]]:
+    """Per module owning parameters: role, depth-carrying or not, |g|/|W|, growth, update."""
+    history = report.history
+    signals = layer_signals(history)
+    names = [s.name for s in signals]
+    types = [s.type for s in signals]
+    roles = {s.name: model_roles.get(s.name, "?") for s in signals}
+    info = ModelInfo("m", [LayerInfo(n, t, roles[n]) for n, t in zip(names, types, strict=True)])
+    depth = {s.name for s in depth_signals(history, info)}
+    rows = []
+    for i, s in enumerate(signals):
+        finite_updates = s.update_ratio[torch.isfinite(s.update_ratio)]
+        rows.append(
+            {
+                "layer": s.name,
+                "type": s.type,
+                "role": roles[s.name],
+                "carries_depth": s.name in depth,
+                "followed_by_norm": _next_is_norm(names, types, roles, i),
+                "rel_grad_start": _num(early(s.relative_grad)),
+                "rel_grad_end": _num(recent(s.relative_grad)),
+                "grad_norm_start": _num(float(s.grad_norm[0])),
+                "grad_norm_end": _num(recent(s.grad_norm)),
+                "weight_growth": _num(float(s.param_norm[-1] / s.param_norm[0].clamp_min(1e-12))),
+                "update_ratio_max": _num(float(finite_updates.max()))
+                if finite_updates.numel()
+                else None,
+            }
+        )
+    return rows
+
+
+def run(recipe: Recipe) -> dict[str, Any]:
+    """Oracle, gradscope's findings, verdict and diagnosis numbers of one recipe."""
+    broken, evidence = recipe.oracle(plain_run(recipe.id))
+    report = watched_run(recipe.id)
+    passed, said = judge(report, recipe.expect)
+    model = recipe.build()
+    model_roles = {name: module_role(m) for name, m in hooked_modules(model)}
+    trend = loss_trend(report.history)
+    losses = [float(v) for v in report.history.losses()]
+    return {
+        "recipe": recipe.id,
+        "oracle": {"broken": broken, "evidence": evidence},
+        "expected": {
+            "kind": recipe.expect.kind,
+            "prefix": recipe.expect.prefix,
+            "fixes": sorted(recipe.expect.fixes),
+            "why": recipe.expect.why,
+        },
+        "oracle_agrees_with_recipe": broken == bool(recipe.expect.kind),
+        "gradscope": [
+            {
+                "kind": f.kind,
+                "layer": f.layer,
+                "severity": f.severity,
+                "step": f.step,
+                "first_fix": f.suggestions[0].kind if f.suggestions else None,
+                "evidence": json.loads(json.dumps(f.evidence, default=str)),
+            }
+            for f in report.findings
+        ],
+        "said": said,
+        "passed": passed,
+        "diagnosis": {
+            "roles_by_type": roles_by_type(model),
+            "loss_first_logged": _num(losses[0]) if losses else None,
+            "loss_trend_first": _num(trend.first),
+            "loss_trend_last": _num(trend.last),
+            "loss_improvement": _num(trend.improvement),
+            "layers": layer_table(report, model_roles),
+        },
+    }
+
+
+def main(argv: list[str]) -> int:
+    """Print the table, save the JSON; exit 0 (wrong answers are the output, not an error)."""
+    torch.set_num_threads(1)
+    chosen = [r for r in RECIPES.values() if not argv or r.model in argv]
+    rows = []
+    print(f"{'recipe':34s} {'oracle':8s} {'result':6s} gradscope (warning and above)")
+    for recipe in chosen:
+        row = run(recipe)
+        rows.append(row)
+        oracle = "broken" if row["oracle"]["broken"] else "healthy"
+        print(f"{recipe.id:34s} {oracle:8s} {'pass' if row['passed'] else 'FAIL':6s} {row['said']}")
+    passed = sum(r["passed"] for r in rows)
+    print(
+        f"\n{passed} of {len(rows)} recipes answered right; oracle confirms "
+        f"{sum(r['oracle_agrees_with_recipe'] for r in rows)} of {len(rows)} recipes."
+    )
+    if not argv:
+        OUT.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"torch": torch.__version__, "transformers": _transformers_version()}
+        OUT.write_text(json.dumps({"meta": meta, "recipes": rows}, indent=1) + "\n")
+        print(f"saved {OUT.relative_to(ROOT)}")
+    return 0
+
+
+def _transformers_version() -> str:
+    import transformers  # noqa: PLC0415
+
+    return transformers.__version__
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
