@@ -83,6 +83,11 @@ def layer_table(report: Any, model_roles: dict[str, str]) -> list[dict[str, Any]
                 "grad_norm_start": _num(float(s.grad_norm[0])),
                 "grad_norm_end": _num(recent(s.grad_norm)),
                 "weight_growth": _num(float(s.param_norm[-1] / s.param_norm[0].clamp_min(1e-12))),
+                # Scale invariance: a layer followed by a norm has |g| ~ 1/|W|, so |g|*|W|
+                # stays put while |g|/|W| falls with |W|^2 as the weights grow.
+                "grad_times_weight_change": _num(
+                    recent(s.grad_norm * s.param_norm) / early(s.grad_norm * s.param_norm)
+                ),
                 "update_ratio_max": _num(float(finite_updates.max()))
                 if finite_updates.numel()
                 else None,
@@ -99,6 +104,7 @@ def run(recipe: Recipe) -> dict[str, Any]:
     model = recipe.build()
     model_roles = {name: module_role(m) for name, m in hooked_modules(model)}
     trend = loss_trend(report.history)
+    layers = layer_table(report, model_roles)
     losses = [float(v) for v in report.history.losses()]
     return {
         "recipe": recipe.id,
@@ -125,11 +131,19 @@ def run(recipe: Recipe) -> dict[str, Any]:
         "passed": passed,
         "diagnosis": {
             "roles_by_type": roles_by_type(model),
+            "depth_layers": sum(row["carries_depth"] for row in layers),
+            "modules_with_params": len(layers),
+            "watched_loss_max_diff_from_plain": _num(
+                max(
+                    (abs(a - b) for a, b in zip(losses, plain_run(recipe.id).losses, strict=False)),
+                    default=math.nan,
+                )
+            ),
             "loss_first_logged": _num(losses[0]) if losses else None,
             "loss_trend_first": _num(trend.first),
             "loss_trend_last": _num(trend.last),
             "loss_improvement": _num(trend.improvement),
-            "layers": layer_table(report, model_roles),
+            "layers": layers,
         },
     }
 

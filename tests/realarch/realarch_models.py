@@ -116,6 +116,21 @@ def resnet() -> nn.Module:
     return ResNetForImageClassification(config)
 
 
+def resnet18() -> nn.Module:
+    """HF ResNet with ResNet-18's topology (4 stages of 2 basic blocks), 1/4 of its width."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    config = ResNetConfig(
+        embedding_size=16,
+        hidden_sizes=[16, 32, 64, 128],
+        depths=[2, 2, 2, 2],
+        layer_type="basic",
+        num_labels=IMAGE_CLASSES,
+    )
+    return ResNetForImageClassification(config)
+
+
 def resnet_without_batchnorm() -> nn.Module:
     """The same ResNet with every BatchNorm2d replaced by Identity."""
     model = resnet()
@@ -132,7 +147,10 @@ def mobilenet_v2() -> nn.Module:
 
     torch.manual_seed(0)
     config = MobileNetV2Config(
-        image_size=IMAGE_SIZE, depth_multiplier=0.35, num_labels=IMAGE_CLASSES
+        image_size=IMAGE_SIZE,
+        depth_multiplier=0.35,
+        num_labels=IMAGE_CLASSES,
+        classifier_dropout_prob=0.2,  # the config's default is 0.8
     )
     return MobileNetV2ForImageClassification(config)
 
@@ -142,8 +160,13 @@ def mobilenet_v1() -> nn.Module:
     from transformers import MobileNetV1Config, MobileNetV1ForImageClassification
 
     torch.manual_seed(0)
+    # The config's default classifier dropout is 0.999 (TensorFlow's keep probability read
+    # as a drop probability): training through it is noise, whatever the learning rate.
     config = MobileNetV1Config(
-        image_size=IMAGE_SIZE, depth_multiplier=0.25, num_labels=IMAGE_CLASSES
+        image_size=IMAGE_SIZE,
+        depth_multiplier=0.25,
+        num_labels=IMAGE_CLASSES,
+        classifier_dropout_prob=0.2,
     )
     return MobileNetV1ForImageClassification(config)
 

@@ -330,6 +330,11 @@ _LR_WHY = (
     "has LayerNorm"
 )
 
+_LR_WHY_BN = (
+    "BatchNorm is in place and the weights start at a sane scale: the step is too large, so "
+    "lowering the learning rate or clipping is the fix"
+)
+
 
 def _recipes() -> list[Recipe]:
     img = M.image_batch
@@ -351,6 +356,32 @@ def _recipes() -> list[Recipe]:
                 "rate, clipping or putting normalisation back all address it",
             ),
             diverges,
+        ),
+        Recipe("resnet18", "healthy", M.resnet18, img, hf_loss, _sgd(0.1), 30, HEALTHY, loss_falls),
+        *(
+            Recipe(
+                "resnet18",
+                f"sgd_lr_{lr:g}",
+                M.resnet18,
+                img,
+                hf_loss,
+                _sgd(lr),
+                30,
+                Expect("exploding_gradient", "resnet", LR_FIXES, _LR_WHY_BN),
+                diverges,
+            )
+            for lr in (1.0, 2.0)
+        ),
+        Recipe(
+            "mobilenet_v1",
+            "healthy",
+            M.mobilenet_v1,
+            img,
+            hf_loss,
+            _adam(1e-3),
+            30,
+            HEALTHY,
+            loss_falls,
         ),
         Recipe(
             "mobilenet_v2",

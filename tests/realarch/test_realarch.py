@@ -24,6 +24,14 @@ WRONG_TODAY = {
         "exploding_gradient error on classifier.1 (the head, the only layer with update ratio "
         "> 0.5), not on the BatchNorm-less backbone whose gradients grew 80-350x"
     ),
+    "resnet18/sgd_lr_1": (
+        "nothing: updates reach 0.8-1.35 of the weights, but the loss window starts after the "
+        "blow-up (median of the first 5 losses 12.9 -> last 4.8), which reads as improving"
+    ),
+    "resnet18/sgd_lr_2": (
+        "exploding_gradient warning (right: first fix lower_lr) next to a vanishing_gradient "
+        "warning on the same layer, because |g|/|W| of BatchNorm-followed convs falls as |W| grows"
+    ),
     "convnext/healthy": (
         "vanishing_gradient warning on convnext.encoder.stages.0.layers.0.dwconv, fix "
         "add_batchnorm: LayerScale (gamma = 1e-6) makes the block convs' |g|/|W| ~1e-4"
