@@ -13,7 +13,6 @@ import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-pytest.importorskip("transformers")
 torch.set_num_threads(1)
 
 
@@ -22,6 +21,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "realarch: real architectures from tiny configs (needs transformers)"
     )
+
+
+@pytest.fixture(autouse=True)
+def _needs_transformers() -> None:
+    """Skip, not fail, without transformers (a module-level skip in a conftest is an error;
+    the test modules also call ``pytest.importorskip`` before importing the recipes)."""
+    pytest.importorskip("transformers")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
