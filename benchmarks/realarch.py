@@ -42,6 +42,10 @@ def _num(value: float) -> float | None:
     return float(f"{value:.4g}") if isinstance(value, float) and math.isfinite(value) else None
 
 
+def _ratio(a: float, b: float) -> float | None:
+    return _num(a / b) if b and math.isfinite(b) else None
+
+
 def roles_by_type(model: torch.nn.Module) -> dict[str, str]:
     """The role gradscope gives each module type that owns trainable parameters."""
     out = {}
@@ -85,8 +89,8 @@ def layer_table(report: Any, model_roles: dict[str, str]) -> list[dict[str, Any]
                 "weight_growth": _num(float(s.param_norm[-1] / s.param_norm[0].clamp_min(1e-12))),
                 # Scale invariance: a layer followed by a norm has |g| ~ 1/|W|, so |g|*|W|
                 # stays put while |g|/|W| falls with |W|^2 as the weights grow.
-                "grad_times_weight_change": _num(
-                    recent(s.grad_norm * s.param_norm) / early(s.grad_norm * s.param_norm)
+                "grad_times_weight_change": _ratio(
+                    recent(s.grad_norm * s.param_norm), early(s.grad_norm * s.param_norm)
                 ),
                 "update_ratio_max": _num(float(finite_updates.max()))
                 if finite_updates.numel()
