@@ -12,10 +12,18 @@ loss window the detectors judged.
 
     python benchmarks/realarch.py              # all recipes, about a minute on one thread
     python benchmarks/realarch.py gpt2 llama   # recipes of these models only
+    python benchmarks/realarch.py --what-if    # re-judge with candidate detector changes
+
+``--what-if`` patches today's internals in-process (``gradscope.modelinfo.module_role``,
+``gradscope_plugins.exploding``'s loss trend and update peak, the layers
+``gradscope_plugins.vanishing`` judges) to measure which wrong answers
+a candidate change would fix and whether a healthy recipe would start to alarm; it is a
+probe for the lead, tied to the current module layout, and writes nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -29,13 +37,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "realarch"))
 
 import torch  # noqa: E402
-from realarch_recipes import RECIPES, Recipe, plain_run, watched_run  # noqa: E402
+from realarch_recipes import RECIPES, Recipe, _train, plain_run, watched_run  # noqa: E402
 from realarch_verdict import judge  # noqa: E402
 
 from gradscope.modelinfo import LayerInfo, ModelInfo, hooked_modules, module_role  # noqa: E402
 from gradscope.signals import depth_signals, early, layer_signals, loss_trend, recent  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "realarch.json"
+_ROLE: Any = None
+_TREND: Any = None
 
 
 def _num(value: float) -> float | None:
@@ -152,9 +162,99 @@ def run(recipe: Recipe) -> dict[str, Any]:
     }
 
 
+def _role_knowing_hf_conv1d(module: torch.nn.Module) -> str:
+    """Today's role, plus Hugging Face ``Conv1D`` (GPT-2's linear layers) as a weight layer."""
+    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
+        return "weight"
+    return _ROLE(module)
+
+
+def _trend_from_first_loss(history: Any, window: int = 5) -> Any:
+    """Today's loss trend with ``first`` = the first logged loss, not the first 5's median."""
+    trend = _TREND(history, window)
+    losses = history.losses()
+    finite = losses[torch.isfinite(losses)]
+    if finite.numel():
+        trend.first = float(finite[0])
+        trend.improvement = (trend.first - trend.last) / max(abs(trend.first), 1e-12)
+    return trend
+
+
+def _largest_update(series: torch.Tensor) -> float:
+    """The largest finite update ratio (no median of 3: detail records are 10 steps apart)."""
+    finite = series[torch.isfinite(series)]
+    return float(finite.max()) if finite.numel() else math.nan
+
+
+def _depth_without_grown_weights(history: Any, model_info: Any) -> list:
+    """Today's depth layers minus those whose weights grew > 10x over the run: their |g|/|W|
+    fell with the weights' size (|W|^2 behind a norm), not because the gradient faded."""
+    return [
+        s
+        for s in depth_signals(history, model_info)
+        if not float(s.param_norm[-1]) > 10 * float(s.param_norm[0])
+    ]
+
+
+def _what_ifs() -> dict[str, list[tuple[Any, str, Any]]]:
+    import gradscope.modelinfo as modelinfo  # noqa: PLC0415
+    import gradscope_plugins.exploding as exploding  # noqa: PLC0415
+    import gradscope_plugins.vanishing as vanishing  # noqa: PLC0415
+
+    global _ROLE, _TREND
+    _ROLE, _TREND = modelinfo.module_role, exploding.loss_trend
+    changes = {
+        "conv1d_is_weight": [(modelinfo, "module_role", _role_knowing_hf_conv1d)],
+        "exploding_loss_from_first_step": [(exploding, "loss_trend", _trend_from_first_loss)],
+        "exploding_update_peak_is_max": [(exploding, "_sustained_peak", _largest_update)],
+        "vanishing_skips_grown_weights": [
+            (vanishing, "depth_signals", _depth_without_grown_weights)
+        ],
+    }
+    changes["all_four"] = [patch for patches in changes.values() for patch in patches]
+    return changes
+
+
+@contextlib.contextmanager
+def _patched(patches: list[tuple[Any, str, Any]]):
+    saved = [(module, name, getattr(module, name)) for module, name, _ in patches]
+    try:
+        for module, name, value in patches:
+            setattr(module, name, value)
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
+
+
+def what_if(chosen: list[Recipe]) -> int:
+    """Pass/fail of each recipe today and under each candidate change."""
+    changes = _what_ifs()
+    names = ["today", *changes]
+    print(f"{'recipe':34s} " + " ".join(f"{n[:30]:>30s}" for n in names))
+    totals = dict.fromkeys(names, 0)
+    for recipe in chosen:
+        cells = [judge(watched_run(recipe.id), recipe.expect)]
+        for patches in changes.values():
+            with _patched(patches):
+                cells.append(judge(_train(recipe, watch=True)[1], recipe.expect))
+        for name, (passed, _) in zip(names, cells, strict=True):
+            totals[name] += passed
+        marks = " ".join(f"{'pass' if ok else 'FAIL':>30s}" for ok, _ in cells)
+        print(f"{recipe.id:34s} {marks}")
+        for name, (ok, said) in zip(names[1:], cells[1:], strict=True):
+            if ok != cells[0][0]:
+                print(f"    {name}: {said}")
+    print(f"{'passed':34s} " + " ".join(f"{totals[n]:>30d}" for n in names))
+    return 0
+
+
 def main(argv: list[str]) -> int:
     """Print the table, save the JSON; exit 0 (wrong answers are the output, not an error)."""
     torch.set_num_threads(1)
+    if "--what-if" in argv:
+        argv = [a for a in argv if a != "--what-if"]
+        return what_if([r for r in RECIPES.values() if not argv or r.model in argv])
     chosen = [r for r in RECIPES.values() if not argv or r.model in argv]
     rows = []
     print(f"{'recipe':34s} {'oracle':8s} {'result':6s} gradscope (warning and above)")
