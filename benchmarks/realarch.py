@@ -14,11 +14,10 @@ loss window the detectors judged.
     python benchmarks/realarch.py gpt2 llama   # recipes of these models only
     python benchmarks/realarch.py --what-if    # re-judge with candidate detector changes
 
-``--what-if`` patches today's internals in-process (``gradscope.modelinfo.module_role``,
-``gradscope_plugins.exploding``'s loss trend and update peak, the layers
-``gradscope_plugins.vanishing`` judges) to measure which wrong answers
-a candidate change would fix and whether a healthy recipe would start to alarm; it is a
-probe for the lead, tied to the current module layout, and writes nothing.
+``--what-if`` patches today's internals in-process (``gradscope_plugins.exploding``'s loss
+trend and update peak, the layers ``gradscope_plugins.vanishing`` judges) to measure which
+wrong answers a candidate change would fix and whether a healthy recipe would start to
+alarm; it is a probe for the lead, tied to the current module layout, and writes nothing.
 """
 
 from __future__ import annotations
@@ -41,10 +40,10 @@ from realarch_recipes import RECIPES, Recipe, _train, plain_run, watched_run  # 
 from realarch_verdict import judge  # noqa: E402
 
 from gradscope.modelinfo import LayerInfo, ModelInfo, hooked_modules, module_role  # noqa: E402
-from gradscope.signals import depth_signals, early, layer_signals, loss_trend, recent  # noqa: E402
+from gradscope.signals import early, layer_signals, loss_trend, recent  # noqa: E402
+from gradscope_plugins.judgement import depth_layers  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "realarch.json"
-_ROLE: Any = None
 _TREND: Any = None
 
 
@@ -81,7 +80,7 @@ def layer_table(report: Any, model_roles: dict[str, str]) -> list[dict[str, Any]
     types = [s.type for s in signals]
     roles = {s.name: model_roles.get(s.name, "?") for s in signals}
     info = ModelInfo("m", [LayerInfo(n, t, roles[n]) for n, t in zip(names, types, strict=True)])
-    depth = {s.name for s in depth_signals(history, info)}
+    depth = {s.name for s in depth_layers(history, info)}
     rows = []
     for i, s in enumerate(signals):
         finite_updates = s.update_ratio[torch.isfinite(s.update_ratio)]
@@ -162,13 +161,6 @@ def run(recipe: Recipe) -> dict[str, Any]:
     }
 
 
-def _role_knowing_hf_conv1d(module: torch.nn.Module) -> str:
-    """Today's role, plus Hugging Face ``Conv1D`` (GPT-2's linear layers) as a weight layer."""
-    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
-        return "weight"
-    return _ROLE(module)
-
-
 def _trend_from_first_loss(history: Any, window: int = 5) -> Any:
     """Today's loss trend with ``first`` = the first logged loss, not the first 5's median."""
     trend = _TREND(history, window)
@@ -191,27 +183,54 @@ def _depth_without_grown_weights(history: Any, model_info: Any) -> list:
     fell with the weights' size (|W|^2 behind a norm), not because the gradient faded."""
     return [
         s
-        for s in depth_signals(history, model_info)
+        for s in depth_layers(history, model_info)
         if not float(s.param_norm[-1]) > 10 * float(s.param_norm[0])
     ]
 
 
+def _depth_without_switched_off_blocks(history: Any, model_info: Any) -> list:
+    """Today's depth layers minus those inside a block that owns a gain starting below 1e-3
+    (LayerScale, ConvNeXt's gamma = 1e-6): their gradient is that small by design."""
+    roles = {layer.name: layer.role for layer in model_info.layers}
+    gated = [
+        s.name
+        for s in layer_signals(history)
+        if roles.get(s.name) == "norm" and float(s.rms[0]) < 1e-3
+    ]
+    return [
+        s
+        for s in depth_layers(history, model_info)
+        if not any(s.name.startswith(block + ".") for block in gated)
+    ]
+
+
+def _depth_without_both(history: Any, model_info: Any) -> list:
+    """Both vanishing filters above together."""
+    keep = {s.name for s in _depth_without_switched_off_blocks(history, model_info)}
+    return [s for s in _depth_without_grown_weights(history, model_info) if s.name in keep]
+
+
 def _what_ifs() -> dict[str, list[tuple[Any, str, Any]]]:
-    import gradscope.modelinfo as modelinfo  # noqa: PLC0415
     import gradscope_plugins.exploding as exploding  # noqa: PLC0415
     import gradscope_plugins.vanishing as vanishing  # noqa: PLC0415
 
-    global _ROLE, _TREND
-    _ROLE, _TREND = modelinfo.module_role, exploding.loss_trend
+    global _TREND
+    _TREND = exploding.loss_trend
     changes = {
-        "conv1d_is_weight": [(modelinfo, "module_role", _role_knowing_hf_conv1d)],
         "exploding_loss_from_first_step": [(exploding, "loss_trend", _trend_from_first_loss)],
         "exploding_update_peak_is_max": [(exploding, "_sustained_peak", _largest_update)],
         "vanishing_skips_grown_weights": [
-            (vanishing, "depth_signals", _depth_without_grown_weights)
+            (vanishing, "depth_layers", _depth_without_grown_weights)
+        ],
+        "vanishing_skips_layer_scale": [
+            (vanishing, "depth_layers", _depth_without_switched_off_blocks)
         ],
     }
-    changes["all_four"] = [patch for patches in changes.values() for patch in patches]
+    changes["all_four"] = [
+        *changes["exploding_loss_from_first_step"],
+        *changes["exploding_update_peak_is_max"],
+        (vanishing, "depth_layers", _depth_without_both),
+    ]
     return changes
 
 

@@ -40,8 +40,9 @@ WRONG_TODAY = {
         "add_batchnorm: LayerScale (gamma = 1e-6) makes the block convs' |g|/|W| ~1e-4"
     ),
     "gpt2/adamw_lr_1": (
-        "nothing: GPT-2's Conv1D layers get role 'other', no layer carries depth, and the "
-        "exploding detector returns before looking at the loss (5.6 -> 150)"
+        "exploding_gradient warning on transformer.h.0.attn.c_attn (first fix clip_grad_norm) "
+        "next to a vanishing_gradient warning over time on the same layer: the loss window "
+        "starts after the blow-up (72.8 -> 121, not 5.6 -> 121) and |g|/|W| fell as |W| grew"
     ),
     "bert/lr_100x_at_30": (
         "nothing: the update ratio is sampled 1 step in 10 and the median of 3 samples hides "
@@ -67,8 +68,8 @@ WRONG_TODAY = {
         "the weights: the generator's loss rising as D wins reads as divergence"
     ),
     "gan/saturating_loss": (
-        "vanishing_gradient on 0 but first fix add_batchnorm: watch(netG) has no "
-        "generator/discriminator names, so the GAN plan never applies"
+        "vanishing_gradient on 0 but first fix add_batchnorm: watch(netG, optimizer=optG) is "
+        "one part, so gan_roles() finds no generator and the GAN plan never applies"
     ),
 }
 
