@@ -30,12 +30,16 @@ def describe(finding: Any) -> str:
 def judge(report: Any, expect: Expect) -> tuple[bool, str]:
     """(passed, what gradscope said) for ``report`` against ``expect``.
 
+    A plugin that raised (``report.plugin_errors``) fails every recipe: it judged nothing.
     Healthy (``expect.kind`` None): no warning or error at all.  Broken: a warning or error
     of ``expect.kind`` on a layer under ``expect.prefix`` whose first suggestion is one of
     ``expect.fixes``, and no finding of the opposite kind (vanishing vs exploding).
     """
     alarms = report.at_least("warning")
-    said = "; ".join(describe(f) for f in alarms) or "nothing"
+    crashed = [f"{e['plugin']} plugin raised {e['error']}" for e in report.plugin_errors]
+    said = "; ".join([describe(f) for f in alarms] + crashed) or "nothing"
+    if crashed:
+        return False, said
     if expect.kind is None:
         return not alarms, said
     of_kind = [f for f in alarms if f.kind == expect.kind]
