@@ -107,6 +107,18 @@ def loss_falls(run: PlainRun, by: float = 0.1) -> tuple[bool, str]:
     return (not healthy), f"loss {first:.3g} -> {last:.3g} (median of first/last 5)"
 
 
+def fades_toward_input(run: PlainRun) -> tuple[bool, str]:
+    """Broken: at the first step the input layer's bias gradient (the gradient reaching its
+    output) is < 1e-3 of the output layer's, and the loss does not fall."""
+    weights = [n for n in run.grad_norms[0] if n.endswith("bias")]
+    first, last = run.grad_norms[0][weights[0]], run.grad_norms[0][weights[-1]]
+    stuck, loss_text = loss_falls(run)
+    ratio = first / last if last > 0 else math.nan
+    return ratio < 1e-3 and stuck, (
+        f"|grad {weights[0]}| / |grad {weights[-1]}| at step 0 = {ratio:.3g}; {loss_text}"
+    )
+
+
 def diverges(run: PlainRun, rise: float = 3.0) -> tuple[bool, str]:
     """Broken: the loss turns non-finite, or its peak ends up ``rise`` x above the first loss."""
     first = run.losses[0]
@@ -194,7 +206,10 @@ def generator_learns(run: PlainRun) -> tuple[bool, str]:
 
 def _norms(model: nn.Module) -> tuple[dict[str, float], dict[str, float]]:
     grads = {
-        n: float(p.grad.detach().norm()) for n, p in model.named_parameters() if p.grad is not None
+        # float64: a float32 norm of entries below ~1e-19 underflows to exactly 0.
+        n: float(p.grad.detach().double().norm())
+        for n, p in model.named_parameters()
+        if p.grad is not None
     }
     weights = {n: float(p.detach().norm()) for n, p in model.named_parameters()}
     return grads, weights
@@ -511,7 +526,7 @@ def _recipes() -> list[Recipe]:
                 "the weights are ~100x too small for tanh: Xavier init (or ReLU with the "
                 "Kaiming init its snippet includes) is the fix",
             ),
-            loss_falls,
+            fades_toward_input,
         ),
         Recipe(
             "rnn",
