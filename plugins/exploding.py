@@ -48,7 +48,7 @@ from gradscope_plugins.judgement import (
     over,
     reference_norm,
     relative_grad,
-    through_time_ratios,
+    through_time_peaks,
 )
 
 NAME = "exploding"
@@ -223,15 +223,22 @@ def _through_depth(
 
 
 def _through_time(history: History, t: dict, evidence: _Evidence) -> None:
-    """The first time step of a recurrence gets ``through_time`` times what the last gets."""
-    for name, ratio in through_time_ratios(history).items():
-        if ratio >= t["through_time"]:
+    """The first time step of a recurrence gets ``through_time`` times what the last gets,
+    on ``growth_steps`` recorded steps (or the only one): an explosion shows first, before
+    a huge step saturates the recurrence."""
+    for name, (count, peak) in through_time_peaks(history, t["through_time"]).items():
+        measured = int(
+            history.act_series("time_grad_last")[:, history.module_names.index(name)]
+            .isfinite()
+            .sum()
+        )
+        if count >= min(int(t["growth_steps"]), max(measured, 1)):
             evidence.what.append(
-                f"in {name} the gradient reaching the first time step is {fmt(ratio)}x what "
+                f"in {name} the gradient reaching the first time step is {fmt(peak)}x what "
                 "reaches the last: it grows at every step back through time"
             )
             evidence.culprits.append(name)
-            evidence.numbers["through_time_ratio"] = ratio
+            evidence.numbers["through_time_ratio"] = peak
             return
 
 

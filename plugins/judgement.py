@@ -236,3 +236,27 @@ def stalled(trend: LossTrend, stall: float, plateau: float) -> bool:
     if not trend.known or trend.logged < MIN_LOSSES_FOR_A_STALL:
         return False
     return trend.improvement < stall or trend.late_improvement < plateau
+
+
+def through_time_peaks(history: History, line: float) -> dict[str, tuple[int, float]]:
+    """Module -> (recorded steps whose first/last time-step gradient ratio reached ``line``,
+    the largest ratio): an explosion through time shows on the first records, before one
+    huge step saturates the recurrence and the ratio falls back."""
+    first = history.act_series("time_grad_first")
+    last = history.act_series("time_grad_last")
+    out = {}
+    for j, name in enumerate(history.module_names):
+        measured = (last[:, j] > 0) & ~torch.isnan(first[:, j]) & torch.isfinite(last[:, j])
+        if bool(measured.any()):
+            ratios = first[measured, j] / last[measured, j]
+            out[name] = (int((ratios >= line).sum()), float(ratios.max()))
+    return out
+
+
+def weights_grew(signal: LayerSignal, factor: float) -> bool:
+    """Whether the layer's weights ended ``factor`` times larger than they started: a
+    learning rate that blew them up, not a gradient that faded (its |g|/|W| falls)."""
+    finite = signal.param_norm[torch.isfinite(signal.param_norm)]
+    if finite.numel() < 2 or float(finite[0]) <= 0:
+        return False
+    return float(finite[-1]) > factor * float(finite[0])

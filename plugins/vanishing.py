@@ -38,6 +38,7 @@ from gradscope_plugins.judgement import (
     relative_grad,
     through_time_ratios,
     under,
+    weights_grew,
 )
 from gradscope_plugins.judgement import (
     stalled as is_stalled,
@@ -59,6 +60,11 @@ DEFAULTS = {
     "window": 5,
     # A layer whose relative gradient fell below this fraction of its own start...
     "time_ratio": 0.1,
+    # Through depth: a gap this large to the largest later layer is a warning even when no
+    # stall can be seen (a short diagnose() run).
+    "depth_severe": 1e-5,
+    # A layer whose weights grew this many times is not judged for vanishing through depth.
+    "grown_weights": 10.0,
     # The gradient reaching a recurrence's first step below this fraction of its last (with
     # a loss that improved by less than ``stall``: a plateau is not enough here, since a
     # converged gated RNN on a short-range task shows the same small ratio).
@@ -97,11 +103,17 @@ def gradscope_detect(
     rel = [recent(s, window) for s in series]
     affected = []
     blocked = blocked_paths_possible(model_info)
+    no_better = trend.known and trend.improvement < t["stall"]
     roles = {layer.name: layer.role for layer in model_info.layers}
     for i, layer in enumerate(layers[:-1]):
-        if roles.get(layer.name) in ("vanilla_rnn", "gated_rnn"):
-            # A recurrence's weights get the gradient summed over every time step: they are
-            # judged through time (above), not against a feed-forward layer.
+        if roles.get(layer.name) in ("vanilla_rnn", "gated_rnn") and not no_better:
+            # A recurrence's weights get the gradient summed over every time step; a gated
+            # RNN that learned and then plateaued shows the same gap: unless the loss never
+            # improved, recurrences are judged through time (above).
+            continue
+        if weights_grew(layer, t["grown_weights"]):
+            # |g|/|W| fell because |W| blew up (a learning rate too large), not because
+            # the gradient faded: that is the exploding detector's to report.
             continue
         later = [r for r in rel[i + 1 :] if math.isfinite(r) and r > 0]
         if not later or not math.isfinite(rel[i]) or (rel[i] == 0 and blocked):
@@ -112,7 +124,7 @@ def gradscope_detect(
         # takes hundreds of times the gradient of a healthy transformer's layers.
         ratio = rel[i] / statistics.median(later)
         if ratio < t["depth_ratio"]:
-            affected.append((layer, ratio))
+            affected.append((layer, ratio, rel[i] / max(later)))
     if affected:
         depth = _through_depth(history, model_info, (layers, series, rel), affected, trend, t)
         return found + [depth]
@@ -135,9 +147,10 @@ def _through_depth(
     """The finding for layers whose relative gradient is far below a later layer's."""
     layers, series, rel = measured
     stalled = is_stalled(trend, t["stall"], t["plateau"])
-    worst_layer, worst_ratio = min(affected, key=lambda item: item[1])
+    worst_layer, worst_ratio, _ = min(affected, key=lambda item: item[1])
+    extreme = min(item[2] for item in affected)
     first_layer = affected[0][0]
-    names = [layer.name for layer, _ in affected]
+    names = [layer.name for layer, _, _ in affected]
     first_index = [layer.name for layer in layers].index(first_layer.name)
     step = _first_step_below(history, series[first_index], series, t["depth_ratio"])
     activations = sorted(
@@ -164,8 +177,10 @@ def _through_depth(
     return Finding(
         kind="vanishing_gradient",
         layer=first_layer.name,
-        # Layers that do not learn while the loss stalls: the training is broken.
-        severity="error" if stalled else "info",
+        # Layers that do not learn while the loss stalls: the training is broken.  A gap of
+        # ``depth_severe`` to the largest later layer is a warning even before a stall can
+        # be seen (a short diagnose() run): those layers receive nothing to learn from.
+        severity="error" if stalled else ("warning" if extreme < t["depth_severe"] else "info"),
         step=step,
         message=message,
         evidence={

@@ -40,7 +40,7 @@ def test_sigmoid():
     result.stdout.fnmatch_lines(
         [
             "*AssertionError: Sequential: gradients are not healthy*",
-            "*[[]error[]] vanishing_gradient in 0 (step 0)*",
+            "*[[]warning[]] vanishing_gradient in 0 (step 0)*",
             "*top fix (use_relu): Replace Sigmoid with ReLU*",
         ]
     )

@@ -43,10 +43,6 @@ WRONG_TODAY = {
         "add_batchnorm: through-time ratio 2.9e4 at step 0, but the detector takes the median "
         "over records (below 1e3 once the first update saturates the cell)"
     ),
-    "lstm/recurrent_weights_x16": (
-        "nothing: through-time ratio 7.3e3 and 2.7e3 on the first two records, but the "
-        "detector takes the median over all records (~30)"
-    ),
     "gan/nonsaturating_loss": (
         "exploding_gradient error on 0 (first fix clip_grad_norm) while updates are ~1% of the "
         "weights: the generator's loss rising 0.6 -> 8 as D wins reads as divergence, since "
