@@ -446,7 +446,9 @@ def label(config: Config) -> Label:
 
     # -- parameters without gradient ---------------------------------------------------------
     for layer, pname in run.param_layer.values():
-        if not run.present.get(pname, False):
+        if pname not in run.present:
+            continue  # its optimizer never stepped (a GradScaler skipped every step)
+        if not run.present[pname]:
             add("no_gradient", layer)
         elif not run.nonzero.get(pname, False):
             allow.add("no_gradient")
