@@ -40,7 +40,7 @@ SLICE = (
 #: What the oracle labels on the slice (pins the oracle: a change shows up here).
 SLICE_LABELS: dict[int, list[str]] = {
     21: [], 31: ["symmetric_weights"], 32: [], 37: [],
-    143: ["no_gradient", "nonfinite_gradient"], 152: ["vanishing_gradient"], 179: [], 283: [],
+    143: ["nonfinite_gradient"], 152: ["vanishing_gradient"], 179: [], 283: [],
     292: ["exploding_gradient", "nonfinite_gradient"], 352: [], 354: [], 358: [], 371: [],
     382: ["vanishing_gradient"], 384: [], 396: [], 399: ["dead_relu"],
     424: ["symmetric_weights"], 440: [],
