@@ -231,13 +231,20 @@ class _Run:
         return hook
 
     # -- running -------------------------------------------------------------------------
+    def _weights(self) -> dict[str, list[torch.Tensor]]:
+        return {n: [p.detach().clone() for p in ws] for n, ws in self.layers.items()}
+
     def run(self) -> None:
+        self.initial = self._weights()
+        self.last_finite = self.initial
         for step in range(self.config.steps):
             self.cur = {}
             losses = self.sc.train_step(step)
             self.cur.pop("before", None)
             self.cur["loss"] = losses
             self.steps.append(self.cur)
+            if not self.cur.get("bad_grad") and all(math.isfinite(v) for v in losses.values()):
+                self.last_finite = self._weights()
         for h in self._handles:
             h.remove()
 
@@ -295,6 +302,12 @@ def label(config: Config) -> Label:
     num["constant_loss"] = round(constant, 4)
     stalled = not all(learned.values())
     num["stalled"] = stalled
+    if c.family in GANS:
+        d_ok, _, _ = _learned([s["loss"]["D"] for s in valid], 2 * math.log(2.0))
+        player_stalled = {"G": _gan_generator_stalls(valid), "D": not d_ok and len(valid) >= 8}
+    else:
+        player_stalled = {"model": stalled}
+    num["player_stalled"] = {k: v for k, v in player_stalled.items() if v}
 
     # -- non-finite ---------------------------------------------------------------------
     stepped = {p: sum(p in s.get("stepped", ()) for s in steps) for p in parts}
@@ -319,20 +332,22 @@ def label(config: Config) -> Label:
             groups = [order]
         for chain in groups:
             for i, name in enumerate(chain[:-1]):
+                player = name.split(".")[0] if c.family in GANS else "model"
                 later = [rho[m] for m in chain[i + 1 :]]
                 if max(later) > 0:
                     a = rho[name] / max(later)
                     atten_min = min(atten_min, a)
-                    if a < ATTENUATION and stalled:
+                    if a < ATTENUATION and player_stalled[player]:
                         add("vanishing_gradient", name)
+                    if a < 10 * ATTENUATION and (player_stalled[player] or c.family in GANS):
+                        # An adversarial loss cannot show the harm within a short run.
+                        allow.add("vanishing_gradient")
                 if rho[name] > 0 and min(later) > 0:
                     growth_max = max(growth_max, rho[name] / min(later))
                     if rho[name] / min(later) >= GROWTH:
                         add("exploding_gradient", name)
     num["depth_attenuation"] = atten_min if math.isfinite(atten_min) else None
     num["depth_growth"] = growth_max or None
-    if atten_min < 10 * ATTENUATION and stalled:
-        allow.add("vanishing_gradient")
     if growth_max >= GROWTH / 10:
         allow.add("exploding_gradient")
 
@@ -372,13 +387,9 @@ def label(config: Config) -> Label:
         if base > 0:
             drop = _med(finite[-WINDOW:]) / base
             num[f"grad_drop_{player}"] = drop
-            if c.family in GANS:
-                player_stalled = player == "G" and _gan_generator_stalls(steps)
-            else:
-                player_stalled = stalled
-            if drop < TEMPORAL_DROP and player_stalled:
+            if drop < TEMPORAL_DROP and player_stalled[player]:
                 add("vanishing_gradient", first)
-            if drop < 10 * TEMPORAL_DROP and player_stalled:
+            if drop < 10 * TEMPORAL_DROP and player_stalled[player]:
                 allow.add("vanishing_gradient")
     big_updates = sum(max(s.get("update", {}).values(), default=0.0) > UPDATE_RATIO for s in valid)
     num["big_update_steps"] = big_updates
@@ -409,7 +420,8 @@ def label(config: Config) -> Label:
                 alive |= m
             frac = 1.0 - float(alive.float().mean())
             dead_max = max(dead_max, frac)
-            if frac >= DEAD and (stalled or frac >= SEVERE):
+            harmed = player_stalled.get(name.split(".")[0], stalled)
+            if frac >= DEAD and (harmed or frac >= SEVERE):
                 add("dead_relu", name)
             if frac >= DEAD / 2:
                 allow.add("dead_relu")
@@ -425,7 +437,8 @@ def label(config: Config) -> Label:
             output_act = name in run.output_acts
             if not output_act:
                 sat_max = max(sat_max, frac)
-            if frac >= SATURATED and (stalled or frac >= SEVERE) and not output_act:
+            harmed = player_stalled.get(name.split(".")[0], stalled)
+            if frac >= SATURATED and (harmed or frac >= SEVERE) and not output_act:
                 add("saturated_activation", name)
             if frac >= SATURATED / 2:
                 allow.add("saturated_activation")
@@ -433,24 +446,21 @@ def label(config: Config) -> Label:
 
     # -- parameters without gradient ---------------------------------------------------------
     for layer, pname in run.param_layer.values():
-        if not run.present.get(pname, False):
+        if pname not in run.present:
+            continue  # its optimizer never stepped (a GradScaler skipped every step)
+        if not run.present[pname]:
             add("no_gradient", layer)
         elif not run.nonzero.get(pname, False):
             allow.add("no_gradient")
 
     # -- symmetric rows ----------------------------------------------------------------------
     sym_max = 0.0
-    for name, weights in run.layers.items():
-        for p in weights:
-            rows = p.detach().float().reshape(p.shape[0], -1)
-            if rows.shape[0] < 2 or not bool(torch.isfinite(rows).all()):
-                continue
-            tol = 1e-6 * max(float(rows.norm(dim=1).max()), 1e-12)
-            d = torch.cdist(rows, rows)
-            d.fill_diagonal_(math.inf)
-            frac = float((d.min(dim=1).values <= tol).float().mean())
+    for name in run.layers:
+        for end, start in zip(run.last_finite[name], run.initial[name], strict=True):
+            frac, at_init = _identical_rows(end), _identical_rows(start)
             sym_max = max(sym_max, frac)
-            if frac >= SYMMETRIC:
+            # Rows made identical by a blow-up (not at init) are a consequence, not a cause.
+            if frac >= SYMMETRIC and (bad is None or at_init >= SYMMETRIC):
                 add("symmetric_weights", name)
             if frac >= SYMMETRIC / 2:
                 allow.add("symmetric_weights")
@@ -477,6 +487,17 @@ def label(config: Config) -> Label:
         k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in num.items()
     }
     return lab
+
+
+def _identical_rows(p: torch.Tensor) -> float:
+    """Fraction of a matrix's rows within float32 rounding of another row."""
+    rows = p.float().reshape(p.shape[0], -1)
+    if rows.shape[0] < 2 or not bool(torch.isfinite(rows).all()):
+        return 0.0
+    tol = 1e-6 * max(float(rows.norm(dim=1).max()), 1e-12)
+    d = torch.cdist(rows, rows)
+    d.fill_diagonal_(math.inf)
+    return float((d.min(dim=1).values <= tol).float().mean())
 
 
 def _gan_generator_stalls(steps: list[dict[str, Any]]) -> bool:

@@ -147,7 +147,7 @@ def draw(seed: int) -> Config:
         steps=rng.choice([30, 40, 50]),
     )
     c = _benign_variations(c, rng)
-    if rng.random() < 0.7:
+    if rng.random() < 0.75:
         options = [f for f in FAULTS if _applies(f, c.family)]
         fault = rng.choice(options)
         c = _apply_fault(replace(c, fault=fault), fault, rng)
