@@ -126,6 +126,7 @@ def gradscope_detect(
         if ratio < t["depth_ratio"]:
             affected.append((layer, ratio, rel[i] / max(later)))
     if affected:
+        affected = _with_starved_inputs(layers, rel, affected)
         depth = _through_depth(history, model_info, (layers, series, rel), affected, trend, t)
         return found + [depth]
     if found:
@@ -134,6 +135,28 @@ def gradscope_detect(
     # improved by less than ``stall`` over the whole run counts.
     no_better = trend.known and trend.improvement < t["stall"]
     return _faded_over_time(history, model_info, layers, series, rel, trend, no_better, t)
+
+
+def _with_starved_inputs(layers: list, rel: list[float], affected: list) -> list:
+    """Add the layers before the first affected one that get no more gradient than it does:
+    where the gradient has already faded to its floor, the layers all look alike and none
+    is far below its successors, yet the input-most is where learning stops."""
+    names = [layer.name for layer in layers]
+    first = names.index(affected[0][0].name)
+    floor = rel[first]
+    earlier = [
+        (layers[k], affected[0][1], affected[0][2])
+        for k in range(first)
+        if math.isfinite(rel[k]) and rel[k] <= 10 * floor
+    ]
+    # Only a contiguous run that reaches back from the first affected layer.
+    run: list = []
+    for item in reversed(earlier):
+        k = names.index(item[0].name)
+        if k != first - 1 - len(run):
+            break
+        run.insert(0, item)
+    return run + affected
 
 
 def _through_depth(

@@ -65,7 +65,8 @@ def test_check_json_round_trips_through_report_command(sigmoid_ckpt, tmp_path):
     assert data["findings"][0]["kind"] == "vanishing_gradient"
     saved = tmp_path / "run.json"
     saved.write_text(result.output)
-    again = invoke("report", str(saved), "--plot", str(tmp_path / "plots"))
+    # 8 steps cannot show a stall: the vanishing gap alone makes it a warning.
+    again = invoke("report", str(saved), "--plot", str(tmp_path / "plots"), "--fail-on", "warning")
     assert again.exit_code == 1
     assert "vanishing_gradient" in again.output
     assert (tmp_path / "plots" / "gradient_flow.png").exists()

@@ -409,12 +409,6 @@ def test_cli_demo_try_fixes_plots_the_trial(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-@pytest.mark.xfail(
-    raises=RuntimeError,
-    strict=False,
-    reason="main dd34399: watch() puts root forward hooks on a ScriptModule, which refuses "
-    "them (tests/test_cli.py::test_torchscript_and_export_carry_their_architecture too)",
-)
 def test_a_torchscript_model_gets_loop_fixes_and_says_why_edits_are_skipped():
     spec = get_spec("deep_sigmoid_mlp")
     torch.manual_seed(0)
