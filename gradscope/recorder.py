@@ -27,6 +27,8 @@ NAN = math.nan
 #: Per-module counts that the accumulators keep on the host.
 _COUNT_COLUMNS = ("calls", "numel", "sampled", "zero_sampled", "units")
 #: Per-module device totals: accumulator part -> column.
+#: Parts whose device totals become 0/1 non-finite flags before the host transfer.
+_FLAG_PARTS = ("bad", "bad_input")
 _DEVICE_COLUMNS = (
     ("bad", "nonfinite"),
     ("bad_input", "input_nonfinite"),
@@ -285,7 +287,10 @@ class Recorder:
         accs = [self.acc[j] for j in fired]
         for part, column in _DEVICE_COLUMNS:
             chosen = [(j, acc) for j, acc in zip(fired, accs, strict=True) if getattr(acc, part)]
-            blocks.put(acts[column], [j for j, _ in chosen], [acc.total(part) for _, acc in chosen])
+            totals = [acc.total(part) for _, acc in chosen]
+            if part in _FLAG_PARTS:  # sums that are NaN/Inf exactly when an entry was: 0/1
+                totals = [(~torch.isfinite(total)).to(torch.float32) for total in totals]
+            blocks.put(acts[column], [j for j, _ in chosen], totals)
         chosen = [(j, acc) for j, acc in zip(fired, accs, strict=True) if acc.sumsqs]
         # Norms on the device (no overflow), squared on the host: acts["sumsq"] holds norms
         # until _derive_acts squares them.
@@ -330,8 +335,8 @@ class Recorder:
             norm = acts["sumsq"][j]
             acts["sumsq"][j] = norm * norm
             for part, column in (("bad", "nonfinite"), ("bad_input", "input_nonfinite")):
-                if getattr(acc, part):  # the sums of the calls' outputs: finite or not
-                    acts[column][j] = 0.0 if _finite(acts[column][j]) else 1.0
+                if getattr(acc, part):  # 0/1 flags (combined across ranks by their max)
+                    acts[column][j] = 1.0 if acts[column][j] > 0 else 0.0
 
 
 def _finite(value: float) -> bool:

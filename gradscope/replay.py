@@ -117,6 +117,21 @@ def _untouched(model: torch.nn.Module) -> Iterator[None]:
                 buffer.copy_(saved)
 
 
+def _torchs_own(hook: Any) -> bool:
+    """Hooks torch itself installs (FSDP2 gathers its sharded parameters in them): the
+    forward cannot run without them, so the replay keeps them."""
+    target = getattr(hook, "func", hook)  # functools.partial
+    module = getattr(target, "__module__", None) or getattr(
+        getattr(target, "__func__", None), "__module__", ""
+    )
+    return str(module).startswith("torch.")
+
+
+def _sharded(owner: Any) -> bool:
+    """A module managed by FSDP2 (``fully_shard`` gives it an FSDP class)."""
+    return any(cls.__name__.startswith("FSDP") for cls in type(owner).__mro__)
+
+
 @contextmanager
 def _only_hooks(model: torch.nn.Module, keep: set[int] | None) -> Iterator[None]:
     """Switch off every forward (pre-)hook whose handle id is not in ``keep``, and the
@@ -130,11 +145,14 @@ def _only_hooks(model: torch.nn.Module, keep: set[int] | None) -> Iterator[None]
     owners = [*model.modules(), module_mod]
     try:
         for owner in owners:
+            if owner is not module_mod and _sharded(owner):
+                continue  # its hooks gather the sharded parameters: all of them stay
             for attr in _HOOK_DICTS if owner is not module_mod else ():
                 hooks = getattr(owner, attr, None)
                 if hooks:
                     saved.append((owner, attr, hooks))
-                    setattr(owner, attr, type(hooks)((k, v) for k, v in hooks.items() if k in keep))
+                    kept = ((k, v) for k, v in hooks.items() if k in keep or _torchs_own(v))
+                    setattr(owner, attr, type(hooks)(kept))
         for attr in ("_global_forward_hooks", "_global_forward_pre_hooks"):
             hooks = getattr(module_mod, attr, None)
             if hooks:

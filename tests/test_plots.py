@@ -92,7 +92,7 @@ def test_svg_and_html_carry_the_flagged_layer_names_as_text(tmp_path):
     assert "<code>0</code>" in page  # the flagged layer in the findings table
     assert page.count('src="data:image/png;base64,') == len(EXPECTED)
     assert "Replace Sigmoid with ReLU" in page
-    assert "nn.init.kaiming_normal_(layer.weight, nonlinearity=&quot;relu&quot;)" in page
+    assert "nn.init.kaiming_normal_(p, nonlinearity=&quot;relu&quot;)" in page
 
 
 def test_html_escapes_what_it_shows(tmp_path):
