@@ -287,9 +287,10 @@ class Recorder:
         accs = [self.acc[j] for j in fired]
         for part, column in _DEVICE_COLUMNS:
             chosen = [(j, acc) for j, acc in zip(fired, accs, strict=True) if getattr(acc, part)]
-            totals = [acc.total(part) for _, acc in chosen]
-            if part in _FLAG_PARTS:  # sums that are NaN/Inf exactly when an entry was: 0/1
-                totals = [(~torch.isfinite(total)).to(torch.float32) for total in totals]
+            if part in _FLAG_PARTS:
+                totals = _flags([getattr(acc, part) for _, acc in chosen])
+            else:
+                totals = [acc.total(part) for _, acc in chosen]
             blocks.put(acts[column], [j for j, _ in chosen], totals)
         chosen = [(j, acc) for j, acc in zip(fired, accs, strict=True) if acc.sumsqs]
         # Norms on the device (no overflow), squared on the host: acts["sumsq"] holds norms
@@ -337,6 +338,19 @@ class Recorder:
             for part, column in (("bad", "nonfinite"), ("bad_input", "input_nonfinite")):
                 if getattr(acc, part):  # 0/1 flags (combined across ranks by their max)
                     acts[column][j] = 1.0 if acts[column][j] > 0 else 0.0
+
+
+def _flags(per_module: list[list[Tensor]]) -> list[Tensor]:
+    """0/1 per module: whether any of its calls' tensors had a NaN/Inf, from one foreach
+    call over every tensor (flags, not sums, so ranks can combine them by their max)."""
+    norms = stats.nonfinite_flags([t for tensors in per_module for t in tensors])
+    out, k = [], 0
+    for tensors in per_module:
+        part = norms[k : k + len(tensors)]
+        k += len(tensors)
+        total = part[0] if len(part) == 1 else torch.stack(part).sum()
+        out.append((~torch.isfinite(total)).to(torch.float32))
+    return out
 
 
 def _finite(value: float) -> bool:

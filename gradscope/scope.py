@@ -136,6 +136,8 @@ class Scope:
         self._runner = PluginRunner()
         self._handles: list[Any] = []
         self._module_handles: list[Any] = []
+        self._children_hooked = False
+        self._root_called = False
         self._hook_fns: list[tuple[Any, Any]] | None = None
         self._step = 0
         self._rank: list[int | None] = [None] * len(self._modules)
@@ -220,16 +222,14 @@ class Scope:
 
     def _attach_step_hooks(self) -> None:
         """The hooks that stay on every step: the root's (a step began; which watched model
-        feeds this one) and its direct children's (a loop that calls them one by one)."""
+        feeds this one).  A loop that calls the root's children one by one (a GAN) gets
+        hooks on the children too, once a step is seen without a root call."""
         root = self.model
         if isinstance(root, torch.jit.ScriptModule):  # TorchScript refuses hooks
             return
         self._handles.append(root.register_forward_pre_hook(_compiler_disable(self._root_in)))
         self._handles.append(root.register_forward_hook(_compiler_disable(self._root_out)))
-        for child in root.children():
-            if not isinstance(child, torch.jit.ScriptModule):
-                hook = _compiler_disable(self._child_in)
-                self._handles.append(child.register_forward_pre_hook(hook))
+
 
     def _sync_module_hooks(self) -> None:
         """Module hooks are on only for steps that measure activations: light steps pay
@@ -266,6 +266,7 @@ class Scope:
         self._remove_module_hooks()
         while self._handles:
             self._handles.pop().remove()
+        self._children_hooked = False
         self._calls.detach()
         if self._skips is not None:
             self._skips.detach()
@@ -364,6 +365,17 @@ class Scope:
         # traced, its changing Python state would force a recompile at every step.
         return _compiler_disable(hook)
 
+    def _hook_children(self) -> None:
+        """Pre-hooks on the root's direct children: they say a step began when the loop
+        calls them one by one (the root itself is never called)."""
+        if self._children_hooked or isinstance(self.model, torch.jit.ScriptModule):
+            return
+        self._children_hooked = True
+        for child in self.model.children():
+            if not isinstance(child, torch.jit.ScriptModule):
+                hook = _compiler_disable(self._child_in)
+                self._handles.append(child.register_forward_pre_hook(hook))
+
     def _child_in(self, module: torch.nn.Module, args: Any) -> None:
         if torch.is_grad_enabled():
             self._forward_since_step = True  # log_loss() needs to know a step began
@@ -373,6 +385,7 @@ class Scope:
         if not torch.is_grad_enabled():
             return  # validation under no_grad is not part of the training step
         self._forward_since_step = True
+        self._root_called = True
         if not self.history.recorded:
             self._count_unrecorded()
         if self._step >= linkage.FOLLOW_STEPS:
@@ -590,6 +603,9 @@ class Scope:
                 record.acts[column][j] = flag
 
     def _end_step(self) -> None:
+        if not self._root_called and self._handles and not self._compiled:
+            self._hook_children()  # the loop calls the parts, not the model
+        self._root_called = False
         self._root_calls = 0
         self._calls.calls.clear()
         self._loss, self._losses_logged = None, 0

@@ -101,7 +101,7 @@ class ActivationAccumulator:
         self.numel += x.numel()
         if x.numel() == 0:
             return
-        self.bad.append(nonfinite_flag(x))
+        self.bad.append(x)  # checked for NaN/Inf with every module's at once (foreach)
         acc = _accumulation_dtype(x)
         sample = x if full or x.dim() < 2 or x.shape[0] <= sample_rows else x[:sample_rows]
         self.sampled += sample.numel()
@@ -125,7 +125,7 @@ class ActivationAccumulator:
     def add_input(self, given: Tensor) -> None:
         """Note whether one call's input had NaN/Inf (it tells "made here" from "passed in")."""
         if given.numel():
-            self.bad_input.append(nonfinite_flag(given))
+            self.bad_input.append(given)
 
     def total(self, part: str) -> Tensor:
         """The step's total of ``sums``, ``zeros`` or ``saturated`` over all calls."""
@@ -141,6 +141,14 @@ class ActivationAccumulator:
 def _accumulation_dtype(x: Tensor) -> torch.dtype | None:
     """float32 for half-precision tensors (their sums overflow at 65,504), else None."""
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else None
+
+
+def nonfinite_flags(tensors: list[Tensor]) -> list[Tensor]:
+    """One device scalar per tensor, NaN/Inf exactly when some entry is: the max-abs norms
+    of all of them in one foreach call (finite huge values stay finite)."""
+    if not tensors:
+        return []
+    return list(torch._foreach_norm(tensors, float("inf")))
 
 
 def nonfinite_flag(x: Tensor) -> Tensor:
