@@ -58,6 +58,10 @@ def judge(
             "filtering them all out?)"
         )
     if not history.records:
+        judgement.not_judged.append(
+            "no training step was recorded, so nothing was judged (with an optimizer, "
+            "call optimizer.step(); without one, scope.step(loss=loss) after backward)"
+        )
         return _finish(judgement, runner)
     history.settle()
     skipped = _unmeasured(history, detectors)

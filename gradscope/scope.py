@@ -405,13 +405,20 @@ class Scope:
             linkage.note_output(self, output)
 
     def _rival(self) -> dict[str, Any]:
-        """A GAN player's role, when this model feeds (or is fed by) another watched model
-        that is called on real and generated samples in each step."""
-        if self._feeds_another and self._consumer_calls_max >= 2:
-            return {"rival": True, "gan_role": "generator"}
-        if self._producer is not None and self._root_calls_max >= 2:
-            return {"rival": True, "gan_role": "discriminator"}
-        return {}
+        """What the first steps showed about other watched models, for the plugins to
+        judge: whether this model's output fed another watched model (and that model's
+        most calls in one step), whether another watched model fed this one, and this
+        model's most top-level calls in one step."""
+        if not self._feeds_another and self._producer is None:
+            return {}
+        return {
+            "linked": {
+                "feeds_another": self._feeds_another,
+                "consumer_calls_per_step": self._consumer_calls_max,
+                "fed_by_another": self._producer is not None,
+                "calls_per_step": self._root_calls_max,
+            }
+        }
 
     def _sequence_input_hook(self, j: int):
         def pre_hook(module: torch.nn.Module, args: Any) -> Any:
@@ -645,13 +652,7 @@ class Scope:
         """Judge what has been recorded so far; callable while training runs."""
         self.model_info = self._describe()
         judgement = judge(self.history, self.model_info, self.config, self._runner)
-        notes = []
-        if not self.history.records:
-            notes.append(
-                "no step was recorded: with an optimizer, call optimizer.step(); "
-                "without one, call scope.step(loss=loss) after loss.backward()"
-            )
-        notes += self.coverage_notes() + ([self._origin_note] if self._origin_note else [])
+        notes = self.coverage_notes() + ([self._origin_note] if self._origin_note else [])
         notes += self._skips.notes() if self._skips is not None else []
         notes += [compiled.NOTE] if self._compiled else []
         report = Report(

@@ -96,7 +96,7 @@ def gradscope_detect(
     layers = depth_layers(history, model_info)
     if not layers:
         return []
-    adversarial = bool(gan_roles(history, model_info)) or bool(model_info.extra.get("rival"))
+    adversarial = bool(gan_roles(history, model_info))
     trend = loss_trend(history, int(t["window"]))
     evidence = _Evidence([], [], {})
     nonfinite = _went_nonfinite(history)

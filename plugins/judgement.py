@@ -124,6 +124,18 @@ def fmt(value: float | None) -> str:
     return f"{value:.3g}"
 
 
+def linked_gan_role(model_info: ModelInfo) -> str | None:
+    """``"generator"`` or ``"discriminator"`` for a model watched apart from its rival:
+    its output fed another watched model that ran at least twice per step (real and
+    generated samples), or it was fed by one and itself ran at least twice per step."""
+    linked = model_info.extra.get("linked") or {}
+    if linked.get("feeds_another") and linked.get("consumer_calls_per_step", 0) >= 2:
+        return "generator"
+    if linked.get("fed_by_another") and linked.get("calls_per_step", 0) >= 2:
+        return "discriminator"
+    return None
+
+
 def gan_roles(history: History, model_info: ModelInfo) -> dict[str, str]:
     """Layer name -> ``"generator"`` or ``"discriminator"`` when the model is a GAN.
 
@@ -133,10 +145,10 @@ def gan_roles(history: History, model_info: ModelInfo) -> dict[str, str]:
     generator, and the downstream one is called at least twice per step (the
     discriminator sees real and generated samples).
     """
-    linked = model_info.extra.get("gan_role")
-    if linked in ("generator", "discriminator"):
+    role = linked_gan_role(model_info)
+    if role is not None:
         # Watched apart: this model feeds (or is fed by) the other player (gradscope.linkage).
-        return {layer.name: linked for layer in model_info.layers}
+        return {layer.name: role for layer in model_info.layers}
     split = model_info.parts
     if len(set(split.values())) != 2:
         return {}

@@ -180,8 +180,12 @@ def gan_run(saturating: bool, steps: int = 80):
 def test_two_optimizer_gan_players_are_recognised_from_what_feeds_what():
     """No gen*/disc* names: the generator's output is the discriminator's input, and the
     discriminator runs twice per step (real and generated samples)."""
+    from gradscope_plugins.judgement import linked_gan_role
+
     report = gan_run(saturating=True, steps=10)
-    assert report.model_info.extra == {"rival": True, "gan_role": "generator"}
+    assert report.model_info.extra["linked"]["feeds_another"]
+    assert report.model_info.extra["linked"]["consumer_calls_per_step"] >= 2
+    assert linked_gan_role(report.model_info) == "generator"
 
 
 def test_two_optimizer_gan_with_the_non_saturating_loss_is_silent():

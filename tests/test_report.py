@@ -84,4 +84,6 @@ def test_a_report_with_no_recorded_step_says_why():
         pass
     report = scope.report()
     assert report.findings == []
-    assert report.notes[0].startswith("no step was recorded")
+    assert not report.ok  # it did not look: never "healthy"
+    assert report.not_judged[0].startswith("no training step was recorded, so nothing")
+    assert "NOT JUDGED" in str(report)
