@@ -34,6 +34,7 @@ _DEVICE_COLUMNS = (
     ("bad_input", "input_nonfinite"),
     ("zeros", "zeros"),
     ("saturated", "saturated"),
+    ("spread", "output_spread"),
 )
 
 
@@ -87,6 +88,8 @@ class Recorder:
         self.kinds = kinds
         self.full = full
         self.sample_rows = sample_rows
+        #: The module that runs last in the forward (the model's output), once known.
+        self.output_module: int | None = None
         self.unit_window = unit_window
         n_modules = len(kinds)
         self.refresh_params()
@@ -127,6 +130,8 @@ class Recorder:
         if acc is None:
             acc = self.acc[j] = stats.ActivationAccumulator(self.kinds[j])
         acc.add(x.detach(), self.sample_rows, self.full)
+        if j == self.output_module:
+            acc.add_spread(x, self.sample_rows)
         if given is not None:
             acc.add_input(given.detach())
 

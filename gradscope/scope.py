@@ -510,6 +510,11 @@ class Scope:
         if given is not None and given.numel():
             self._replay_inputs.setdefault(j, []).append(stats.nonfinite_flag(given))
 
+    def _last_called(self) -> int | None:
+        """The module that ran last in the forward so far (the model's output layer)."""
+        ranked = [j for j, rank in enumerate(self._rank) if rank is not None]
+        return max(ranked, key=lambda j: self._rank[j]) if ranked else None
+
     def _first_call(self, j: int, x: Tensor) -> None:
         """Note the call order and output shape of a module the first time it runs."""
         self._rank[j] = self._next_rank
@@ -570,6 +575,7 @@ class Scope:
             self._warn_unseen_once()
         if self._order_changed:
             self.history.module_order = self._module_order()
+            self._measure.output_module = self._last_called()
             self.model_info = self._describe()
             self._order_changed = False
         self._runner.call("gradscope_on_step", record=record, scope=self)

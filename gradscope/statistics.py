@@ -67,6 +67,7 @@ _DECLARED = (
     _S("input_nonfinite", _M, DETAIL, "1 when the module's input had NaN/Inf (or in a replay)"),
     _S("time_grad_first", _M, DETAIL, "gradient reaching a recurrence's first time step"),
     _S("time_grad_last", _M, DETAIL, "gradient reaching a recurrence's last time step"),
+    _S("output_spread", _M, DETAIL, "share of the model output that varies between samples"),
 )
 
 #: Columns of the per-parameter table (``record.grads``), in order.

@@ -8,6 +8,7 @@ the model's device.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -86,6 +87,7 @@ class ActivationAccumulator:
     sumsqs: list[Tensor] = field(default_factory=list)
     zeros: list[Tensor] = field(default_factory=list)
     saturated: list[Tensor] = field(default_factory=list)
+    spread: list[Tensor] = field(default_factory=list)
     unit_max: Tensor | None = None
 
     def add(self, output: Tensor, sample_rows: int, full: bool) -> None:
@@ -122,6 +124,11 @@ class ActivationAccumulator:
         elif self.kind == "tanh":
             self.saturated.append((sample.abs() > 0.99).sum())
 
+    def add_spread(self, output: Tensor, sample_rows: int) -> None:
+        """Measure how much the model's output varies between the samples of the batch
+        (the last call's value is kept); see :func:`between_sample_share`."""
+        self.spread = [between_sample_share(output[:sample_rows])]
+
     def add_input(self, given: Tensor) -> None:
         """Note whether one call's input had NaN/Inf (it tells "made here" from "passed in")."""
         if given.numel():
@@ -136,6 +143,24 @@ class ActivationAccumulator:
         """The step's activation L2 norm over all calls (its square is the sum of squares)."""
         parts = self.sumsqs
         return parts[0] if len(parts) == 1 else torch.stack(parts).norm()
+
+
+def between_sample_share(x: Tensor) -> Tensor:
+    """The share of the output's variation that differs between samples (rows), in [0, 1].
+
+    Each sample's output is centred on its own mean first (a shared shift of logits does
+    not change a prediction), then the variance across samples is compared with the
+    squared mean output: a model that predicts the same thing for every input (only its
+    output bias learned) scores 0, one whose outputs follow their inputs near 1.
+    """
+    if x.dim() == 0 or x.shape[0] < 2:
+        return torch.full((), math.nan, device=x.device)
+    z = x.detach().reshape(x.shape[0], -1).float()
+    if z.shape[1] > 1:
+        z = z - z.mean(1, keepdim=True)
+    between = z.var(0, unbiased=False).mean()
+    offset = z.mean(0).square().mean()
+    return between / (between + offset).clamp_min(torch.finfo(torch.float32).tiny)
 
 
 def _accumulation_dtype(x: Tensor) -> torch.dtype | None:

@@ -19,8 +19,14 @@ from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
 from gradscope.signals import loss_trend
 from gradscope_plugins import fix_builders as fix
-from gradscope_plugins.judgement import first_step_where, fmt, harm_severity, layer_before, over
-from gradscope_plugins.judgement import stalled as is_stalled
+from gradscope_plugins.judgement import (
+    first_step_where,
+    fmt,
+    harm_severity,
+    layer_before,
+    learned_nothing,
+    over,
+)
 
 NAME = "dead_relu"
 #: The statistics this detector reads (see gradscope.statistics); without them it cannot judge.
@@ -33,8 +39,11 @@ DEFAULTS = {
     "error_fraction": 0.8,
     # Loss improving by less than this fraction over the run counts as stalled...
     "stall": 0.1,
-    # ...and so does one improving by less than this over the second half (a plateau).
+    # ...and so does one improving by less than this over the second half (a plateau)...
     "plateau": 0.05,
+    # ...and a model whose output varies between samples by less than this share of its
+    # size (it predicts a constant, whatever its loss did).
+    "constant_output": 0.05,
 }
 
 
@@ -48,7 +57,7 @@ def gradscope_detect(
         return []
     trend = loss_trend(history)
     # Without a logged loss the harm cannot be seen: the share of broken units decides.
-    stalled = not trend.known or is_stalled(trend, t["stall"], t["plateau"])
+    stalled = learned_nothing(history, trend, t)
     dead = history.act_series("dead_units")
     silent = history.act_series("silent_units")
     units = history.act_series("units")

@@ -241,6 +241,42 @@ def harm_severity(fraction: float, t: dict, stalled: bool) -> str:
 MIN_LOSSES_FOR_A_STALL = 10
 
 
+def output_share(history: History, window: int) -> float:
+    """How much the model's output varies between the samples of a batch (the median of
+    the last ``window`` measurements of ``output_spread``), NaN when never measured.  Near 0
+    the model predicts the same thing for every input: it learned its output bias at most,
+    whatever its loss did on the way there."""
+    series = history.act_series("output_spread")
+    if series.numel() == 0:
+        return math.nan
+    measured = ~torch.isnan(series)
+    values = series[measured.any(dim=1)]
+    if values.numel() == 0:
+        return math.nan
+    per_record = torch.nan_to_num(values, nan=-1.0).amax(dim=1)
+    return float(per_record[-window:].median())
+
+
+def predicts_a_constant(history: History, trend: LossTrend, t: dict) -> tuple[bool, float]:
+    """(whether, share): the model predicts nearly the same output for every input (less
+    than ``t["constant_output"]`` of its output varies between samples) and its loss is no
+    longer falling (by less than ``t["stall"]`` over the second half of the run)."""
+    share = output_share(history, int(t.get("window", DEFAULT_WINDOW)))
+    still_learning = trend.known and trend.late_improvement >= t["stall"]
+    return share < t["constant_output"] and not still_learning, share
+
+
+def learned_nothing(history: History, trend: LossTrend, t: dict) -> bool:
+    """The harm a broken part of a model shows: the loss stalled or plateaued (``t``'s
+    ``stall`` and ``plateau``), or the model predicts the same output for every input
+    (less than ``t["constant_output"]`` of it varies between samples).  Without a logged
+    loss only the output can show it."""
+    constant, _ = predicts_a_constant(history, trend, t)
+    if not trend.known:
+        return True
+    return constant or stalled(trend, t["stall"], t["plateau"])
+
+
 def stalled(trend: LossTrend, stall: float, plateau: float) -> bool:
     """Whether training is not learning: the loss improved by less than ``stall`` over the
     run, or by less than ``plateau`` over its second half.  Unknown (fewer than

@@ -35,6 +35,7 @@ from gradscope_plugins.judgement import (
     first_step_where,
     fmt,
     gan_roles,
+    predicts_a_constant,
     relative_grad,
     through_time_ratios,
     under,
@@ -68,7 +69,12 @@ DEFAULTS = {
     # The gradient reaching a recurrence's first step below this fraction of its last (with
     # a loss that improved by less than ``stall``: a plateau is not enough here, since a
     # converged gated RNN on a short-range task shows the same small ratio).
-    "through_time": 1e-3,
+    "through_time": 3e-3,
+    # ...and with a loss that improved by less than this fraction over the run.
+    "time_stall": 0.1,
+    # A model whose output varies between samples by less than this share of its size
+    # predicts a constant: whatever its loss did, it learned nothing from its input.
+    "constant_output": 0.05,
 }
 
 
@@ -81,35 +87,47 @@ def gradscope_detect(
     window = int(t["window"])
     trend = loss_trend(history, window)
     layers = depth_layers(history, model_info)
+    constant, share = predicts_a_constant(history, trend, t)  # never measured: not constant
     roles = gan_roles(history, model_info)
     if roles:
-        # A GAN's losses are a game, not a descent: its players are judged only by the
-        # generator's gradient fading while it fools the discriminator no better.
-        # Its logged loss only plateaus when the game settles, so only a generator that
-        # fools the discriminator no better than at the start counts as stalled.
-        players = [layer for layer in layers if roles.get(layer.name) == "generator"]
-        series = [relative_grad(layer, model_info) for layer in players]
-        rel = [recent(s, window) for s in series]
-        fooled_no_better = trend.known and trend.improvement < t["stall"]
-        return _faded_over_time(
-            history, model_info, players, series, rel, trend, fooled_no_better, t
-        )
-    found = _through_time(
-        history, model_info, trend, trend.known and trend.improvement < t["stall"], t
-    )
+        return _gan_players(history, model_info, layers, roles, (trend, share), t)
+    no_better = (trend.known and trend.improvement < t["stall"]) or constant
+    time_stalled = (trend.known and trend.improvement < t["time_stall"]) or constant
+    found = _through_time(history, model_info, trend, time_stalled, t, share if constant else None)
     if len(layers) < 2:
         return found
     series = [relative_grad(layer, model_info) for layer in layers]
     rel = [recent(s, window) for s in series]
+    # Against the typical later layer, not the largest: one freshly initialised head takes
+    # hundreds of times the gradient of a healthy transformer's layers.  A model that
+    # predicts a constant has shown the harm: there the gap to the largest later layer counts.
+    affected = _depth_gaps(layers, rel, model_info, t, against_max=constant, rnn=no_better)
+    if affected:
+        depth = _through_depth(
+            history, model_info, (layers, series, rel), affected, (trend, share, None), t
+        )
+        return found + [depth]
+    if found:
+        return found
+    # A gradient that fades while the loss plateaus is convergence: here only a loss that
+    # improved by less than ``stall`` over the whole run (or a constant output) counts.
+    return _faded_over_time(history, model_info, layers, series, rel, trend, no_better, t)
+
+
+def _depth_gaps(
+    layers: list, rel: list[float], model_info: ModelInfo, t: dict, against_max: bool, rnn: bool
+) -> list:
+    """(layer, gap to the later layers, gap to the largest later layer) for every layer
+    whose relative gradient is below ``depth_ratio`` of the later layers' (their median, or
+    their largest when ``against_max``); recurrences are judged only when ``rnn``."""
     affected = []
     blocked = blocked_paths_possible(model_info)
-    no_better = trend.known and trend.improvement < t["stall"]
     roles = {layer.name: layer.role for layer in model_info.layers}
     for i, layer in enumerate(layers[:-1]):
-        if roles.get(layer.name) in ("vanilla_rnn", "gated_rnn") and not no_better:
+        if roles.get(layer.name) in ("vanilla_rnn", "gated_rnn") and not rnn:
             # A recurrence's weights get the gradient summed over every time step; a gated
             # RNN that learned and then plateaued shows the same gap: unless the loss never
-            # improved, recurrences are judged through time (above).
+            # improved, recurrences are judged through time.
             continue
         if weights_grew(layer, t["grown_weights"]):
             # |g|/|W| fell because |W| blew up (a learning rate too large), not because
@@ -120,21 +138,58 @@ def gradscope_detect(
             # Exactly zero behind ReLUs is a blocked path (dead units: dead_relu says so);
             # without them it is a gradient that shrank until it underflowed.
             continue
-        # Against the typical later layer, not the largest: one freshly initialised head
-        # takes hundreds of times the gradient of a healthy transformer's layers.
-        ratio = rel[i] / statistics.median(later)
+        ratio = rel[i] / (max(later) if against_max else statistics.median(later))
         if ratio < t["depth_ratio"]:
             affected.append((layer, ratio, rel[i] / max(later)))
-    if affected:
-        affected = _with_starved_inputs(layers, rel, affected)
-        depth = _through_depth(history, model_info, (layers, series, rel), affected, trend, t)
-        return found + [depth]
+    return _with_starved_inputs(layers, rel, affected) if affected else []
+
+
+def _gan_players(
+    history: History,
+    model_info: ModelInfo,
+    layers: list,
+    roles: dict[str, str],
+    harm: tuple[LossTrend, float],
+    t: dict,
+) -> list[Finding]:
+    """A GAN's players, each judged through depth by its own harm, and the generator's
+    gradient fading over time.
+
+    A GAN's losses are a game, not a descent: the logged loss is taken as the player's own
+    when a player is watched alone, and as the generator's (how well it fools the
+    discriminator) when both are in one model.  A player harmed is one whose loss improved
+    by less than ``stall``; a discriminator in one model with the generator is harmed when
+    it scores every sample alike (its output does not vary: it tells nothing apart).
+    """
+    trend, share = harm
+    window = int(t["window"])
+    constant = predicts_a_constant(history, trend, t)[0]
+    no_better = trend.known and trend.improvement < t["stall"]
+    alone = len(set(roles.values())) == 1
+    harmed = {
+        "generator": no_better and (not alone or "generator" in roles.values()),
+        "discriminator": no_better if alone else constant,
+    }
+    found: list[Finding] = []
+    for role in ("generator", "discriminator"):
+        chain = [layer for layer in layers if roles.get(layer.name) == role]
+        if len(chain) < 2 or not harmed[role]:
+            continue
+        series = [relative_grad(layer, model_info) for layer in chain]
+        rel = [recent(s, window) for s in series]
+        affected = _depth_gaps(chain, rel, model_info, t, against_max=True, rnn=True)
+        if affected:
+            found.append(
+                _through_depth(
+                    history, model_info, (chain, series, rel), affected, (trend, share, True), t
+                )
+            )
     if found:
         return found
-    # A gradient that fades while the loss plateaus is convergence: here only a loss that
-    # improved by less than ``stall`` over the whole run counts.
-    no_better = trend.known and trend.improvement < t["stall"]
-    return _faded_over_time(history, model_info, layers, series, rel, trend, no_better, t)
+    players = [layer for layer in layers if roles.get(layer.name) == "generator"]
+    series = [relative_grad(layer, model_info) for layer in players]
+    rel = [recent(s, window) for s in series]
+    return _faded_over_time(history, model_info, players, series, rel, trend, no_better, t)
 
 
 def _with_starved_inputs(layers: list, rel: list[float], affected: list) -> list:
@@ -164,12 +219,20 @@ def _through_depth(
     model_info: ModelInfo,
     measured: tuple[list, list[torch.Tensor], list[float]],
     affected: list,
-    trend: LossTrend,
+    harm: tuple[LossTrend, float, bool | None],
     t: dict,
 ) -> Finding:
-    """The finding for layers whose relative gradient is far below a later layer's."""
+    """The finding for layers whose relative gradient is far below a later layer's
+    (``harm``: the loss trend, the output's share that varies between samples, and whether
+    the caller already knows the layers' part stalled)."""
     layers, series, rel = measured
-    stalled = is_stalled(trend, t["stall"], t["plateau"])
+    trend, share, known_stall = harm
+    constant = predicts_a_constant(history, trend, t)[0]
+    stalled = (
+        known_stall
+        if known_stall is not None
+        else is_stalled(trend, t["stall"], t["plateau"]) or constant
+    )
     worst_layer, worst_ratio, _ = min(affected, key=lambda item: item[1])
     extreme = min(item[2] for item in affected)
     first_layer = affected[0][0]
@@ -186,7 +249,9 @@ def _through_depth(
         else "The gradient shrinks at each layer on its way back to the input."
     )
     harm = (
-        f" The loss has stalled ({fmt(trend.first)} -> {fmt(trend.last)})."
+        _constant_text(share, trend)
+        if constant
+        else f" The loss has stalled ({fmt(trend.first)} -> {fmt(trend.last)})."
         if stalled
         else f" The loss still falls ({fmt(trend.first)} -> {fmt(trend.last)}), so this does "
         "not stop training yet."
@@ -216,10 +281,21 @@ def _through_depth(
             "loss_last": trend.last,
             "loss_improvement": trend.improvement,
             "stalled": stalled,
+            "output_share": share,
             "threshold_depth_ratio": t["depth_ratio"],
             "init_scale": {layer.name: init_scale(layer, model_info) for layer in layers},
             "over": "depth",
         },
+    )
+
+
+def _constant_text(share: float, trend: LossTrend) -> str:
+    """The harm, said for a model whose output no longer depends on its input."""
+    return (
+        f" The model predicts nearly the same output for every input (only {share:.1%} of "
+        "its output varies between samples), so its loss "
+        f"({fmt(trend.first)} -> {fmt(trend.last)}) fell only as far as a constant "
+        "prediction gets: it learned the output's offset, not the task."
     )
 
 
@@ -319,9 +395,16 @@ def _gan_evidence(roles: dict[str, str], layer: str) -> dict[str, Any]:
 
 
 def _through_time(
-    history: History, model_info: ModelInfo, trend: LossTrend, stalled: bool, t: dict
+    history: History,
+    model_info: ModelInfo,
+    trend: LossTrend,
+    stalled: bool,
+    t: dict,
+    share: float | None,
 ) -> list[Finding]:
-    """A recurrence whose first time step gets almost none of the gradient its last gets."""
+    """A recurrence whose first time step gets almost none of the gradient its last gets
+    (``share``: what of the output varies between samples, when the model predicts a
+    constant)."""
     found = []
     for name, ratio in through_time_ratios(history).items():
         if not ratio < t["through_time"]:
@@ -343,7 +426,10 @@ def _through_time(
                     "barely influence the weights: the network cannot learn long-range "
                     "dependencies"
                     + (
-                        f", and the loss has stalled ({fmt(trend.first)} -> {fmt(trend.last)})."
+                        "." + _constant_text(share, trend)
+                        if share is not None
+                        else ", and the loss has stalled "
+                        f"({fmt(trend.first)} -> {fmt(trend.last)})."
                         if stalled
                         else "; the loss still falls, so the task may not need them."
                     )
@@ -355,6 +441,7 @@ def _through_time(
                     "loss_last": trend.last,
                     "loss_improvement": trend.improvement,
                     "stalled": stalled,
+                    "output_share": share,
                     "threshold_through_time": t["through_time"],
                     "over": "time steps",
                 },

@@ -40,7 +40,8 @@ def test_sigmoid():
     result.stdout.fnmatch_lines(
         [
             "*AssertionError: Sequential: gradients are not healthy*",
-            "*[[]warning[]] vanishing_gradient in 0 (step 0)*",
+            "*[[]error[]] vanishing_gradient in 0 (step 0)*",
+            "*predicts nearly the same output for every input*",
             "*top fix (use_relu): Replace Sigmoid with ReLU*",
         ]
     )

@@ -166,15 +166,21 @@ class _Run:
 
         return hook
 
-    def _time_hook(self, mod: nn.Module, args: Any, out: torch.Tensor) -> None:
+    def _time_hook(self, mod: nn.Module, args: Any, out: torch.Tensor) -> Any:
+        if not torch.is_grad_enabled():
+            return None
+        replaced = None
         if not out.requires_grad:
-            return
+            # A frozen embedding: its output is a constant of the graph, so a leaf copy that
+            # asks for a gradient measures the same thing and changes no parameter's grad.
+            replaced = out = out.detach().requires_grad_()
 
         def grad_hook(g: torch.Tensor) -> None:
             norms = g.detach().float().norm(dim=(0, 2))
             self.cur["time"] = (float(norms[0]), float(norms[-1]))
 
         out.register_hook(grad_hook)
+        return replaced
 
     def _pre_hook(self, part: str) -> Any:
         def hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:

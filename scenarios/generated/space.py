@@ -68,6 +68,8 @@ FAULTS = (
     "loss_scale",
 )
 D_IN, CLASSES, SEQ_FEATURES = 16, 4, 4
+#: The number of distinct batches a run cycles through.
+POOL = 8
 
 
 @dataclass(frozen=True)
@@ -415,7 +417,7 @@ class Scenario:
     def batch(self, step: int) -> tuple[Any, Any]:
         """The (input, target) batch of ``step``; a pool of 8 batches, cycled."""
         c = self.config
-        gen = torch.Generator().manual_seed(c.seed * 100 + step % 8)
+        gen = torch.Generator().manual_seed(c.seed * 100 + step % POOL)
         b, s = c.batch, c.input_scale
         f = c.family
         if f in ("mlp", "res_mlp"):
@@ -471,35 +473,17 @@ class Scenario:
         return c.loss_scale * value
 
     def constant_loss(self) -> float:
-        """The loss of the best constant prediction on batch 0 (what 'learned nothing' costs)."""
+        """The loss of the best constant prediction over the pool of batches the run cycles
+        through (what 'learned nothing' costs)."""
         c = self.config
-        x, y = self.batch(0)
         if c.family in GANS:
             return math.log(2.0)
         if c.family == "siamese":
             return c.loss_scale * 1.0
+        y = torch.cat([self.batch(step)[1] for step in range(POOL)])
         if c.family == "autoencoder":
-            if c.loss == "mse":
-                v = y.var(0, unbiased=False).mean()
-            elif c.loss == "l1":
-                v = (y - y.median(0).values).abs().mean()
-            else:
-                m = y.mean(0).clamp(1e-6, 1 - 1e-6)
-                v = -(y * m.log() + (1 - y) * (1 - m).log()).mean()
-            return c.loss_scale * float(v)
-        p = torch.bincount(y, minlength=CLASSES).float() / len(y)
-        if c.loss in ("ce", "nll"):
-            v = -(p[p > 0] * p[p > 0].log()).sum()
-        elif c.loss == "bce":
-            q = p.clamp(1e-6, 1 - 1e-6)
-            v = -(q * q.log() + (1 - q) * (1 - q).log()).mean()
-        elif c.loss == "mse":
-            v = (p * (1 - p)).mean()
-        elif c.loss == "l1":
-            v = torch.minimum(p, 1 - p).mean()
-        else:
-            v = torch.tensor((CLASSES - 1) / CLASSES)
-        return c.loss_scale * float(v)
+            return c.loss_scale * _constant_reconstruction(y, c.loss)
+        return c.loss_scale * _constant_classification(y, c.loss)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.config.precision in ("bf16", "bf16_scaler"):
@@ -609,3 +593,36 @@ def layer_name(part: str, name: str) -> str:
     if part == "model":
         return name
     return f"{part}.{name}" if name else part
+
+
+def _constant_reconstruction(y: torch.Tensor, loss: str) -> float:
+    """Best per-feature constant for an autoencoder's loss (mean, median, frequency)."""
+    if loss == "mse":
+        return float(y.var(0, unbiased=False).mean())
+    if loss == "l1":
+        return float((y - y.median(0).values).abs().mean())
+    m = y.mean(0).clamp(1e-6, 1 - 1e-6)
+    return float(-(y * m.log() + (1 - y) * (1 - m).log()).mean())
+
+
+def _constant_classification(y: torch.Tensor, loss: str) -> float:
+    """Best constant output for a classification loss, from the class frequencies."""
+    p = torch.bincount(y, minlength=CLASSES).float() / len(y)
+    if loss in ("ce", "nll"):
+        return float(-(p[p > 0] * p[p > 0].log()).sum())
+    if loss == "bce":
+        q = p.clamp(1e-6, 1 - 1e-6)
+        return float(-(q * q.log() + (1 - q) * (1 - q).log()).mean())
+    if loss == "mse":
+        return float((p * (1 - p)).mean())
+    if loss == "l1":
+        return float(torch.minimum(p, 1 - p).mean())
+    # Multi-class hinge: convex and piecewise linear with kinks at integer differences, so
+    # a best constant lies on the integer grid; favouring the frequent classes beats the
+    # all-equal output's (C-1)/C.
+    grid = torch.cartesian_prod(*[torch.arange(4.0)] * CLASSES)
+    mean_hinge = [
+        float(F.multi_margin_loss(c.expand(len(y), CLASSES), y))
+        for c in grid
+    ]
+    return min(mean_hinge)
