@@ -408,7 +408,12 @@ def label(config: Config) -> Label:
     if sum(max(s.get("update", {}).values(), default=0.0) > UPDATE_RATIO / 2 for s in valid) >= 2:
         allow.add("exploding_gradient")
     if c.family not in GANS:
-        _, head, tail = _learned([s["loss"]["model"] for s in valid], constant)
+        series = [s["loss"]["model"] for s in valid]
+        _, head, tail = _learned(series, constant)
+        # Where training started: the loss at the initial weights, unless the median of the
+        # first steps is lower (a blow-up within the first steps must not raise the start).
+        if series and math.isfinite(series[0]):
+            head = min(head, series[0])
         if math.isfinite(head) and head > 0 and tail > LOSS_CLIMB * head:
             add("exploding_gradient", run.order[0] if run.order else "")
         if math.isfinite(head) and head > 0 and tail > LOSS_CLIMB / 3 * head:
