@@ -35,7 +35,7 @@ SLICE_LABELS: dict[int, list[str]] = {
     382: ["vanishing_gradient"], 384: [], 396: [], 399: ["dead_relu"],
     424: ["symmetric_weights"], 440: [],
     478: ["exploding_gradient", "nonfinite_gradient", "vanishing_gradient"],
-    492: ["saturated_activation"], 502: [], 525: ["no_gradient"], 526: [],
+    492: ["saturated_activation"], 502: [], 525: ["no_gradient"], 526: ["vanishing_gradient"],
     567: ["saturated_activation", "vanishing_gradient"], 578: [],
     586: ["saturated_activation", "vanishing_gradient"], 595: ["exploding_gradient"],
     609: ["vanishing_gradient"], 632: ["dead_relu", "vanishing_gradient"],
@@ -49,7 +49,7 @@ _ZERO = dict.fromkeys(KINDS, 0)
 EXPECT: dict[str, dict[str, object]] = {
     "watch": {
         "tp": {
-            "vanishing_gradient": 3,
+            "vanishing_gradient": 4,
             "exploding_gradient": 2,
             "nonfinite_gradient": 3,
             "dead_relu": 1,
