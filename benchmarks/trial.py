@@ -16,6 +16,13 @@ then "needs a code change", never "helps").
     python benchmarks/trial.py            # all cases, about 2-4 minutes on one thread
     python benchmarks/trial.py --only log_of_zero,exploding_rnn
     python benchmarks/trial.py --seed 1 --out /tmp/trial_seed1.json  # another seed
+    python benchmarks/trial.py --generated 80 --out benchmarks/results/trial_generated.json
+
+``--generated N`` runs the generated suite instead: the first N faulty runs of the
+held-out draw in ``benchmarks/results/generated_heldout.json`` that ``diagnose`` fits and
+in which gradscope found a kind the oracle labels (trial needs a finding to try fixes
+for); the model, batches, loss and optimizer are the scenario's own, the main finding is
+the first labelled kind gradscope found, and no code changes are supplied.
 """
 
 from __future__ import annotations
@@ -104,6 +111,43 @@ def _scenario_case(scenario: H.Scenario) -> dict[str, Any]:
     }
 
 
+GENERATED = Path(__file__).parent / "results" / "generated_heldout.json"
+
+
+def _generated_case(run: dict[str, Any], kind: str) -> dict[str, Any]:
+    from gradscope_scenarios.generated.space import Config, build
+
+    config = Config(**run["config"])
+    model, batches, loss_fn, optimizer = build(config).diagnose_args()
+    report = gradscope.diagnose(model, batches, loss_fn, optimizer=optimizer, steps=config.steps)
+    model, batches, loss_fn, _ = build(config).diagnose_args()  # fresh weights for the trial
+    return {
+        "name": f"seed {run['seed']}",
+        "source": "generated",
+        "kind": kind,
+        "model": model,
+        "batches": batches,
+        "loss_fn": loss_fn,
+        "report": report,
+        "steps": config.steps,
+        "train_step": None,
+        "code_changes": {},
+    }
+
+
+def generated_cases(limit: int) -> list[Callable[[], dict[str, Any]]]:
+    """Deferred builders for the first ``limit`` faulty held-out runs ``diagnose`` caught."""
+    from gradscope_scenarios.generated.oracle import KINDS
+
+    builders: list[Callable[[], dict[str, Any]]] = []
+    for run in json.loads(GENERATED.read_text())["runs"]:
+        found = {f["kind"] for f in run.get("diagnose") or []}
+        caught = [k for k in KINDS if k in run["label"]["kinds"] and k in found]
+        if caught and len(builders) < limit:
+            builders.append(lambda run=run, kind=caught[0]: _generated_case(run, kind))
+    return builders
+
+
 def cases(only: set[str] | None) -> list[Callable[[], dict[str, Any]]]:
     """Deferred builders, one per case (twins first)."""
     builders: list[Callable[[], dict[str, Any]]] = []
@@ -174,13 +218,16 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated case names")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--seed", type=int, default=0, help="the trial's seed (not the report's)")
+    parser.add_argument(
+        "--generated", type=int, default=0, help="N faulty generated runs instead of the suite"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     only = set(args.only.split(",")) if args.only else None
     from rich.progress import Progress
 
     rows = []
-    builders = cases(only)
+    builders = generated_cases(args.generated) if args.generated else cases(only)
     with Progress(transient=True) as bar:
         task = bar.add_task("trials", total=len(builders))
         for build in builders:

@@ -523,8 +523,38 @@ Builder = Callable[[Finding, ModelInfo], Suggestion]
 Plan = Callable[[Finding, ModelInfo], list[Builder]]
 
 
+def batchnorm_fits(finding: Finding, info: ModelInfo) -> bool:
+    """Whether a hidden weight layer the finding names (else any) has an output BatchNorm
+    can follow: (batch, features) after a linear map, (batch, channels, h, w) after a
+    convolution.  Sequence outputs (batch, time, features) and recurrent layers do not fit.
+    Unknown shapes count as fitting (nothing was measured to say otherwise)."""
+    layers = [
+        layer for layer in _weight_layers(info, finding.evidence.get("layers"))
+        if layer.role == "weight"
+    ]
+    hidden = layers[:-1] if len(layers) > 1 else layers
+    shapes = [layer.output_shape for layer in hidden]
+    if not shapes or all(shape is None for shape in shapes):
+        return True
+    return any(shape is not None and len(shape) in (2, 4) for shape in shapes)
+
+
+#: Fixes that cannot apply to some models, with the test of whether they apply.
+_APPLIES: dict[Builder, Callable[[Finding, ModelInfo], bool]] = {}
+
+
 def suggest(finding: Finding, info: ModelInfo, kind: str, plan: Plan) -> list[Suggestion]:
-    """The suggestions of ``plan`` for a finding of ``kind`` (none for other kinds)."""
+    """The suggestions of ``plan`` for a finding of ``kind`` (none for other kinds); a fix
+    that cannot apply to this model (BatchNorm after sequence outputs) moves to the end,
+    where its code still shows what it would take."""
     if finding.kind != kind:
         return []
-    return [build(finding, info) for build in plan(finding, info)]
+    builders = plan(finding, info)
+    fitting = [b for b in builders if _APPLIES.get(b, _always)(finding, info)]
+    return [build(finding, info) for build in fitting + [b for b in builders if b not in fitting]]
+
+
+def _always(finding: Finding, info: ModelInfo) -> bool:
+    return True
+
+_APPLIES[add_batchnorm] = batchnorm_fits
