@@ -522,12 +522,16 @@ class Scope:
             return
         t0 = time.perf_counter()
         self._track_new_params()
-        self._collect_grads()
         if not self._detail_now:
             # Recorded now, before the optimizer applies the gradients: if they are NaN,
             # the forward can still be replayed on the weights that made them.
-            self._finish_step(measure_update=False, started=t0)
+            scale = _scaler_scale(self.scaler)
+            record = self._measure.light_record(self._step, self._loss, scale, self._hooks_fired)
+            if record is None:
+                self._collect_grads()
+            self._finish_step(measure_update=False, started=t0, record=record)
             return
+        self._collect_grads()
         # Update sizes ride with the costlier statistics (every step in diagnose()).
         self._measure.snapshot()
         self._overhead += time.perf_counter() - t0
@@ -549,10 +553,14 @@ class Scope:
     def _collect_grads(self) -> None:
         self._measure.collect_grads(self._detail_now)
 
-    def _finish_step(self, measure_update: bool, started: float) -> None:
+    def _finish_step(
+        self, measure_update: bool, started: float, record: StepRecord | None = None
+    ) -> None:
         loss, self._loss = self._loss, None
-        scale = _scaler_scale(self.scaler)
-        record = self._measure.gather(self._step, loss, scale, measure_update, self._hooks_fired)
+        if record is None:
+            scale = _scaler_scale(self.scaler)
+            fired = self._hooks_fired
+            record = self._measure.gather(self._step, loss, scale, measure_update, fired)
         if not self._nonfinite_seen and record.nonfinite:
             self._nonfinite_seen = True
             if self.nan_origin and not self._detail_now:
