@@ -382,12 +382,13 @@ class Recorder:
         n_modules = len(self.kinds)
         acts = {c: [NAN] * n_modules for c in ACT_COLUMNS}
         accs = [self.acc[j] for j in fired]
+        for column, positions, flags in _flag_columns(fired, accs):
+            blocks.put(acts[column], positions, flags)
         for part, column in _DEVICE_COLUMNS:
-            chosen = [(j, acc) for j, acc in zip(fired, accs, strict=True) if getattr(acc, part)]
             if part in _FLAG_PARTS:
-                totals = _flags([getattr(acc, part) for _, acc in chosen])
-            else:
-                totals = [acc.total(part) for _, acc in chosen]
+                continue
+            chosen = [(j, acc) for j, acc in zip(fired, accs, strict=True) if getattr(acc, part)]
+            totals = [acc.total(part) for _, acc in chosen]
             blocks.put(acts[column], [j for j, _ in chosen], totals)
         chosen = [(j, acc) for j, acc in zip(fired, accs, strict=True) if acc.sumsqs]
         # Norms on the device (no overflow), squared on the host: acts["sumsq"] holds norms
@@ -452,6 +453,58 @@ def _row_spreads(
     matrices = [i for i in alone if params[i].dim() >= 2]
     if matrices:
         out.append((matrices, stats.row_spread([params[i] for i in matrices])))
+    return out
+
+
+def _flag_columns(
+    fired: list[int], accs: list[stats.ActivationAccumulator]
+) -> list[tuple[str, list[int], Tensor | list[Tensor]]]:
+    """(column, modules, flags): whether any output (input) of each module had a NaN/Inf.
+
+    Each distinct tensor is checked once (a Sequential's input to a layer is the output
+    of the layer before), every tensor of the step in one foreach call; a module's flag
+    is the count of its non-finite tensors (the host turns it into 0/1).
+    """
+    index: dict[int, int] = {}
+    tensors: list[Tensor] = []
+    pairs: dict[str, tuple[list[int], list[int]]] = {part: ([], []) for part in _FLAG_PARTS}
+    for j, acc in zip(fired, accs, strict=True):
+        for part in _FLAG_PARTS:
+            modules, which = pairs[part]
+            for t in getattr(acc, part):
+                k = index.setdefault(id(t), len(tensors))
+                if k == len(tensors):
+                    tensors.append(t)
+                modules.append(j)
+                which.append(k)
+    if not tensors:
+        return []
+    try:
+        bad = (~torch.isfinite(torch.stack(stats.nonfinite_flags(tensors)))).to(torch.float32)
+    except RuntimeError:  # tensors on several devices: per module, as before
+        return [
+            (
+                column,
+                [j for j, acc in zip(fired, accs, strict=True) if getattr(acc, part)],
+                _flags([getattr(acc, part) for acc in accs if getattr(acc, part)]),
+            )
+            for part, column in _DEVICE_COLUMNS
+            if part in _FLAG_PARTS
+        ]
+    out: list[tuple[str, list[int], Tensor | list[Tensor]]] = []
+    for part, column in (("bad", "nonfinite"), ("bad_input", "input_nonfinite")):
+        modules, which = pairs[part]
+        if not modules:
+            continue
+        positions = sorted(set(modules))
+        if positions == modules:  # one tensor per module
+            out.append((column, positions, bad[torch.tensor(which, device=bad.device)]))
+            continue
+        slot = {j: s for s, j in enumerate(positions)}
+        owners = torch.tensor([slot[j] for j in modules], device=bad.device)
+        picked = bad[torch.tensor(which, device=bad.device)]
+        counts = torch.zeros(len(positions), device=bad.device).index_add_(0, owners, picked)
+        out.append((column, positions, counts))
     return out
 
 

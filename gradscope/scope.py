@@ -106,6 +106,7 @@ class Scope:
         self._opt_size = tracking.optimizer_size(optimizer)
         self._param_names = [n for n, _ in named]
         self._params = [p for _, p in named]
+        self._lookout = tracking.Lookout(model, self._params)
         self._modules = hooked_modules(model)
         owner = _owners(model, self._modules)
         self.history = History(
@@ -472,12 +473,14 @@ class Scope:
         """Include parameters that appeared since watch(): lazy modules that materialised
         (silently) and parameters added later (with a warning), from this step on."""
         size = tracking.optimizer_size(self.optimizer)
-        if not (self._lazy_ids or self._detail_now or size != self._opt_size):
+        changed = self._lazy_ids or size != self._opt_size
+        if not changed and not (self._detail_now and self._lookout.maybe_new()):
             return
         self._opt_size = size
         added = tracking.new_parameters(self.model, self._params)
         if not added:
             return
+        self._lookout.add([p for _, p in added])
         owner = _owners(self.model, self._modules)
         names = [n for n, _ in added]
         self._param_names = [*self._param_names, *names]  # History holds the old list

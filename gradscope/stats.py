@@ -144,11 +144,18 @@ def _accumulation_dtype(x: Tensor) -> torch.dtype | None:
 
 
 def nonfinite_flags(tensors: list[Tensor]) -> list[Tensor]:
-    """One device scalar per tensor, NaN/Inf exactly when some entry is: the max-abs norms
-    of all of them in one foreach call (finite huge values stay finite)."""
+    """One device scalar per tensor, NaN/Inf exactly when some entry is: L2 norms
+    accumulated in float64 (squares of float32 or narrower entries cannot overflow
+    there, so finite huge values stay finite), all in one foreach call; float64 tensors
+    take the max-abs norm (slower, exact for any value)."""
     if not tensors:
         return []
-    return list(torch._foreach_norm(tensors, float("inf")))
+    if any(t.dtype == torch.float64 for t in tensors):
+        return list(torch._foreach_norm(tensors, float("inf")))
+    try:
+        return list(torch._foreach_norm(tensors, 2, dtype=torch.float64))
+    except (TypeError, RuntimeError):  # torch before 2.4: no dtype argument
+        return list(torch._foreach_norm(tensors, float("inf")))
 
 
 def nonfinite_flag(x: Tensor) -> Tensor:
