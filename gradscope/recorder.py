@@ -480,7 +480,9 @@ def _flag_columns(
     if not tensors:
         return []
     try:
-        bad = (~torch.isfinite(torch.stack(stats.nonfinite_flags(tensors)))).to(torch.float32)
+        norms = stats.nonfinite_flags(tensors)
+        norms = norms if isinstance(norms, Tensor) else torch.stack(norms)
+        bad = (~torch.isfinite(norms)).to(torch.float32)
     except RuntimeError:  # tensors on several devices: per module, as before
         return [
             (
@@ -512,6 +514,7 @@ def _flags(per_module: list[list[Tensor]]) -> list[Tensor]:
     """0/1 per module: whether any of its calls' tensors had a NaN/Inf, from one foreach
     call over every tensor (flags, not sums, so ranks can combine them by their max)."""
     norms = stats.nonfinite_flags([t for tensors in per_module for t in tensors])
+    norms = list(norms.unbind()) if isinstance(norms, Tensor) else norms
     out, k = [], 0
     for tensors in per_module:
         part = norms[k : k + len(tensors)]

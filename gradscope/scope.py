@@ -356,7 +356,10 @@ class Scope:
             if x is not None:
                 if self._rank[j] is None:
                     self._first_call(j, x)
-                self._measure.add_output(j, x, stats.first_float_tensor(args))
+                given = args[0] if len(args) == 1 and type(args[0]) is Tensor else args
+                if type(given) is not Tensor or not given.is_floating_point():
+                    given = stats.first_float_tensor(args)
+                self._measure.add_output(j, x, given)
                 self._follow_repeated_call(j, x)
             else:
                 self._fired_unmeasured.add(j)  # it ran, but returned no float tensor
@@ -438,16 +441,14 @@ class Scope:
     def _follow_repeated_call(self, j: int, x: Tensor) -> None:
         """A module called again in the same step may be a recurrent cell: follow the
         gradient of each call's output (the first call's is hooked at the second call)."""
-        calls = self._measure.calls_of(j)
-        if calls.calls == 0:
-            self._first_output[j] = x
-            calls.calls = 1
-            return
-        if calls.calls == 1:
+        calls = self._measure.call_grads.get(j)
+        if calls is None:
             first = self._first_output.pop(j, None)
-            calls.calls = 0
-            if first is not None:
-                through_time.watch_call_output(first, calls.next_sink())
+            if first is None:
+                self._first_output[j] = x  # the first call: nothing to follow yet
+                return
+            calls = self._measure.calls_of(j)
+            through_time.watch_call_output(first, calls.next_sink())
         through_time.watch_call_output(x, calls.next_sink())
 
     def _count_unrecorded(self) -> None:

@@ -143,17 +143,25 @@ def _accumulation_dtype(x: Tensor) -> torch.dtype | None:
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else None
 
 
-def nonfinite_flags(tensors: list[Tensor]) -> list[Tensor]:
-    """One device scalar per tensor, NaN/Inf exactly when some entry is: L2 norms
+def nonfinite_flags(tensors: list[Tensor]) -> Tensor | list[Tensor]:
+    """One device value per tensor, NaN/Inf exactly when some entry is: L2 norms
     accumulated in float64 (squares of float32 or narrower entries cannot overflow
-    there, so finite huge values stay finite), all in one foreach call; float64 tensors
-    take the max-abs norm (slower, exact for any value)."""
+    there, so finite huge values stay finite); small tensors of one shape are stacked and
+    reduced together (a 1-D tensor in list order then), the others in one foreach call.
+    Float64 tensors take the max-abs norm (slower, exact for any value)."""
     if not tensors:
         return []
     if any(t.dtype == torch.float64 for t in tensors):
         return list(torch._foreach_norm(tensors, float("inf")))
+    layout = Layout.of(tensors)
     try:
-        return list(torch._foreach_norm(tensors, 2, dtype=torch.float64))
+        if layout is None or not layout.groups:
+            return list(torch._foreach_norm(tensors, 2, dtype=torch.float64))
+        parts = [_group_norms(s, 2, torch.float64) for s in layout.stack(tensors)]
+        if layout.rest:
+            rest = [tensors[i] for i in layout.rest]
+            parts.append(torch.stack(torch._foreach_norm(rest, 2, dtype=torch.float64)))
+        return layout.in_order(parts)
     except (TypeError, RuntimeError):  # torch before 2.4: no dtype argument
         return list(torch._foreach_norm(tensors, float("inf")))
 
@@ -325,8 +333,9 @@ class Layout:
         return self.in_order(parts)
 
 
-def _group_norms(stacked: Tensor, order: int) -> Tensor:
-    return torch.linalg.vector_norm(stacked.reshape(stacked.shape[0], -1), order, dim=1)
+def _group_norms(stacked: Tensor, order: int, dtype: torch.dtype | None = None) -> Tensor:
+    flat = stacked.reshape(stacked.shape[0], -1)
+    return torch.linalg.vector_norm(flat, order, dim=1, dtype=dtype)
 
 
 Snapshot = tuple[list[Tensor], list[Tensor]]
