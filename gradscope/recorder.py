@@ -25,6 +25,8 @@ from gradscope.through_time import CallGradients
 
 NAN = math.nan
 _UNSET = object()
+#: Lists of at most this many CPU scalars are read one by one rather than stacked.
+_FEW = 16
 #: Per-module counts that the accumulators keep on the host.
 _COUNT_COLUMNS = ("calls", "numel", "sampled", "zero_sampled", "units")
 #: Per-module device totals: accumulator part -> column.
@@ -53,7 +55,8 @@ class _Blocks:
     def transfer(self, ranks: distributed.RankSync | None = None, **where: Any) -> None:
         """One host sync for everything put so far; with ``ranks`` (DDP/FSDP2) every rank
         gets the values combined across ranks (``where``: the column names and the step)."""
-        if ranks is None and all(type(values) is list for _, _, values in self.items):
+        lists = all(type(values) is list for _, _, values in self.items)
+        if ranks is None and lists and self.items and not self.items[0][2][0].is_cpu:
             host = stats.to_host([v for _, _, values in self.items for v in values])  # 1 stack
         elif ranks is None:
             host = stats.to_host([v for _, _, values in self.items for v in _vector(values)])
@@ -75,9 +78,12 @@ class _Blocks:
 
 
 def _vector(values: list[Tensor] | Tensor) -> list[Tensor]:
-    """``values`` as one 1-D tensor (several when they are on several devices)."""
+    """``values`` as one 1-D tensor (several when they are on several devices); a few CPU
+    scalars stay as they are (stats.to_host reads them one by one)."""
     if isinstance(values, Tensor):
         return [values]
+    if len(values) <= _FEW and values[0].is_cpu:
+        return values
     if len(values) == 1:
         return [values[0].reshape(1)]
     try:

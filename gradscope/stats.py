@@ -154,16 +154,40 @@ def nonfinite_flags(tensors: list[Tensor]) -> Tensor | list[Tensor]:
     if any(t.dtype == torch.float64 for t in tensors):
         return list(torch._foreach_norm(tensors, float("inf")))
     layout = Layout.of(tensors)
+    if all(t.is_cpu for t in tensors):
+        return _cpu_flags(tensors, layout)
     try:
-        if layout is None or not layout.groups:
-            return list(torch._foreach_norm(tensors, 2, dtype=torch.float64))
-        parts = [_group_norms(s, 2, torch.float64) for s in layout.stack(tensors)]
-        if layout.rest:
-            rest = [tensors[i] for i in layout.rest]
-            parts.append(torch.stack(torch._foreach_norm(rest, 2, dtype=torch.float64)))
-        return layout.in_order(parts)
+        return _l2_norms(tensors, layout, torch.float64)
     except (TypeError, RuntimeError):  # torch before 2.4: no dtype argument
         return list(torch._foreach_norm(tensors, float("inf")))
+
+
+def _l2_norms(
+    tensors: list[Tensor], layout: Layout | None, dtype: torch.dtype | None
+) -> Tensor | list[Tensor]:
+    """L2 norm of each tensor (grouped by ``layout``), accumulated in ``dtype``."""
+    if layout is None or not layout.groups:
+        return list(torch._foreach_norm(tensors, 2, dtype=dtype))
+    parts = [_group_norms(s, 2, dtype) for s in layout.stack(tensors)]
+    if layout.rest:
+        rest = [tensors[i] for i in layout.rest]
+        parts.append(torch.stack(torch._foreach_norm(rest, 2, dtype=dtype)))
+    return layout.in_order(parts)
+
+
+def _cpu_flags(tensors: list[Tensor], layout: Layout | None) -> Tensor:
+    """On the CPU, values can be read at no cost: float32 L2 norms (~3x faster than
+    float64 ones), and only a tensor whose float32 norm overflowed is measured again in
+    float64 (finite huge entries stay finite)."""
+    norms = _l2_norms(tensors, layout, None)
+    norms = norms if isinstance(norms, Tensor) else torch.stack(norms)
+    overflowed = (~torch.isfinite(norms)).nonzero().flatten().tolist()
+    if not overflowed:
+        return norms
+    norms = norms.to(torch.float64)
+    for i in overflowed:
+        norms[i] = torch.linalg.vector_norm(tensors[i], dtype=torch.float64)
+    return norms
 
 
 def nonfinite_flag(x: Tensor) -> Tensor:
@@ -355,15 +379,17 @@ def snapshot(
     ratio it gives is exact for tensors up to ``sample`` entries and an unbiased-scale
     estimate beyond (see :func:`update_norms`).  ``sample=None`` copies everything.
     """
-    if layout is None:
-        return [], [_head(p, sample).clone() for p in params]
-    groups = layout.stack(params) if stacks is None else stacks
-    return groups, [_head(params[i], sample).clone() for i in layout.rest]
+    rest = params if layout is None else [params[i] for i in layout.rest]
+    groups = [] if layout is None else layout.stack(params) if stacks is None else stacks
+    # x * 1 is an exact copy (NaN, Inf and -0.0 included), for all tensors in one call.
+    return groups, list(torch._foreach_mul([_head(p, sample) for p in rest], 1)) if rest else []
 
 
 def _head(p: Tensor, sample: int | None) -> Tensor:
-    flat = p.reshape(-1)
-    return flat if sample is None or flat.numel() <= sample else flat[:sample]
+    """The first ``sample`` entries of ``p`` (``p`` itself when it has no more)."""
+    if sample is None or p.numel() <= sample:
+        return p
+    return p.reshape(-1)[:sample]
 
 
 def update_norms(
@@ -434,6 +460,8 @@ def to_host(tensors: list[Tensor]) -> list[float]:
     device; returns their values in order, flattened."""
     if not tensors:
         return []
+    if all(t.is_cpu for t in tensors):
+        return _read_cpu(tensors)
     try:
         # The common case: one device.  Mixed dtypes promote (float32 holds counts exactly
         # up to 2**24); mixed devices raise and take the slow path.
@@ -464,3 +492,19 @@ def to_host(tensors: list[Tensor]) -> list[float]:
             values[i] = flat[k : k + sizes[i]]
             k += sizes[i]
     return [v for part in values for v in part]
+
+
+def _read_cpu(tensors: list[Tensor]) -> list[float]:
+    """CPU tensors' values: there is no device to wait for, and reading each scalar
+    (a few hundred nanoseconds) is cheaper than stacking them first (an allocation and
+    a copy kernel, ~20 us in a training step)."""
+    out: list[float] = []
+    for t in tensors:
+        if t.dim() == 0:
+            v = t.tolist()
+            out.append(v if type(v) is float else float(v))
+        elif t.is_floating_point():
+            out.extend(t.reshape(-1).tolist())
+        else:
+            out.extend(float(v) for v in t.reshape(-1).tolist())
+    return out
