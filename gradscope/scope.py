@@ -140,6 +140,7 @@ class Scope:
         self._children_hooked = False
         self._root_called = False
         self._hook_fns: list[tuple[Any, Any]] | None = None
+        self._root_hooks: tuple[Any, Any] | None = None
         self._step = 0
         self._rank: list[int | None] = [None] * len(self._modules)
         self._shapes: list[tuple[int, ...] | None] = [None] * len(self._modules)
@@ -209,7 +210,7 @@ class Scope:
                 self._handles.append(self.model.register_forward_hook(self._step_began))
             else:
                 if self.nan_origin:
-                    self._calls.attach()
+                    self._calls.attach(own_hooks=False)  # the root hooks below call it
                 self._attach_step_hooks()
             if self.optimizer is not None:
                 self._handles.append(self.optimizer.register_step_pre_hook(self._on_pre_step))
@@ -228,8 +229,24 @@ class Scope:
         root = self.model
         if isinstance(root, torch.jit.ScriptModule):  # TorchScript refuses hooks
             return
-        self._handles.append(root.register_forward_pre_hook(_compiler_disable(self._root_in)))
-        self._handles.append(root.register_forward_hook(_compiler_disable(self._root_out)))
+        if self._root_hooks is None:  # wrapped once (~30 us each)
+            wrap = _compiler_disable
+            self._root_hooks = (wrap(self._root_pre), wrap(self._root_post))
+        pre, post = self._root_hooks
+        self._handles.append(root.register_forward_pre_hook(pre, with_kwargs=True))
+        self._handles.append(root.register_forward_hook(post, always_call=True))
+
+    def _root_pre(self, module: torch.nn.Module, args: Any, kwargs: Any) -> None:
+        """The root's one pre-hook: keep the call's inputs for a NaN replay, note the step."""
+        if self.nan_origin:
+            self._calls.before(module, args, kwargs)
+        self._root_in(module, args)
+
+    def _root_post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        """The root's one forward hook (called even when the forward raises)."""
+        if self.nan_origin:
+            self._calls.after(module, args, output)
+        self._root_out(module, args, output)
 
 
     def _sync_module_hooks(self) -> None:
