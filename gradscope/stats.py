@@ -441,7 +441,10 @@ def row_spread(weights: list[Tensor]) -> list[Tensor]:
     out = []
     for w in weights:
         # Identical rows are identical on any block of columns: a corner is enough.
-        flat = w.detach().flatten(1)[:ROW_SPREAD_ROWS, :ROW_SPREAD_COLUMNS]
+        flat = w.detach() if w.requires_grad and torch.is_grad_enabled() else w
+        flat = flat if flat.dim() == 2 else flat.flatten(1)
+        if flat.shape[0] > ROW_SPREAD_ROWS or flat.shape[1] > ROW_SPREAD_COLUMNS:
+            flat = flat[:ROW_SPREAD_ROWS, :ROW_SPREAD_COLUMNS]
         probe = _probe(flat.shape[1], flat.device, flat.dtype)
         out.append((flat @ probe).std() if flat.shape[0] > 1 else flat.new_zeros(()))
     return out
