@@ -208,6 +208,8 @@ class Recorder:
             except RuntimeError:  # shapes or devices changed under a layout: per tensor
                 self._param_layout = self._grad_layout = None
                 self._measure_grads(grads, params, detail)
+                self._param_layout = stats.Layout.of(params)  # fresh layouts from now on
+                self._grad_layout_key = _UNSET
         self._index = index
 
     def _measure_grads(self, grads: list[Tensor], params: list[Tensor], detail: bool) -> None:
