@@ -1,18 +1,23 @@
 """A model of 1,000 small Linear layers: attach time, per-step ratio, report() and save_html().
 
-Run:  python benchmarks/many_layers.py [--layers 1000] [--steps 40] [--width 8] [--tanh]
+Run:  python benchmarks/many_layers.py [--layers 1000] [--steps 400] [--width 8] [--tanh]
+          [--out benchmarks/results/many_layers.json]
 
 One thread.  The model is ``Sequential`` of ``layers`` Linear(width, width) layers
 (``--tanh``: a Tanh after each, so twice the modules), trained with SGD on a seeded
 random batch.  Each time is wall-clock and, in brackets, this process's CPU time
 (the machine may be shared: CPU time is the steadier figure).
-The plain loop and the watched loop alternate in blocks of 10 steps; the per-step ratio
-is the median over blocks of (watched block time / plain block time).
+The plain loop and the watched loop alternate in blocks of 10 steps (one scope for the
+whole run, attached only during its blocks, so one watched block holds one detail
+step of the default cadence); the per-step ratio is the median over block pairs of
+(watched block CPU time / plain block CPU time), and the mean ratio is the total
+watched CPU time over the total plain CPU time (it includes the first, all-detail steps).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -63,9 +68,10 @@ def block(model, opt, x, y, steps: int, scope=None) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=1000)
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=400, help="watched steps (as many plain)")
     parser.add_argument("--width", type=int, default=8)
     parser.add_argument("--tanh", action="store_true", help="a Tanh after each Linear")
+    parser.add_argument("--out", default="benchmarks/results/many_layers.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model = build(args.layers, args.width, args.tanh)
@@ -80,7 +86,7 @@ def main() -> None:
         scope.attach()
     scope.detach()
 
-    ratios = []
+    ratios, plain_total, watched_total = [], 0.0, 0.0
     per = 10
     for _ in range(max(1, args.steps // per)):
         plain = block(model, opt, x, y, per)
@@ -88,6 +94,8 @@ def main() -> None:
         watched = block(model, opt, x, y, per, scope)
         scope.detach()
         ratios.append(watched / plain)
+        plain_total += plain
+        watched_total += watched
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -96,16 +104,39 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp, Timer() as html:
             report.save_html(Path(tmp) / "report.html")
     modules = len(list(model.children()))
+    result = {
+        "layers": args.layers,
+        "modules": modules,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "steps": len(ratios) * per,
+        "plain_ms": 1e3 * plain_total / (len(ratios) * per),
+        "attach_s": attach.wall,
+        "ratio_median": statistics.median(ratios),
+        "ratio_q1_q3": statistics.quantiles(ratios, n=4)[::2] if len(ratios) > 1 else None,
+        "ratio_mean": watched_total / plain_total,
+        "report_s": judged.wall,
+        "report_cpu_s": judged.cpu,
+        "save_html_s": html.wall,
+        "save_html_cpu_s": html.cpu,
+        "findings": [f.kind for f in report.findings],
+        "recorded_steps": report.history.recorded,
+    }
     print(f"model: {args.layers} x Linear({args.width},{args.width})"
           f"{' + Tanh' if args.tanh else ''}, {modules} modules, "
-          f"{sum(p.numel() for p in model.parameters())} parameters")
+          f"{result['parameters']} parameters; plain step {result['plain_ms']:.1f} ms (CPU)")
     print(f"attach (Scope(...) + attach()): {attach}")
-    print(f"per-step CPU-time ratio watched/plain: {statistics.median(ratios):.2f}x "
-          f"(blocks of {per}, min {min(ratios):.2f}x, max {max(ratios):.2f}x, "
-          f"{len(ratios)} blocks)")
+    print(f"per-step CPU-time ratio watched/plain: {result['ratio_median']:.2f}x median over "
+          f"{len(ratios)} block pairs of {per} steps (min {min(ratios):.2f}x, max "
+          f"{max(ratios):.2f}x); mean (total time) {result['ratio_mean']:.2f}x")
     print(f"report(): {judged} ({len(report.findings)} findings, "
           f"{report.history.recorded} recorded steps)")
     print(f"save_html(): {html}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ gradient) are kept as running tallies beside the records.
 
 from __future__ import annotations
 
+import array
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -238,17 +240,13 @@ class History:
         """One gradient column over time, shape (T, P), parameters in attach order."""
         if column not in GRAD_COLUMNS:
             raise KeyError(f"unknown gradient column {column!r}; known: {GRAD_COLUMNS}")
-        return torch.tensor([r.grads[column] for r in self.records], dtype=torch.float64).reshape(
-            len(self.records), len(self.param_names)
-        )
+        return _table([r.grads[column] for r in self.records], len(self.param_names))
 
     def act_series(self, column: str) -> torch.Tensor:
         """One activation column over time, shape (T, M), modules in attach order."""
         if column not in ACT_COLUMNS:
             raise KeyError(f"unknown activation column {column!r}; known: {ACT_COLUMNS}")
-        return torch.tensor([r.acts[column] for r in self.records], dtype=torch.float64).reshape(
-            len(self.records), len(self.module_names)
-        )
+        return _table([r.acts[column] for r in self.records], len(self.module_names))
 
     def depth_rank(self) -> dict[str, int]:
         """Module name -> position in forward order (modules never called come last)."""
@@ -296,6 +294,17 @@ class History:
             calls_total=data["calls_total"],
             records=[StepRecord.from_dict(r) for r in data["records"]],
         )
+
+
+def _table(rows: list[list[float]], width: int) -> torch.Tensor:
+    """Rows of floats as a (len(rows), width) float64 tensor, through one flat buffer
+    (about twice as fast as ``torch.tensor`` on nested lists of 1,000s of columns)."""
+    flat = array.array("d", itertools.chain.from_iterable(rows))
+    if len(flat) != len(rows) * width:
+        raise ValueError(f"records hold {len(flat)} values, expected {len(rows)} x {width}")
+    if not flat:
+        return torch.empty((len(rows), width), dtype=torch.float64)
+    return torch.frombuffer(flat, dtype=torch.float64).reshape(len(rows), width)
 
 
 def went_nonfinite(record: StepRecord) -> bool:

@@ -21,6 +21,7 @@ from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
 from gradscope.plugins import PluginRunner, detector_plugins, get_plugin_manager
 from gradscope.report import Report
+from gradscope.signals import shared_signals
 from gradscope.statistics import DETAIL, EVERY_STEP, FULL_ONLY, STATISTICS, table_of
 
 #: Module attribute with which a detector plugin names the statistics it reads.
@@ -68,9 +69,10 @@ def judge(
     judgement.not_judged.extend(skipped.values())
     runner.disabled.update(skipped)
     try:
-        results = runner.call(
-            "gradscope_detect", history=history, model_info=model_info, config=config
-        )
+        with shared_signals():
+            results = runner.call(
+                "gradscope_detect", history=history, model_info=model_info, config=config
+            )
     finally:
         runner.disabled.difference_update(skipped)
     for result in results:

@@ -24,6 +24,9 @@ from gradscope.statistics import ACT_COLUMNS, GRAD_COLUMNS
 from gradscope.through_time import CallGradients
 
 NAN = math.nan
+_UNSET = object()
+#: Lists of at most this many CPU scalars are read one by one rather than stacked.
+_FEW = 16
 #: Per-module counts that the accumulators keep on the host.
 _COUNT_COLUMNS = ("calls", "numel", "sampled", "zero_sampled", "units")
 #: Per-module device totals: accumulator part -> column.
@@ -39,26 +42,55 @@ _DEVICE_COLUMNS = (
 
 
 class _Blocks:
-    """Device scalars waiting for the one host transfer, each with where it lands."""
+    """Device values waiting for the one host transfer, each with where it lands: a list
+    of scalars or one 1-D tensor (a column reduced in a few calls, see stats.Layout)."""
 
     def __init__(self) -> None:
-        self.items: list[tuple[list[float], Any, list[Tensor]]] = []
+        self.items: list[tuple[list[float], Any, list[Tensor] | Tensor]] = []
 
-    def put(self, target: list[float], positions: Any, values: list[Tensor]) -> None:
+    def put(self, target: list[float], positions: Any, values: list[Tensor] | Tensor) -> None:
         """Land ``values`` at ``positions`` of ``target`` after the transfer."""
-        if values:  # an empty list: not measured on this step
+        if isinstance(values, Tensor) or values:  # an empty list: not measured on this step
             self.items.append((target, positions, values))
 
     def transfer(self, ranks: distributed.RankSync | None = None, **where: Any) -> None:
         """One host sync for everything put so far; with ``ranks`` (DDP/FSDP2) every rank
         gets the values combined across ranks (``where``: the column names and the step)."""
-        if ranks is None:
-            values = iter(stats.to_host([t for _, _, block in self.items for t in block]))
+        lists = all(type(values) is list for _, _, values in self.items)
+        if ranks is None and lists and self.items and not self.items[0][2][0].is_cpu:
+            host = stats.to_host([v for _, _, values in self.items for v in values])  # 1 stack
+        elif ranks is None:
+            host = stats.to_host([v for _, _, values in self.items for v in _vector(values)])
         else:
-            values = iter(ranks.combine(self.items, **where))
+            self.items = [
+                (target, positions, list(values.unbind()) if isinstance(values, Tensor) else values)
+                for target, positions, values in self.items
+            ]
+            host = ranks.combine(self.items, **where)  # may take the loss out of self.items
+        k = 0
         for target, positions, _ in self.items:
-            for position in positions:
-                target[position] = next(values)
+            n = len(positions)
+            if type(positions) is range and positions.step == 1:
+                target[positions.start : positions.stop] = host[k : k + n]
+            else:
+                for position, value in zip(positions, host[k : k + n], strict=True):
+                    target[position] = value
+            k += n
+
+
+def _vector(values: list[Tensor] | Tensor) -> list[Tensor]:
+    """``values`` as one 1-D tensor (several when they are on several devices); a few CPU
+    scalars stay as they are (stats.to_host reads them one by one)."""
+    if isinstance(values, Tensor):
+        return [values]
+    if len(values) <= _FEW and values[0].is_cpu:
+        return values
+    if len(values) == 1:
+        return [values[0].reshape(1)]
+    try:
+        return [torch.stack(values)]
+    except RuntimeError:  # several devices: to_host groups them
+        return [v.reshape(1) for v in values]
 
 
 class Recorder:
@@ -111,6 +143,14 @@ class Recorder:
         self._zeros_params = [0.0] * n_params
         self._ones_params = [1.0] * n_params
         self._last_param_norm = None
+        # FSDP2 shards: each rank reads its local part (checked once, not every step).
+        self._sharded = any(distributed.local(p) is not p for p in self.params)
+        self._param_layout = stats.Layout.of(self._local_params())
+        self._grad_layout: stats.Layout | None = None
+        self._grad_layout_key: Any = _UNSET  # which gradients the layout is of
+
+    def _local_params(self) -> list[Tensor]:
+        return distributed.locals_of(self.params) if self._sharded else self.params
 
     # -- what the hooks hand over ------------------------------------------------
     def begin_step(self) -> None:
@@ -120,8 +160,9 @@ class Recorder:
         self.call_grads: dict[int, CallGradients] = {}
         self._grads: dict[str, list[Tensor]] | None = None
         self._index: list[int] | None = None
-        self._row_spread: dict[int, Tensor] = {}
-        self._before: list[Tensor] | None = None
+        self._row_spread: list[tuple[list[int], Tensor | list[Tensor]]] = []
+        self._stacks: list[Tensor] | None = None
+        self._before: stats.Snapshot | None = None
 
     def add_output(self, j: int, x: Tensor, given: Tensor | None = None) -> None:
         """Measure one call's floating-point output (and input) of module ``j`` (a detail
@@ -153,28 +194,91 @@ class Recorder:
 
     def collect_grads(self, detail: bool) -> None:
         """Read the gradients (final at the optimizer's step pre-hook) on the device."""
-        grads = distributed.locals_of([p.grad for p in self.params])  # FSDP2: this rank's shard
-        params = distributed.locals_of(self.params)
+        grads = [p.grad for p in self.params]
+        if self._sharded:
+            grads = distributed.locals_of(grads)  # FSDP2: this rank's shard
+        params = self._local_params()
         if any(g is None for g in grads):  # `None in grads` would compare tensors with ==
             index: list[int] | None = [i for i, g in enumerate(grads) if g is not None]
             grads = [grads[i] for i in index]
         else:
             index = None  # every parameter has a gradient: no per-parameter bookkeeping
+        key = None if index is None else tuple(index)
+        if key != self._grad_layout_key:
+            self._grad_layout_key = key
+            self._grad_layout = stats.Layout.of(grads)
         with torch.no_grad():
-            self._grads = stats.grad_statistics(grads, params, detail, self.full)
-            if detail:
-                matrices = [i for i, p in enumerate(params) if p.dim() >= 2]
-                spreads = stats.row_spread([params[i] for i in matrices])
-                self._row_spread = dict(zip(matrices, spreads, strict=True))
+            try:
+                self._measure_grads(grads, params, detail)
+            except RuntimeError:  # shapes or devices changed under a layout: per tensor
+                self._param_layout = self._grad_layout = None
+                self._measure_grads(grads, params, detail)
+                self._param_layout = stats.Layout.of(params)  # fresh layouts from now on
+                self._grad_layout_key = _UNSET
         self._index = index
 
+    def _measure_grads(self, grads: list[Tensor], params: list[Tensor], detail: bool) -> None:
+        layout = self._param_layout
+        self._stacks = layout.stack(params) if detail and layout is not None else None
+        layouts = (self._grad_layout, layout)
+        self._grads = stats.grad_statistics(grads, params, detail, self.full, layouts, self._stacks)
+        if detail:
+            self._row_spread = _row_spreads(params, layout, self._stacks)
+
     def snapshot(self) -> None:
-        """Copy (a slice of) each parameter before the optimizer moves it (detail steps)."""
+        """Copy (a slice of) each parameter before the optimizer moves it (detail steps);
+        the parameters stacked by :meth:`collect_grads` are such copies already."""
         with torch.no_grad():
             sample = None if self.full else stats.UPDATE_SAMPLE
-            self._before = stats.snapshot(distributed.locals_of(self.params), sample)
+            params = self._local_params()
+            self._before = stats.snapshot(params, sample, self._param_layout, self._stacks)
 
     # -- the record ----------------------------------------------------------------
+    def light_record(
+        self, step: int, loss: Tensor | None, scale: Any, hooks_fired: int
+    ) -> StepRecord | None:
+        """A light step's record (gradient L2 norms, loss, scale) read and built in one
+        pass: one reduction call per group of same-shaped gradients, one host transfer and
+        shared columns, no per-layer Python.  None when the step needs :meth:`collect_grads`
+        and :meth:`gather` (a gradient missing, FSDP2 shards, several ranks, the first
+        step, a measured activation)."""
+        layout = self._grad_layout
+        if layout is None or self._grad_layout_key is not None or self.ranks is not None:
+            return None
+        if self._sharded or self.acc or self.time_grads or self.call_grads:
+            return None
+        grads = [p.grad for p in self.params]
+        if any(g is None for g in grads):
+            return None
+        tail = [] if loss is None else [loss if loss.dtype is torch.float32 else loss.float()]
+        if isinstance(scale, Tensor):
+            tail.append(scale)
+        with torch.no_grad():
+            try:
+                norms = layout.norms(grads, 2)
+            except RuntimeError:  # shapes or devices changed under the layout
+                return None
+            if isinstance(norms, list):  # one stack for everything
+                host = stats.to_host(norms + [t.reshape(()) for t in tail])
+            else:
+                host = stats.to_host([norms, *(t.reshape(1) for t in tail)])
+        n_params = len(self.params)
+        columns = dict.fromkeys(GRAD_COLUMNS, self._nan_params)
+        columns["grad_l2"] = host[:n_params]
+        self._index = None
+        nonfinite = self._derive_grads(columns, None)
+        loss_value = host[n_params] if loss is not None else None
+        return StepRecord(
+            step=step,
+            loss=loss_value,
+            scale=host[-1] if isinstance(scale, Tensor) else scale,
+            grads=columns,
+            acts=dict(self._idle_acts),  # its lists are shared and never written
+            hooks_fired=hooks_fired,
+            detail=False,
+            nonfinite=nonfinite or (loss_value is not None and not _finite(loss_value)),
+        )
+
     def gather(
         self, step: int, loss: Tensor | None, scale: Any, measure_update: bool, hooks_fired: int
     ) -> StepRecord:
@@ -221,27 +325,28 @@ class Recorder:
         grads = dict.fromkeys(GRAD_COLUMNS, self._nan_params)
         positions: Any = self._index if self._index is not None else range(n_params)
         for column in ("grad_l2", "grad_l1", "grad_max"):
-            if measured.get(column):
+            values = measured.get(column)
+            if isinstance(values, Tensor) or values:
                 grads[column] = [NAN] * n_params
-                blocks.put(grads[column], positions, measured[column])
+                blocks.put(grads[column], positions, values)
         grad_min = None
         if measured.get("grad_min"):
             grad_min = [NAN] * n_params
             blocks.put(grad_min, positions, measured["grad_min"])
-        if measured.get("param_norm"):
+        param_norm = measured.get("param_norm")
+        if isinstance(param_norm, Tensor) or param_norm:
             grads["param_norm"] = [NAN] * n_params
-            blocks.put(grads["param_norm"], range(n_params), measured["param_norm"])
+            blocks.put(grads["param_norm"], range(n_params), param_norm)
         if self._row_spread:
             grads["row_spread"] = [NAN] * n_params
-            blocks.put(grads["row_spread"], list(self._row_spread), list(self._row_spread.values()))
+            for matrices, spreads in self._row_spread:
+                blocks.put(grads["row_spread"], matrices, spreads)
         if measure_update and self._before is not None:
             sample = None if self.full else stats.UPDATE_SAMPLE
             grads["update_norm"] = [NAN] * n_params
-            blocks.put(
-                grads["update_norm"],
-                range(n_params),
-                stats.update_norms(distributed.locals_of(self.params), self._before, sample),
-            )
+            params = self._local_params()
+            updates = stats.update_norms(params, self._before, sample, self._param_layout)
+            blocks.put(grads["update_norm"], range(n_params), updates)
         return grads, grad_min
 
     def _derive_grads(self, grads: dict[str, list[float]], grad_min: list[float] | None) -> bool:
@@ -290,12 +395,13 @@ class Recorder:
         n_modules = len(self.kinds)
         acts = {c: [NAN] * n_modules for c in ACT_COLUMNS}
         accs = [self.acc[j] for j in fired]
+        for column, positions, flags in _flag_columns(fired, accs):
+            blocks.put(acts[column], positions, flags)
         for part, column in _DEVICE_COLUMNS:
-            chosen = [(j, acc) for j, acc in zip(fired, accs, strict=True) if getattr(acc, part)]
             if part in _FLAG_PARTS:
-                totals = _flags([getattr(acc, part) for _, acc in chosen])
-            else:
-                totals = [acc.total(part) for _, acc in chosen]
+                continue
+            chosen = [(j, acc) for j, acc in zip(fired, accs, strict=True) if getattr(acc, part)]
+            totals = [acc.total(part) for _, acc in chosen]
             blocks.put(acts[column], [j for j, _ in chosen], totals)
         chosen = [(j, acc) for j, acc in zip(fired, accs, strict=True) if acc.sumsqs]
         # Norms on the device (no overflow), squared on the host: acts["sumsq"] holds norms
@@ -345,10 +451,83 @@ class Recorder:
                     acts[column][j] = 1.0 if acts[column][j] > 0 else 0.0
 
 
+def _row_spreads(
+    params: list[Tensor], layout: stats.Layout | None, stacks: list[Tensor] | None
+) -> list[tuple[list[int], Tensor | list[Tensor]]]:
+    """Row spread of every weight matrix: (parameter positions, values) pairs, one per
+    stacked group of same-shaped matrices and one for the others."""
+    out: list[tuple[list[int], Tensor | list[Tensor]]] = []
+    alone = range(len(params))
+    if layout is not None and stacks is not None:
+        for group, stacked in zip(layout.groups, stacks, strict=True):
+            if stacked.dim() >= 3:  # a group of matrices (or higher: conv kernels)
+                out.append((group, stats.stacked_row_spread(stacked)))
+        alone = layout.rest
+    matrices = [i for i in alone if params[i].dim() >= 2]
+    if matrices:
+        out.append((matrices, stats.row_spread([params[i] for i in matrices])))
+    return out
+
+
+def _flag_columns(
+    fired: list[int], accs: list[stats.ActivationAccumulator]
+) -> list[tuple[str, list[int], Tensor | list[Tensor]]]:
+    """(column, modules, flags): whether any output (input) of each module had a NaN/Inf.
+
+    Each distinct tensor is checked once (a Sequential's input to a layer is the output
+    of the layer before), every tensor of the step in one foreach call; a module's flag
+    is the count of its non-finite tensors (the host turns it into 0/1).
+    """
+    index: dict[int, int] = {}
+    tensors: list[Tensor] = []
+    pairs: dict[str, tuple[list[int], list[int]]] = {part: ([], []) for part in _FLAG_PARTS}
+    for j, acc in zip(fired, accs, strict=True):
+        for part in _FLAG_PARTS:
+            modules, which = pairs[part]
+            for t in getattr(acc, part):
+                k = index.setdefault(id(t), len(tensors))
+                if k == len(tensors):
+                    tensors.append(t)
+                modules.append(j)
+                which.append(k)
+    if not tensors:
+        return []
+    try:
+        norms = stats.nonfinite_flags(tensors)
+        norms = norms if isinstance(norms, Tensor) else torch.stack(norms)
+        bad = (~torch.isfinite(norms)).to(torch.float32)
+    except RuntimeError:  # tensors on several devices: per module, as before
+        return [
+            (
+                column,
+                [j for j, acc in zip(fired, accs, strict=True) if getattr(acc, part)],
+                _flags([getattr(acc, part) for acc in accs if getattr(acc, part)]),
+            )
+            for part, column in _DEVICE_COLUMNS
+            if part in _FLAG_PARTS
+        ]
+    out: list[tuple[str, list[int], Tensor | list[Tensor]]] = []
+    for part, column in (("bad", "nonfinite"), ("bad_input", "input_nonfinite")):
+        modules, which = pairs[part]
+        if not modules:
+            continue
+        positions = sorted(set(modules))
+        if positions == modules:  # one tensor per module
+            out.append((column, positions, bad[torch.tensor(which, device=bad.device)]))
+            continue
+        slot = {j: s for s, j in enumerate(positions)}
+        owners = torch.tensor([slot[j] for j in modules], device=bad.device)
+        picked = bad[torch.tensor(which, device=bad.device)]
+        counts = torch.zeros(len(positions), device=bad.device).index_add_(0, owners, picked)
+        out.append((column, positions, counts))
+    return out
+
+
 def _flags(per_module: list[list[Tensor]]) -> list[Tensor]:
     """0/1 per module: whether any of its calls' tensors had a NaN/Inf, from one foreach
     call over every tensor (flags, not sums, so ranks can combine them by their max)."""
     norms = stats.nonfinite_flags([t for tensors in per_module for t in tensors])
+    norms = list(norms.unbind()) if isinstance(norms, Tensor) else norms
     out, k = [], 0
     for tensors in per_module:
         part = norms[k : k + len(tensors)]

@@ -52,10 +52,14 @@ class CallRecorder:
         self._watched: set[int] = set()
         self._handles: list[Any] = []
 
-    def attach(self) -> None:
-        """Watch the model's own forward (its children are added by :meth:`watch_child`)."""
+    def attach(self, own_hooks: bool = True) -> None:
+        """Watch the model's own forward (its children are added by :meth:`watch_child`);
+        ``own_hooks=False``: the caller's root hooks call :meth:`before` and :meth:`after`."""
         self._watched.clear()
-        self._watch(self.model)
+        if own_hooks:
+            self._watch(self.model)
+        else:
+            self._watched.add(id(self.model))
 
     def detach(self) -> None:
         """Remove the hooks and forget the calls."""
@@ -82,20 +86,22 @@ class CallRecorder:
         if isinstance(module, torch.jit.ScriptModule):
             return  # TorchScript refuses hooks; its NaN origin stays unknown
         self._handles.append(
-            module.register_forward_pre_hook(self._wrap(self._before), with_kwargs=True)
+            module.register_forward_pre_hook(self._wrap(self.before), with_kwargs=True)
         )
         self._handles.append(
-            module.register_forward_hook(self._wrap(self._after), always_call=True)
+            module.register_forward_hook(self._wrap(self.after), always_call=True)
         )
 
-    def _before(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+    def before(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        """Forward pre-hook (with kwargs): keep a top-level call's inputs."""
         if self._depth == 0 and self.active and torch.is_grad_enabled():
             if len(self.calls) >= MAX_CALLS:
                 del self.calls[0]  # forwards without a step: keep the latest only
             self.calls.append((module, args, kwargs))
         self._depth += 1
 
-    def _after(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
+    def after(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
+        """Forward hook (always called): the call is over."""
         self._depth = max(self._depth - 1, 0)
 
 

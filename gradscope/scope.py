@@ -106,6 +106,7 @@ class Scope:
         self._opt_size = tracking.optimizer_size(optimizer)
         self._param_names = [n for n, _ in named]
         self._params = [p for _, p in named]
+        self._lookout = tracking.Lookout(model, self._params)
         self._modules = hooked_modules(model)
         owner = _owners(model, self._modules)
         self.history = History(
@@ -139,6 +140,7 @@ class Scope:
         self._children_hooked = False
         self._root_called = False
         self._hook_fns: list[tuple[Any, Any]] | None = None
+        self._root_hooks: tuple[Any, Any] | None = None
         self._step = 0
         self._rank: list[int | None] = [None] * len(self._modules)
         self._shapes: list[tuple[int, ...] | None] = [None] * len(self._modules)
@@ -208,7 +210,7 @@ class Scope:
                 self._handles.append(self.model.register_forward_hook(self._step_began))
             else:
                 if self.nan_origin:
-                    self._calls.attach()
+                    self._calls.attach(own_hooks=False)  # the root hooks below call it
                 self._attach_step_hooks()
             if self.optimizer is not None:
                 self._handles.append(self.optimizer.register_step_pre_hook(self._on_pre_step))
@@ -227,8 +229,24 @@ class Scope:
         root = self.model
         if isinstance(root, torch.jit.ScriptModule):  # TorchScript refuses hooks
             return
-        self._handles.append(root.register_forward_pre_hook(_compiler_disable(self._root_in)))
-        self._handles.append(root.register_forward_hook(_compiler_disable(self._root_out)))
+        if self._root_hooks is None:  # wrapped once (~30 us each)
+            wrap = _compiler_disable
+            self._root_hooks = (wrap(self._root_pre), wrap(self._root_post))
+        pre, post = self._root_hooks
+        self._handles.append(root.register_forward_pre_hook(pre, with_kwargs=True))
+        self._handles.append(root.register_forward_hook(post, always_call=True))
+
+    def _root_pre(self, module: torch.nn.Module, args: Any, kwargs: Any) -> None:
+        """The root's one pre-hook: keep the call's inputs for a NaN replay, note the step."""
+        if self.nan_origin:
+            self._calls.before(module, args, kwargs)
+        self._root_in(module, args)
+
+    def _root_post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        """The root's one forward hook (called even when the forward raises)."""
+        if self.nan_origin:
+            self._calls.after(module, args, output)
+        self._root_out(module, args, output)
 
 
     def _sync_module_hooks(self) -> None:
@@ -355,7 +373,10 @@ class Scope:
             if x is not None:
                 if self._rank[j] is None:
                     self._first_call(j, x)
-                self._measure.add_output(j, x, stats.first_float_tensor(args))
+                given = args[0] if len(args) == 1 and type(args[0]) is Tensor else args
+                if type(given) is not Tensor or not given.is_floating_point():
+                    given = stats.first_float_tensor(args)
+                self._measure.add_output(j, x, given)
                 self._follow_repeated_call(j, x)
             else:
                 self._fired_unmeasured.add(j)  # it ran, but returned no float tensor
@@ -437,16 +458,14 @@ class Scope:
     def _follow_repeated_call(self, j: int, x: Tensor) -> None:
         """A module called again in the same step may be a recurrent cell: follow the
         gradient of each call's output (the first call's is hooked at the second call)."""
-        calls = self._measure.calls_of(j)
-        if calls.calls == 0:
-            self._first_output[j] = x
-            calls.calls = 1
-            return
-        if calls.calls == 1:
+        calls = self._measure.call_grads.get(j)
+        if calls is None:
             first = self._first_output.pop(j, None)
-            calls.calls = 0
-            if first is not None:
-                through_time.watch_call_output(first, calls.next_sink())
+            if first is None:
+                self._first_output[j] = x  # the first call: nothing to follow yet
+                return
+            calls = self._measure.calls_of(j)
+            through_time.watch_call_output(first, calls.next_sink())
         through_time.watch_call_output(x, calls.next_sink())
 
     def _count_unrecorded(self) -> None:
@@ -472,12 +491,14 @@ class Scope:
         """Include parameters that appeared since watch(): lazy modules that materialised
         (silently) and parameters added later (with a warning), from this step on."""
         size = tracking.optimizer_size(self.optimizer)
-        if not (self._lazy_ids or self._detail_now or size != self._opt_size):
+        changed = self._lazy_ids or size != self._opt_size
+        if not changed and not (self._detail_now and self._lookout.maybe_new()):
             return
         self._opt_size = size
         added = tracking.new_parameters(self.model, self._params)
         if not added:
             return
+        self._lookout.add([p for _, p in added])
         owner = _owners(self.model, self._modules)
         names = [n for n, _ in added]
         self._param_names = [*self._param_names, *names]  # History holds the old list
@@ -527,12 +548,16 @@ class Scope:
             return
         t0 = time.perf_counter()
         self._track_new_params()
-        self._collect_grads()
         if not self._detail_now:
             # Recorded now, before the optimizer applies the gradients: if they are NaN,
             # the forward can still be replayed on the weights that made them.
-            self._finish_step(measure_update=False, started=t0)
+            scale = _scaler_scale(self.scaler)
+            record = self._measure.light_record(self._step, self._loss, scale, self._hooks_fired)
+            if record is None:
+                self._collect_grads()
+            self._finish_step(measure_update=False, started=t0, record=record)
             return
+        self._collect_grads()
         # Update sizes ride with the costlier statistics (every step in diagnose()).
         self._measure.snapshot()
         self._overhead += time.perf_counter() - t0
@@ -554,10 +579,14 @@ class Scope:
     def _collect_grads(self) -> None:
         self._measure.collect_grads(self._detail_now)
 
-    def _finish_step(self, measure_update: bool, started: float) -> None:
+    def _finish_step(
+        self, measure_update: bool, started: float, record: StepRecord | None = None
+    ) -> None:
         loss, self._loss = self._loss, None
-        scale = _scaler_scale(self.scaler)
-        record = self._measure.gather(self._step, loss, scale, measure_update, self._hooks_fired)
+        if record is None:
+            scale = _scaler_scale(self.scaler)
+            fired = self._hooks_fired
+            record = self._measure.gather(self._step, loss, scale, measure_update, fired)
         if not self._nonfinite_seen and record.nonfinite:
             self._nonfinite_seen = True
             if self.nan_origin and not self._detail_now:

@@ -7,6 +7,9 @@ loss trends), not judgements: thresholds live in the plugins.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -55,60 +58,105 @@ class LayerSignal:
         return self.param_norm / math.sqrt(max(self.numel, 1))
 
 
-def _combine_norms(columns: Tensor) -> Tensor:
-    """Norm over several parameters from their norms, (T, k) -> (T,)."""
-    return columns.square().sum(dim=1).sqrt()
-
-
 def layer_signals(history: History) -> list[LayerSignal]:
     """One :class:`LayerSignal` per module owning trainable parameters, in forward order.
 
     Modules whose parameters never got a gradient are left out (see ``no_gradient``).
+    Every module's series come from a few whole-table reductions (parameters summed into
+    their modules), so 1,000 layers cost about what ten do.
     """
     if not history.records:
         return []
+    memo = _MEMO.get()
+    kept = memo.get(id(history)) if memo is not None else None
+    if kept is not None and kept[0] is history:
+        return list(kept[1])
+    signals = _layer_signals(history)
+    if memo is not None:
+        memo[id(history)] = (history, signals)
+    return list(signals)
+
+
+_MEMO: ContextVar[dict[int, tuple[History, list[LayerSignal]]] | None] = ContextVar(
+    "gradscope_layer_signals", default=None
+)
+
+
+@contextmanager
+def shared_signals() -> Iterator[None]:
+    """Within the block, :func:`layer_signals` is computed once per history and shared by
+    every caller (``judge()`` runs its detectors in one: the history does not change
+    meanwhile, and a model of 1,000 layers is read once instead of once per detector)."""
+    token = _MEMO.set(_MEMO.get() if _MEMO.get() is not None else {})
+    try:
+        yield
+    finally:
+        _MEMO.reset(token)
+
+
+def _layer_signals(history: History) -> list[LayerSignal]:
     history.settle()
-    l2 = history.grad_series("grad_l2")
-    l1 = history.grad_series("grad_l1")
-    pn = history.grad_series("param_norm")
-    un = history.grad_series("update_norm")
-    nf = history.grad_series("grad_nonfinite")
-    numel = history.grad_series("numel")[0]
-    has = history.grad_series("has_grad")
-    rank = history.depth_rank()
     by_module: dict[str, list[int]] = {}
     for i, module in enumerate(history.param_modules):
         if history.grad_seen[i]:
             by_module.setdefault(module, []).append(i)
+    if not by_module:
+        return []
+    columns = _module_columns(history, list(by_module.values()))
+    rank = history.depth_rank()
+    where = {name: j for j, name in enumerate(history.module_names)}
     signals = []
-    for module, idx in by_module.items():
-        cols = torch.tensor(idx)
-        present = has[:, cols].sum(dim=1) > 0
-        grad = _combine_norms(torch.nan_to_num(l2[:, cols], nan=0.0))
-        grad = torch.where(present, grad, torch.full_like(grad, math.nan))
-        # A non-finite entry anywhere in the module makes its norm non-finite.
-        grad = torch.where(torch.isfinite(l2[:, cols]).all(dim=1) | ~present, grad, math.inf)
-        n = float(numel[cols].sum())
-        mean_abs = torch.nan_to_num(l1[:, cols], nan=0.0).sum(dim=1) / max(n, 1.0)
-        measured = present & ~torch.isnan(l1[:, cols]).all(dim=1)  # L1 runs on detail steps
-        mean_abs = torch.where(measured, mean_abs, torch.full_like(mean_abs, math.nan))
-        j = history.module_names.index(module) if module in history.module_names else -1
+    for m, (module, idx) in enumerate(by_module.items()):
+        j = where.get(module, -1)
         signals.append(
             LayerSignal(
                 name=module,
                 type=history.module_types[j] if j >= 0 else "?",
                 depth=rank.get(module, len(rank)),
                 params=[history.param_names[i] for i in idx],
-                numel=int(n),
-                grad_norm=grad,
-                grad_mean_abs=mean_abs,
-                param_norm=_combine_norms(pn[:, cols]),
-                update_norm=_combine_norms(un[:, cols]),
-                nonfinite=torch.nan_to_num(nf[:, cols], nan=0.0).sum(dim=1),
+                numel=int(columns["numel"][m]),
+                **{field: columns[field][:, m] for field in _SERIES},
             )
         )
     signals.sort(key=lambda s: s.depth)
     return signals
+
+
+_SERIES = ("grad_norm", "grad_mean_abs", "param_norm", "update_norm", "nonfinite")
+
+
+def _module_columns(history: History, groups: list[list[int]]) -> dict[str, Tensor]:
+    """Per-module (T, M) series of :class:`LayerSignal`, from the per-parameter tables:
+    each parameter's column summed into its module's (``index_add``)."""
+    flat = [i for idx in groups for i in idx]
+    cols = torch.tensor(flat)
+    owner = torch.tensor([m for m, idx in enumerate(groups) for _ in idx])
+    n_modules = len(groups)
+
+    def per_module(table: Tensor) -> Tensor:
+        out = torch.zeros(table.shape[0], n_modules, dtype=table.dtype)
+        return out.index_add_(1, owner, table)
+
+    l2 = history.grad_series("grad_l2")[:, cols]
+    l1 = history.grad_series("grad_l1")[:, cols]
+    numel = per_module(history.grad_series("numel")[:1, cols])[0]
+    present = per_module(history.grad_series("has_grad")[:, cols]) > 0
+    grad = per_module(torch.nan_to_num(l2, nan=0.0).square()).sqrt()
+    grad = torch.where(present, grad, torch.full_like(grad, math.nan))
+    # A non-finite entry anywhere in the module makes its norm non-finite.
+    all_finite = per_module((~torch.isfinite(l2)).to(l2.dtype)) == 0
+    grad = torch.where(all_finite | ~present, grad, math.inf)
+    mean_abs = per_module(torch.nan_to_num(l1, nan=0.0)) / numel.clamp_min(1.0)
+    measured = present & (per_module((~torch.isnan(l1)).to(l1.dtype)) > 0)  # detail steps
+    mean_abs = torch.where(measured, mean_abs, torch.full_like(mean_abs, math.nan))
+    return {
+        "numel": numel,
+        "grad_norm": grad,
+        "grad_mean_abs": mean_abs,
+        "param_norm": per_module(history.grad_series("param_norm")[:, cols].square()).sqrt(),
+        "update_norm": per_module(history.grad_series("update_norm")[:, cols].square()).sqrt(),
+        "nonfinite": per_module(torch.nan_to_num(history.grad_series("grad_nonfinite")[:, cols])),
+    }
 
 
 def init_scale(signal: LayerSignal, model_info: ModelInfo) -> float:

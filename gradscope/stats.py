@@ -168,12 +168,51 @@ def _accumulation_dtype(x: Tensor) -> torch.dtype | None:
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else None
 
 
-def nonfinite_flags(tensors: list[Tensor]) -> list[Tensor]:
-    """One device scalar per tensor, NaN/Inf exactly when some entry is: the max-abs norms
-    of all of them in one foreach call (finite huge values stay finite)."""
+def nonfinite_flags(tensors: list[Tensor]) -> Tensor | list[Tensor]:
+    """One device value per tensor, NaN/Inf exactly when some entry is: L2 norms
+    accumulated in float64 (squares of float32 or narrower entries cannot overflow
+    there, so finite huge values stay finite); small tensors of one shape are stacked and
+    reduced together (a 1-D tensor in list order then), the others in one foreach call.
+    Float64 tensors take the max-abs norm (slower, exact for any value)."""
     if not tensors:
         return []
-    return list(torch._foreach_norm(tensors, float("inf")))
+    if any(t.dtype == torch.float64 for t in tensors):
+        return list(torch._foreach_norm(tensors, float("inf")))
+    layout = Layout.of(tensors)
+    if all(t.is_cpu for t in tensors):
+        return _cpu_flags(tensors, layout)
+    try:
+        return _l2_norms(tensors, layout, torch.float64)
+    except (TypeError, RuntimeError):  # torch before 2.4: no dtype argument
+        return list(torch._foreach_norm(tensors, float("inf")))
+
+
+def _l2_norms(
+    tensors: list[Tensor], layout: Layout | None, dtype: torch.dtype | None
+) -> Tensor | list[Tensor]:
+    """L2 norm of each tensor (grouped by ``layout``), accumulated in ``dtype``."""
+    if layout is None or not layout.groups:
+        return list(torch._foreach_norm(tensors, 2, dtype=dtype))
+    parts = [_group_norms(s, 2, dtype) for s in layout.stack(tensors)]
+    if layout.rest:
+        rest = [tensors[i] for i in layout.rest]
+        parts.append(torch.stack(torch._foreach_norm(rest, 2, dtype=dtype)))
+    return layout.in_order(parts)
+
+
+def _cpu_flags(tensors: list[Tensor], layout: Layout | None) -> Tensor:
+    """On the CPU, values can be read at no cost: float32 L2 norms (~3x faster than
+    float64 ones), and only a tensor whose float32 norm overflowed is measured again in
+    float64 (finite huge entries stay finite)."""
+    norms = _l2_norms(tensors, layout, None)
+    norms = norms if isinstance(norms, Tensor) else torch.stack(norms)
+    overflowed = (~torch.isfinite(norms)).nonzero().flatten().tolist()
+    if not overflowed:
+        return norms
+    norms = norms.to(torch.float64)
+    for i in overflowed:
+        norms[i] = torch.linalg.vector_norm(tensors[i], dtype=torch.float64)
+    return norms
 
 
 def nonfinite_flag(x: Tensor) -> Tensor:
@@ -186,42 +225,66 @@ def nonfinite_flag(x: Tensor) -> Tensor:
 
 
 def grad_statistics(
-    grads: list[Tensor], params: list[Tensor], detail: bool, full: bool
-) -> dict[str, list[Tensor]]:
+    grads: list[Tensor],
+    params: list[Tensor],
+    detail: bool,
+    full: bool,
+    layouts: tuple[Layout | None, Layout | None] = (None, None),
+    param_stacks: list[Tensor] | None = None,
+) -> dict[str, Tensor | list[Tensor]]:
     """Per-tensor L2 norms of the gradients; on ``detail`` steps also the parameters' L2
     norms and the gradients' L1 norms, estimated from the first :data:`UPDATE_SAMPLE`
     entries of each tensor (exact up to that size), like the update norms.  ``full``
     makes both exact and adds each gradient's smallest and largest entries (max |g| is
     formed on the host).
 
+    ``layouts`` (of the gradients, of the parameters; see :class:`Layout`) reduce small
+    tensors of one shape together: each value is then one 1-D tensor in list order.
+    ``param_stacks`` are the parameter layout's stacked groups, when already made.
+
     A non-finite entry makes the L2 norm non-finite, so the default needs no separate
     check (exact L1 and max norms read every gradient again, at 2x and 1x the L2's cost).
     """
-    if any(g.is_sparse for g in grads):
+    grad_layout, param_layout = layouts
+    if grad_layout is None and any(g.is_sparse for g in grads):
         grads = [g.coalesce().values() if g.is_sparse else g for g in grads]
-    if full:
-        norms = list(torch._foreach_norm(grads + params, 2))
-        out = {"grad_l2": norms[: len(grads)], "param_norm": norms[len(grads) :]}
-    else:
-        out = {"grad_l2": list(torch._foreach_norm(grads, 2)) if grads else []}
-    if detail and not full:
-        out["param_norm"] = _sampled_norms(params, 2)
+    sample = None if full else UPDATE_SAMPLE
+    out: dict[str, Tensor | list[Tensor]] = {"grad_l2": _norms(grads, 2, grad_layout)}
+    if detail or full:
+        out["param_norm"] = _norms(params, 2, param_layout, sample, param_stacks)
     if full:
         out["grad_l1"] = [g.abs().sum() for g in grads]
         extremes = [torch.aminmax(g) if g.numel() else (g.new_zeros(()),) * 2 for g in grads]
         out["grad_min"] = [low for low, _ in extremes]
         out["grad_max"] = [high for _, high in extremes]
     elif detail and grads:
-        out["grad_l1"] = _sampled_norms(grads, 1)
+        out["grad_l1"] = _norms(grads, 1, grad_layout, UPDATE_SAMPLE)
     return out
 
 
-def _sampled_norms(tensors: list[Tensor], order: int) -> list[Tensor]:
-    """L1 or L2 norms from the first :data:`UPDATE_SAMPLE` entries of each tensor, scaled
-    up to the whole tensor (exact for tensors up to that size)."""
+def _norms(
+    tensors: list[Tensor],
+    order: int,
+    layout: Layout | None,
+    sample: int | None = None,
+    stacks: list[Tensor] | None = None,
+) -> Tensor | list[Tensor]:
+    """L1/L2 norm of (the first ``sample`` entries of, scaled up to) each tensor."""
+    if layout is not None:
+        return layout.norms(tensors, order, sample, stacks)
     if not tensors:
         return []
-    heads = [_head(t, UPDATE_SAMPLE) for t in tensors]
+    if sample is None:
+        return list(torch._foreach_norm(tensors, order))
+    return _sampled_norms(tensors, order, sample)
+
+
+def _sampled_norms(tensors: list[Tensor], order: int, sample: int = 0) -> list[Tensor]:
+    """L1 or L2 norms from the first ``sample`` (default :data:`UPDATE_SAMPLE`) entries of
+    each tensor, scaled up to the whole tensor (exact for tensors up to that size)."""
+    if not tensors:
+        return []
+    heads = [_head(t, sample or UPDATE_SAMPLE) for t in tensors]
     return _scaled_to_whole(list(torch._foreach_norm(heads, order)), tensors, heads, order)
 
 
@@ -230,7 +293,9 @@ def _scaled_to_whole(
 ) -> list[Tensor]:
     """Scale each head's L1 or L2 norm up to its whole tensor, on the device, in place."""
     pairs = zip(tensors, heads, strict=True)
-    torch._foreach_mul_(norms, [(t.numel() / max(h.numel(), 1)) ** (1 / order) for t, h in pairs])
+    scales = [(t.numel() / max(h.numel(), 1)) ** (1 / order) for t, h in pairs]
+    if any(scale != 1.0 for scale in scales):
+        torch._foreach_mul_(norms, scales)
     return norms
 
 
@@ -243,30 +308,134 @@ def nonfinite_counts(tensors: list[Tensor]) -> list[float]:
 
 #: Entries of each parameter whose change is measured to estimate the update size.
 UPDATE_SAMPLE = 4096
+#: Tensors up to this many entries are stacked with the others of their shape and reduced
+#: together: below it, a reduction's fixed cost (a few microseconds of dispatch) is more
+#: than copying the tensor.  Every such tensor is whole in its sample (UPDATE_SAMPLE).
+STACK_MAX = UPDATE_SAMPLE
 
 
-def snapshot(params: list[Tensor], sample: int | None = UPDATE_SAMPLE) -> list[Tensor]:
-    """Copies of (the first ``sample`` entries of) each parameter, taken before a step.
+class Layout:
+    """How a fixed list of tensors is reduced per tensor with few calls.
+
+    Small tensors of one shape, dtype and device form a group that is stacked into one
+    tensor and reduced with one call; the others (large, or alone of their shape) are
+    reduced one by one in a single ``foreach`` call.  Results come back as one 1-D tensor
+    in list order, so a model of 1,000 identical layers costs a handful of calls.
+    Build one with :meth:`of`; it stays valid while the tensors keep their shapes.
+    """
+
+    def __init__(self, groups: list[list[int]], rest: list[int], device: torch.device) -> None:
+        self.groups = groups
+        self.rest = rest
+        order = [i for group in groups for i in group] + rest
+        self.inverse: Tensor | None = None
+        if order != list(range(len(order))):
+            self.inverse = torch.empty(len(order), dtype=torch.long)
+            self.inverse[torch.tensor(order)] = torch.arange(len(order))
+            self.inverse = self.inverse.to(device)
+
+    @classmethod
+    def of(cls, tensors: list[Tensor]) -> Layout | None:
+        """The layout of ``tensors``; None when they are on several devices, sparse or
+        empty (then each is reduced on its own)."""
+        if not tensors:
+            return None
+        device = tensors[0].device
+        keyed: dict[tuple, list[int]] = {}
+        rest = []
+        for i, t in enumerate(tensors):
+            if t.device != device or t.layout is not torch.strided:
+                return None
+            if t.numel() <= STACK_MAX:
+                keyed.setdefault((tuple(t.shape), t.dtype), []).append(i)
+            else:
+                rest.append(i)
+        groups = [idx for idx in keyed.values() if len(idx) > 1]
+        rest += [idx[0] for idx in keyed.values() if len(idx) == 1]
+        return cls(groups, sorted(rest), device)
+
+    def stack(self, tensors: list[Tensor]) -> list[Tensor]:
+        """One stacked copy of each group's tensors (shape: group size x tensor shape)."""
+        return [torch.stack([tensors[i] for i in group]) for group in self.groups]
+
+    def in_order(self, parts: list[Tensor]) -> Tensor:
+        """Per-group results then the others', concatenated and put back in list order."""
+        out = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return out if self.inverse is None else out.index_select(0, self.inverse)
+
+    def norms(
+        self,
+        tensors: list[Tensor],
+        order: int,
+        sample: int | None = None,
+        stacks: list[Tensor] | None = None,
+    ) -> Tensor:
+        """L1/L2 norm of each tensor (of its first ``sample`` entries, scaled up to the
+        whole tensor, for the large ones), in list order: a 1-D tensor, or a list of
+        scalars when no tensors share a shape (one foreach call then)."""
+        if not self.groups:
+            return _norms(tensors, order, None, sample)
+        stacks = self.stack(tensors) if stacks is None else stacks
+        parts = [_group_norms(s, order) for s in stacks]
+        if self.rest:
+            parts.append(torch.stack(_norms([tensors[i] for i in self.rest], order, None, sample)))
+        return self.in_order(parts)
+
+
+def _group_norms(stacked: Tensor, order: int, dtype: torch.dtype | None = None) -> Tensor:
+    flat = stacked.reshape(stacked.shape[0], -1)
+    return torch.linalg.vector_norm(flat, order, dim=1, dtype=dtype)
+
+
+Snapshot = tuple[list[Tensor], list[Tensor]]
+
+
+def snapshot(
+    params: list[Tensor],
+    sample: int | None = UPDATE_SAMPLE,
+    layout: Layout | None = None,
+    stacks: list[Tensor] | None = None,
+) -> Snapshot:
+    """Copies of (the first ``sample`` entries of) each parameter, taken before a step:
+    the layout's stacked groups (``stacks`` when already made: they are copies), and the
+    heads of the other parameters.
 
     A fixed slice keeps the cost flat however large the model; the update-to-weight
     ratio it gives is exact for tensors up to ``sample`` entries and an unbiased-scale
     estimate beyond (see :func:`update_norms`).  ``sample=None`` copies everything.
     """
-    return [_head(p, sample).clone() for p in params]
+    rest = params if layout is None else [params[i] for i in layout.rest]
+    groups = [] if layout is None else layout.stack(params) if stacks is None else stacks
+    # x * 1 is an exact copy (NaN, Inf and -0.0 included), for all tensors in one call.
+    return groups, list(torch._foreach_mul([_head(p, sample) for p in rest], 1)) if rest else []
 
 
 def _head(p: Tensor, sample: int | None) -> Tensor:
-    flat = p.reshape(-1)
-    return flat if sample is None or flat.numel() <= sample else flat[:sample]
+    """The first ``sample`` entries of ``p`` (``p`` itself when it has no more)."""
+    if sample is None or p.numel() <= sample:
+        return p
+    return p.reshape(-1)[:sample]
 
 
 def update_norms(
-    params: list[Tensor], before: list[Tensor], sample: int | None = UPDATE_SAMPLE
-) -> list[Tensor]:
+    params: list[Tensor],
+    before: Snapshot,
+    sample: int | None = UPDATE_SAMPLE,
+    layout: Layout | None = None,
+) -> Tensor | list[Tensor]:
     """L2 norm of (after - before) on each sampled slice, scaled up to the whole tensor."""
-    heads = [_head(p, sample) for p in params]
-    norms = list(torch._foreach_norm(torch._foreach_sub(heads, before), 2))
-    return _scaled_to_whole(norms, params, heads, 2)
+    groups, heads_before = before
+    rest = params if layout is None else [params[i] for i in layout.rest]
+    norms: list[Tensor] = []
+    if rest:
+        heads = [_head(p, sample) for p in rest]
+        norms = list(torch._foreach_norm(torch._foreach_sub(heads, heads_before), 2))
+        norms = _scaled_to_whole(norms, rest, heads, 2)
+    if layout is None:
+        return norms
+    after = layout.stack(params)
+    parts = [_group_norms(a - b, 2) for a, b in zip(after, groups, strict=True)]
+    return layout.in_order(parts + ([torch.stack(norms)] if norms else []))
 
 
 #: The corner of each weight matrix whose rows are compared by :func:`row_spread`.
@@ -274,6 +443,17 @@ ROW_SPREAD_ROWS = 1024
 ROW_SPREAD_COLUMNS = 256
 
 _PROBES: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
+
+
+def _probe(columns: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    key = (columns, device, dtype)
+    probe = _PROBES.get(key)
+    if probe is None:
+        g = torch.Generator().manual_seed(columns)
+        probe = torch.randn(columns, generator=g).to(device, dtype)
+        probe = probe / probe.norm()
+        _PROBES[key] = probe
+    return probe
 
 
 def row_spread(weights: list[Tensor]) -> list[Tensor]:
@@ -286,26 +466,41 @@ def row_spread(weights: list[Tensor]) -> list[Tensor]:
     out = []
     for w in weights:
         # Identical rows are identical on any block of columns: a corner is enough.
-        flat = w.detach().flatten(1)[:ROW_SPREAD_ROWS, :ROW_SPREAD_COLUMNS]
-        key = (flat.shape[1], flat.device, flat.dtype)
-        probe = _PROBES.get(key)
-        if probe is None:
-            g = torch.Generator().manual_seed(flat.shape[1])
-            probe = torch.randn(flat.shape[1], generator=g).to(flat.device, flat.dtype)
-            probe = probe / probe.norm()
-            _PROBES[key] = probe
+        flat = w.detach() if w.requires_grad and torch.is_grad_enabled() else w
+        flat = flat if flat.dim() == 2 else flat.flatten(1)
+        if flat.shape[0] > ROW_SPREAD_ROWS or flat.shape[1] > ROW_SPREAD_COLUMNS:
+            flat = flat[:ROW_SPREAD_ROWS, :ROW_SPREAD_COLUMNS]
+        probe = _probe(flat.shape[1], flat.device, flat.dtype)
         out.append((flat @ probe).std() if flat.shape[0] > 1 else flat.new_zeros(()))
     return out
 
 
+def stacked_row_spread(stacked: Tensor) -> Tensor:
+    """:func:`row_spread` of each matrix of a stack of same-shaped matrices, in one call."""
+    flat = stacked.detach().flatten(2)[:, :ROW_SPREAD_ROWS, :ROW_SPREAD_COLUMNS]
+    if flat.shape[1] < 2:
+        return flat.new_zeros(flat.shape[0])
+    return (flat @ _probe(flat.shape[2], flat.device, flat.dtype)).std(dim=1)
+
+
 def to_host(tensors: list[Tensor]) -> list[float]:
-    """Bring a list of scalar tensors to the host with one synchronisation per device."""
+    """Bring a list of scalar or 1-D tensors to the host with one synchronisation per
+    device; returns their values in order, flattened."""
     if not tensors:
         return []
+    if all(t.is_cpu for t in tensors):
+        return _read_cpu(tensors)
     try:
-        # The common case: scalars on one device.  Mixed dtypes promote (float32 holds
-        # counts exactly up to 2**24); mixed devices or shapes raise and take the slow path.
-        return torch.stack(tensors).tolist()
+        # The common case: one device.  Mixed dtypes promote (float32 holds counts exactly
+        # up to 2**24); mixed devices raise and take the slow path.
+        if len(tensors) == 1:
+            return tensors[0].reshape(-1).tolist()
+        if tensors[0].dim() == 0:  # usually all scalars (else the next try)
+            return torch.stack(tensors).reshape(-1).tolist()
+    except RuntimeError:
+        pass
+    try:
+        return torch.cat([t.reshape(-1) for t in tensors]).tolist()
     except RuntimeError:
         pass
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
@@ -315,11 +510,29 @@ def to_host(tensors: list[Tensor]) -> list[float]:
     for (device, _dtype), idx in groups.items():
         order, stacks = by_device.setdefault(device, ([], []))
         order.extend(idx)
-        group = [tensors[i] if tensors[i].dim() == 0 else tensors[i].reshape(()) for i in idx]
-        stacks.append(torch.stack(group).to(torch.float64))
-    values = [NAN] * len(tensors)
+        stacks.append(torch.cat([tensors[i].reshape(-1) for i in idx]).to(torch.float64))
+    sizes = [t.numel() for t in tensors]
+    values: list[list[float]] = [[] for _ in tensors]
     for order, stacks in by_device.values():
         flat = torch.cat(stacks).tolist() if len(stacks) > 1 else stacks[0].tolist()
-        for i, v in zip(order, flat, strict=True):
-            values[i] = v
-    return values
+        k = 0
+        for i in order:
+            values[i] = flat[k : k + sizes[i]]
+            k += sizes[i]
+    return [v for part in values for v in part]
+
+
+def _read_cpu(tensors: list[Tensor]) -> list[float]:
+    """CPU tensors' values: there is no device to wait for, and reading each scalar
+    (a few hundred nanoseconds) is cheaper than stacking them first (an allocation and
+    a copy kernel, ~20 us in a training step)."""
+    out: list[float] = []
+    for t in tensors:
+        if t.dim() == 0:
+            v = t.tolist()
+            out.append(v if type(v) is float else float(v))
+        elif t.is_floating_point():
+            out.extend(t.reshape(-1).tolist())
+        else:
+            out.extend(float(v) for v in t.reshape(-1).tolist())
+    return out
