@@ -45,6 +45,7 @@ from gradscope_plugins.judgement import (
     first_step_where,
     fmt,
     gan_roles,
+    growth_from_start,
     over,
     reference_norm,
     relative_grad,
@@ -147,11 +148,6 @@ def _most_grown(layers: list[LayerSignal]) -> str:
     return max(layers, key=lambda s: _finite_max(s.grad_norm) / max(early(s.grad_norm), 1e-30)).name
 
 
-def _total_norm(layers: list[LayerSignal]) -> torch.Tensor:
-    stacked = torch.stack([torch.nan_to_num(s.grad_norm, nan=0.0) for s in layers], dim=1)
-    return stacked.square().sum(dim=1).sqrt()
-
-
 def _over_training(
     history: History,
     layers: list[LayerSignal],
@@ -163,14 +159,9 @@ def _over_training(
     """The gradient norm grew by ``growth`` (or by ``nonfinite_growth`` before a NaN)."""
     if adversarial:
         return
-    total = _total_norm(layers)
-    finite = total[torch.isfinite(total)]
-    if finite.numel() < 2:
+    growth = growth_from_start(layers)
+    if growth is None:
         return
-    start = float(finite[: min(3, finite.numel())].median())
-    if start <= 0:
-        return
-    growth = finite / start
     line = t["nonfinite_growth"] if nonfinite else t["growth"]
     steps_over = int((growth >= line).sum())
     if steps_over >= (1 if nonfinite else int(t["growth_steps"])):

@@ -241,6 +241,25 @@ def harm_severity(fraction: float, t: dict, stalled: bool) -> str:
 MIN_LOSSES_FOR_A_STALL = 10
 
 
+def total_grad_norm(layers: list[LayerSignal]) -> torch.Tensor:
+    """Per record: the norm of all the layers' gradients together (NaN entries as 0)."""
+    stacked = torch.stack([torch.nan_to_num(s.grad_norm, nan=0.0) for s in layers], dim=1)
+    return stacked.square().sum(dim=1).sqrt()
+
+
+def growth_from_start(layers: list[LayerSignal]) -> torch.Tensor | None:
+    """The finite total gradient norms as multiples of their size at the start (the median
+    of the first three), or None when fewer than two are finite or the start is 0."""
+    if not layers:
+        return None
+    total = total_grad_norm(layers)
+    finite = total[torch.isfinite(total)]
+    if finite.numel() < 2:
+        return None
+    start = float(finite[: min(3, finite.numel())].median())
+    return finite / start if start > 0 else None
+
+
 def output_share(history: History, window: int) -> float:
     """How much the model's output varies between the samples of a batch (the median of
     the last ``window`` measurements of ``output_spread``), NaN when never measured.  Near 0

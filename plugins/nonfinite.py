@@ -12,15 +12,24 @@ it started.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from gradscope import Finding, Suggestion, hookimpl
+from gradscope.config import thresholds
 from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
 from gradscope_plugins import fix_builders as fix
+from gradscope_plugins.judgement import depth_layers, fmt, growth_from_start
 
+NAME = "nonfinite"
 #: The statistics this detector reads (see gradscope.statistics); without them it cannot judge.
 NEEDS = ("grad_l2",)
+DEFAULTS = {
+    # Gradients that grew this many times over the steps before the NaN: the learning rate
+    # drove the values out of range, so lowering it comes before fixing the formula.
+    "lr_growth": 100.0,
+}
 
 
 @hookimpl
@@ -28,6 +37,7 @@ def gradscope_detect(
     history: History, model_info: ModelInfo, config: dict[str, Any]
 ) -> list[Finding]:
     """Find the first step with a non-finite value and the module where it began."""
+    t = thresholds(config, NAME, DEFAULTS)
     history.losses()  # resolves losses logged after their step
     act_steps = [s for s in history.first_nonfinite_act if s is not None]
     grad_steps = [s for s in history.first_nonfinite_grad if s is not None]
@@ -54,6 +64,8 @@ def gradscope_detect(
         key=lambda name: rank.get(name, len(rank)),
     )
     culprit, where, detail = _explain(history, step, bad_outputs, bad_grads)
+    growth = growth_from_start(depth_layers(history, model_info))
+    grew = float(growth.max()) if growth is not None else None
     message = (
         f"NaN/Inf appeared during training: {detail}. Once a weight is NaN every later step "
         "is NaN too, so fix the first source."
@@ -74,6 +86,8 @@ def gradscope_detect(
                 "backward_candidates": (
                     _parameterless_after(history, bad_grads[-1]) if where == "backward" else []
                 ),
+                "grad_growth_before": grew,
+                "grew_before": grew is not None and grew >= t["lr_growth"],
             },
         )
     ]
@@ -201,6 +215,9 @@ def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
         return [fix.check_inputs, fix.fix_loss_numerics]
     if where == "weights":
         return [fix.random_init, fix.check_inputs]
+    if finding.evidence.get("grew_before"):
+        # The values grew for many steps before they overflowed: the step size is the cause.
+        return [fix.lower_lr, fix.clip_grad_norm, fix.fix_loss_numerics]
     if where == "forward" and layer is not None and layer.params:
         # A layer with weights overflowing: the values grew too large, not a bad formula.
         return [fix.clip_grad_norm, fix.lower_lr, fix.fix_loss_numerics]
@@ -209,5 +226,14 @@ def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
 
 @hookimpl
 def gradscope_suggest(finding: Finding, model_info: ModelInfo) -> list[Suggestion]:
-    """Suggestions for ``nonfinite_gradient`` findings, best first (see :func:`plan`)."""
-    return fix.suggest(finding, model_info, "nonfinite_gradient", plan)
+    """Suggestions for ``nonfinite_gradient`` findings, best first (see :func:`plan`); the
+    first says what evidence put it there when that was the gradient's growth."""
+    suggestions = fix.suggest(finding, model_info, "nonfinite_gradient", plan)
+    grew = finding.evidence.get("grad_growth_before")
+    if suggestions and finding.evidence.get("grew_before") and grew is not None:
+        reason = (
+            f"First because the gradient grew {fmt(grew)}x over the steps before the NaN: "
+            "the learning rate drove the values out of range, the formula only overflowed. "
+        )
+        suggestions[0] = replace(suggestions[0], why=reason + suggestions[0].why)
+    return suggestions
