@@ -101,8 +101,7 @@ def gradscope_detect(
     # Against the typical later layer, not the largest: one freshly initialised head takes
     # hundreds of times the gradient of a healthy transformer's layers.  A model that
     # predicts a constant has shown the harm: there the gap to the largest later layer counts.
-    against_max = constant or is_stalled(trend, t["stall"], t["plateau"])
-    affected = _depth_gaps(layers, rel, model_info, t, against_max=against_max, rnn=no_better)
+    affected = _depth_gaps(layers, rel, model_info, t, against_max=constant, rnn=no_better)
     if affected:
         depth = _through_depth(
             history, model_info, (layers, series, rel), affected, (trend, share, None), t
