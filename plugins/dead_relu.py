@@ -20,6 +20,7 @@ from gradscope.modelinfo import ModelInfo
 from gradscope.signals import loss_trend
 from gradscope_plugins import fix_builders as fix
 from gradscope_plugins.judgement import (
+    HARM_DEFAULTS,
     first_step_where,
     fmt,
     harm_severity,
@@ -37,13 +38,8 @@ DEFAULTS = {
     "warn_fraction": 0.5,
     # ...and an error from here whatever the loss does (the layer has collapsed).
     "error_fraction": 0.8,
-    # Loss improving by less than this fraction over the run counts as stalled...
-    "stall": 0.1,
-    # ...and so does one improving by less than this over the second half (a plateau)...
-    "plateau": 0.05,
-    # ...and a model whose output varies between samples by less than this share of its
-    # size (it predicts a constant, whatever its loss did).
-    "constant_output": 0.05,
+    # The harm test's thresholds: stall, plateau, constant_output.
+    **HARM_DEFAULTS,
 }
 
 

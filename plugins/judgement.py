@@ -237,6 +237,18 @@ def harm_severity(fraction: float, t: dict, stalled: bool) -> str:
     return "warning" if stalled else "info"
 
 
+#: The thresholds of the harm test (:func:`learned_nothing`), shared by the detectors that
+#: set severity by harm; each detector holds its own copy, overridable on its own.
+HARM_DEFAULTS = {
+    # Loss improving by less than this fraction over the run counts as stalled...
+    "stall": 0.1,
+    # ...and so does one improving by less than this over the second half (a plateau)...
+    "plateau": 0.05,
+    # ...and a model whose output varies between samples by less than this share of its
+    # size (it predicts a constant, whatever its loss did).
+    "constant_output": 0.05,
+}
+
 #: Fewer logged losses than this say nothing about whether training stalled.
 MIN_LOSSES_FOR_A_STALL = 10
 
