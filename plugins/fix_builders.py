@@ -528,11 +528,9 @@ def batchnorm_fits(finding: Finding, info: ModelInfo) -> bool:
     can follow: (batch, features) after a linear map, (batch, channels, h, w) after a
     convolution.  Sequence outputs (batch, time, features) and recurrent layers do not fit.
     Unknown shapes count as fitting (nothing was measured to say otherwise)."""
-    layers = [
-        layer for layer in _weight_layers(info, finding.evidence.get("layers"))
-        if layer.role == "weight"
-    ]
-    hidden = layers[:-1] if len(layers) > 1 else layers
+    output = next((layer for layer in reversed(info.layers) if layer.role == "weight"), None)
+    chosen = _weight_layers(info, finding.evidence.get("layers"))
+    hidden = [layer for layer in chosen if layer.role == "weight" and layer is not output]
     shapes = [layer.output_shape for layer in hidden]
     if not shapes or all(shape is None for shape in shapes):
         return True

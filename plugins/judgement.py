@@ -301,11 +301,10 @@ def learned_nothing(history: History, trend: LossTrend, t: dict) -> bool:
     """The harm a broken part of a model shows: the loss stalled or plateaued (``t``'s
     ``stall`` and ``plateau``), or the model predicts the same output for every input
     (less than ``t["constant_output"]`` of it varies between samples).  Without a logged
-    loss only the output can show it."""
-    constant, _ = predicts_a_constant(history, trend, t)
+    loss the harm cannot be seen and counts as shown (the size of the fault decides)."""
     if not trend.known:
         return True
-    return constant or stalled(trend, t["stall"], t["plateau"])
+    return predicts_a_constant(history, trend, t)[0] or stalled(trend, t["stall"], t["plateau"])
 
 
 def stalled(trend: LossTrend, stall: float, plateau: float) -> bool:

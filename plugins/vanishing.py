@@ -30,6 +30,7 @@ from gradscope.modelinfo import ModelInfo
 from gradscope.signals import LossTrend, early, init_scale, loss_trend, recent
 from gradscope_plugins import fix_builders as fix
 from gradscope_plugins.judgement import (
+    HARM_DEFAULTS,
     blocked_paths_possible,
     depth_layers,
     first_step_where,
@@ -53,10 +54,8 @@ DEFAULTS = {
     "depth_ratio": 1e-2,
     # Through time: below this fraction, with a stalled loss, the problem is an error.
     "severe_ratio": 1e-5,
-    # Loss improving by less than this fraction over the run counts as stalled...
-    "stall": 0.1,
-    # ...and so does one improving by less than this over the second half (a plateau).
-    "plateau": 0.05,
+    # The harm test's thresholds: stall, plateau, constant_output.
+    **HARM_DEFAULTS,
     # Records at the end of the run that are judged.
     "window": 5,
     # A layer whose relative gradient fell below this fraction of its own start...
@@ -72,9 +71,6 @@ DEFAULTS = {
     "through_time": 3e-3,
     # ...and with a loss that improved by less than this fraction over the run.
     "time_stall": 0.1,
-    # A model whose output varies between samples by less than this share of its size
-    # predicts a constant: whatever its loss did, it learned nothing from its input.
-    "constant_output": 0.05,
 }
 
 

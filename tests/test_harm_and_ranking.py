@@ -1,0 +1,116 @@
+"""The output share that tells a constant prediction apart, the harm it shows, and the order
+of suggestions by applicability and by cause."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import gradscope
+from gradscope import Finding
+from gradscope.reference import get_spec
+from gradscope.stats import between_sample_share
+from gradscope_plugins import fix_builders as fix
+from gradscope_plugins import nonfinite
+
+
+def test_a_constant_output_has_no_share_that_varies_between_samples():
+    constant = torch.tensor([[2.0, -1.0, 0.5]]).expand(16, 3)
+    assert float(between_sample_share(constant)) == 0.0
+    # A shift shared by a sample's logits changes no prediction: still a constant.
+    shifted = constant + torch.arange(16.0).unsqueeze(1)
+    assert float(between_sample_share(shifted)) == pytest.approx(0.0, abs=1e-6)
+    assert float(between_sample_share(torch.zeros(8, 4))) == 0.0
+    varied = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    assert float(between_sample_share(varied)) > 0.9
+    assert math.isnan(float(between_sample_share(torch.ones(1, 3))))  # one sample says nothing
+
+
+def _watched(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 30):
+    torch.manual_seed(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with gradscope.watch(model, optimizer=opt) as scope:
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            scope.log_loss(loss)
+            loss.backward()
+            opt.step()
+    return scope.report()
+
+
+def test_the_deep_sigmoid_twin_is_told_it_predicts_a_constant():
+    torch.set_num_threads(1)
+    spec = get_spec("deep_sigmoid_mlp")
+    torch.manual_seed(0)
+    x, y = spec.example_batch(64)
+    report = _watched(spec.factory(), x, y)
+    finding = next(f for f in report.findings if f.kind == "vanishing_gradient")
+    assert finding.severity in ("warning", "error")
+    assert finding.evidence["output_share"] < 0.05
+    assert "predicts nearly the same output for every input" in finding.message
+
+
+def test_a_healthy_mlp_output_varies_between_samples():
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 8, generator=g)
+    y = (x[:, :4]).argmax(1)
+    report = _watched(model, x, y)
+    spread = report.history.act_series("output_spread")
+    measured = spread[~torch.isnan(spread)]
+    assert measured.numel() >= 3 and float(measured[-1]) > 0.3
+    assert not report.at_least("warning")
+
+
+class _Sequence(nn.Module):
+    """Linear layers over (batch, time, features): BatchNorm1d cannot follow them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.b(torch.tanh(self.a(x)))).mean(1))
+
+
+def _first_kind(model: nn.Module, x: torch.Tensor) -> str:
+    report = _watched(model, x, torch.zeros(x.shape[0], dtype=torch.long), steps=3)
+    finding = Finding(
+        kind="vanishing_gradient", layer="a", severity="warning", step=0, message="",
+        evidence={"layers": ["a", "b"]},
+    )  # fmt: skip
+    plan = lambda f, i: [fix.add_batchnorm, fix.kaiming_init]  # noqa: E731
+    return fix.suggest(finding, report.model_info, "vanishing_gradient", plan)[0].kind
+
+
+def test_batchnorm_goes_behind_fixes_that_apply_when_no_named_layer_fits_it():
+    torch.manual_seed(0)
+    assert _first_kind(_Sequence(), torch.randn(16, 5, 4)) == "kaiming_init"
+    assert _first_kind(_Flat(), torch.randn(16, 4)) == "add_batchnorm"
+
+
+class _Flat(_Sequence):
+    """The same layers over (batch, features): BatchNorm1d fits after a and b."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.b(torch.tanh(self.a(x)))))
+
+
+def test_a_nan_after_growing_gradients_suggests_a_lower_learning_rate_first_and_says_why():
+    report = _watched(_Flat(), torch.randn(16, 4), torch.zeros(16, dtype=torch.long), steps=3)
+    evidence = {"where": "between", "culprit": "b"}
+    plain = Finding("nonfinite_gradient", "b", "error", 0, "", dict(evidence))
+    grown = Finding(
+        "nonfinite_gradient", "b", "error", 0, "",
+        {**evidence, "grad_growth_before": 5e3, "grew_before": True},
+    )  # fmt: skip
+    assert nonfinite.gradscope_suggest(plain, report.model_info)[0].kind == "fix_loss_numerics"
+    first = nonfinite.gradscope_suggest(grown, report.model_info)[0]
+    assert first.kind == "lower_lr"
+    assert first.why.startswith("First because the gradient grew 5e+03x")
