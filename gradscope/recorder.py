@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from gradscope import distributed, stats
+from gradscope.constant_loss import ConstantLoss
 from gradscope.history import StepRecord
 from gradscope.statistics import ACT_COLUMNS, GRAD_COLUMNS
 from gradscope.through_time import CallGradients
@@ -130,6 +131,7 @@ class Recorder:
             idle[column] = [0.0] * n_modules
         self._idle_acts = idle
         self._streaks: list[Tensor | None] = [None] * n_modules
+        self._constant = ConstantLoss()
         self._last_param_norm: list[float] | None = None
         self.begin_step()
 
@@ -163,6 +165,13 @@ class Recorder:
         self._row_spread: list[tuple[list[int], Tensor | list[Tensor]]] = []
         self._stacks: list[Tensor] | None = None
         self._before: stats.Snapshot | None = None
+        self._loss_terms: tuple[Tensor, Tensor] | None = None
+
+    def add_loss(self, loss: Tensor) -> None:
+        """Compare the step's loss with a constant prediction's (a detail step, the loss
+        logged before ``backward()``; the first logged loss of a step counts)."""
+        if self._loss_terms is None and self.output_module is not None:
+            self._loss_terms = self._constant.measure(loss)
 
     def add_output(self, j: int, x: Tensor, given: Tensor | None = None) -> None:
         """Measure one call's floating-point output (and input) of module ``j`` (a detail
@@ -289,6 +298,7 @@ class Recorder:
             grads, grad_min = self._grad_columns(blocks, measure_update)
             fired = sorted(self.acc)
             acts = self._act_columns(blocks, fired)
+            self._loss_columns(blocks, acts)
             scalars = [NAN, NAN]
             if loss is not None:
                 blocks.put(scalars, (0,), [loss if loss.dtype is torch.float32 else loss.float()])
@@ -316,6 +326,16 @@ class Recorder:
         )
         self._grads = None  # recorded; the scope calls begin_step() when the step ends
         return record
+
+    def _loss_columns(self, blocks: _Blocks, acts: dict[str, list[float]]) -> None:
+        """Put the loss-vs-constant pair on the output module's row (see add_loss)."""
+        if self._loss_terms is None or self.output_module is None:
+            return
+        j = self.output_module
+        for column, value in zip(("loss_term", "constant_loss"), self._loss_terms, strict=True):
+            acts[column] = list(acts[column])  # idle columns are shared: write a copy
+            blocks.put(acts[column], (j,), [value.float()])
+        self._loss_terms = None
 
     def _grad_columns(
         self, blocks: _Blocks, measure_update: bool

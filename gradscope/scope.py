@@ -326,6 +326,8 @@ class Scope:
                 "ended?); it would overwrite a recorded loss, so log the loss inside the block."
             )
         value = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
+        if self._hooks_live and isinstance(loss, Tensor) and loss.grad_fn is not None:
+            self._measure.add_loss(loss)
         if self._forward_since_step or not self.history.records:
             self._losses_logged += 1
             if self._loss is None or self._losses_logged == 1:

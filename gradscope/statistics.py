@@ -68,6 +68,8 @@ _DECLARED = (
     _S("time_grad_first", _M, DETAIL, "gradient reaching a recurrence's first time step"),
     _S("time_grad_last", _M, DETAIL, "gradient reaching a recurrence's last time step"),
     _S("output_spread", _M, DETAIL, "share of the model output that varies between samples"),
+    _S("loss_term", _M, DETAIL, "the logged loss's own term, recomputed (output module)"),
+    _S("constant_loss", _M, DETAIL, "the best constant prediction's loss (output module)"),
 )
 
 #: Columns of the per-parameter table (``record.grads``), in order.

@@ -247,6 +247,10 @@ HARM_DEFAULTS = {
     # ...and a model whose output varies between samples by less than this share of its
     # size (it predicts a constant, whatever its loss did).
     "constant_output": 0.05,
+    # ...or a loss that ends above this fraction of what the best constant prediction would
+    # score on the same targets (measured when the loss is logged before backward(); the
+    # definitions' line is 0.9, the margin absorbs the estimate's noise; tuned).
+    "constant_loss": 0.92,
 }
 
 #: Fewer logged losses than this say nothing about whether training stalled.
@@ -288,6 +292,59 @@ def output_share(history: History, window: int) -> float:
     return float(per_record[-window:].median())
 
 
+def loss_vs_constant(history: History, trend: LossTrend) -> float:
+    """The loss at the end of the run (``trend.last``) over what the best constant
+    prediction scores on the same targets, NaN when that was never measured (a loss logged
+    after ``backward()``, or one gradscope does not recognise).  The constant's loss is
+    the mean over every measured batch (one batch's is noisy), brought to the logged loss's
+    scale (a loss multiplied by a factor is compared in its own units).  Near or above 1 the model
+    learned nothing an input-independent output would not."""
+    term = _model_series(history, "loss_term")
+    constant = _model_series(history, "constant_loss")
+    losses = history.losses()
+    if term is None or constant is None or not trend.known:
+        return math.nan
+    ok = (term > 0) & (constant > 0) & torch.isfinite(losses) & torch.isfinite(term)
+    if not bool(ok.any()):
+        return math.nan
+    scale = float((losses[ok] / term[ok]).median())
+    baseline = float(constant[ok].mean()) * scale
+    return trend.last / baseline if baseline > 0 else math.nan
+
+
+def _model_series(history: History, column: str) -> torch.Tensor | None:
+    """Per record: a statistic kept on one module's row (the output module), NaN where it
+    was not measured; None when it never was."""
+    series = history.act_series(column)
+    if series.numel() == 0 or bool(torch.isnan(series).all()):
+        return None
+    return torch.nan_to_num(series, nan=-math.inf).amax(dim=1).double().nan_to_num(
+        neginf=math.nan
+    )
+
+
+def no_better_than_constant(history: History, trend: LossTrend, t: dict) -> bool:
+    """Whether the loss ends above ``t["constant_loss"]`` of a constant prediction's, judged
+    once :data:`MIN_LOSSES_FOR_A_STALL` losses were logged (a few steps say nothing)."""
+    if trend.logged < MIN_LOSSES_FOR_A_STALL:
+        return False
+    return loss_vs_constant(history, trend) >= t["constant_loss"]  # NaN (unmeasured): False
+
+
+def stall_text(history: History, trend: LossTrend, t: dict) -> str:
+    """The sentence that shows the harm in the loss: no better than a constant prediction
+    when that was measured so, else a stalled loss."""
+    moved = f"({fmt(trend.first)} -> {fmt(trend.last)})"
+    if no_better_than_constant(history, trend, t):
+        baseline = trend.last / loss_vs_constant(history, trend)
+        return (
+            f" The loss {moved} is no better than what predicting the same output for "
+            f"every input scores on these targets ({fmt(baseline)}): the model learned the "
+            "targets' average, not the task."
+        )
+    return f" The loss has stalled {moved}."
+
+
 def predicts_a_constant(history: History, trend: LossTrend, t: dict) -> tuple[bool, float]:
     """(whether, share): the model predicts nearly the same output for every input (less
     than ``t["constant_output"]`` of its output varies between samples) and its loss is no
@@ -304,7 +361,11 @@ def learned_nothing(history: History, trend: LossTrend, t: dict) -> bool:
     loss the harm cannot be seen and counts as shown (the size of the fault decides)."""
     if not trend.known:
         return True
-    return predicts_a_constant(history, trend, t)[0] or stalled(trend, t["stall"], t["plateau"])
+    return (
+        predicts_a_constant(history, trend, t)[0]
+        or stalled(trend, t["stall"], t["plateau"])
+        or no_better_than_constant(history, trend, t)
+    )
 
 
 def stalled(trend: LossTrend, stall: float, plateau: float) -> bool:

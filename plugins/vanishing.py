@@ -36,8 +36,11 @@ from gradscope_plugins.judgement import (
     first_step_where,
     fmt,
     gan_roles,
+    loss_vs_constant,
+    no_better_than_constant,
     predicts_a_constant,
     relative_grad,
+    stall_text,
     through_time_ratios,
     under,
     weights_grew,
@@ -54,7 +57,7 @@ DEFAULTS = {
     "depth_ratio": 1e-2,
     # Through time: below this fraction, with a stalled loss, the problem is an error.
     "severe_ratio": 1e-5,
-    # The harm test's thresholds: stall, plateau, constant_output.
+    # The harm test's thresholds: stall, plateau, constant_output, constant_loss.
     **HARM_DEFAULTS,
     # Records at the end of the run that are judged.
     "window": 5,
@@ -87,8 +90,9 @@ def gradscope_detect(
     roles = gan_roles(history, model_info)
     if roles:
         return _gan_players(history, model_info, layers, roles, (trend, share), t)
-    no_better = (trend.known and trend.improvement < t["stall"]) or constant
-    time_stalled = (trend.known and trend.improvement < t["time_stall"]) or constant
+    beaten = no_better_than_constant(history, trend, t)  # by a constant prediction
+    no_better = (trend.known and trend.improvement < t["stall"]) or constant or beaten
+    time_stalled = (trend.known and trend.improvement < t["time_stall"]) or constant or beaten
     found = _through_time(history, model_info, trend, time_stalled, t, share if constant else None)
     if len(layers) < 2:
         return found
@@ -97,7 +101,10 @@ def gradscope_detect(
     # Against the typical later layer, not the largest: one freshly initialised head takes
     # hundreds of times the gradient of a healthy transformer's layers.  A model that
     # predicts a constant has shown the harm: there the gap to the largest later layer counts.
-    affected = _depth_gaps(layers, rel, model_info, t, against_max=constant, rnn=no_better)
+    # A recurrence's own gap counts only when the loss never improved (or the output is
+    # constant): its through-time ratio is the direct measurement.
+    rnn = (trend.known and trend.improvement < t["stall"]) or constant
+    affected = _depth_gaps(layers, rel, model_info, t, against_max=constant, rnn=rnn)
     if affected:
         depth = _through_depth(
             history, model_info, (layers, series, rel), affected, (trend, share, None), t
@@ -227,7 +234,9 @@ def _through_depth(
     stalled = (
         known_stall
         if known_stall is not None
-        else is_stalled(trend, t["stall"], t["plateau"]) or constant
+        else is_stalled(trend, t["stall"], t["plateau"])
+        or constant
+        or no_better_than_constant(history, trend, t)
     )
     worst_layer, worst_ratio, _ = min(affected, key=lambda item: item[1])
     extreme = min(item[2] for item in affected)
@@ -247,7 +256,7 @@ def _through_depth(
     harm = (
         _constant_text(share, trend)
         if constant
-        else f" The loss has stalled ({fmt(trend.first)} -> {fmt(trend.last)})."
+        else stall_text(history, trend, t)
         if stalled
         else f" The loss still falls ({fmt(trend.first)} -> {fmt(trend.last)}), so this does "
         "not stop training yet."
@@ -278,6 +287,7 @@ def _through_depth(
             "loss_improvement": trend.improvement,
             "stalled": stalled,
             "output_share": share,
+            "loss_vs_constant": loss_vs_constant(history, trend),
             "threshold_depth_ratio": t["depth_ratio"],
             "init_scale": {layer.name: init_scale(layer, model_info) for layer in layers},
             "over": "depth",
@@ -424,8 +434,7 @@ def _through_time(
                     + (
                         "." + _constant_text(share, trend)
                         if share is not None
-                        else ", and the loss has stalled "
-                        f"({fmt(trend.first)} -> {fmt(trend.last)})."
+                        else "." + stall_text(history, trend, t)
                         if stalled
                         else "; the loss still falls, so the task may not need them."
                     )
@@ -438,6 +447,7 @@ def _through_time(
                     "loss_improvement": trend.improvement,
                     "stalled": stalled,
                     "output_share": share,
+                    "loss_vs_constant": loss_vs_constant(history, trend),
                     "threshold_through_time": t["through_time"],
                     "over": "time steps",
                 },

@@ -67,7 +67,7 @@ _FEATURES = _features(32, 4)
 _IMAGES = lambda n, seed: image_batch(n, seed)  # noqa: E731
 _SHORT_SEQ = lambda n, seed: sequence_batch(n, 20, seed)  # noqa: E731
 _LONG_SEQ = lambda n, seed: sequence_batch(n, 50, seed, memory=True)  # noqa: E731
-_MID_SEQ = lambda n, seed: sequence_batch(n, 50, seed)  # noqa: E731
+_RECENT_SEQ = lambda n, seed: sequence_batch(n, 50, seed, recent=5)  # noqa: E731
 
 #: The built-in reference models and faulty twins.
 SPECS: tuple[ModelSpec, ...] = (
@@ -182,7 +182,7 @@ SPECS: tuple[ModelSpec, ...] = (
         loss_fn=_mse,
         loss_name="mse",
         task="recall the first of 50 steps with a vanilla RNN: gradients vanish through time",
-        optimizer=_adam(1e-2),
+        optimizer=_adam(3e-3),
         demo_steps=120,
         distinct_batches=1000,
         problem="vanishing_gradient",
@@ -196,7 +196,7 @@ SPECS: tuple[ModelSpec, ...] = (
         loss_fn=_mse,
         loss_name="mse",
         task="the fix of vanilla_rnn_long: an LSTM with forget-gate bias 3",
-        optimizer=_adam(1e-2),
+        optimizer=_adam(3e-3),
         demo_steps=120,
         distinct_batches=1000,
     ),
@@ -222,11 +222,14 @@ SPECS: tuple[ModelSpec, ...] = (
     ModelSpec(
         name="exploding_rnn",
         factory=networks.exploding_rnn,
-        batch=_MID_SEQ,
+        batch=_RECENT_SEQ,
         loss_fn=_mse,
         loss_name="mse",
-        task="vanilla RNN with recurrent weights 3x orthogonal: gradients explode through time",
-        optimizer=_sgd(0.05),
+        task=(
+            "mean of the last 5 of 50 steps; a ReLU RNN with recurrent weights 1.5x orthogonal:"
+            " gradients explode through time"
+        ),
+        optimizer=_sgd(0.1),
         problem="exploding_gradient",
         fixed_by="rnn_orthogonal_clipped",
         fix="orthogonal recurrent init and gradient clipping",
@@ -234,11 +237,11 @@ SPECS: tuple[ModelSpec, ...] = (
     ModelSpec(
         name="rnn_orthogonal_clipped",
         factory=networks.orthogonal_rnn,
-        batch=_MID_SEQ,
+        batch=_RECENT_SEQ,
         loss_fn=_mse,
         loss_name="mse",
         task="the fix of exploding_rnn: orthogonal init, clip_grad_norm_(1.0)",
-        optimizer=_sgd(0.05),
+        optimizer=_sgd(0.1),
         step=supervised_step(_mse, clip=1.0),
     ),
     ModelSpec(

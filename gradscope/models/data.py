@@ -39,12 +39,20 @@ def image_batch(n: int, seed: int = 0, size: int = 28, classes: int = 10) -> tup
     return images, labels
 
 
-def sequence_batch(n: int, length: int, seed: int = 0, features: int = 10, memory: bool = False):
-    """(n, length, features) sequences; the target is the mean of feature 0 over time, or
-    with ``memory`` the value of feature 0 at the first step (it must be carried to the end)."""
+def sequence_batch(
+    n: int,
+    length: int,
+    seed: int = 0,
+    features: int = 10,
+    memory: bool = False,
+    recent: int | None = None,
+):
+    """(n, length, features) sequences; the target is the mean of feature 0 over time (over
+    the last ``recent`` steps only, when given), or with ``memory`` the value of feature 0
+    at the first step (it must be carried to the end)."""
     x = torch.randn(n, length, features, generator=_generator(seed))
     if not memory:
-        return x, x[:, :, :1].mean(dim=1)
+        return x, x[:, -(recent or length) :, :1].mean(dim=1)
     x[:, 1:] *= 0.1  # quiet distractors after the one value that must be remembered
     return x, x[:, 0, :1].clone()
 

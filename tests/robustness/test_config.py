@@ -44,7 +44,7 @@ def test_a_threshold_typo_on_the_cli_is_one_sentence_naming_the_valid_keys(relu_
     assert result.exit_code == 2
     assert result.output.startswith(
         "Error: Unknown threshold(s) depth_ration for plugin 'vanishing'; it knows "
-        "constant_output, depth_ratio,"
+        "constant_loss, constant_output, depth_ratio,"
     )
     assert result.output.count("\n") == 1
 

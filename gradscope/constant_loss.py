@@ -1,0 +1,212 @@
+"""What a constant prediction would score: the yardstick of "the model learned nothing".
+
+A loss that fell a long way can still be no better than predicting the same output for
+every input (a model that only learned its output bias, from a bad start).  When the
+loss is logged before ``backward()``, its autograd graph still holds the loss function's
+inputs; for the common losses (cross-entropy / NLL, binary cross-entropy with or without
+logits, mean squared error, the multi-class hinge) this module reads the prediction and
+the targets there and computes, without a host sync:
+
+* the loss term itself, recomputed as a mean over the batch (so a scale, a sum or a
+  ``reduction="none"`` followed by ``.mean()`` does not matter), and
+* the loss the best constant prediction gets on the same batch, the constant fitted to the
+  targets pooled over every step measured so far (class frequencies, per-feature means).
+
+Any other graph (a sum of two losses, L1, a custom loss) is not recognised and nothing is
+measured: the detectors then judge harm from the loss trend alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+#: Autograd nodes a loss may pass through on its way to the logged value (scaling,
+#: casting, reducing per-sample losses); the walk follows them to the loss function.
+_PASS_THROUGH = frozenset(
+    {
+        "MulBackward0",
+        "DivBackward0",
+        "NegBackward0",
+        "ToCopyBackward0",
+        "MeanBackward0",
+        "SumBackward0",
+        "MeanBackward1",
+        "SumBackward1",
+    }
+)
+#: How far the walk goes before giving up.
+_MAX_HOPS = 8
+#: The multi-class hinge's best constant is searched on a grid up to this many classes.
+_HINGE_GRID_CLASSES = 6
+_EPS = 1e-6
+
+
+def _saved(node: Any, name: str) -> Any:
+    return getattr(node, f"_saved_{name}", None)
+
+
+def loss_node(loss: Tensor) -> Any | None:
+    """The autograd node of the loss function behind ``loss``, or None when the graph is
+    gone (logged after ``backward()``) or is not a single recognised loss."""
+    node = loss.grad_fn
+    for _ in range(_MAX_HOPS):
+        if node is None:
+            return None
+        name = node.name()
+        if name in _MEASURES:
+            return node
+        if name not in _PASS_THROUGH:
+            return None
+        inputs = [f for f, _ in node.next_functions if f is not None]
+        if len(inputs) != 1:
+            return None
+        node = inputs[0]
+    return None
+
+
+class ConstantLoss:
+    """Pools the targets of every measured step and compares each step's loss term with
+    the best constant prediction's (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._pools: dict[tuple, list[Tensor]] = {}
+
+    def measure(self, loss: Tensor) -> tuple[Tensor, Tensor] | None:
+        """(the loss term, the best constant's loss) as 0-dim float tensors on the loss's
+        device, or None when the loss function is not recognised or its graph is gone."""
+        node = loss_node(loss)
+        if node is None:
+            return None
+        try:
+            with torch.no_grad():
+                return _MEASURES[node.name()](self, node)
+        except (RuntimeError, TypeError, ValueError, IndexError):
+            return None  # freed saved tensors, odd shapes: not measured, never a crash
+
+    def pool(self, key: tuple, *totals: Tensor) -> list[Tensor]:
+        """Add this step's target totals to the pool under ``key`` and return the pool."""
+        pooled = self._pools.get(key)
+        if pooled is None:
+            pooled = self._pools[key] = [t.clone() for t in totals]
+        else:
+            for acc, t in zip(pooled, totals, strict=True):
+                acc.add_(t)
+        return pooled
+
+
+def _classes(node: Any) -> tuple[Tensor, Tensor, Tensor] | None:
+    """(scores as rows, class targets, mask of counted targets) of a classification node."""
+    scores, target = _saved(node, "self"), _saved(node, "target")
+    if scores.dim() == 1:
+        scores, target = scores.unsqueeze(0), target.reshape(1)
+    n_classes = scores.shape[1]
+    rows = scores.movedim(1, -1).reshape(-1, n_classes).float()
+    target = target.reshape(-1)
+    ignore = _saved(node, "ignore_index")
+    valid = target != ignore if ignore is not None else torch.ones_like(target, dtype=torch.bool)
+    return rows, target.clamp(0, n_classes - 1), valid
+
+
+def _nll(meter: ConstantLoss, node: Any) -> tuple[Tensor, Tensor] | None:
+    if _saved(node, "weight") is not None:
+        return None  # class weights change what the best constant is
+    logp, target, valid = _classes(node)
+    weight = valid.float()
+    n = weight.sum().clamp(min=1.0)
+    term = -(logp.gather(1, target[:, None]).squeeze(1) * weight).sum() / n
+    counts = (F.one_hot(target, logp.shape[1]).float() * weight[:, None]).sum(0)
+    (pooled,) = meter.pool(("nll", logp.shape[1]), counts)
+    freq = pooled / pooled.sum().clamp(min=1.0)
+    constant = -(counts * freq.clamp(min=_EPS).log()).sum() / n
+    return term, constant
+
+
+def _binary(meter: ConstantLoss, node: Any, logits: bool) -> tuple[Tensor, Tensor] | None:
+    if _saved(node, "weight") is not None or _saved(node, "pos_weight") is not None:
+        return None
+    pred, target = _saved(node, "self").float(), _saved(node, "target").float()
+    if pred.dim() == 0:
+        return None
+    if logits:
+        term = F.binary_cross_entropy_with_logits(pred, target)
+    else:
+        term = F.binary_cross_entropy(pred.clamp(_EPS, 1 - _EPS), target)
+    total, count = meter.pool(
+        ("bce", tuple(target.shape[1:])), target.sum(0), torch.tensor(float(target.shape[0]))
+    )
+    p = (total / count.to(total.device)).clamp(_EPS, 1 - _EPS)
+    constant = -(target * p.log() + (1 - target) * (1 - p).log()).mean()
+    return term, constant
+
+
+def _mse(meter: ConstantLoss, node: Any) -> tuple[Tensor, Tensor] | None:
+    pred, target = _saved(node, "self").float(), _saved(node, "target").float()
+    if pred.shape != target.shape or pred.dim() == 0:
+        return None
+    term = F.mse_loss(pred, target)
+    total, count = meter.pool(
+        ("mse", tuple(target.shape[1:])), target.sum(0), torch.tensor(float(target.shape[0]))
+    )
+    mean = total / count.to(total.device)
+    constant = ((target - mean) ** 2).mean()
+    return term, constant
+
+
+def _hinge(meter: ConstantLoss, node: Any) -> tuple[Tensor, Tensor] | None:
+    if _saved(node, "weight") is not None or int(_saved(node, "p") or 1) != 1:
+        return None
+    scores, target = _saved(node, "self").float(), _saved(node, "target").reshape(-1)
+    if scores.dim() != 2:
+        return None
+    margin = float(_saved(node, "margin") or 1.0)
+    term = F.multi_margin_loss(scores, target, margin=margin)
+    counts = F.one_hot(target, scores.shape[1]).float().sum(0)
+    (pooled,) = meter.pool(("hinge", scores.shape[1]), counts)
+    freq_pool = pooled / pooled.sum().clamp(min=1.0)
+    best = _best_hinge_output(freq_pool, margin)
+    gaps = (margin - best[target][:, None] + best[None, :]).clamp(min=0)
+    constant = (gaps.sum(1) - margin).mean() / scores.shape[1]
+    return term, constant
+
+
+def _hinge_grid(n: int, margin: float, device: torch.device) -> Tensor:
+    """Candidate outputs for the multi-class hinge's best constant: every vector of
+    ``{0, m, 2m, 3m}`` per class (the loss is piecewise linear with kinks at multiples of
+    the margin) for a few classes; else all-equal, or a margin on one class."""
+    key = (n, margin, str(device))
+    grid = _GRIDS.get(key)
+    if grid is None:
+        if n <= _HINGE_GRID_CLASSES:
+            levels = torch.arange(4.0, device=device) * margin
+            grid = torch.cartesian_prod(*[levels] * n).reshape(-1, n)
+        else:
+            eye = torch.eye(n, device=device) * margin
+            grid = torch.cat([torch.zeros(1, n, device=device), eye])
+        _GRIDS[key] = grid
+    return grid
+
+
+def _best_hinge_output(freq: Tensor, margin: float) -> Tensor:
+    """The output vector with the lowest mean multi-class hinge for class frequencies
+    ``freq`` among :func:`_hinge_grid`'s candidates."""
+    grid = _hinge_grid(freq.numel(), margin, freq.device)
+    # loss(c) = sum_y f_y * sum_{j != y} max(0, m - c_y + c_j) / n; the j == y term is m.
+    gaps = (margin - grid[:, :, None] + grid[:, None, :]).clamp(min=0)  # [candidate, y, j]
+    losses = ((gaps.sum(2) - margin) * freq).sum(1)
+    return grid[losses.argmin()]
+
+
+_GRIDS: dict[tuple, Tensor] = {}
+_MEASURES: dict[str, Callable[[ConstantLoss, Any], tuple[Tensor, Tensor] | None]] = {
+    "NllLossBackward0": _nll,
+    "NllLoss2DBackward0": _nll,
+    "BinaryCrossEntropyWithLogitsBackward0": lambda m, n: _binary(m, n, logits=True),
+    "BinaryCrossEntropyBackward0": lambda m, n: _binary(m, n, logits=False),
+    "MseLossBackward0": _mse,
+    "MultiMarginLossBackward0": _hinge,
+}

@@ -1,0 +1,109 @@
+"""The loss a constant prediction scores: measured from the loss's own graph, and the harm
+it shows (a loss that fell from a bad start only to the level of predicting the average)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gradscope
+from gradscope.constant_loss import ConstantLoss
+
+
+def _logits(n: int = 64, classes: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, classes, generator=g, requires_grad=True), torch.randint(
+        0, classes, (n,), generator=g
+    )
+
+
+def test_cross_entropy_is_compared_with_the_entropy_of_the_class_frequencies():
+    scores, target = _logits()
+    term, constant = ConstantLoss().measure(F.cross_entropy(scores, target))
+    freq = torch.bincount(target, minlength=4).float() / target.numel()
+    assert float(term) == pytest.approx(float(F.cross_entropy(scores, target)), rel=1e-5)
+    assert float(constant) == pytest.approx(float(-(freq * freq.log()).sum()), rel=1e-5)
+
+
+def test_a_scaled_mean_squared_error_is_measured_in_its_own_units():
+    prediction = torch.randn(32, 3, requires_grad=True)
+    target = torch.randn(32, 3) * torch.tensor([1.0, 2.0, 3.0])
+    term, constant = ConstantLoss().measure(5.0 * F.mse_loss(prediction, target))
+    assert float(term) == pytest.approx(float(F.mse_loss(prediction, target)), rel=1e-5)
+    assert float(constant) == pytest.approx(float(target.var(dim=0, unbiased=False).mean()))
+
+
+def test_the_hinge_constant_favours_the_frequent_classes():
+    scores = torch.zeros(8, 4, requires_grad=True)
+    target = torch.tensor([0, 0, 0, 0, 0, 1, 2, 3])
+    term, constant = ConstantLoss().measure(F.multi_margin_loss(scores, target))
+    assert float(term) == pytest.approx(0.75)  # an all-equal output: (C - 1) / C
+    assert float(constant) < 0.75
+
+
+def test_nothing_is_measured_once_the_graph_is_gone_or_the_loss_is_not_recognised():
+    scores, target = _logits()
+    meter = ConstantLoss()
+    loss = F.cross_entropy(scores, target)
+    loss.backward()
+    assert meter.measure(loss) is None  # logged after backward(): the saved targets are freed
+    assert meter.measure(F.l1_loss(scores, F.one_hot(target, 4).float())) is None
+    two = F.cross_entropy(scores, target) + F.mse_loss(scores, torch.zeros_like(scores))
+    assert meter.measure(two) is None  # a sum of losses has no single constant
+
+
+class _FirstStepRNN(nn.Module):
+    """A tanh RNN over 60 steps whose label is the sign of the first input; its head starts
+    with a large bias, so the loss first falls a long way just by learning the average."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.RNN(4, 16, batch_first=True)
+        self.head = nn.Linear(16, 2)
+        with torch.no_grad():
+            self.head.bias.copy_(torch.tensor([4.0, -4.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(x)[0][:, -1])
+
+
+def _train(log_before_backward: bool) -> gradscope.Report:
+    torch.manual_seed(0)
+    model = _FirstStepRNN()
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    with gradscope.watch(model, optimizer=opt) as scope:
+        for step in range(40):
+            g = torch.Generator().manual_seed(step % 8)
+            x = torch.randn(64, 60, 4, generator=g)
+            y = (x[:, 0, 0] > 0).long()
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            if log_before_backward:
+                scope.log_loss(loss)
+            loss.backward()
+            if not log_before_backward:
+                scope.log_loss(loss)
+            opt.step()
+    return scope.report()
+
+
+def test_a_loss_that_fell_only_to_the_constant_level_shows_the_vanishing_gradients_harm():
+    report = _train(log_before_backward=True)
+    losses = report.history.losses()
+    assert float(losses[:3].median()) > 2 * float(losses[-5:].median())  # fell a long way
+    found = [f for f in report.at_least("warning") if f.kind == "vanishing_gradient"]
+    assert [f.layer for f in found] == ["rnn"], str(report)
+    assert "no better than what predicting the same output for every input" in found[0].message
+    assert found[0].evidence["loss_vs_constant"] > 0.92
+    assert math.log(2) * 0.9 < found[0].evidence["loss_last"] < math.log(2) * 1.1
+
+
+def test_a_loss_logged_after_backward_cannot_be_compared_and_the_finding_stays_info():
+    report = _train(log_before_backward=False)
+    found = [f for f in report.findings if f.kind == "vanishing_gradient"]
+    assert [(f.layer, f.severity) for f in found] == [("rnn", "info")]
+    assert math.isnan(found[0].evidence["loss_vs_constant"])
