@@ -4,15 +4,15 @@ A loss that fell a long way can still be no better than predicting the same outp
 every input (a model that only learned its output bias, from a bad start).  When the
 loss is logged before ``backward()``, its autograd graph still holds the loss function's
 inputs; for the common losses (cross-entropy / NLL, binary cross-entropy with or without
-logits, mean squared error, the multi-class hinge) this module reads the prediction and
-the targets there and computes, without a host sync:
+logits, mean squared error, the multi-class hinge, L1 on the model's output) this module
+reads the prediction and the targets there and computes, without a host sync:
 
 * the loss term itself, recomputed as a mean over the batch (so a scale, a sum or a
   ``reduction="none"`` followed by ``.mean()`` does not matter), and
 * the loss the best constant prediction gets on the same batch, the constant fitted to the
   targets pooled over every step measured so far (class frequencies, per-feature means).
 
-Any other graph (a sum of two losses, L1, a custom loss) is not recognised and nothing is
+Any other graph (a sum of two losses, a custom loss) is not recognised and nothing is
 measured: the detectors then judge harm from the loss trend alone.
 """
 
@@ -75,13 +75,18 @@ class ConstantLoss:
 
     def __init__(self) -> None:
         self._pools: dict[tuple, list[Tensor]] = {}
+        #: The model's output of the step being measured (for the L1 loss).
+        self.output: Tensor | None = None
 
-    def measure(self, loss: Tensor) -> tuple[Tensor, Tensor] | None:
+    def measure(self, loss: Tensor, output: Tensor | None = None) -> tuple[Tensor, Tensor] | None:
         """(the loss term, the best constant's loss) as 0-dim float tensors on the loss's
-        device, or None when the loss function is not recognised or its graph is gone."""
+        device, or None when the loss function is not recognised or its graph is gone.
+        ``output`` is the model's output this step: an L1 loss keeps only the residual, so
+        its targets are read as the output minus the residual when it is that output's."""
         node = loss_node(loss)
         if node is None:
             return None
+        self.output = output
         try:
             with torch.no_grad():
                 return _MEASURES[node.name()](self, node)
@@ -202,6 +207,25 @@ def _best_hinge_output(freq: Tensor, margin: float) -> Tensor:
 
 
 _GRIDS: dict[tuple, Tensor] = {}
+def _l1(meter: ConstantLoss, node: Any) -> tuple[Tensor, Tensor] | None:
+    """``l1_loss`` is ``mean(abs(prediction - target))`` in the graph: the residual is saved,
+    the target is recovered when the prediction is the model's output itself."""
+    output = meter.output
+    sub = node.next_functions[0][0] if node.next_functions else None
+    if output is None or sub is None or sub.name() != "SubBackward0":
+        return None
+    (first, _), (second, _) = sub.next_functions[:2]
+    if first is not output.grad_fn or second is not None:
+        return None  # the prediction is not the output as it is, or the target is learned
+    residual = _saved(node, "self").float()
+    if residual.shape != output.shape or residual.dim() == 0:
+        return None
+    target = output.detach().float() - residual
+    term = residual.abs().mean()
+    constant = (target - target.median(dim=0).values).abs().mean()  # the batch's best
+    return term, constant
+
+
 _MEASURES: dict[str, Callable[[ConstantLoss, Any], tuple[Tensor, Tensor] | None]] = {
     "NllLossBackward0": _nll,
     "NllLoss2DBackward0": _nll,
@@ -209,4 +233,5 @@ _MEASURES: dict[str, Callable[[ConstantLoss, Any], tuple[Tensor, Tensor] | None]
     "BinaryCrossEntropyBackward0": lambda m, n: _binary(m, n, logits=False),
     "MseLossBackward0": _mse,
     "MultiMarginLossBackward0": _hinge,
+    "AbsBackward0": _l1,
 }

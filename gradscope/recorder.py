@@ -166,12 +166,13 @@ class Recorder:
         self._stacks: list[Tensor] | None = None
         self._before: stats.Snapshot | None = None
         self._loss_terms: tuple[Tensor, Tensor] | None = None
+        self._output: Tensor | None = None
 
     def add_loss(self, loss: Tensor) -> None:
         """Compare the step's loss with a constant prediction's (a detail step, the loss
         logged before ``backward()``; the first logged loss of a step counts)."""
         if self._loss_terms is None and self.output_module is not None:
-            self._loss_terms = self._constant.measure(loss)
+            self._loss_terms = self._constant.measure(loss, self._output)
 
     def add_output(self, j: int, x: Tensor, given: Tensor | None = None) -> None:
         """Measure one call's floating-point output (and input) of module ``j`` (a detail
@@ -182,6 +183,7 @@ class Recorder:
         acc.add(x.detach(), self.sample_rows, self.full)
         if j == self.output_module:
             acc.add_spread(x, self.sample_rows)
+            self._output = x  # the model's output: an L1 loss's targets are read from it
         if given is not None:
             acc.add_input(given.detach())
 

@@ -348,9 +348,15 @@ def stall_text(history: History, trend: LossTrend, t: dict) -> str:
 def predicts_a_constant(history: History, trend: LossTrend, t: dict) -> tuple[bool, float]:
     """(whether, share): the model predicts nearly the same output for every input (less
     than ``t["constant_output"]`` of its output varies between samples) and its loss is no
-    longer falling (by less than ``t["stall"]`` over the second half of the run)."""
+    longer falling (by less than ``t["stall"]`` over the second half of the run).  A loss
+    measured to beat a constant prediction's (:func:`loss_vs_constant`) overrules the
+    share: what little varies carries the task."""
     share = output_share(history, int(t.get("window", DEFAULT_WINDOW)))
     still_learning = trend.known and trend.late_improvement >= t["stall"]
+    if trend.logged >= MIN_LOSSES_FOR_A_STALL and loss_vs_constant(history, trend) < t.get(
+        "constant_loss", HARM_DEFAULTS["constant_loss"]
+    ):
+        still_learning = True
     return share < t["constant_output"] and not still_learning, share
 
 

@@ -68,10 +68,11 @@ DEFAULTS = {
     "depth_severe": 1e-5,
     # A layer whose weights grew this many times is not judged for vanishing through depth.
     "grown_weights": 10.0,
-    # The gradient reaching a recurrence's first step below this fraction of its last (with
-    # a loss that improved by less than ``stall``: a plateau is not enough here, since a
-    # converged gated RNN on a short-range task shows the same small ratio).
-    "through_time": 3e-3,
+    # The gradient reaching a recurrence's first step below this fraction of its last (the
+    # definitions' line; with a loss that improved by less than ``time_stall`` or no better
+    # than a constant prediction's: a plateau is not enough here, since a converged gated
+    # RNN on a short-range task shows the same small ratio).
+    "through_time": 1e-2,
     # ...and with a loss that improved by less than this fraction over the run.
     "time_stall": 0.1,
 }

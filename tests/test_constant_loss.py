@@ -45,13 +45,24 @@ def test_the_hinge_constant_favours_the_frequent_classes():
     assert float(constant) < 0.75
 
 
+def test_an_l1_loss_on_the_models_output_reads_its_targets_from_the_residual():
+    output = torch.randn(16, 2, requires_grad=True) * 1.0  # a non-leaf, as a model's output is
+    target = torch.tensor([[0.0, 1.0]] * 12 + [[5.0, -3.0]] * 4)
+    term, constant = ConstantLoss().measure(F.l1_loss(output, target), output)
+    assert float(term) == pytest.approx(float(F.l1_loss(output, target)), rel=1e-5)
+    # The per-feature median is (0, 1): four of sixteen targets are 5 and 4 away from it.
+    assert float(constant) == pytest.approx((4 * 5 + 4 * 4) / 32, rel=1e-5)
+    other = torch.randn(16, 2, requires_grad=True) * 1.0
+    assert ConstantLoss().measure(F.l1_loss(output, target), other) is None  # not its output
+
+
 def test_nothing_is_measured_once_the_graph_is_gone_or_the_loss_is_not_recognised():
     scores, target = _logits()
     meter = ConstantLoss()
     loss = F.cross_entropy(scores, target)
     loss.backward()
     assert meter.measure(loss) is None  # logged after backward(): the saved targets are freed
-    assert meter.measure(F.l1_loss(scores, F.one_hot(target, 4).float())) is None
+    assert meter.measure(F.l1_loss(scores, F.one_hot(target, 4).float())) is None  # no output
     two = F.cross_entropy(scores, target) + F.mse_loss(scores, torch.zeros_like(scores))
     assert meter.measure(two) is None  # a sum of losses has no single constant
 
