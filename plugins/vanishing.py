@@ -349,6 +349,8 @@ def _faded_over_time(
     faded = []
     roles = gan_roles(history, model_info)
     for layer, values, now in zip(layers, series, rel, strict=True):
+        if weights_grew(layer, t["grown_weights"]):
+            continue  # |g|/|W| fell because |W| blew up: the exploding detector's to report
         start = early(values, window)
         measured = math.isfinite(now) and math.isfinite(start) and start > 0 and now > 0
         if measured and now / start < t["time_ratio"]:
@@ -368,11 +370,12 @@ def _faded_over_time(
             ),
             message=(
                 f"The gradient of {layer.name} faded to {fmt(ratio)} of its size at the start "
-                f"of training while the loss did not improve ({fmt(trend.first)} -> "
-                f"{fmt(trend.last)}): the layer has stopped learning, not converged. Something "
-                "downstream stopped passing gradient back: a saturated output (sigmoid near 0 "
-                "or 1), or a loss that flattens where the model now is (the saturating GAN "
-                "generator loss log(1 - D(G(z))) once the discriminator wins)."
+                "of training while the model learned nothing:"
+                f"{stall_text(history, trend, t)} The layer has stopped learning, not "
+                "converged. Something downstream stopped passing gradient back: a saturated "
+                "output (sigmoid near 0 or 1), or a loss that flattens where the model now "
+                "is (the saturating GAN generator loss log(1 - D(G(z))) once the "
+                "discriminator wins)."
             ),
             evidence={
                 "layers": [f.name for f, _, _ in faded],

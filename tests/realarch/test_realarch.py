@@ -23,20 +23,9 @@ from realarch_verdict import WrongVerdict, check  # noqa: E402
 
 #: What gradscope says instead, for every recipe it gets wrong today.
 WRONG_TODAY = {
-    "gpt2/adamw_lr_1": (
-        "exploding_gradient error on transformer.h.0.attn.c_attn (first fix clip_grad_norm) "
-        "next to a vanishing_gradient error on the same layer (first fix add_batchnorm): "
-        "c_proj's |g|/|W| is rescaled as scale-invariant (ln_2 is the next layer with "
-        "parameters), c_attn's is not, after |W| grew 200x"
-    ),
     "bert/lr_100x_at_30": (
         "vanishing_gradient error on bert.encoder.layer.0.attention.self.value, first fix "
         "use_relu: after the jump every encoder layer's gradient is exactly 0"
-    ),
-    "llama/adamw_lr_1": (
-        "vanishing_gradient error on model.layers.1.self_attn.v_proj (first fix add_batchnorm) "
-        "above an exploding_gradient warning: o_proj/down_proj are rescaled as scale-invariant "
-        "(RMSNorm is the next layer with parameters), v_proj/gate/up are not"
     ),
     "gru/recurrent_weights_x16": (
         "saturated_activation error and vanishing_gradient warning on rnn, both first fix "
