@@ -28,6 +28,8 @@ NAN = math.nan
 _UNSET = object()
 #: Lists of at most this many CPU scalars are read one by one rather than stacked.
 _FEW = 16
+#: A ReLU unit is dead only after being seen silent on this many detail steps in a row.
+MIN_SILENT_DETAIL = 3
 #: Per-module counts that the accumulators keep on the host.
 _COUNT_COLUMNS = ("calls", "numel", "sampled", "zero_sampled", "units")
 #: Per-module device totals: accumulator part -> column.
@@ -102,7 +104,8 @@ class Recorder:
         kinds: the activation kind of each hooked module (relu, sigmoid, tanh, plain).
         full: measure everything exactly.
         sample_rows: activation shape statistics use the first rows of each batch.
-        unit_window: a ReLU unit counts as dead after this many silent detail steps.
+        unit_window: a ReLU unit counts as dead once silent on every detail step over this
+            many training steps (and on at least 3 detail steps in a row).
         ranks: under DDP/FSDP2, combines each step across ranks (gradscope/distributed.py).
     """
 
@@ -130,7 +133,9 @@ class Recorder:
         for column in _COUNT_COLUMNS:
             idle[column] = [0.0] * n_modules
         self._idle_acts = idle
-        self._streaks: list[Tensor | None] = [None] * n_modules
+        #: Per ReLU module: (silent detail steps in a row, training steps they span) per unit.
+        self._streaks: list[tuple[Tensor, Tensor] | None] = [None] * n_modules
+        self._unit_steps: list[int] = [0] * n_modules  # the step of each module's last count
         self._constant = ConstantLoss()
         self._last_param_norm: list[float] | None = None
         self.begin_step()
@@ -299,7 +304,7 @@ class Recorder:
             blocks = _Blocks()
             grads, grad_min = self._grad_columns(blocks, measure_update)
             fired = sorted(self.acc)
-            acts = self._act_columns(blocks, fired)
+            acts = self._act_columns(blocks, fired, step)
             self._loss_columns(blocks, acts)
             scalars = [NAN, NAN]
             if loss is not None:
@@ -411,7 +416,9 @@ class Recorder:
             grads["grad_nonfinite"][i] = count
         return True
 
-    def _act_columns(self, blocks: _Blocks, fired: list[int]) -> dict[str, list[float]]:
+    def _act_columns(
+        self, blocks: _Blocks, fired: list[int], step: int
+    ) -> dict[str, list[float]]:
         if not fired:
             return dict(self._idle_acts)  # its lists are shared and never written
         n_modules = len(self.kinds)
@@ -429,7 +436,7 @@ class Recorder:
         # Norms on the device (no overflow), squared on the host: acts["sumsq"] holds norms
         # until _derive_acts squares them.
         blocks.put(acts["sumsq"], [j for j, _ in chosen], [acc.total_norm() for _, acc in chosen])
-        self._put_unit_counts(blocks, fired, acts)
+        self._put_unit_counts(blocks, fired, acts, step)
         self._put_time_grads(blocks, acts)
         return acts
 
@@ -444,20 +451,28 @@ class Recorder:
             blocks.put(acts["time_grad_first"], (j,), [first])
             blocks.put(acts["time_grad_last"], (j,), [last])
 
-    def _put_unit_counts(self, blocks: _Blocks, fired: list[int], acts: dict) -> None:
-        """Silent units this step and dead units (silent for ``unit_window`` detail steps)."""
+    def _put_unit_counts(self, blocks: _Blocks, fired: list[int], acts: dict, step: int) -> None:
+        """Silent units this step and dead units: silent on every detail step for the last
+        ``unit_window`` training steps, seen silent on at least :data:`MIN_SILENT_DETAIL`
+        detail steps in a row (or on ``unit_window`` of them, when that is fewer)."""
+        needed = min(MIN_SILENT_DETAIL, self.unit_window)
         for j in fired:
             unit_max = self.acc[j].unit_max
             if unit_max is None:
                 continue
             silent = unit_max <= 0
             streak = self._streaks[j]
-            if streak is None or streak.shape != silent.shape:
-                streak = torch.zeros_like(silent, dtype=torch.int32)
-            streak = (streak + 1) * silent
-            self._streaks[j] = streak
+            if streak is None or streak[0].shape != silent.shape:
+                zeros = torch.zeros_like(silent, dtype=torch.int32)
+                streak, gap = (zeros, zeros), 1
+            else:
+                gap = step - self._unit_steps[j]
+            records, steps = ((streak[0] + 1) * silent, (streak[1] + gap) * silent)
+            self._streaks[j] = (records, steps)
+            self._unit_steps[j] = step
+            dead = (records >= needed) & (steps >= self.unit_window)
             blocks.put(acts["silent_units"], (j,), [silent.sum()])
-            blocks.put(acts["dead_units"], (j,), [(streak >= self.unit_window).sum()])
+            blocks.put(acts["dead_units"], (j,), [dead.sum()])
 
     def _derive_acts(self, acts: dict[str, list[float]], fired: list[int]) -> None:
         for column in _COUNT_COLUMNS:

@@ -1,0 +1,46 @@
+"""Dead ReLU units at the cheap default cadence: silence seen on detail steps far apart."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gradscope
+
+
+def _run(kill_at: int, steps: int) -> gradscope.Report:
+    """An MLP whose second ReLU layer is killed at ``kill_at`` (its biases pushed far
+    negative, as one huge step does), watched with the default cadence."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with gradscope.watch(model, optimizer=opt) as scope:
+        for step in range(steps):
+            if step == kill_at:
+                with torch.no_grad():
+                    model[2].bias.fill_(-100.0)
+            g = torch.Generator().manual_seed(step % 8)
+            x = torch.randn(32, 8, generator=g)
+            y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            scope.log_loss(loss)
+            loss.backward()
+            opt.step()
+    return scope.report()
+
+
+def test_a_layer_killed_after_the_warm_up_is_found_on_three_detail_steps_ten_apart():
+    # Detail steps: 0-4, then 10, 20, 30.  Silent on 10, 20 and 30: 21 steps, 3 in a row.
+    report = _run(kill_at=8, steps=31)
+    dead = [f for f in report.findings if f.kind == "dead_relu"]
+    assert [(f.layer, f.evidence["dead_units"]) for f in dead] == [("3", 16)], str(report)
+    assert dead[0].severity == "error"  # the whole layer: harm whatever the loss does
+
+
+def test_two_silent_detail_steps_are_not_yet_a_dead_unit():
+    report = _run(kill_at=8, steps=21)  # silent on 10 and 20 only
+    assert [f for f in report.findings if f.kind == "dead_relu"] == []
