@@ -251,11 +251,19 @@ _DENOMINATOR = {"zeros": "zero_sampled", "saturated": "sampled"}
 
 def activation_fraction(history: History, column: str, window: int = DEFAULT_WINDOW) -> dict:
     """Per module: ``column`` (zeros, saturated) as a fraction of the entries it was counted
-    on, over the last ``window`` records in which it was measured."""
+    on, over the last ``window`` records in which it was measured within the second half of
+    the run (the warm-up's detail steps do not speak for its end; the latest measured
+    record always counts)."""
     values = history.act_series(column)
     sampled = history.act_series(_DENOMINATOR[column])
     measured = torch.nonzero((sampled > 0).any(dim=1) & torch.isfinite(values).any(dim=1))
-    rows = measured.flatten()[-window:]
+    rows = measured.flatten()
+    if rows.numel():
+        steps = torch.tensor(history.steps, dtype=torch.float64)
+        middle = (steps[0] + steps[-1]) / 2
+        late = rows[steps[rows] >= middle]
+        rows = late if late.numel() else rows[-1:]
+    rows = rows[-window:]
     values, sampled = values[rows], sampled[rows]
     out = {}
     for j, name in enumerate(history.module_names):
