@@ -367,11 +367,21 @@ def learned_nothing(history: History, trend: LossTrend, t: dict) -> bool:
     loss the harm cannot be seen and counts as shown (the size of the fault decides)."""
     if not trend.known:
         return True
-    return (
-        predicts_a_constant(history, trend, t)[0]
-        or stalled(trend, t["stall"], t["plateau"])
-        or no_better_than_constant(history, trend, t)
-    )
+    return predicts_a_constant(history, trend, t)[0] or loss_shows_harm(history, trend, t)
+
+
+def loss_shows_harm(history: History, trend: LossTrend, t: dict) -> bool:
+    """Whether the loss shows that the model learned nothing: where a constant prediction's
+    loss was measured, the definitions' test (the loss improved by less than ``stall``, or
+    ends above ``constant_loss`` of the constant's); elsewhere a stall or a plateau
+    (:func:`stalled`), the plateau standing in for the unmeasured constant.  Judged once
+    :data:`MIN_LOSSES_FOR_A_STALL` losses were logged."""
+    if not trend.known or trend.logged < MIN_LOSSES_FOR_A_STALL:
+        return False
+    ratio = loss_vs_constant(history, trend)
+    if math.isfinite(ratio):
+        return trend.improvement < t["stall"] or ratio >= t["constant_loss"]
+    return stalled(trend, t["stall"], t["plateau"])
 
 
 def stalled(trend: LossTrend, stall: float, plateau: float) -> bool:

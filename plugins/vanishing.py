@@ -36,6 +36,7 @@ from gradscope_plugins.judgement import (
     first_step_where,
     fmt,
     gan_roles,
+    loss_shows_harm,
     loss_vs_constant,
     no_better_than_constant,
     predicts_a_constant,
@@ -44,9 +45,6 @@ from gradscope_plugins.judgement import (
     through_time_ratios,
     under,
     weights_grew,
-)
-from gradscope_plugins.judgement import (
-    stalled as is_stalled,
 )
 
 NAME = "vanishing"
@@ -236,9 +234,7 @@ def _through_depth(
     stalled = (
         known_stall
         if known_stall is not None
-        else is_stalled(trend, t["stall"], t["plateau"])
-        or constant
-        or no_better_than_constant(history, trend, t)
+        else loss_shows_harm(history, trend, t) or constant
     )
     worst_layer, worst_ratio, _ = min(affected, key=lambda item: item[1])
     extreme = min(item[2] for item in affected)
