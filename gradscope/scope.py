@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from gradscope import amp, compiled, distributed, linkage, replay, stats, through_time, tracking
-from gradscope.budget import Budget
+from gradscope.budget import AUTO_BASE, Budget, DetailCadence
 from gradscope.errors import GradscopeWarning
 from gradscope.history import History, StepRecord
 from gradscope.judge import judge, validate_config
@@ -49,7 +49,12 @@ class Scope:
         detail_every: the costlier statistics (update sizes, mean and max |g|, activation
             size, zeros, silent units and saturation, weight-row symmetry) run on one
             recorded step in this many (and on the first five); gradient norms, the
-            non-finite checks and the loss run on every recorded step.
+            non-finite checks and the loss run on every recorded step.  The default
+            (None) is one in 10 for the first 100 recorded steps (a short run is judged
+            exactly as with ``detail_every=10``), then as often as keeps the detail steps'
+            measured extra time near 3% of training, between one in 10 and one in 50
+            (:class:`gradscope.budget.DetailCadence`; ``report.overhead`` says what it
+            chose).  A number given here is kept exactly.
         sample_rows: activation shape statistics use the first rows of each batch.
         unit_window: a ReLU unit counts as dead after this many silent recorded steps.
         history_size: most records kept in memory.
@@ -75,7 +80,7 @@ class Scope:
         *,
         config: dict[str, Any] | None = None,
         full: bool = False,
-        detail_every: int = 10,
+        detail_every: int | None = None,
         sample_rows: int = 32,
         unit_window: int = 5,
         history_size: int = 1024,
@@ -92,11 +97,15 @@ class Scope:
         self.every = int(every)
         self.config = dict(config or {})
         self.full = full
-        self.detail_every = 1 if full else max(1, int(detail_every))
+        self.detail_every = 1 if full else max(1, int(detail_every or AUTO_BASE))
         self.sample_rows = sample_rows
         self.unit_window = unit_window
         self.name = name or type(model).__name__
-        self.budget = Budget(budget) if budget is not None else None
+        self.budget = Budget(fraction=budget) if budget is not None else None
+        #: The default's cost-paced detail steps (None: a fixed ``detail_every`` or a budget).
+        self._cadence = (
+            DetailCadence() if detail_every is None and not full and budget is None else None
+        )
         self.nan_origin = bool(nan_origin)
         self.parts = parts
 
@@ -135,6 +144,7 @@ class Scope:
     def _init_run_state(self) -> None:
         """Counters and per-run state the hooks update as training goes."""
         self._runner = PluginRunner()
+        self._on_step_hook = self._runner.pm.hook.gradscope_on_step
         self._handles: list[Any] = []
         self._module_handles: list[Any] = []
         self._children_hooked = False
@@ -150,6 +160,7 @@ class Scope:
         self._forward_since_step = False
         self._overhead = 0.0
         self._overhead_total = 0.0
+        self._just_recorded: tuple[float, int] | None = None
         self._order_changed = False
         self._warned_unseen = False
         self._detail_now = True
@@ -205,6 +216,8 @@ class Scope:
             raise RuntimeError("This scope is already attached; use one `with` block per scope.")
         if self.budget is not None:
             self.budget.last_step_end = None  # time spent detached is not a training step
+        if self._cadence is not None:
+            self._cadence.meter.last_step_end = None
         try:
             if self._compiled:
                 self._handles.append(self.model.register_forward_hook(self._step_began))
@@ -301,12 +314,16 @@ class Scope:
         recorded = self.history.recorded
         if self.budget is not None:
             detail = self.budget.measures_activations(recorded)
+        elif self._cadence is not None:
+            detail = self._cadence.is_detail(recorded)
         else:
             # The first records are all detailed: initialisation problems show at the start.
             detail = recorded < WARMUP_RECORDS or recorded % self.detail_every == 0
+        recording = self.recording
+        self._recording_now = recording  # what the step hooks read
         self._detail_now = detail
-        self._hooks_live = self.recording and detail
-        self._calls.active = self.recording
+        self._hooks_live = recording and detail
+        self._calls.active = recording
         if self._handles:
             self._sync_module_hooks()
 
@@ -544,7 +561,7 @@ class Scope:
         self._order_changed = True
 
     def _on_pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if not self.recording:
+        if not self._recording_now:
             return
         t0 = time.perf_counter()
         self._track_new_params()
@@ -563,7 +580,7 @@ class Scope:
         self._overhead += time.perf_counter() - t0
 
     def _on_post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if self.recording and self._measure.has_grads:
+        if self._recording_now and self._measure.has_grads:
             self._finish_step(measure_update=True, started=time.perf_counter())
         self._end_step()
 
@@ -595,9 +612,10 @@ class Scope:
         self._overhead += now - started
         record.overhead_s = self._overhead
         self._overhead_total += self._overhead
+        since = self._step - self._last_recorded_step if self._last_recorded_step >= 0 else 1
         if self.budget is not None:
-            since = self._step - self._last_recorded_step if self._last_recorded_step >= 0 else 1
             self.budget.observe(self._overhead, self._detail_now, now, since)
+        self._just_recorded = (self._overhead, since)  # the cadence times it at the step's end
         self._last_recorded_step = self._step
         self.history.append(record)
         if not self._warned_unseen:
@@ -607,7 +625,8 @@ class Scope:
             self._measure.output_module = self._last_called()
             self.model_info = self._describe()
             self._order_changed = False
-        self._runner.call("gradscope_on_step", record=record, scope=self)
+        if self._on_step_hook.get_hookimpls():  # none of the built-in plugins has one
+            self._runner.call("gradscope_on_step", record=record, scope=self)
 
     def _locate_origin(self, record: StepRecord) -> None:
         """Replay the step's top-level calls and mark which module outputs were non-finite."""
@@ -645,6 +664,13 @@ class Scope:
                 record.acts[column][j] = flag
 
     def _end_step(self) -> None:
+        if self._just_recorded is not None:
+            if self._cadence is not None:
+                own, since = self._just_recorded
+                recorded = self.history.recorded - 1
+                now = time.perf_counter()
+                self._cadence.observe(recorded, self._detail_now, own, now, since)
+            self._just_recorded = None
         if not self._root_called and self._handles and not self._compiled:
             self._hook_children()  # the loop calls the parts, not the model
         self._root_called = False
@@ -717,6 +743,10 @@ class Scope:
         }
         if self.budget is not None:
             summary.update(self.budget.summary())
+        elif self._cadence is not None:
+            summary.update(self._cadence.summary())
+        else:
+            summary.update(detail_interval=float(self.detail_every), detail_auto=0.0)
         return summary
 
     def coverage(self) -> dict[str, Any]:
