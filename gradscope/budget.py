@@ -40,6 +40,8 @@ MAX_RECORD_EVERY = 16
 SMOOTHING = 0.2
 
 
+#: Recorded steps at the start that always take every statistic (every cadence but a budget).
+WARMUP_RECORDS = 5
 #: Recorded steps of the default cadence that keep the fixed pacing (1 in
 #: :data:`AUTO_BASE` after the first five) before the detail steps follow their cost.
 AUTO_WARMUP = 100
@@ -88,14 +90,19 @@ class StepMeter:
         else:
             self.own_light = _ema(self.own_light, own)
         if self.last_step_end is not None:
-            wall = now - self.last_step_end
-            plain = max(wall - own, 1e-9)
+            plain = max(now - self.last_step_end - own, 1e-9)
             self.plain = _ema(self.plain, plain / max(steps, 1))
             self.total_own += own
             self.total_plain += plain
             self.steps += 1
-            (self.wall_full if full else self.wall_light).append(wall / max(steps, 1))
-        self.last_step_end = now
+        self.time(full, now, steps)
+
+    def time(self, full: bool, now: float, steps: int = 1) -> None:
+        """Only the wall time of a recorded step that ended at ``now`` (what the detail
+        cadence needs, a few operations per step)."""
+        last, self.last_step_end = self.last_step_end, now
+        if last is not None:
+            (self.wall_full if full else self.wall_light).append((now - last) / steps)
 
     def detail_extra(self) -> tuple[float, float] | None:
         """(extra seconds of a detail step, seconds of a light step): medians of the last
@@ -121,13 +128,13 @@ class DetailCadence:
     def is_detail(self, recorded: int) -> bool:
         """Whether the recorded step number ``recorded`` takes the detail statistics."""
         if recorded <= AUTO_WARMUP:
-            return recorded < 5 or recorded % AUTO_BASE == 0
+            return recorded < WARMUP_RECORDS or recorded % AUTO_BASE == 0
         return recorded - self.last_detail >= self.interval
 
-    def observe(self, recorded: int, detail: bool, own: float, now: float, steps: int) -> None:
+    def observe(self, recorded: int, detail: bool, now: float, steps: int) -> None:
         """Account recorded step number ``recorded`` (it just ended at ``now``); after a
         detail step from the end of the warm-up on, choose the next interval."""
-        self.meter.observe(own, detail, now, steps)
+        self.meter.time(detail, now, steps)
         if not detail:
             return
         self.last_detail = recorded

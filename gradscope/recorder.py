@@ -247,15 +247,28 @@ class Recorder:
         pass: one reduction call per group of same-shaped gradients, one host transfer and
         shared columns, no per-layer Python.  None when the step needs :meth:`collect_grads`
         and :meth:`gather` (a gradient missing, FSDP2 shards, several ranks, the first
-        step, a measured activation)."""
+        step, a measured activation).
+
+        On the CPU, with no group of same-shaped gradients (a small model), the norms are
+        one ``foreach`` call and a read of each value: no stack and no grad-mode switch
+        (the values are read at once, so no graph outlives the call).
+        """
         layout = self._grad_layout
         if layout is None or self._grad_layout_key is not None or self.ranks is not None:
             return None
         if self._sharded or self.acc or self.time_grads or self.call_grads:
             return None
-        try:
-            host = self._light_values(layout, loss, scale)
-        except (TypeError, RuntimeError):  # a gradient missing (None), shapes or devices changed
+        grads = [p.grad for p in self.params]
+        try:  # TypeError: a gradient is missing; RuntimeError: shapes or devices changed
+            if self._cpu and not layout.groups:
+                host = [t.item() for t in torch._foreach_norm(grads, 2)]
+                if loss is not None:
+                    host.append((loss if loss.dtype is torch.float32 else loss.float()).item())
+                if isinstance(scale, Tensor):
+                    host.append(scale.item())
+            else:
+                host = _light_values(grads, layout, loss, scale)
+        except (TypeError, RuntimeError):
             return None
         n_params = len(self.params)
         columns = self._light_columns.copy()  # shared, read-only lists
@@ -280,31 +293,6 @@ class Recorder:
             detail=False,
             nonfinite=nonfinite or (loss_value is not None and not _finite(loss_value)),
         )
-
-    def _light_values(self, layout: stats.Layout, loss: Tensor | None, scale: Any) -> list[float]:
-        """The gradients' L2 norms, then the loss and the scale (when given), on the host.
-
-        On the CPU, with no group of same-shaped gradients (a small model), this is one
-        ``foreach`` call and a read of each value: no stack, no grad-mode switch (the
-        values are read at once, so no graph outlives the call).  Raises TypeError when a
-        gradient is missing.
-        """
-        grads = [p.grad for p in self.params]
-        if self._cpu and not layout.groups:
-            host = [t.item() for t in torch._foreach_norm(grads, 2)]
-            if loss is not None:
-                host.append((loss if loss.dtype is torch.float32 else loss.float()).item())
-            if isinstance(scale, Tensor):
-                host.append(scale.item())
-            return host
-        tail = [] if loss is None else [loss if loss.dtype is torch.float32 else loss.float()]
-        if isinstance(scale, Tensor):
-            tail.append(scale)
-        with torch.no_grad():
-            norms = layout.norms(grads, 2)
-            if isinstance(norms, list):  # one stack for everything
-                return stats.to_host(norms + [t.reshape(()) for t in tail])
-            return stats.to_host([norms, *(t.reshape(1) for t in tail)])
 
     def gather(
         self, step: int, loss: Tensor | None, scale: Any, measure_update: bool, hooks_fired: int
@@ -482,6 +470,21 @@ class Recorder:
             for part, column in (("bad", "nonfinite"), ("bad_input", "input_nonfinite")):
                 if getattr(acc, part):  # 0/1 flags (combined across ranks by their max)
                     acts[column][j] = 1.0 if acts[column][j] > 0 else 0.0
+
+
+def _light_values(
+    grads: list[Tensor], layout: stats.Layout, loss: Tensor | None, scale: Any
+) -> list[float]:
+    """The gradients' L2 norms (grouped by ``layout``), then the loss and the scale when
+    given, brought to the host together."""
+    tail = [] if loss is None else [loss if loss.dtype is torch.float32 else loss.float()]
+    if isinstance(scale, Tensor):
+        tail.append(scale)
+    with torch.no_grad():
+        norms = layout.norms(grads, 2)
+        if isinstance(norms, list):  # one stack for everything
+            return stats.to_host(norms + [t.reshape(()) for t in tail])
+        return stats.to_host([norms, *(t.reshape(1) for t in tail)])
 
 
 def _row_spreads(

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from gradscope import amp, compiled, distributed, linkage, replay, stats, through_time, tracking
-from gradscope.budget import AUTO_BASE, Budget, DetailCadence
+from gradscope.budget import AUTO_BASE, WARMUP_RECORDS, Budget, DetailCadence
 from gradscope.errors import GradscopeWarning
 from gradscope.history import History, StepRecord
 from gradscope.judge import judge, validate_config
@@ -29,8 +29,6 @@ from gradscope.plugins import PluginRunner
 from gradscope.recorder import Recorder
 from gradscope.report import Report
 
-#: Recorded steps at the start that always take every statistic.
-WARMUP_RECORDS = 5
 #: Forward passes without any recorded step before gradscope says so (once).
 UNRECORDED_WARN = 1000
 
@@ -160,7 +158,7 @@ class Scope:
         self._forward_since_step = False
         self._overhead = 0.0
         self._overhead_total = 0.0
-        self._just_recorded: tuple[float, int] | None = None
+        self._just_recorded = 0  # training steps since the last recorded one, once recorded
         self._order_changed = False
         self._warned_unseen = False
         self._detail_now = True
@@ -250,16 +248,25 @@ class Scope:
         self._handles.append(root.register_forward_hook(post, always_call=True))
 
     def _root_pre(self, module: torch.nn.Module, args: Any, kwargs: Any) -> None:
-        """The root's one pre-hook: keep the call's inputs for a NaN replay, note the step."""
+        """The root's one pre-hook: keep the call's inputs for a NaN replay, note the step
+        (and, over the first steps, which other watched model feeds this one: a GAN)."""
         if self.nan_origin:
             self._calls.before(module, args, kwargs)
-        self._root_in(module, args)
+        if not torch.is_grad_enabled():
+            return  # validation under no_grad is not part of the training step
+        self._forward_since_step = True
+        self._root_called = True
+        if not self.history.recorded:
+            self._count_unrecorded()
+        if self._step < linkage.FOLLOW_STEPS:
+            self._follow_producer(args)
 
     def _root_post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         """The root's one forward hook (called even when the forward raises)."""
         if self.nan_origin:
             self._calls.after(module, args, output)
-        self._root_out(module, args, output)
+        if self._step < linkage.FOLLOW_STEPS and torch.is_grad_enabled():
+            linkage.note_output(self, output)
 
 
     def _sync_module_hooks(self) -> None:
@@ -319,12 +326,13 @@ class Scope:
         else:
             # The first records are all detailed: initialisation problems show at the start.
             detail = recorded < WARMUP_RECORDS or recorded % self.detail_every == 0
-        recording = self.recording
+        every = self.every if self.budget is None else self.every * self.budget.record_every
+        recording = every == 1 or self._step % every == 0  # as `self.recording`
         self._recording_now = recording  # what the step hooks read
         self._detail_now = detail
-        self._hooks_live = recording and detail
+        live = self._hooks_live = recording and detail
         self._calls.active = recording
-        if self._handles:
+        if self._handles and (live or self._module_handles):
             self._sync_module_hooks()
 
     @property
@@ -418,16 +426,8 @@ class Scope:
         if torch.is_grad_enabled():
             self._forward_since_step = True  # log_loss() needs to know a step began
 
-    def _root_in(self, module: torch.nn.Module, args: Any) -> None:
-        """A step began; follow which other watched model feeds this one (a GAN)."""
-        if not torch.is_grad_enabled():
-            return  # validation under no_grad is not part of the training step
-        self._forward_since_step = True
-        self._root_called = True
-        if not self.history.recorded:
-            self._count_unrecorded()
-        if self._step >= linkage.FOLLOW_STEPS:
-            return
+    def _follow_producer(self, args: Any) -> None:
+        """Follow which other watched model feeds this one (a GAN), from the root's inputs."""
         self._root_calls += 1
         self._root_calls_max = max(self._root_calls_max, self._root_calls)
         producer = linkage.producer_of(self, args)
@@ -437,10 +437,6 @@ class Scope:
         up = self._producer() if self._producer is not None else None
         if up is not None:
             up._consumer_calls_max = max(up._consumer_calls_max, self._root_calls)
-
-    def _root_out(self, module: torch.nn.Module, args: Any, output: Any) -> None:
-        if self._step < linkage.FOLLOW_STEPS and torch.is_grad_enabled():
-            linkage.note_output(self, output)
 
     def _rival(self) -> dict[str, Any]:
         """What the first steps showed about other watched models, for the plugins to
@@ -615,7 +611,7 @@ class Scope:
         since = self._step - self._last_recorded_step if self._last_recorded_step >= 0 else 1
         if self.budget is not None:
             self.budget.observe(self._overhead, self._detail_now, now, since)
-        self._just_recorded = (self._overhead, since)  # the cadence times it at the step's end
+        self._just_recorded = since  # the cadence times the step at its end
         self._last_recorded_step = self._step
         self.history.append(record)
         if not self._warned_unseen:
@@ -664,13 +660,11 @@ class Scope:
                 record.acts[column][j] = flag
 
     def _end_step(self) -> None:
-        if self._just_recorded is not None:
-            if self._cadence is not None:
-                own, since = self._just_recorded
-                recorded = self.history.recorded - 1
-                now = time.perf_counter()
-                self._cadence.observe(recorded, self._detail_now, own, now, since)
-            self._just_recorded = None
+        since = self._just_recorded
+        if since and self._cadence is not None:  # a recorded step ends: time it
+            recorded = self.history.recorded - 1
+            self._cadence.observe(recorded, self._detail_now, time.perf_counter(), since)
+        self._just_recorded = 0
         if not self._root_called and self._handles and not self._compiled:
             self._hook_children()  # the loop calls the parts, not the model
         self._root_called = False
