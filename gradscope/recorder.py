@@ -288,7 +288,7 @@ class Recorder:
             loss=loss_value,
             scale=host[-1] if isinstance(scale, Tensor) else scale,
             grads=columns,
-            acts=dict(self._idle_acts),  # its lists are shared and never written
+            acts=self._idle_acts,  # shared and never written (a replay gives a record its own)
             hooks_fired=hooks_fired,
             detail=False,
             nonfinite=nonfinite or (loss_value is not None and not _finite(loss_value)),
