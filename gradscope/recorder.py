@@ -150,7 +150,6 @@ class Recorder:
         self._last_param_norm = None
         # FSDP2 shards: each rank reads its local part (checked once, not every step).
         self._sharded = any(distributed.local(p) is not p for p in self.params)
-        self._cpu = all(p.is_cpu for p in self.params)
         self._param_layout = stats.Layout.of(self._local_params())
         self._grad_layout: stats.Layout | None = None
         self._grad_layout_key: Any = _UNSET  # which gradients the layout is of
@@ -259,8 +258,10 @@ class Recorder:
         if self._sharded or self.acc or self.time_grads or self.call_grads:
             return None
         grads = [p.grad for p in self.params]
-        try:  # TypeError: a gradient is missing; RuntimeError: shapes or devices changed
-            if self._cpu and not layout.groups:
+        # TypeError/AttributeError: a gradient is missing; RuntimeError: shapes or devices
+        # changed.  One device (the layout checked it when it was made): the first says.
+        try:
+            if not layout.groups and grads[0].is_cpu:
                 host = [t.item() for t in torch._foreach_norm(grads, 2)]
                 if loss is not None:
                     host.append((loss if loss.dtype is torch.float32 else loss.float()).item())
@@ -268,7 +269,7 @@ class Recorder:
                     host.append(scale.item())
             else:
                 host = _light_values(grads, layout, loss, scale)
-        except (TypeError, RuntimeError):
+        except (TypeError, AttributeError, RuntimeError):
             return None
         n_params = len(self.params)
         columns = self._light_columns.copy()  # shared, read-only lists

@@ -52,7 +52,8 @@ class Scope:
             exactly as with ``detail_every=10``), then as often as keeps the detail steps'
             measured extra time near 3% of training, between one in 10 and one in 50
             (:class:`gradscope.budget.DetailCadence`; ``report.overhead`` says what it
-            chose).  A number given here is kept exactly.
+            chose; under DDP/FSDP2 it stays one in 10, so the ranks agree).  A number
+            given here is kept exactly.
         sample_rows: activation shape statistics use the first rows of each batch.
         unit_window: a ReLU unit counts as dead after this many silent recorded steps.
         history_size: most records kept in memory.
@@ -131,6 +132,10 @@ class Scope:
             unit_window=unit_window,
         )
         self._setup_extensions(model, scaler, optimizer)  # DDP/FSDP2, GradScaler, compile
+        if self._ranks is not None:
+            # Ranks exchange the detail steps' values: they must agree on which steps those
+            # are, so the cadence stays the fixed one (each rank measures its own times).
+            self._cadence = None
         self._calls = replay.CallRecorder(model, _compiler_disable)
         self._replay_sums: dict[int, list[Tensor]] | None = None
         self._replay_inputs: dict[int, list[Tensor]] = {}
