@@ -133,8 +133,9 @@ def main() -> None:
     print(f"per-step CPU-time ratio watched/plain: {result['ratio_median']:.2f}x median over "
           f"{len(ratios)} block pairs of {per} steps (min {min(ratios):.2f}x, max "
           f"{max(ratios):.2f}x); mean (total time) {result['ratio_mean']:.2f}x")
-    print(f"detail steps: {result['detail_steps']:.0f}, last interval "
-          f"{result['detail_interval']:.0f} recorded steps")
+    if result["detail_steps"] is not None:
+        print(f"detail steps: {result['detail_steps']:.0f}, last interval "
+              f"{result['detail_interval']:.0f} recorded steps")
     print(f"report(): {judged} ({len(report.findings)} findings, "
           f"{report.history.recorded} recorded steps)")
     print(f"save_html(): {html}")

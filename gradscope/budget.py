@@ -68,8 +68,10 @@ class StepMeter:
     A step's wall time runs from the end of the recorded step before it to its own end,
     divided by the training steps in between; it includes everything gradscope added
     (hook dispatch, module hooks put on and taken off, cache effects), which its own
-    timers do not see.  :attr:`last_step_end` is reset on attaching: time spent detached
-    is not a training step.
+    timers do not see.  :attr:`last_step_end` is reset on attaching (time spent detached
+    is not a training step): to None for the budget, to the attach time for the detail
+    cadence (so a loop that attaches per block of steps still times each block's first
+    step, which may be its detail step).
     """
 
     own_full: float | None = None

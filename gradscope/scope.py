@@ -220,7 +220,9 @@ class Scope:
         if self.budget is not None:
             self.budget.last_step_end = None  # time spent detached is not a training step
         if self._cadence is not None:
-            self._cadence.meter.last_step_end = None
+            # The first step after attaching is timed from here (it may be a detail step,
+            # and a loop that attaches per block of steps must not leave those untimed).
+            self._cadence.meter.last_step_end = time.perf_counter()
         try:
             if self._compiled:
                 self._handles.append(self.model.register_forward_hook(self._step_began))
