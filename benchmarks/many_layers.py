@@ -8,8 +8,9 @@ One thread.  The model is ``Sequential`` of ``layers`` Linear(width, width) laye
 random batch.  Each time is wall-clock and, in brackets, this process's CPU time
 (the machine may be shared: CPU time is the steadier figure).
 The plain loop and the watched loop alternate in blocks of 10 steps (one scope for the
-whole run, attached only during its blocks, so one watched block holds one detail
-step of the default cadence); the per-step ratio is the median over block pairs of
+whole run, attached only during its blocks, so each of the first 10 watched blocks holds
+one detail step of the default cadence, and the later ones one in as many blocks as the
+cost-paced cadence chooses, at most 5); the per-step ratio is the median over block pairs of
 (watched block CPU time / plain block CPU time), and the mean ratio is the total
 watched CPU time over the total plain CPU time (it includes the first, all-detail steps).
 """
@@ -120,6 +121,8 @@ def main() -> None:
         "report_cpu_s": judged.cpu,
         "save_html_s": html.wall,
         "save_html_cpu_s": html.cpu,
+        "detail_interval": report.overhead.get("detail_interval"),
+        "detail_steps": report.overhead.get("detail_steps"),
         "findings": [f.kind for f in report.findings],
         "recorded_steps": report.history.recorded,
     }
@@ -130,6 +133,9 @@ def main() -> None:
     print(f"per-step CPU-time ratio watched/plain: {result['ratio_median']:.2f}x median over "
           f"{len(ratios)} block pairs of {per} steps (min {min(ratios):.2f}x, max "
           f"{max(ratios):.2f}x); mean (total time) {result['ratio_mean']:.2f}x")
+    if result["detail_steps"] is not None:
+        print(f"detail steps: {result['detail_steps']:.0f}, last interval "
+              f"{result['detail_interval']:.0f} recorded steps")
     print(f"report(): {judged} ({len(report.findings)} findings, "
           f"{report.history.recorded} recorded steps)")
     print(f"save_html(): {html}")

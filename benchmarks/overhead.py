@@ -285,6 +285,10 @@ def measure(name: str, rounds: int, block: int, strategies: dict[str, Callable])
         if isinstance(probe, gradscope.Scope):
             summary = probe.overhead()
             row["own_ms_per_recorded_step"] = 1e3 * summary["seconds_per_step"]
+            row["recorded_steps"] = summary["recorded_steps"]
+            if "detail_interval" in summary:  # which detail cadence ran (last interval)
+                row["detail_interval"] = summary["detail_interval"]
+                row["detail_steps"] = summary.get("detail_steps")
             if "budget" in summary:
                 row["budget_measured_overhead"] = summary["measured_overhead"]
                 row["budget_activation_interval"] = summary["activation_interval"]

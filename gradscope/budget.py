@@ -1,4 +1,18 @@
-"""An overhead budget: measure gradscope's own time per step and space out the costly part.
+"""Cadences that follow measured cost: the ``budget=`` mode and the default's detail pacing.
+
+:class:`StepMeter` is the measurement both share: gradscope's own time per recorded
+step (smoothed, apart for detail and light steps), the plain step's time (the time
+between two recorded steps, less gradscope's own), and the wall time of each kind of
+step (the last few, for medians).
+
+:class:`DetailCadence` paces the default's detail steps in long runs: the first
+:data:`AUTO_WARMUP` recorded steps keep the fixed cadence (the first five, then one in
+ten), so a short run is judged exactly as with ``detail_every=10``; from then on the
+detail steps are spaced so that their measured extra wall time stays near
+:data:`AUTO_SHARE` of the training time, one in 10, 20, ... at most
+:data:`AUTO_MAX_INTERVAL` recorded steps.
+
+The budget (``budget=0.03``, opt-in, :class:`Budget`):
 
 Gradient norms and the non-finite check run on every recorded step.  Activation
 statistics (and the other costly ones) run on one recorded step in ``interval``;
@@ -13,7 +27,10 @@ says so.  A NaN on a skipped step is then seen on the next recorded one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
 
 #: The longest gap between two activation measurements.
 MAX_INTERVAL = 1024
@@ -23,16 +40,40 @@ MAX_RECORD_EVERY = 16
 SMOOTHING = 0.2
 
 
+#: Recorded steps at the start that always take every statistic (every cadence but a budget).
+WARMUP_RECORDS = 5
+#: Recorded steps of the default cadence that keep the fixed pacing (1 in
+#: :data:`AUTO_BASE` after the first five) before the detail steps follow their cost.
+AUTO_WARMUP = 100
+#: The fixed pacing of the warm-up, and the step of the intervals chosen after it.
+AUTO_BASE = 10
+#: The share of training time the detail steps' measured extra time may take after it.
+AUTO_SHARE = 0.03
+#: The longest gap (recorded steps) between two detail steps of the default cadence.
+AUTO_MAX_INTERVAL = 50
+#: Wall times kept per kind of step for the medians (detail steps are rare: fewer).
+_LIGHT_WINDOW = 33
+_DETAIL_WINDOW = 9
+
+
 def _ema(old: float | None, new: float) -> float:
     return new if old is None else (1 - SMOOTHING) * old + SMOOTHING * new
 
 
 @dataclass
-class Budget:
-    """Keeps gradscope's own time per step under ``fraction`` of a plain step."""
+class StepMeter:
+    """What recorded steps cost: gradscope's own seconds per step (smoothed, detail and
+    light steps apart), the plain step's seconds, and each kind's last wall times.
 
-    fraction: float
-    interval: int = 1
+    A step's wall time runs from the end of the recorded step before it to its own end,
+    divided by the training steps in between; it includes everything gradscope added
+    (hook dispatch, module hooks put on and taken off, cache effects), which its own
+    timers do not see.  :attr:`last_step_end` is reset on attaching (time spent detached
+    is not a training step): to None for the budget, to the attach time for the detail
+    cadence (so a loop that attaches per block of steps still times each block's first
+    step, which may be its detail step).
+    """
+
     own_full: float | None = None
     own_light: float | None = None
     plain: float | None = None
@@ -40,18 +81,8 @@ class Budget:
     total_plain: float = 0.0
     last_step_end: float | None = None
     steps: int = 0
-    record_every: int = 1
-
-    def __post_init__(self) -> None:
-        if not 0 < self.fraction < 10:
-            raise ValueError(
-                f"budget must be a fraction of a training step, e.g. 0.03 for 3%, "
-                f"got {self.fraction!r}."
-            )
-
-    def measures_activations(self, recorded: int) -> bool:
-        """Whether the recorded step number ``recorded`` takes the costly statistics."""
-        return recorded % self.interval == 0
+    wall_full: deque = field(default_factory=lambda: deque(maxlen=_DETAIL_WINDOW))
+    wall_light: deque = field(default_factory=lambda: deque(maxlen=_LIGHT_WINDOW))
 
     def observe(self, own: float, full: bool, now: float, steps: int = 1) -> None:
         """Account one recorded step: gradscope's own seconds, the step's end time, and how
@@ -66,7 +97,95 @@ class Budget:
             self.total_own += own
             self.total_plain += plain
             self.steps += 1
-        self.last_step_end = now
+        self.time(full, now, steps)
+
+    def time(self, full: bool, now: float, steps: int = 1) -> None:
+        """Only the wall time of a recorded step that ended at ``now`` (what the detail
+        cadence needs, a few operations per step)."""
+        last, self.last_step_end = self.last_step_end, now
+        if last is not None:
+            (self.wall_full if full else self.wall_light).append((now - last) / steps)
+
+    def detail_extra(self) -> tuple[float, float] | None:
+        """(extra seconds of a detail step, seconds of a light step): medians of the last
+        wall times, or None before both kinds were timed."""
+        if not self.wall_full or not self.wall_light:
+            return None
+        light = statistics.median(self.wall_light)
+        return max(statistics.median(self.wall_full) - light, 0.0), light
+
+
+@dataclass
+class DetailCadence:
+    """The default's detail steps: fixed for :data:`AUTO_WARMUP` recorded steps, then
+    spaced by their measured cost (see the module docstring).  An explicit
+    ``detail_every=`` never uses this."""
+
+    meter: StepMeter = field(default_factory=StepMeter)
+    interval: int = AUTO_BASE
+    last_detail: int = 0
+    detail_steps: int = 0
+    share: float = math.nan
+
+    def is_detail(self, recorded: int) -> bool:
+        """Whether the recorded step number ``recorded`` takes the detail statistics."""
+        if recorded <= AUTO_WARMUP:
+            return recorded < WARMUP_RECORDS or recorded % AUTO_BASE == 0
+        return recorded - self.last_detail >= self.interval
+
+    def observe(self, recorded: int, detail: bool, now: float, steps: int) -> None:
+        """Account recorded step number ``recorded`` (it just ended at ``now``); after a
+        detail step from the end of the warm-up on, choose the next interval."""
+        self.meter.time(detail, now, steps)
+        if not detail:
+            return
+        self.last_detail = recorded
+        self.detail_steps += 1
+        if recorded < AUTO_WARMUP:
+            return
+        measured = self.meter.detail_extra()
+        if measured is None:
+            return
+        extra, light = measured
+        self.share = extra / (self.interval * light) if light > 0 else math.nan
+        needed = extra / (AUTO_SHARE * light) if light > 0 else float(AUTO_MAX_INTERVAL)
+        steps_of_base = max(1, math.ceil(needed / AUTO_BASE))
+        self.interval = min(AUTO_MAX_INTERVAL, AUTO_BASE * steps_of_base)
+
+    def summary(self) -> dict[str, float]:
+        """The interval in use, the detail steps so far and the last measured extra time."""
+        measured = self.meter.detail_extra()
+        return {
+            "detail_interval": float(self.interval),
+            "detail_auto": 1.0,
+            "detail_steps": float(self.detail_steps),
+            "detail_extra_s": measured[0] if measured else math.nan,
+            "light_step_s": measured[1] if measured else math.nan,
+        }
+
+
+@dataclass
+class Budget(StepMeter):
+    """Keeps gradscope's own time per step under ``fraction`` of a plain step."""
+
+    fraction: float = 0.03
+    interval: int = 1
+    record_every: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction < 10:
+            raise ValueError(
+                f"budget must be a fraction of a training step, e.g. 0.03 for 3%, "
+                f"got {self.fraction!r}."
+            )
+
+    def measures_activations(self, recorded: int) -> bool:
+        """Whether the recorded step number ``recorded`` takes the costly statistics."""
+        return recorded % self.interval == 0
+
+    def observe(self, own: float, full: bool, now: float, steps: int = 1) -> None:
+        """Account one recorded step (see :meth:`StepMeter.observe`) and choose again."""
+        super().observe(own, full, now, steps)
         self.record_every = self._choose_record_every()
         self.interval = self._choose()
 

@@ -149,6 +149,11 @@ class Recorder:
         self._nan_params = [NAN] * n_params
         self._zeros_params = [0.0] * n_params
         self._ones_params = [1.0] * n_params
+        #: A light step's columns before its norms are in (every list shared, read-only).
+        self._light_columns = dict.fromkeys(GRAD_COLUMNS, self._nan_params)
+        self._light_columns.update(
+            numel=self._numels, has_grad=self._ones_params, grad_nonfinite=self._zeros_params
+        )
         self._last_param_norm = None
         # FSDP2 shards: each rank reads its local part (checked once, not every step).
         self._sharded = any(distributed.local(p) is not p for p in self.params)
@@ -257,39 +262,50 @@ class Recorder:
         pass: one reduction call per group of same-shaped gradients, one host transfer and
         shared columns, no per-layer Python.  None when the step needs :meth:`collect_grads`
         and :meth:`gather` (a gradient missing, FSDP2 shards, several ranks, the first
-        step, a measured activation)."""
+        step, a measured activation).
+
+        On the CPU, with no group of same-shaped gradients (a small model), the norms are
+        one ``foreach`` call and a read of each value: no stack and no grad-mode switch
+        (the values are read at once, so no graph outlives the call).
+        """
         layout = self._grad_layout
         if layout is None or self._grad_layout_key is not None or self.ranks is not None:
             return None
         if self._sharded or self.acc or self.time_grads or self.call_grads:
             return None
         grads = [p.grad for p in self.params]
-        if any(g is None for g in grads):
-            return None
-        tail = [] if loss is None else [loss if loss.dtype is torch.float32 else loss.float()]
-        if isinstance(scale, Tensor):
-            tail.append(scale)
-        with torch.no_grad():
-            try:
-                norms = layout.norms(grads, 2)
-            except RuntimeError:  # shapes or devices changed under the layout
-                return None
-            if isinstance(norms, list):  # one stack for everything
-                host = stats.to_host(norms + [t.reshape(()) for t in tail])
+        # TypeError/AttributeError: a gradient is missing; RuntimeError: shapes or devices
+        # changed.  One device (the layout checked it when it was made): the first says.
+        try:
+            if not layout.groups and grads[0].is_cpu:
+                host = [t.item() for t in torch._foreach_norm(grads, 2)]
+                if loss is not None:
+                    host.append((loss if loss.dtype is torch.float32 else loss.float()).item())
+                if isinstance(scale, Tensor):
+                    host.append(scale.item())
             else:
-                host = stats.to_host([norms, *(t.reshape(1) for t in tail)])
+                host = _light_values(grads, layout, loss, scale)
+        except (TypeError, AttributeError, RuntimeError):
+            return None
         n_params = len(self.params)
-        columns = dict.fromkeys(GRAD_COLUMNS, self._nan_params)
-        columns["grad_l2"] = host[:n_params]
+        columns = self._light_columns.copy()  # shared, read-only lists
+        l2 = columns["grad_l2"] = host[:n_params]
+        if self._last_param_norm is None:
+            self._last_param_norm = self._nan_params
+        else:
+            # Weights move ~1e-3 per step: between detail steps the last measurement stands.
+            columns["param_norm"] = self._last_param_norm
         self._index = None
-        nonfinite = self._derive_grads(columns, None)
+        # The L2 norm is non-finite exactly when some entry is: a healthy step pays nothing
+        # for the check (a sum of finite norms can overflow: then each is looked at).
+        nonfinite = not _finite(sum(l2)) and self._count_nonfinite(columns, range(n_params))
         loss_value = host[n_params] if loss is not None else None
         return StepRecord(
             step=step,
             loss=loss_value,
             scale=host[-1] if isinstance(scale, Tensor) else scale,
             grads=columns,
-            acts=dict(self._idle_acts),  # its lists are shared and never written
+            acts=self._idle_acts,  # shared and never written (a replay gives a record its own)
             hooks_fired=hooks_fired,
             detail=False,
             nonfinite=nonfinite or (loss_value is not None and not _finite(loss_value)),
@@ -407,6 +423,12 @@ class Recorder:
         # nothing for the check; only a step that went bad counts (a 2nd sync).
         if _finite(sum(l2) if index is None else sum(l2[i] for i in present)):
             return False
+        return self._count_nonfinite(grads, present)
+
+    def _count_nonfinite(self, grads: dict[str, list[float]], present: Any) -> bool:
+        """Exact NaN/Inf counts of the gradients whose L2 norm is not finite (a step that
+        went bad: a second sync); returns whether there was any."""
+        l2 = grads["grad_l2"]
         bad = [i for i in present if not _finite(l2[i])]
         if not bad:
             return False
@@ -486,6 +508,21 @@ class Recorder:
             for part, column in (("bad", "nonfinite"), ("bad_input", "input_nonfinite")):
                 if getattr(acc, part):  # 0/1 flags (combined across ranks by their max)
                     acts[column][j] = 1.0 if acts[column][j] > 0 else 0.0
+
+
+def _light_values(
+    grads: list[Tensor], layout: stats.Layout, loss: Tensor | None, scale: Any
+) -> list[float]:
+    """The gradients' L2 norms (grouped by ``layout``), then the loss and the scale when
+    given, brought to the host together."""
+    tail = [] if loss is None else [loss if loss.dtype is torch.float32 else loss.float()]
+    if isinstance(scale, Tensor):
+        tail.append(scale)
+    with torch.no_grad():
+        norms = layout.norms(grads, 2)
+        if isinstance(norms, list):  # one stack for everything
+            return stats.to_host(norms + [t.reshape(()) for t in tail])
+        return stats.to_host([norms, *(t.reshape(1) for t in tail)])
 
 
 def _row_spreads(

@@ -8,6 +8,7 @@ Pictures and documents are drawn by renderer plugins (``gradscope_render``);
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -68,7 +69,27 @@ def _overhead_lines(overhead: dict[str, float]) -> list[str]:
                 f"  the gradient checks alone take {floor:.1%} of a step, above the "
                 f"budget, so 1 step in {every} is recorded"
             )
+    elif overhead.get("detail_interval") is not None:
+        lines.append(_cadence_line(overhead))
     return lines
+
+
+def _cadence_line(overhead: dict[str, float]) -> str:
+    """Which recorded steps took the detail statistics (the default's pacing, or a fixed
+    ``detail_every``)."""
+    interval = int(float(overhead["detail_interval"]))
+    if not float(overhead.get("detail_auto", 0.0)):
+        if interval == 1:
+            return "  detail statistics on every recorded step"
+        return f"  detail statistics on the first 5 recorded steps, then 1 in {interval}"
+    line = (
+        "  detail statistics on the first 5 recorded steps, then 1 in 10; after 100 "
+        f"recorded steps paced by their cost: 1 in {interval}"
+    )
+    extra, light = (float(overhead.get(k, math.nan)) for k in ("detail_extra_s", "light_step_s"))
+    if math.isfinite(extra) and math.isfinite(light) and light > 0:
+        line += f" (a detail step adds {extra * 1e3:.2f} ms to a {light * 1e3:.2f} ms step)"
+    return line
 
 
 def _finding_lines(f: Finding, types: dict[str, str], suggestions: int) -> list[str]:

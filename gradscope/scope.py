@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from gradscope import amp, compiled, distributed, linkage, replay, stats, through_time, tracking
-from gradscope.budget import Budget
+from gradscope.budget import AUTO_BASE, WARMUP_RECORDS, Budget, DetailCadence
 from gradscope.errors import GradscopeWarning
 from gradscope.history import History, StepRecord
 from gradscope.judge import judge, validate_config
@@ -29,8 +29,6 @@ from gradscope.plugins import PluginRunner
 from gradscope.recorder import Recorder
 from gradscope.report import Report
 
-#: Recorded steps at the start that always take every statistic.
-WARMUP_RECORDS = 5
 #: Forward passes without any recorded step before gradscope says so (once).
 UNRECORDED_WARN = 1000
 
@@ -49,7 +47,13 @@ class Scope:
         detail_every: the costlier statistics (update sizes, mean and max |g|, activation
             size, zeros, silent units and saturation, weight-row symmetry) run on one
             recorded step in this many (and on the first five); gradient norms, the
-            non-finite checks and the loss run on every recorded step.
+            non-finite checks and the loss run on every recorded step.  The default
+            (None) is one in 10 for the first 100 recorded steps (a short run is judged
+            exactly as with ``detail_every=10``), then as often as keeps the detail steps'
+            measured extra time near 3% of training, between one in 10 and one in 50
+            (:class:`gradscope.budget.DetailCadence`; ``report.overhead`` says what it
+            chose; under DDP/FSDP2 it stays one in 10, so the ranks agree).  A number
+            given here is kept exactly.
         sample_rows: activation shape statistics use the first rows of each batch.
         unit_window: a ReLU unit counts as dead once silent on every detail step over this
             many training steps (and on at least 3 detail steps in a row).
@@ -76,7 +80,7 @@ class Scope:
         *,
         config: dict[str, Any] | None = None,
         full: bool = False,
-        detail_every: int = 10,
+        detail_every: int | None = None,
         sample_rows: int = 32,
         unit_window: int = 5,
         history_size: int = 1024,
@@ -93,11 +97,15 @@ class Scope:
         self.every = int(every)
         self.config = dict(config or {})
         self.full = full
-        self.detail_every = 1 if full else max(1, int(detail_every))
+        self.detail_every = 1 if full else max(1, int(detail_every or AUTO_BASE))
         self.sample_rows = sample_rows
         self.unit_window = unit_window
         self.name = name or type(model).__name__
-        self.budget = Budget(budget) if budget is not None else None
+        self.budget = Budget(fraction=budget) if budget is not None else None
+        #: The default's cost-paced detail steps (None: a fixed ``detail_every`` or a budget).
+        self._cadence = (
+            DetailCadence() if detail_every is None and not full and budget is None else None
+        )
         self.nan_origin = bool(nan_origin)
         self.parts = parts
 
@@ -125,6 +133,10 @@ class Scope:
             unit_window=unit_window,
         )
         self._setup_extensions(model, scaler, optimizer)  # DDP/FSDP2, GradScaler, compile
+        if self._ranks is not None:
+            # Ranks exchange the detail steps' values: they must agree on which steps those
+            # are, so the cadence stays the fixed one (each rank measures its own times).
+            self._cadence = None
         self._calls = replay.CallRecorder(model, _compiler_disable)
         self._replay_sums: dict[int, list[Tensor]] | None = None
         self._replay_inputs: dict[int, list[Tensor]] = {}
@@ -136,6 +148,7 @@ class Scope:
     def _init_run_state(self) -> None:
         """Counters and per-run state the hooks update as training goes."""
         self._runner = PluginRunner()
+        self._on_step_hook = self._runner.pm.hook.gradscope_on_step
         self._handles: list[Any] = []
         self._module_handles: list[Any] = []
         self._children_hooked = False
@@ -151,6 +164,7 @@ class Scope:
         self._forward_since_step = False
         self._overhead = 0.0
         self._overhead_total = 0.0
+        self._just_recorded = 0  # training steps since the last recorded one, once recorded
         self._order_changed = False
         self._warned_unseen = False
         self._detail_now = True
@@ -206,6 +220,10 @@ class Scope:
             raise RuntimeError("This scope is already attached; use one `with` block per scope.")
         if self.budget is not None:
             self.budget.last_step_end = None  # time spent detached is not a training step
+        if self._cadence is not None:
+            # The first step after attaching is timed from here (it may be a detail step,
+            # and a loop that attaches per block of steps must not leave those untimed).
+            self._cadence.meter.last_step_end = time.perf_counter()
         try:
             if self._compiled:
                 self._handles.append(self.model.register_forward_hook(self._step_began))
@@ -238,16 +256,25 @@ class Scope:
         self._handles.append(root.register_forward_hook(post, always_call=True))
 
     def _root_pre(self, module: torch.nn.Module, args: Any, kwargs: Any) -> None:
-        """The root's one pre-hook: keep the call's inputs for a NaN replay, note the step."""
+        """The root's one pre-hook: keep the call's inputs for a NaN replay, note the step
+        (and, over the first steps, which other watched model feeds this one: a GAN)."""
         if self.nan_origin:
             self._calls.before(module, args, kwargs)
-        self._root_in(module, args)
+        if not torch.is_grad_enabled():
+            return  # validation under no_grad is not part of the training step
+        self._forward_since_step = True
+        self._root_called = True
+        if not self.history.recorded:
+            self._count_unrecorded()
+        if self._step < linkage.FOLLOW_STEPS:
+            self._follow_producer(args)
 
     def _root_post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         """The root's one forward hook (called even when the forward raises)."""
         if self.nan_origin:
             self._calls.after(module, args, output)
-        self._root_out(module, args, output)
+        if self._step < linkage.FOLLOW_STEPS and torch.is_grad_enabled():
+            linkage.note_output(self, output)
 
 
     def _sync_module_hooks(self) -> None:
@@ -302,13 +329,18 @@ class Scope:
         recorded = self.history.recorded
         if self.budget is not None:
             detail = self.budget.measures_activations(recorded)
+        elif self._cadence is not None:
+            detail = self._cadence.is_detail(recorded)
         else:
             # The first records are all detailed: initialisation problems show at the start.
             detail = recorded < WARMUP_RECORDS or recorded % self.detail_every == 0
+        every = self.every if self.budget is None else self.every * self.budget.record_every
+        recording = every == 1 or self._step % every == 0  # as `self.recording`
+        self._recording_now = recording  # what the step hooks read
         self._detail_now = detail
-        self._hooks_live = self.recording and detail
-        self._calls.active = self.recording
-        if self._handles:
+        live = self._hooks_live = recording and detail
+        self._calls.active = recording
+        if self._handles and (live or self._module_handles):
             self._sync_module_hooks()
 
     @property
@@ -404,16 +436,8 @@ class Scope:
         if torch.is_grad_enabled():
             self._forward_since_step = True  # log_loss() needs to know a step began
 
-    def _root_in(self, module: torch.nn.Module, args: Any) -> None:
-        """A step began; follow which other watched model feeds this one (a GAN)."""
-        if not torch.is_grad_enabled():
-            return  # validation under no_grad is not part of the training step
-        self._forward_since_step = True
-        self._root_called = True
-        if not self.history.recorded:
-            self._count_unrecorded()
-        if self._step >= linkage.FOLLOW_STEPS:
-            return
+    def _follow_producer(self, args: Any) -> None:
+        """Follow which other watched model feeds this one (a GAN), from the root's inputs."""
         self._root_calls += 1
         self._root_calls_max = max(self._root_calls_max, self._root_calls)
         producer = linkage.producer_of(self, args)
@@ -423,10 +447,6 @@ class Scope:
         up = self._producer() if self._producer is not None else None
         if up is not None:
             up._consumer_calls_max = max(up._consumer_calls_max, self._root_calls)
-
-    def _root_out(self, module: torch.nn.Module, args: Any, output: Any) -> None:
-        if self._step < linkage.FOLLOW_STEPS and torch.is_grad_enabled():
-            linkage.note_output(self, output)
 
     def _rival(self) -> dict[str, Any]:
         """What the first steps showed about other watched models, for the plugins to
@@ -547,7 +567,7 @@ class Scope:
         self._order_changed = True
 
     def _on_pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if not self.recording:
+        if not self._recording_now:
             return
         t0 = time.perf_counter()
         self._track_new_params()
@@ -566,7 +586,7 @@ class Scope:
         self._overhead += time.perf_counter() - t0
 
     def _on_post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if self.recording and self._measure.has_grads:
+        if self._recording_now and self._measure.has_grads:
             self._finish_step(measure_update=True, started=time.perf_counter())
         self._end_step()
 
@@ -598,9 +618,10 @@ class Scope:
         self._overhead += now - started
         record.overhead_s = self._overhead
         self._overhead_total += self._overhead
+        since = self._step - self._last_recorded_step if self._last_recorded_step >= 0 else 1
         if self.budget is not None:
-            since = self._step - self._last_recorded_step if self._last_recorded_step >= 0 else 1
             self.budget.observe(self._overhead, self._detail_now, now, since)
+        self._just_recorded = since  # the cadence times the step at its end
         self._last_recorded_step = self._step
         self.history.append(record)
         if not self._warned_unseen:
@@ -610,7 +631,8 @@ class Scope:
             self._measure.output_module = self._last_called()
             self.model_info = self._describe()
             self._order_changed = False
-        self._runner.call("gradscope_on_step", record=record, scope=self)
+        if self._on_step_hook.get_hookimpls():  # none of the built-in plugins has one
+            self._runner.call("gradscope_on_step", record=record, scope=self)
 
     def _locate_origin(self, record: StepRecord) -> None:
         """Replay the step's top-level calls and mark which module outputs were non-finite."""
@@ -648,6 +670,11 @@ class Scope:
                 record.acts[column][j] = flag
 
     def _end_step(self) -> None:
+        since = self._just_recorded
+        if since and self._cadence is not None:  # a recorded step ends: time it
+            recorded = self.history.recorded - 1
+            self._cadence.observe(recorded, self._detail_now, time.perf_counter(), since)
+        self._just_recorded = 0
         if not self._root_called and self._handles and not self._compiled:
             self._hook_children()  # the loop calls the parts, not the model
         self._root_called = False
@@ -720,6 +747,10 @@ class Scope:
         }
         if self.budget is not None:
             summary.update(self.budget.summary())
+        elif self._cadence is not None:
+            summary.update(self._cadence.summary())
+        else:
+            summary.update(detail_interval=float(self.detail_every), detail_auto=0.0)
         return summary
 
     def coverage(self) -> dict[str, Any]:

@@ -38,7 +38,10 @@ def optimizer_size(optimizer: torch.optim.Optimizer | None) -> int:
     """How many parameters the optimizer holds (cheap: a few groups)."""
     if optimizer is None:
         return 0
-    return sum(len(group["params"]) for group in optimizer.param_groups)
+    size = 0
+    for group in optimizer.param_groups:  # a loop: no generator on every step
+        size += len(group["params"])
+    return size
 
 
 #: A detail step walks the model's modules for parameters once in this many; in between

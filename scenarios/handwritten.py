@@ -72,7 +72,9 @@ class Scenario:
         return not self.expect
 
 
-def _train(scenario: Scenario, watch: bool, seed: int = 0, detail_every: int = 1) -> Run:
+def _train(
+    scenario: Scenario, watch: bool, seed: int = 0, detail_every: int | None = 1
+) -> Run:
     torch.manual_seed(seed)
     model = scenario.build()
     optimizer = scenario.optimizer(model.parameters())
@@ -110,7 +112,7 @@ def _train(scenario: Scenario, watch: bool, seed: int = 0, detail_every: int = 1
     return Run(model, losses, norms, scope.report() if scope is not None else None)
 
 
-def watched(scenario: Scenario, detail_every: int = 1) -> Run:
+def watched(scenario: Scenario, detail_every: int | None = 1) -> Run:
     """The scenario trained under gradscope (every statistic on every step by default)."""
     return _train(scenario, watch=True, detail_every=detail_every)
 

@@ -412,6 +412,67 @@ def test_budget_spaces_out_activation_statistics_and_reports_what_it_did():
     assert "overhead budget 500.0%" in str(loose.report())
 
 
+def _detail_steps(scope: gradscope.Scope) -> list[int]:
+    return [r.step for r in scope.history.records if r.detail]
+
+
+def test_the_default_cadence_is_the_fixed_one_for_the_first_100_recorded_steps():
+    """A short run is judged exactly as with detail_every=10 (the pacing starts later)."""
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.watch(model, optimizer=opt) as auto:
+        train(model, opt, steps=101, scope=auto)
+    with gradscope.watch(model, optimizer=opt, detail_every=10) as fixed:
+        train(model, opt, steps=101, scope=fixed)
+    want = [0, 1, 2, 3, 4, *range(10, 101, 10)]
+    assert _detail_steps(auto) == _detail_steps(fixed) == want
+    assert auto.report().overhead["detail_auto"] == 1.0
+    assert fixed.report().overhead["detail_auto"] == 0.0
+    assert "paced by their cost" not in fixed.report().summary()
+    assert "paced by their cost" in auto.report().summary()
+
+
+def test_an_explicit_detail_every_is_kept_exactly_in_a_long_run():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.watch(model, optimizer=opt, detail_every=10) as scope:
+        train(model, opt, steps=230, scope=scope)
+    assert _detail_steps(scope) == [0, 1, 2, 3, 4, *range(10, 230, 10)]
+    assert "then 1 in 10" in scope.report().summary()
+
+
+def test_the_detail_cadence_spaces_detail_steps_by_their_measured_cost():
+    """Synthetic step times (no wall clock): the interval keeps the detail steps' extra
+    time near 3% of training, in steps of 10, at most 50, never under 10."""
+    from gradscope.budget import AUTO_MAX_INTERVAL, DetailCadence
+
+    def run(light: float, detail: float, records: int = 400) -> DetailCadence:
+        cadence, now, chosen = DetailCadence(), 0.0, []
+        for recorded in range(records):
+            is_detail = cadence.is_detail(recorded)
+            now += detail if is_detail else light
+            cadence.observe(recorded, is_detail, now, 1)
+            if is_detail:
+                chosen.append(recorded)
+        assert chosen[:15] == [0, 1, 2, 3, 4, *range(10, 101, 10)]  # the warm-up
+        return cadence
+
+    costly = run(light=1e-3, detail=3.4e-3)  # a detail step adds 2.4 light steps: 1 in 80+
+    assert costly.interval == AUTO_MAX_INTERVAL
+    assert costly.summary()["detail_extra_s"] == pytest.approx(2.4e-3)
+    cheap = run(light=10e-3, detail=10.5e-3)  # adds 5% of a step: 1 in 10 is within 3%
+    assert cheap.interval == 10
+    middle = run(light=10e-3, detail=14e-3)  # adds 40%: 14 steps keep it under 3% -> 20
+    assert middle.interval == 20
+
+
+def test_the_detail_cadence_counts_gaps_from_the_last_detail_step():
+    from gradscope.budget import DetailCadence
+
+    cadence = DetailCadence(interval=30, last_detail=100)
+    assert [r for r in range(101, 200) if cadence.is_detail(r)][:1] == [130]
+
+
 def test_a_budget_that_is_not_a_fraction_is_refused():
     with pytest.raises(ValueError, match="budget must be a fraction of a training step"):
         gradscope.watch(mlp(), budget=0)
