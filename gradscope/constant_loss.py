@@ -43,6 +43,8 @@ _PASS_THROUGH = frozenset(
 _MAX_HOPS = 8
 #: The multi-class hinge's best constant is searched on a grid up to this many classes.
 _HINGE_GRID_CLASSES = 6
+#: Beyond this many classes the hinge's constant is not searched (candidates x C x C).
+_HINGE_MAX_CLASSES = 64
 _EPS = 1e-6
 
 
@@ -104,28 +106,28 @@ class ConstantLoss:
         return pooled
 
 
-def _classes(node: Any) -> tuple[Tensor, Tensor, Tensor] | None:
-    """(scores as rows, class targets, mask of counted targets) of a classification node."""
-    scores, target = _saved(node, "self"), _saved(node, "target")
-    if scores.dim() == 1:
-        scores, target = scores.unsqueeze(0), target.reshape(1)
-    n_classes = scores.shape[1]
-    rows = scores.movedim(1, -1).reshape(-1, n_classes).float()
-    target = target.reshape(-1)
-    ignore = _saved(node, "ignore_index")
-    valid = target != ignore if ignore is not None else torch.ones_like(target, dtype=torch.bool)
-    return rows, target.clamp(0, n_classes - 1), valid
+def _class_counts(target: Tensor, weight: Tensor, n_classes: int) -> Tensor:
+    """How often each class occurs among the counted targets (no one-hot: a language
+    model's vocabulary times its tokens would not fit)."""
+    counts = torch.zeros(n_classes, device=target.device, dtype=torch.float32)
+    return counts.scatter_add_(0, target.reshape(-1), weight.reshape(-1))
 
 
 def _nll(meter: ConstantLoss, node: Any) -> tuple[Tensor, Tensor] | None:
     if _saved(node, "weight") is not None:
         return None  # class weights change what the best constant is
-    logp, target, valid = _classes(node)
-    weight = valid.float()
+    logp, target = _saved(node, "self"), _saved(node, "target")
+    if logp.dim() == 1:
+        logp, target = logp.unsqueeze(0), target.reshape(1)
+    n_classes = logp.shape[1]
+    ignore = _saved(node, "ignore_index")
+    weight = (target != ignore).float() if ignore is not None else torch.ones_like(target).float()
+    target = target.clamp(0, n_classes - 1)
+    picked = logp.gather(1, target.unsqueeze(1)).squeeze(1).float()  # no copy of the scores
     n = weight.sum().clamp(min=1.0)
-    term = -(logp.gather(1, target[:, None]).squeeze(1) * weight).sum() / n
-    counts = (F.one_hot(target, logp.shape[1]).float() * weight[:, None]).sum(0)
-    (pooled,) = meter.pool(("nll", logp.shape[1]), counts)
+    term = -(picked * weight).sum() / n
+    counts = _class_counts(target, weight, n_classes)
+    (pooled,) = meter.pool(("nll", n_classes), counts)
     freq = pooled / pooled.sum().clamp(min=1.0)
     constant = -(counts * freq.clamp(min=_EPS).log()).sum() / n
     return term, constant
@@ -166,11 +168,11 @@ def _hinge(meter: ConstantLoss, node: Any) -> tuple[Tensor, Tensor] | None:
     if _saved(node, "weight") is not None or int(_saved(node, "p") or 1) != 1:
         return None
     scores, target = _saved(node, "self").float(), _saved(node, "target").reshape(-1)
-    if scores.dim() != 2:
+    if scores.dim() != 2 or scores.shape[1] > _HINGE_MAX_CLASSES:
         return None
     margin = float(_saved(node, "margin") or 1.0)
     term = F.multi_margin_loss(scores, target, margin=margin)
-    counts = F.one_hot(target, scores.shape[1]).float().sum(0)
+    counts = _class_counts(target, torch.ones_like(target).float(), scores.shape[1])
     (pooled,) = meter.pool(("hinge", scores.shape[1]), counts)
     freq_pool = pooled / pooled.sum().clamp(min=1.0)
     best = _best_hinge_output(freq_pool, margin)

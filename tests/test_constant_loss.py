@@ -29,6 +29,15 @@ def test_cross_entropy_is_compared_with_the_entropy_of_the_class_frequencies():
     assert float(constant) == pytest.approx(float(-(freq * freq.log()).sum()), rel=1e-5)
 
 
+def test_a_language_models_token_loss_with_ignored_positions():
+    logits = torch.randn(2, 50257, 16, requires_grad=True)  # (batch, vocab, positions)
+    target = torch.randint(0, 50257, (2, 16))
+    target[:, :4] = -100  # padding, ignored as cross_entropy ignores it
+    term, constant = ConstantLoss().measure(F.cross_entropy(logits, target))
+    assert float(term) == pytest.approx(float(F.cross_entropy(logits, target)), rel=1e-5)
+    assert float(constant) == pytest.approx(math.log(24), rel=0.05)  # 24 distinct tokens
+
+
 def test_a_scaled_mean_squared_error_is_measured_in_its_own_units():
     prediction = torch.randn(32, 3, requires_grad=True)
     target = torch.randn(32, 3) * torch.tensor([1.0, 2.0, 3.0])
