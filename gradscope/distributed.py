@@ -65,6 +65,10 @@ _OTHER_OPS = {
     "saturated": _MEAN,
     "silent_units": _MIN,
     "dead_units": _MIN,
+    # Each rank's loss term and constant baseline on its own batch: their mean is the
+    # global batch's (equal per-rank batches).
+    "loss_term": _MEAN,
+    "constant_loss": _MEAN,
     "scalars": _MEAN,
 }
 
@@ -304,6 +308,8 @@ _ACT_NAMES = {
     "batch_spread",
     "time_grad_first",
     "time_grad_last",
+    "loss_term",
+    "constant_loss",
 }
 
 
