@@ -31,6 +31,7 @@ from gradscope.signals import LossTrend, early, init_scale, loss_trend, recent
 from gradscope_plugins import fix_builders as fix
 from gradscope_plugins.judgement import (
     HARM_DEFAULTS,
+    MIN_LOSSES_FOR_A_STALL,
     blocked_paths_possible,
     depth_layers,
     first_step_where,
@@ -271,7 +272,9 @@ def _through_depth(
         # Layers that do not learn while the loss stalls: the training is broken.  A gap of
         # ``depth_severe`` to the largest later layer is a warning even before a stall can
         # be seen (a short diagnose() run): those layers receive nothing to learn from.
-        severity="error" if stalled else ("warning" if extreme < t["depth_severe"] else "info"),
+        severity="error"
+        if stalled
+        else ("warning" if extreme < t["depth_severe"] and not _harm_judged(trend) else "info"),
         step=step,
         message=message,
         evidence={
@@ -291,6 +294,12 @@ def _through_depth(
             "over": "depth",
         },
     )
+
+
+def _harm_judged(trend: LossTrend) -> bool:
+    """Whether enough losses were logged for the loss to show harm (its absence then says
+    the gap does not hurt)."""
+    return trend.known and trend.logged >= MIN_LOSSES_FOR_A_STALL
 
 
 def _constant_text(share: float, trend: LossTrend) -> str:

@@ -114,3 +114,29 @@ def test_a_nan_after_growing_gradients_suggests_a_lower_learning_rate_first_and_
     first = nonfinite.gradscope_suggest(grown, report.model_info)[0]
     assert first.kind == "lower_lr"
     assert first.why.startswith("First because the gradient grew 5e+03x")
+
+
+def test_an_extreme_depth_gap_in_a_run_whose_loss_learned_is_info_not_a_warning():
+    """Severity tracks harm: a 9-block tanh autoencoder at init 0.1 (held-out run 3338)
+    whose first layers get almost no gradient, while its L1 loss ends below what the best
+    constant reconstruction scores: the gap is reported, as info."""
+    import warnings
+
+    from gradscope_scenarios.generated.space import Config, build
+
+    config = Config(
+        seed=3338, family="autoencoder", depth=9, width=16, activation="tanh",
+        init="normal", init_scale=0.1, optimizer="adagrad", lr=0.1, loss="l1", batch=16,
+        steps=40, fault="deep_squash",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    scenario = build(config)
+    scope = gradscope.watch(scenario.parts["model"], optimizer=scenario.optimizers["model"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for step in range(config.steps):
+            scenario.train_step(step, lambda part, loss: scope.log_loss(loss))
+    scope.detach()
+    found = [f for f in scope.report().findings if f.kind == "vanishing_gradient"]
+    assert [(f.layer, f.severity) for f in found] == [("enc.0.0", "info")]
+    assert found[0].evidence["loss_vs_constant"] < 0.92
