@@ -41,13 +41,11 @@ from gradscope.modelinfo import ModelInfo
 from gradscope.signals import LayerSignal, LossTrend, early, init_scale, loss_trend, recent
 from gradscope_plugins import fix_builders as fix
 from gradscope_plugins.judgement import (
-    HARM_DEFAULTS,
     depth_layers,
     first_step_where,
     fmt,
     gan_roles,
     growth_from_start,
-    loss_shows_harm,
     over,
     reference_norm,
     relative_grad,
@@ -78,9 +76,6 @@ DEFAULTS = {
     "nonfinite_growth": 1e2,
     # Records at the start and end of the run that are compared.
     "window": 5,
-    # The harm test's thresholds (stall, plateau, constant_output, constant_loss): a model
-    # that learned nothing makes one record of through-time growth enough.
-    **HARM_DEFAULTS,
 }
 
 
@@ -112,7 +107,7 @@ def gradscope_detect(
         # a run that overflowed after gradients this large exploded.
         _too_large(layers, model_info, t, evidence)
     _through_depth(layers, model_info, t, evidence)
-    _through_time(history, t, evidence, harmed=loss_shows_harm(history, trend, t))
+    _through_time(history, t, evidence)
     _big_steps(layers, model_info, t, evidence)
     diverged = not adversarial and _diverged(trend, t, evidence)
     if not evidence.what:
@@ -218,18 +213,17 @@ def _through_depth(
             return
 
 
-def _through_time(history: History, t: dict, evidence: _Evidence, harmed: bool) -> None:
+def _through_time(history: History, t: dict, evidence: _Evidence) -> None:
     """The first time step of a recurrence gets ``through_time`` times what the last gets,
-    on ``growth_steps`` recorded steps (or the only one; one is enough when the model
-    learned nothing): an explosion shows first, before a huge step saturates the
-    recurrence."""
+    on ``growth_steps`` recorded steps (or the only one): an explosion shows first, before
+    a huge step saturates the recurrence."""
     for name, (count, peak) in through_time_peaks(history, t["through_time"]).items():
         measured = int(
             history.act_series("time_grad_last")[:, history.module_names.index(name)]
             .isfinite()
             .sum()
         )
-        if count >= min(1 if harmed else int(t["growth_steps"]), max(measured, 1)):
+        if count >= min(int(t["growth_steps"]), max(measured, 1)):
             evidence.what.append(
                 f"in {name} the gradient reaching the first time step is {fmt(peak)}x what "
                 "reaches the last: it grows at every step back through time"
