@@ -281,15 +281,11 @@ def output_share(history: History, window: int) -> float:
     the last ``window`` measurements of ``output_spread``), NaN when never measured.  Near 0
     the model predicts the same thing for every input: it learned its output bias at most,
     whatever its loss did on the way there."""
-    series = history.act_series("output_spread")
-    if series.numel() == 0:
+    series = _model_series(history, "output_spread")
+    if series is None:
         return math.nan
-    measured = ~torch.isnan(series)
-    values = series[measured.any(dim=1)]
-    if values.numel() == 0:
-        return math.nan
-    per_record = torch.nan_to_num(values, nan=-1.0).amax(dim=1)
-    return float(per_record[-window:].median())
+    measured = series[~torch.isnan(series)]
+    return float(measured[-window:].median())
 
 
 def loss_vs_constant(history: History, trend: LossTrend) -> float:
@@ -353,9 +349,9 @@ def predicts_a_constant(history: History, trend: LossTrend, t: dict) -> tuple[bo
     share: what little varies carries the task."""
     share = output_share(history, int(t.get("window", DEFAULT_WINDOW)))
     still_learning = trend.known and trend.late_improvement >= t["stall"]
-    if trend.logged >= MIN_LOSSES_FOR_A_STALL and loss_vs_constant(history, trend) < t.get(
-        "constant_loss", HARM_DEFAULTS["constant_loss"]
-    ):
+    if trend.logged >= MIN_LOSSES_FOR_A_STALL and loss_vs_constant(history, trend) < t[
+        "constant_loss"
+    ]:
         still_learning = True
     return share < t["constant_output"] and not still_learning, share
 

@@ -102,10 +102,9 @@ def gradscope_detect(
     # hundreds of times the gradient of a healthy transformer's layers.  A model that
     # predicts a constant (or whose loss is no better than a constant prediction's) has
     # shown the harm: there the gap to the largest later layer counts.
-    # A recurrence's own gap counts only when the loss never improved (or the output is
-    # constant): its through-time ratio is the direct measurement.
-    rnn = (trend.known and trend.improvement < t["stall"]) or constant
-    affected = _depth_gaps(layers, rel, model_info, t, against_max=constant or beaten, rnn=rnn)
+    affected = _depth_gaps(
+        layers, rel, model_info, t, against_max=constant or beaten, rnn=no_better
+    )
     if affected:
         depth = _through_depth(
             history, model_info, (layers, series, rel), affected, (trend, share, None), t
