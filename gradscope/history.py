@@ -96,6 +96,7 @@ class History:
         param_modules: the module (qualified name) that owns each parameter.
         module_names: qualified names of the hooked modules.
         module_types: class name of each hooked module.
+        param_ndims: number of dimensions of each parameter (empty when unknown).
         capacity: most records kept; older middle records are thinned.
     """
 
@@ -103,6 +104,7 @@ class History:
     param_modules: list[str]
     module_names: list[str]
     module_types: list[str]
+    param_ndims: list[int] = field(default_factory=list)
     capacity: int = 1024
     head: int = 64
     tail: int = 512
@@ -261,6 +263,7 @@ class History:
             "param_modules": self.param_modules,
             "module_names": self.module_names,
             "module_types": self.module_types,
+            "param_ndims": self.param_ndims,
             "module_order": self.module_order,
             "capacity": self.capacity,
             "recorded": self.recorded,
@@ -282,6 +285,7 @@ class History:
             param_modules=data["param_modules"],
             module_names=data["module_names"],
             module_types=data["module_types"],
+            param_ndims=data.get("param_ndims", []),
             module_order=data["module_order"],
             capacity=data["capacity"],
             recorded=data["recorded"],

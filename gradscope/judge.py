@@ -65,6 +65,7 @@ def judge(
         )
         return _finish(judgement, runner)
     history.settle()
+    _know_shapes(history, model_info)
     skipped = _unmeasured(history, detectors)
     judgement.not_judged.extend(skipped.values())
     runner.disabled.update(skipped)
@@ -108,6 +109,16 @@ def suggestions_for(
                 kinds.add(suggestion.kind)
                 chosen.append(suggestion)
     return chosen
+
+
+def _know_shapes(history: History, model_info: ModelInfo) -> None:
+    """Fill the parameters' dimensions from ``model_info`` when the history lacks them (a
+    run saved before histories kept them), so weight matrices are told from biases."""
+    if len(history.param_ndims) == len(history.param_names):
+        return
+    shapes = model_info.param_shapes
+    if all(name in shapes for name in history.param_names):
+        history.param_ndims = [len(shapes[name]) for name in history.param_names]
 
 
 def _unmeasured(history: History, detectors: dict[str, Any]) -> dict[str, str]:

@@ -123,6 +123,7 @@ class Scope:
             param_modules=[owner.get(n, "") for n in self._param_names],
             module_names=[n for n, _ in self._modules],
             module_types=[type(m).__name__ for _, m in self._modules],
+            param_ndims=[p.dim() for p in self._params],
             capacity=history_size,
         )
         self._measure = Recorder(
@@ -527,7 +528,9 @@ class Scope:
         self._param_names = [*self._param_names, *names]  # History holds the old list
         self._params.extend(p for _, p in added)  # the recorder's list too
         self._measure.refresh_params()
-        tracking.extend_history(self.history, names, [owner.get(n, "") for n in names])
+        tracking.extend_history(
+            self.history, names, [owner.get(n, "") for n in names], [p.dim() for _, p in added]
+        )
         later = [n for n, p in added if id(p) not in self._lazy_ids]
         self._lazy_ids -= {id(p) for _, p in added}
         self._order_changed = True

@@ -41,6 +41,12 @@ class LayerSignal:
     param_norm: Tensor
     update_norm: Tensor
     nonfinite: Tensor
+    #: ``grad_norm`` and ``param_norm`` over the module's weight matrices only (its
+    #: parameters of two or more dimensions; all of them when it has none, or when the
+    #: history does not know the shapes): a layer learns features in its weights, and a
+    #: bias's gradient can be large while they stay where they were initialised.
+    matrix_grad_norm: Tensor
+    matrix_norm: Tensor
 
     @property
     def relative_grad(self) -> Tensor:
@@ -122,7 +128,15 @@ def _layer_signals(history: History) -> list[LayerSignal]:
     return signals
 
 
-_SERIES = ("grad_norm", "grad_mean_abs", "param_norm", "update_norm", "nonfinite")
+_SERIES = (
+    "grad_norm",
+    "grad_mean_abs",
+    "param_norm",
+    "update_norm",
+    "nonfinite",
+    "matrix_grad_norm",
+    "matrix_norm",
+)
 
 
 def _module_columns(history: History, groups: list[list[int]]) -> dict[str, Tensor]:
@@ -141,22 +155,44 @@ def _module_columns(history: History, groups: list[list[int]]) -> dict[str, Tens
     l1 = history.grad_series("grad_l1")[:, cols]
     numel = per_module(history.grad_series("numel")[:1, cols])[0]
     present = per_module(history.grad_series("has_grad")[:, cols]) > 0
-    grad = per_module(torch.nan_to_num(l2, nan=0.0).square()).sqrt()
-    grad = torch.where(present, grad, torch.full_like(grad, math.nan))
     # A non-finite entry anywhere in the module makes its norm non-finite.
     all_finite = per_module((~torch.isfinite(l2)).to(l2.dtype)) == 0
-    grad = torch.where(all_finite | ~present, grad, math.inf)
+
+    def grad_norm(keep: Tensor) -> Tensor:
+        squares = torch.where(keep, torch.nan_to_num(l2, nan=0.0).square(), 0.0)
+        norm = per_module(squares).sqrt()
+        norm = torch.where(present, norm, torch.full_like(norm, math.nan))
+        return torch.where(all_finite | ~present, norm, math.inf)
+
     mean_abs = per_module(torch.nan_to_num(l1, nan=0.0)) / numel.clamp_min(1.0)
     measured = present & (per_module((~torch.isnan(l1)).to(l1.dtype)) > 0)  # detail steps
     mean_abs = torch.where(measured, mean_abs, torch.full_like(mean_abs, math.nan))
+    weights = history.grad_series("param_norm")[:, cols]
+    matrix = _matrix_columns(history, flat, owner, n_modules)
+    everything = torch.ones_like(matrix)
     return {
         "numel": numel,
-        "grad_norm": grad,
+        "grad_norm": grad_norm(everything),
         "grad_mean_abs": mean_abs,
-        "param_norm": per_module(history.grad_series("param_norm")[:, cols].square()).sqrt(),
+        "param_norm": per_module(weights.square()).sqrt(),
         "update_norm": per_module(history.grad_series("update_norm")[:, cols].square()).sqrt(),
         "nonfinite": per_module(torch.nan_to_num(history.grad_series("grad_nonfinite")[:, cols])),
+        "matrix_grad_norm": grad_norm(matrix),
+        "matrix_norm": per_module(torch.where(matrix, weights, 0.0).square()).sqrt(),
     }
+
+
+def _matrix_columns(history: History, flat: list[int], owner: Tensor, n_modules: int) -> Tensor:
+    """Per column of ``flat``: whether the parameter counts as its module's weight matrix
+    (two or more dimensions; every parameter of a module without one, or of a history
+    that does not know the shapes)."""
+    if len(history.param_ndims) != len(history.param_names):
+        return torch.ones(len(flat), dtype=torch.bool)
+    matrix = torch.tensor([history.param_ndims[i] >= 2 for i in flat], dtype=torch.bool)
+    has_matrix = torch.zeros(n_modules, dtype=torch.bool).index_put_(
+        (owner[matrix],), torch.tensor(True), accumulate=False
+    )
+    return matrix | ~has_matrix[owner]
 
 
 def init_scale(signal: LayerSignal, model_info: ModelInfo) -> float:
@@ -182,6 +218,31 @@ def recent(series: Tensor, window: int = DEFAULT_WINDOW) -> float:
 def early(series: Tensor, window: int = DEFAULT_WINDOW) -> float:
     """Median of the first ``window`` finite values (NaN if none)."""
     return _finite_median(series[:window])
+
+
+def over_run(series: Tensor) -> float:
+    """Median of every finite value of the run (NaN if none): the typical value over
+    training, as the definitions measure a layer's relative gradient."""
+    return _finite_median(series)
+
+
+def step_weighted_median(values: Tensor, steps: list[int]) -> float:
+    """Median of ``values`` measured at training ``steps`` (finite ones only), each value
+    standing for the steps until the next measurement: detail steps come dense at the
+    start and sparse later, and an unweighted median would over-count the first steps."""
+    if len(steps) != values.numel():
+        raise ValueError(f"{values.numel()} values for {len(steps)} steps")
+    at = torch.tensor(steps, dtype=torch.float64)
+    gaps = at.diff()
+    weights = torch.cat([gaps, gaps[-1:] if gaps.numel() else torch.ones(1, dtype=at.dtype)])
+    keep = torch.isfinite(values)
+    if not bool(keep.any()):
+        return math.nan
+    kept, weight = values[keep].double(), weights[keep]
+    order = kept.argsort()
+    cumulative = weight[order].cumsum(0)
+    middle = int(torch.searchsorted(cumulative, cumulative[-1] / 2))
+    return float(kept[order][middle])
 
 
 def _finite_median(values: Tensor) -> float:
@@ -253,14 +314,20 @@ def activation_fraction(history: History, column: str, window: int = DEFAULT_WIN
     """Per module: ``column`` (zeros, saturated) as a fraction of the entries it was counted
     on, over the last ``window`` records in which it was measured within the second half of
     the run (the warm-up's detail steps do not speak for its end; the latest measured
-    record always counts)."""
+    record always counts).  A run that turned non-finite ends at its last finite record:
+    what NaN outputs count says nothing about the activations that led there."""
     values = history.act_series(column)
     sampled = history.act_series(_DENOMINATOR[column])
-    measured = torch.nonzero((sampled > 0).any(dim=1) & torch.isfinite(values).any(dim=1))
-    rows = measured.flatten()
+    ok = (sampled > 0).any(dim=1) & torch.isfinite(values).any(dim=1)
+    bad = [k for k, record in enumerate(history.records) if record.nonfinite]
+    end = len(history.records) - 1
+    if bad and bool(ok[: bad[0]].any()):
+        ok[bad[0] :] = False
+        end = bad[0] - 1
+    rows = torch.nonzero(ok).flatten()
     if rows.numel():
         steps = torch.tensor(history.steps, dtype=torch.float64)
-        middle = (steps[0] + steps[-1]) / 2
+        middle = (steps[0] + steps[end]) / 2
         late = rows[steps[rows] >= middle]
         rows = late if late.numel() else rows[-1:]
     rows = rows[-window:]

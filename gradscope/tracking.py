@@ -83,9 +83,13 @@ def new_parameters(
     return [(n, p) for n, p in trainable(model) if id(p) not in ids]
 
 
-def extend_history(history: History, names: list[str], modules: list[str]) -> None:
+def extend_history(
+    history: History, names: list[str], modules: list[str], ndims: list[int]
+) -> None:
     """Add parameters to ``history``; records kept so far read "not measured" for them."""
     history.settle()  # flush the running tallies, which are per parameter
+    if len(history.param_ndims) == len(history.param_names):
+        history.param_ndims.extend(ndims)
     history.param_names.extend(names)
     history.param_modules.extend(modules)
     history.grad_seen.extend([0] * len(names))

@@ -14,7 +14,13 @@ import torch
 
 from gradscope.history import History
 from gradscope.modelinfo import LayerInfo, ModelInfo
-from gradscope.signals import DEFAULT_WINDOW, LayerSignal, LossTrend, layer_signals
+from gradscope.signals import (
+    DEFAULT_WINDOW,
+    LayerSignal,
+    LossTrend,
+    layer_signals,
+    step_weighted_median,
+)
 
 #: Roles whose gradients carry the signal along the network's depth.
 DEPTH_ROLES = ("weight", "vanilla_rnn", "gated_rnn", "attention")
@@ -196,7 +202,8 @@ def followed_by_norm(model_info: ModelInfo, name: str) -> bool:
 
 
 def relative_grad(signal: LayerSignal, model_info: ModelInfo) -> torch.Tensor:
-    """||grad|| / ||weight|| per record, judged fairly across layers and over time.
+    """||grad|| / ||weight|| of the layer's weight matrices per record, judged fairly
+    across layers and over time (as the definitions measure it: biases left out).
 
     Weights are measured against at least their default-initialisation size.  A layer
     followed by a normalisation is scale-invariant: its gradient shrinks as its weights
@@ -204,18 +211,18 @@ def relative_grad(signal: LayerSignal, model_info: ModelInfo) -> torch.Tensor:
     weights had kept their initial size (``|g| |W| / |W_0|^2``).
     """
     ref = reference_norm(signal, model_info)
-    norm = signal.param_norm.clamp_min(max(ref, 1e-12))
-    rel = signal.grad_norm / norm
+    norm = signal.matrix_norm.clamp_min(max(ref, 1e-12))
+    rel = signal.matrix_grad_norm / norm
     if followed_by_norm(model_info, signal.name):
-        finite = signal.param_norm[torch.isfinite(signal.param_norm)]
+        finite = signal.matrix_norm[torch.isfinite(signal.matrix_norm)]
         start = max(float(finite[0]) if finite.numel() else ref, ref, 1e-12)
         rel = rel * (norm / start) ** 2
     return rel
 
 
 def through_time_ratios(history: History) -> dict[str, float]:
-    """Module -> median over recorded steps of (gradient reaching its first time step) /
-    (gradient reaching its last), for recurrences that were measured."""
+    """Module -> step-weighted median over measured steps of (gradient reaching its first
+    time step) / (gradient reaching its last), for recurrences that were measured."""
     first = history.act_series("time_grad_first")
     last = history.act_series("time_grad_last")
     ratios = first / last
@@ -224,8 +231,18 @@ def through_time_ratios(history: History) -> dict[str, float]:
         # An infinite first-step gradient is the far end of an explosion: it counts.
         measured = (last[:, j] > 0) & ~torch.isnan(first[:, j]) & torch.isfinite(last[:, j])
         if bool(measured.any()):
-            out[name] = float(ratios[measured, j].median())
+            steps = [s for s, m in zip(history.steps, measured.tolist(), strict=True) if m]
+            values = ratios[measured, j].nan_to_num(posinf=math.inf)
+            out[name] = _weighted_median_with_inf(values, steps)
     return out
+
+
+def _weighted_median_with_inf(values: torch.Tensor, steps: list[int]) -> float:
+    """The step-weighted median of ratios that may be infinite (an explosion's far end
+    counts as larger than any finite ratio)."""
+    capped = values.clamp(max=torch.finfo(values.dtype).max)
+    median = step_weighted_median(capped, steps)
+    return math.inf if median >= torch.finfo(values.dtype).max else median
 
 
 def harm_severity(fraction: float, t: dict, stalled: bool) -> str:
@@ -407,7 +424,23 @@ def through_time_peaks(history: History, line: float) -> dict[str, tuple[int, fl
 def weights_grew(signal: LayerSignal, factor: float) -> bool:
     """Whether the layer's weights ended ``factor`` times larger than they started: a
     learning rate that blew them up, not a gradient that faded (its |g|/|W| falls)."""
+    return weight_growth(signal) > factor
+
+
+def weights_blew_up(signal: LayerSignal, model_info: ModelInfo, factor: float) -> bool:
+    """Whether the layer's weights grew ``factor`` times and ended well above (3x) the size
+    a default initialisation gives them: steps too large, not a tiny initialisation growing
+    into its normal size."""
+    finite = signal.matrix_norm[torch.isfinite(signal.matrix_norm)]
+    if not weights_grew(signal, factor) or finite.numel() == 0:
+        return False
+    return float(finite[-1]) > 3.0 * reference_norm(signal, model_info)
+
+
+def weight_growth(signal: LayerSignal) -> float:
+    """How many times larger the layer's weights ended than they started (its last finite
+    norm over its first; 1 when that cannot be told)."""
     finite = signal.param_norm[torch.isfinite(signal.param_norm)]
     if finite.numel() < 2 or float(finite[0]) <= 0:
-        return False
-    return float(finite[-1]) > factor * float(finite[0])
+        return 1.0
+    return float(finite[-1]) / float(finite[0])

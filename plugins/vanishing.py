@@ -27,7 +27,7 @@ from gradscope import Finding, Suggestion, hookimpl
 from gradscope.config import thresholds
 from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
-from gradscope.signals import LossTrend, early, init_scale, loss_trend, recent
+from gradscope.signals import LossTrend, early, init_scale, loss_trend, over_run, recent
 from gradscope_plugins import fix_builders as fix
 from gradscope_plugins.judgement import (
     HARM_DEFAULTS,
@@ -45,6 +45,8 @@ from gradscope_plugins.judgement import (
     stall_text,
     through_time_ratios,
     under,
+    weight_growth,
+    weights_blew_up,
     weights_grew,
 )
 
@@ -97,13 +99,16 @@ def gradscope_detect(
     if len(layers) < 2:
         return found
     series = [relative_grad(layer, model_info) for layer in layers]
-    rel = [recent(s, window) for s in series]
+    rel = [over_run(s) for s in series]
     # Against the typical later layer, not the largest: one freshly initialised head takes
     # hundreds of times the gradient of a healthy transformer's layers.  A model that
     # predicts a constant (or whose loss is no better than a constant prediction's) has
     # shown the harm: there the gap to the largest later layer counts.
+    # A loss no better than a constant's that did not climb above its start: the model
+    # collapsed to a constant (gradients gone), where a diverging one is exploding's.
+    collapsed = (constant or beaten) and trend.known and trend.last <= trend.first
     affected = _depth_gaps(
-        layers, rel, model_info, t, against_max=constant or beaten, rnn=no_better
+        layers, rel, model_info, t, (constant or beaten, collapsed), rnn=no_better
     )
     if affected:
         depth = _through_depth(
@@ -114,15 +119,29 @@ def gradscope_detect(
         return found
     # A gradient that fades while the loss plateaus is convergence: here only a loss that
     # improved by less than ``stall`` over the whole run (or a constant output) counts.
-    return _faded_over_time(history, model_info, layers, series, rel, trend, no_better, t)
+    return _faded_over_time(history, model_info, layers, series, trend, no_better, t)
 
 
 def _depth_gaps(
-    layers: list, rel: list[float], model_info: ModelInfo, t: dict, against_max: bool, rnn: bool
+    layers: list,
+    rel: list[float],
+    model_info: ModelInfo,
+    t: dict,
+    harm: tuple[bool, bool],
+    rnn: bool,
 ) -> list:
     """(layer, gap to the later layers, gap to the largest later layer) for every layer
-    whose relative gradient is below ``depth_ratio`` of the later layers' (their median, or
-    their largest when ``against_max``); recurrences are judged only when ``rnn``."""
+    whose relative gradient (its median over the run) is below ``depth_ratio`` of the later
+    layers' (their median, or their largest when the loss has shown the harm: ``harm[0]``);
+    recurrences are judged only when ``rnn``.
+
+    Two gaps count only once the model has collapsed to a constant prediction without
+    diverging (``harm[1]``): a layer whose weights grew (a step too large blew them up, and
+    the gradient that is left no longer moves them) and an exactly zero gradient behind
+    ReLUs (dead units block it; ``dead_relu`` names them).  Otherwise they are an unstable
+    run's (exploding's) or a few dead units' business, not a vanishing gradient's.
+    """
+    against_max, collapsed = harm
     affected = []
     blocked = blocked_paths_possible(model_info)
     roles = {layer.name: layer.role for layer in model_info.layers}
@@ -132,12 +151,12 @@ def _depth_gaps(
             # RNN that learned and then plateaued shows the same gap: unless the loss never
             # improved, recurrences are judged through time.
             continue
-        if weights_grew(layer, t["grown_weights"]):
-            # |g|/|W| fell because |W| blew up (a learning rate too large), not because
-            # the gradient faded: that is the exploding detector's to report.
+        if weights_grew(layer, t["grown_weights"]) and not collapsed:
+            # |g|/|W| fell because |W| grew (an unstable learning rate), not because the
+            # gradient faded: while the loss still beats a constant, exploding's to judge.
             continue
         later = [r for r in rel[i + 1 :] if math.isfinite(r) and r > 0]
-        if not later or not math.isfinite(rel[i]) or (rel[i] == 0 and blocked):
+        if not later or not math.isfinite(rel[i]) or (rel[i] == 0 and blocked and not collapsed):
             # Exactly zero behind ReLUs is a blocked path (dead units: dead_relu says so);
             # without them it is a gradient that shrank until it underflowed.
             continue
@@ -165,7 +184,6 @@ def _gan_players(
     it scores every sample alike (its output does not vary: it tells nothing apart).
     """
     trend, share = harm
-    window = int(t["window"])
     constant = predicts_a_constant(history, trend, t)[0]
     no_better = trend.known and trend.improvement < t["stall"]
     alone = len(set(roles.values())) == 1
@@ -179,8 +197,8 @@ def _gan_players(
         if len(chain) < 2 or not harmed[role]:
             continue
         series = [relative_grad(layer, model_info) for layer in chain]
-        rel = [recent(s, window) for s in series]
-        affected = _depth_gaps(chain, rel, model_info, t, against_max=True, rnn=True)
+        rel = [over_run(s) for s in series]
+        affected = _depth_gaps(chain, rel, model_info, t, (True, False), rnn=True)
         if affected:
             found.append(
                 _through_depth(
@@ -191,8 +209,7 @@ def _gan_players(
         return found
     players = [layer for layer in layers if roles.get(layer.name) == "generator"]
     series = [relative_grad(layer, model_info) for layer in players]
-    rel = [recent(s, window) for s in series]
-    return _faded_over_time(history, model_info, players, series, rel, trend, no_better, t)
+    return _faded_over_time(history, model_info, players, series, trend, no_better, t)
 
 
 def _with_starved_inputs(layers: list, rel: list[float], affected: list) -> list:
@@ -245,12 +262,17 @@ def _through_depth(
     activations = sorted(
         {layer.role for layer in model_info.layers if layer.role in ("sigmoid", "tanh")}
     )
-    cause = (
-        f"Each {'/'.join(activations)} layer can only shrink the gradient on its way back "
-        "(their slope is at most 0.25 for sigmoid and 1 for tanh), so it fades layer by layer."
-        if activations
-        else "The gradient shrinks at each layer on its way back to the input."
-    )
+    grown = {
+        layer.name: weight_growth(layer)
+        for layer, _, _ in affected
+        if weights_blew_up(layer, model_info, t["grown_weights"])
+    }
+    blocked = [
+        layer.name
+        for layer, _, _ in affected
+        if rel[layers.index(layer)] == 0 and blocked_paths_possible(model_info)
+    ]
+    cause = _cause(activations, grown, blocked)
     harm = (
         _constant_text(share, trend)
         if constant
@@ -290,9 +312,35 @@ def _through_depth(
             "loss_vs_constant": loss_vs_constant(history, trend),
             "threshold_depth_ratio": t["depth_ratio"],
             "init_scale": {layer.name: init_scale(layer, model_info) for layer in layers},
+            "weights_grew": grown,
+            "no_gradient_layers": blocked,
             "over": "depth",
         },
     )
+
+
+def _cause(activations: list[str], grown: dict[str, float], blocked: list[str]) -> str:
+    """Why the gradient is missing: weights a large step blew up, units that pass nothing
+    back, or activations that shrink it layer by layer."""
+    if grown:
+        name, factor = max(grown.items(), key=lambda item: item[1])
+        return (
+            f"The weights of {name} grew {fmt(factor)}x during training (steps too large for "
+            "them: a learning rate too high), and the gradient that reaches them is now far "
+            "too small to move weights that size."
+        )
+    if blocked:
+        return (
+            f"{', '.join(blocked[:3])} get no gradient at all: the ReLU units after them "
+            "output zero for every input (see dead_relu), so nothing flows back."
+        )
+    if activations:
+        return (
+            f"Each {'/'.join(activations)} layer can only shrink the gradient on its way back "
+            "(their slope is at most 0.25 for sigmoid and 1 for tanh), so it fades layer by "
+            "layer."
+        )
+    return "The gradient shrinks at each layer on its way back to the input."
 
 
 def _harm_judged(trend: LossTrend) -> bool:
@@ -337,7 +385,6 @@ def _faded_over_time(
     model_info: ModelInfo,
     layers: list,
     series: list[torch.Tensor],
-    rel: list[float],
     trend: Any,
     stalled: bool,
     t: dict,
@@ -353,7 +400,8 @@ def _faded_over_time(
         return []
     faded = []
     roles = gan_roles(history, model_info)
-    for layer, values, now in zip(layers, series, rel, strict=True):
+    for layer, values in zip(layers, series, strict=True):
+        now = recent(values, window)
         if weights_grew(layer, t["grown_weights"]):
             continue  # |g|/|W| fell because |W| blew up: the exploding detector's to report
         start = early(values, window)
@@ -468,6 +516,12 @@ def _through_time(
 def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
     """Fixes for a vanishing gradient, best first, chosen by its evidence."""
     roles = info.roles()
+    if finding.evidence.get("weights_grew"):
+        # A step too large blew the weights up: the learning rate is the cause.
+        return [fix.lower_lr, fix.clip_grad_norm, fix.add_batchnorm]
+    if finding.evidence.get("no_gradient_layers"):
+        # Dead units after them block the gradient: what killed the units is the cause.
+        return [fix.lower_lr, fix.kaiming_init, fix.add_batchnorm]
     if finding.evidence.get("gan_role") == "generator":
         return [fix.use_nonsaturating_loss, fix.lower_lr, fix.add_batchnorm]
     if "vanilla_rnn" in roles:
