@@ -23,8 +23,9 @@ from torch import Tensor
 
 #: Modules whose own forward runs the recurrence.
 SEQUENCE_LAYERS = (torch.nn.RNN, torch.nn.GRU, torch.nn.LSTM)
-#: A module called at least this many times in one step is treated as a recurrent cell.
-MIN_CALLS_FOR_A_LOOP = 8
+#: A module called at least this many times in one step is treated as a recurrent cell
+#: (a GAN's discriminator runs twice per step, a triplet network's encoder three times).
+MIN_CALLS_FOR_A_LOOP = 4
 
 Sink = Callable[[Tensor, Tensor], None]
 

@@ -405,12 +405,22 @@ def _faded_over_time(
         if weights_grew(layer, t["grown_weights"]):
             continue  # |g|/|W| fell because |W| blew up: the exploding detector's to report
         start = early(values, window)
-        measured = math.isfinite(now) and math.isfinite(start) and start > 0 and now > 0
+        # Exactly 0 now counts: every unit after the layer went silent (a blow-up that
+        # pushed ReLU/GELU inputs far negative leaves no gradient at all).
+        measured = math.isfinite(now) and math.isfinite(start) and start > 0 and now >= 0
         if measured and now / start < t["time_ratio"]:
             faded.append((layer, now / start, values))
     if not faded:
         return []
     layer, ratio, values = faded[0]
+    silent = [f.name for f, r, _ in faded if r == 0]
+    gone = (
+        f" It now gets no gradient at all (exactly 0 in {', '.join(silent[:3])}"
+        f"{' and more' if len(silent) > 3 else ''}): the units after it output a constant "
+        "for every input, typically after steps too large pushed them there."
+        if silent
+        else ""
+    )
     return [
         Finding(
             kind="vanishing_gradient",
@@ -428,7 +438,7 @@ def _faded_over_time(
                 "converged. Something downstream stopped passing gradient back: a saturated "
                 "output (sigmoid near 0 or 1), or a loss that flattens where the model now "
                 "is (the saturating GAN generator loss log(1 - D(G(z))) once the "
-                "discriminator wins)."
+                f"discriminator wins).{gone}"
             ),
             evidence={
                 "layers": [f.name for f, _, _ in faded],
@@ -439,6 +449,7 @@ def _faded_over_time(
                 "loss_last": trend.last,
                 "loss_improvement": trend.improvement,
                 "threshold_time_ratio": t["time_ratio"],
+                "no_gradient_layers": silent,
                 "over": "time",
                 **_gan_evidence(roles, layer.name),
             },
@@ -519,11 +530,11 @@ def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
     if finding.evidence.get("weights_grew"):
         # A step too large blew the weights up: the learning rate is the cause.
         return [fix.lower_lr, fix.clip_grad_norm, fix.add_batchnorm]
+    if finding.evidence.get("gan_role") == "generator":
+        return [fix.use_nonsaturating_loss, fix.lower_lr, fix.add_batchnorm]
     if finding.evidence.get("no_gradient_layers"):
         # Dead units after them block the gradient: what killed the units is the cause.
         return [fix.lower_lr, fix.kaiming_init, fix.add_batchnorm]
-    if finding.evidence.get("gan_role") == "generator":
-        return [fix.use_nonsaturating_loss, fix.lower_lr, fix.add_batchnorm]
     if "vanilla_rnn" in roles:
         return [fix.use_lstm_or_gru, fix.orthogonal_init, fix.clip_grad_norm]
     if roles & {"sigmoid", "tanh"}:

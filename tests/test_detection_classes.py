@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import gradscope
+from gradscope_plugins.judgement import through_time_ratios
 
 CE = nn.functional.cross_entropy
 
@@ -303,3 +304,33 @@ def test_a_huge_but_finite_output_is_not_blamed():
     report = train(Big(), lambda k: (torch.randn(16, 4), torch.zeros(16, dtype=torch.long)), 6)
     # Outputs of 1e36 are finite (their sum would overflow float32): nothing is NaN here.
     assert "nonfinite_gradient" not in report.kinds()
+
+
+def test_a_short_hand_written_loop_is_measured_through_time():
+    """A cell called 5 times per step (a 5-step sequence) is a recurrence too."""
+
+    class Loop(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cell = nn.RNNCell(4, 16)
+            self.head = nn.Linear(16, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.zeros(x.shape[0], 16)
+            for t in range(x.shape[1]):
+                h = self.cell(x[:, t], h)
+            return self.head(h)
+
+    torch.manual_seed(0)
+    model = Loop()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradscope.watch(model, optimizer=opt) as scope:
+        for _ in range(3):
+            x = torch.randn(8, 5, 4)
+            opt.zero_grad()
+            loss = CE(model(x), (x[:, 0, 0] > 0).long())
+            scope.log_loss(loss)
+            loss.backward()
+            opt.step()
+    ratios = through_time_ratios(scope.report().history)
+    assert "cell" in ratios and 0 < ratios["cell"] < 10, ratios

@@ -1,0 +1,97 @@
+"""The statistics the detectors judge are measured as docs/definitions.md defines them."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gradscope
+from gradscope.judge import rejudge
+from gradscope.report import Report
+from gradscope.signals import layer_signals, step_weighted_median
+from gradscope_scenarios.generated.space import Config, build
+
+
+def test_detail_steps_are_weighted_by_the_steps_they_stand_for():
+    # Dense at the start (steps 0-4), then one value per 10 steps: the late values stand
+    # for 40 of the 45 steps, so they make the median.
+    values = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 0.1, 0.1, 0.1, 0.1])
+    steps = [0, 1, 2, 3, 4, 10, 20, 30, 40]
+    assert float(values.median()) == 1.0
+    assert step_weighted_median(values, steps) == pytest.approx(0.1)
+
+
+def test_non_finite_values_are_left_out_of_the_weighted_median():
+    values = torch.tensor([math.nan, 2.0, math.inf, 3.0])
+    assert step_weighted_median(values, [0, 1, 2, 3]) == 2.0
+    assert math.isnan(step_weighted_median(torch.tensor([math.nan]), [0]))
+
+
+def test_a_mismatch_of_values_and_steps_is_refused():
+    with pytest.raises(ValueError, match="3 values for 2 steps"):
+        step_weighted_median(torch.ones(3), [0, 1])
+
+
+def _train(model: nn.Module, steps: int, lr: float, scale: float = 1.0) -> Report:
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    with gradscope.watch(model, optimizer=opt) as scope:
+        for step in range(steps):
+            g = torch.Generator().manual_seed(step % 8)
+            x = torch.randn(32, 8, generator=g) * scale
+            y = (x[:, 0] > 0).long()
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            scope.log_loss(loss)
+            loss.backward()
+            opt.step()
+    return scope.report()
+
+
+def test_a_layers_relative_gradient_is_measured_on_its_weight_matrix_alone():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    report = _train(model, steps=3, lr=0.1)
+    first = next(s for s in layer_signals(report.history) if s.name == "0")
+    weight, bias = model[0].weight, model[0].bias
+    # The last record's weight norm: the weights as they were when that step's gradient came.
+    assert float(first.matrix_norm[-1]) < float(first.param_norm[-1])
+    assert float(first.param_norm[-1]) ** 2 - float(first.matrix_norm[-1]) ** 2 == pytest.approx(
+        float(bias.detach().norm()) ** 2, rel=0.2
+    )
+    assert report.history.param_ndims == [weight.dim(), bias.dim(), 2, 1]
+
+
+def test_a_saved_run_without_dimensions_gets_them_from_the_model_info():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    report = _train(model, steps=3, lr=0.1)
+    data = report.to_json()
+    old = Report.from_json(data)
+    old.history.param_ndims = []  # as saved before histories kept them
+    again = rejudge(old, {})
+    assert again.history.param_ndims == [2, 1, 2, 1]
+
+
+def test_a_model_collapsed_by_one_huge_step_is_told_to_lower_the_learning_rate():
+    """An autoencoder at Adam lr 0.5: the first steps push every GELU far negative, the
+    gradient is exactly 0 from then on and the output is a constant (generated tuning run
+    1640, labelled vanishing by the oracle)."""
+    config = Config(
+        seed=1640, family="autoencoder", width=24, activation="gelu", init="kaiming",
+        optimizer="adam", lr=0.5, seq_len=12, loss="l1", steps=50, fault="high_lr",
+    )  # fmt: skip
+    sc = build(config)
+    scope = gradscope.watch(sc.parts["model"], optimizer=sc.optimizers["model"])
+    with scope:
+        for step in range(config.steps):
+            sc.train_step(step, lambda part, loss: scope.log_loss(loss))
+    report = scope.report()
+    vanishing = [f for f in report.at_least("warning") if f.kind == "vanishing_gradient"]
+    assert vanishing, report
+    assert vanishing[0].evidence["no_gradient_layers"], vanishing[0].evidence
+    assert "no gradient at all" in vanishing[0].message
+    assert vanishing[0].suggestions[0].kind == "lower_lr"
