@@ -259,9 +259,6 @@ def _through_depth(
     names = [layer.name for layer, _, _ in affected]
     first_index = [layer.name for layer in layers].index(first_layer.name)
     step = _first_step_below(history, series[first_index], series, t["depth_ratio"])
-    activations = sorted(
-        {layer.role for layer in model_info.layers if layer.role in ("sigmoid", "tanh")}
-    )
     grown = {
         layer.name: weight_growth(layer)
         for layer, _, _ in affected
@@ -272,7 +269,7 @@ def _through_depth(
         for layer, _, _ in affected
         if rel[layers.index(layer)] == 0 and blocked_paths_possible(model_info)
     ]
-    cause = _cause(activations, grown, blocked)
+    cause = _cause(model_info, grown, blocked)
     harm = (
         _constant_text(share, trend)
         if constant
@@ -319,9 +316,12 @@ def _through_depth(
     )
 
 
-def _cause(activations: list[str], grown: dict[str, float], blocked: list[str]) -> str:
+def _cause(model_info: ModelInfo, grown: dict[str, float], blocked: list[str]) -> str:
     """Why the gradient is missing: weights a large step blew up, units that pass nothing
     back, or activations that shrink it layer by layer."""
+    activations = sorted(
+        {layer.role for layer in model_info.layers if layer.role in ("sigmoid", "tanh")}
+    )
     if grown:
         name, factor = max(grown.items(), key=lambda item: item[1])
         return (
