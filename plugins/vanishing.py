@@ -27,7 +27,15 @@ from gradscope import Finding, Suggestion, hookimpl
 from gradscope.config import thresholds
 from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
-from gradscope.signals import LossTrend, early, init_scale, loss_trend, over_run, recent
+from gradscope.signals import (
+    LossTrend,
+    activation_fraction,
+    early,
+    init_scale,
+    loss_trend,
+    over_run,
+    recent,
+)
 from gradscope_plugins import fix_builders as fix
 from gradscope_plugins.judgement import (
     HARM_DEFAULTS,
@@ -67,8 +75,11 @@ DEFAULTS = {
     # Through depth: a gap this large to the largest later layer is a warning even when no
     # stall can be seen (a short diagnose() run).
     "depth_severe": 1e-5,
-    # A layer whose weights grew this many times is not judged for vanishing through depth.
+    # A layer whose weights grew this many times is not judged for vanishing through depth
+    # unless the model collapsed to a constant prediction (a diverged one counts when a
+    # sigmoid/tanh has this share of its outputs at an asymptote: saturation's error line).
     "grown_weights": 10.0,
+    "saturated": 0.8,
     # The gradient reaching a recurrence's first step below this fraction of its last (the
     # definitions' line; with a loss that improved by less than ``time_stall`` or no better
     # than a constant prediction's: a plateau is not enough here, since a converged gated
@@ -105,8 +116,11 @@ def gradscope_detect(
     # predicts a constant (or whose loss is no better than a constant prediction's) has
     # shown the harm: there the gap to the largest later layer counts.
     # A loss no better than a constant's that did not climb above its start: the model
-    # collapsed to a constant (gradients gone), where a diverging one is exploding's.
-    collapsed = (constant or beaten) and trend.known and trend.last <= trend.first
+    # collapsed to a constant (gradients gone), where a diverging one is exploding's
+    # (unless its units saturated on the way: then no gradient comes back either).
+    collapsed = (constant or beaten) and (
+        (trend.known and trend.last <= trend.first) or _saturated(history, model_info, t)
+    )
     affected = _depth_gaps(
         layers, rel, model_info, t, (constant or beaten, collapsed), rnn=no_better
     )
@@ -120,6 +134,18 @@ def gradscope_detect(
     # A gradient that fades while the loss plateaus is convergence: here only a loss that
     # improved by less than ``stall`` over the whole run (or a constant output) counts.
     return _faded_over_time(history, model_info, layers, series, trend, no_better, t)
+
+
+def _saturated(history: History, model_info: ModelInfo, t: dict) -> bool:
+    """Whether some sigmoid/tanh (or recurrent hidden state) has ``t["saturated"]`` of its
+    outputs at an asymptote: a diverging run whose units saturated passes no gradient back."""
+    roles = {layer.name: layer.role for layer in model_info.layers}
+    fractions = activation_fraction(history, "saturated", int(t["window"]))
+    return any(
+        fraction >= t["saturated"]
+        for name, fraction in fractions.items()
+        if roles.get(name) in ("sigmoid", "tanh", "vanilla_rnn", "gated_rnn")
+    )
 
 
 def _depth_gaps(
