@@ -28,8 +28,9 @@ NAN = math.nan
 _UNSET = object()
 #: Lists of at most this many CPU scalars are read one by one rather than stacked.
 _FEW = 16
-#: A ReLU unit is dead only after being seen silent on this many detail steps in a row.
-MIN_SILENT_DETAIL = 3
+#: A ReLU unit is dead only after being seen silent on this many detail steps in a row
+#: (spanning at least ``unit_window`` training steps: two full batches, steps apart).
+MIN_SILENT_DETAIL = 2
 #: Per-module counts that the accumulators keep on the host.
 _COUNT_COLUMNS = ("calls", "numel", "sampled", "zero_sampled", "units")
 #: Per-module device totals: accumulator part -> column.
@@ -105,7 +106,7 @@ class Recorder:
         full: measure everything exactly.
         sample_rows: activation shape statistics use the first rows of each batch.
         unit_window: a ReLU unit counts as dead once silent on every detail step over this
-            many training steps (and on at least 3 detail steps in a row).
+            many training steps (and on at least 2 detail steps in a row).
         ranks: under DDP/FSDP2, combines each step across ranks (gradscope/distributed.py).
     """
 

@@ -56,7 +56,7 @@ class Scope:
             given here is kept exactly.
         sample_rows: activation shape statistics use the first rows of each batch.
         unit_window: a ReLU unit counts as dead once silent on every detail step over this
-            many training steps (and on at least 3 detail steps in a row).
+            many training steps (and on at least 2 detail steps in a row).
         history_size: most records kept in memory.
         budget: keep gradscope's own time under this fraction of a step (0.03 = 3%):
             gradient norms every recorded step, activation statistics as often as fits;

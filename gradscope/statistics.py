@@ -63,7 +63,7 @@ _DECLARED = (
     _S("saturated", _M, DETAIL, "sigmoid/tanh outputs within 1% of an asymptote"),
     _S("units", _M, DETAIL, "units (features or channels) of a ReLU output"),
     _S("silent_units", _M, DETAIL, "ReLU units that output 0 for every sample"),
-    _S("dead_units", _M, DETAIL, "ReLU units silent for unit_window steps (3+ detail steps)"),
+    _S("dead_units", _M, DETAIL, "ReLU units silent for unit_window steps (2+ detail steps)"),
     _S("nonfinite", _M, DETAIL, "1 when the output had NaN/Inf (or a replay saw it)"),
     _S("input_nonfinite", _M, DETAIL, "1 when the module's input had NaN/Inf (or in a replay)"),
     _S("time_grad_first", _M, DETAIL, "gradient reaching a recurrence's first time step"),

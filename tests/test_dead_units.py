@@ -33,14 +33,19 @@ def _run(kill_at: int, steps: int) -> gradscope.Report:
     return scope.report()
 
 
-def test_a_layer_killed_after_the_warm_up_is_found_on_three_detail_steps_ten_apart():
-    # Detail steps: 0-4, then 10, 20, 30.  Silent on 10, 20 and 30: 21 steps, 3 in a row.
-    report = _run(kill_at=8, steps=31)
+def test_a_layer_killed_after_the_warm_up_is_found_on_two_detail_steps_ten_apart():
+    # Detail steps: 0-4, then 10, 20.  Silent on 10 and 20: two in a row, 10 steps apart.
+    report = _run(kill_at=8, steps=21)
     dead = [f for f in report.findings if f.kind == "dead_relu"]
     assert [(f.layer, f.evidence["dead_units"]) for f in dead] == [("3", 16)], str(report)
     assert dead[0].severity == "error"  # the whole layer: harm whatever the loss does
 
 
-def test_two_silent_detail_steps_are_not_yet_a_dead_unit():
-    report = _run(kill_at=8, steps=21)  # silent on 10 and 20 only
+def test_one_silent_detail_step_is_not_yet_a_dead_unit():
+    report = _run(kill_at=8, steps=11)  # silent on step 10 only
+    assert [f for f in report.findings if f.kind == "dead_relu"] == []
+
+
+def test_two_silent_detail_steps_one_step_apart_are_not_yet_a_dead_unit():
+    report = _run(kill_at=3, steps=5)  # silent on steps 3 and 4: 1 step, under unit_window
     assert [f for f in report.findings if f.kind == "dead_relu"] == []
