@@ -362,15 +362,28 @@ def predicts_a_constant(history: History, trend: LossTrend, t: dict) -> tuple[bo
     """(whether, share): the model predicts nearly the same output for every input (less
     than ``t["constant_output"]`` of its output varies between samples) and its loss is no
     longer falling (by less than ``t["stall"]`` over the second half of the run).  A loss
-    measured to beat a constant prediction's (:func:`loss_vs_constant`) overrules the
-    share: what little varies carries the task."""
+    measured to beat a constant prediction's (:func:`loss_vs_constant`), or one that fell
+    to zero (:func:`fitted`), overrules the share: what little varies carries the task."""
     share = output_share(history, int(t.get("window", DEFAULT_WINDOW)))
+    if fitted(trend):
+        return False, share  # whatever the output does, it scores a perfect loss
     still_learning = trend.known and trend.late_improvement >= t["stall"]
     if trend.logged >= MIN_LOSSES_FOR_A_STALL and loss_vs_constant(history, trend) < t[
         "constant_loss"
     ]:
         still_learning = True
     return share < t["constant_output"] and not still_learning, share
+
+
+def fitted(trend: LossTrend) -> bool:
+    """Whether the loss fell to (almost exactly) zero from where training started (the
+    first loss, or the early median if lower: a blow-up must not make a plateau look like
+    zero): the task is solved, and a gradient that vanished with it is convergence (a
+    triplet margin met by every sample)."""
+    start = abs(trend.first)
+    if math.isfinite(trend.initial):
+        start = min(start, abs(trend.initial))
+    return trend.known and 0 <= trend.last <= 1e-6 * start
 
 
 def learned_nothing(history: History, trend: LossTrend, t: dict) -> bool:
@@ -389,7 +402,7 @@ def loss_shows_harm(history: History, trend: LossTrend, t: dict) -> bool:
     ends above ``constant_loss`` of the constant's); elsewhere a stall or a plateau
     (:func:`stalled`), the plateau standing in for the unmeasured constant.  Judged once
     :data:`MIN_LOSSES_FOR_A_STALL` losses were logged."""
-    if not trend.known or trend.logged < MIN_LOSSES_FOR_A_STALL:
+    if not trend.known or trend.logged < MIN_LOSSES_FOR_A_STALL or fitted(trend):
         return False
     ratio = loss_vs_constant(history, trend)
     if math.isfinite(ratio):
@@ -399,9 +412,10 @@ def loss_shows_harm(history: History, trend: LossTrend, t: dict) -> bool:
 
 def stalled(trend: LossTrend, stall: float, plateau: float) -> bool:
     """Whether training is not learning: the loss improved by less than ``stall`` over the
-    run, or by less than ``plateau`` over its second half.  Unknown (fewer than
+    run, or by less than ``plateau`` over its second half (a loss resting at zero is
+    solved, not stalled).  Unknown (fewer than
     :data:`MIN_LOSSES_FOR_A_STALL` losses logged) counts as not stalled."""
-    if not trend.known or trend.logged < MIN_LOSSES_FOR_A_STALL:
+    if not trend.known or trend.logged < MIN_LOSSES_FOR_A_STALL or fitted(trend):
         return False
     return trend.improvement < stall or trend.late_improvement < plateau
 

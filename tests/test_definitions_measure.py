@@ -95,3 +95,21 @@ def test_a_model_collapsed_by_one_huge_step_is_told_to_lower_the_learning_rate()
     assert vanishing[0].evidence["no_gradient_layers"], vanishing[0].evidence
     assert "no gradient at all" in vanishing[0].message
     assert vanishing[0].suggestions[0].kind == "lower_lr"
+
+
+def test_a_gradient_gone_because_the_loss_reached_zero_is_convergence_not_vanishing():
+    """A siamese net whose triplet margin is met by every sample: loss 0, gradient exactly
+    0 (generated run 179, healthy by the oracle)."""
+    config = Config(
+        seed=179, family="siamese", depth=2, width=12, init="kaiming", init_scale=3.0,
+        optimizer="momentum", lr=0.06, loss="triplet", steps=30, zero_last=True,
+        fault="large_init",
+    )  # fmt: skip
+    sc = build(config)
+    scope = gradscope.watch(sc.parts["model"], optimizer=sc.optimizers["model"])
+    with scope:
+        for step in range(config.steps):
+            sc.train_step(step, lambda part, loss: scope.log_loss(loss))
+    report = scope.report()
+    assert report.history.losses()[-1] == 0.0
+    assert report.at_least("warning") == [], report
