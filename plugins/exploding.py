@@ -72,6 +72,9 @@ DEFAULTS = {
     "update_steps": 2,
     # The loss at the end over the loss at the start.
     "loss_rise": 10.0,
+    # A loss peak this many times its start, with one step that moved most layers by more
+    # than their size: a transient explosion.
+    "transient_rise": 3.0,
     # Growth before a NaN/Inf that makes the explosion its cause.
     "nonfinite_growth": 1e2,
     # Records at the start and end of the run that are compared.
@@ -110,6 +113,8 @@ def gradscope_detect(
     _through_time(history, t, evidence)
     _big_steps(layers, model_info, t, evidence)
     diverged = not adversarial and _diverged(trend, t, evidence)
+    if not evidence.what and not adversarial:
+        _one_wild_step(layers, model_info, trend, t, evidence)
     if not evidence.what:
         return []
     depth = {layer.name: i for i, layer in enumerate(layers)}
@@ -252,6 +257,47 @@ def _big_steps(
         )
         evidence.culprits.append(first)
         evidence.numbers["update_ratio_peak"] = peaks
+
+
+def _one_wild_step(
+    layers: list[LayerSignal],
+    model_info: ModelInfo,
+    trend: LossTrend,
+    t: dict,
+    evidence: _Evidence,
+) -> None:
+    """One recorded step that moved most layers' weights by more than their size while the
+    loss jumped ``transient_rise`` times above where it started: a transient explosion
+    (a learning rate raised mid-run), even when the loss recovers afterwards.  Not within
+    the first ``window`` records, and not one layer alone (a fresh stem's first steps)."""
+    start = min(trend.first, trend.initial)
+    if not (trend.known and start > 0 and trend.peak >= t["transient_rise"] * start):
+        return
+    # Against the weights' own size (a tenth of the default-init size at least: a zero
+    # initialised layer's first step is not a blow-up); BERT-style inits are 5x smaller
+    # than PyTorch's default, and a step larger than such weights replaces them all the same.
+    ratios = [
+        layer.update_norm
+        / layer.param_norm.clamp_min(max(0.1 * reference_norm(layer, model_info), 1e-12))
+        for layer in layers
+    ]
+    stacked = torch.stack(ratios, dim=1)  # records x layers; NaN off detail steps
+    measured = torch.isfinite(stacked).any(dim=1)
+    if len(layers) < 3 or not bool(measured.any()):
+        return
+    share = (stacked > t["update_ratio"]).float().mean(dim=1)
+    # Past the first records: there a tiny initialisation's or Adam's first steps replace
+    # the weights by design.
+    share[: int(t["window"])] = 0.0
+    k = int(share.argmax())
+    if float(share[k]) < 0.5:
+        return
+    evidence.what.append(
+        f"one optimizer step moved {float(share[k]):.0%} of the layers by more than their own "
+        f"size while the loss jumped from {fmt(start)} to {fmt(trend.peak)}"
+    )
+    evidence.culprits.append(layers[int(torch.nan_to_num(stacked[k], nan=0.0).argmax())].name)
+    evidence.numbers["wild_step_share"] = float(share[k])
 
 
 def _diverged(trend: LossTrend, t: dict, evidence: _Evidence) -> bool:

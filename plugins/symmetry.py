@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
+
 from gradscope import Finding, Suggestion, hookimpl
 from gradscope.config import thresholds
 from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
-from gradscope.signals import last_measured
 from gradscope_plugins import fix_builders as fix
 
 NAME = "symmetry"
@@ -33,23 +34,20 @@ def gradscope_detect(
 ) -> list[Finding]:
     """One finding per layer whose weight rows were identical after the first update."""
     t = thresholds(config, NAME, DEFAULTS)
-    spreads = last_measured(history, "row_spread")
-    norms = last_measured(history, "param_norm")
+    measured = _last_finite(history)
     numel = dict(zip(history.param_names, history.grad_series("numel")[0].tolist(), strict=True))
     first_step = history.steps[0] if history.steps else 0
     findings = []
     for name, module in zip(history.param_names, history.param_modules, strict=True):
-        if name not in spreads or name not in norms:
-            continue
-        step, spread = spreads[name]
-        if not math.isfinite(spread) or not math.isfinite(norms[name][1]):
-            continue  # NaN weights are nonfinite_gradient's to report
+        if name not in measured:
+            continue  # never measured on finite weights: NaN is nonfinite_gradient's
+        step, spread, norm = measured[name]
         if step <= first_step:
             continue  # not yet trained: a zero-initialised layer may be fine
         shape = model_info.param_shapes.get(name, [])
         if len(shape) < 2 or shape[0] < 2:
             continue
-        rms = norms[name][1] / math.sqrt(max(numel.get(name, 1), 1))
+        rms = norm / math.sqrt(max(numel.get(name, 1), 1))
         if spread > t["relative_spread"] * rms + 1e-12:
             continue
         findings.append(
@@ -76,6 +74,22 @@ def gradscope_detect(
             )
         )
     return findings
+
+
+def _last_finite(history: History) -> dict[str, tuple[int, float, float]]:
+    """Per parameter: (step, row spread, weight norm) of the latest record where both were
+    measured finite: a run that blew up later is judged on its last finite weights (rows
+    a constant initialisation made identical stay identical up to the blow-up)."""
+    spreads = history.grad_series("row_spread")
+    norms = history.grad_series("param_norm")
+    both = torch.isfinite(spreads) & torch.isfinite(norms)
+    out = {}
+    for i, name in enumerate(history.param_names):
+        rows = torch.nonzero(both[:, i]).flatten()
+        if rows.numel():
+            k = int(rows[-1])
+            out[name] = (history.steps[k], float(spreads[k, i]), float(norms[k, i]))
+    return out
 
 
 def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:

@@ -334,3 +334,29 @@ def test_a_short_hand_written_loop_is_measured_through_time():
             opt.step()
     ratios = through_time_ratios(scope.report().history)
     assert "cell" in ratios and 0 < ratios["cell"] < 10, ratios
+
+
+def test_constant_init_is_named_even_when_the_run_later_blows_up():
+    """Rows a constant init made identical, then a learning rate that overflows the weights:
+    the rows are judged on the last record where they were finite."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)
+    )
+    with torch.no_grad():
+        for layer in (model[0], model[2], model[4]):
+            layer.weight.fill_(0.3)
+            layer.bias.zero_()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+
+    def data(k):
+        if k == 6:
+            opt.param_groups[0]["lr"] = 1e30  # the weights overflow to inf
+        g = torch.Generator().manual_seed(k % 8)
+        x = torch.randn(32, 8, generator=g) * 3
+        return x, (x[:, 0] > 0).long()
+
+    report = train(model, data, steps=12, opt=opt)
+    assert report.history.grad_series("param_norm")[-1, 0] == float("inf")
+    symmetric = {f.layer for f in report.findings if f.kind == "symmetric_weights"}
+    assert symmetric == {"0", "2"}, report

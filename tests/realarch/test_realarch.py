@@ -23,10 +23,6 @@ from realarch_verdict import WrongVerdict, check  # noqa: E402
 
 #: What gradscope says instead, for every recipe it gets wrong today.
 WRONG_TODAY = {
-    "bert/lr_100x_at_30": (
-        "vanishing_gradient error on bert.encoder.layer.0.attention.self.value, first fix "
-        "use_relu: after the jump every encoder layer's gradient is exactly 0"
-    ),
     "gru/recurrent_weights_x16": (
         "saturated_activation error and vanishing_gradient warning on rnn, both first fix "
         "add_batchnorm: through-time ratio 2.9e4 at step 0, but the detector takes the median "
