@@ -268,8 +268,6 @@ HARM_DEFAULTS = {
     # score on the same targets (measured when the loss is logged before backward(); the
     # definitions' line is 0.9, the margin absorbs the estimate's noise; tuned).
     "constant_loss": 0.92,
-    # ...or above this fraction (the definitions' line) once the loss has plateaued.
-    "plateau_constant_loss": 0.9,
 }
 
 #: Fewer logged losses than this say nothing about whether training stalled.
@@ -339,22 +337,11 @@ def _model_series(history: History, column: str) -> torch.Tensor | None:
 
 
 def no_better_than_constant(history: History, trend: LossTrend, t: dict) -> bool:
-    """Whether the loss ends no better than a constant prediction's (:func:`_near_constant`),
-    judged once :data:`MIN_LOSSES_FOR_A_STALL` losses were logged (a few steps say
-    nothing)."""
+    """Whether the loss ends above ``t["constant_loss"]`` of a constant prediction's, judged
+    once :data:`MIN_LOSSES_FOR_A_STALL` losses were logged (a few steps say nothing)."""
     if trend.logged < MIN_LOSSES_FOR_A_STALL:
         return False
-    return _near_constant(loss_vs_constant(history, trend), trend, t)  # NaN: False
-
-
-def _near_constant(ratio: float, trend: LossTrend, t: dict) -> bool:
-    """The loss ends at ``t["constant_loss"]`` of a constant prediction's or above, or at
-    ``t["plateau_constant_loss"]`` (the definitions' line) and above while it has
-    plateaued (improved by less than ``t["plateau"]`` over the second half): no better
-    than a constant, and no longer getting better."""
-    if ratio >= t["constant_loss"]:
-        return True
-    return ratio >= t["plateau_constant_loss"] and trend.late_improvement < t["plateau"]
+    return loss_vs_constant(history, trend) >= t["constant_loss"]  # NaN (unmeasured): False
 
 
 def stall_text(history: History, trend: LossTrend, t: dict) -> str:
@@ -412,14 +399,14 @@ def learned_nothing(history: History, trend: LossTrend, t: dict) -> bool:
 def loss_shows_harm(history: History, trend: LossTrend, t: dict) -> bool:
     """Whether the loss shows that the model learned nothing: where a constant prediction's
     loss was measured, the definitions' test (the loss improved by less than ``stall``, or
-    ends no better than the constant's: :func:`_near_constant`); elsewhere a stall or a
-    plateau (:func:`stalled`), the plateau standing in for the unmeasured constant.  Judged
-    once :data:`MIN_LOSSES_FOR_A_STALL` losses were logged."""
+    ends above ``constant_loss`` of the constant's); elsewhere a stall or a plateau
+    (:func:`stalled`), the plateau standing in for the unmeasured constant.  Judged once
+    :data:`MIN_LOSSES_FOR_A_STALL` losses were logged."""
     if not trend.known or trend.logged < MIN_LOSSES_FOR_A_STALL or fitted(trend):
         return False
     ratio = loss_vs_constant(history, trend)
     if math.isfinite(ratio):
-        return trend.improvement < t["stall"] or _near_constant(ratio, trend, t)
+        return trend.improvement < t["stall"] or ratio >= t["constant_loss"]
     return stalled(trend, t["stall"], t["plateau"])
 
 
