@@ -47,6 +47,7 @@ from gradscope_plugins.judgement import (
     gan_roles,
     growth_from_start,
     over,
+    part_of,
     reference_norm,
     relative_grad,
     through_time_peaks,
@@ -198,10 +199,18 @@ def _too_large(
 def _through_depth(
     layers: list[LayerSignal], model_info: ModelInfo, t: dict, evidence: _Evidence
 ) -> None:
-    """A layer's relative gradient is ``depth_growth`` times a later layer's."""
+    """A layer's relative gradient is ``depth_growth`` times a later layer's of the same
+    part (parts trained by different optimizers, a GAN's players, are separate chains: the
+    generator's last layer is not "before" the discriminator in the backward pass of its
+    own loss)."""
     rel = [recent(relative_grad(s, model_info)) for s in layers]
+    part = [part_of(model_info, s.name) for s in layers]
     for i, layer in enumerate(layers[:-1]):
-        later = [r for r in rel[i + 1 :] if math.isfinite(r) and r > 0]
+        later = [
+            r
+            for r, p in zip(rel[i + 1 :], part[i + 1 :], strict=True)
+            if math.isfinite(r) and r > 0 and p == part[i]
+        ]
         if len(later) < 2 or not math.isfinite(rel[i]):
             # Growth "layer by layer" needs a chain; two layers of different scales are not.
             continue
