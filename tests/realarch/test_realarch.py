@@ -24,9 +24,10 @@ from realarch_verdict import WrongVerdict, check  # noqa: E402
 #: What gradscope says instead, for every recipe it gets wrong today.
 WRONG_TODAY = {
     "gru/recurrent_weights_x16": (
-        "saturated_activation error and vanishing_gradient warning on rnn, both first fix "
-        "add_batchnorm: through-time ratio 2.9e4 at step 0, but the detector takes the median "
-        "over records (below 1e3 once the first update saturates the cell)"
+        "saturated_activation error on rnn (first fix add_batchnorm) and vanishing_gradient "
+        "error on rnn (first fix lower_lr): through-time ratio 2.9e4 at step 0, but the "
+        "detector takes the median over records (below 1e3 once the first update saturates "
+        "the cell)"
     ),
     "gan/nonsaturating_loss": (
         "exploding_gradient error on 0 (first fix clip_grad_norm) while updates are ~1% of the "
