@@ -203,14 +203,24 @@ def _through_depth(
     part (parts trained by different optimizers, a GAN's players, are separate chains: the
     generator's last layer is not "before" the discriminator in the backward pass of its
     own loss)."""
-    rel = [recent(relative_grad(s, model_info)) for s in layers]
-    part = [part_of(model_info, s.name) for s in layers]
-    for i, layer in enumerate(layers[:-1]):
-        later = [
-            r
-            for r, p in zip(rel[i + 1 :], part[i + 1 :], strict=True)
-            if math.isfinite(r) and r > 0 and p == part[i]
-        ]
+    chains: dict[str | None, list[tuple[LayerSignal, float]]] = {}
+    for s in layers:
+        chains.setdefault(part_of(model_info, s.name), []).append(
+            (s, recent(relative_grad(s, model_info)))
+        )
+    for chain in chains.values():
+        if _grows_through(chain, t, evidence):
+            return
+
+
+def _grows_through(
+    chain: list[tuple[LayerSignal, float]], t: dict, evidence: _Evidence
+) -> bool:
+    """Whether a layer of one chain (forward order) has ``depth_growth`` times the typical
+    relative gradient of the layers after it (recorded in ``evidence``)."""
+    rel = [r for _, r in chain]
+    for i, (layer, _) in enumerate(chain[:-1]):
+        later = [r for r in rel[i + 1 :] if math.isfinite(r) and r > 0]
         if len(later) < 2 or not math.isfinite(rel[i]):
             # Growth "layer by layer" needs a chain; two layers of different scales are not.
             continue
@@ -224,7 +234,8 @@ def _through_depth(
             )
             evidence.culprits.append(layer.name)
             evidence.numbers["depth_growth"] = ratio
-            return
+            return True
+    return False
 
 
 def _through_time(history: History, t: dict, evidence: _Evidence) -> None:

@@ -290,11 +290,10 @@ def _through_depth(
         for layer, _, _ in affected
         if weights_blew_up(layer, model_info, t["grown_weights"])
     }
-    blocked = [
-        layer.name
-        for layer, _, _ in affected
-        if rel[layers.index(layer)] == 0 and blocked_paths_possible(model_info)
-    ]
+    position = {layer.name: k for k, layer in enumerate(layers)}
+    blocked: list[str] = []
+    if blocked_paths_possible(model_info):  # exactly 0 behind ReLUs: dead units block it
+        blocked = [layer.name for layer, _, _ in affected if rel[position[layer.name]] == 0]
     cause = _cause(model_info, grown, blocked)
     harm = (
         _constant_text(share, trend)
