@@ -50,3 +50,33 @@ def train(model, optimizer, steps: int = 5, scope=None, loss_fn=nn.functional.cr
         optimizer.step()
         losses.append(loss.item())
     return losses
+
+
+def watch_loop(model, optimizer, data, steps: int, loss_fn=nn.functional.cross_entropy):
+    """A loop under ``gradscope.watch(model, optimizer=...)`` with default settings, the
+    loss logged before ``backward()``; ``data(k)`` gives step k's (x, y).  The report."""
+    import gradscope
+
+    with gradscope.watch(model, optimizer=optimizer) as scope:
+        for k in range(steps):
+            x, y = data(k)
+            optimizer.zero_grad()
+            loss = loss_fn(model(x), y)
+            scope.log_loss(loss)
+            loss.backward()
+            optimizer.step()
+    return scope.report()
+
+
+def watch_generated(config):
+    """A generated scenario (``gradscope_scenarios.generated``) trained by its own loop
+    under ``gradscope.watch`` with default settings, one part; the report."""
+    import gradscope
+    from gradscope_scenarios.generated.space import build
+
+    sc = build(config)
+    scope = gradscope.watch(sc.parts["model"], optimizer=sc.optimizers["model"])
+    with scope:
+        for step in range(config.steps):
+            sc.train_step(step, lambda part, loss: scope.log_loss(loss))
+    return scope.report()

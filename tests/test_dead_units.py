@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+from helpers import watch_loop
 from torch import nn
 
 import gradscope
@@ -17,20 +17,15 @@ def _run(kill_at: int, steps: int) -> gradscope.Report:
         nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)
     )
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    with gradscope.watch(model, optimizer=opt) as scope:
-        for step in range(steps):
-            if step == kill_at:
-                with torch.no_grad():
-                    model[2].bias.fill_(-100.0)
-            g = torch.Generator().manual_seed(step % 8)
-            x = torch.randn(32, 8, generator=g)
-            y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            scope.log_loss(loss)
-            loss.backward()
-            opt.step()
-    return scope.report()
+
+    def data(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if step == kill_at:
+            with torch.no_grad():
+                model[2].bias.fill_(-100.0)
+        x = torch.randn(32, 8, generator=torch.Generator().manual_seed(step % 8))
+        return x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+
+    return watch_loop(model, opt, data, steps)
 
 
 def test_a_layer_killed_after_the_warm_up_is_found_on_two_detail_steps_ten_apart():

@@ -6,14 +6,13 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
+from helpers import watch_generated, watch_loop
 from torch import nn
 
-import gradscope
 from gradscope.judge import rejudge
 from gradscope.report import Report
 from gradscope.signals import layer_signals, step_weighted_median
-from gradscope_scenarios.generated.space import Config, build
+from gradscope_scenarios.generated.space import Config
 
 
 def test_detail_steps_are_weighted_by_the_steps_they_stand_for():
@@ -36,19 +35,12 @@ def test_a_mismatch_of_values_and_steps_is_refused():
         step_weighted_median(torch.ones(3), [0, 1])
 
 
-def _train(model: nn.Module, steps: int, lr: float, scale: float = 1.0) -> Report:
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    with gradscope.watch(model, optimizer=opt) as scope:
-        for step in range(steps):
-            g = torch.Generator().manual_seed(step % 8)
-            x = torch.randn(32, 8, generator=g) * scale
-            y = (x[:, 0] > 0).long()
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            scope.log_loss(loss)
-            loss.backward()
-            opt.step()
-    return scope.report()
+def _train(model: nn.Module, steps: int, lr: float) -> Report:
+    def data(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(32, 8, generator=torch.Generator().manual_seed(step % 8))
+        return x, (x[:, 0] > 0).long()
+
+    return watch_loop(model, torch.optim.SGD(model.parameters(), lr=lr), data, steps)
 
 
 def test_a_layers_relative_gradient_is_measured_on_its_weight_matrix_alone():
@@ -84,12 +76,7 @@ def test_a_model_collapsed_by_one_huge_step_is_told_to_lower_the_learning_rate()
         seed=1640, family="autoencoder", width=24, activation="gelu", init="kaiming",
         optimizer="adam", lr=0.5, seq_len=12, loss="l1", steps=50, fault="high_lr",
     )  # fmt: skip
-    sc = build(config)
-    scope = gradscope.watch(sc.parts["model"], optimizer=sc.optimizers["model"])
-    with scope:
-        for step in range(config.steps):
-            sc.train_step(step, lambda part, loss: scope.log_loss(loss))
-    report = scope.report()
+    report = watch_generated(config)
     vanishing = [f for f in report.at_least("warning") if f.kind == "vanishing_gradient"]
     assert vanishing, report
     assert vanishing[0].evidence["no_gradient_layers"], vanishing[0].evidence
@@ -105,11 +92,6 @@ def test_a_gradient_gone_because_the_loss_reached_zero_is_convergence_not_vanish
         optimizer="momentum", lr=0.06, loss="triplet", steps=30, zero_last=True,
         fault="large_init",
     )  # fmt: skip
-    sc = build(config)
-    scope = gradscope.watch(sc.parts["model"], optimizer=sc.optimizers["model"])
-    with scope:
-        for step in range(config.steps):
-            sc.train_step(step, lambda part, loss: scope.log_loss(loss))
-    report = scope.report()
+    report = watch_generated(config)
     assert report.history.losses()[-1] == 0.0
     assert report.at_least("warning") == [], report
