@@ -366,18 +366,15 @@ def test_a_gan_generators_last_layer_is_not_compared_with_the_discriminator():
     """Two parts trained by two optimizers are two chains: a generator's output layer with
     1000x the relative gradient of the discriminator's layers is not growth through depth
     (generated held-out run 6216, healthy by the oracle)."""
-    from gradscope_scenarios.generated.space import Config, build
+    from gradscope_scenarios.generated.space import Config
+    from helpers import watch_generated
 
     config = Config(
         seed=6216, family="gan_container", depth=2, width=24, activation="elu",
         init="kaiming", init_scale=6.0, optimizer="rmsprop", lr=0.006, loss="gan",
         loss_scale=1e4, steps=40, fault="large_init",
     )  # fmt: skip
-    sc = build(config)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        scope = gradscope.watch(sc.parts["model"], optimizer=sc.optimizers["model"])
-        with scope:
-            for step in range(config.steps):
-                sc.train_step(step, lambda part, loss: scope.log_loss(loss))
-    assert [f for f in scope.report().at_least("warning") if f.kind == "exploding_gradient"] == []
+        report = watch_generated(config)
+    assert [f for f in report.at_least("warning") if f.kind == "exploding_gradient"] == []
