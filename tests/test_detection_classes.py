@@ -366,8 +366,9 @@ def test_a_gan_generators_last_layer_is_not_compared_with_the_discriminator():
     """Two parts trained by two optimizers are two chains: a generator's output layer with
     1000x the relative gradient of the discriminator's layers is not growth through depth
     (generated held-out run 6216, healthy by the oracle)."""
-    from gradscope_scenarios.generated.space import Config
     from helpers import watch_generated
+
+    from gradscope_scenarios.generated.space import Config
 
     config = Config(
         seed=6216, family="gan_container", depth=2, width=24, activation="elu",
