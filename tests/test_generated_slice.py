@@ -49,11 +49,11 @@ _ZERO = dict.fromkeys(KINDS, 0)
 EXPECT: dict[str, dict[str, object]] = {
     "watch": {
         "tp": {
-            "vanishing_gradient": 4,
-            "exploding_gradient": 2,
+            "vanishing_gradient": 5,
+            "exploding_gradient": 3,
             "nonfinite_gradient": 3,
-            "dead_relu": 1,
-            "saturated_activation": 2,
+            "dead_relu": 2,
+            "saturated_activation": 3,
             "no_gradient": 1,
             "symmetric_weights": 2,
         },
