@@ -38,7 +38,7 @@ from gradscope import Finding, Suggestion, hookimpl
 from gradscope.config import thresholds
 from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
-from gradscope.signals import LayerSignal, LossTrend, early, init_scale, loss_trend, recent
+from gradscope.signals import LayerSignal, LossTrend, early, init_scale, loss_trend, over_run
 from gradscope_plugins import fix_builders as fix
 from gradscope_plugins.judgement import (
     depth_layers,
@@ -199,14 +199,14 @@ def _too_large(
 def _through_depth(
     layers: list[LayerSignal], model_info: ModelInfo, t: dict, evidence: _Evidence
 ) -> None:
-    """A layer's relative gradient is ``depth_growth`` times a later layer's of the same
-    part (parts trained by different optimizers, a GAN's players, are separate chains: the
-    generator's last layer is not "before" the discriminator in the backward pass of its
-    own loss)."""
+    """A layer's relative gradient (its median over the run, as the definitions measure it)
+    is ``depth_growth`` times a later layer's of the same part (parts trained by different
+    optimizers, a GAN's players, are separate chains: the generator's last layer is not
+    "before" the discriminator in the backward pass of its own loss)."""
     chains: dict[str | None, list[tuple[LayerSignal, float]]] = {}
     for s in layers:
         chains.setdefault(part_of(model_info, s.name), []).append(
-            (s, recent(relative_grad(s, model_info)))
+            (s, over_run(relative_grad(s, model_info)))
         )
     for chain in chains.values():
         if _grows_through(chain, t, evidence):
