@@ -72,6 +72,8 @@ DEFAULTS = {
     "window": 5,
     # A layer whose relative gradient fell below this fraction of its own start...
     "time_ratio": 0.1,
+    # ...for a model trained as one (not a GAN's generator), this fraction.
+    "model_time_ratio": 0.01,
     # Through depth: a gap this large to the largest later layer is a warning even when no
     # stall can be seen (a short diagnose() run).
     "depth_severe": 1e-5,
@@ -133,7 +135,10 @@ def gradscope_detect(
         return found
     # A gradient that fades while the loss plateaus is convergence: here only a loss that
     # improved by less than ``stall`` over the whole run (or a constant output) counts.
-    return _faded_over_time(history, model_info, layers, series, trend, no_better, t)
+    # A model trained as one: the definitions' line, a 100x fall (a 10x fall while the loss
+    # sits near a constant's is common in runs that still learn slowly).
+    line = {**t, "time_ratio": t["model_time_ratio"]}
+    return _faded_over_time(history, model_info, layers, series, trend, no_better, line)
 
 
 def _saturated(history: History, model_info: ModelInfo, t: dict) -> bool:
