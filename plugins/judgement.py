@@ -22,6 +22,14 @@ from gradscope.signals import (
     step_weighted_median,
 )
 
+#: Roles whose outputs can saturate, and the function they saturate like (a recurrent
+#: layer's hidden state passes through tanh).
+SATURATING_ROLES = {
+    "sigmoid": "sigmoid",
+    "tanh": "tanh",
+    "vanilla_rnn": "tanh",
+    "gated_rnn": "tanh",
+}
 #: Roles whose gradients carry the signal along the network's depth.
 DEPTH_ROLES = ("weight", "vanilla_rnn", "gated_rnn", "attention")
 #: Names of attention query/key projections (PyTorch, Hugging Face and common conventions).
@@ -232,8 +240,7 @@ def through_time_ratios(history: History) -> dict[str, float]:
         measured = (last[:, j] > 0) & ~torch.isnan(first[:, j]) & torch.isfinite(last[:, j])
         if bool(measured.any()):
             steps = [s for s, m in zip(history.steps, measured.tolist(), strict=True) if m]
-            values = ratios[measured, j].nan_to_num(posinf=math.inf)
-            out[name] = _weighted_median_with_inf(values, steps)
+            out[name] = _weighted_median_with_inf(ratios[measured, j], steps)
     return out
 
 

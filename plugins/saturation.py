@@ -18,6 +18,7 @@ from gradscope.signals import activation_fraction, init_scale, layer_signals, lo
 from gradscope_plugins import fix_builders as fix
 from gradscope_plugins.judgement import (
     HARM_DEFAULTS,
+    SATURATING_ROLES,
     first_step_where,
     fmt,
     harm_severity,
@@ -42,9 +43,6 @@ DEFAULTS = {
 }
 
 
-#: Roles whose outputs can saturate, and the function they saturate like (a recurrent
-#: layer's hidden state passes through tanh).
-_SATURATING = {"sigmoid": "sigmoid", "tanh": "tanh", "vanilla_rnn": "tanh", "gated_rnn": "tanh"}
 
 
 def _is_output(model_info: ModelInfo, name: str) -> bool:
@@ -72,7 +70,7 @@ def gradscope_detect(
     signals = {s.name: s for s in layer_signals(history)}
     findings = []
     for name, fraction in fractions.items():
-        kind = _SATURATING.get(roles.get(name, ""))
+        kind = SATURATING_ROLES.get(roles.get(name, ""))
         if kind is None or fraction < t["warn_fraction"] or _is_output(model_info, name):
             continue
         ends = "0 or 1" if kind == "sigmoid" else "-1 or 1"

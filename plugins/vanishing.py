@@ -40,6 +40,7 @@ from gradscope_plugins import fix_builders as fix
 from gradscope_plugins.judgement import (
     HARM_DEFAULTS,
     MIN_LOSSES_FOR_A_STALL,
+    SATURATING_ROLES,
     blocked_paths_possible,
     depth_layers,
     first_step_where,
@@ -149,7 +150,7 @@ def _saturated(history: History, model_info: ModelInfo, t: dict) -> bool:
     return any(
         fraction >= t["saturated"]
         for name, fraction in fractions.items()
-        if roles.get(name) in ("sigmoid", "tanh", "vanilla_rnn", "gated_rnn")
+        if roles.get(name) in SATURATING_ROLES
     )
 
 

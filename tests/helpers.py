@@ -52,12 +52,14 @@ def train(model, optimizer, steps: int = 5, scope=None, loss_fn=nn.functional.cr
     return losses
 
 
-def watch_loop(model, optimizer, data, steps: int, loss_fn=nn.functional.cross_entropy):
-    """A loop under ``gradscope.watch(model, optimizer=...)`` with default settings, the
-    loss logged before ``backward()``; ``data(k)`` gives step k's (x, y).  The report."""
+def watch_loop(
+    model, optimizer, data, steps: int, loss_fn=nn.functional.cross_entropy, **options
+):
+    """A loop under ``gradscope.watch(model, optimizer=..., **options)``, the loss logged
+    before ``backward()``; ``data(k)`` gives step k's (x, y).  The report."""
     import gradscope
 
-    with gradscope.watch(model, optimizer=optimizer) as scope:
+    with gradscope.watch(model, optimizer=optimizer, **options) as scope:
         for k in range(steps):
             x, y = data(k)
             optimizer.zero_grad()

@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+from helpers import watch_loop
 from torch import nn
 
 import gradscope
@@ -21,15 +22,7 @@ def train(model, data, steps=30, opt=None, loss_fn=CE, **options):
     opt = opt or torch.optim.SGD(model.parameters(), lr=0.05)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with gradscope.watch(model, optimizer=opt, **options) as scope:
-            for k in range(steps):
-                x, y = data(k)
-                opt.zero_grad()
-                loss = loss_fn(model(x), y)
-                scope.log_loss(loss)
-                loss.backward()
-                opt.step()
-    return scope.report()
+        return watch_loop(model, opt, data, steps, loss_fn, **options)
 
 
 def serious(report, kind):
