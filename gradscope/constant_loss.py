@@ -217,6 +217,8 @@ def _l1(meter: ConstantLoss, node: Any) -> tuple[Tensor, Tensor] | None:
     if output is None or sub is None or sub.name() != "SubBackward0":
         return None
     (first, _), (second, _) = sub.next_functions[:2]
+    if first is not None and first.name() == "ToCopyBackward0":
+        first = first.next_functions[0][0]  # autocast ran l1_loss in float32
     if first is not output.grad_fn or second is not None:
         return None  # the prediction is not the output as it is, or the target is learned
     residual = _saved(node, "self").float()

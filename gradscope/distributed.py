@@ -52,6 +52,7 @@ _PARAM_OPS = {
     "grad_max": (_MAX, _MAX),
     "grad_min": (_MIN, _MIN),
     "row_spread": (_MAX, _MAX),
+    "row_twins": (_MIN, _MAX),  # a shard holds some rows: copies in every shard count
 }
 #: Activation columns (positions are modules) and the step's scalars.
 _OTHER_OPS = {

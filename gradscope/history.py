@@ -56,13 +56,20 @@ class StepRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StepRecord:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`; a column a run saved by an older version did not
+        measure reads as NaN (not measured)."""
+        grads = {k: [_from_json_float(v) for v in vs] for k, vs in data["grads"].items()}
+        acts = {k: [_from_json_float(v) for v in vs] for k, vs in data["acts"].items()}
+        for table, columns in ((grads, GRAD_COLUMNS), (acts, ACT_COLUMNS)):
+            width = len(next(iter(table.values()), []))
+            for column in columns:
+                table.setdefault(column, [math.nan] * width)
         record = cls(
             step=data["step"],
             loss=_from_json_float(data["loss"]),
             scale=_from_json_float(data["scale"]),
-            grads={k: [_from_json_float(v) for v in vs] for k, vs in data["grads"].items()},
-            acts={k: [_from_json_float(v) for v in vs] for k, vs in data["acts"].items()},
+            grads=grads,
+            acts=acts,
             hooks_fired=data.get("hooks_fired", 0),
             overhead_s=data.get("overhead_s", 0.0),
             detail=data.get("detail", True),

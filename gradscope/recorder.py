@@ -173,7 +173,7 @@ class Recorder:
         self.call_grads: dict[int, CallGradients] = {}
         self._grads: dict[str, list[Tensor]] | None = None
         self._index: list[int] | None = None
-        self._row_spread: list[tuple[list[int], Tensor | list[Tensor]]] = []
+        self._row_spread: list[tuple[str, list[int], Tensor | list[Tensor]]] = []
         self._stacks: list[Tensor] | None = None
         self._before: stats.Snapshot | None = None
         self._loss_terms: tuple[Tensor, Tensor] | None = None
@@ -381,10 +381,10 @@ class Recorder:
         if isinstance(param_norm, Tensor) or param_norm:
             grads["param_norm"] = [NAN] * n_params
             blocks.put(grads["param_norm"], range(n_params), param_norm)
-        if self._row_spread:
-            grads["row_spread"] = [NAN] * n_params
-            for matrices, spreads in self._row_spread:
-                blocks.put(grads["row_spread"], matrices, spreads)
+        for column in {column for column, _, _ in self._row_spread}:
+            grads[column] = [NAN] * n_params  # the shared idle list is never written
+        for column, matrices, values in self._row_spread:
+            blocks.put(grads[column], matrices, values)
         if measure_update and self._before is not None:
             sample = None if self.full else stats.UPDATE_SAMPLE
             grads["update_norm"] = [NAN] * n_params
@@ -526,21 +526,31 @@ def _light_values(
         return stats.to_host([norms, *(t.reshape(1) for t in tail)])
 
 
+#: The row statistics of weight matrices: column, then its function for a stack of
+#: same-shaped matrices and for a list of matrices.
+_ROW_STATISTICS = (
+    ("row_spread", stats.stacked_row_spread, stats.row_spread),
+    ("row_twins", stats.stacked_row_twins, stats.row_twins),
+)
+
+
 def _row_spreads(
     params: list[Tensor], layout: stats.Layout | None, stacks: list[Tensor] | None
-) -> list[tuple[list[int], Tensor | list[Tensor]]]:
-    """Row spread of every weight matrix: (parameter positions, values) pairs, one per
-    stacked group of same-shaped matrices and one for the others."""
-    out: list[tuple[list[int], Tensor | list[Tensor]]] = []
+) -> list[tuple[str, list[int], Tensor | list[Tensor]]]:
+    """The row statistics (:data:`_ROW_STATISTICS`) of every weight matrix: (column,
+    parameter positions, values), one per stacked group of same-shaped matrices and one
+    for the others."""
+    out: list[tuple[str, list[int], Tensor | list[Tensor]]] = []
     alone = range(len(params))
     if layout is not None and stacks is not None:
         for group, stacked in zip(layout.groups, stacks, strict=True):
             if stacked.dim() >= 3:  # a group of matrices (or higher: conv kernels)
-                out.append((group, stats.stacked_row_spread(stacked)))
+                out += [(c, group, of_stack(stacked)) for c, of_stack, _ in _ROW_STATISTICS]
         alone = layout.rest
     matrices = [i for i in alone if params[i].dim() >= 2]
     if matrices:
-        out.append((matrices, stats.row_spread([params[i] for i in matrices])))
+        weights = [params[i] for i in matrices]
+        out += [(c, matrices, of_list(weights)) for c, _, of_list in _ROW_STATISTICS]
     return out
 
 

@@ -240,15 +240,11 @@ def _grows_through(
 
 def _through_time(history: History, t: dict, evidence: _Evidence) -> None:
     """The first time step of a recurrence gets ``through_time`` times what the last gets,
-    on ``growth_steps`` recorded steps (or the only one): an explosion shows first, before
-    a huge step saturates the recurrence."""
-    for name, (count, peak) in through_time_peaks(history, t["through_time"]).items():
-        measured = int(
-            history.act_series("time_grad_last")[:, history.module_names.index(name)]
-            .isfinite()
-            .sum()
-        )
-        if count >= min(int(t["growth_steps"]), max(measured, 1)):
+    on ``growth_steps`` recorded steps (or on every one where a ratio was measurable): an
+    explosion shows first, before a huge step saturates the recurrence (and leaves no
+    gradient at either end)."""
+    for name, (count, peak, measured) in through_time_peaks(history, t["through_time"]).items():
+        if count >= min(int(t["growth_steps"]), measured):
             evidence.what.append(
                 f"in {name} the gradient reaching the first time step is {fmt(peak)}x what "
                 "reaches the last: it grows at every step back through time"

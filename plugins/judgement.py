@@ -427,10 +427,11 @@ def stalled(trend: LossTrend, stall: float, plateau: float) -> bool:
     return trend.improvement < stall or trend.late_improvement < plateau
 
 
-def through_time_peaks(history: History, line: float) -> dict[str, tuple[int, float]]:
+def through_time_peaks(history: History, line: float) -> dict[str, tuple[int, float, int]]:
     """Module -> (recorded steps whose first/last time-step gradient ratio reached ``line``,
-    the largest ratio): an explosion through time shows on the first records, before one
-    huge step saturates the recurrence and the ratio falls back."""
+    the largest ratio, the recorded steps where the ratio was measurable: some gradient
+    reached the last time step): an explosion through time shows on the first records,
+    before one huge step saturates the recurrence and the ratio falls back."""
     first = history.act_series("time_grad_first")
     last = history.act_series("time_grad_last")
     out = {}
@@ -438,7 +439,7 @@ def through_time_peaks(history: History, line: float) -> dict[str, tuple[int, fl
         measured = (last[:, j] > 0) & ~torch.isnan(first[:, j]) & torch.isfinite(last[:, j])
         if bool(measured.any()):
             ratios = first[measured, j] / last[measured, j]
-            out[name] = (int((ratios >= line).sum()), float(ratios.max()))
+            out[name] = (int((ratios >= line).sum()), float(ratios.max()), int(measured.sum()))
     return out
 
 

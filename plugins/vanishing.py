@@ -53,6 +53,7 @@ from gradscope_plugins.judgement import (
     relative_grad,
     stall_text,
     through_time_ratios,
+    total_grad_norm,
     under,
     weight_growth,
     weights_blew_up,
@@ -139,7 +140,9 @@ def gradscope_detect(
     # A model trained as one: the definitions' line, a 100x fall (a 10x fall while the loss
     # sits near a constant's is common in runs that still learn slowly).
     line = {**t, "time_ratio": t["model_time_ratio"]}
-    return _faded_over_time(history, model_info, layers, series, trend, no_better, line)
+    return _faded_over_time(
+        history, model_info, (layers, series), trend, (no_better, collapsed), line
+    )
 
 
 def _saturated(history: History, model_info: ModelInfo, t: dict) -> bool:
@@ -241,7 +244,9 @@ def _gan_players(
         return found
     players = [layer for layer in layers if roles.get(layer.name) == "generator"]
     series = [relative_grad(layer, model_info) for layer in players]
-    return _faded_over_time(history, model_info, players, series, trend, no_better, t)
+    return _faded_over_time(
+        history, model_info, (players, series), trend, (no_better, False), t, as_one=False
+    )
 
 
 def _with_starved_inputs(layers: list, rel: list[float], affected: list) -> list:
@@ -414,35 +419,31 @@ def _first_step_below(
 def _faded_over_time(
     history: History,
     model_info: ModelInfo,
-    layers: list,
-    series: list[torch.Tensor],
+    signals: tuple[list, list[torch.Tensor]],
     trend: Any,
-    stalled: bool,
+    harm: tuple[bool, bool],
     t: dict,
+    *,
+    as_one: bool = True,
 ) -> list[Finding]:
     """...while the loss got no better: the gradient faded over time, not over depth.
 
     A gradient that shrinks while the loss falls is convergence; one that shrinks while
     the loss stalls or rises is a layer that stopped learning (a GAN generator facing a
-    confident discriminator with the saturating loss, a saturating activation).
+    confident discriminator with the saturating loss, a saturating activation).  Judged
+    per layer (its relative gradient) and, for a model trained as one (``as_one``; a GAN
+    generator's gradient follows its rival), as docs/definitions.md measures it: the total
+    gradient norm, the last ``window`` records against the first three.  Layers
+    whose weights grew count only once the model collapsed (``harm[1]``): otherwise |g|/|W|
+    fell because |W| blew up, the exploding detector's to report.
     """
     window = int(t["window"])
-    if not stalled or len(history) < 2 * window:
+    if not harm[0] or len(history) < 2 * window:
         return []
-    faded = []
-    roles = gan_roles(history, model_info)
-    for layer, values in zip(layers, series, strict=True):
-        now = recent(values, window)
-        if weights_grew(layer, t["grown_weights"]):
-            continue  # |g|/|W| fell because |W| blew up: the exploding detector's to report
-        start = early(values, window)
-        # Exactly 0 now counts: every unit after the layer went silent (a blow-up that
-        # pushed ReLU/GELU inputs far negative leaves no gradient at all).
-        measured = math.isfinite(now) and math.isfinite(start) and start > 0 and now >= 0
-        if measured and now / start < t["time_ratio"]:
-            faded.append((layer, now / start, values))
+    faded = _faded(signals, harm[1], t, as_one)
     if not faded:
         return []
+    roles = gan_roles(history, model_info)
     layer, ratio, values = faded[0]
     silent = [f.name for f, r, _ in faded if r == 0]
     gone = (
@@ -463,7 +464,8 @@ def _faded_over_time(
                 default="last",
             ),
             message=(
-                f"The gradient of {layer.name} faded to {fmt(ratio)} of its size at the start "
+                f"The gradient of {_whose(layer.name, values, series=signals[1])} faded to "
+                f"{fmt(ratio)} of its size at the start "
                 "of training while the model learned nothing:"
                 f"{stall_text(history, trend, t)} The layer has stopped learning, not "
                 "converged. Something downstream stopped passing gradient back: a saturated "
@@ -486,6 +488,41 @@ def _faded_over_time(
             },
         )
     ]
+
+
+def _whose(name: str, values: torch.Tensor, series: list[torch.Tensor]) -> str:
+    """The layer whose gradient ``values`` are, or the whole model when they are the total
+    norm (see :func:`_faded`)."""
+    if any(values is own for own in series):
+        return name
+    return f"the model (all layers together, from {name} on)"
+
+
+def _faded(
+    signals: tuple[list, list[torch.Tensor]], collapsed: bool, t: dict, as_one: bool
+) -> list[tuple[Any, float, torch.Tensor]]:
+    """(layer, now over start, series) of the layers whose gradient faded below
+    ``time_ratio`` of its start; else, for a model trained as one, the first layer when
+    the total gradient norm did (its series then the total's)."""
+    layers, series = signals
+    window = int(t["window"])
+    faded = []
+    grown = [weights_grew(layer, t["grown_weights"]) for layer in layers]
+    for layer, values, grew in zip(layers, series, grown, strict=True):
+        if grew and not collapsed:
+            continue
+        start, now = early(values, window), recent(values, window)
+        # Exactly 0 now counts: every unit after the layer went silent (a blow-up that
+        # pushed ReLU/GELU inputs far negative leaves no gradient at all).
+        measured = math.isfinite(now) and math.isfinite(start) and start > 0 and now >= 0
+        if measured and now / start < t["time_ratio"]:
+            faded.append((layer, now / start, values))
+    if as_one and not faded and (collapsed or not any(grown)):
+        total = total_grad_norm(layers)
+        start, now = early(total, 3), recent(total, window)
+        if start > 0 and math.isfinite(now) and now / start < t["time_ratio"]:
+            faded.append((layers[0], now / start, total))
+    return faded
 
 
 def _gan_evidence(roles: dict[str, str], layer: str) -> dict[str, Any]:

@@ -65,6 +65,17 @@ def test_an_l1_loss_on_the_models_output_reads_its_targets_from_the_residual():
     assert ConstantLoss().measure(F.l1_loss(output, target), other) is None  # not its output
 
 
+def test_an_l1_loss_under_bfloat16_autocast_is_measured_through_its_float32_cast():
+    model = nn.Linear(4, 2)
+    x, target = torch.randn(16, 4), torch.tensor([[0.0, 1.0]] * 12 + [[5.0, -3.0]] * 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = model(x)  # bfloat16; l1_loss runs in float32 behind a cast
+        loss = F.l1_loss(output, target)
+    term, constant = ConstantLoss().measure(loss, output)
+    assert float(term) == pytest.approx(float(loss), rel=1e-5)
+    assert float(constant) == pytest.approx((4 * 5 + 4 * 4) / 32, rel=1e-2)
+
+
 def test_nothing_is_measured_once_the_graph_is_gone_or_the_loss_is_not_recognised():
     scores, target = _logits()
     meter = ConstantLoss()
