@@ -492,12 +492,12 @@ def row_twins(weights: list[Tensor]) -> list[Tensor]:
     """The fraction of each weight matrix's rows (of its corner, as :func:`row_spread`)
     that are a copy of another row: units that compute the same thing.
 
-    Two copies project to the same value on a fixed random unit vector, so rows are
-    sorted by their projection and a row counts when a neighbour's lies within
-    :data:`TWIN_TOLERANCE` of the rows' RMS norm (distinct rows do so by chance
-    rarely: about 1% of a 1,024-row corner).  Unlike the spread, this sees copies in
-    groups (a GRU's rows, identical within each gate but not across gates).
-    """
+    Copies project to the same value on a fixed random unit vector, so sorting the rows
+    by their projection puts copies next to each other; a row counts when it lies within
+    :data:`TWIN_TOLERANCE` of the rows' RMS norm of a neighbour in that order (a
+    distance, so rows that merely project alike do not count).  Unlike the spread, this
+    sees copies in groups (a GRU's rows, identical within each gate but not across
+    gates)."""
     return [stacked_row_twins(w.detach().flatten(1).unsqueeze(0))[0] for w in weights]
 
 
@@ -506,11 +506,12 @@ def stacked_row_twins(stacked: Tensor) -> Tensor:
     flat = stacked.detach().flatten(2)[:, :ROW_SPREAD_ROWS, :ROW_SPREAD_COLUMNS]
     if flat.shape[1] < 2:
         return flat.new_zeros(flat.shape[0])
-    projected = (flat @ _probe(flat.shape[2], flat.device, flat.dtype)).sort(dim=1).values
+    order = (flat @ _probe(flat.shape[2], flat.device, flat.dtype)).argsort(dim=1)
+    rows = flat.gather(1, order.unsqueeze(2).expand_as(flat))
     # The rows' RMS norm, not the largest: one row blown up must not make the rest copies.
     tolerance = TWIN_TOLERANCE * flat.norm(dim=2).square().mean(dim=1, keepdim=True).sqrt()
-    close = projected.diff(dim=1) <= tolerance
-    twin = torch.zeros_like(projected, dtype=torch.bool)
+    close = (rows[:, 1:] - rows[:, :-1]).norm(dim=2) <= tolerance
+    twin = torch.zeros(order.shape, dtype=torch.bool, device=flat.device)
     twin[:, 1:] |= close
     twin[:, :-1] |= close
     return twin.to(flat.dtype).mean(dim=1)

@@ -95,3 +95,62 @@ def test_a_gradient_gone_because_the_loss_reached_zero_is_convergence_not_vanish
     report = watch_generated(config)
     assert report.history.losses()[-1] == 0.0
     assert report.at_least("warning") == [], report
+
+
+def test_a_total_gradient_that_fell_100x_while_the_loss_stalled_is_vanishing():
+    """A residual CNN at Kaiming x10 under Adagrad: the loss starts at 1e16 and ends far
+    above a constant prediction's while the total gradient norm falls to 0.4% of its first
+    steps; no single layer's |g|/|W| falls 100x (generated tuning run 2075, labelled
+    vanishing over training by the oracle)."""
+    config = Config(
+        seed=2075, family="res_cnn", activation="gelu", init="kaiming", init_scale=10.0,
+        optimizer="adagrad", lr=0.1, seq_len=5, loss="mse", loss_scale=100.0, steps=30,
+        fault="large_init",
+    )  # fmt: skip
+    report = watch_generated(config)
+    vanishing = [f for f in report.at_least("warning") if f.kind == "vanishing_gradient"]
+    assert [f.evidence["over"] for f in vanishing] == ["time"], report
+    assert "the model (all layers together" in vanishing[0].message
+    assert vanishing[0].evidence["ratio_to_start"] < 0.01
+
+
+def test_rows_copied_within_groups_are_symmetric_weights():
+    """A GRU initialised to a constant (its head too): its rows differ from gate to gate
+    after training (so they are not all alike) but stay copies of each other within each
+    gate, since every hidden unit computes the same thing."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn, self.head = nn.GRU(4, 8, batch_first=True), nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.rnn(x)[0][:, -1])
+
+    def data(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(16, 6, 4, generator=torch.Generator().manual_seed(step % 4))
+        return x, (x[:, 0, 0] > 0).long()
+
+    model = Net()
+    for p in model.parameters():
+        nn.init.constant_(p, 0.05)
+    report = watch_loop(model, torch.optim.Adam(model.parameters(), lr=0.01), data, 12)
+    symmetric = [f for f in report.findings if f.kind == "symmetric_weights"]
+    assert {f.evidence["parameter"] for f in symmetric} == {
+        "rnn.weight_ih_l0", "rnn.weight_hh_l0"
+    }  # fmt: skip
+    assert all(f.evidence["row_spread"] > 0 for f in symmetric)  # the gates' rows differ
+    assert "100% of the 24 rows of rnn.weight_hh_l0 are copies of another row" in " ".join(
+        f.message for f in symmetric
+    )
+
+
+def test_rows_made_alike_by_a_blow_up_are_not_symmetric_weights():
+    """One huge step leaves the rows it missed tiny next to the rest, so within the
+    tolerance of each other: they were not copies at the start, so they do not count."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 3))
+    report = _train(model, steps=4, lr=1e6)
+    twins = report.history.grad_series("row_twins")
+    assert float(twins[0].nan_to_num().max()) == 0.0  # random rows at the start
+    assert "symmetric_weights" not in report.kinds()
