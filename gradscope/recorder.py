@@ -156,6 +156,10 @@ class Recorder:
             numel=self._numels, has_grad=self._ones_params, grad_nonfinite=self._zeros_params
         )
         self._last_param_norm = None
+        #: Weight matrices whose rows held copies when first measured (None: not measured
+        #: yet, so every matrix is): only they are looked at for copies again (copies that
+        #: were not there at the start are not symmetric initialisation; see symmetry).
+        self._copies_seen: set[int] | None = None
         # FSDP2 shards: each rank reads its local part (checked once, not every step).
         self._sharded = any(distributed.local(p) is not p for p in self.params)
         self._param_layout = stats.Layout.of(self._local_params())
@@ -245,7 +249,7 @@ class Recorder:
         layouts = (self._grad_layout, layout)
         self._grads = stats.grad_statistics(grads, params, detail, self.full, layouts, self._stacks)
         if detail:
-            self._row_spread = _row_spreads(params, layout, self._stacks)
+            self._row_spread = _row_spreads(params, layout, self._stacks, self._copies_seen)
 
     def snapshot(self) -> None:
         """Copy (a slice of) each parameter before the optimizer moves it (detail steps);
@@ -334,6 +338,8 @@ class Recorder:
                 columns = {**grads, **acts, "grad_min": grad_min, "scalars": scalars}
                 blocks.transfer(self.ranks, columns=columns, step=step)
         nonfinite = self._derive_grads(grads, grad_min)
+        if self._copies_seen is None and any(c == "row_twins" for c, _, _ in self._row_spread):
+            self._copies_seen = {i for i, share in enumerate(grads["row_twins"]) if share > 0}
         if fired:
             self._derive_acts(acts, fired)
         record = StepRecord(
@@ -535,22 +541,35 @@ _ROW_STATISTICS = (
 
 
 def _row_spreads(
-    params: list[Tensor], layout: stats.Layout | None, stacks: list[Tensor] | None
+    params: list[Tensor],
+    layout: stats.Layout | None,
+    stacks: list[Tensor] | None,
+    copies_seen: set[int] | None,
 ) -> list[tuple[str, list[int], Tensor | list[Tensor]]]:
     """The row statistics (:data:`_ROW_STATISTICS`) of every weight matrix: (column,
     parameter positions, values), one per stacked group of same-shaped matrices and one
-    for the others."""
+    for the others.  Copies (``row_twins``) only of the matrices in ``copies_seen``
+    (every one when None)."""
     out: list[tuple[str, list[int], Tensor | list[Tensor]]] = []
+
+    def wanted(column: str, positions: list[int]) -> bool:
+        return column != "row_twins" or copies_seen is None or bool(copies_seen & set(positions))
+
     alone = range(len(params))
     if layout is not None and stacks is not None:
         for group, stacked in zip(layout.groups, stacks, strict=True):
             if stacked.dim() >= 3:  # a group of matrices (or higher: conv kernels)
-                out += [(c, group, of_stack(stacked)) for c, of_stack, _ in _ROW_STATISTICS]
+                out += [
+                    (c, group, of_stack(stacked))
+                    for c, of_stack, _ in _ROW_STATISTICS
+                    if wanted(c, group)
+                ]
         alone = layout.rest
     matrices = [i for i in alone if params[i].dim() >= 2]
-    if matrices:
-        weights = [params[i] for i in matrices]
-        out += [(c, matrices, of_list(weights)) for c, _, of_list in _ROW_STATISTICS]
+    for column, _, of_list in _ROW_STATISTICS:
+        chosen = [i for i in matrices if wanted(column, [i])]
+        if chosen:
+            out.append((column, chosen, of_list([params[i] for i in chosen])))
     return out
 
 

@@ -174,6 +174,8 @@ class Scope:
         self._last_recorded_step = -1
         self._producer: weakref.ref | None = None  # the watched model that feeds this one
         self._feeds_another = False
+        #: The logged loss is another trainable network's verdict on this model's output.
+        self._judged_by_another = False
         self._consumer_calls_max = 0  # most calls per step of the model this one feeds
         self._root_calls = 0
         self._root_calls_max = 0
@@ -362,6 +364,9 @@ class Scope:
         value = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
         if self._hooks_live and isinstance(loss, Tensor) and loss.grad_fn is not None:
             self._measure.add_loss(loss)
+            if self._step < linkage.FOLLOW_STEPS and not self._judged_by_another:
+                own = {id(p) for p in self._params}
+                self._judged_by_another = linkage.judged_by_another_network(loss, own)
         if self._forward_since_step or not self.history.records:
             self._losses_logged += 1
             if self._loss is None or self._losses_logged == 1:
@@ -454,7 +459,7 @@ class Scope:
         judge: whether this model's output fed another watched model (and that model's
         most calls in one step), whether another watched model fed this one, and this
         model's most top-level calls in one step."""
-        if not self._feeds_another and self._producer is None:
+        if not self._feeds_another and self._producer is None and not self._judged_by_another:
             return {}
         return {
             "linked": {
@@ -462,6 +467,7 @@ class Scope:
                 "consumer_calls_per_step": self._consumer_calls_max,
                 "fed_by_another": self._producer is not None,
                 "calls_per_step": self._root_calls_max,
+                "judged_by_another": self._judged_by_another,
             }
         }
 

@@ -141,9 +141,13 @@ def fmt(value: float | None) -> str:
 def linked_gan_role(model_info: ModelInfo) -> str | None:
     """``"generator"`` or ``"discriminator"`` for a model watched apart from its rival:
     its output fed another watched model that ran at least twice per step (real and
-    generated samples), or it was fed by one and itself ran at least twice per step."""
+    generated samples), or its loss was an unwatched trainable network's verdict on it
+    (:func:`gradscope.linkage.judged_by_another_network`); or it was fed by one and
+    itself ran at least twice per step."""
     linked = model_info.extra.get("linked") or {}
     if linked.get("feeds_another") and linked.get("consumer_calls_per_step", 0) >= 2:
+        return "generator"
+    if linked.get("judged_by_another") and not linked.get("fed_by_another"):
         return "generator"
     if linked.get("fed_by_another") and linked.get("calls_per_step", 0) >= 2:
         return "discriminator"

@@ -242,11 +242,22 @@ def _gan_players(
             )
     if found:
         return found
-    players = [layer for layer in layers if roles.get(layer.name) == "generator"]
-    series = [relative_grad(layer, model_info) for layer in players]
-    return _faded_over_time(
-        history, model_info, (players, series), trend, (no_better, False), t, as_one=False
-    )
+    # Over training: each harmed player's gradient.  A generator facing a confident
+    # discriminator (the saturating loss starves it by ~10x: its own line); a
+    # discriminator scoring every sample alike, judged as a model trained alone (the
+    # definitions' 100x fall, its total gradient norm too: silent units leave only biases).
+    lines = {"generator": t, "discriminator": {**t, "time_ratio": t["model_time_ratio"]}}
+    for role in ("generator", "discriminator"):
+        players = [layer for layer in layers if roles.get(layer.name) == role]
+        if not players:
+            continue  # watched apart: the other player is the other scope's
+        series = [relative_grad(layer, model_info) for layer in players]
+        harm = (harmed[role], False)
+        found += _faded_over_time(
+            history, model_info, (players, series), trend, harm, lines[role],
+            as_one=role == "discriminator",
+        )  # fmt: skip
+    return found
 
 
 def _with_starved_inputs(layers: list, rel: list[float], affected: list) -> list:

@@ -149,7 +149,8 @@ def test_rows_made_alike_by_a_blow_up_are_not_symmetric_weights():
     """One huge step leaves the rows it missed tiny next to the rest, so within the
     tolerance of each other: they were not copies at the start, so they do not count."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 3))
+    model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU())
+    model.append(nn.Linear(64, 3))
     report = _train(model, steps=4, lr=1e6)
     twins = report.history.grad_series("row_twins")
     assert float(twins[0].nan_to_num().max()) == 0.0  # random rows at the start

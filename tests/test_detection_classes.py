@@ -187,6 +187,38 @@ def test_two_optimizer_gan_with_the_non_saturating_loss_is_silent():
     assert report.kinds_at_least("warning") == set()
 
 
+def test_a_generator_watched_alone_is_recognised_from_its_loss():
+    """Only the generator is watched: its loss runs through the discriminator's trainable
+    weights and scores the verdict against a constant label."""
+    from gradscope.linkage import judged_by_another_network
+
+    g, d = Generator(), Discriminator()
+    own = {id(p) for p in g.parameters()}
+    logits = d(g(torch.randn(16, 4)))
+    bce = nn.functional.binary_cross_entropy_with_logits
+    assert judged_by_another_network(bce(logits, torch.ones_like(logits)), own)
+    assert judged_by_another_network(-torch.sigmoid(logits).log().mean(), own)
+
+
+def test_a_loss_with_the_datas_labels_or_a_side_teacher_is_not_a_verdict():
+    """A backbone whose head another optimizer trains has labels as targets; a student
+    distilled from a teacher that still requires grad gets the teacher only as a target,
+    off its gradient's path; the discriminator's own loss stops at fake.detach()."""
+    from gradscope.linkage import judged_by_another_network
+
+    backbone, head, teacher = nn.Linear(4, 8), nn.Linear(8, 3), nn.Linear(4, 3)
+    own = {id(p) for p in backbone.parameters()}
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    assert not judged_by_another_network(nn.functional.cross_entropy(head(backbone(x)), y), own)
+    student = head(backbone(x)).log_softmax(-1)
+    kl = nn.functional.kl_div(student, teacher(x).softmax(-1), reduction="batchmean")
+    assert not judged_by_another_network(kl, own | {id(p) for p in head.parameters()})
+    g, d = Generator(), Discriminator()
+    verdict = d(g(torch.randn(16, 4)).detach())
+    loss = nn.functional.binary_cross_entropy_with_logits(verdict, torch.zeros_like(verdict))
+    assert not judged_by_another_network(loss, {id(p) for p in d.parameters()})
+
+
 class Conv1DLike(nn.Module):
     """A linear map held as a bare weight matrix (Hugging Face's GPT-2 Conv1D)."""
 

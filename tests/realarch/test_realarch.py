@@ -29,15 +29,6 @@ WRONG_TODAY = {
         "detector takes the median over records (below 1e3 once the first update saturates "
         "the cell)"
     ),
-    "gan/nonsaturating_loss": (
-        "exploding_gradient error on 0 (first fix clip_grad_norm) while updates are ~1% of the "
-        "weights: the generator's loss rising 0.6 -> 8 as D wins reads as divergence, since "
-        "watch(netG) alone is not recognised as a GAN player"
-    ),
-    "gan/saturating_loss": (
-        "vanishing_gradient on 0 but first fix add_batchnorm: watch(netG, optimizer=optG) is "
-        "one part and D is not watched, so gan_roles() finds no generator"
-    ),
 }
 
 
