@@ -213,6 +213,24 @@ def _through_depth(
             return
 
 
+#: Growth through depth counts against the smallest later layer when no single layer
+#: made more than this share of it (in orders of magnitude): layer by layer, not one jump
+#: (ConvNeXt's layer scale shrinks its blocks' gradient 1e4x at once).
+STEADY_SHARE = 0.5
+
+
+def _steady_growth(rel: list[float], i: int) -> float:
+    """``rel[i]`` over the smallest relative gradient after it (the chain's last layer, a
+    head, left out) when the gradient grew steadily from there to layer ``i``; else 0."""
+    path = rel[i:-1]
+    if len(path) < 3 or not all(math.isfinite(r) and r > 0 for r in path):
+        return 0.0
+    k = min(range(1, len(path)), key=path.__getitem__)
+    total = math.log(path[0] / path[k])
+    steps = [abs(math.log(path[j] / path[j + 1])) for j in range(k)]
+    return path[0] / path[k] if total > 0 and max(steps) <= STEADY_SHARE * total else 0.0
+
+
 def _grows_through(
     chain: list[tuple[LayerSignal, float]], t: dict, evidence: _Evidence
 ) -> bool:
@@ -225,8 +243,9 @@ def _grows_through(
             # Growth "layer by layer" needs a chain; two layers of different scales are not.
             continue
         # Against the typical later layer, as vanishing does: one near-converged head with a
-        # tiny gradient is not growth through the layers before it.
-        ratio = rel[i] / statistics.median(later)
+        # tiny gradient is not growth through the layers before it.  Or against the
+        # smallest one when the gradient grew step by step on the way there.
+        ratio = max(rel[i] / statistics.median(later), _steady_growth(rel, i))
         if ratio >= t["depth_growth"]:
             evidence.what.append(
                 f"{layer.name} gets {fmt(ratio)}x the gradient (relative to its weights) "

@@ -29,7 +29,6 @@ from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
 from gradscope.signals import (
     LossTrend,
-    activation_fraction,
     early,
     init_scale,
     loss_trend,
@@ -40,7 +39,6 @@ from gradscope_plugins import fix_builders as fix
 from gradscope_plugins.judgement import (
     HARM_DEFAULTS,
     MIN_LOSSES_FOR_A_STALL,
-    SATURATING_ROLES,
     blocked_paths_possible,
     depth_layers,
     first_step_where,
@@ -80,10 +78,8 @@ DEFAULTS = {
     # stall can be seen (a short diagnose() run).
     "depth_severe": 1e-5,
     # A layer whose weights grew this many times is not judged for vanishing through depth
-    # unless the model collapsed to a constant prediction (a diverged one counts when a
-    # sigmoid/tanh has this share of its outputs at an asymptote: saturation's error line).
+    # unless the model ended no better than a constant prediction (diverged or collapsed).
     "grown_weights": 10.0,
-    "saturated": 0.8,
     # The gradient reaching a recurrence's first step below this fraction of its last (the
     # definitions' line; with a loss that improved by less than ``time_stall`` or no better
     # than a constant prediction's: a plateau is not enough here, since a converged gated
@@ -119,12 +115,11 @@ def gradscope_detect(
     # hundreds of times the gradient of a healthy transformer's layers.  A model that
     # predicts a constant (or whose loss is no better than a constant prediction's) has
     # shown the harm: there the gap to the largest later layer counts.
-    # A loss no better than a constant's that did not climb above its start: the model
-    # collapsed to a constant (gradients gone), where a diverging one is exploding's
-    # (unless its units saturated on the way: then no gradient comes back either).
-    collapsed = (constant or beaten) and (
-        (trend.known and trend.last <= trend.first) or _saturated(history, model_info, t)
-    )
+    # A loss no better than a constant's: the model collapsed to a constant (its
+    # gradients gone), and layers whose weights grew count too.  A diverging one is
+    # exploding's as well (both are labelled by the definitions; the cause, a learning
+    # rate too high, is said in both, and each finding's first fix lowers it).
+    collapsed = constant or beaten
     affected = _depth_gaps(
         layers, rel, model_info, t, (constant or beaten, collapsed), rnn=no_better
     )
@@ -145,18 +140,6 @@ def gradscope_detect(
     )
 
 
-def _saturated(history: History, model_info: ModelInfo, t: dict) -> bool:
-    """Whether some sigmoid/tanh (or recurrent hidden state) has ``t["saturated"]`` of its
-    outputs at an asymptote: a diverging run whose units saturated passes no gradient back."""
-    roles = {layer.name: layer.role for layer in model_info.layers}
-    fractions = activation_fraction(history, "saturated", int(t["window"]))
-    return any(
-        fraction >= t["saturated"]
-        for name, fraction in fractions.items()
-        if roles.get(name) in SATURATING_ROLES
-    )
-
-
 def _depth_gaps(
     layers: list,
     rel: list[float],
@@ -170,11 +153,11 @@ def _depth_gaps(
     layers' (their median, or their largest when the loss has shown the harm: ``harm[0]``);
     recurrences are judged only when ``rnn``.
 
-    Two gaps count only once the model has collapsed to a constant prediction without
-    diverging (``harm[1]``): a layer whose weights grew (a step too large blew them up, and
-    the gradient that is left no longer moves them) and an exactly zero gradient behind
-    ReLUs (dead units block it; ``dead_relu`` names them).  Otherwise they are an unstable
-    run's (exploding's) or a few dead units' business, not a vanishing gradient's.
+    Two gaps count only once the model ends no better than a constant prediction
+    (``harm[1]``): a layer whose weights grew (a step too large blew them up, and the
+    gradient that is left no longer moves them) and an exactly zero gradient behind ReLUs
+    (dead units block it; ``dead_relu`` names them).  Otherwise they are an unstable run's
+    (exploding's) or a few dead units' business, not a vanishing gradient's.
     """
     against_max, collapsed = harm
     affected = []
@@ -398,11 +381,16 @@ def _harm_judged(trend: LossTrend) -> bool:
 
 def _constant_text(share: float, trend: LossTrend) -> str:
     """The harm, said for a model whose output no longer depends on its input."""
+    moved = (
+        "fell only as far as a constant prediction gets"
+        if trend.last <= trend.first
+        else "rose instead of falling"
+    )
     return (
         f" The model predicts nearly the same output for every input (only {share:.1%} of "
-        "its output varies between samples), so its loss "
-        f"({fmt(trend.first)} -> {fmt(trend.last)}) fell only as far as a constant "
-        "prediction gets: it learned the output's offset, not the task."
+        f"its output varies between samples), so its loss "
+        f"({fmt(trend.first)} -> {fmt(trend.last)}) {moved}: it learned the output's "
+        "offset, not the task."
     )
 
 
