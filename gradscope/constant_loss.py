@@ -9,8 +9,10 @@ reads the prediction and the targets there and computes, without a host sync:
 
 * the loss term itself, recomputed as a mean over the batch (so a scale, a sum or a
   ``reduction="none"`` followed by ``.mean()`` does not matter), and
-* the loss the best constant prediction gets on the same batch, the constant fitted to the
-  targets pooled over every step measured so far (class frequencies, per-feature means).
+* the loss the best constant prediction gets on the targets of every step so far (class
+  frequencies, per-feature means and variances, pooled on light steps too by
+  :meth:`ConstantLoss.pool_targets`: a few measured batches alone misjudge it by a few
+  percent); for L1 (its best constant is a median) on the measured batch alone.
 
 Any other graph (a sum of two losses, a custom loss) is not recognised and nothing is
 measured: the detectors then judge harm from the loss trend alone.
@@ -95,6 +97,22 @@ class ConstantLoss:
         except (RuntimeError, TypeError, ValueError, IndexError):
             return None  # freed saved tensors, odd shapes: not measured, never a crash
 
+    def pool_targets(self, loss: Tensor) -> None:
+        """Add this step's targets to the pool and nothing else (a light step): the best
+        constant is then the one for every batch the run trained on, not only for the
+        batches of the measured steps."""
+        node = loss_node(loss)
+        totals = _TOTALS.get(node.name()) if node is not None else None
+        if totals is None:
+            return
+        try:
+            with torch.no_grad():
+                found = totals(node)
+                if found is not None:
+                    self.pool(found[0], *found[1])
+        except (RuntimeError, TypeError, ValueError, IndexError):
+            return  # freed saved tensors, odd shapes: not pooled, never a crash
+
     def pool(self, key: tuple, *totals: Tensor) -> list[Tensor]:
         """Add this step's target totals to the pool under ``key`` and return the pool."""
         pooled = self._pools.get(key)
@@ -113,7 +131,8 @@ def _class_counts(target: Tensor, weight: Tensor, n_classes: int) -> Tensor:
     return counts.scatter_add_(0, target.reshape(-1), weight.reshape(-1))
 
 
-def _nll(meter: ConstantLoss, node: Any) -> tuple[Tensor, Tensor] | None:
+def _nll_parts(node: Any) -> tuple[Tensor, Tensor, Tensor, tuple] | None:
+    """(log-probabilities, targets, target weights, pool key) of an NLL/CE node."""
     if _saved(node, "weight") is not None:
         return None  # class weights change what the best constant is
     logp, target = _saved(node, "self"), _saved(node, "target")
@@ -122,63 +141,93 @@ def _nll(meter: ConstantLoss, node: Any) -> tuple[Tensor, Tensor] | None:
     n_classes = logp.shape[1]
     ignore = _saved(node, "ignore_index")
     weight = (target != ignore).float() if ignore is not None else torch.ones_like(target).float()
-    target = target.clamp(0, n_classes - 1)
+    return logp, target.clamp(0, n_classes - 1), weight, ("nll", n_classes)
+
+
+def _nll_totals(node: Any) -> tuple[tuple, list[Tensor]] | None:
+    parts = _nll_parts(node)
+    if parts is None:
+        return None
+    logp, target, weight, key = parts
+    return key, [_class_counts(target, weight, logp.shape[1])]
+
+
+def _nll(meter: ConstantLoss, node: Any) -> tuple[Tensor, Tensor] | None:
+    parts = _nll_parts(node)
+    if parts is None:
+        return None
+    logp, target, weight, key = parts
     picked = logp.gather(1, target.unsqueeze(1)).squeeze(1).float()  # no copy of the scores
-    n = weight.sum().clamp(min=1.0)
-    term = -(picked * weight).sum() / n
-    counts = _class_counts(target, weight, n_classes)
-    (pooled,) = meter.pool(("nll", n_classes), counts)
+    term = -(picked * weight).sum() / weight.sum().clamp(min=1.0)
+    (pooled,) = meter.pool(key, _class_counts(target, weight, logp.shape[1]))
     freq = pooled / pooled.sum().clamp(min=1.0)
-    constant = -(counts * freq.clamp(min=_EPS).log()).sum() / n
-    return term, constant
+    return term, -(freq * freq.clamp(min=_EPS).log()).sum()  # the pool's entropy
+
+
+def _binary_totals(node: Any) -> tuple[tuple, list[Tensor]] | None:
+    if _saved(node, "weight") is not None or _saved(node, "pos_weight") is not None:
+        return None
+    target = _saved(node, "target").float()
+    if target.dim() == 0:
+        return None
+    count = torch.tensor(float(target.shape[0]), device=target.device)
+    return ("bce", tuple(target.shape[1:])), [target.sum(0), count]
 
 
 def _binary(meter: ConstantLoss, node: Any, logits: bool) -> tuple[Tensor, Tensor] | None:
-    if _saved(node, "weight") is not None or _saved(node, "pos_weight") is not None:
+    totals = _binary_totals(node)
+    if totals is None:
         return None
     pred, target = _saved(node, "self").float(), _saved(node, "target").float()
-    if pred.dim() == 0:
-        return None
     if logits:
         term = F.binary_cross_entropy_with_logits(pred, target)
     else:
         term = F.binary_cross_entropy(pred.clamp(_EPS, 1 - _EPS), target)
-    total, count = meter.pool(
-        ("bce", tuple(target.shape[1:])), target.sum(0), torch.tensor(float(target.shape[0]))
-    )
-    p = (total / count.to(total.device)).clamp(_EPS, 1 - _EPS)
-    constant = -(target * p.log() + (1 - target) * (1 - p).log()).mean()
-    return term, constant
+    total, count = meter.pool(totals[0], *totals[1])
+    p = (total / count).clamp(_EPS, 1 - _EPS)
+    return term, -(p * p.log() + (1 - p) * (1 - p).log()).mean()  # the pool's entropy
+
+
+def _mse_totals(node: Any) -> tuple[tuple, list[Tensor]] | None:
+    pred, target = _saved(node, "self"), _saved(node, "target").float()
+    if pred.shape != target.shape or pred.dim() == 0:
+        return None
+    count = torch.tensor(float(target.shape[0]), device=target.device)
+    return ("mse", tuple(target.shape[1:])), [target.sum(0), target.square().sum(0), count]
 
 
 def _mse(meter: ConstantLoss, node: Any) -> tuple[Tensor, Tensor] | None:
-    pred, target = _saved(node, "self").float(), _saved(node, "target").float()
-    if pred.shape != target.shape or pred.dim() == 0:
+    totals = _mse_totals(node)
+    if totals is None:
         return None
-    term = F.mse_loss(pred, target)
-    total, count = meter.pool(
-        ("mse", tuple(target.shape[1:])), target.sum(0), torch.tensor(float(target.shape[0]))
-    )
-    mean = total / count.to(total.device)
-    constant = ((target - mean) ** 2).mean()
-    return term, constant
+    pred, target = _saved(node, "self").float(), _saved(node, "target").float()
+    total, squares, count = meter.pool(totals[0], *totals[1])
+    mean = total / count
+    variance = (squares / count - mean.square()).clamp(min=0.0)
+    return F.mse_loss(pred, target), variance.mean()  # the pool's variance
 
 
-def _hinge(meter: ConstantLoss, node: Any) -> tuple[Tensor, Tensor] | None:
+def _hinge_totals(node: Any) -> tuple[tuple, list[Tensor]] | None:
     if _saved(node, "weight") is not None or int(_saved(node, "p") or 1) != 1:
         return None
-    scores, target = _saved(node, "self").float(), _saved(node, "target").reshape(-1)
+    scores, target = _saved(node, "self"), _saved(node, "target").reshape(-1)
     if scores.dim() != 2 or scores.shape[1] > _HINGE_MAX_CLASSES:
         return None
     margin = float(_saved(node, "margin") or 1.0)
-    term = F.multi_margin_loss(scores, target, margin=margin)
     counts = _class_counts(target, torch.ones_like(target).float(), scores.shape[1])
-    (pooled,) = meter.pool(("hinge", scores.shape[1]), counts)
-    freq_pool = pooled / pooled.sum().clamp(min=1.0)
-    best = _best_hinge_output(freq_pool, margin)
-    gaps = (margin - best[target][:, None] + best[None, :]).clamp(min=0)
-    constant = (gaps.sum(1) - margin).mean() / scores.shape[1]
-    return term, constant
+    return ("hinge", scores.shape[1], margin), [counts]
+
+
+def _hinge(meter: ConstantLoss, node: Any) -> tuple[Tensor, Tensor] | None:
+    totals = _hinge_totals(node)
+    if totals is None:
+        return None
+    scores, target = _saved(node, "self").float(), _saved(node, "target").reshape(-1)
+    margin = totals[0][2]
+    term = F.multi_margin_loss(scores, target, margin=margin)
+    (pooled,) = meter.pool(totals[0], *totals[1])
+    freq = pooled / pooled.sum().clamp(min=1.0)
+    return term, _best_hinge_loss(freq, margin)
 
 
 def _hinge_grid(n: int, margin: float, device: torch.device) -> Tensor:
@@ -198,14 +247,14 @@ def _hinge_grid(n: int, margin: float, device: torch.device) -> Tensor:
     return grid
 
 
-def _best_hinge_output(freq: Tensor, margin: float) -> Tensor:
-    """The output vector with the lowest mean multi-class hinge for class frequencies
-    ``freq`` among :func:`_hinge_grid`'s candidates."""
-    grid = _hinge_grid(freq.numel(), margin, freq.device)
+def _best_hinge_loss(freq: Tensor, margin: float) -> Tensor:
+    """The lowest mean multi-class hinge a constant output scores on targets of class
+    frequencies ``freq``, among :func:`_hinge_grid`'s candidates."""
+    n = freq.numel()
+    grid = _hinge_grid(n, margin, freq.device)
     # loss(c) = sum_y f_y * sum_{j != y} max(0, m - c_y + c_j) / n; the j == y term is m.
     gaps = (margin - grid[:, :, None] + grid[:, None, :]).clamp(min=0)  # [candidate, y, j]
-    losses = ((gaps.sum(2) - margin) * freq).sum(1)
-    return grid[losses.argmin()]
+    return ((gaps.sum(2) - margin) * freq).sum(1).min() / n
 
 
 _GRIDS: dict[tuple, Tensor] = {}
@@ -229,6 +278,17 @@ def _l1(meter: ConstantLoss, node: Any) -> tuple[Tensor, Tensor] | None:
     constant = (target - target.median(dim=0).values).abs().mean()  # the batch's best
     return term, constant
 
+
+#: What a light step adds to the pools (the targets' totals), per loss node; L1 keeps no
+#: pool (its best constant, a median, is taken on each measured batch).
+_TOTALS: dict[str, Callable[[Any], tuple[tuple, list[Tensor]] | None]] = {
+    "NllLossBackward0": _nll_totals,
+    "NllLoss2DBackward0": _nll_totals,
+    "BinaryCrossEntropyWithLogitsBackward0": _binary_totals,
+    "BinaryCrossEntropyBackward0": _binary_totals,
+    "MseLossBackward0": _mse_totals,
+    "MultiMarginLossBackward0": _hinge_totals,
+}
 
 _MEASURES: dict[str, Callable[[ConstantLoss, Any], tuple[Tensor, Tensor] | None]] = {
     "NllLossBackward0": _nll,

@@ -189,6 +189,11 @@ class Recorder:
         if self._loss_terms is None and self.output_module is not None:
             self._loss_terms = self._constant.measure(loss, self._output)
 
+    def pool_targets(self, loss: Tensor) -> None:
+        """A light step's loss: only its targets join the constant prediction's pool."""
+        if self.output_module is not None:
+            self._constant.pool_targets(loss)
+
     def add_output(self, j: int, x: Tensor, given: Tensor | None = None) -> None:
         """Measure one call's floating-point output (and input) of module ``j`` (a detail
         step)."""

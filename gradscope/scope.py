@@ -362,11 +362,14 @@ class Scope:
                 "ended?); it would overwrite a recorded loss, so log the loss inside the block."
             )
         value = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
-        if self._hooks_live and isinstance(loss, Tensor) and loss.grad_fn is not None:
-            self._measure.add_loss(loss)
-            if self._step < linkage.FOLLOW_STEPS and not self._judged_by_another:
-                own = {id(p) for p in self._params}
-                self._judged_by_another = linkage.judged_by_another_network(loss, own)
+        if isinstance(loss, Tensor) and loss.grad_fn is not None:
+            if not self._hooks_live:
+                self._measure.pool_targets(loss)
+            else:
+                self._measure.add_loss(loss)
+                if self._step < linkage.FOLLOW_STEPS and not self._judged_by_another:
+                    own = {id(p) for p in self._params}
+                    self._judged_by_another = linkage.judged_by_another_network(loss, own)
         if self._forward_since_step or not self.history.records:
             self._losses_logged += 1
             if self._loss is None or self._losses_logged == 1:
