@@ -48,6 +48,10 @@ _HINGE_GRID_CLASSES = 6
 #: Beyond this many classes the hinge's constant is not searched (candidates x C x C).
 _HINGE_MAX_CLASSES = 64
 _EPS = 1e-6
+#: Light steps' target entries held before they are pooled at once (about 32 MB of int64).
+MAX_HELD = 1 << 22
+#: What a light step holds: (pool key, the totals of a batch's targets, the targets).
+_Held = tuple[tuple, Callable[..., list[Tensor]], tuple[Tensor, ...]]
 
 
 def _saved(node: Any, name: str) -> Any:
@@ -79,6 +83,10 @@ class ConstantLoss:
 
     def __init__(self) -> None:
         self._pools: dict[tuple, list[Tensor]] = {}
+        #: Light steps' targets, held (no tensor operation on a light step) until the next
+        #: measured step pools them: (pool key, totals function, targets, their versions).
+        self._held: list[tuple[tuple, Callable[..., list[Tensor]], tuple, tuple]] = []
+        self._held_numel = 0
         #: The model's output of the step being measured (for the L1 loss).
         self.output: Tensor | None = None
 
@@ -93,25 +101,44 @@ class ConstantLoss:
         self.output = output
         try:
             with torch.no_grad():
+                self._pool_held()
                 return _MEASURES[node.name()](self, node)
         except (RuntimeError, TypeError, ValueError, IndexError):
             return None  # freed saved tensors, odd shapes: not measured, never a crash
 
     def pool_targets(self, loss: Tensor) -> None:
-        """Add this step's targets to the pool and nothing else (a light step): the best
+        """Keep this step's targets for the pool and nothing else (a light step): the best
         constant is then the one for every batch the run trained on, not only for the
-        batches of the measured steps."""
+        batches of the measured steps.  No tensor operation runs here: the targets are
+        held and pooled at the next measured step (at once if more than
+        :data:`MAX_HELD` entries wait), unless they were changed in place meanwhile."""
         node = loss_node(loss)
-        totals = _TOTALS.get(node.name()) if node is not None else None
-        if totals is None:
+        holder = _HOLDERS.get(node.name()) if node is not None else None
+        if holder is None:
             return
         try:
-            with torch.no_grad():
-                found = totals(node)
-                if found is not None:
-                    self.pool(found[0], *found[1])
+            held = holder(node)
         except (RuntimeError, TypeError, ValueError, IndexError):
             return  # freed saved tensors, odd shapes: not pooled, never a crash
+        if held is None:
+            return
+        key, totals, targets = held
+        self._held.append((key, totals, targets, tuple(t._version for t in targets)))
+        self._held_numel += sum(t.numel() for t in targets)
+        if self._held_numel > MAX_HELD:
+            with torch.no_grad():
+                self._pool_held()
+
+    def _pool_held(self) -> None:
+        """Pool the held targets: those of one pool key and shape in one call."""
+        held, self._held, self._held_numel = self._held, [], 0
+        groups: dict[tuple, tuple[Callable[..., list[Tensor]], list[Tensor]]] = {}
+        for key, totals, (target,), (version,) in held:
+            if target._version == version:  # not changed in place since
+                group = (key, tuple(target.shape[1:]), target.device, target.dtype)
+                groups.setdefault(group, (totals, []))[1].append(target)
+        for (key, *_), (totals, targets) in groups.items():
+            self.pool(key, *totals(targets[0] if len(targets) == 1 else torch.cat(targets)))
 
     def pool(self, key: tuple, *totals: Tensor) -> list[Tensor]:
         """Add this step's target totals to the pool under ``key`` and return the pool."""
@@ -144,12 +171,19 @@ def _nll_parts(node: Any) -> tuple[Tensor, Tensor, Tensor, tuple] | None:
     return logp, target.clamp(0, n_classes - 1), weight, ("nll", n_classes)
 
 
-def _nll_totals(node: Any) -> tuple[tuple, list[Tensor]] | None:
-    parts = _nll_parts(node)
-    if parts is None:
+def _nll_held(node: Any) -> _Held | None:
+    if _saved(node, "weight") is not None:
         return None
-    logp, target, weight, key = parts
-    return key, [_class_counts(target, weight, logp.shape[1])]
+    scores, target = _saved(node, "self"), _saved(node, "target")
+    n_classes = scores.shape[0] if scores.dim() == 1 else scores.shape[1]
+    ignore = _saved(node, "ignore_index")
+
+    def totals(target: Tensor) -> list[Tensor]:
+        weight = (target != ignore).float() if ignore is not None else target.new_ones(())
+        weight = weight.expand_as(target).float()
+        return [_class_counts(target.clamp(0, n_classes - 1), weight, n_classes)]
+
+    return ("nll", n_classes), totals, (target,)
 
 
 def _nll(meter: ConstantLoss, node: Any) -> tuple[Tensor, Tensor] | None:
@@ -164,68 +198,81 @@ def _nll(meter: ConstantLoss, node: Any) -> tuple[Tensor, Tensor] | None:
     return term, -(freq * freq.clamp(min=_EPS).log()).sum()  # the pool's entropy
 
 
-def _binary_totals(node: Any) -> tuple[tuple, list[Tensor]] | None:
+def _binary_held(node: Any) -> _Held | None:
     if _saved(node, "weight") is not None or _saved(node, "pos_weight") is not None:
         return None
-    target = _saved(node, "target").float()
+    target = _saved(node, "target")
     if target.dim() == 0:
         return None
-    count = torch.tensor(float(target.shape[0]), device=target.device)
-    return ("bce", tuple(target.shape[1:])), [target.sum(0), count]
+    return ("bce", tuple(target.shape[1:])), _sum_and_count, (target,)
+
+
+def _sum_and_count(target: Tensor) -> list[Tensor]:
+    target = target.float()
+    return [target.sum(0), torch.tensor(float(target.shape[0]), device=target.device)]
 
 
 def _binary(meter: ConstantLoss, node: Any, logits: bool) -> tuple[Tensor, Tensor] | None:
-    totals = _binary_totals(node)
-    if totals is None:
+    held = _binary_held(node)
+    if held is None:
         return None
     pred, target = _saved(node, "self").float(), _saved(node, "target").float()
     if logits:
         term = F.binary_cross_entropy_with_logits(pred, target)
     else:
         term = F.binary_cross_entropy(pred.clamp(_EPS, 1 - _EPS), target)
-    total, count = meter.pool(totals[0], *totals[1])
+    total, count = meter.pool(held[0], *_sum_and_count(target))
     p = (total / count).clamp(_EPS, 1 - _EPS)
     return term, -(p * p.log() + (1 - p) * (1 - p).log()).mean()  # the pool's entropy
 
 
-def _mse_totals(node: Any) -> tuple[tuple, list[Tensor]] | None:
-    pred, target = _saved(node, "self"), _saved(node, "target").float()
+def _mse_held(node: Any) -> _Held | None:
+    pred, target = _saved(node, "self"), _saved(node, "target")
     if pred.shape != target.shape or pred.dim() == 0:
         return None
+    return ("mse", tuple(target.shape[1:])), _moments, (target,)
+
+
+def _moments(target: Tensor) -> list[Tensor]:
+    target = target.float()
     count = torch.tensor(float(target.shape[0]), device=target.device)
-    return ("mse", tuple(target.shape[1:])), [target.sum(0), target.square().sum(0), count]
+    return [target.sum(0), target.square().sum(0), count]
 
 
 def _mse(meter: ConstantLoss, node: Any) -> tuple[Tensor, Tensor] | None:
-    totals = _mse_totals(node)
-    if totals is None:
+    held = _mse_held(node)
+    if held is None:
         return None
     pred, target = _saved(node, "self").float(), _saved(node, "target").float()
-    total, squares, count = meter.pool(totals[0], *totals[1])
+    total, squares, count = meter.pool(held[0], *_moments(target))
     mean = total / count
     variance = (squares / count - mean.square()).clamp(min=0.0)
     return F.mse_loss(pred, target), variance.mean()  # the pool's variance
 
 
-def _hinge_totals(node: Any) -> tuple[tuple, list[Tensor]] | None:
+def _hinge_held(node: Any) -> _Held | None:
     if _saved(node, "weight") is not None or int(_saved(node, "p") or 1) != 1:
         return None
-    scores, target = _saved(node, "self"), _saved(node, "target").reshape(-1)
+    scores, target = _saved(node, "self"), _saved(node, "target")
     if scores.dim() != 2 or scores.shape[1] > _HINGE_MAX_CLASSES:
         return None
-    margin = float(_saved(node, "margin") or 1.0)
-    counts = _class_counts(target, torch.ones_like(target).float(), scores.shape[1])
-    return ("hinge", scores.shape[1], margin), [counts]
+    n_classes, margin = scores.shape[1], float(_saved(node, "margin") or 1.0)
+
+    def totals(target: Tensor) -> list[Tensor]:
+        target = target.reshape(-1)
+        return [_class_counts(target, torch.ones_like(target).float(), n_classes)]
+
+    return ("hinge", n_classes, margin), totals, (target,)
 
 
 def _hinge(meter: ConstantLoss, node: Any) -> tuple[Tensor, Tensor] | None:
-    totals = _hinge_totals(node)
-    if totals is None:
+    held = _hinge_held(node)
+    if held is None:
         return None
-    scores, target = _saved(node, "self").float(), _saved(node, "target").reshape(-1)
-    margin = totals[0][2]
-    term = F.multi_margin_loss(scores, target, margin=margin)
-    (pooled,) = meter.pool(totals[0], *totals[1])
+    key, totals, (target,) = held
+    scores, margin = _saved(node, "self").float(), key[2]
+    term = F.multi_margin_loss(scores, target.reshape(-1), margin=margin)
+    (pooled,) = meter.pool(key, *totals(target))
     freq = pooled / pooled.sum().clamp(min=1.0)
     return term, _best_hinge_loss(freq, margin)
 
@@ -279,15 +326,16 @@ def _l1(meter: ConstantLoss, node: Any) -> tuple[Tensor, Tensor] | None:
     return term, constant
 
 
-#: What a light step adds to the pools (the targets' totals), per loss node; L1 keeps no
-#: pool (its best constant, a median, is taken on each measured batch).
-_TOTALS: dict[str, Callable[[Any], tuple[tuple, list[Tensor]] | None]] = {
-    "NllLossBackward0": _nll_totals,
-    "NllLoss2DBackward0": _nll_totals,
-    "BinaryCrossEntropyWithLogitsBackward0": _binary_totals,
-    "BinaryCrossEntropyBackward0": _binary_totals,
-    "MseLossBackward0": _mse_totals,
-    "MultiMarginLossBackward0": _hinge_totals,
+#: What a light step holds for the pools, per loss node: (pool key, the totals of a
+#: batch's targets, the targets); L1 keeps no pool (its best constant, a median, is taken
+#: on each measured batch).
+_HOLDERS: dict[str, Callable[[Any], _Held | None]] = {
+    "NllLossBackward0": _nll_held,
+    "NllLoss2DBackward0": _nll_held,
+    "BinaryCrossEntropyWithLogitsBackward0": _binary_held,
+    "BinaryCrossEntropyBackward0": _binary_held,
+    "MseLossBackward0": _mse_held,
+    "MultiMarginLossBackward0": _hinge_held,
 }
 
 _MEASURES: dict[str, Callable[[ConstantLoss, Any], tuple[Tensor, Tensor] | None]] = {

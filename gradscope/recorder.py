@@ -186,13 +186,16 @@ class Recorder:
     def add_loss(self, loss: Tensor) -> None:
         """Compare the step's loss with a constant prediction's (a detail step, the loss
         logged before ``backward()``; the first logged loss of a step counts)."""
-        if self._loss_terms is None and self.output_module is not None:
+        if self._loss_terms is not None:
+            self._constant.pool_targets(loss)  # a step's later losses (accumulation)
+        elif self.output_module is None:
+            self._constant.pool_targets(loss)  # the first step: no row to put it on yet
+        else:
             self._loss_terms = self._constant.measure(loss, self._output)
 
     def pool_targets(self, loss: Tensor) -> None:
         """A light step's loss: only its targets join the constant prediction's pool."""
-        if self.output_module is not None:
-            self._constant.pool_targets(loss)
+        self._constant.pool_targets(loss)
 
     def add_output(self, j: int, x: Tensor, given: Tensor | None = None) -> None:
         """Measure one call's floating-point output (and input) of module ``j`` (a detail

@@ -31,6 +31,10 @@ from gradscope.report import Report
 
 #: Forward passes without any recorded step before gradscope says so (once).
 UNRECORDED_WARN = 1000
+#: Training steps whose targets all join the constant prediction's pool (light steps
+#: included); later only the detail steps' do (by then the class frequencies are known,
+#: and a long run pays nothing on its light steps).
+POOL_STEPS = 100
 
 
 class Scope:
@@ -364,7 +368,8 @@ class Scope:
         value = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
         if isinstance(loss, Tensor) and loss.grad_fn is not None:
             if not self._hooks_live:
-                self._measure.pool_targets(loss)
+                if self._step < POOL_STEPS:
+                    self._measure.pool_targets(loss)
             else:
                 self._measure.add_loss(loss)
                 if self._step < linkage.FOLLOW_STEPS and not self._judged_by_another:

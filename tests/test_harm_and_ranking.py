@@ -139,4 +139,4 @@ def test_an_extreme_depth_gap_in_a_run_whose_loss_learned_is_info_not_a_warning(
     scope.detach()
     found = [f for f in scope.report().findings if f.kind == "vanishing_gradient"]
     assert [(f.layer, f.severity) for f in found] == [("enc.0.0", "info")]
-    assert found[0].evidence["loss_vs_constant"] < 0.92
+    assert found[0].evidence["loss_vs_constant"] < 0.9
