@@ -161,3 +161,17 @@ def test_the_constant_is_judged_on_every_steps_targets_not_only_the_measured_one
     measured = constant[~torch.isnan(constant)]
     assert history.steps[-1] == 20 and len(measured) < 10  # a few detail steps only
     assert float(measured[-1]) == pytest.approx(math.log(3), rel=1e-6)
+
+
+def test_held_targets_changed_in_place_before_they_are_counted_are_dropped():
+    """A light step only holds its targets; a loop that refills one target buffer in place
+    would otherwise have every held step counted with the latest labels."""
+    meter = ConstantLoss()
+    scores = torch.zeros(4, 3, requires_grad=True)
+    kept, refilled = torch.tensor([0, 0, 0, 0]), torch.tensor([1, 1, 1, 1])
+    meter.pool_targets(F.cross_entropy(scores, kept))
+    meter.pool_targets(F.cross_entropy(scores, refilled))
+    refilled.fill_(2)  # the next batch's labels, written into the same buffer
+    _, constant = meter.measure(F.cross_entropy(scores, torch.tensor([1, 1, 1, 1])))
+    # Pooled: four 0s and this step's four 1s (the refilled step dropped): entropy log 2.
+    assert float(constant) == pytest.approx(math.log(2), rel=1e-6)
