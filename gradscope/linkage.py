@@ -28,36 +28,44 @@ from gradscope.constant_loss import loss_node
 #: Steps during which a scope notes and matches its model's inputs and outputs.
 FOLLOW_STEPS = 8
 _MAX_OUTPUTS = 32
-_outputs: OrderedDict[int, weakref.ref] = OrderedDict()
+#: Output storage address -> (its owner, the output itself), both weakly: an output that
+#: was freed no longer links anything (its memory, and so its address, is reused).
+_outputs: OrderedDict[int, tuple[weakref.ref, weakref.ref]] = OrderedDict()
 
 
-def _key(value: Any) -> int | None:
+def _first(value: Any) -> tuple[Tensor, int] | None:
     x = stats.first_float_tensor(value)
     if not isinstance(x, Tensor) or x.numel() == 0:
         return None
     try:
-        return x.data_ptr()
+        return x, x.data_ptr()
     except RuntimeError:  # tensors without storage (meta, some wrappers)
         return None
 
 
 def note_output(owner: object, output: Any) -> None:
     """Remember that ``owner``'s model produced ``output``."""
-    key = _key(output)
-    if key is None:
+    found = _first(output)
+    if found is None:
         return
-    _outputs[key] = weakref.ref(owner)
+    x, key = found
+    try:
+        _outputs[key] = (weakref.ref(owner), weakref.ref(x))
+    except TypeError:  # a tensor subclass without weak references
+        return
     _outputs.move_to_end(key)
     while len(_outputs) > _MAX_OUTPUTS:
         _outputs.popitem(last=False)
 
 
 def producer_of(owner: object, args: Any) -> object | None:
-    """The other owner whose model produced the first tensor of ``args``, if any."""
-    key = _key(args)
-    if key is None or key not in _outputs:
-        return None
-    producer = _outputs[key]()
+    """The other owner whose model produced the first tensor of ``args`` (that very
+    output, or a view or ``.detach()`` of it, still alive), if any."""
+    found = _first(args)
+    entry = _outputs.get(found[1]) if found is not None else None
+    if entry is None or entry[1]() is None:
+        return None  # never an output, or one that was freed (its address reused since)
+    producer = entry[0]()
     return producer if producer is not None and producer is not owner else None
 
 

@@ -187,6 +187,25 @@ def test_two_optimizer_gan_with_the_non_saturating_loss_is_silent():
     assert report.kinds_at_least("warning") == set()
 
 
+def test_an_output_that_was_freed_links_no_model():
+    """Models are linked through the storage address of an output; once that output is
+    freed its memory is reused, and a later tensor at the same address is not it (a
+    flaky realarch run: a generator's noise landed where an earlier test's output was)."""
+    from gradscope import linkage
+
+    class Owner:
+        pass
+
+    first, second = Owner(), Owner()
+    memory = torch.zeros(64, 2)
+    output = memory.view(64, 2)
+    linkage.note_output(first, output)
+    assert linkage.producer_of(second, (output.detach(),)) is first  # alive: linked
+    del output
+    reused = memory.view(128)  # the same address, not the output
+    assert linkage.producer_of(second, (reused,)) is None
+
+
 def test_a_generator_watched_alone_is_recognised_from_its_loss():
     """Only the generator is watched: its loss runs through the discriminator's trainable
     weights and scores the verdict against a constant label."""
