@@ -73,19 +73,27 @@ def producer_of(owner: object, args: Any) -> object | None:
 _MAX_NODES = 5000
 
 
-def judged_by_another_network(loss: Tensor, own: set[int]) -> bool:
+def judged_by_another_network(loss: Tensor, own: set[int]) -> bool | Tensor:
     """Whether ``loss`` is another trainable network's verdict on the model whose parameter
     ids are ``own``: on its graph's way back to the model's parameters, the gradient passes
     through operations with trainable parameters that are not the model's (a teacher whose
     output is only a target hangs off to the side), and the loss compares with no
     data-dependent target (a constant label, as a GAN generator's loss does; a fine-tuned
     backbone's head or a decoder trained by a second optimizer has the data's labels or
-    inputs as targets)."""
+    inputs as targets).  Without a host sync: when the target's constancy is what decides,
+    the answer is a 0-dim boolean tensor on the loss's device (read when the run is
+    reported)."""
+    if loss.grad_fn is None or not _through_another_network(loss, own):
+        return False
     try:
-        if loss.grad_fn is None or _has_data_target(loss):
-            return False
+        return _constant_target(loss)
     except RuntimeError:  # logged after backward(): the saved targets are freed
         return False
+
+
+def _through_another_network(loss: Tensor, own: set[int]) -> bool:
+    """Whether the gradient's way from ``loss`` back to the parameters ``own`` passes
+    through operations with trainable parameters that are not among them."""
     children: dict[int, list] = {}
     order: list = []  # post-order: every node after the nodes it leads to
     stack: list[tuple[Any, bool]] = [(loss.grad_fn, False)]
@@ -116,12 +124,12 @@ def judged_by_another_network(loss: Tensor, own: set[int]) -> bool:
     return False
 
 
-def _has_data_target(loss: Tensor) -> bool:
-    """Whether a recognised loss function behind ``loss`` compares with targets that are
-    not all the same value."""
+def _constant_target(loss: Tensor) -> bool | Tensor:
+    """Whether the recognised loss function behind ``loss`` compares with one value only
+    (a 0-dim boolean tensor), or True when it has no target (a custom loss)."""
     node = loss_node(loss)
     target = getattr(node, "_saved_target", None) if node is not None else None
     if not isinstance(target, Tensor) or target.numel() == 0:
-        return False
+        return True
     flat = target.detach().reshape(-1)
-    return bool((flat != flat[0]).any())
+    return (flat == flat[0]).all()

@@ -178,8 +178,9 @@ class Scope:
         self._last_recorded_step = -1
         self._producer: weakref.ref | None = None  # the watched model that feeds this one
         self._feeds_another = False
-        #: The logged loss is another trainable network's verdict on this model's output.
-        self._judged_by_another = False
+        #: The logged loss is another trainable network's verdict on this model's output
+        #: (False until found; a device tensor read only when the run is reported).
+        self._judged_by_another: bool | Tensor = False
         self._consumer_calls_max = 0  # most calls per step of the model this one feeds
         self._root_calls = 0
         self._root_calls_max = 0
@@ -372,7 +373,7 @@ class Scope:
                     self._measure.pool_targets(loss)
             else:
                 self._measure.add_loss(loss)
-                if self._step < linkage.FOLLOW_STEPS and not self._judged_by_another:
+                if self._step < linkage.FOLLOW_STEPS and self._judged_by_another is False:
                     own = {id(p) for p in self._params}
                     self._judged_by_another = linkage.judged_by_another_network(loss, own)
         if self._forward_since_step or not self.history.records:
@@ -462,12 +463,16 @@ class Scope:
         if up is not None:
             up._consumer_calls_max = max(up._consumer_calls_max, self._root_calls)
 
-    def _rival(self) -> dict[str, Any]:
+    def _rival(self, final: bool = False) -> dict[str, Any]:
         """What the first steps showed about other watched models, for the plugins to
         judge: whether this model's output fed another watched model (and that model's
-        most calls in one step), whether another watched model fed this one, and this
-        model's most top-level calls in one step."""
-        if not self._feeds_another and self._producer is None and not self._judged_by_another:
+        most calls in one step), whether another watched model fed this one, this
+        model's most top-level calls in one step, and whether its loss was an unwatched
+        trainable network's verdict on it."""
+        judged = self._judged_by_another
+        # A pending device answer is read at report time only (one host sync per step).
+        judged = bool(judged) if final else judged is True
+        if not self._feeds_another and self._producer is None and not judged:
             return {}
         return {
             "linked": {
@@ -475,7 +480,7 @@ class Scope:
                 "consumer_calls_per_step": self._consumer_calls_max,
                 "fed_by_another": self._producer is not None,
                 "calls_per_step": self._root_calls_max,
-                "judged_by_another": self._judged_by_another,
+                "judged_by_another": judged,
             }
         }
 
@@ -715,7 +720,9 @@ class Scope:
         order += [j for j in range(len(self._modules)) if self._rank[j] is None]
         return order
 
-    def _describe(self) -> ModelInfo:
+    def _describe(self, final: bool = False) -> ModelInfo:
+        """The model as seen so far; ``final`` (a report) also reads answers still on the
+        device (see :meth:`_rival`)."""
         info = describe(
             self.model,
             self._modules,
@@ -726,13 +733,13 @@ class Scope:
             shapes=self._shapes,
             parts=self.parts,
         )
-        info.extra.update(self._rival())
+        info.extra.update(self._rival(final))
         return info
 
     # -- reporting ---------------------------------------------------------------
     def report(self) -> Report:
         """Judge what has been recorded so far; callable while training runs."""
-        self.model_info = self._describe()
+        self.model_info = self._describe(final=True)
         judgement = judge(self.history, self.model_info, self.config, self._runner)
         notes = self.coverage_notes() + ([self._origin_note] if self._origin_note else [])
         notes += self._skips.notes() if self._skips is not None else []
