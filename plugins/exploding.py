@@ -61,8 +61,12 @@ DEFAULTS = {
     "growth": 1e3,
     # ...on at least this many recorded steps.
     "growth_steps": 2,
-    # A layer's relative gradient over the smallest one of a later layer.
+    # A layer's relative gradient over the typical one of the later layers (or the
+    # smallest, when no single layer on the way made more than ``steady_share`` of the
+    # growth in orders of magnitude: layer by layer, not one jump such as ConvNeXt's layer
+    # scale shrinking its blocks' gradient 1e4x at once).
     "depth_growth": 1e3,
+    "steady_share": 0.5,
     # A layer's gradient norm over its weights' norm (at least their default-init size).
     "size_ratio": 1e3,
     # The gradient reaching a recurrence's first time step over what reaches its last.
@@ -213,22 +217,17 @@ def _through_depth(
             return
 
 
-#: Growth through depth counts against the smallest later layer when no single layer
-#: made more than this share of it (in orders of magnitude): layer by layer, not one jump
-#: (ConvNeXt's layer scale shrinks its blocks' gradient 1e4x at once).
-STEADY_SHARE = 0.5
-
-
-def _steady_growth(rel: list[float], i: int) -> float:
+def _steady_growth(rel: list[float], i: int, share: float) -> float:
     """``rel[i]`` over the smallest relative gradient after it (the chain's last layer, a
-    head, left out) when the gradient grew steadily from there to layer ``i``; else 0."""
+    head, left out) when the gradient grew steadily from there to layer ``i`` (no single
+    layer made more than ``share`` of the growth in orders of magnitude); else 0."""
     path = rel[i:-1]
     if len(path) < 3 or not all(math.isfinite(r) and r > 0 for r in path):
         return 0.0
     k = min(range(1, len(path)), key=path.__getitem__)
     total = math.log(path[0] / path[k])
     steps = [abs(math.log(path[j] / path[j + 1])) for j in range(k)]
-    return path[0] / path[k] if total > 0 and max(steps) <= STEADY_SHARE * total else 0.0
+    return path[0] / path[k] if total > 0 and max(steps) <= share * total else 0.0
 
 
 def _grows_through(
@@ -245,7 +244,7 @@ def _grows_through(
         # Against the typical later layer, as vanishing does: one near-converged head with a
         # tiny gradient is not growth through the layers before it.  Or against the
         # smallest one when the gradient grew step by step on the way there.
-        ratio = max(rel[i] / statistics.median(later), _steady_growth(rel, i))
+        ratio = max(rel[i] / statistics.median(later), _steady_growth(rel, i, t["steady_share"]))
         if ratio >= t["depth_growth"]:
             evidence.what.append(
                 f"{layer.name} gets {fmt(ratio)}x the gradient (relative to its weights) "

@@ -430,9 +430,11 @@ def test_growth_through_depth_counts_against_the_smallest_layer_only_when_steady
     per layer toward the input, 1.7e4x in all but under 1e3x the median later layer
     (generated run 9629); ConvNeXt's layer scale shrinks its blocks' gradient 1e4x in one
     step, which is not growth layer by layer (a healthy run)."""
-    from gradscope_plugins.exploding import _steady_growth
+    from gradscope_plugins.exploding import DEFAULTS, _steady_growth
+
+    share = DEFAULTS["steady_share"]
 
     steady = [37.8, 4.05, 0.861, 0.211, 0.0419, 0.00889, 0.00221, 0.0032]
-    assert _steady_growth(steady, 0) == pytest.approx(37.8 / 0.00221)
+    assert _steady_growth(steady, 0, share) == pytest.approx(37.8 / 0.00221)
     jump = [0.263, 4.56e-05, 1.6e-05, 3.17e-05, 0.176, 0.00048, 0.000274, 0.000621, 1.0]
-    assert _steady_growth(jump, 0) == 0.0
+    assert _steady_growth(jump, 0, share) == 0.0
