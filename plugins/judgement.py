@@ -22,14 +22,6 @@ from gradscope.signals import (
     step_weighted_median,
 )
 
-#: Roles whose outputs can saturate, and the function they saturate like (a recurrent
-#: layer's hidden state passes through tanh).
-SATURATING_ROLES = {
-    "sigmoid": "sigmoid",
-    "tanh": "tanh",
-    "vanilla_rnn": "tanh",
-    "gated_rnn": "tanh",
-}
 #: Roles whose gradients carry the signal along the network's depth.
 DEPTH_ROLES = ("weight", "vanilla_rnn", "gated_rnn", "attention")
 #: Names of attention query/key projections (PyTorch, Hugging Face and common conventions).

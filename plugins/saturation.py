@@ -18,7 +18,6 @@ from gradscope.signals import activation_fraction, init_scale, layer_signals, lo
 from gradscope_plugins import fix_builders as fix
 from gradscope_plugins.judgement import (
     HARM_DEFAULTS,
-    SATURATING_ROLES,
     first_step_where,
     fmt,
     harm_severity,
@@ -26,6 +25,15 @@ from gradscope_plugins.judgement import (
     learned_nothing,
     over,
 )
+
+#: Roles whose outputs can saturate, and the function they saturate like (a recurrent
+#: layer's hidden state passes through tanh).
+SATURATING_ROLES = {
+    "sigmoid": "sigmoid",
+    "tanh": "tanh",
+    "vanilla_rnn": "tanh",
+    "gated_rnn": "tanh",
+}
 
 NAME = "saturation"
 #: The statistics this detector reads (see gradscope.statistics); without them it cannot judge.
