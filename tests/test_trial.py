@@ -9,6 +9,7 @@ import re
 
 import pytest
 import torch
+from helpers import watch_loop
 from torch import nn
 
 import gradscope
@@ -28,15 +29,8 @@ def _batches(n: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 def _watched(model: nn.Module, optimizer: torch.optim.Optimizer, steps: int = 30) -> Report:
     batches = _batches()
-    with gradscope.watch(model, optimizer=optimizer, detail_every=1) as scope:
-        for k in range(steps):
-            x, y = batches[k % len(batches)]
-            optimizer.zero_grad()
-            loss = CE(model(x), y)
-            scope.log_loss(loss)
-            loss.backward()
-            optimizer.step()
-    return scope.report()
+    data = lambda k: batches[k % len(batches)]  # noqa: E731
+    return watch_loop(model, optimizer, data, steps, loss_fn=CE, detail_every=1)
 
 
 def _deep_sigmoid() -> tuple[nn.Module, Report]:
