@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 import gradscope
+from gradscope.budget import WARMUP_RECORDS
 
 
 def tiny() -> tuple[nn.Module, tuple]:
@@ -253,7 +254,8 @@ def measure(name: str, rounds: int, block: int, strategies: dict[str, Callable])
     warm, _ = step_times(model, batch, opt, loss_fn, 5, plain)  # warm-up
     rounds = rounds_for(1e3 * statistics.median(warm), rounds)
     for strategy in strategies.values():
-        step_times(model, batch, opt, loss_fn, 6, strategy)  # warm-up: past the first records
+        # Warm-up: past the first records, which all take the detail statistics.
+        step_times(model, batch, opt, loss_fn, WARMUP_RECORDS + 1, strategy)
     ratios: dict[str, list[float]] = {k: [] for k in strategies}
     totals: dict[str, list[float]] = {k: [0.0, 0.0] for k in strategies}
     plain_samples: list[float] = []

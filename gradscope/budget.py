@@ -6,7 +6,7 @@ between two recorded steps, less gradscope's own), and the wall time of each kin
 step (the last few, for medians).
 
 :class:`DetailCadence` paces the default's detail steps in long runs: the first
-:data:`AUTO_WARMUP` recorded steps keep the fixed cadence (the first five, then one in
+:data:`AUTO_WARMUP` recorded steps keep the fixed cadence (the first ten, then one in
 ten), so a short run is judged exactly as with ``detail_every=10``; from then on the
 detail steps are spaced so that their measured extra wall time stays near
 :data:`AUTO_SHARE` of the training time, one in 10, 20, ... at most
@@ -41,9 +41,9 @@ SMOOTHING = 0.2
 
 
 #: Recorded steps at the start that always take every statistic (every cadence but a budget).
-WARMUP_RECORDS = 5
+WARMUP_RECORDS = 10
 #: Recorded steps of the default cadence that keep the fixed pacing (1 in
-#: :data:`AUTO_BASE` after the first five) before the detail steps follow their cost.
+#: :data:`AUTO_BASE` after the first ten) before the detail steps follow their cost.
 AUTO_WARMUP = 100
 #: The fixed pacing of the warm-up, and the step of the intervals chosen after it.
 AUTO_BASE = 10

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
+from gradscope.budget import WARMUP_RECORDS
 from gradscope.findings import SEVERITIES, Finding
 from gradscope.history import History
 from gradscope.plugins import PluginRunner
@@ -81,10 +82,11 @@ def _cadence_line(overhead: dict[str, float]) -> str:
     if not float(overhead.get("detail_auto", 0.0)):
         if interval == 1:
             return "  detail statistics on every recorded step"
-        return f"  detail statistics on the first 5 recorded steps, then 1 in {interval}"
+        first = f"  detail statistics on the first {WARMUP_RECORDS} recorded steps"
+        return f"{first}, then 1 in {interval}"
     line = (
-        "  detail statistics on the first 5 recorded steps, then 1 in 10; after 100 "
-        f"recorded steps paced by their cost: 1 in {interval}"
+        f"  detail statistics on the first {WARMUP_RECORDS} recorded steps, then 1 in 10; "
+        f"after 100 recorded steps paced by their cost: 1 in {interval}"
     )
     extra, light = (float(overhead.get(k, math.nan)) for k in ("detail_extra_s", "light_step_s"))
     if math.isfinite(extra) and math.isfinite(light) and light > 0:

@@ -50,7 +50,7 @@ class Scope:
             counts, zeros of every module, whole activations and whole update norms.
         detail_every: the costlier statistics (update sizes, mean and max |g|, activation
             size, zeros, silent units and saturation, weight-row symmetry) run on one
-            recorded step in this many (and on the first five); gradient norms, the
+            recorded step in this many (and on the first ten); gradient norms, the
             non-finite checks and the loss run on every recorded step.  The default
             (None) is one in 10 for the first 100 recorded steps (a short run is judged
             exactly as with ``detail_every=10``), then as often as keeps the detail steps'

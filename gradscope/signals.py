@@ -47,6 +47,7 @@ class LayerSignal:
     #: bias's gradient can be large while they stay where they were initialised.
     matrix_grad_norm: Tensor
     matrix_norm: Tensor
+    matrix_update_norm: Tensor
 
     @property
     def relative_grad(self) -> Tensor:
@@ -136,6 +137,7 @@ _SERIES = (
     "nonfinite",
     "matrix_grad_norm",
     "matrix_norm",
+    "matrix_update_norm",
 )
 
 
@@ -168,6 +170,7 @@ def _module_columns(history: History, groups: list[list[int]]) -> dict[str, Tens
     measured = present & (per_module((~torch.isnan(l1)).to(l1.dtype)) > 0)  # detail steps
     mean_abs = torch.where(measured, mean_abs, torch.full_like(mean_abs, math.nan))
     weights = history.grad_series("param_norm")[:, cols]
+    updates = history.grad_series("update_norm")[:, cols]
     matrix = _matrix_columns(history, flat, owner, n_modules)
     everything = torch.ones_like(matrix)
     return {
@@ -175,10 +178,11 @@ def _module_columns(history: History, groups: list[list[int]]) -> dict[str, Tens
         "grad_norm": grad_norm(everything),
         "grad_mean_abs": mean_abs,
         "param_norm": per_module(weights.square()).sqrt(),
-        "update_norm": per_module(history.grad_series("update_norm")[:, cols].square()).sqrt(),
+        "update_norm": per_module(updates.square()).sqrt(),
         "nonfinite": per_module(torch.nan_to_num(history.grad_series("grad_nonfinite")[:, cols])),
         "matrix_grad_norm": grad_norm(matrix),
         "matrix_norm": per_module(torch.where(matrix, weights, 0.0).square()).sqrt(),
+        "matrix_update_norm": per_module(torch.where(matrix, updates, 0.0).square()).sqrt(),
     }
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 #: Measured on every recorded step.
 EVERY_STEP = "every recorded step"
-#: Measured on detail steps: the first five recorded steps, then one in ``detail_every``
+#: Measured on detail steps: the first ten recorded steps, then one in ``detail_every``
 #: (by default one in 10, spaced by their measured cost after 100 recorded steps).
 DETAIL = "detail steps"
 #: Measured only with ``full=True``.

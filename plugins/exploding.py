@@ -275,22 +275,32 @@ def _through_time(history: History, t: dict, evidence: _Evidence) -> None:
 def _big_steps(
     layers: list[LayerSignal], model_info: ModelInfo, t: dict, evidence: _Evidence
 ) -> None:
-    """Updates larger than ``update_ratio`` of the weights on ``update_steps`` steps."""
-    peaks = {}
+    """Recorded steps on which some layer's update was larger than ``update_ratio`` of its
+    weights, ``update_steps`` of them (one layer on one step, another on the next: each
+    step threw some of the weights away)."""
+    ratios = []
     for layer in layers:
-        size = layer.param_norm.clamp_min(max(reference_norm(layer, model_info), 1e-12))
-        ratio = layer.update_norm / size
-        over_line = ratio[torch.isfinite(ratio)] > t["update_ratio"]
-        if int(over_line.sum()) >= int(t["update_steps"]):
-            peaks[layer.name] = _finite_max(ratio)
-    if peaks:
-        first = next(iter(peaks))
-        evidence.what.append(
-            f"one optimizer step moves {first}'s weights by {fmt(peaks[first])} of their "
-            "size (healthy training moves them by about 0.001)"
-        )
-        evidence.culprits.append(first)
-        evidence.numbers["update_ratio_peak"] = peaks
+        # The weight matrices, as the definitions measure it: a bias set far from zero
+        # (a shifted bias) would hide a weight matrix's step behind its own size.
+        size = layer.matrix_norm.clamp_min(max(reference_norm(layer, model_info), 1e-12))
+        ratios.append(torch.nan_to_num(layer.matrix_update_norm / size, nan=0.0, posinf=0.0))
+    stacked = torch.stack(ratios, dim=1)  # records x layers
+    over_line = stacked > t["update_ratio"]
+    if int(over_line.any(dim=1).sum()) < int(t["update_steps"]):
+        return
+    peaks = {
+        layer.name: float(stacked[:, j].max())
+        for j, layer in enumerate(layers)
+        if bool(over_line[:, j].any())
+    }
+    step = int(over_line.any(dim=1).float().argmax())  # the first step over the line
+    first = layers[int(over_line[step].float().argmax())].name
+    evidence.what.append(
+        f"one optimizer step moves {first}'s weights by {fmt(peaks[first])} of their "
+        "size (healthy training moves them by about 0.001)"
+    )
+    evidence.culprits.append(first)
+    evidence.numbers["update_ratio_peak"] = peaks
 
 
 def _one_wild_step(

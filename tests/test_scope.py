@@ -11,6 +11,7 @@ from torch import nn
 
 import gradscope
 from gradscope import stats
+from gradscope.budget import WARMUP_RECORDS
 
 
 def _hook_count(model: nn.Module) -> int:
@@ -424,7 +425,7 @@ def test_the_default_cadence_is_the_fixed_one_for_the_first_100_recorded_steps()
         train(model, opt, steps=101, scope=auto)
     with gradscope.watch(model, optimizer=opt, detail_every=10) as fixed:
         train(model, opt, steps=101, scope=fixed)
-    want = [0, 1, 2, 3, 4, *range(10, 101, 10)]
+    want = [*range(WARMUP_RECORDS), *range(10, 101, 10)]
     assert _detail_steps(auto) == _detail_steps(fixed) == want
     assert auto.report().overhead["detail_auto"] == 1.0
     assert fixed.report().overhead["detail_auto"] == 0.0
@@ -437,7 +438,7 @@ def test_an_explicit_detail_every_is_kept_exactly_in_a_long_run():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with gradscope.watch(model, optimizer=opt, detail_every=10) as scope:
         train(model, opt, steps=230, scope=scope)
-    assert _detail_steps(scope) == [0, 1, 2, 3, 4, *range(10, 230, 10)]
+    assert _detail_steps(scope) == [*range(WARMUP_RECORDS), *range(10, 230, 10)]
     assert "then 1 in 10" in scope.report().summary()
 
 
@@ -454,7 +455,8 @@ def test_the_detail_cadence_spaces_detail_steps_by_their_measured_cost():
             cadence.observe(recorded, is_detail, now, 1)
             if is_detail:
                 chosen.append(recorded)
-        assert chosen[:15] == [0, 1, 2, 3, 4, *range(10, 101, 10)]  # the warm-up
+        warm_up = [*range(WARMUP_RECORDS), *range(10, 101, 10)]
+        assert chosen[: len(warm_up)] == warm_up
         return cadence
 
     costly = run(light=1e-3, detail=3.4e-3)  # a detail step adds 2.4 light steps: 1 in 80+
@@ -484,12 +486,14 @@ def test_works_under_torch_compile_without_changing_the_numbers():
     model.load_state_dict(plain_model.state_dict())
     opt_plain = torch.optim.SGD(plain_model.parameters(), lr=0.1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    expected = train(plain_model, opt_plain, steps=6)
+    expected = train(plain_model, opt_plain, steps=WARMUP_RECORDS + 2)
     compiled = torch.compile(model, backend="eager")
     with gradscope.watch(model, optimizer=opt) as scope:
-        got = train(compiled, opt, steps=6, scope=scope)
+        got = train(compiled, opt, steps=WARMUP_RECORDS + 2, scope=scope)
     assert got == expected
-    assert [r.hooks_fired for r in scope.history.records] == [5] * 5 + [0]  # then a light step
+    detail = [step < WARMUP_RECORDS or step % 10 == 0 for step in range(WARMUP_RECORDS + 2)]
+    assert not detail[-1]  # the last step is a light one: no module hook fired
+    assert [r.hooks_fired for r in scope.history.records] == [5 if d else 0 for d in detail]
     assert scope.report().coverage["unseen_modules"] == []
 
 
@@ -502,9 +506,9 @@ def test_light_steps_leave_the_module_outputs_alone():
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     with gradscope.watch(model, optimizer=opt, detail_every=100) as scope:
-        train(model, opt, steps=8, scope=scope)
+        train(model, opt, steps=WARMUP_RECORDS + 3, scope=scope)
     light = _light_records(scope)
-    assert len(light) == 3  # the first five records take every statistic
+    assert len(light) == 3  # the first records take every statistic
     for record in light:
         assert all(c == 0 for c in record.acts["calls"])
         assert all(math.isnan(v) for v in record.acts["sumsq"])
@@ -592,14 +596,14 @@ def test_a_nan_between_detail_steps_is_traced_to_its_module_by_replaying_the_ste
 
 
 def test_the_replay_leaves_training_bit_identical():
-    plain_model, model = _nan_net(at=7), _nan_net(at=7)
+    plain_model, model = _nan_net(at=12), _nan_net(at=12)
     opt_plain = torch.optim.SGD(plain_model.parameters(), lr=0.01)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     torch.manual_seed(1)
-    expected = train(plain_model, opt_plain, steps=9)
+    expected = train(plain_model, opt_plain, steps=14)
     torch.manual_seed(1)
     with gradscope.watch(model, optimizer=opt) as scope:
-        got = train(model, opt, steps=9, scope=scope)
+        got = train(model, opt, steps=14, scope=scope)
     assert any(f.kind == "nonfinite_gradient" for f in scope.report().findings)
     assert str(got) == str(expected)  # NaN != NaN, so compare as text
     watched_state = model.state_dict()
@@ -632,12 +636,12 @@ def test_the_replay_follows_a_loop_that_calls_the_parts_one_by_one():
 
 
 def test_without_nan_origin_the_report_says_the_origin_is_unknown_and_how_to_find_it():
-    model = _nan_net(at=7)
+    model = _nan_net(at=12)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     with gradscope.watch(model, optimizer=opt, nan_origin=False) as scope:
-        train(model, opt, steps=9, scope=scope)
+        train(model, opt, steps=14, scope=scope)
     finding = next(f for f in scope.report().findings if f.kind == "nonfinite_gradient")
-    assert (finding.layer, finding.step, finding.evidence["where"]) == (None, 7, "unknown")
+    assert (finding.layer, finding.step, finding.evidence["where"]) == (None, 12, "unknown")
     assert "run with nan_origin=True (the default) or `gradscope check`" in finding.message
 
 
@@ -650,12 +654,12 @@ def test_a_live_plugin_can_stop_the_run_before_a_nan_reaches_the_weights():
             if any(count > 0 for count in record.grads["grad_nonfinite"]):
                 raise gradscope.StopTraining(f"NaN gradient at step {record.step}")
 
-    model = _nan_net(at=7)
+    model = _nan_net(at=12)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     with (
         plugins.registered(StopOnNan()),
-        pytest.raises(gradscope.StopTraining, match="NaN gradient at step 7"),
+        pytest.raises(gradscope.StopTraining, match="NaN gradient at step 12"),
         gradscope.watch(model, optimizer=opt) as scope,
     ):
-        train(model, opt, steps=9, scope=scope)
+        train(model, opt, steps=14, scope=scope)
     assert all(bool(p.isfinite().all()) for p in model.parameters())

@@ -23,7 +23,7 @@ def _xy(n: int = 16, d: int = 8, classes: int = 3, seed: int = 0):
     return torch.randn(n, d, generator=g), torch.randint(0, classes, (n,), generator=g)
 
 
-STEPS = 5  # the first five recorded steps measure everything (activations too)
+STEPS = 5  # within the first recorded steps, which measure everything (activations too)
 
 
 def _run(model, steps: int = STEPS, opts=None, forward=None, watched=0, **options):
