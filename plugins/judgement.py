@@ -205,19 +205,22 @@ def followed_by_norm(model_info: ModelInfo, name: str) -> bool:
     return False
 
 
-def relative_grad(signal: LayerSignal, model_info: ModelInfo) -> torch.Tensor:
+def relative_grad(
+    signal: LayerSignal, model_info: ModelInfo, scale_invariant: bool = True
+) -> torch.Tensor:
     """||grad|| / ||weight|| of the layer's weight matrices per record, judged fairly
     across layers and over time (as the definitions measure it: biases left out).
 
     Weights are measured against at least their default-initialisation size.  A layer
     followed by a normalisation is scale-invariant: its gradient shrinks as its weights
     grow (``g ~ 1/|W|``) without any loss of learning, so its ratio is taken as if the
-    weights had kept their initial size (``|g| |W| / |W_0|^2``).
+    weights had kept their initial size (``|g| |W| / |W_0|^2``), unless
+    ``scale_invariant`` is False (the plain ratio, as the definitions measure it).
     """
     ref = reference_norm(signal, model_info)
     norm = signal.matrix_norm.clamp_min(max(ref, 1e-12))
     rel = signal.matrix_grad_norm / norm
-    if followed_by_norm(model_info, signal.name):
+    if scale_invariant and followed_by_norm(model_info, signal.name):
         finite = signal.matrix_norm[torch.isfinite(signal.matrix_norm)]
         start = max(float(finite[0]) if finite.numel() else ref, ref, 1e-12)
         rel = rel * (norm / start) ** 2

@@ -120,12 +120,12 @@ def gradscope_detect(
     # exploding's as well (both are labelled by the definitions; the cause, a learning
     # rate too high, is said in both, and each finding's first fix lowers it).
     collapsed = constant or beaten
-    affected = _depth_gaps(
-        layers, rel, model_info, t, (constant or beaten, collapsed), rnn=no_better
-    )
+    measured = _yardsticks(layers, rel, model_info, collapsed)
+    harm = (constant or beaten, collapsed)
+    affected = _depth_gaps(layers, measured, model_info, t, harm, rnn=no_better)
     if affected:
         depth = _through_depth(
-            history, model_info, (layers, series, rel), affected, (trend, share, None), t
+            history, model_info, (layers, series, measured[0]), affected, (trend, share, None), t
         )
         return found + [depth]
     if found:
@@ -140,9 +140,24 @@ def gradscope_detect(
     )
 
 
+def _yardsticks(
+    layers: list, rel: list[float], model_info: ModelInfo, collapsed: bool = False
+) -> tuple[list[float], list[float]]:
+    """Each layer's relative gradient, and what it counts as when the layers before it are
+    compared with it: a normalised layer's plain ratio when that is smaller.  The
+    scale-invariant ratio credits it for weights that grew (a diverging run's grow 100x),
+    which would make every layer before it look starved.  Once the model ends no better
+    than a constant prediction (``collapsed``) the harm is shown and the plain ratios
+    count throughout, as the definitions measure them."""
+    plain = [over_run(relative_grad(layer, model_info, scale_invariant=False)) for layer in layers]
+    if collapsed:
+        return plain, plain
+    return rel, [min(r, p) if math.isfinite(p) else r for r, p in zip(rel, plain, strict=True)]
+
+
 def _depth_gaps(
     layers: list,
-    rel: list[float],
+    measured: tuple[list[float], list[float]],
     model_info: ModelInfo,
     t: dict,
     harm: tuple[bool, bool],
@@ -151,7 +166,8 @@ def _depth_gaps(
     """(layer, gap to the later layers, gap to the largest later layer) for every layer
     whose relative gradient (its median over the run) is below ``depth_ratio`` of the later
     layers' (their median, or their largest when the loss has shown the harm: ``harm[0]``);
-    recurrences are judged only when ``rnn``.
+    recurrences are judged only when ``rnn``.  ``measured`` holds each layer's relative
+    gradient and what it counts as when later layers are compared with it.
 
     Two gaps count only once the model ends no better than a constant prediction
     (``harm[1]``): a layer whose weights grew (a step too large blew them up, and the
@@ -160,6 +176,7 @@ def _depth_gaps(
     (exploding's) or a few dead units' business, not a vanishing gradient's.
     """
     against_max, collapsed = harm
+    rel, yardstick = measured
     affected = []
     blocked = blocked_paths_possible(model_info)
     roles = {layer.name: layer.role for layer in model_info.layers}
@@ -173,7 +190,7 @@ def _depth_gaps(
             # |g|/|W| fell because |W| grew (an unstable learning rate), not because the
             # gradient faded: while the loss still beats a constant, exploding's to judge.
             continue
-        later = [r for r in rel[i + 1 :] if math.isfinite(r) and r > 0]
+        later = [r for r in yardstick[i + 1 :] if math.isfinite(r) and r > 0]
         if not later or not math.isfinite(rel[i]) or (rel[i] == 0 and blocked and not collapsed):
             # Exactly zero behind ReLUs is a blocked path (dead units: dead_relu says so);
             # without them it is a gradient that shrank until it underflowed.
@@ -216,7 +233,8 @@ def _gan_players(
             continue
         series = [relative_grad(layer, model_info) for layer in chain]
         rel = [over_run(s) for s in series]
-        affected = _depth_gaps(chain, rel, model_info, t, (True, False), rnn=True)
+        measured = _yardsticks(chain, rel, model_info)
+        affected = _depth_gaps(chain, measured, model_info, t, (True, False), rnn=True)
         if affected:
             found.append(
                 _through_depth(
@@ -507,7 +525,11 @@ def _faded(
     window = int(t["window"])
     faded = []
     grown = [weights_grew(layer, t["grown_weights"]) for layer in layers]
+    total = total_grad_norm(layers)
+    total_drop = recent(total, window) / early(total, 3) if as_one else 0.0
     for layer, values, grew in zip(layers, series, grown, strict=True):
+        if as_one and not total_drop < 10 * t["time_ratio"]:
+            break
         if grew and not collapsed:
             continue
         start, now = early(values, window), recent(values, window)
@@ -517,7 +539,6 @@ def _faded(
         if measured and now / start < t["time_ratio"]:
             faded.append((layer, now / start, values))
     if as_one and not faded and (collapsed or not any(grown)):
-        total = total_grad_norm(layers)
         start, now = early(total, 3), recent(total, window)
         if start > 0 and math.isfinite(now) and now / start < t["time_ratio"]:
             faded.append((layers[0], now / start, total))
