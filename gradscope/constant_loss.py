@@ -12,7 +12,7 @@ reads the prediction and the targets there and computes, without a host sync:
 * the loss the best constant prediction gets on the targets of every step so far (class
   frequencies, per-feature means and variances, pooled on light steps too by
   :meth:`ConstantLoss.pool_targets`: a few measured batches alone misjudge it by a few
-  percent); for L1 (its best constant is a median) on the measured batch alone.
+  percent); for L1 (its best constant is a median) on the measured batches' target rows.
 
 Any other graph (a sum of two losses, a custom loss) is not recognised and nothing is
 measured: the detectors then judge harm from the loss trend alone.
@@ -50,6 +50,8 @@ _HINGE_MAX_CLASSES = 64
 _EPS = 1e-6
 #: Light steps' target entries held before they are pooled at once (about 32 MB of int64).
 MAX_HELD = 1 << 22
+#: Target entries of measured batches an L1 loss's pool keeps (4 MB of float32).
+MAX_POOLED_ROWS_ENTRIES = 1 << 20
 #: What a light step holds: (pool key, the totals of a batch's targets, the targets).
 _Held = tuple[tuple, Callable[..., list[Tensor]], tuple[Tensor, ...]]
 
@@ -83,6 +85,8 @@ class ConstantLoss:
 
     def __init__(self) -> None:
         self._pools: dict[tuple, list[Tensor]] = {}
+        #: Target rows of the measured batches, for losses without running totals (L1).
+        self._rows: dict[tuple, list[Tensor]] = {}
         #: Light steps' targets, held (no tensor operation on a light step) until the next
         #: measured step pools them: (pool key, totals function, targets, their versions).
         self._held: list[tuple[tuple, Callable[..., list[Tensor]], tuple, tuple]] = []
@@ -139,6 +143,14 @@ class ConstantLoss:
                 groups.setdefault(group, (totals, []))[1].append(target)
         for (key, *_), (totals, targets) in groups.items():
             self.pool(key, *totals(targets[0] if len(targets) == 1 else torch.cat(targets)))
+
+    def pool_rows(self, key: tuple, rows: Tensor) -> Tensor:
+        """Add a measured batch's target rows to the pool of rows under ``key`` (while it
+        holds fewer than :data:`MAX_POOLED_ROWS_ENTRIES` entries) and return the pool."""
+        kept = self._rows.setdefault(key, [])
+        if sum(r.numel() for r in kept) + rows.numel() <= MAX_POOLED_ROWS_ENTRIES or not kept:
+            kept.append(rows.clone())
+        return kept[0] if len(kept) == 1 else torch.cat(kept)
 
     def pool(self, key: tuple, *totals: Tensor) -> list[Tensor]:
         """Add this step's target totals to the pool under ``key`` and return the pool."""
@@ -321,14 +333,15 @@ def _l1(meter: ConstantLoss, node: Any) -> tuple[Tensor, Tensor] | None:
     if residual.shape != output.shape or residual.dim() == 0:
         return None
     target = output.detach().float() - residual
-    term = residual.abs().mean()
-    constant = (target - target.median(dim=0).values).abs().mean()  # the batch's best
-    return term, constant
+    pooled = meter.pool_rows(("l1", tuple(target.shape[1:])), target)
+    # The loss of the pool's best constant (its per-feature median) over the pool: one
+    # batch's own median would flatter the constant on every batch.
+    return residual.abs().mean(), (pooled - pooled.median(dim=0).values).abs().mean()
 
 
 #: What a light step holds for the pools, per loss node: (pool key, the totals of a
-#: batch's targets, the targets); L1 keeps no pool (its best constant, a median, is taken
-#: on each measured batch).
+#: batch's targets, the targets); L1 pools its measured batches' target rows instead (its
+#: best constant, a median, has no running totals; a light step cannot see the targets).
 _HOLDERS: dict[str, Callable[[Any], _Held | None]] = {
     "NllLossBackward0": _nll_held,
     "NllLoss2DBackward0": _nll_held,

@@ -203,7 +203,8 @@ def init_scale(signal: LayerSignal, model_info: ModelInfo) -> float:
     """Weight RMS times sqrt(fan-in): ~0.58 for PyTorch's default, 1 LeCun, 1.41 Kaiming."""
     for name in signal.params:
         shape = model_info.param_shapes.get(name)
-        if name.endswith("weight") and shape and len(shape) >= 2:
+        # "weight", or a recurrence's "weight_ih_l0" / "weight_hh_l0".
+        if name.rsplit(".", 1)[-1].startswith("weight") and shape and len(shape) >= 2:
             fan_in = math.prod(shape[1:])
             # The first record is measured before the first update: the init itself.
             # The layer's norm includes its bias, which is small next to the weight.

@@ -51,6 +51,7 @@ from gradscope_plugins.judgement import (
     reference_norm,
     relative_grad,
     through_time_peaks,
+    weight_growth,
 )
 
 NAME = "exploding"
@@ -80,6 +81,9 @@ DEFAULTS = {
     # A loss peak this many times its start, with one step that moved most layers by more
     # than their size: a transient explosion.
     "transient_rise": 3.0,
+    # Weight growth (end over start) that makes a single through-time explosion a regime:
+    # the steps it drove blew the recurrence's weights up.
+    "blown_weights": 10.0,
     # Growth before a NaN/Inf that makes the explosion its cause.
     "nonfinite_growth": 1e2,
     # Records at the start and end of the run that are compared.
@@ -115,7 +119,7 @@ def gradscope_detect(
         # a run that overflowed after gradients this large exploded.
         _too_large(layers, model_info, t, evidence)
     _through_depth(layers, model_info, t, evidence)
-    _through_time(history, t, evidence)
+    _through_time(history, layers, t, evidence)
     _big_steps(layers, model_info, t, evidence)
     diverged = not adversarial and _diverged(trend, t, evidence)
     if not evidence.what and not adversarial:
@@ -256,16 +260,22 @@ def _grows_through(
     return False
 
 
-def _through_time(history: History, t: dict, evidence: _Evidence) -> None:
+def _through_time(
+    history: History, layers: list[LayerSignal], t: dict, evidence: _Evidence
+) -> None:
     """The first time step of a recurrence gets ``through_time`` times what the last gets,
-    on ``growth_steps`` recorded steps (or on every one where a ratio was measurable): an
-    explosion shows first, before a huge step saturates the recurrence (and leaves no
-    gradient at either end)."""
+    on ``growth_steps`` recorded steps (or on every one where a ratio was measurable), or
+    on one after which the recurrence's weights grew ``blown_weights`` times: an explosion
+    shows first, before a huge step saturates the recurrence (and leaves no gradient at
+    either end)."""
+    grown = {layer.name: weight_growth(layer) for layer in layers}
     for name, (count, peak, measured) in through_time_peaks(history, t["through_time"]).items():
-        if count >= min(int(t["growth_steps"]), measured):
+        blown = count >= 1 and grown.get(name, 1.0) >= t["blown_weights"]
+        if count >= min(int(t["growth_steps"]), measured) or blown:
+            then = f", and the steps it drove grew its weights {fmt(grown[name])}x" if blown else ""
             evidence.what.append(
                 f"in {name} the gradient reaching the first time step is {fmt(peak)}x what "
-                "reaches the last: it grows at every step back through time"
+                f"reaches the last: it grows at every step back through time{then}"
             )
             evidence.culprits.append(name)
             evidence.numbers["through_time_ratio"] = peak

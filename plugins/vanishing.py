@@ -450,9 +450,10 @@ def _faded_over_time(
     confident discriminator with the saturating loss, a saturating activation).  Judged
     per layer (its relative gradient) and, for a model trained as one (``as_one``; a GAN
     generator's gradient follows its rival), as docs/definitions.md measures it: the total
-    gradient norm, the last ``window`` records against the first three.  Layers
-    whose weights grew count only once the model collapsed (``harm[1]``): otherwise |g|/|W|
-    fell because |W| blew up, the exploding detector's to report.
+    gradient norm, the last ``window`` records against the first three.  A layer counts
+    only when that total (the model's, or the player's) fell below 10x the definitions'
+    line too, and layers whose weights grew only once the model collapsed (``harm[1]``):
+    otherwise |g|/|W| fell because |W| moved, the exploding detector's to report.
     """
     window = int(t["window"])
     if not harm[0] or len(history) < 2 * window:
@@ -526,9 +527,11 @@ def _faded(
     faded = []
     grown = [weights_grew(layer, t["grown_weights"]) for layer in layers]
     total = total_grad_norm(layers)
-    total_drop = recent(total, window) / early(total, 3) if as_one else 0.0
+    total_drop = recent(total, window) / early(total, 3)
     for layer, values, grew in zip(layers, series, grown, strict=True):
-        if as_one and not total_drop < 10 * t["time_ratio"]:
+        if not total_drop < 10 * t["model_time_ratio"]:
+            # The model's (or player's) gradient as a whole did not fall even to 10x the
+            # definitions' line: one layer's |g|/|W| fell because its weights moved.
             break
         if grew and not collapsed:
             continue
@@ -616,6 +619,12 @@ def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
     """Fixes for a vanishing gradient, best first, chosen by its evidence."""
     roles = info.roles()
     if finding.evidence.get("weights_grew"):
+        layer = info.layer(finding.layer)
+        recurrent = layer is not None and layer.role in ("vanilla_rnn", "gated_rnn")
+        if recurrent and any(v > 3.0 for v in fix.scales(finding)):
+            # A recurrence started too large: its gradient exploded through time and the
+            # steps it drove blew the weights up.  Make it norm-preserving.
+            return [fix.orthogonal_init, fix.clip_grad_norm, fix.lower_lr]
         # A step too large blew the weights up: the learning rate is the cause.
         return [fix.lower_lr, fix.clip_grad_norm, fix.add_batchnorm]
     if finding.evidence.get("gan_role") == "generator":

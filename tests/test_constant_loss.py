@@ -65,6 +65,18 @@ def test_an_l1_loss_on_the_models_output_reads_its_targets_from_the_residual():
     assert ConstantLoss().measure(F.l1_loss(output, target), other) is None  # not its output
 
 
+def test_an_l1_losss_constant_is_the_pool_of_measured_batches_not_each_batch_alone():
+    """Two batches, each all one value: each alone is fitted by its own constant (loss 0),
+    while over both the best constant (the median, anywhere between 0 and 4) is 2 away
+    from every target on average."""
+    meter = ConstantLoss()
+    for value in (0.0, 4.0):
+        output = torch.randn(8, 3, requires_grad=True) * 1.0
+        target = torch.full((8, 3), value)
+        _, constant = meter.measure(F.l1_loss(output, target), output)
+    assert float(constant) == pytest.approx(2.0, rel=1e-5)
+
+
 def test_an_l1_loss_under_bfloat16_autocast_is_measured_through_its_float32_cast():
     model = nn.Linear(4, 2)
     x, target = torch.randn(16, 4), torch.tensor([[0.0, 1.0]] * 12 + [[5.0, -3.0]] * 4)

@@ -155,3 +155,79 @@ def test_rows_made_alike_by_a_blow_up_are_not_symmetric_weights():
     twins = report.history.grad_series("row_twins")
     assert float(twins[0].nan_to_num().max()) == 0.0  # random rows at the start
     assert "symmetric_weights" not in report.kinds()
+
+
+def test_steps_larger_than_the_weights_count_across_layers():
+    """A tanh CNN at Adagrad lr 1.25: the zero-initialised head moves by 7.8x its default
+    size on step 0 and the middle layers by 22x on step 1; no layer alone overshoots on two
+    steps, but two steps threw weights away (generated held-out run 14482, exploding)."""
+    config = Config(
+        seed=14482, family="cnn", depth=4, width=12, activation="tanh", optimizer="adagrad",
+        lr=1.25, loss="bce", batch=16, precision="bf16", steps=30, zero_last=True,
+        fault="high_lr",
+    )  # fmt: skip
+    report = watch_generated(config)
+    exploding = [f for f in report.at_least("warning") if f.kind == "exploding_gradient"]
+    assert exploding, report
+    assert {"head", "features.2"} <= set(exploding[0].evidence["update_ratio_peak"])
+
+
+def test_a_shifted_bias_does_not_hide_its_weight_matrixs_steps():
+    """Biases at -2 make the head's parameter norm large; its weight matrix alone moved by
+    more than its size on two recorded steps (generated held-out run 12779, exploding)."""
+    config = Config(
+        seed=12779, family="siamese", init="xavier", optimizer="sgd", lr=1.0, seq_len=12,
+        loss="triplet", batch=64, bias_shift=-2.0, precision="bf16_scaler", steps=30,
+        fault="neg_bias",
+    )  # fmt: skip
+    report = watch_generated(config)
+    exploding = [f for f in report.at_least("warning") if f.kind == "exploding_gradient"]
+    assert exploding and "head" in exploding[0].evidence["update_ratio_peak"], report
+
+
+def test_weights_grown_ahead_of_a_batchnorm_do_not_starve_the_layers_before_it():
+    """An autoencoder with BatchNorm at Adagrad lr 7.5 diverges (exploding); its plain
+    relative gradients are all alike (the definitions' attenuation 0.57), so no layer is
+    starved, though the normalised layers' grown weights once made enc.1 look 3,000x
+    behind (generated held-out run 11574)."""
+    config = Config(
+        seed=11574, family="autoencoder", depth=2, width=16, activation="leaky_relu",
+        norm="batchnorm", optimizer="adagrad", lr=7.5, loss="bce", batch=32, steps=40,
+        fault="high_lr",
+    )  # fmt: skip
+    kinds = {f.kind for f in watch_generated(config).at_least("warning")}
+    assert "exploding_gradient" in kinds and "vanishing_gradient" not in kinds
+
+
+def test_one_layers_fading_ratio_is_not_vanishing_while_the_models_gradient_holds():
+    """A LayerNorm res-MLP at momentum lr 0.75: its first layer's |g|/|W| falls 275x while
+    the model's total gradient only halves (generated held-out run 14224, healthy)."""
+    config = Config(
+        seed=14224, family="res_mlp", width=12, activation="leaky_relu", norm="layernorm",
+        optimizer="momentum", lr=0.75, batch=16, precision="bf16_scaler", steps=50,
+        fault="high_lr",
+    )  # fmt: skip
+    kinds = {f.kind for f in watch_generated(config).at_least("warning")}
+    assert "vanishing_gradient" not in kinds
+
+
+def test_an_l1_autoencoder_that_learns_is_compared_with_the_pooled_constant():
+    """Each batch's own median flatters the constant (loss 1.10 looked 0.91 of it); over the
+    pool of batches the constant scores 1.34 and the run learned (generated held-out run
+    14923, healthy)."""
+    config = Config(
+        seed=14923, family="autoencoder", depth=4, width=24, activation="tanh",
+        norm="layernorm", optimizer="rmsprop", lr=0.006, loss="l1", batch=16, steps=50,
+    )  # fmt: skip
+    assert watch_generated(config).at_least("warning") == []
+
+
+def test_a_generator_whose_gradient_grew_is_not_vanishing():
+    """A GAN in one container: the generator's last layer's |g|/|W| fell to 0.055 of its
+    start while the generator's total gradient grew 1.9x (generated held-out run 15323,
+    healthy)."""
+    config = Config(
+        seed=15323, family="gan_container", depth=2, width=24, activation="leaky_relu",
+        optimizer="momentum", lr=0.03, loss="gan", batch=16, steps=50,
+    )  # fmt: skip
+    assert watch_generated(config).at_least("warning") == []

@@ -22,14 +22,7 @@ from realarch_recipes import RECIPES, plain_run, watched_run  # noqa: E402
 from realarch_verdict import WrongVerdict, check  # noqa: E402
 
 #: What gradscope says instead, for every recipe it gets wrong today.
-WRONG_TODAY = {
-    "gru/recurrent_weights_x16": (
-        "saturated_activation error on rnn (first fix add_batchnorm) and vanishing_gradient "
-        "error on rnn (first fix lower_lr): through-time ratio 2.9e4 at step 0, but the "
-        "detector takes the median over records (below 1e3 once the first update saturates "
-        "the cell)"
-    ),
-}
+WRONG_TODAY: dict[str, str] = {}
 
 
 def _cases():
