@@ -7,7 +7,8 @@ learning rate or Adam keeps the loss from diverging.  Each is measured:
 - **over training**: the gradient norm reaches ``growth`` times its size at the start;
 - **through depth**: a layer's relative gradient is ``depth_growth`` times a later one's;
 - **through time**: the gradient reaching a recurrence's first time step is
-  ``through_time`` times what reaches its last;
+  ``through_time`` times what reaches its last on ``growth_steps`` measured steps in a
+  row, or once before the steps it drove grew the weights ``blown_weights`` times;
 - **gradients far larger than the weights** ("the gradient is too large") in a run that
   then overflowed: a layer's gradient norm was ``size_ratio`` times its weights' norm;
 - **steps larger than the weights**: an update moves a layer by more than
@@ -70,7 +71,8 @@ DEFAULTS = {
     "steady_share": 0.5,
     # A layer's gradient norm over its weights' norm (at least their default-init size).
     "size_ratio": 1e3,
-    # The gradient reaching a recurrence's first time step over what reaches its last.
+    # The gradient reaching a recurrence's first time step over what reaches its last (on
+    # ``growth_steps`` measured records in a row: a noisy ratio crosses it on isolated ones).
     "through_time": 1e3,
     # One step moving a layer's weights by more than this fraction of their size...
     "update_ratio": 1.0,
@@ -264,7 +266,8 @@ def _through_time(
     history: History, layers: list[LayerSignal], t: dict, evidence: _Evidence
 ) -> None:
     """The first time step of a recurrence gets ``through_time`` times what the last gets,
-    on ``growth_steps`` recorded steps (or on every one where a ratio was measurable), or
+    on ``growth_steps`` measured records in a row (or on every one where a ratio was
+    measurable), or
     on one after which the recurrence's weights grew ``blown_weights`` times: an explosion
     shows first, before a huge step saturates the recurrence (and leaves no gradient at
     either end)."""

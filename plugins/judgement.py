@@ -429,10 +429,11 @@ def stalled(trend: LossTrend, stall: float, plateau: float) -> bool:
 
 
 def through_time_peaks(history: History, line: float) -> dict[str, tuple[int, float, int]]:
-    """Module -> (recorded steps whose first/last time-step gradient ratio reached ``line``,
-    the largest ratio, the recorded steps where the ratio was measurable: some gradient
-    reached the last time step): an explosion through time shows on the first records,
-    before one huge step saturates the recurrence and the ratio falls back."""
+    """Module -> (the most measured records in a row whose first/last time-step gradient
+    ratio reached ``line``, the largest ratio, the recorded steps where the ratio was
+    measurable: some gradient reached the last time step).  An explosion through time
+    shows on the first records, before one huge step saturates the recurrence and the
+    ratio falls back; a noisy ratio crosses the line on isolated records."""
     first = history.act_series("time_grad_first")
     last = history.act_series("time_grad_last")
     out = {}
@@ -440,8 +441,17 @@ def through_time_peaks(history: History, line: float) -> dict[str, tuple[int, fl
         measured = (last[:, j] > 0) & ~torch.isnan(first[:, j]) & torch.isfinite(last[:, j])
         if bool(measured.any()):
             ratios = first[measured, j] / last[measured, j]
-            out[name] = (int((ratios >= line).sum()), float(ratios.max()), int(measured.sum()))
+            out[name] = (_longest_run(ratios >= line), float(ratios.max()), int(measured.sum()))
     return out
+
+
+def _longest_run(flags: torch.Tensor) -> int:
+    """The most consecutive True values in a 1-D boolean tensor."""
+    best = run = 0
+    for flag in flags.tolist():
+        run = run + 1 if flag else 0
+        best = max(best, run)
+    return best
 
 
 def weights_grew(signal: LayerSignal, factor: float) -> bool:
