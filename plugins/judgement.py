@@ -277,7 +277,7 @@ HARM_DEFAULTS = {
 }
 
 #: Fewer logged losses than this say nothing about whether training stalled.
-MIN_LOSSES_FOR_A_STALL = 10
+MIN_LOSSES_FOR_A_STALL = 20
 
 
 def total_grad_norm(layers: list[LayerSignal]) -> torch.Tensor:

@@ -27,7 +27,7 @@ from typing import Any
 try:
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import Callback
-    from lightning.pytorch.utilities import rank_zero_warn
+    from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 except ImportError as exc:  # pragma: no cover - depends on what is installed
     raise ImportError(
         "gradscope.integrations.lightning needs PyTorch Lightning: pip install lightning"
@@ -59,8 +59,9 @@ class GradscopeCallback(Callback):
 
     At each training epoch's end the counts of findings per severity are logged with
     ``pl_module.log`` (``gradscope/errors``, ``gradscope/warnings``, ``gradscope/infos``,
-    ``gradscope/ok``).  At fit end every finding becomes a :class:`GradscopeWarning`
-    (through ``rank_zero_warn``) and the report is written as ``report.json`` with the
+    ``gradscope/ok``).  At fit end every warning and error becomes a
+    :class:`GradscopeWarning` (through ``rank_zero_warn``; infos go to ``rank_zero_info``)
+    and the report is written as ``report.json`` with the
     dashboard PNG and the other views.  The hooks are removed at fit end and when fit
     raises.
     """
@@ -202,7 +203,10 @@ class GradscopeCallback(Callback):
         if warn:
             for report in self.reports.values():
                 for finding in report.findings:
-                    rank_zero_warn(common.finding_line(finding), category=GradscopeWarning)
+                    if finding.severity == "info":  # does not hurt training: not a warning
+                        rank_zero_info(common.finding_line(finding))
+                    else:
+                        rank_zero_warn(common.finding_line(finding), category=GradscopeWarning)
         assert self._outdir is not None
         dirs = common.report_dirs(self._outdir, self.reports)
         for outdir, report in zip(dirs, self.reports.values(), strict=True):

@@ -142,7 +142,8 @@ class GradscopeCallback(TrainerCallback):
         return control
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """Detach, log each finding, save the report; raise if ``fail_on`` is hit."""
+        """Detach, log each finding (infos at INFO level), save the report; raise if
+        ``fail_on`` is hit."""
         if self.scope is None:
             return
         self.close()
@@ -150,7 +151,9 @@ class GradscopeCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return
         for finding in report.findings:
-            logger.warning(common.finding_line(finding))
+            # An info is a property that does not hurt training: not a warning in the log.
+            log = logger.info if finding.severity == "info" else logger.warning
+            log(common.finding_line(finding))
         self.saved = self.report_dir or Path(args.output_dir) / common.REPORT_SUBDIR
         common.save_report(report, self.saved, self.plot)
         bad = common.failing([report], self.fail_on)

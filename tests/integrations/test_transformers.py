@@ -162,14 +162,6 @@ def test_healthy_custom_model_gets_no_finding(tmp_path, trainer_log):
     assert history.losses().isfinite().all()  # read from outputs.loss
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="detector false alarm since main dd34399: vanishing_gradient (an error since "
-    "the harm test counts a 10-step loss of 0.693 -> 0.684 as stalled) in "
-    "bert.encoder.layer.0.attention.self.value of a healthy tiny BERT whose loss falls "
-    "0.69 -> 0.07 in 40 steps; the fresh classifier's relative gradient is ~700x the "
-    "encoder's, and the first fix offered swaps the pooler's Tanh for ReLU",
-)
 def test_healthy_tiny_bert_gets_no_finding(tmp_path, trainer_log):
     torch.manual_seed(0)
     config = transformers.BertConfig(
@@ -187,7 +179,9 @@ def test_healthy_tiny_bert_gets_no_finding(tmp_path, trainer_log):
         model, Tokens(STEPS * 16), tmp_path, callback, learning_rate=1e-3, optim="adamw_torch"
     )
 
-    assert callback.report.findings == []
+    # Ten steps cannot show a stall (the loss 0.693 -> 0.684; it reaches 0.07 by step 40):
+    # the fresh classifier's 700x larger relative gradient is at most an info.
+    assert callback.report.at_least("warning") == []
     assert not any(m.startswith("gradscope") for m in trainer_log), trainer_log
     assert gradscope_logs(trainer)[-1]["gradscope/ok"] == 1.0
     history = callback.report.history
