@@ -5,12 +5,11 @@ step (smoothed, apart for detail and light steps), the plain step's time (the ti
 between two recorded steps, less gradscope's own), and the wall time of each kind of
 step (the last few, for medians).
 
-:class:`DetailCadence` paces the default's detail steps in long runs: the first
-:data:`AUTO_WARMUP` recorded steps keep the fixed cadence (the first ten, then one in
-ten), so a short run is judged exactly as with ``detail_every=10``; from then on the
-detail steps are spaced so that their measured extra wall time stays near
-:data:`AUTO_SHARE` of the training time, one in 10, 20, ... at most
-:data:`AUTO_MAX_INTERVAL` recorded steps.
+:class:`DetailCadence` paces the default's detail steps: the first :data:`AUTO_WARMUP`
+recorded steps keep a fixed cadence (the first ten, then one in five), so a short run is
+seen close to its end whatever its cost; from then on the detail steps are spaced so that
+their measured extra wall time stays near :data:`AUTO_SHARE` of the training time, one in
+10, 20, ... at most :data:`AUTO_MAX_INTERVAL` recorded steps.
 
 The budget (``budget=0.03``, opt-in, :class:`Budget`):
 
@@ -42,9 +41,12 @@ SMOOTHING = 0.2
 
 #: Recorded steps at the start that always take every statistic (every cadence but a budget).
 WARMUP_RECORDS = 10
-#: Recorded steps of the default cadence that keep the fixed pacing (1 in
-#: :data:`AUTO_BASE` after the first ten) before the detail steps follow their cost.
+#: Recorded steps of the default cadence that keep a fixed pacing (1 in
+#: :data:`AUTO_WARMUP_EVERY` after the first ten) before the detail steps follow their cost.
 AUTO_WARMUP = 100
+#: The default's pacing during the warm-up: denser than later, so that a short run (most
+#: runs judged for a bug are 30-100 steps) is seen close to its end.
+AUTO_WARMUP_EVERY = 5
 #: The fixed pacing of the warm-up, and the step of the intervals chosen after it.
 AUTO_BASE = 10
 #: The share of training time the detail steps' measured extra time may take after it.
@@ -122,7 +124,7 @@ class DetailCadence:
     ``detail_every=`` never uses this."""
 
     meter: StepMeter = field(default_factory=StepMeter)
-    interval: int = AUTO_BASE
+    interval: int = AUTO_WARMUP_EVERY
     last_detail: int = 0
     detail_steps: int = 0
     share: float = math.nan
@@ -130,7 +132,7 @@ class DetailCadence:
     def is_detail(self, recorded: int) -> bool:
         """Whether the recorded step number ``recorded`` takes the detail statistics."""
         if recorded <= AUTO_WARMUP:
-            return recorded < WARMUP_RECORDS or recorded % AUTO_BASE == 0
+            return recorded < WARMUP_RECORDS or recorded % AUTO_WARMUP_EVERY == 0
         return recorded - self.last_detail >= self.interval
 
     def observe(self, recorded: int, detail: bool, now: float, steps: int) -> None:

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
-from gradscope.budget import WARMUP_RECORDS
+from gradscope.budget import AUTO_WARMUP, AUTO_WARMUP_EVERY, WARMUP_RECORDS
 from gradscope.findings import SEVERITIES, Finding
 from gradscope.history import History
 from gradscope.plugins import PluginRunner
@@ -85,8 +85,9 @@ def _cadence_line(overhead: dict[str, float]) -> str:
         first = f"  detail statistics on the first {WARMUP_RECORDS} recorded steps"
         return f"{first}, then 1 in {interval}"
     line = (
-        f"  detail statistics on the first {WARMUP_RECORDS} recorded steps, then 1 in 10; "
-        f"after 100 recorded steps paced by their cost: 1 in {interval}"
+        f"  detail statistics on the first {WARMUP_RECORDS} recorded steps, then 1 in "
+        f"{AUTO_WARMUP_EVERY}; after {AUTO_WARMUP} recorded steps paced by their cost: 1 in "
+        f"{interval}"
     )
     extra, light = (float(overhead.get(k, math.nan)) for k in ("detail_extra_s", "light_step_s"))
     if math.isfinite(extra) and math.isfinite(light) and light > 0:

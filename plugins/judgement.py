@@ -315,8 +315,8 @@ def loss_vs_constant(history: History, trend: LossTrend) -> float:
     """The loss at the end of the run (``trend.last``) over what the best constant
     prediction scores on the same targets, NaN when that was never measured (a loss logged
     after ``backward()``, or one gradscope does not recognise).  The constant's loss is
-    the mean over the later half of the measured steps (each is the constant's loss on
-    every batch pooled so far; an L1 loss's is one batch's), brought to the logged loss's
+    the last measured one (the constant's loss on every batch pooled so far: the
+    largest pool; an earlier one, of fewer batches, fits them better), brought to the logged loss's
     scale (a loss multiplied by a factor is compared in its own units).  Near or above 1
     the model learned nothing an input-independent output would not."""
     term = _model_series(history, "loss_term")
@@ -329,7 +329,7 @@ def loss_vs_constant(history: History, trend: LossTrend) -> float:
         return math.nan
     scale = float((losses[ok] / term[ok]).median())
     rows = torch.nonzero(ok).flatten()
-    baseline = float(constant[rows[rows.numel() // 2 :]].mean()) * scale
+    baseline = float(constant[rows[-1]]) * scale  # the largest pool: every batch so far
     return trend.last / baseline if baseline > 0 else math.nan
 
 

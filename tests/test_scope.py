@@ -417,16 +417,19 @@ def _detail_steps(scope: gradscope.Scope) -> list[int]:
     return [r.step for r in scope.history.records if r.detail]
 
 
-def test_the_default_cadence_is_the_fixed_one_for_the_first_100_recorded_steps():
-    """A short run is judged exactly as with detail_every=10 (the pacing starts later)."""
+def test_the_default_cadence_is_a_fixed_one_for_the_first_100_recorded_steps():
+    """A short run is measured on its first ten steps, then one in five (so its last detail
+    step is near its end); an explicit detail_every=10 is kept exactly."""
+    from gradscope.budget import AUTO_WARMUP_EVERY
+
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with gradscope.watch(model, optimizer=opt) as auto:
         train(model, opt, steps=101, scope=auto)
     with gradscope.watch(model, optimizer=opt, detail_every=10) as fixed:
         train(model, opt, steps=101, scope=fixed)
-    want = [*range(WARMUP_RECORDS), *range(10, 101, 10)]
-    assert _detail_steps(auto) == _detail_steps(fixed) == want
+    assert _detail_steps(auto) == [*range(WARMUP_RECORDS), *range(10, 101, AUTO_WARMUP_EVERY)]
+    assert _detail_steps(fixed) == [*range(WARMUP_RECORDS), *range(10, 101, 10)]
     assert auto.report().overhead["detail_auto"] == 1.0
     assert fixed.report().overhead["detail_auto"] == 0.0
     assert "paced by their cost" not in fixed.report().summary()
@@ -445,7 +448,7 @@ def test_an_explicit_detail_every_is_kept_exactly_in_a_long_run():
 def test_the_detail_cadence_spaces_detail_steps_by_their_measured_cost():
     """Synthetic step times (no wall clock): the interval keeps the detail steps' extra
     time near 3% of training, in steps of 10, at most 50, never under 10."""
-    from gradscope.budget import AUTO_MAX_INTERVAL, DetailCadence
+    from gradscope.budget import AUTO_MAX_INTERVAL, AUTO_WARMUP_EVERY, DetailCadence
 
     def run(light: float, detail: float, records: int = 400) -> DetailCadence:
         cadence, now, chosen = DetailCadence(), 0.0, []
@@ -455,7 +458,7 @@ def test_the_detail_cadence_spaces_detail_steps_by_their_measured_cost():
             cadence.observe(recorded, is_detail, now, 1)
             if is_detail:
                 chosen.append(recorded)
-        warm_up = [*range(WARMUP_RECORDS), *range(10, 101, 10)]
+        warm_up = [*range(WARMUP_RECORDS), *range(10, 101, AUTO_WARMUP_EVERY)]
         assert chosen[: len(warm_up)] == warm_up
         return cadence
 
