@@ -52,8 +52,8 @@ class Scope:
             size, zeros, silent units and saturation, weight-row symmetry) run on one
             recorded step in this many (and on the first ten); gradient norms, the
             non-finite checks and the loss run on every recorded step.  The default
-            (None) is one in 10 for the first 100 recorded steps (a short run is judged
-            exactly as with ``detail_every=10``), then as often as keeps the detail steps'
+            (None) is one in 5 for the first 100 recorded steps (a short run is seen
+            close to its end), then as often as keeps the detail steps'
             measured extra time near 3% of training, between one in 10 and one in 50
             (:class:`gradscope.budget.DetailCadence`; ``report.overhead`` says what it
             chose; under DDP/FSDP2 it stays one in 10, so the ranks agree).  A number
