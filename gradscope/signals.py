@@ -199,18 +199,29 @@ def _matrix_columns(history: History, flat: list[int], owner: Tensor, n_modules:
     return matrix | ~has_matrix[owner]
 
 
-def init_scale(signal: LayerSignal, model_info: ModelInfo) -> float:
-    """Weight RMS times sqrt(fan-in): ~0.58 for PyTorch's default, 1 LeCun, 1.41 Kaiming."""
+def default_init_norm(signal: LayerSignal, model_info: ModelInfo) -> float:
+    """The norm a PyTorch-default-initialised copy of the layer's weight matrices (its
+    parameters of two or more dimensions, whatever their names) has: each entry of
+    variance 1 / (3 fan_in).  0 when the shapes are unknown."""
+    total = 0.0
     for name in signal.params:
         shape = model_info.param_shapes.get(name)
-        # "weight", or a recurrence's "weight_ih_l0" / "weight_hh_l0".
-        if name.rsplit(".", 1)[-1].startswith("weight") and shape and len(shape) >= 2:
+        if shape and len(shape) >= 2:
             fan_in = math.prod(shape[1:])
-            # The first record is measured before the first update: the init itself.
-            # The layer's norm includes its bias, which is small next to the weight.
-            weight_rms = early(signal.param_norm, 1) / math.sqrt(max(signal.numel, 1))
-            return weight_rms * math.sqrt(fan_in)
-    return math.nan
+            total += math.prod(shape) / (3.0 * max(fan_in, 1))
+    return math.sqrt(total)
+
+
+def init_scale(signal: LayerSignal, model_info: ModelInfo) -> float:
+    """Weight RMS times sqrt(fan-in) of the layer's weight matrices at the first record
+    (before the first update: the init itself): ~0.58 for PyTorch's default, 1 LeCun,
+    1.41 Kaiming.  Biases are left out; a layer of several matrices (a recurrence's
+    input and recurrent weights) gets the one scale that gives its matrices' norm."""
+    default = default_init_norm(signal, model_info)
+    if default <= 0:
+        return math.nan
+    # Default init has scale 1/sqrt(3): the layer's norm over that copy's, times it.
+    return early(signal.matrix_norm, 1) / default / math.sqrt(3.0)
 
 
 def recent(series: Tensor, window: int = DEFAULT_WINDOW) -> float:

@@ -406,7 +406,7 @@ def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
     if layer is not None and layer.role in ("vanilla_rnn", "gated_rnn"):
         # The recurrence multiplies by the same matrix every step: make it norm-preserving.
         return [fix.orthogonal_init, fix.clip_grad_norm, fix.lower_lr]
-    too_big = [v for v in fix.scales(finding) if v > 3.0]
+    too_big = fix.started_too_large(finding)
     sigmoid_like = roles & {"sigmoid", "tanh"} and "relu" not in roles
     init = fix.xavier_init if sigmoid_like else fix.kaiming_init
     if too_big:

@@ -159,6 +159,16 @@ def scales(finding: Finding) -> list[float]:
     return [v for v in values if isinstance(v, float) and math.isfinite(v)]
 
 
+#: An init scale (weight RMS x sqrt(fan_in)) above this, twice Kaiming's 1.41 and more:
+#: weights that started too large (a plan then rescales them first).
+TOO_LARGE_INIT = 3.0
+
+
+def started_too_large(finding: Finding) -> bool:
+    """Whether some layer of the finding's evidence started above :data:`TOO_LARGE_INIT`."""
+    return any(v > TOO_LARGE_INIT for v in scales(finding))
+
+
 def _init_scale_note(finding: Finding) -> str:
     finite = scales(finding)
     if not finite:

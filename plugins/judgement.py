@@ -18,6 +18,7 @@ from gradscope.signals import (
     DEFAULT_WINDOW,
     LayerSignal,
     LossTrend,
+    default_init_norm,
     layer_signals,
     step_weighted_median,
 )
@@ -182,15 +183,9 @@ def gan_roles(history: History, model_info: ModelInfo) -> dict[str, str]:
 
 def reference_norm(signal: LayerSignal, model_info: ModelInfo) -> float:
     """The norm a PyTorch-default-initialised copy of the layer's weight matrices has
-    (each entry of variance 1 / (3 fan_in)): the size a "small" weight is measured against,
-    so a zero-initialised layer does not get an infinite relative gradient."""
-    total = 0.0
-    for name in signal.params:
-        shape = model_info.param_shapes.get(name)
-        if shape and len(shape) >= 2:
-            fan_in = math.prod(shape[1:])
-            total += math.prod(shape) / (3.0 * max(fan_in, 1))
-    return math.sqrt(total)
+    (:func:`gradscope.signals.default_init_norm`): the size a "small" weight is measured
+    against, so a zero-initialised layer does not get an infinite relative gradient."""
+    return default_init_norm(signal, model_info)
 
 
 def followed_by_norm(model_info: ModelInfo, name: str) -> bool:

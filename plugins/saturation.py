@@ -125,11 +125,10 @@ def _feeding_scale(model_info: ModelInfo, signals: dict, name: str) -> float:
 
 def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
     """Fixes for a saturated activation, best first, chosen by its evidence."""
-    scale = finding.evidence.get("init_scale")
     if finding.evidence.get("activation") == "sigmoid":
         # A sigmoid in a hidden layer is the problem itself: ReLU cannot saturate.
         return [fix.use_relu, fix.add_batchnorm, fix.xavier_init]
-    if isinstance(scale, float) and scale > 3.0:
+    if fix.started_too_large(finding):
         # Weights several times too large push the inputs to the asymptotes: rescale them.
         return [fix.xavier_init, fix.add_batchnorm, fix.use_relu]
     return [fix.add_batchnorm, fix.xavier_init, fix.use_relu]

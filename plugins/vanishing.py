@@ -323,8 +323,7 @@ def _through_depth(
         if constant
         else stall_text(history, trend, t)
         if stalled
-        else f" The loss still falls ({fmt(trend.first)} -> {fmt(trend.last)}), so this does "
-        "not stop training yet."
+        else _no_harm_text(trend)
     )
     message = (
         f"Gradients vanish toward the input: {len(names)} of {len(layers)} layers get less "
@@ -389,6 +388,22 @@ def _cause(model_info: ModelInfo, grown: dict[str, float], blocked: list[str]) -
             "layer."
         )
     return "The gradient shrinks at each layer on its way back to the input."
+
+
+def _no_harm_text(trend: LossTrend) -> str:
+    """What the loss says when it shows no harm: that it still falls, or that too few
+    losses were logged to tell."""
+    if _harm_judged(trend):
+        return (
+            f" The loss still falls ({fmt(trend.first)} -> {fmt(trend.last)}), so this does "
+            "not stop training yet."
+        )
+    n = trend.logged
+    logged = f"{n} loss{'es' if n != 1 else ''}" if n else "No loss"
+    return (
+        f" {logged} logged: too few to tell whether this stops training (judged from "
+        f"{MIN_LOSSES_FOR_A_STALL} on)."
+    )
 
 
 def _harm_judged(trend: LossTrend) -> bool:
@@ -524,15 +539,16 @@ def _faded(
     the total gradient norm did (its series then the total's)."""
     layers, series = signals
     window = int(t["window"])
-    faded = []
     grown = [weights_grew(layer, t["grown_weights"]) for layer in layers]
     total = total_grad_norm(layers)
-    total_drop = recent(total, window) / early(total, 3)
+    start, now = early(total, 3), recent(total, window)
+    total_drop = now / start if start > 0 else math.nan
+    if not total_drop < 10 * t["model_time_ratio"]:
+        # The model's (or player's) gradient as a whole did not fall even to 10x the
+        # definitions' line: a layer's |g|/|W| that fell is weights that moved.
+        return []
+    faded = []
     for layer, values, grew in zip(layers, series, grown, strict=True):
-        if not total_drop < 10 * t["model_time_ratio"]:
-            # The model's (or player's) gradient as a whole did not fall even to 10x the
-            # definitions' line: one layer's |g|/|W| fell because its weights moved.
-            break
         if grew and not collapsed:
             continue
         start, now = early(values, window), recent(values, window)
@@ -541,10 +557,8 @@ def _faded(
         measured = math.isfinite(now) and math.isfinite(start) and start > 0 and now >= 0
         if measured and now / start < t["time_ratio"]:
             faded.append((layer, now / start, values))
-    if as_one and not faded and (collapsed or not any(grown)):
-        start, now = early(total, 3), recent(total, window)
-        if start > 0 and math.isfinite(now) and now / start < t["time_ratio"]:
-            faded.append((layers[0], now / start, total))
+    if as_one and not faded and (collapsed or not any(grown)) and total_drop < t["time_ratio"]:
+        faded.append((layers[0], total_drop, total))
     return faded
 
 
@@ -621,7 +635,7 @@ def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
     if finding.evidence.get("weights_grew"):
         layer = info.layer(finding.layer)
         recurrent = layer is not None and layer.role in ("vanilla_rnn", "gated_rnn")
-        if recurrent and any(v > 3.0 for v in fix.scales(finding)):
+        if recurrent and fix.started_too_large(finding):
             # A recurrence started too large: its gradient exploded through time and the
             # steps it drove blew the weights up.  Make it norm-preserving.
             return [fix.orthogonal_init, fix.clip_grad_norm, fix.lower_lr]

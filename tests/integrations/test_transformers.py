@@ -182,6 +182,8 @@ def test_healthy_tiny_bert_gets_no_finding(tmp_path, trainer_log):
     # Ten steps cannot show a stall (the loss 0.693 -> 0.684; it reaches 0.07 by step 40):
     # the fresh classifier's 700x larger relative gradient is at most an info.
     assert callback.report.at_least("warning") == []
+    infos = [f.message for f in callback.report.findings]
+    assert all("too few to tell whether this stops training" in m for m in infos), infos
     assert not any(m.startswith("gradscope") for m in trainer_log), trainer_log
     assert gradscope_logs(trainer)[-1]["gradscope/ok"] == 1.0
     history = callback.report.history
