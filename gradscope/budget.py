@@ -53,6 +53,11 @@ AUTO_BASE = 10
 AUTO_SHARE = 0.03
 #: The longest gap (recorded steps) between two detail steps of the default cadence.
 AUTO_MAX_INTERVAL = 50
+#: A light step whose gradient norm is this many times the median of the last recorded
+#: steps' also measures its update (see :class:`GradientJump`).
+JUMP_FACTOR = 10.0
+#: The recorded steps that median is taken over.
+JUMP_WINDOW = 8
 #: Wall times kept per kind of step for the medians (detail steps are rare: fewer).
 _LIGHT_WINDOW = 33
 _DETAIL_WINDOW = 9
@@ -164,6 +169,33 @@ class DetailCadence:
             "detail_extra_s": measured[0] if measured else math.nan,
             "light_step_s": measured[1] if measured else math.nan,
         }
+
+
+@dataclass
+class GradientJump:
+    """Spots the recorded steps whose gradient norm jumped :data:`JUMP_FACTOR` times above
+    the median of the last :data:`JUMP_WINDOW`: such a step also measures its update.
+
+    A run that blows up late (a GAN whose players escalate, a learning rate raised
+    mid-run) takes its few steps larger than the weights between two detail steps; the
+    gradient norm, read on every step, shows them coming.  A healthy run rarely jumps
+    10x, so this costs a copy of the weights on a handful of steps at most.
+    """
+
+    recent: deque = field(default_factory=lambda: deque(maxlen=JUMP_WINDOW))
+    jumps: int = 0
+
+    def observe(self, size: float) -> bool:
+        """Account one recorded step's gradient size; whether it jumped."""
+        recent = self.recent
+        if not math.isfinite(size):
+            return False
+        jumped = len(recent) >= JUMP_WINDOW // 2 and size > JUMP_FACTOR * sorted(recent)[
+            len(recent) // 2
+        ]
+        recent.append(size)
+        self.jumps += jumped
+        return jumped
 
 
 @dataclass

@@ -267,6 +267,24 @@ class Recorder:
             params = self._local_params()
             self._before = stats.snapshot(params, sample, self._param_layout, self._stacks)
 
+    def add_update(self, record: StepRecord) -> None:
+        """Write the update of the step just taken into ``record`` (a light step that took
+        a :meth:`snapshot` because its gradient jumped): one more host sync."""
+        if self._before is None:
+            return
+        with torch.no_grad():
+            sample = None if self.full else stats.UPDATE_SAMPLE
+            n_params = len(self.params)
+            column = [NAN] * n_params
+            blocks = _Blocks()
+            updates = stats.update_norms(
+                self._local_params(), self._before, sample, self._param_layout
+            )
+            blocks.put(column, range(n_params), updates)
+            blocks.transfer()
+        self._before = None
+        record.grads = {**record.grads, "update_norm": column}
+
     # -- the record ----------------------------------------------------------------
     def light_record(
         self, step: int, loss: Tensor | None, scale: Any, hooks_fired: int

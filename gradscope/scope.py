@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from gradscope import amp, compiled, distributed, linkage, replay, stats, through_time, tracking
-from gradscope.budget import AUTO_BASE, WARMUP_RECORDS, Budget, DetailCadence
+from gradscope.budget import AUTO_BASE, WARMUP_RECORDS, Budget, DetailCadence, GradientJump
 from gradscope.errors import GradscopeWarning
 from gradscope.history import History, StepRecord
 from gradscope.judge import judge, validate_config
@@ -142,6 +142,9 @@ class Scope:
             # Ranks exchange the detail steps' values: they must agree on which steps those
             # are, so the cadence stays the fixed one (each rank measures its own times).
             self._cadence = None
+        #: Light steps whose gradient jumped also measure their update (None: every step
+        #: does already, or ranks would have to agree on which steps do).
+        self._jumps = GradientJump() if self._ranks is None and not full else None
         self._calls = replay.CallRecorder(model, _compiler_disable)
         self._replay_sums: dict[int, list[Tensor]] | None = None
         self._replay_inputs: dict[int, list[Tensor]] = {}
@@ -176,6 +179,7 @@ class Scope:
         self._hooks_live = True
         self._origin_note: str | None = None
         self._last_recorded_step = -1
+        self._update_pending: StepRecord | None = None  # a light step measuring its update
         self._producer: weakref.ref | None = None  # the watched model that feeds this one
         self._feeds_another = False
         #: The logged loss is another trainable network's verdict on this model's output
@@ -601,13 +605,34 @@ class Scope:
             if record is None:
                 self._collect_grads()
             self._finish_step(measure_update=False, started=t0, record=record)
+            self._watch_for_jump()
             return
         self._collect_grads()
         # Update sizes ride with the costlier statistics (every step in diagnose()).
         self._measure.snapshot()
         self._overhead += time.perf_counter() - t0
 
+    def _watch_for_jump(self) -> None:
+        """After a light step's record: if its gradient jumped, copy the weights so that
+        the step's update is measured too (see :class:`gradscope.budget.GradientJump`)."""
+        if self._jumps is None or not self.history.records:
+            return
+        l2 = self.history.records[-1].grads["grad_l2"]
+        size = sum(l2)
+        if size != size:  # NaN: a parameter without a gradient (or a non-finite one)
+            size = sum(v for v in l2 if math.isfinite(v))
+        if self._jumps.observe(size):
+            t0 = time.perf_counter()
+            self._measure.snapshot()
+            self._update_pending = self.history.records[-1]
+            self._overhead_total += time.perf_counter() - t0
+
     def _on_post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self._update_pending is not None:
+            t0 = time.perf_counter()
+            self._measure.add_update(self._update_pending)
+            self._update_pending = None
+            self._overhead_total += time.perf_counter() - t0
         if self._recording_now and self._measure.has_grads:
             self._finish_step(measure_update=True, started=time.perf_counter())
         self._end_step()
@@ -692,6 +717,7 @@ class Scope:
                 record.acts[column][j] = flag
 
     def _end_step(self) -> None:
+        self._update_pending = None  # measured by now, or the optimizer never stepped
         since = self._just_recorded
         if since and self._cadence is not None:  # a recorded step ends: time it
             recorded = self.history.recorded - 1
@@ -769,6 +795,8 @@ class Scope:
             "recorded_steps": float(recorded),
             "steps": float(self._step),
         }
+        if self._jumps is not None:
+            summary["update_jumps"] = float(self._jumps.jumps)
         if self.budget is not None:
             summary.update(self.budget.summary())
         elif self._cadence is not None:

@@ -51,7 +51,7 @@ _DECLARED = (
     _S("grad_max", _P, FULL_ONLY, "largest |entry| of the gradient"),
     _S("grad_nonfinite", _P, EVERY_STEP, "NaN/Inf entries of the gradient"),
     _S("param_norm", _P, DETAIL, "L2 norm of the parameter (kept in between)"),
-    _S("update_norm", _P, DETAIL, "L2 norm of the optimizer's update"),
+    _S("update_norm", _P, DETAIL, "L2 norm of the optimizer's update (and on jumps)"),
     _S("row_spread", _P, DETAIL, "spread of weight rows on a fixed projection"),
     _S("row_twins", _P, DETAIL, "share of weight rows that are a copy of another row"),
     _S("numel", _P, EVERY_STEP, "entries of the parameter"),

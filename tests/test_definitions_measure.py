@@ -231,3 +231,20 @@ def test_a_generator_whose_gradient_grew_is_not_vanishing():
         optimizer="momentum", lr=0.03, loss="gan", batch=16, steps=50,
     )  # fmt: skip
     assert watch_generated(config).at_least("warning") == []
+
+
+def test_steps_larger_than_the_weights_between_detail_steps_are_seen():
+    """A GAN in one container escalates in its last steps: the discriminator moves by 1.9,
+    1.5 and 55 times its weights on steps 56, 57 and 59, all between the default's detail
+    steps; the gradient jumped on those steps, so their updates were measured (generated
+    held-out run 19534, exploding)."""
+    config = Config(
+        seed=19534, family="gan_container", depth=3, width=16, activation="gelu",
+        optimizer="momentum", lr=0.06, seq_len=5, loss="gan", batch=16, input_scale=3.0,
+        steps=60,
+    )  # fmt: skip
+    report = watch_generated(config)
+    exploding = [f for f in report.at_least("warning") if f.kind == "exploding_gradient"]
+    assert exploding and any(
+        name.startswith("D.") for name in exploding[0].evidence["update_ratio_peak"]
+    ), report

@@ -666,3 +666,27 @@ def test_a_live_plugin_can_stop_the_run_before_a_nan_reaches_the_weights():
     ):
         train(model, opt, steps=14, scope=scope)
     assert all(bool(p.isfinite().all()) for p in model.parameters())
+
+
+def test_a_light_step_whose_gradient_jumps_measures_its_update():
+    """A blow-up between two detail steps (step 22 of a 30-step run, a loss 1000x larger)
+    still has its update measured, exactly; the healthy light steps measure none."""
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    moved = {}
+    with gradscope.watch(model, optimizer=opt) as scope:
+        for k in range(30):
+            x, y = batch(seed=k)
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y) * (1000.0 if k == 22 else 1.0)
+            scope.log_loss(loss)
+            loss.backward()
+            before = model[0].weight.detach().clone()
+            opt.step()
+            moved[k] = float((model[0].weight.detach() - before).norm())
+    records = {r.step: r for r in scope.history.records}
+    assert not records[22].detail
+    assert records[22].grads["update_norm"][0] == pytest.approx(moved[22], rel=1e-4)
+    light = [r for r in records.values() if not r.detail and r.step != 22]
+    assert light and all(math.isnan(r.grads["update_norm"][0]) for r in light)
+    assert scope.overhead()["update_jumps"] == 1.0
