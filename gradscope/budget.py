@@ -53,10 +53,10 @@ AUTO_BASE = 10
 AUTO_SHARE = 0.03
 #: The longest gap (recorded steps) between two detail steps of the default cadence.
 AUTO_MAX_INTERVAL = 50
-#: A light step whose gradient norm is this many times the median of the last recorded
-#: steps' also measures its update (see :class:`GradientJump`).
+#: A light step whose gradient norm is this many times the median of a recent block of
+#: recorded steps also measures its update (see :class:`GradientJump`).
 JUMP_FACTOR = 10.0
-#: The recorded steps that median is taken over.
+#: The recorded steps of a block that median is taken over.
 JUMP_WINDOW = 8
 #: Wall times kept per kind of step for the medians (detail steps are rare: fewer).
 _LIGHT_WINDOW = 33
@@ -174,26 +174,30 @@ class DetailCadence:
 @dataclass
 class GradientJump:
     """Spots the recorded steps whose gradient norm jumped :data:`JUMP_FACTOR` times above
-    the median of the last :data:`JUMP_WINDOW`: such a step also measures its update.
+    the median of a recent block of :data:`JUMP_WINDOW` steps: such a step also measures
+    its update.
 
     A run that blows up late (a GAN whose players escalate, a learning rate raised
     mid-run) takes its few steps larger than the weights between two detail steps; the
     gradient norm, read on every step, shows them coming.  A healthy run rarely jumps
-    10x, so this costs a copy of the weights on a handful of steps at most.
+    10x, so this costs a copy of the weights on a handful of steps at most.  The median
+    is taken once per block, so a step pays a comparison and an append.
     """
 
-    recent: deque = field(default_factory=lambda: deque(maxlen=JUMP_WINDOW))
+    block: list = field(default_factory=list)
+    limit: float = math.inf
     jumps: int = 0
 
     def observe(self, size: float) -> bool:
         """Account one recorded step's gradient size; whether it jumped."""
-        recent = self.recent
         if not math.isfinite(size):
             return False
-        jumped = len(recent) >= JUMP_WINDOW // 2 and size > JUMP_FACTOR * sorted(recent)[
-            len(recent) // 2
-        ]
-        recent.append(size)
+        jumped = size > self.limit
+        block = self.block
+        block.append(size)
+        if len(block) == JUMP_WINDOW:
+            self.limit = JUMP_FACTOR * sorted(block)[JUMP_WINDOW // 2]
+            block.clear()
         self.jumps += jumped
         return jumped
 

@@ -180,6 +180,8 @@ class Recorder:
         self._row_spread: list[tuple[str, list[int], Tensor | list[Tensor]]] = []
         self._stacks: list[Tensor] | None = None
         self._before: stats.Snapshot | None = None
+        #: The sum of a light record's gradient norms (None: no light record this step).
+        self.light_size: float | None = None
         self._loss_terms: tuple[Tensor, Tensor] | None = None
         self._output: Tensor | None = None
 
@@ -329,7 +331,8 @@ class Recorder:
         self._index = None
         # The L2 norm is non-finite exactly when some entry is: a healthy step pays nothing
         # for the check (a sum of finite norms can overflow: then each is looked at).
-        nonfinite = not _finite(sum(l2)) and self._count_nonfinite(columns, range(n_params))
+        self.light_size = size = sum(l2)
+        nonfinite = not _finite(size) and self._count_nonfinite(columns, range(n_params))
         loss_value = host[n_params] if loss is not None else None
         return StepRecord(
             step=step,

@@ -617,10 +617,9 @@ class Scope:
         the step's update is measured too (see :class:`gradscope.budget.GradientJump`)."""
         if self._jumps is None or not self.history.records:
             return
-        l2 = self.history.records[-1].grads["grad_l2"]
-        size = sum(l2)
-        if size != size:  # NaN: a parameter without a gradient (or a non-finite one)
-            size = sum(v for v in l2 if math.isfinite(v))
+        size = self._measure.light_size
+        if size is None:  # recorded by gather(): a parameter may lack a gradient (NaN)
+            size = sum(v for v in self.history.records[-1].grads["grad_l2"] if math.isfinite(v))
         if self._jumps.observe(size):
             t0 = time.perf_counter()
             self._measure.snapshot()
