@@ -470,6 +470,34 @@ def check_graph(finding: Finding, info: ModelInfo) -> Suggestion:
     )
 
 
+def freeze_unused(finding: Finding, info: ModelInfo) -> Suggestion:
+    """Freeze (or delete) a module that forward() never calls."""
+    params = finding.evidence.get("parameters") or []
+    names = ", ".join(repr(p) for p in params)
+    return Suggestion(
+        kind="freeze_unused",
+        title=f"Freeze {finding.layer}, or delete it: forward() never calls it",
+        why=(
+            "A module that never runs cannot learn; its parameters only take memory and "
+            "optimizer state. If it should run, call it in forward() instead "
+            "(see the next suggestion)."
+        ),
+        code="\n".join(
+            [
+                f"for name, param in {info.var}.named_parameters():",
+                f"    if name in [{names}]:",
+                "        param.requires_grad_(False)",
+                f"# or delete it: del {info.var}.{finding.layer}  (and any use of it)",
+            ]
+        ),
+    )
+
+
+def never_called(finding: Finding, info: ModelInfo) -> bool:
+    """Whether the finding's module was never called (``no_gradient`` evidence)."""
+    return finding.evidence.get("module_called") is False
+
+
 def check_inputs(finding: Finding, info: ModelInfo) -> Suggestion:
     """Find and drop (or repair) the samples whose inputs hold NaN/Inf."""
     return Suggestion(
@@ -566,3 +594,4 @@ def _always(finding: Finding, info: ModelInfo) -> bool:
     return True
 
 _APPLIES[add_batchnorm] = batchnorm_fits
+_APPLIES[freeze_unused] = never_called

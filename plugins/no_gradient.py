@@ -66,7 +66,10 @@ def gradscope_detect(
 
 
 def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
-    """A missing gradient is a graph problem: show how to find where it is cut."""
+    """A missing gradient is a graph problem: show how to find where it is cut; a module
+    that never runs can be frozen (or deleted) first."""
+    if fix.never_called(finding, info):
+        return [fix.freeze_unused, fix.check_graph]
     return [fix.check_graph]
 
 

@@ -171,6 +171,15 @@ def test_parameters_without_gradients_are_named_and_frozen_ones_are_not():
     assert found["detached"].evidence["module_called"] is True
     assert "detached.weight, detached.bias require a gradient" in found["detached"].message
     assert found["detached"].suggestions[0].kind == "check_graph"
+    # A module that never runs can be frozen: the first suggestion, and its code runs.
+    assert [s.kind for s in found["unused"].suggestions] == ["freeze_unused", "check_graph"]
+    assert "freeze_unused" not in [s.kind for s in found["detached"].suggestions]
+    fresh = WithUnused()
+    exec(found["unused"].suggestions[0].code, {"model": fresh})  # noqa: S102
+    assert [n for n, p in fresh.named_parameters() if not p.requires_grad] == [
+        "unused.weight",
+        "unused.bias",
+    ]
 
 
 def test_healthy_models_of_other_kinds_raise_no_alarm():

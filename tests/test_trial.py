@@ -414,3 +414,29 @@ def test_a_torchscript_model_gets_loop_fixes_and_says_why_edits_are_skipped():
     by_kind = {r.kind: r for r in result.results}
     assert by_kind["use_relu"].reason.startswith("a TorchScript model cannot be edited")
     assert len(by_kind["lower_lr"].losses) == 3
+
+
+class _WithUnusedHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+        self.spare = nn.Linear(32, 4)  # defined, never called
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_a_module_that_never_runs_is_frozen_and_that_helps():
+    torch.manual_seed(0)
+    model = _WithUnusedHead()
+    trained = copy.deepcopy(model)
+    report = _watched(trained, torch.optim.SGD(trained.parameters(), lr=0.05), steps=10)
+    finding = next(f for f in report.findings if f.kind == "no_gradient")
+    assert finding.layer == "spare" and finding.suggestions[0].kind == "freeze_unused"
+
+    result = gradscope.trial(model, _batches(), CE, report, steps=10)
+
+    best = result.results[0]
+    assert (best.kind, best.verdict, best.layers) == ("freeze_unused", "helps", ["spare"])
+    assert "no_gradient@spare" in best.findings_gone
+    assert all(p.requires_grad for p in model.parameters())  # the user's model untouched

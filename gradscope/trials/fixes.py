@@ -407,7 +407,22 @@ def normalize_inputs(model: nn.Module, ctx: FixContext) -> Change:
     return Change(model, [], "inputs standardised per feature", normalize=(mean, std))
 
 
+def freeze_unused(model: nn.Module, ctx: FixContext) -> Change:
+    """Freeze the parameters of a module that forward() never calls."""
+    names = ctx.finding.evidence.get("parameters") or []
+    named = dict(model.named_parameters())
+    missing = [n for n in names if n not in named]
+    if not names or missing:
+        raise NotApplicable(
+            f"the finding names no parameter of this model ({', '.join(missing) or 'none'})"
+        )
+    for name in names:
+        named[name].requires_grad_(False)
+    return Change(model, [ctx.finding.layer or ""], f"froze {', '.join(names)}")
+
+
 APPLIERS: dict[str, Callable[[nn.Module, FixContext], Change]] = {
+    "freeze_unused": freeze_unused,
     "kaiming_init": kaiming_init,
     "xavier_init": xavier_init,
     "orthogonal_init": orthogonal_init,
