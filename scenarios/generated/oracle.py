@@ -466,12 +466,15 @@ def label(config: Config) -> Label:
 
     # -- symmetric rows ----------------------------------------------------------------------
     sym_max = 0.0
+    # A run that blew up (non-finite, or exploding by the criteria above): rows it left
+    # tiny next to the rows it blew up are within the tolerance of each other.
+    blew_up = bad is not None or "exploding_gradient" in kinds
     for name in run.layers:
         for end, start in zip(run.last_finite[name], run.initial[name], strict=True):
             frac, at_init = _identical_rows(end), _identical_rows(start)
             sym_max = max(sym_max, frac)
             # Rows made identical by a blow-up (not at init) are a consequence, not a cause.
-            if frac >= SYMMETRIC and (bad is None or at_init >= SYMMETRIC):
+            if frac >= SYMMETRIC and (not blew_up or at_init >= SYMMETRIC):
                 add("symmetric_weights", name)
             if frac >= SYMMETRIC / 2:
                 allow.add("symmetric_weights")
