@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from torch.nn.utils import parametrize
 
 from gradscope.optimizer_settings import optimizer_settings
 from gradscope.stats import activation_kind
@@ -66,7 +67,7 @@ def module_role(module: torch.nn.Module) -> str:
         return "attention"
     if isinstance(module, WEIGHT_LAYER_TYPES) or _owns_weight_matrix(module):
         return "weight"
-    own = [p for _, p in module.named_parameters(recurse=False) if not _uninitialized(p)]
+    own = [p for _, p in own_parameters(module) if not _uninitialized(p)]
     if own and all(p.dim() <= 1 for p in own):
         return "norm"
     kind = activation_kind(module)
@@ -77,7 +78,32 @@ def module_role(module: torch.nn.Module) -> str:
 
 def _owns_weight_matrix(module: torch.nn.Module) -> bool:
     weight = module._parameters.get("weight") if hasattr(module, "_parameters") else None
+    if weight is None and parametrize.is_parametrized(module, "weight"):
+        return any(p.dim() >= 2 for _, p in own_parameters(module))
     return weight is not None and not _uninitialized(weight) and weight.dim() >= 2
+
+
+def own_parameters(module: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """A module's own parameters: its direct ones and, for a parametrized module
+    (``torch.nn.utils.parametrizations.weight_norm``, ``spectral_norm``, ...), the ones
+    its parametrizations store one level down (``parametrizations.weight.original0``):
+    they are the module's weight."""
+    own = list(module.named_parameters(recurse=False))
+    if parametrize.is_parametrized(module):
+        own += [
+            (f"parametrizations.{n}", p) for n, p in module.parametrizations.named_parameters()
+        ]
+    return own
+
+
+def parametrization_parts(model: torch.nn.Module) -> set[int]:
+    """ids of the modules that hold parametrized modules' parametrizations: parts of
+    their module, not layers of their own."""
+    inside: set[int] = set()
+    for module in model.modules():
+        if parametrize.is_parametrized(module):
+            inside.update(id(m) for m in module.parametrizations.modules())
+    return inside
 
 
 def _uninitialized(p: torch.Tensor) -> bool:
@@ -173,12 +199,14 @@ class ModelInfo:
 def hooked_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     """The modules gradscope measures: leaves, and containers that own parameters directly."""
     chosen = []
+    inside = parametrization_parts(model)
     for name, module in model.named_modules():
         if isinstance(module, torch.jit.ScriptModule):
             continue  # TorchScript refuses forward hooks
-
-        is_leaf = next(iter(module.children()), None) is None
-        owns_params = next(iter(module.parameters(recurse=False)), None) is not None
+        if id(module) in inside:
+            continue  # a parametrization (weight_norm's): part of the module it belongs to
+        is_leaf = all(id(child) in inside for child in module.children())
+        owns_params = bool(own_parameters(module))
         if is_leaf or owns_params:
             chosen.append((name or type(module).__name__, module))
     return chosen
@@ -249,7 +277,7 @@ def describe(
     for j in order:
         mod_name, module = modules[j]
         prefix = "" if mod_name == type(model).__name__ and module is model else mod_name + "."
-        own = list(module.named_parameters(recurse=False))
+        own = own_parameters(module)
         layers.append(
             LayerInfo(
                 name=mod_name,

@@ -329,8 +329,8 @@ class Recorder:
             # Weights move ~1e-3 per step: between detail steps the last measurement stands.
             columns["param_norm"] = self._last_param_norm
         self._index = None
-        # The L2 norm is non-finite exactly when some entry is: a healthy step pays nothing
-        # for the check (a sum of finite norms can overflow: then each is looked at).
+        # The L2 norm is finite when every entry is (and no square overflows): a healthy
+        # step pays nothing for the check (a sum of norms can overflow: each is looked at).
         self.light_size = size = sum(l2)
         nonfinite = not _finite(size) and self._count_nonfinite(columns, range(n_params))
         loss_value = host[n_params] if loss is not None else None
@@ -455,24 +455,29 @@ class Recorder:
         else:
             # Weights move ~1e-3 per step: between detail steps the last measurement stands.
             grads["param_norm"] = self._last_param_norm
-        # The L2 norm is non-finite exactly when some entry is, so a healthy step pays
-        # nothing for the check; only a step that went bad counts (a 2nd sync).
+        # The L2 norm is finite when every entry is (and their squares fit), so a healthy
+        # step pays nothing for the check; only a step that went bad counts (a 2nd sync).
         if _finite(sum(l2) if index is None else sum(l2[i] for i in present)):
             return False
         return self._count_nonfinite(grads, present)
 
     def _count_nonfinite(self, grads: dict[str, list[float]], present: Any) -> bool:
         """Exact NaN/Inf counts of the gradients whose L2 norm is not finite (a step that
-        went bad: a second sync); returns whether there was any."""
+        went bad: a second sync); returns whether there was any.  A norm can also overflow
+        with every entry finite (entries of 1e20 square past float32's range): that one is
+        measured again in float64, and the gradient is not called non-finite."""
         l2 = grads["grad_l2"]
         bad = [i for i in present if not _finite(l2[i])]
         if not bad:
             return False
-        counts = stats.nonfinite_counts(distributed.locals_of([self.params[i].grad for i in bad]))
+        tensors = distributed.locals_of([self.params[i].grad for i in bad])
+        counts = stats.nonfinite_counts(tensors)
         grads["grad_nonfinite"] = list(grads["grad_nonfinite"])  # unshare before writing
-        for i, count in zip(bad, counts, strict=True):
+        for i, count, grad in zip(bad, counts, tensors, strict=True):
             grads["grad_nonfinite"][i] = count
-        return True
+            if count == 0:
+                l2[i] = float(grad.detach().double().norm())
+        return any(count > 0 for count in counts)
 
     def _act_columns(
         self, blocks: _Blocks, fired: list[int], step: int

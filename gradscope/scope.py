@@ -24,7 +24,13 @@ from gradscope.budget import AUTO_BASE, WARMUP_RECORDS, Budget, DetailCadence, G
 from gradscope.errors import GradscopeWarning
 from gradscope.history import History, StepRecord
 from gradscope.judge import judge, validate_config
-from gradscope.modelinfo import ModelInfo, describe, hooked_modules
+from gradscope.modelinfo import (
+    ModelInfo,
+    describe,
+    hooked_modules,
+    own_parameters,
+    parametrization_parts,
+)
 from gradscope.plugins import PluginRunner
 from gradscope.recorder import Recorder
 from gradscope.report import Report
@@ -885,8 +891,11 @@ def _owners(model: torch.nn.Module, modules: list[tuple[str, torch.nn.Module]]) 
     """Parameter name -> the hooked module that owns it."""
     by_id = {id(m): name for name, m in modules}
     owners = {}
+    inside = parametrization_parts(model)
     for mod_name, module in model.named_modules():
-        for p_name, _ in module.named_parameters(recurse=False):
+        if id(module) in inside:
+            continue  # their parameters are the parametrized module's (own_parameters)
+        for p_name, _ in own_parameters(module):
             full = f"{mod_name}.{p_name}" if mod_name else p_name
             owners[full] = by_id.get(id(module), mod_name)
     return owners

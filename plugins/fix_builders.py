@@ -487,7 +487,7 @@ def freeze_unused(finding: Finding, info: ModelInfo) -> Suggestion:
                 f"for name, param in {info.var}.named_parameters():",
                 f"    if name in [{names}]:",
                 "        param.requires_grad_(False)",
-                f"# or delete it: del {info.var}.{finding.layer}  (and any use of it)",
+                "# or delete the module from the model (and any use of it)",
             ]
         ),
     )

@@ -217,8 +217,9 @@ def relative_grad(
     rel = signal.matrix_grad_norm / norm
     if scale_invariant and followed_by_norm(model_info, signal.name):
         finite = signal.matrix_norm[torch.isfinite(signal.matrix_norm)]
-        start = max(float(finite[0]) if finite.numel() else ref, ref, 1e-12)
-        rel = rel * (norm / start) ** 2
+        start = max(float(finite[0]) if finite.numel() else ref, ref)
+        if start > 0:  # no weight matrix measured at the start: nothing to rescale by
+            rel = rel * (norm / start) ** 2
     return rel
 
 

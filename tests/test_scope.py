@@ -690,3 +690,25 @@ def test_a_light_step_whose_gradient_jumps_measures_its_update():
     light = [r for r in records.values() if not r.detail and r.step != 22]
     assert light and all(math.isnan(r.grads["update_norm"][0]) for r in light)
     assert scope.overhead()["update_jumps"] == 1.0
+
+
+def test_a_finite_gradient_whose_norm_overflows_float32_is_not_called_non_finite():
+    """Entries of 1e20 are finite, but their squares pass float32's range, so the L2 norm
+    comes out inf: measured again in float64, it is finite and no NaN/Inf is reported (an
+    ELECTRA initialised to a constant was told "NaN/Inf appeared")."""
+    model = nn.Linear(64, 64)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    x = torch.ones(1, 64)
+    with gradscope.watch(model, optimizer=opt) as scope:
+        for _ in range(12):
+            opt.zero_grad()
+            loss = model(x).sum() * 1e20
+            scope.log_loss(loss)
+            loss.backward()
+            opt.step()
+    records = scope.history.records
+    assert records[0].detail and not records[-1].detail  # both ways a record is made
+    for record in records:
+        assert record.grads["grad_l2"][0] == pytest.approx(1e20 * 64, rel=1e-3)
+        assert record.grads["grad_nonfinite"][0] == 0 and not record.nonfinite
+    assert "nonfinite_gradient" not in scope.report().kinds()
