@@ -176,7 +176,7 @@ class _Run:
             replaced = out = out.detach().requires_grad_()
 
         def grad_hook(g: torch.Tensor) -> None:
-            norms = g.detach().float().norm(dim=(0, 2))
+            norms = g.detach().double().norm(dim=(0, 2))
             self.cur["time"] = (float(norms[0]), float(norms[-1]))
 
         out.register_hook(grad_hook)
@@ -194,11 +194,13 @@ class _Run:
                     self.present[pname] = self.present.get(pname, False) or has
                     if not has:
                         continue
-                    g = p.grad.detach().float()
-                    sq = float((g * g).sum())
-                    if not math.isfinite(sq):
+                    # NaN/Inf entries, not an overflowing float32 sum of squares (entries
+                    # of 1e20 are finite; their squares are not): float64 holds them.
+                    g = p.grad.detach().double()
+                    if not bool(torch.isfinite(g).all()):
                         finite = False
                         continue
+                    sq = float((g * g).sum())
                     player = pname.split(".")[0] if self.config.family in GANS else part
                     totals[player] = totals.get(player, 0.0) + sq
                     self.nonzero[pname] = self.nonzero.get(pname, False) or sq > 0
@@ -213,8 +215,8 @@ class _Run:
                 grads = [p.grad for p in weights if p.grad is not None]
                 if not grads:
                     continue
-                g = math.sqrt(sum(float(x.detach().float().pow(2).sum()) for x in grads))
-                w = math.sqrt(sum(float(p.detach().float().pow(2).sum()) for p in weights))
+                g = math.sqrt(sum(float(x.detach().double().pow(2).sum()) for x in grads))
+                w = math.sqrt(sum(float(p.detach().double().pow(2).sum()) for p in weights))
                 rho[name] = g / max(w, self.floor[name])
                 before[name] = ([p.detach().clone() for p in weights], max(w, self.floor[name]))
 
@@ -228,7 +230,7 @@ class _Run:
                     continue
                 d = math.sqrt(
                     sum(
-                        float((p.detach() - o).float().pow(2).sum())
+                        float((p.detach().double() - o.double()).pow(2).sum())
                         for p, o in zip(self.layers[name], old, strict=True)
                     )
                 )

@@ -6,6 +6,8 @@ Hugging Face models come from their config classes, never ``from_pretrained``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -71,6 +73,18 @@ def signal_batch(step: int, n: int = 32, steps: int = 20, size: int = 8) -> tupl
     g = _gen(step)
     x = torch.randn(n, steps, size, generator=g)
     return x, (x[:, -3:, 0].sum(dim=1) > 0).long()
+
+
+def audio_batch(step: int, n: int = 8, samples: int = 1600) -> dict[str, torch.Tensor]:
+    """Raw audio for a speech encoder: a noisy sine at 300 Hz (class 0) or 2 kHz (class 1),
+    0.1 s at 16 kHz."""
+    g = _gen(step)
+    y = torch.randint(0, 2, (n,), generator=g)
+    t = torch.arange(samples) / 16000.0
+    freq = torch.where(y == 1, 2000.0, 300.0)[:, None]
+    phase = torch.rand(n, 1, generator=g) * 6.28
+    x = torch.sin(2 * math.pi * freq * t + phase) + 0.3 * torch.randn(n, samples, generator=g)
+    return {"input_values": x, "labels": y}
 
 
 def first_input_batch(step: int, n: int = 32, steps: int = 100, size: int = 4) -> tuple:
@@ -213,6 +227,21 @@ def gpt2() -> nn.Module:
         bos_token_id=0, eos_token_id=0,
     )  # fmt: skip
     return GPT2LMHeadModel(config)
+
+
+def wav2vec2() -> nn.Module:
+    """HF Wav2Vec2 for audio classification, 2 layers of width 64: its positional
+    convolution is weight-normalised (``torch.nn.utils.parametrizations.weight_norm``)."""
+    from transformers import Wav2Vec2Config, Wav2Vec2ForSequenceClassification
+
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(
+        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, conv_dim=(32, 32, 32), conv_stride=(5, 4, 4),
+        conv_kernel=(10, 8, 4), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+        num_labels=2, mask_time_prob=0.0, classifier_proj_size=32,
+    )  # fmt: skip
+    return Wav2Vec2ForSequenceClassification(config)
 
 
 def bert() -> nn.Module:

@@ -417,6 +417,17 @@ def _recipes() -> list[Recipe]:
             "gpt2", "healthy", M.gpt2, M.lm_batch, hf_loss, _adamw(1e-3), 30, HEALTHY, loss_falls
         ),
         Recipe(
+            "wav2vec2",
+            "healthy",
+            M.wav2vec2,
+            M.audio_batch,
+            hf_loss,
+            _adamw(1e-3),
+            40,
+            HEALTHY,
+            loss_falls,
+        ),
+        Recipe(
             "gpt2",
             "adamw_lr_1",
             M.gpt2,
