@@ -325,11 +325,15 @@ def _through_depth(
         if stalled
         else _no_harm_text(trend)
     )
+    effect = (
+        "These layers barely change, so the network cannot learn features in them. "
+        if stalled
+        else "These layers change slowly next to the later ones. "
+    )
     message = (
         f"Gradients vanish toward the input: {len(names)} of {len(layers)} layers get less "
         f"than {fmt(t['depth_ratio'])} of the gradient (relative to their weights) that later "
-        f"layers get; {worst_layer.name} gets {fmt(worst_ratio)} of it. These layers barely "
-        f"change, so the network cannot learn features in them. {cause}{harm}"
+        f"layers get; {worst_layer.name} gets {fmt(worst_ratio)} of it. {effect}{cause}{harm}"
     )
     return Finding(
         kind="vanishing_gradient",

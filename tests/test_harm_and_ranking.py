@@ -140,3 +140,6 @@ def test_an_extreme_depth_gap_in_a_run_whose_loss_learned_is_info_not_a_warning(
     found = [f for f in scope.report().findings if f.kind == "vanishing_gradient"]
     assert [(f.layer, f.severity) for f in found] == [("enc.0.0", "info")]
     assert found[0].evidence["loss_vs_constant"] < 0.9
+    # The run learned: the message says the layers are slow, not that they cannot learn.
+    assert "These layers change slowly next to the later ones." in found[0].message
+    assert "cannot learn" not in found[0].message
