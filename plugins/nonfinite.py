@@ -66,15 +66,24 @@ def gradscope_detect(
     culprit, where, detail = _explain(history, step, bad_outputs, bad_grads)
     growth = growth_from_start(depth_layers(history, model_info))
     grew = float(growth.max()) if growth is not None else None
+    # An output that held NaN/Inf while the loss and every gradient stayed finite was
+    # absorbed downstream (ELU maps -inf to -1, a mask or max drops it): not the
+    # definitions' non-finite gradient, but a sign that values reach the format's edge.
+    poisoned = bool(grad_steps) or loss_step is not None
     message = (
         f"NaN/Inf appeared during training: {detail}. Once a weight is NaN every later step "
         "is NaN too, so fix the first source."
+        if poisoned
+        else f"An output held NaN/Inf: {detail}. The loss and every gradient stayed finite "
+        "(a later operation absorbed it: ELU maps -inf to -1, a mask or a max drops it), so "
+        "training went on, but values reach the edge of their number format: check the "
+        "scale of the inputs and the growth of the weights."
     )
     return [
         Finding(
             kind="nonfinite_gradient",
             layer=culprit,
-            severity="error",
+            severity="error" if poisoned else "info",
             step=step,
             message=message,
             evidence={

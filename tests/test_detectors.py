@@ -67,6 +67,24 @@ def test_nan_from_log_of_zero_names_the_module_that_made_it():
     assert finding.suggestions[0].kind == "fix_loss_numerics"
 
 
+class InfThenELU(nn.Module):
+    """Writes -inf into its output where the input is below -1; the ELU after it maps
+    those entries to -1, so the loss and every gradient stay finite."""
+
+    def forward(self, x):
+        return x.masked_fill(x < -1.0, float("-inf"))
+
+
+def test_an_inf_output_that_the_loss_never_sees_is_an_info_not_an_error():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), InfThenELU(), nn.ELU(), nn.Linear(16, 3))
+    report = gradscope.diagnose(model, batch(), CE, steps=5)
+    found = [f for f in report.findings if f.kind == "nonfinite_gradient"]
+    assert [(f.layer, f.severity) for f in found] == [("1", "info")]
+    assert "The loss and every gradient stayed finite" in found[0].message
+    assert serious(report) == [], str(report)
+
+
 class WithMagnitude(nn.Module):
     """Appends each row's length: sqrt(0) has an infinite slope, so a zero row gives NaN grads."""
 
