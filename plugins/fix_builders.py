@@ -439,10 +439,18 @@ def fix_loss_numerics(finding: Finding, info: ModelInfo) -> Suggestion:
     )
 
 
+def _freeze_lines(finding: Finding, info: ModelInfo) -> list[str]:
+    """Code that freezes the parameters a ``no_gradient`` finding names."""
+    names = ", ".join(repr(p) for p in finding.evidence.get("parameters") or [])
+    return [
+        f"for name, param in {info.var}.named_parameters():",
+        f"    if name in [{names}]:",
+        "        param.requires_grad_(False)",
+    ]
+
+
 def check_graph(finding: Finding, info: ModelInfo) -> Suggestion:
     """Find where the graph is cut, or freeze on purpose."""
-    params = finding.evidence.get("parameters") or []
-    names = ", ".join(repr(p) for p in params)
     return Suggestion(
         kind="check_graph",
         title=f"Connect {finding.layer} to the loss, or freeze it",
@@ -462,9 +470,7 @@ def check_graph(finding: Finding, info: ModelInfo) -> Suggestion:
                 "           if p.requires_grad and p.grad is None]",
                 "print(missing)  # look for .detach(), .data or torch.no_grad() on their path",
                 "# or, if they are meant to stay fixed:",
-                f"for name, param in {info.var}.named_parameters():",
-                f"    if name in [{names}]:",
-                "        param.requires_grad_(False)",
+                *_freeze_lines(finding, info),
             ]
         ),
     )
@@ -472,8 +478,6 @@ def check_graph(finding: Finding, info: ModelInfo) -> Suggestion:
 
 def freeze_unused(finding: Finding, info: ModelInfo) -> Suggestion:
     """Freeze (or delete) a module that forward() never calls."""
-    params = finding.evidence.get("parameters") or []
-    names = ", ".join(repr(p) for p in params)
     return Suggestion(
         kind="freeze_unused",
         title=f"Freeze {finding.layer}, or delete it: forward() never calls it",
@@ -484,9 +488,7 @@ def freeze_unused(finding: Finding, info: ModelInfo) -> Suggestion:
         ),
         code="\n".join(
             [
-                f"for name, param in {info.var}.named_parameters():",
-                f"    if name in [{names}]:",
-                "        param.requires_grad_(False)",
+                *_freeze_lines(finding, info),
                 "# or delete the module from the model (and any use of it)",
             ]
         ),
