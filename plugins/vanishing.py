@@ -325,15 +325,11 @@ def _through_depth(
         if stalled
         else _no_harm_text(trend)
     )
-    effect = (
-        "These layers barely change, so the network cannot learn features in them. "
-        if stalled
-        else "These layers change slowly next to the later ones. "
-    )
     message = (
         f"Gradients vanish toward the input: {len(names)} of {len(layers)} layers get less "
         f"than {fmt(t['depth_ratio'])} of the gradient (relative to their weights) that later "
-        f"layers get; {worst_layer.name} gets {fmt(worst_ratio)} of it. {effect}{cause}{harm}"
+        f"layers get; {worst_layer.name} gets {fmt(worst_ratio)} of it. "
+        f"{_effect_text(stalled)}{cause}{harm}"
     )
     return Finding(
         kind="vanishing_gradient",
@@ -631,6 +627,13 @@ def _through_time(
             )
         )
     return found
+
+
+def _effect_text(stalled: bool) -> str:
+    """What starved layers mean for training: nothing learned there, or slow learning."""
+    if stalled:
+        return "These layers barely change, so the network cannot learn features in them. "
+    return "These layers change slowly next to the later ones. "
 
 
 def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
