@@ -244,6 +244,42 @@ def wav2vec2() -> nn.Module:
     return Wav2Vec2ForSequenceClassification(config)
 
 
+def qwen2() -> nn.Module:
+    """HF Qwen2 causal LM (grouped-query attention, RMSNorm, SwiGLU), 2 layers of width 64."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=128, max_position_embeddings=64,
+    )  # fmt: skip
+    return Qwen2ForCausalLM(config)
+
+
+def distilbert() -> nn.Module:
+    """HF DistilBERT for sequence classification, 2 layers of width 64."""
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = DistilBertConfig(
+        vocab_size=VOCAB, dim=64, n_layers=2, n_heads=4, hidden_dim=128,
+        max_position_embeddings=64, num_labels=2,
+    )  # fmt: skip
+    return DistilBertForSequenceClassification(config)
+
+
+def swin() -> nn.Module:
+    """HF Swin Transformer: 4x4 patches of 32x32 images, two stages, windows of 4."""
+    from transformers import SwinConfig, SwinForImageClassification
+
+    torch.manual_seed(0)
+    config = SwinConfig(
+        image_size=IMAGE_SIZE, patch_size=4, embed_dim=32, depths=[1, 1], num_heads=[2, 4],
+        window_size=4, num_labels=IMAGE_CLASSES,
+    )  # fmt: skip
+    return SwinForImageClassification(config)
+
+
 def bert() -> nn.Module:
     """HF BERT for sequence classification, 2 layers of width 64."""
     from transformers import BertConfig, BertForSequenceClassification

@@ -417,6 +417,21 @@ def _recipes() -> list[Recipe]:
             "gpt2", "healthy", M.gpt2, M.lm_batch, hf_loss, _adamw(1e-3), 30, HEALTHY, loss_falls
         ),
         Recipe(
+            "qwen2", "healthy", M.qwen2, M.lm_batch, hf_loss, _adamw(1e-3), 30, HEALTHY, loss_falls
+        ),
+        Recipe(
+            "distilbert",
+            "healthy",
+            M.distilbert,
+            M.classify_tokens_batch,
+            hf_loss,
+            _adamw(1e-3),
+            60,
+            HEALTHY,
+            loss_falls,
+        ),
+        Recipe("swin", "healthy", M.swin, img, hf_loss, _adamw(1e-3), 30, HEALTHY, loss_falls),
+        Recipe(
             "wav2vec2",
             "healthy",
             M.wav2vec2,
