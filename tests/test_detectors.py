@@ -275,23 +275,3 @@ def test_applying_the_first_fix_makes_the_loss_fall():
     assert final_loss([fix, kaiming]) < untouched - 0.1
     assert final_loss([fix]) < untouched
 
-
-def test_a_weight_norm_layers_parameters_are_its_own_and_a_healthy_run_stays_silent():
-    """torch's weight_norm stores a layer's weight as parametrizations.weight.original0/1,
-    one module down: they are the layer's weight, not a layer of their own (a healthy
-    Wav2Vec2, whose positional conv has a zero bias, was called exploding 3.5e22x)."""
-    from torch.nn.utils.parametrizations import weight_norm
-
-    torch.manual_seed(0)
-    mid = weight_norm(nn.Linear(32, 32))
-    nn.init.zeros_(mid.bias)
-    model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), mid, nn.LayerNorm(32), nn.ReLU())
-    model.append(nn.Linear(32, 3))
-    report = gradscope.diagnose(model, batch(), CE, steps=20)
-    layers = {layer.name: layer for layer in report.model_info.layers}
-    assert sorted(layers["2"].params) == [
-        "2.bias", "2.parametrizations.weight.original0", "2.parametrizations.weight.original1"
-    ]  # fmt: skip
-    assert layers["2"].role == "weight"
-    assert not any("parametrizations" in name for name in layers)
-    assert serious(report) == [], str(report)
