@@ -95,7 +95,18 @@ def _cadence_line(overhead: dict[str, float]) -> str:
     return line
 
 
-def _finding_lines(f: Finding, types: dict[str, str], suggestions: int) -> list[str]:
+def _code_lines(s: Any, layer: str | None, shown: dict[str, str]) -> list[str]:
+    """A suggestion's code, indented; once per report: a fix whose code was printed for an
+    earlier finding (constant initialisation names every layer) points back to it."""
+    first = shown.setdefault(s.code, layer or "-")
+    if first != (layer or "-"):
+        return [f"      (the same code as for {first} above)"]
+    return [f"      {code_line}" for code_line in s.code.splitlines()]
+
+
+def _finding_lines(
+    f: Finding, types: dict[str, str], suggestions: int, shown: dict[str, str]
+) -> list[str]:
     kind_of = f" ({types[f.layer]})" if f.layer in types else ""
     where = f" in {f.layer}{kind_of}" if f.layer else ""
     at = f" (from step {f.step})" if f.step is not None else ""
@@ -103,7 +114,7 @@ def _finding_lines(f: Finding, types: dict[str, str], suggestions: int) -> list[
     for s in f.suggestions[:suggestions]:
         lines.append(f"  fix ({s.kind}): {s.title}")
         lines.append(f"    why: {s.why}")
-        lines.extend(f"      {code_line}" for code_line in s.code.splitlines())
+        lines.extend(_code_lines(s, f.layer, shown))
     return lines
 
 
@@ -116,8 +127,9 @@ def summary(report: ReportLike, suggestions: int = 1) -> str:
     lines.extend(f"  not judged: {reason}" for reason in report.not_judged)
     lines.extend(f"  note: {note}" for note in report.notes)
     types = layer_types(report)
+    shown: dict[str, str] = {}
     for f in report.findings:
-        lines.extend(_finding_lines(f, types, suggestions))
+        lines.extend(_finding_lines(f, types, suggestions, shown))
     for err in report.plugin_errors:
         lines.append(
             f"  plugin {err['plugin']} failed in {err['hook']} and was disabled: {err['error']}"
@@ -161,6 +173,7 @@ def print_console(report: ReportLike, console: Any, suggestions: int = 1) -> Non
                 escape(f.suggestions[0].kind) if f.suggestions else "-",
             )
         console.print(table)
+    shown: dict[str, str] = {}
     for f in report.findings:
         console.print(f"\n[{_COLOURS[f.severity]}]{escape(f.kind)}[/] in ", end="")
         console.print(f.layer or "-", markup=False, style="bold")
@@ -168,8 +181,8 @@ def print_console(report: ReportLike, console: Any, suggestions: int = 1) -> Non
         for s in f.suggestions[:suggestions]:
             console.print(f"  [green]fix ({escape(s.kind)})[/]: {escape(s.title)}")
             console.print(f"  why: {s.why}", markup=False)
-            for line in s.code.splitlines():
-                console.print(f"      {line}", markup=False)
+            for line in _code_lines(s, f.layer, shown):
+                console.print(line, markup=False)
     for err in report.plugin_errors:
         console.print(
             f"plugin {err['plugin']} failed in {err['hook']} and was disabled: {err['error']}",

@@ -535,8 +535,8 @@ def random_init(finding: Finding, info: ModelInfo) -> Suggestion:
             "import torch",
             "import torch.nn as nn",
             "",
-            "# every layer whose output units are copies of each other, not only "
-            + _comment(finding.layer),
+            "# every layer whose output units are copies of each other (the finding's layer",
+            "# and any other: one run of this fixes them all)",
             f"for layer in {info.var}.modules():",
             "    if isinstance(layer, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):",
             "        rows = layer.weight.detach().flatten(1)",

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from helpers import batch, mlp
+from torch import nn
 
 import gradscope
 from gradscope import Finding, Report, Suggestion
@@ -87,3 +88,20 @@ def test_a_report_with_no_recorded_step_says_why():
     assert not report.ok  # it did not look: never "healthy"
     assert report.not_judged[0].startswith("no training step was recorded, so nothing")
     assert "NOT JUDGED" in str(report)
+
+
+def test_a_fix_printed_for_several_layers_shows_its_code_once():
+    """Constant initialisation makes every layer a finding with the same random_init code:
+    the summary prints it once and points back to it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU())
+    model.append(nn.Linear(16, 3))
+    for p in model.parameters():
+        nn.init.constant_(p, 0.05)
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    report = gradscope.diagnose(model, (x, y), nn.functional.cross_entropy, steps=12)
+    symmetric = [f for f in report.findings if f.kind == "symmetric_weights"]
+    assert [f.layer for f in symmetric][:2] == ["0", "2"]
+    text = report.summary()
+    assert text.count("for layer in model.modules():") == 1
+    assert "(the same code as for 0 above)" in text
