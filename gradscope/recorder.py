@@ -180,8 +180,9 @@ class Recorder:
         self._row_spread: list[tuple[str, list[int], Tensor | list[Tensor]]] = []
         self._stacks: list[Tensor] | None = None
         self._before: stats.Snapshot | None = None
-        #: The sum of a light record's gradient norms (None: no light record this step).
-        self.light_size: float | None = None
+        #: The sum of this step's recorded gradient norms, as the non-finite check summed
+        #: them (None: not recorded yet).
+        self.grad_size: float | None = None
         self._loss_terms: tuple[Tensor, Tensor] | None = None
         self._output: Tensor | None = None
 
@@ -331,7 +332,7 @@ class Recorder:
         self._index = None
         # The L2 norm is finite when every entry is (and no square overflows): a healthy
         # step pays nothing for the check (a sum of norms can overflow: each is looked at).
-        self.light_size = size = sum(l2)
+        self.grad_size = size = sum(l2)
         nonfinite = not _finite(size) and self._count_nonfinite(columns, range(n_params))
         loss_value = host[n_params] if loss is not None else None
         return StepRecord(
@@ -457,7 +458,8 @@ class Recorder:
             grads["param_norm"] = self._last_param_norm
         # The L2 norm is finite when every entry is (and their squares fit), so a healthy
         # step pays nothing for the check; only a step that went bad counts (a 2nd sync).
-        if _finite(sum(l2) if index is None else sum(l2[i] for i in present)):
+        self.grad_size = size = sum(l2) if index is None else sum(l2[i] for i in present)
+        if _finite(size):
             return False
         return self._count_nonfinite(grads, present)
 

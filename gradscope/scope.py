@@ -621,11 +621,9 @@ class Scope:
     def _watch_for_jump(self) -> None:
         """After a light step's record: if its gradient jumped, copy the weights so that
         the step's update is measured too (see :class:`gradscope.budget.GradientJump`)."""
-        if self._jumps is None or not self.history.records:
+        size = self._measure.grad_size  # summed once, by the record's non-finite check
+        if self._jumps is None or size is None or not self.history.records:
             return
-        size = self._measure.light_size
-        if size is None:  # recorded by gather(): a parameter may lack a gradient (NaN)
-            size = sum(v for v in self.history.records[-1].grads["grad_l2"] if math.isfinite(v))
         if self._jumps.observe(size):
             t0 = time.perf_counter()
             self._measure.snapshot()

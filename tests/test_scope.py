@@ -668,10 +668,15 @@ def test_a_live_plugin_can_stop_the_run_before_a_nan_reaches_the_weights():
     assert all(bool(p.isfinite().all()) for p in model.parameters())
 
 
-def test_a_light_step_whose_gradient_jumps_measures_its_update():
+@pytest.mark.parametrize("spare", [False, True], ids=["every-grad", "a-parameter-unused"])
+def test_a_light_step_whose_gradient_jumps_measures_its_update(spare):
     """A blow-up between two detail steps (step 22 of a 30-step run, a loss 1000x larger)
-    still has its update measured, exactly; the healthy light steps measure none."""
+    still has its update measured, exactly; the healthy light steps measure none.  With
+    an unused parameter every record takes the general path (gather), which must jump
+    the same way."""
     model = mlp()
+    if spare:
+        model.register_parameter("spare", nn.Parameter(torch.zeros(3)))
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     moved = {}
     with gradscope.watch(model, optimizer=opt) as scope:
@@ -685,10 +690,11 @@ def test_a_light_step_whose_gradient_jumps_measures_its_update():
             opt.step()
             moved[k] = float((model[0].weight.detach() - before).norm())
     records = {r.step: r for r in scope.history.records}
+    first = scope.history.param_names.index("0.weight")
     assert not records[22].detail
-    assert records[22].grads["update_norm"][0] == pytest.approx(moved[22], rel=1e-4)
+    assert records[22].grads["update_norm"][first] == pytest.approx(moved[22], rel=1e-4)
     light = [r for r in records.values() if not r.detail and r.step != 22]
-    assert light and all(math.isnan(r.grads["update_norm"][0]) for r in light)
+    assert light and all(math.isnan(r.grads["update_norm"][first]) for r in light)
     assert scope.overhead()["update_jumps"] == 1.0
 
 
