@@ -333,6 +333,13 @@ def _adam(lr: float) -> Callable[[Any], torch.optim.Optimizer]:
     return lambda params: torch.optim.Adam(params, lr=lr)
 
 
+def _hf_healthy(
+    model: str, build: Callable[[], nn.Module], batch: Callable, steps: int = 30
+) -> Recipe:
+    """The normal Hugging Face recipe: AdamW at 1e-3, no alarm expected, the loss must fall."""
+    return Recipe(model, "healthy", build, batch, hf_loss, _adamw(1e-3), steps, HEALTHY, loss_falls)
+
+
 def _sgd(lr: float, momentum: float = 0.9) -> Callable[[Any], torch.optim.Optimizer]:
     return lambda params: torch.optim.SGD(params, lr=lr, momentum=momentum)
 
@@ -409,39 +416,13 @@ def _recipes() -> list[Recipe]:
             HEALTHY,
             loss_falls,
         ),
-        Recipe("vit", "healthy", M.vit, img, hf_loss, _adamw(1e-3), 30, HEALTHY, loss_falls),
-        Recipe(
-            "convnext", "healthy", M.convnext, img, hf_loss, _adamw(1e-3), 30, HEALTHY, loss_falls
-        ),
-        Recipe(
-            "gpt2", "healthy", M.gpt2, M.lm_batch, hf_loss, _adamw(1e-3), 30, HEALTHY, loss_falls
-        ),
-        Recipe(
-            "qwen2", "healthy", M.qwen2, M.lm_batch, hf_loss, _adamw(1e-3), 30, HEALTHY, loss_falls
-        ),
-        Recipe(
-            "distilbert",
-            "healthy",
-            M.distilbert,
-            M.classify_tokens_batch,
-            hf_loss,
-            _adamw(1e-3),
-            60,
-            HEALTHY,
-            loss_falls,
-        ),
-        Recipe("swin", "healthy", M.swin, img, hf_loss, _adamw(1e-3), 30, HEALTHY, loss_falls),
-        Recipe(
-            "wav2vec2",
-            "healthy",
-            M.wav2vec2,
-            M.audio_batch,
-            hf_loss,
-            _adamw(1e-3),
-            40,
-            HEALTHY,
-            loss_falls,
-        ),
+        _hf_healthy("vit", M.vit, img),
+        _hf_healthy("convnext", M.convnext, img),
+        _hf_healthy("gpt2", M.gpt2, M.lm_batch),
+        _hf_healthy("qwen2", M.qwen2, M.lm_batch),
+        _hf_healthy("distilbert", M.distilbert, M.classify_tokens_batch, steps=60),
+        _hf_healthy("swin", M.swin, img),
+        _hf_healthy("wav2vec2", M.wav2vec2, M.audio_batch, steps=40),
         Recipe(
             "gpt2",
             "adamw_lr_1",
@@ -453,17 +434,7 @@ def _recipes() -> list[Recipe]:
             Expect("exploding_gradient", "transformer", LR_FIXES, _LR_WHY),
             diverges,
         ),
-        Recipe(
-            "bert",
-            "healthy",
-            M.bert,
-            M.classify_tokens_batch,
-            hf_loss,
-            _adamw(1e-3),
-            60,
-            HEALTHY,
-            loss_falls,
-        ),
+        _hf_healthy("bert", M.bert, M.classify_tokens_batch, steps=60),
         Recipe(
             "bert",
             "lr_100x_at_30",
@@ -476,12 +447,8 @@ def _recipes() -> list[Recipe]:
             jumps_after(30),
             lr_at=lambda k: 1e-1 if k == 30 else None,
         ),
-        Recipe(
-            "t5", "healthy", M.t5, M.seq2seq_batch, hf_loss, _adamw(1e-3), 30, HEALTHY, loss_falls
-        ),
-        Recipe(
-            "llama", "healthy", M.llama, M.lm_batch, hf_loss, _adamw(1e-3), 30, HEALTHY, loss_falls
-        ),
+        _hf_healthy("t5", M.t5, M.seq2seq_batch),
+        _hf_healthy("llama", M.llama, M.lm_batch),
         Recipe(
             "llama",
             "adamw_lr_1",
