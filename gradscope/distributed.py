@@ -61,6 +61,7 @@ _OTHER_OPS = {
     "sumsq": _ROOT_MEAN_SQ,  # the recorder moves activation norms in this column
     "nonfinite": _MAX,  # a module's output had a NaN/Inf on some rank
     "input_nonfinite": _MAX,
+    "input_rms": _ROOT_MEAN_SQ,  # norms until the recorder divides them (as sumsq)
     "batch_spread": _MEAN,
     "zeros": _MEAN,
     "saturated": _MEAN,
@@ -306,6 +307,7 @@ _ACT_NAMES = {
     "dead_units",
     "nonfinite",
     "input_nonfinite",
+    "input_rms",
     "batch_spread",
     "time_grad_first",
     "time_grad_last",

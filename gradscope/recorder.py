@@ -211,7 +211,7 @@ class Recorder:
             acc.add_spread(x, self.sample_rows)
             self._output = x  # the model's output: an L1 loss's targets are read from it
         if given is not None:
-            acc.add_input(given.detach())
+            acc.add_input(given.detach(), self.sample_rows, self.full)
 
     def add_time_grads(self, j: int, first: Tensor, last: Tensor) -> None:
         """The gradient norms reaching module ``j``'s first and last time step."""
@@ -501,6 +501,10 @@ class Recorder:
         # Norms on the device (no overflow), squared on the host: acts["sumsq"] holds norms
         # until _derive_acts squares them.
         blocks.put(acts["sumsq"], [j for j, _ in chosen], [acc.total_norm() for _, acc in chosen])
+        chosen = [(j, acc) for j, acc in zip(fired, accs, strict=True) if acc.input_norms]
+        # Norms too; _derive_acts divides them by the root of the entries they read.
+        norms = [acc.input_norm() for _, acc in chosen]
+        blocks.put(acts["input_rms"], [j for j, _ in chosen], norms)
         self._put_unit_counts(blocks, fired, acts, step)
         self._put_time_grads(blocks, acts)
         return acts
@@ -548,6 +552,8 @@ class Recorder:
                 acts[column][j] = float(getattr(acc, column))
             norm = acts["sumsq"][j]
             acts["sumsq"][j] = norm * norm
+            if acc.input_sampled:
+                acts["input_rms"][j] /= math.sqrt(acc.input_sampled)
             for part, column in (("bad", "nonfinite"), ("bad_input", "input_nonfinite")):
                 if getattr(acc, part):  # 0/1 flags (combined across ranks by their max)
                     acts[column][j] = 1.0 if acts[column][j] > 0 else 0.0

@@ -368,3 +368,15 @@ def last_measured(history: History, column: str) -> dict[str, tuple[int, float]]
             k = int(finite[-1])
             out[name] = (steps[k], float(series[k, i]))
     return out
+
+
+def data_rms(history: History, model_info: ModelInfo) -> tuple[str, float] | None:
+    """The size of the data as the model sees it: (the first layer with parameters, in
+    forward order; the median root mean square of its input over the records that measured
+    it), or None when it was not measured (token ids into an embedding, no detail step)."""
+    first = next((layer for layer in model_info.layers if layer.params), None)
+    if first is None or first.name not in history.module_names or not history.records:
+        return None
+    values = history.act_series("input_rms")[:, history.module_names.index(first.name)]
+    values = values[torch.isfinite(values)]
+    return (first.name, float(values.median())) if values.numel() else None

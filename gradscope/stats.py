@@ -88,6 +88,8 @@ class ActivationAccumulator:
     zeros: list[Tensor] = field(default_factory=list)
     saturated: list[Tensor] = field(default_factory=list)
     spread: list[Tensor] = field(default_factory=list)
+    input_norms: list[Tensor] = field(default_factory=list)
+    input_sampled: int = 0
     unit_max: Tensor | None = None
 
     def add(self, output: Tensor, sample_rows: int, full: bool) -> None:
@@ -129,10 +131,23 @@ class ActivationAccumulator:
         (the last call's value is kept); see :func:`between_sample_share`."""
         self.spread = [between_sample_share(output[:sample_rows])]
 
-    def add_input(self, given: Tensor) -> None:
-        """Note whether one call's input had NaN/Inf (it tells "made here" from "passed in")."""
-        if given.numel():
-            self.bad_input.append(given)
+    def add_input(self, given: Tensor, sample_rows: int, full: bool) -> None:
+        """Note whether one call's input had NaN/Inf (it tells "made here" from "passed in")
+        and measure its size on the first ``sample_rows`` rows (how large the data is, as
+        the first layer sees it)."""
+        if not given.numel():
+            return
+        self.bad_input.append(given)
+        whole = full or given.dim() < 2 or given.shape[0] <= sample_rows
+        sample = given if whole else given[:sample_rows]
+        acc = _accumulation_dtype(sample)
+        self.input_norms.append(torch.linalg.vector_norm(sample, dtype=acc))
+        self.input_sampled += sample.numel()
+
+    def input_norm(self) -> Tensor:
+        """The step's input L2 norm over all calls' sampled rows."""
+        parts = self.input_norms
+        return parts[0] if len(parts) == 1 else torch.stack(parts).norm()
 
     def total(self, part: str) -> Tensor:
         """The step's total of ``sums``, ``zeros`` or ``saturated`` over all calls."""

@@ -164,6 +164,43 @@ def scales(finding: Finding) -> list[float]:
 TOO_LARGE_INIT = 3.0
 
 
+#: The data's root mean square above which inputs count as unscaled (standardised data
+#: has about 1, images in [0, 1] about 0.5; raw pixel values 0-255 about 100).
+UNSCALED_INPUTS = 4.0
+
+
+def inputs_unscaled(finding: Finding) -> bool:
+    """Whether the finding's evidence shows data larger than :data:`UNSCALED_INPUTS`."""
+    rms = finding.evidence.get("data_rms")
+    return isinstance(rms, float) and math.isfinite(rms) and rms > UNSCALED_INPUTS
+
+
+def normalize_inputs(finding: Finding, info: ModelInfo) -> Suggestion:
+    """Standardise the data (the cause when unscaled inputs saturate the first units)."""
+    rms, layer = finding.evidence.get("data_rms"), finding.evidence.get("data_layer")
+    return Suggestion(
+        kind="normalize_inputs",
+        title="Standardise the inputs: zero mean and unit variance per feature",
+        why=(
+            f"The data reaches the first layer ({layer or '?'}) with a root mean square of "
+            f"{fmt(rms)} (standardised data has about 1), so the first weighted sums are large "
+            "and push the sigmoid/tanh units to their flat ends, where almost no gradient "
+            "passes. Scaling the data removes the cause; BatchNorm or another activation "
+            "would only work around it."
+        ),
+        code="\n".join(
+            [
+                "# x_train: the training inputs (all of them, or a large sample). Compute the",
+                "# statistics once and apply the same mean and std to every batch you feed the",
+                "# model, in training and in evaluation.",
+                "mean = x_train.mean(dim=0, keepdim=True)",
+                "std = x_train.std(dim=0, keepdim=True).clamp_min(1e-6)",
+                "x_train = (x_train - mean) / std",
+            ]
+        ),
+    )
+
+
 def started_too_large(finding: Finding) -> bool:
     """Whether some layer of the finding's evidence started above :data:`TOO_LARGE_INIT`."""
     return any(v > TOO_LARGE_INIT for v in scales(finding))

@@ -14,7 +14,13 @@ from gradscope import Finding, Suggestion, hookimpl
 from gradscope.config import thresholds
 from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
-from gradscope.signals import activation_fraction, init_scale, layer_signals, loss_trend
+from gradscope.signals import (
+    activation_fraction,
+    data_rms,
+    init_scale,
+    layer_signals,
+    loss_trend,
+)
 from gradscope_plugins import fix_builders as fix
 from gradscope_plugins.judgement import (
     HARM_DEFAULTS,
@@ -76,6 +82,7 @@ def gradscope_detect(
     stalled = learned_nothing(history, trend, t)
     fractions = activation_fraction(history, "saturated", int(t["window"]))
     signals = {s.name: s for s in layer_signals(history)}
+    data = data_rms(history, model_info)
     findings = []
     for name, fraction in fractions.items():
         kind = SATURATING_ROLES.get(roles.get(name, ""))
@@ -102,6 +109,8 @@ def gradscope_detect(
                     "saturated_fraction": fraction,
                     "activation": kind,
                     "threshold_warn_fraction": t["warn_fraction"],
+                    "data_layer": data[0] if data else None,
+                    "data_rms": data[1] if data else float("nan"),
                 },
             )
         )
@@ -125,6 +134,9 @@ def _feeding_scale(model_info: ModelInfo, signals: dict, name: str) -> float:
 
 def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
     """Fixes for a saturated activation, best first, chosen by its evidence."""
+    if fix.inputs_unscaled(finding):
+        # Unscaled data saturates the first units whatever the weights: scale the data.
+        return [fix.normalize_inputs, fix.add_batchnorm, fix.xavier_init, fix.use_relu]
     if finding.evidence.get("activation") == "sigmoid":
         # A sigmoid in a hidden layer is the problem itself: ReLU cannot saturate.
         return [fix.use_relu, fix.add_batchnorm, fix.xavier_init]

@@ -143,3 +143,52 @@ def test_an_extreme_depth_gap_in_a_run_whose_loss_learned_is_info_not_a_warning(
     # The run learned: the message says the layers are slow, not that they cannot learn.
     assert "These layers change slowly next to the later ones." in found[0].message
     assert "cannot learn" not in found[0].message
+
+
+def _tanh_net(scale: float, weight_gain: float = 1.0) -> tuple[nn.Module, torch.Tensor, ...]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh())
+    model.append(nn.Linear(32, 3))
+    with torch.no_grad():
+        for layer in (model[0], model[2]):
+            layer.weight.mul_(weight_gain)
+    x = torch.randn(256, 20) * scale
+    return model, x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+
+
+def test_the_first_layers_input_size_is_recorded_on_detail_steps():
+    model, x, y = _tanh_net(scale=50.0)
+    report = _watched(model, x, y, steps=3)
+    rms = report.history.act_series("input_rms")
+    first = report.history.module_names.index("0")
+    expected = float(x[:32].pow(2).mean().sqrt())  # the first 32 rows, as sampled
+    assert float(rms[0, first]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_tanh_units_saturated_by_unscaled_data_are_told_to_standardise_the_data_first():
+    torch.set_num_threads(1)
+    model, x, y = _tanh_net(scale=50.0)
+    finding = next(
+        f for f in _watched(model, x, y).findings if f.kind == "saturated_activation"
+    )
+    first = finding.suggestions[0]
+    assert first.kind == "normalize_inputs"
+    assert "The data reaches the first layer (0) with a root mean square of 4" in first.why
+    namespace = {"x_train": x.clone(), "torch": torch}
+    exec(compile(first.code, "<normalize_inputs>", "exec"), namespace)  # noqa: S102
+    scaled = namespace["x_train"]
+    assert float(scaled.mean(0).abs().max()) < 1e-4
+    assert float(scaled.std(0).sub(1).abs().max()) < 1e-4
+    # The fix as printed removes the problem on this model.
+    model, _, _ = _tanh_net(scale=50.0)
+    assert not [f for f in _watched(model, scaled, y).findings if f.kind == "saturated_activation"]
+
+
+def test_tanh_units_saturated_by_large_weights_on_scaled_data_are_not_told_to_scale_the_data():
+    torch.set_num_threads(1)
+    model, x, y = _tanh_net(scale=1.0, weight_gain=40.0)
+    finding = next(
+        f for f in _watched(model, x, y).findings if f.kind == "saturated_activation"
+    )
+    assert "normalize_inputs" not in [s.kind for s in finding.suggestions]
+    assert finding.suggestions[0].kind == "xavier_init"
