@@ -114,6 +114,30 @@ def _scenario_case(scenario: H.Scenario) -> dict[str, Any]:
 GENERATED = Path(__file__).parent / "results" / "generated_heldout.json"
 
 
+def _generated_code_changes(config: Any) -> dict[str, Callable]:
+    """The generated suite's own edits for the fixes that need a code change, made as the
+    printed snippets say: the unsafe operation in its safe form, the detached branch
+    attached again (like the hand-written suite's ``fixes``)."""
+    from gradscope_scenarios.generated.models import SAFE
+
+    changes: dict[str, Callable] = {}
+    if config.unsafe != "none":
+
+        def safe(copy: torch.nn.Module, unsafe: str = config.unsafe) -> torch.nn.Module:
+            copy.unsafe = SAFE[unsafe]()
+            return copy
+
+        changes["fix_loss_numerics"] = safe
+    if config.param_fault == "detached":
+
+        def attach(copy: torch.nn.Module) -> torch.nn.Module:
+            copy.detach_side = False
+            return copy
+
+        changes["check_graph"] = attach
+    return changes
+
+
 def _generated_case(run: dict[str, Any], kind: str) -> dict[str, Any]:
     from gradscope_scenarios.generated.space import Config, build
 
@@ -131,7 +155,7 @@ def _generated_case(run: dict[str, Any], kind: str) -> dict[str, Any]:
         "report": report,
         "steps": config.steps,
         "train_step": None,
-        "code_changes": {},
+        "code_changes": _generated_code_changes(config),
     }
 
 

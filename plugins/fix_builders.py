@@ -462,6 +462,7 @@ def fix_loss_numerics(finding: Finding, info: ModelInfo) -> Suggestion:
                 "",
                 located,
                 "#   torch.log(torch.softmax(x, -1))  ->  torch.log_softmax(x, dim=-1)",
+                "#   torch.exp(x) / torch.exp(x).sum(-1, keepdim=True)  ->  torch.softmax(x, -1)",
                 "#   torch.log(p)                     ->  torch.log(p.clamp_min(1e-8))",
                 "#   torch.sqrt(s)                    ->  torch.sqrt(s + 1e-8)",
                 "#   a / b                            ->  a / (b + 1e-8)",

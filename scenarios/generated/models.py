@@ -54,6 +54,31 @@ class DivBySum(nn.Module):
 UNSAFE = {"log_softmax": LogOfSoftmax, "exp": ExpNormalize, "div": DivBySum}
 
 
+class SafeLogSoftmax(nn.Module):
+    """The fused ``log_softmax`` (what ``fix_loss_numerics`` prints for LogOfSoftmax)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(x, dim=-1)
+
+
+class SafeExpNormalize(nn.Module):
+    """ExpNormalize through ``torch.softmax``, which shifts by the max before ``exp``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(x, dim=-1) * x.shape[-1]
+
+
+class SafeDivBySum(nn.Module):
+    """DivBySum with ``a / (b + 1e-8)``, as the printed snippet says."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x / (x.sum(dim=-1, keepdim=True) + 1e-8)
+
+
+#: The code change a user makes for each unsafe operation (the trial benchmark applies it).
+SAFE = {"log_softmax": SafeLogSoftmax, "exp": SafeExpNormalize, "div": SafeDivBySum}
+
+
 class Classifier(nn.Module):
     """``features`` then an optional unsafe op, a linear ``head``, and the parameter faults.
 
@@ -72,6 +97,8 @@ class Classifier(nn.Module):
         if param_fault == "unused":
             self.unused = nn.Linear(width, width)
         self.side = nn.Linear(width, out) if param_fault == "detached" else None
+        #: The fault itself; the code change that fixes it sets this to False.
+        self.detach_side = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.features(x)
@@ -79,7 +106,8 @@ class Classifier(nn.Module):
             h = self.unsafe(h)
         out = self.head(h)
         if self.side is not None:
-            out = out + 0.1 * self.side(h).detach()
+            side = self.side(h)
+            out = out + 0.1 * (side.detach() if self.detach_side else side)
         if self.unsafe is not None and self.unsafe_where == "logits":
             out = self.unsafe(out)
         return out
