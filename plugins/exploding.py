@@ -39,7 +39,15 @@ from gradscope import Finding, Suggestion, hookimpl
 from gradscope.config import thresholds
 from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
-from gradscope.signals import LayerSignal, LossTrend, early, init_scale, loss_trend, over_run
+from gradscope.signals import (
+    LayerSignal,
+    LossTrend,
+    early,
+    init_scale,
+    loss_multiplier,
+    loss_trend,
+    over_run,
+)
 from gradscope_plugins import fix_builders as fix
 from gradscope_plugins.judgement import (
     depth_layers,
@@ -154,6 +162,7 @@ def gradscope_detect(
                 "loss_peak": trend.peak,
                 "loss_nonfinite": nonfinite,
                 "lr": model_info.lr,
+                "loss_multiplier": loss_multiplier(history),
                 "thresholds": {k: t[k] for k in ("growth", "update_ratio", "loss_rise")},
             },
         )

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from gradscope import Finding, Suggestion
 from gradscope.modelinfo import LayerInfo, ModelInfo
+from gradscope.optimizer_settings import SCALE_SENSITIVE, USUAL_MAX_LR, lower_lr_factor
 from gradscope_plugins.judgement import fmt
 
 
@@ -162,6 +163,10 @@ def scales(finding: Finding) -> list[float]:
 #: An init scale (weight RMS x sqrt(fan_in)) above this, twice Kaiming's 1.41 and more:
 #: weights that started too large (a plan then rescales them first).
 TOO_LARGE_INIT = 3.0
+
+
+#: A loss multiplier from which ``lower_lr`` names it as the reason for its rate.
+LOSS_MULTIPLIER_SHOWN = 10.0
 
 
 #: The data's root mean square above which inputs count as unscaled (standardised data
@@ -321,8 +326,33 @@ def clip_grad_norm(finding: Finding, info: ModelInfo) -> Suggestion:
 
 
 def lower_lr(finding: Finding, info: ModelInfo) -> Suggestion:
-    """A ten times smaller learning rate."""
-    new_lr = f"{info.lr / 10:g}" if info.lr else "1e-4"
+    """A ten times smaller learning rate, or the optimizer's usual largest one when a tenth
+    would still be above it, counting a loss multiplier under SGD
+    (:func:`gradscope.optimizer_settings.lower_lr_factor`)."""
+    multiplier = finding.evidence.get("loss_multiplier")
+    factor = lower_lr_factor(info.optimizer, info.lr, multiplier)
+    new_lr = f"{info.lr * factor:.3g}" if info.lr else "1e-4"
+    scaled = (
+        info.optimizer in SCALE_SENSITIVE
+        and isinstance(multiplier, float)
+        and multiplier >= LOSS_MULTIPLIER_SHOWN
+    )
+    reason = ""
+    if scaled:
+        reason = (
+            f" The logged loss is {fmt(multiplier)} times its loss function's value (a "
+            f"multiplier in the loss), and {info.optimizer}'s step grows with it: the "
+            f"effective rate is {fmt(info.lr * multiplier)}. Removing the multiplier from the "
+            f"loss (and keeping lr={info.lr:g}) is the cleaner fix."
+        )
+    elif factor < 0.1:
+        reason = (
+            f" A tenth would still be above the {fmt(USUAL_MAX_LR[info.optimizer])} that "
+            f"{info.optimizer} is usually run at."
+        )
+    lines = [f"for group in {info.optimizer_var}.param_groups:", f'    group["lr"] = {new_lr}']
+    if scaled:
+        lines.append(f"# or: remove the x{fmt(multiplier)} from the loss and keep lr={info.lr:g}")
     return Suggestion(
         kind="lower_lr",
         title=f"Lower the learning rate to {new_lr}",
@@ -330,13 +360,9 @@ def lower_lr(finding: Finding, info: ModelInfo) -> Suggestion:
             "The step size is the learning rate times the gradient; "
             + (f"at lr={info.lr:g} " if info.lr else "")
             + "updates are far beyond the ~1e-3 of the weights that healthy training takes."
+            + reason
         ),
-        code="\n".join(
-            [
-                f"for group in {info.optimizer_var}.param_groups:",
-                f'    group["lr"] = {new_lr}',
-            ]
-        ),
+        code="\n".join(lines),
     )
 
 

@@ -19,6 +19,7 @@ from gradscope import Finding, Suggestion, hookimpl
 from gradscope.config import thresholds
 from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
+from gradscope.signals import loss_multiplier
 from gradscope_plugins import fix_builders as fix
 from gradscope_plugins.judgement import depth_layers, fmt, growth_from_start
 
@@ -97,6 +98,7 @@ def gradscope_detect(
                 ),
                 "grad_growth_before": grew,
                 "grew_before": grew is not None and grew >= t["lr_growth"],
+                "loss_multiplier": loss_multiplier(history),
             },
         )
     ]

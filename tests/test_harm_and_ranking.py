@@ -145,9 +145,11 @@ def test_an_extreme_depth_gap_in_a_run_whose_loss_learned_is_info_not_a_warning(
     assert "cannot learn" not in found[0].message
 
 
-def _tanh_net(scale: float, weight_gain: float = 1.0) -> tuple[nn.Module, torch.Tensor, ...]:
+def _tanh_net(
+    scale: float, weight_gain: float = 1.0, act: type[nn.Module] = nn.Tanh
+) -> tuple[nn.Module, torch.Tensor, ...]:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(20, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh())
+    model = nn.Sequential(nn.Linear(20, 32), act(), nn.Linear(32, 32), act())
     model.append(nn.Linear(32, 3))
     with torch.no_grad():
         for layer in (model[0], model[2]):
@@ -184,7 +186,7 @@ def test_tanh_units_saturated_by_unscaled_data_are_told_to_standardise_the_data_
     assert not [f for f in _watched(model, scaled, y).findings if f.kind == "saturated_activation"]
 
 
-def test_tanh_units_saturated_by_large_weights_on_scaled_data_are_not_told_to_scale_the_data():
+def test_tanh_units_saturated_by_large_weights_on_scaled_data_are_told_to_rescale_them():
     torch.set_num_threads(1)
     model, x, y = _tanh_net(scale=1.0, weight_gain=40.0)
     finding = next(
@@ -192,3 +194,60 @@ def test_tanh_units_saturated_by_large_weights_on_scaled_data_are_not_told_to_sc
     )
     assert "normalize_inputs" not in [s.kind for s in finding.suggestions]
     assert finding.suggestions[0].kind == "xavier_init"
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "lr", "new_lr"),
+    [("SGD", 18.0, 0.1), ("AdamW", 3.0, 1e-3), ("SGD", 0.5, 0.05), ("Adam", 0.01, 1e-3)],
+)
+def test_lower_lr_goes_to_the_optimizers_usual_rate_when_a_tenth_is_still_far_above_it(
+    optimizer, lr, new_lr
+):
+    from gradscope.modelinfo import ModelInfo
+    from gradscope.optimizer_settings import lower_lr_factor
+
+    info = ModelInfo(model_name="Net", layers=[], optimizer=optimizer, lr=lr)
+    finding = Finding("exploding_gradient", "0", "error", 3, "grows", {})
+    suggestion = fix.lower_lr(finding, info)
+    assert suggestion.title == f"Lower the learning rate to {new_lr:.3g}"
+    assert f'group["lr"] = {new_lr:.3g}' in suggestion.code
+    assert lr * lower_lr_factor(optimizer, lr) == pytest.approx(new_lr)  # what trial applies
+    assert ("usually run at" in suggestion.why) == (new_lr < lr / 10 * 0.999)
+
+
+def _scaled_loss_run(opt_class: type, lr: float, steps: int = 40):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU())
+    model.append(nn.Linear(64, 4))
+    x = torch.randn(128, 20)
+    y = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()
+    opt = opt_class(model.parameters(), lr=lr)
+    with gradscope.watch(model, optimizer=opt) as scope:
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = 1e6 * nn.functional.cross_entropy(model(x), y)
+            scope.log_loss(loss)
+            loss.backward()
+            opt.step()
+    return scope.report()
+
+
+def test_a_loss_multiplied_by_1e6_under_sgd_lowers_the_rate_by_the_multiplier_and_says_so():
+    """A tenth of the rate still diverges (the multiplier is the cause): the suggested rate
+    counts it, and training at that rate is healthy."""
+    torch.set_num_threads(1)
+    report = _scaled_loss_run(torch.optim.SGD, 0.01)
+    finding = next(f for f in report.findings if f.kind == "exploding_gradient")
+    assert finding.evidence["loss_multiplier"] == pytest.approx(1e6, rel=1e-3)
+    first = finding.suggestions[0]
+    assert (first.kind, first.title) == ("lower_lr", "Lower the learning rate to 1e-07")
+    assert "The logged loss is 1e+06 times its loss function's value" in first.why
+    assert "# or: remove the x1e+06 from the loss and keep lr=0.01" in first.code
+    fixed = _scaled_loss_run(torch.optim.SGD, 1e-7)
+    assert fixed.kinds_at_least("warning") == set()
+    assert fixed.history.losses()[-1] < 0.9 * fixed.history.losses()[0]
+
+
+def test_a_loss_multiplier_does_not_change_adams_rate():
+    assert gradscope.optimizer_settings.lower_lr_factor("Adam", 1e-3, 1e6) == 0.1
+    assert gradscope.optimizer_settings.lower_lr_factor("SGD", 0.01, 1e6) == pytest.approx(1e-5)
