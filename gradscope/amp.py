@@ -8,10 +8,12 @@ the watched optimizer and calls back when the step was skipped.
 
 A skip is normal with float16 (the scale starts high and is lowered until the gradients
 fit), so skips are reported as a note, not a model fault, **unless they persist**:
-:data:`PERSISTENT_SKIPS` skips in a row, or a skip at a scale of 1 or below (the
-gradients overflow without any scaling, so the model itself makes the Inf/NaN).  From
-then on, skipped steps are recorded like any other step so the non-finite detector sees
-them (and names the module that made the NaN).
+:data:`PERSISTENT_SKIPS` skips in a row once the scale is at or below torch's default
+starting scale (a scaler started at 2**40 backs off through 20 and more skips while
+healthy), or a skip at a scale of 1 or below (the gradients overflow without any
+scaling, so the model itself makes the Inf/NaN).  From then on, skipped steps are
+recorded like any other step so the non-finite detector sees them (and names the module
+that made the NaN).
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ from typing import Any
 
 import torch
 
-#: Skipped steps in a row after which overflow counts as the model's fault.
+#: Skipped steps in a row after which overflow counts as the model's fault...
 PERSISTENT_SKIPS = 20
+#: ...once the scale is at or below this (``torch.amp.GradScaler``'s default ``init_scale``):
+#: above it the scaler is still backing off from a start chosen higher.
+BACKED_OFF_SCALE = 2.0**16
 
 
 class SkipCounter:
@@ -85,7 +90,10 @@ class SkipCounter:
         step = self.steps_seen - 1
         if self.first_skip is None:
             self.first_skip = step
-        persistent = self.in_a_row >= PERSISTENT_SKIPS or float(self.scaler.get_scale()) <= 1.0
+        scale = float(self.scaler.get_scale())
+        persistent = scale <= 1.0 or (
+            self.in_a_row >= PERSISTENT_SKIPS and scale <= BACKED_OFF_SCALE
+        )
         if persistent and self.persistent_from is None:
             self.persistent_from = step
         self.on_skip(persistent)
@@ -98,8 +106,8 @@ class SkipCounter:
             return [
                 f"overflow skipped by the scaler on {self.skipped} of {self.steps_seen} steps "
                 f"and persisting from step {self.persistent_from} ({PERSISTENT_SKIPS} skips in "
-                "a row, or a skip at scale <= 1): the gradients are NaN/Inf without any "
-                "scaling, so those steps are judged as model faults"
+                "a row at a scale of 65536 or below, or a skip at scale <= 1): the gradients "
+                "are NaN/Inf without any scaling, so those steps are judged as model faults"
             ]
         return [
             f"overflow skipped by the scaler on {self.skipped} of {self.steps_seen} steps "

@@ -631,12 +631,16 @@ def batchnorm_fits(finding: Finding, info: ModelInfo) -> bool:
     """Whether a hidden weight layer the finding names (else any) has an output BatchNorm
     can follow: (batch, features) after a linear map, (batch, channels, h, w) after a
     convolution.  Sequence outputs (batch, time, features) and recurrent layers do not fit.
-    Unknown shapes count as fitting (nothing was measured to say otherwise)."""
+    Unknown shapes count as fitting (nothing was measured to say otherwise); no hidden
+    trainable linear/conv layer at all (an LSTM between a frozen embedding and the output
+    layer) does not."""
     output = next((layer for layer in reversed(info.layers) if layer.role == "weight"), None)
     chosen = _weight_layers(info, finding.evidence.get("layers"))
     hidden = [layer for layer in chosen if layer.role == "weight" and layer is not output]
     shapes = [layer.output_shape for layer in hidden]
-    if not shapes or all(shape is None for shape in shapes):
+    if not shapes:
+        return False
+    if all(shape is None for shape in shapes):
         return True
     return any(shape is not None and len(shape) in (2, 4) for shape in shapes)
 

@@ -138,12 +138,28 @@ def test_persistent_overflow_is_judged_as_the_model_s_nan():
     assert any("persisting from step 3" in n for n in report.notes)
 
 
-def test_twenty_skips_in_a_row_persist_even_at_a_high_scale():
+def test_a_nan_under_a_scaler_started_high_persists_once_the_scale_backed_off():
+    # log(0) in the model under a scaler started at 2**40: skip k runs at scale 2**(40-k);
+    # twenty in a row persist from the first skip at 65536 (torch's default start), k=24.
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), Log(), nn.Linear(8, 3))
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)  # far from 1 after 20 halvings
-    scope = _train(model, amp.PERSISTENT_SKIPS + 2, scaler=scaler)
-    assert scope._skips.persistent_from == amp.PERSISTENT_SKIPS - 1
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)
+    scope = _train(model, 27, scaler=scaler)
+    assert scope._skips.persistent_from == 24
     nonfinite = [f for f in scope.report().findings if f.kind == "nonfinite_gradient"]
     assert nonfinite and nonfinite[0].layer == "2"
-    assert nonfinite[0].step == amp.PERSISTENT_SKIPS - 1
+    assert nonfinite[0].step == 24
+
+
+def test_a_healthy_model_under_a_scaler_started_at_2_40_backs_off_without_a_finding():
+    # float16 overflows every step until the scale is small enough: 20 and more skips in
+    # a row at the start, which is the scaler calibrating, not a NaN in the model.
+    torch.manual_seed(0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)
+    scope = _train(_relu_mlp(), 40, dtype=torch.float16, scaler=scaler)
+    report = scope.report()
+    assert scope._skips.longest_run >= amp.PERSISTENT_SKIPS
+    assert scope._skips.persistent_from is None
+    assert report.kinds_at_least("warning") == set(), report
+    (note,) = [n for n in report.notes if n.startswith("overflow skipped by the scaler")]
+    assert "not a model fault" in note

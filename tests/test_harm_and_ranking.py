@@ -251,3 +251,28 @@ def test_a_loss_multiplied_by_1e6_under_sgd_lowers_the_rate_by_the_multiplier_an
 def test_a_loss_multiplier_does_not_change_adams_rate():
     assert gradscope.optimizer_settings.lower_lr_factor("Adam", 1e-3, 1e6) == 0.1
     assert gradscope.optimizer_settings.lower_lr_factor("SGD", 0.01, 1e6) == pytest.approx(1e-5)
+
+
+class _FrozenEmbeddingLSTM(nn.Module):
+    """A frozen embedding, an LSTM and the output layer: no hidden layer BatchNorm can
+    follow (the LSTM's output is a sequence)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 8).requires_grad_(False)
+        self.rnn = nn.LSTM(8, 8, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(self.embed(x))[0][:, -1])
+
+
+def test_batchnorm_is_not_first_when_no_hidden_trainable_layer_could_take_it():
+    torch.manual_seed(0)
+    x = torch.randn(16, 5, 4)
+    report = _watched(_FrozenEmbeddingLSTM(), x, torch.zeros(16, dtype=torch.long), steps=3)
+    finding = Finding("vanishing_gradient", "rnn", "warning", 0, "", {})
+    assert not fix.batchnorm_fits(finding, report.model_info)
+    plan = lambda f, i: [fix.add_batchnorm, fix.kaiming_init]  # noqa: E731
+    kinds = [s.kind for s in fix.suggest(finding, report.model_info, "vanishing_gradient", plan)]
+    assert kinds == ["kaiming_init", "add_batchnorm"]
