@@ -915,6 +915,13 @@ def _validate(model: Any, optimizer: Any, scaler: Any, every: Any) -> None:
             "pass the model itself, e.g. gradscope.watch(model, optimizer=opt)."
         )
     if optimizer is not None:
+        if isinstance(optimizer, (list, tuple)):
+            raise TypeError(
+                f"watch() takes one optimizer, got a {type(optimizer).__name__} of "
+                f"{len(optimizer)}; for a GAN, watch each network with its own optimizer "
+                "(with gradscope.watch(G, optimizer=opt_g), gradscope.watch(D, "
+                "optimizer=opt_d): ...), and gradscope tells the players apart."
+            )
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(
                 f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}; "

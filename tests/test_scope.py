@@ -356,6 +356,13 @@ def test_validation_forwards_under_no_grad_are_not_measured():
             ".step() on, e.g. torch.optim.SGD(model.parameters()).",
         ),
         (
+            {"optimizer": [torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)] * 2},
+            TypeError,
+            "watch() takes one optimizer, got a list of 2; for a GAN, watch each network with "
+            "its own optimizer (with gradscope.watch(G, optimizer=opt_g), gradscope.watch(D, "
+            "optimizer=opt_d): ...), and gradscope tells the players apart.",
+        ),
+        (
             {"optimizer": torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)},
             ValueError,
             "The optimizer does not hold any of this model's trainable parameters; pass the "
