@@ -198,6 +198,10 @@ class Scope:
         self._unrecorded_calls = 0
         self._warned_no_step = False
         self._fired_unmeasured: set[int] = set()
+        #: Modules that ran with gradients off inside a training forward (torch.no_grad()
+        #: around one layer): autograd records nothing for them, so they get no gradient.
+        self._ran_without_grad: set[int] = set()
+        self._in_training_forward = False
 
     def _setup_extensions(self, model: torch.nn.Module, scaler: Any, optimizer: Any) -> None:
         """What a plain eager single-process run does not need (docs/distributed.md)."""
@@ -278,7 +282,8 @@ class Scope:
         (and, over the first steps, which other watched model feeds this one: a GAN)."""
         if self.nan_origin:
             self._calls.before(module, args, kwargs)
-        if not torch.is_grad_enabled():
+        self._in_training_forward = torch.is_grad_enabled()
+        if not self._in_training_forward:
             return  # validation under no_grad is not part of the training step
         self._forward_since_step = True
         self._root_called = True
@@ -291,6 +296,7 @@ class Scope:
         """The root's one forward hook (called even when the forward raises)."""
         if self.nan_origin:
             self._calls.after(module, args, output)
+        self._in_training_forward = False
         if self._step < linkage.FOLLOW_STEPS and torch.is_grad_enabled():
             linkage.note_output(self, output)
 
@@ -418,6 +424,8 @@ class Scope:
                 self._replayed_output(j, args, output)
                 return
             if not torch.is_grad_enabled():
+                if self._in_training_forward:  # one layer under no_grad in a training forward
+                    self._ran_without_grad.add(j)
                 return  # validation under no_grad is not part of the training step
             self._forward_since_step = True  # also set by the root's hook, on every step
             if not self._hooks_live:
@@ -763,6 +771,9 @@ class Scope:
             parts=self.parts,
         )
         info.extra.update(self._rival(final))
+        if self._ran_without_grad:
+            names = (self._modules[j][0] for j in self._ran_without_grad)
+            info.extra["ran_without_grad"] = sorted(names)
         return info
 
     # -- reporting ---------------------------------------------------------------

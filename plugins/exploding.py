@@ -55,6 +55,7 @@ from gradscope_plugins.judgement import (
     fmt,
     gan_roles,
     growth_from_start,
+    loss_vs_constant,
     over,
     part_of,
     reference_norm,
@@ -86,8 +87,13 @@ DEFAULTS = {
     "update_ratio": 1.0,
     # ...on at least this many recorded steps.
     "update_steps": 2,
-    # The loss at the end over the loss at the start.
+    # The loss at the end over the loss at the start...
     "loss_rise": 10.0,
+    # ...or over this, when it also ends ``worse_than_constant`` times what the best
+    # constant prediction scores (the definitions' allowed band for divergence: a model
+    # made worse than knowing nothing diverged, 10x or not).
+    "worse_rise": 3.3,
+    "worse_than_constant": 2.0,
     # A loss peak this many times its start, with one step that moved most layers by more
     # than their size: a transient explosion.
     "transient_rise": 3.0,
@@ -131,7 +137,7 @@ def gradscope_detect(
     _through_depth(layers, model_info, t, evidence)
     _through_time(history, layers, t, evidence)
     _big_steps(layers, model_info, t, evidence)
-    diverged = not adversarial and _diverged(trend, t, evidence)
+    diverged = not adversarial and _diverged(history, trend, t, evidence)
     if not evidence.what and not adversarial:
         _one_wild_step(layers, model_info, trend, t, evidence)
     if not evidence.what:
@@ -366,18 +372,29 @@ def _one_wild_step(
     evidence.numbers["wild_step_share"] = float(share[k])
 
 
-def _diverged(trend: LossTrend, t: dict, evidence: _Evidence) -> bool:
-    """The loss ended ``loss_rise`` times above where it started, judged from the very first
-    loss too, so a blow-up within the first steps cannot raise its own baseline.  (A loss
-    that peaks and comes back down is not counted: on the tuning part such peaks were as
-    common in runs that recovered as in runs that exploded.)"""
+def _diverged(history: History, trend: LossTrend, t: dict, evidence: _Evidence) -> bool:
+    """The loss ended ``loss_rise`` times above where it started (or ``worse_rise`` times,
+    ending ``worse_than_constant`` times a constant prediction's loss), judged from the very
+    first loss too, so a blow-up within the first steps cannot raise its own baseline.  (A
+    loss that peaks and comes back down is not counted: on the tuning part such peaks were
+    as common in runs that recovered as in runs that exploded.)"""
     start = min(trend.first, trend.initial)
     if not trend.known or not start > 0:
         return False
     rise = trend.last / start
-    if rise <= t["loss_rise"]:
+    if rise <= t["worse_rise"]:
         return False
-    evidence.what.append(f"the loss rose from {fmt(start)} to {fmt(trend.last)}")
+    worse = loss_vs_constant(history, trend)  # NaN when never measured
+    if rise <= t["loss_rise"] and not worse >= t["worse_than_constant"]:
+        return False
+    evidence.what.append(
+        f"the loss rose from {fmt(start)} to {fmt(trend.last)}"
+        + (
+            f", {fmt(worse)} times what predicting the same output for every input scores"
+            if worse >= t["worse_than_constant"]
+            else ""
+        )
+    )
     evidence.numbers["loss_rise"] = rise
     return True
 
@@ -412,12 +429,16 @@ def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
     """Fixes for an exploding gradient, best first, chosen by its evidence."""
     roles = info.roles()
     layer = info.layer(finding.layer)
-    if layer is not None and layer.role in ("vanilla_rnn", "gated_rnn"):
+    recurrent = layer is not None and layer.role in ("vanilla_rnn", "gated_rnn")
+    sigmoid_like = roles & {"sigmoid", "tanh"} and "relu" not in roles
+    init = fix.xavier_init if sigmoid_like else fix.kaiming_init
+    if fix.lr_far_above_usual(info):
+        # A rate several times the optimizer's usual largest one: the first suspect.
+        return [fix.lower_lr, fix.clip_grad_norm, fix.orthogonal_init if recurrent else init]
+    if recurrent:
         # The recurrence multiplies by the same matrix every step: make it norm-preserving.
         return [fix.orthogonal_init, fix.clip_grad_norm, fix.lower_lr]
     too_big = fix.started_too_large(finding)
-    sigmoid_like = roles & {"sigmoid", "tanh"} and "relu" not in roles
-    init = fix.xavier_init if sigmoid_like else fix.kaiming_init
     if too_big:
         return [init, fix.clip_grad_norm, fix.lower_lr]
     peaks = finding.evidence.get("update_ratio_peak") or {}

@@ -325,6 +325,17 @@ def clip_grad_norm(finding: Finding, info: ModelInfo) -> Suggestion:
     )
 
 
+#: A learning rate this many times the optimizer's usual largest one is far above it.
+FAR_ABOVE_USUAL = 3.0
+
+
+def lr_far_above_usual(info: ModelInfo) -> bool:
+    """Whether the run's learning rate is :data:`FAR_ABOVE_USUAL` times the optimizer's
+    usual largest one (:data:`gradscope.optimizer_settings.USUAL_MAX_LR`) or more."""
+    usual = USUAL_MAX_LR.get(info.optimizer or "")
+    return usual is not None and info.lr is not None and info.lr >= FAR_ABOVE_USUAL * usual
+
+
 def lower_lr(finding: Finding, info: ModelInfo) -> Suggestion:
     """A ten times smaller learning rate, or the optimizer's usual largest one when a tenth
     would still be above it, counting a loss multiplier under SGD

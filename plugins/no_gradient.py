@@ -32,12 +32,17 @@ def gradscope_detect(
         if seen == 0:
             missing.setdefault(module, []).append(name)
     calls = dict(zip(history.module_names, history.calls_total, strict=True))
+    without_grad = set(model_info.extra.get("ran_without_grad") or ())
     findings = []
     for module, params in missing.items():
-        ran = calls.get(module, 0) > 0
+        ran = calls.get(module, 0) > 0 or module in without_grad
         why = (
-            f"{module} runs in forward(), so its output is cut off from the loss: look for "
-            ".detach(), .data, torch.no_grad() or a tensor rebuilt with torch.tensor(...) "
+            f"{module} runs in forward() with gradients off (inside torch.no_grad() or "
+            "torch.set_grad_enabled(False)), so autograd records nothing for it: call it "
+            "outside that block"
+            if module in without_grad
+            else f"{module} runs in forward(), so its output is cut off from the loss: look "
+            "for .detach(), .data, torch.no_grad() or a tensor rebuilt with torch.tensor(...) "
             "between it and the loss"
             if ran
             else f"{module} is never called in forward(): an unused layer, or one that a "

@@ -655,6 +655,10 @@ def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
         return [fix.lower_lr, fix.kaiming_init, fix.add_batchnorm]
     if "vanilla_rnn" in roles:
         return [fix.use_lstm_or_gru, fix.orthogonal_init, fix.clip_grad_norm]
+    layer = info.layer(finding.layer)
+    if layer is not None and layer.role == "gated_rnn":
+        # Through time in an LSTM/GRU: norm-preserving recurrent weights, not a ReLU init.
+        return [fix.orthogonal_init, fix.clip_grad_norm, fix.lower_lr]
     if roles & {"sigmoid", "tanh"}:
         tiny = [v for v in fix.scales(finding) if v < 0.1]
         if tiny and "tanh" in roles:

@@ -438,3 +438,43 @@ def test_growth_through_depth_counts_against_the_smallest_layer_only_when_steady
     assert _steady_growth(steady, 0, share) == pytest.approx(37.8 / 0.00221)
     jump = [0.263, 4.56e-05, 1.6e-05, 3.17e-05, 0.176, 0.00048, 0.000274, 0.000621, 1.0]
     assert _steady_growth(jump, 0, share) == 0.0
+
+
+class _TiedLM(nn.Module):
+    """An LSTM language model whose output layer shares the embedding's weight."""
+
+    def __init__(self, vocab: int = 32, width: int = 32) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, width)
+        self.rnn = nn.LSTM(width, width, batch_first=True)
+        self.out = nn.Linear(width, vocab, bias=False)
+        self.out.weight = self.emb.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.out(self.rnn(self.emb(tokens))[0])
+
+
+def test_a_run_that_ends_several_times_worse_than_a_constant_prediction_diverged():
+    """Adam at lr 2.0 on a tied-embedding LSTM LM (a stranger session's case): the loss
+    goes 3.8 -> ~14, about 4x what predicting the token frequencies scores; under the 10x
+    line, but a model made worse than knowing nothing diverged."""
+    torch.manual_seed(0)
+    model = _TiedLM()
+    start = torch.randint(0, 32, (512, 1), generator=torch.Generator().manual_seed(0))
+    seq = (start + torch.arange(13)) % 32  # next token = this token + 1
+    opt = torch.optim.Adam(model.parameters(), lr=2.0)
+    with gradscope.watch(model, optimizer=opt) as scope:
+        for i in range(60):
+            j = (i * 64) % 512
+            batch = seq[j : j + 64]
+            opt.zero_grad()
+            logits = model(batch[:, :-1])
+            loss = nn.functional.cross_entropy(logits.reshape(-1, 32), batch[:, 1:].reshape(-1))
+            scope.log_loss(loss)
+            loss.backward()
+            opt.step()
+    (finding,) = serious(scope.report(), "exploding_gradient")
+    assert finding.layer == "rnn"
+    assert "times what predicting the same output for every input scores" in finding.message
+    # Adam at 2000x its usual rate: the rate first, down to that usual rate.
+    assert finding.suggestions[0].title == "Lower the learning rate to 0.001"

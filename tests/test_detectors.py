@@ -275,3 +275,29 @@ def test_applying_the_first_fix_makes_the_loss_fall():
     assert final_loss([fix, kaiming]) < untouched - 0.1
     assert final_loss([fix]) < untouched
 
+
+
+class _EmbeddingUnderNoGrad(nn.Module):
+    """A trainable first layer called inside torch.no_grad() by mistake."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Linear(8, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        with torch.no_grad():
+            h = self.emb(x)
+        return self.head(torch.relu(h))
+
+
+def test_a_layer_run_under_no_grad_is_said_to_run_and_is_not_told_to_be_frozen():
+    torch.manual_seed(0)
+    model = _EmbeddingUnderNoGrad()
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    report = gradscope.diagnose(model, [(x, y)], CE, steps=6)
+    (finding,) = [f for f in report.findings if f.kind == "no_gradient"]
+    assert finding.layer == "emb" and finding.evidence["module_called"] is True
+    assert "emb runs in forward() with gradients off (inside torch.no_grad()" in finding.message
+    assert finding.suggestions[0].kind == "check_graph"
+    assert "freeze_unused" not in [s.kind for s in finding.suggestions]
