@@ -44,6 +44,8 @@ class SkipCounter:
         self.longest_run = 0
         self.first_skip: int | None = None
         self.persistent_from: int | None = None
+        #: The first step of the unbroken run of skips that became persistent.
+        self.overflow_from: int | None = None
         self.steps_seen = 0
         self._patched = False
 
@@ -96,6 +98,7 @@ class SkipCounter:
         )
         if persistent and self.persistent_from is None:
             self.persistent_from = step
+            self.overflow_from = step - self.in_a_row + 1  # the run of skips it ends
         self.on_skip(persistent)
 
     def notes(self) -> list[str]:

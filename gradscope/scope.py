@@ -771,6 +771,9 @@ class Scope:
             parts=self.parts,
         )
         info.extra.update(self._rival(final))
+        if self._skips is not None and self._skips.overflow_from is not None:
+            # Skipped steps are recorded only once the overflow persists: where it began.
+            info.extra["overflow_from"] = self._skips.overflow_from
         if self._ran_without_grad:
             names = (self._modules[j][0] for j in self._ran_without_grad)
             info.extra["ran_without_grad"] = sorted(names)

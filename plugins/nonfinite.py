@@ -71,9 +71,16 @@ def gradscope_detect(
     # absorbed downstream (ELU maps -inf to -1, a mask or max drops it): not the
     # definitions' non-finite gradient, but a sign that values reach the format's edge.
     poisoned = bool(grad_steps) or loss_step is not None
+    began = model_info.extra.get("overflow_from")
+    skipped = (
+        f" The GradScaler skipped every step from step {began} on for overflow (its steps "
+        f"are judged once that persists), so it began at step {began}."
+        if isinstance(began, int) and began < step
+        else ""
+    )
     message = (
-        f"NaN/Inf appeared during training: {detail}. Once a weight is NaN every later step "
-        "is NaN too, so fix the first source."
+        f"NaN/Inf appeared during training: {detail}.{skipped} Once a weight is NaN every "
+        "later step is NaN too, so fix the first source."
         if poisoned
         else f"An output held NaN/Inf: {detail}. The loss and every gradient stayed finite "
         "(a later operation absorbed it: ELU maps -inf to -1, a mask or a max drops it), so "
@@ -85,7 +92,7 @@ def gradscope_detect(
             kind="nonfinite_gradient",
             layer=culprit,
             severity="error" if poisoned else "info",
-            step=step,
+            step=began if skipped else step,
             message=message,
             evidence={
                 "culprit": culprit or "loss",
