@@ -867,6 +867,9 @@ class Scope:
         self._warned_unseen = True
         if self._ranks is not None and not self._ranks.is_main:
             return  # under DDP/FSDP2 only rank 0 prints
+        known = _attention_out_projections(self.model)
+        if all(name in known for name in self._unseen_modules()):
+            return  # torch's own attention calls its out_proj as a function: a note only
         notes = self.coverage_notes()
         if notes:
             warnings.warn(f"gradscope: {notes[0]}.", GradscopeWarning, stacklevel=_user_frame())
@@ -882,6 +885,17 @@ class Scope:
             f"({shown}); their activations are not measured (called as a function, e.g. "
             "attention's out_proj, or skipped by torch.compile)"
         ]
+
+
+def _attention_out_projections(model: torch.nn.Module) -> set[str]:
+    """The ``out_proj`` of every ``nn.MultiheadAttention``: torch passes its weight to a
+    function instead of calling it, so its forward hook never fires, in every model that
+    uses torch's attention (the report notes it; nothing to warn a user about)."""
+    return {
+        f"{name}.out_proj" if name else "out_proj"
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.MultiheadAttention)
+    }
 
 
 def _user_frame() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -308,23 +309,50 @@ def test_nonfinite_entries_are_counted_exactly_without_full_mode():
     assert counts == [0.0, 2.0, 0.0]
 
 
-def test_a_module_that_runs_but_is_never_seen_is_reported():
+def test_torchs_attention_out_proj_is_a_note_not_a_warning():
     layer = nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16, batch_first=True)
     opt = torch.optim.SGD(layer.parameters(), lr=0.01)
-    with (
-        pytest.warns(gradscope.GradscopeWarning, match="self_attn.out_proj") as warned,
-        gradscope.watch(layer, optimizer=opt) as scope,
-    ):
-        for _ in range(3):
-            opt.zero_grad()
-            layer(torch.randn(2, 5, 8)).pow(2).mean().backward()
-            opt.step()
-    assert len(warned) == 1  # once, not every step
-    assert warned[0].filename == __file__  # pointing at the user's opt.step() line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gradscope.GradscopeWarning)
+        with gradscope.watch(layer, optimizer=opt) as scope:
+            for _ in range(3):
+                opt.zero_grad()
+                layer(torch.randn(2, 5, 8)).pow(2).mean().backward()
+                opt.step()
     report = scope.report()
     assert "self_attn.out_proj" in report.coverage["unseen_modules"]
     assert any("forward hook never fired" in note for note in report.notes)
     assert report.coverage["hooks_fired_per_step"] > 0
+
+
+class _FunctionalHead(nn.Module):
+    """A layer whose weight the forward uses through a function: its hook never fires."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(3, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(self.body(x), self.head.weight, self.head.bias)
+
+
+def test_a_module_that_runs_but_is_never_seen_is_reported():
+    model = _FunctionalHead()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with (
+        pytest.warns(gradscope.GradscopeWarning, match="head") as warned,
+        gradscope.watch(model, optimizer=opt) as scope,
+    ):
+        for _ in range(3):
+            opt.zero_grad()
+            model(torch.randn(2, 3)).pow(2).mean().backward()
+            opt.step()
+    assert len(warned) == 1  # once, not every step
+    assert warned[0].filename == __file__  # pointing at the user's opt.step() line
+    report = scope.report()
+    assert report.coverage["unseen_modules"] == ["head"]
+    assert any("forward hook never fired" in note for note in report.notes)
 
 
 def test_validation_forwards_under_no_grad_are_not_measured():
