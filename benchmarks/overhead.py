@@ -127,6 +127,37 @@ def _watch(**options) -> Callable:
     return strategy
 
 
+class _NormFloor:
+    """The least a tool that reads every gradient's norm and the loss on every step pays:
+    one ``foreach`` norm call, a read of each value and an append, in an optimizer
+    pre-hook (no records, no NaN-origin capture, no hooks on the model)."""
+
+    def __init__(self, opt: torch.optim.Optimizer) -> None:
+        self.params = [p for group in opt.param_groups for p in group["params"]]
+        self.loss: torch.Tensor | None = None
+        self.rows: list[list[float]] = []
+
+    def log_loss(self, loss: torch.Tensor) -> None:
+        self.loss = loss.detach()
+
+    def read(self, *_: object) -> None:
+        grads = [p.grad for p in self.params if p.grad is not None]
+        row = [t.item() for t in torch._foreach_norm(grads, 2)]
+        if self.loss is not None:
+            row.append(self.loss.item())
+        self.rows.append(row)
+
+
+@contextlib.contextmanager
+def norm_floor(model: nn.Module, opt: torch.optim.Optimizer) -> Iterator[_NormFloor]:
+    floor = _NormFloor(opt)
+    handle = opt.register_step_pre_hook(floor.read)
+    try:
+        yield floor
+    finally:
+        handle.remove()
+
+
 @contextlib.contextmanager
 def anomaly(model: nn.Module, opt: torch.optim.Optimizer) -> Iterator[None]:
     with torch.autograd.detect_anomaly(check_nan=True):
@@ -207,8 +238,11 @@ BREAKDOWN = {
 }
 #: A plain loop measured like a strategy: how far from 1.00x noise alone moves a row.
 NOISE = "plain loop again (A/A: the noise floor)"
+#: What any tool that reads every gradient's norm on every step pays (see _NormFloor).
+FLOOR = "floor: every gradient's norm and the loss read per step, nothing else"
 STRATEGIES: dict[str, Callable] = {
     NOISE: plain,
+    FLOOR: norm_floor,
     DEFAULT: _watch(),
     "gradscope default, nan_origin=False": _watch(nan_origin=False),
     **BREAKDOWN,
