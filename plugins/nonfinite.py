@@ -153,12 +153,13 @@ def _explain(
         between = _parameterless_after(history, last_bad)
         culprit, where = (between[-1] if between else last_bad), "backward"
         detail = (
-            f"at step {step} every output and the loss were finite but gradients were not; "
-            f"backward runs from the loss to the input and {last_bad} is the layer nearest the "
-            "output with a non-finite gradient, so the NaN/Inf is made in the backward of "
+            f"at step {step} every module's output and the loss were finite but gradients "
+            f"were not; backward runs from the loss to the input and {last_bad} is the layer "
+            "nearest the output with a non-finite gradient, so the NaN/Inf is made in the "
+            "backward of "
             + (
-                f"{culprit}, the operation right after it (sqrt or log at 0, a division by "
-                "a tiny number)"
+                f"{culprit}, the operation right after it, or of a function forward() applies "
+                "to its output (sqrt or log at 0, a division by a tiny number)"
                 if between
                 else f"{last_bad} or of an operation right after it (sqrt or log at 0, "
                 "a division by a tiny number)"
