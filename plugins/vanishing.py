@@ -87,6 +87,10 @@ DEFAULTS = {
     "through_time": 1e-2,
     # ...and with a loss that improved by less than this fraction over the run.
     "time_stall": 0.1,
+    # Every layer's relative gradient below this on every step, with a loss that shows
+    # harm: too small to move any weight at a usual learning rate (lr * rho is the
+    # relative step; 1e-3 per step would take lr >= 1000): stuck from the start.
+    "stuck_ratio": 1e-6,
 }
 
 
@@ -130,6 +134,10 @@ def gradscope_detect(
         return found + [depth]
     if found:
         return found
+    if no_better or constant:
+        stuck = _stuck(history, model_info, (layers, series), trend, t)
+        if stuck:
+            return stuck
     # A gradient that fades while the loss plateaus is convergence: here only a loss that
     # improved by less than ``stall`` over the whole run (or a constant output) counts.
     # A model trained as one: the definitions' line, a 100x fall (a 10x fall while the loss
@@ -446,6 +454,49 @@ def _first_step_below(
         return bool(values) and math.isfinite(here) and here < threshold * max(values)
 
     return first_step_where(history, holds)
+
+
+def _stuck(
+    history: History,
+    model_info: ModelInfo,
+    signals: tuple[list, list[torch.Tensor]],
+    trend: LossTrend,
+    t: dict,
+) -> list[Finding]:
+    """...or every layer's gradient was too small from the start: its relative gradient
+    below ``stuck_ratio`` on every recorded step, in every layer (none fell: none was ever
+    larger), while the loss shows harm.  A gradient of exactly 0 is dead units or a cut
+    graph, the other detectors' to name."""
+    layers, series = signals
+    peaks = [float(torch.nan_to_num(s, nan=0.0).max()) for s in series]
+    if not peaks or min(peaks) <= 0 or max(peaks) >= t["stuck_ratio"]:
+        return []
+    top = max(range(len(peaks)), key=peaks.__getitem__)
+    return [
+        Finding(
+            kind="vanishing_gradient",
+            layer=layers[0].name,
+            severity="error",
+            step=history.steps[0],
+            message=(
+                f"The gradient is too small to train any layer: in every layer it stayed "
+                f"below {fmt(t['stuck_ratio'])} of the weights from the first step on "
+                f"(largest {fmt(peaks[top])}, in {layers[top].name}), so a step of any usual "
+                "learning rate moves no weight, and nothing was learned:"
+                f"{stall_text(history, trend, t)} The gradient vanished before training "
+                "began: saturated sigmoid/tanh layers or an output that is the same for "
+                "every input pass almost nothing back."
+            ),
+            evidence={
+                "layers": [layer.name for layer in layers],
+                "relative_grad_peak": peaks[top],
+                "loss_first": trend.first,
+                "loss_last": trend.last,
+                "threshold_stuck_ratio": t["stuck_ratio"],
+                "over": "start",
+            },
+        )
+    ]
 
 
 def _faded_over_time(

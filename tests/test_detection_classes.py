@@ -478,3 +478,43 @@ def test_a_run_that_ends_several_times_worse_than_a_constant_prediction_diverged
     assert "times what predicting the same output for every input scores" in finding.message
     # Adam at 2000x its usual rate: the rate first, down to that usual rate.
     assert finding.suggestions[0].title == "Lower the learning rate to 0.001"
+
+
+def _triplet_run(act: type[nn.Module], steps: int = 40):
+    """An 8-layer embedding net trained with TripletMarginLoss and SGD (one forward on the
+    anchors, positives and negatives together)."""
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for k in range(8):
+        layers += [nn.Linear(20 if k == 0 else 32, 32), act()]
+    model = nn.Sequential(*layers, nn.Linear(32, 16))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 20, generator=g)
+    y = (x @ torch.randn(20, 5, generator=g)).argmax(1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with gradscope.watch(model, optimizer=opt) as scope:
+        for _ in range(steps):
+            a = torch.randint(0, 512, (64,), generator=g)
+            same = [torch.nonzero(y == c).flatten() for c in y[a]]
+            other = [torch.nonzero(y != c).flatten() for c in y[a]]
+            p = torch.stack([s[torch.randint(0, len(s), (1,), generator=g)][0] for s in same])
+            n = torch.stack([o[torch.randint(0, len(o), (1,), generator=g)][0] for o in other])
+            opt.zero_grad()
+            anchor, positive, negative = model(torch.cat([x[a], x[p], x[n]])).chunk(3)
+            loss = nn.functional.triplet_margin_loss(anchor, positive, negative)
+            scope.log_loss(loss)
+            loss.backward()
+            opt.step()
+    return scope.report()
+
+
+def test_a_net_whose_gradient_is_too_small_from_the_first_step_is_vanishing():
+    """Eight sigmoid layers under a triplet loss (a stranger session's case): the
+    embeddings collapse, the loss sits at the margin from step 0 and every layer's
+    gradient is ~1e-8 of its weights, with no depth gap and no fall to see."""
+    report = _triplet_run(nn.Sigmoid)
+    (finding,) = serious(report, "vanishing_gradient")
+    assert finding.layer == "0" and finding.severity == "error"
+    assert finding.message.startswith("The gradient is too small to train any layer")
+    assert finding.suggestions[0].kind == "use_relu"
+    assert serious(_triplet_run(nn.ReLU), "vanishing_gradient") == []  # the healthy twin
