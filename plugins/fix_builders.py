@@ -525,7 +525,26 @@ def _freeze_lines(finding: Finding, info: ModelInfo) -> list[str]:
 
 
 def check_graph(finding: Finding, info: ModelInfo) -> Suggestion:
-    """Find where the graph is cut, or freeze on purpose."""
+    """Find where the graph is cut, or freeze on purpose (or, when no parameter had a
+    gradient at any step, put the loop in order)."""
+    if finding.evidence.get("loop_order"):
+        opt = info.optimizer_var
+        return Suggestion(
+            kind="check_graph",
+            title="Call loss.backward() before optimizer.step()",
+            why=(
+                "optimizer.step() uses the gradients backward() wrote since the last "
+                "zero_grad(); here no parameter had one when step() ran, so no weight moved."
+            ),
+            code="\n".join(
+                [
+                    f"{opt}.zero_grad()",
+                    f"loss = loss_fn({info.var}(x), y)",
+                    "loss.backward()",
+                    f"{opt}.step()",
+                ]
+            ),
+        )
     return Suggestion(
         kind="check_graph",
         title=f"Connect {finding.layer} to the loss, or freeze it",

@@ -33,11 +33,20 @@ def gradscope_detect(
             missing.setdefault(module, []).append(name)
     calls = dict(zip(history.module_names, history.calls_total, strict=True))
     without_grad = set(model_info.extra.get("ran_without_grad") or ())
+    # Not one parameter had a gradient at any step although the modules ran: the loop's
+    # order (step() before backward(), or zero_grad() between them), not a cut graph.
+    loop_order = len(missing) > 1 and all(seen == 0 for seen in history.grad_seen) and all(
+        calls.get(module, 0) > 0 for module in missing
+    )
     findings = []
     for module, params in missing.items():
         ran = calls.get(module, 0) > 0 or module in without_grad
         why = (
-            f"{module} runs in forward() with gradients off (inside torch.no_grad() or "
+            "no parameter of the model had a gradient when optimizer.step() ran, although "
+            "every layer ran in forward(): call loss.backward() before optimizer.step(), "
+            "and optimizer.zero_grad() before backward(), not between it and step()"
+            if loop_order
+            else f"{module} runs in forward() with gradients off (inside torch.no_grad() or "
             "torch.set_grad_enabled(False)), so autograd records nothing for it: call it "
             "outside that block"
             if module in without_grad
@@ -63,6 +72,7 @@ def gradscope_detect(
                 evidence={
                     "parameters": params,
                     "module_called": ran,
+                    "loop_order": loop_order,
                     "recorded_steps": history.recorded,
                 },
             )

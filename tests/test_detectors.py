@@ -301,3 +301,25 @@ def test_a_layer_run_under_no_grad_is_said_to_run_and_is_not_told_to_be_frozen()
     assert "emb runs in forward() with gradients off (inside torch.no_grad()" in finding.message
     assert finding.suggestions[0].kind == "check_graph"
     assert "freeze_unused" not in [s.kind for s in finding.suggestions]
+
+
+def test_a_loop_that_steps_before_backward_is_told_the_order_not_a_cut_graph():
+    """zero_grad(); loss; step(); backward(): every gradient is cleared before the step
+    that would use it (a stranger session's loop), which reads as no gradient anywhere."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    with gradscope.watch(model, optimizer=opt) as scope:
+        for _ in range(12):
+            opt.zero_grad()
+            loss = CE(model(x), y)
+            scope.log_loss(loss)
+            opt.step()
+            loss.backward()
+    found = [f for f in scope.report().findings if f.kind == "no_gradient"]
+    assert sorted(f.layer for f in found) == ["0", "2"]
+    for finding in found:
+        assert "call loss.backward() before optimizer.step()" in finding.message
+        assert "cut off from the loss" not in finding.message
+        assert finding.suggestions[0].title == "Call loss.backward() before optimizer.step()"
