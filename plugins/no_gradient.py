@@ -42,7 +42,7 @@ def gradscope_detect(
     for module, params in missing.items():
         ran = calls.get(module, 0) > 0 or module in without_grad
         why = (
-            "no parameter of the model had a gradient when optimizer.step() ran, although "
+            "No parameter of the model had a gradient when optimizer.step() ran, although "
             "every layer ran in forward(): call loss.backward() before optimizer.step(), "
             "and optimizer.zero_grad() before backward(), not between it and step()"
             if loop_order
@@ -66,8 +66,12 @@ def gradscope_detect(
                 message=(
                     f"{', '.join(params)} require{'s' if len(params) == 1 else ''} a gradient "
                     f"but never got one in {history.recorded} recorded steps, so "
-                    f"{'it does' if len(params) == 1 else 'they do'} not learn. {why}. If that "
-                    "is intended, freeze them with requires_grad_(False)."
+                    f"{'it does' if len(params) == 1 else 'they do'} not learn. {why}."
+                    + (
+                        ""
+                        if loop_order
+                        else " If that is intended, freeze them with requires_grad_(False)."
+                    )
                 ),
                 evidence={
                     "parameters": params,
