@@ -16,12 +16,14 @@ SEVERITY_RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
 
 @dataclass
 class Suggestion:
-    """A fix to try: ``kind`` from the suggestion vocabulary, ``code`` to paste."""
+    """A fix to try: ``kind`` from the suggestion vocabulary, ``code`` to paste, and the
+    values the code uses that ``trial`` applies as printed (``{"lr_factor": 1e-5}``)."""
 
     kind: str
     title: str
     why: str
     code: str
+    settings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -59,37 +59,3 @@ def optimizer_class(settings: dict[str, Any]) -> type[torch.optim.Optimizer] | N
         return cls
     return None
 
-
-#: The largest learning rate in common use for each optimizer (their defaults and the
-#: usual ranges: SGD 0.01-0.1, the Adam family and RMSprop 1e-4-1e-3, Adagrad 0.01).
-USUAL_MAX_LR = {
-    "SGD": 0.1,
-    "Adam": 1e-3,
-    "AdamW": 1e-3,
-    "NAdam": 1e-3,
-    "RAdam": 1e-3,
-    "Adamax": 2e-3,
-    "RMSprop": 1e-3,
-    "Adagrad": 0.01,
-}
-
-
-#: Optimizers whose step grows with the loss's scale (the adaptive ones divide it out).
-SCALE_SENSITIVE = frozenset({"SGD"})
-
-
-def lower_lr_factor(
-    optimizer: str | None, lr: float | None, loss_multiplier: float | None = None
-) -> float:
-    """What ``lower_lr`` multiplies the learning rate by: 1/10, or down to the optimizer's
-    :data:`USUAL_MAX_LR` when a tenth would still be above it (SGD at 18 goes to 0.1,
-    not 1.8; AdamW at 3.0 to 1e-3).  Under SGD a loss multiplied by a constant multiplies
-    every step by it too: the rate is judged as ``lr * loss_multiplier``."""
-    usual = USUAL_MAX_LR.get(optimizer or "")
-    if usual is None or lr is None or not lr > 0 or not math.isfinite(lr):
-        return 0.1
-    scaled = loss_multiplier is not None and math.isfinite(loss_multiplier)
-    effective = lr
-    if optimizer in SCALE_SENSITIVE and scaled and loss_multiplier > 1:
-        effective = lr * loss_multiplier
-    return min(0.1, usual / effective)

@@ -15,7 +15,6 @@ from collections.abc import Callable
 
 from gradscope import Finding, Suggestion
 from gradscope.modelinfo import LayerInfo, ModelInfo
-from gradscope.optimizer_settings import SCALE_SENSITIVE, USUAL_MAX_LR, lower_lr_factor
 from gradscope_plugins.judgement import fmt
 
 
@@ -325,13 +324,48 @@ def clip_grad_norm(finding: Finding, info: ModelInfo) -> Suggestion:
     )
 
 
+#: The largest learning rate in common use for each optimizer (their defaults and the
+#: usual ranges: SGD 0.01-0.1, the Adam family and RMSprop 1e-4-1e-3, Adagrad 0.01).
+USUAL_MAX_LR = {
+    "SGD": 0.1,
+    "Adam": 1e-3,
+    "AdamW": 1e-3,
+    "NAdam": 1e-3,
+    "RAdam": 1e-3,
+    "Adamax": 2e-3,
+    "RMSprop": 1e-3,
+    "Adagrad": 0.01,
+}
+
+
+#: Optimizers whose step grows with the loss's scale (the adaptive ones divide it out).
+SCALE_SENSITIVE = frozenset({"SGD"})
+
+
+def lower_lr_factor(
+    optimizer: str | None, lr: float | None, loss_multiplier: float | None = None
+) -> float:
+    """What ``lower_lr`` multiplies the learning rate by: 1/10, or down to the optimizer's
+    :data:`USUAL_MAX_LR` when a tenth would still be above it (SGD at 18 goes to 0.1,
+    not 1.8; AdamW at 3.0 to 1e-3).  Under SGD a loss multiplied by a constant multiplies
+    every step by it too: the rate is judged as ``lr * loss_multiplier``."""
+    usual = USUAL_MAX_LR.get(optimizer or "")
+    if usual is None or lr is None or not lr > 0 or not math.isfinite(lr):
+        return 0.1
+    scaled = loss_multiplier is not None and math.isfinite(loss_multiplier)
+    effective = lr
+    if optimizer in SCALE_SENSITIVE and scaled and loss_multiplier > 1:
+        effective = lr * loss_multiplier
+    return min(0.1, usual / effective)
+
+
 #: A learning rate this many times the optimizer's usual largest one is far above it.
 FAR_ABOVE_USUAL = 3.0
 
 
 def lr_far_above_usual(info: ModelInfo) -> bool:
     """Whether the run's learning rate is :data:`FAR_ABOVE_USUAL` times the optimizer's
-    usual largest one (:data:`gradscope.optimizer_settings.USUAL_MAX_LR`) or more."""
+    usual largest one (:data:`USUAL_MAX_LR`) or more."""
     usual = USUAL_MAX_LR.get(info.optimizer or "")
     return usual is not None and info.lr is not None and info.lr >= FAR_ABOVE_USUAL * usual
 
@@ -339,7 +373,7 @@ def lr_far_above_usual(info: ModelInfo) -> bool:
 def lower_lr(finding: Finding, info: ModelInfo) -> Suggestion:
     """A ten times smaller learning rate, or the optimizer's usual largest one when a tenth
     would still be above it, counting a loss multiplier under SGD
-    (:func:`gradscope.optimizer_settings.lower_lr_factor`)."""
+    (:func:`lower_lr_factor`); ``settings`` carries the factor trial applies."""
     multiplier = finding.evidence.get("loss_multiplier")
     factor = lower_lr_factor(info.optimizer, info.lr, multiplier)
     new_lr = f"{info.lr * factor:.3g}" if info.lr else "1e-4"
@@ -374,6 +408,7 @@ def lower_lr(finding: Finding, info: ModelInfo) -> Suggestion:
             + reason
         ),
         code="\n".join(lines),
+        settings={"lr_factor": factor},
     )
 
 

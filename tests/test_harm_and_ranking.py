@@ -204,14 +204,17 @@ def test_lower_lr_goes_to_the_optimizers_usual_rate_when_a_tenth_is_still_far_ab
     optimizer, lr, new_lr
 ):
     from gradscope.modelinfo import ModelInfo
-    from gradscope.optimizer_settings import lower_lr_factor
+    from gradscope.trials import fixes as trial_fixes
 
     info = ModelInfo(model_name="Net", layers=[], optimizer=optimizer, lr=lr)
     finding = Finding("exploding_gradient", "0", "error", 3, "grows", {})
     suggestion = fix.lower_lr(finding, info)
     assert suggestion.title == f"Lower the learning rate to {new_lr:.3g}"
     assert f'group["lr"] = {new_lr:.3g}' in suggestion.code
-    assert lr * lower_lr_factor(optimizer, lr) == pytest.approx(new_lr)  # what trial applies
+    # trial applies the factor the suggestion printed, not one of its own
+    context = trial_fixes.FixContext(finding, suggestion, None, [], trial_fixes.Probe())
+    change = trial_fixes.lower_lr(nn.Linear(2, 2), context)
+    assert lr * change.lr_factor == pytest.approx(new_lr)
     assert ("usually run at" in suggestion.why) == (new_lr < lr / 10 * 0.999)
 
 
@@ -249,8 +252,8 @@ def test_a_loss_multiplied_by_1e6_under_sgd_lowers_the_rate_by_the_multiplier_an
 
 
 def test_a_loss_multiplier_does_not_change_adams_rate():
-    assert gradscope.optimizer_settings.lower_lr_factor("Adam", 1e-3, 1e6) == 0.1
-    assert gradscope.optimizer_settings.lower_lr_factor("SGD", 0.01, 1e6) == pytest.approx(1e-5)
+    assert fix.lower_lr_factor("Adam", 1e-3, 1e6) == 0.1
+    assert fix.lower_lr_factor("SGD", 0.01, 1e6) == pytest.approx(1e-5)
 
 
 class _FrozenEmbeddingLSTM(nn.Module):

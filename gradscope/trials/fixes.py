@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 from gradscope.findings import Finding, Suggestion
-from gradscope.optimizer_settings import lower_lr_factor
 from gradscope.report import Report
 
 WEIGHT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -387,11 +386,9 @@ def clip_grad_norm(model: nn.Module, ctx: FixContext) -> Change:
 
 
 def lower_lr(model: nn.Module, ctx: FixContext) -> Change:
-    """Every param group's learning rate times the suggestion's factor: 1/10, or down to
-    the optimizer's usual largest rate (:func:`gradscope.optimizer_settings.lower_lr_factor`)."""
-    info = ctx.report.model_info
-    multiplier = ctx.finding.evidence.get("loss_multiplier")
-    factor = lower_lr_factor(info.optimizer, info.lr, multiplier) if info is not None else 0.1
+    """Every param group's learning rate times the factor the suggestion printed (its
+    ``settings["lr_factor"]``; 1/10 when it names none)."""
+    factor = float(ctx.suggestion.settings.get("lr_factor", 0.1))
     text = "learning rate / 10" if factor == 0.1 else f"learning rate x {factor:.3g}"
     return Change(model, [], text, lr_factor=factor)
 
