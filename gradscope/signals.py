@@ -381,18 +381,3 @@ def data_rms(history: History, model_info: ModelInfo) -> tuple[str, float] | Non
     values = values[torch.isfinite(values)]
     return (first.name, float(values.median())) if values.numel() else None
 
-
-def loss_multiplier(history: History) -> float | None:
-    """How many times its loss function's own value the logged loss is: a constant the
-    loop multiplies the loss by (``1e6 * cross_entropy(...)``), as the median over the
-    records that measured both (detail steps with the loss logged before ``backward()``);
-    None when none did."""
-    if not history.records:
-        return None
-    terms = history.act_series("loss_term")
-    term = torch.where(torch.isfinite(terms), terms, torch.zeros_like(terms)).sum(dim=1)
-    losses = history.losses()
-    ok = torch.isfinite(terms).any(dim=1) & torch.isfinite(losses) & (term.abs() > 0)
-    if not bool(ok.any()):
-        return None
-    return float((losses[ok] / term[ok]).abs().median())

@@ -44,7 +44,6 @@ from gradscope.signals import (
     LossTrend,
     early,
     init_scale,
-    loss_multiplier,
     loss_trend,
     over_run,
 )
@@ -55,6 +54,7 @@ from gradscope_plugins.judgement import (
     fmt,
     gan_roles,
     growth_from_start,
+    loss_multiplier,
     loss_vs_constant,
     over,
     part_of,

@@ -307,6 +307,19 @@ def output_share(history: History, window: int) -> float:
     return float(measured[-window:].median())
 
 
+def loss_multiplier(history: History) -> float | None:
+    """How many times its loss function's own value the logged loss is: a constant the
+    loop multiplies the loss by (``1e6 * cross_entropy(...)``), as the median over the
+    records that measured both (detail steps with the loss logged before ``backward()``);
+    None when none did."""
+    term = _model_series(history, "loss_term")
+    if term is None:
+        return None
+    losses = history.losses()
+    ok = (term > 0) & torch.isfinite(losses) & torch.isfinite(term)
+    return float((losses[ok] / term[ok]).median()) if bool(ok.any()) else None
+
+
 def loss_vs_constant(history: History, trend: LossTrend) -> float:
     """The loss at the end of the run (``trend.last``) over what the best constant
     prediction scores on the same targets, NaN when that was never measured (a loss logged
@@ -317,13 +330,12 @@ def loss_vs_constant(history: History, trend: LossTrend) -> float:
     the model learned nothing an input-independent output would not."""
     term = _model_series(history, "loss_term")
     constant = _model_series(history, "constant_loss")
-    losses = history.losses()
-    if term is None or constant is None or not trend.known:
+    scale = loss_multiplier(history)
+    if term is None or constant is None or scale is None or not trend.known:
         return math.nan
-    ok = (term > 0) & (constant > 0) & torch.isfinite(losses) & torch.isfinite(term)
+    ok = (term > 0) & (constant > 0) & torch.isfinite(history.losses()) & torch.isfinite(term)
     if not bool(ok.any()):
         return math.nan
-    scale = float((losses[ok] / term[ok]).median())
     rows = torch.nonzero(ok).flatten()
     baseline = float(constant[rows[-1]]) * scale  # the largest pool: every batch so far
     return trend.last / baseline if baseline > 0 else math.nan

@@ -19,9 +19,8 @@ from gradscope import Finding, Suggestion, hookimpl
 from gradscope.config import thresholds
 from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
-from gradscope.signals import loss_multiplier
 from gradscope_plugins import fix_builders as fix
-from gradscope_plugins.judgement import depth_layers, fmt, growth_from_start
+from gradscope_plugins.judgement import depth_layers, fmt, growth_from_start, loss_multiplier
 
 NAME = "nonfinite"
 #: The statistics this detector reads (see gradscope.statistics); without them it cannot judge.
