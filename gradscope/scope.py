@@ -909,8 +909,24 @@ def _user_frame() -> int:
 
 
 def _compiler_disable(fn: Any) -> Any:
-    disable = getattr(getattr(torch, "compiler", None), "disable", None)
-    return disable(fn) if disable is not None else fn
+    """``fn`` for a hook: run eagerly, and under torch.compile's tracing as a graph break
+    (``torch.compiler.disable``) instead of being traced.  The eager call skips the
+    disabled wrapper, which costs ~10 us per call on the CPU (a tiny model's step is
+    ~0.8 ms); while tracing, ``is_compiling()`` is a constant and only the disabled branch
+    is traced."""
+    compiler = getattr(torch, "compiler", None)
+    disable = getattr(compiler, "disable", None)
+    is_compiling = getattr(compiler, "is_compiling", None)
+    if disable is None or is_compiling is None:
+        return fn
+    disabled = disable(fn)
+
+    def hook(*args: Any) -> Any:
+        if is_compiling():
+            return disabled(*args)
+        return fn(*args)
+
+    return hook
 
 
 def _owners(model: torch.nn.Module, modules: list[tuple[str, torch.nn.Module]]) -> dict[str, str]:
