@@ -35,6 +35,7 @@ DEFAULT_PLUGINS = {
     "dead_relu": "gradscope_plugins.dead_relu",
     "saturation": "gradscope_plugins.saturation",
     "symmetry": "gradscope_plugins.symmetry",
+    "stale_gradient": "gradscope_plugins.stale_gradient",
     "reference_models": "gradscope_plugins.reference_models",
     "plots": "gradscope_plugins.plots",
     "html_report": "gradscope_plugins.html_report",

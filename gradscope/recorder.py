@@ -139,6 +139,8 @@ class Recorder:
         self._unit_steps: list[int] = [0] * n_modules  # the step of each module's last count
         self._constant = ConstantLoss()
         self._last_param_norm: list[float] | None = None
+        #: (parameter index, carried share) of a gradient-reset check for the next record.
+        self.carried: tuple[int, float] | None = None
         self.begin_step()
 
     def refresh_params(self) -> None:
@@ -323,6 +325,8 @@ class Recorder:
             return None
         n_params = len(self.params)
         columns = self._light_columns.copy()  # shared, read-only lists
+        if self.carried is not None:
+            self._put_carried(columns)
         l2 = columns["grad_l2"] = host[:n_params]
         if self._last_param_norm is None:
             self._last_param_norm = self._nan_params
@@ -409,6 +413,8 @@ class Recorder:
             if isinstance(values, Tensor) or values:
                 grads[column] = [NAN] * n_params
                 blocks.put(grads[column], positions, values)
+        if self.carried is not None:
+            self._put_carried(grads)
         grad_min = None
         if measured.get("grad_min"):
             grad_min = [NAN] * n_params
@@ -428,6 +434,14 @@ class Recorder:
             updates = stats.update_norms(params, self._before, sample, self._param_layout)
             blocks.put(grads["update_norm"], range(n_params), updates)
         return grads, grad_min
+
+    def _put_carried(self, grads: dict[str, list[float]]) -> None:
+        """The last gradient-reset check's result (gradscope/carryover.py), in its column."""
+        index, share = self.carried
+        self.carried = None
+        if index < len(self.params):
+            column = grads["grad_carried"] = [NAN] * len(self.params)
+            column[index] = share
 
     def _derive_grads(self, grads: dict[str, list[float]], grad_min: list[float] | None) -> bool:
         """Host-side columns; returns whether some gradient is non-finite."""

@@ -19,7 +19,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradscope import amp, compiled, distributed, linkage, replay, stats, through_time, tracking
+from gradscope import (
+    amp,
+    carryover,
+    compiled,
+    distributed,
+    linkage,
+    replay,
+    stats,
+    through_time,
+    tracking,
+)
 from gradscope.budget import AUTO_BASE, WARMUP_RECORDS, Budget, DetailCadence, GradientJump
 from gradscope.errors import GradscopeWarning
 from gradscope.history import History, StepRecord
@@ -151,6 +161,9 @@ class Scope:
         #: Light steps whose gradient jumped also measure their update (None: every step
         #: does already, or ranks would have to agree on which steps do).
         self._jumps = GradientJump() if self._ranks is None and not full else None
+        #: Whether gradients are reset between steps (not under DDP/FSDP2: their
+        #: all-reduce rewrites the gradient between backward and the step).
+        self._carry = carryover.CarryCheck() if self._ranks is None else None
         self._calls = replay.CallRecorder(model, _compiler_disable)
         self._replay_sums: dict[int, list[Tensor]] | None = None
         self._replay_inputs: dict[int, list[Tensor]] = {}
@@ -338,6 +351,8 @@ class Scope:
             self._handles.pop().remove()
         self._children_hooked = False
         self._calls.detach()
+        if self._carry is not None:
+            self._carry.disarm()
         if self._skips is not None:
             self._skips.detach()
 
@@ -411,12 +426,17 @@ class Scope:
             )
         if loss is not None:
             self.log_loss(loss)
+        if self._carry is not None and self._carry.armed:
+            self._settle_carry()
+        check = self.recording and self._detail_now
         if self.recording:
             t0 = time.perf_counter()
             self._track_new_params()
             self._collect_grads()
             self._finish_step(measure_update=False, started=t0)
         self._end_step()
+        if check and self._recording_now:
+            self._arm_carry()
 
     def _forward_hook(self, j: int):
         def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
@@ -607,6 +627,8 @@ class Scope:
         self._order_changed = True
 
     def _on_pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self._carry is not None and self._carry.armed:
+            self._settle_carry()
         if not self._recording_now:
             return
         t0 = time.perf_counter()
@@ -646,7 +668,24 @@ class Scope:
             self._overhead_total += time.perf_counter() - t0
         if self._recording_now and self._measure.has_grads:
             self._finish_step(measure_update=True, started=time.perf_counter())
+        check = self._recording_now and self._detail_now
         self._end_step()
+        if check and self._recording_now:
+            self._arm_carry()
+
+    def _arm_carry(self) -> None:
+        """After a detail step: follow one gradient to the next (recorded) step."""
+        if self._carry is not None:
+            t0 = time.perf_counter()
+            self._carry.arm(self._params)
+            self._overhead_total += time.perf_counter() - t0
+
+    def _settle_carry(self) -> None:
+        """Before the next step: was the gradient reset?  The next record carries it."""
+        t0 = time.perf_counter()
+        self._carry.settle(self._params)
+        self._measure.carried, self._carry.result = self._carry.result, None
+        self._overhead_total += time.perf_counter() - t0
 
     def _on_skipped_step(self, persistent: bool) -> None:
         """The scaler skipped ``opt.step()`` (overflow): end the step without recording it,

@@ -54,6 +54,7 @@ _DECLARED = (
     _S("update_norm", _P, DETAIL, "L2 norm of the optimizer's update (and on jumps)"),
     _S("row_spread", _P, DETAIL, "spread of weight rows on a fixed projection"),
     _S("row_twins", _P, DETAIL, "share of weight rows that are a copy of another row"),
+    _S("grad_carried", _P, DETAIL, "share of one gradient left from the step before (next step)"),
     _S("numel", _P, EVERY_STEP, "entries of the parameter"),
     _S("calls", _M, DETAIL, "forward calls of the module in the step"),
     _S("numel", _M, DETAIL, "output entries of the module in the step"),

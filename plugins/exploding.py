@@ -49,6 +49,7 @@ from gradscope.signals import (
 )
 from gradscope_plugins import fix_builders as fix
 from gradscope_plugins.judgement import (
+    clipped_at,
     depth_layers,
     first_step_where,
     fmt,
@@ -158,7 +159,7 @@ def gradscope_detect(
             layer=culprit,
             severity="error" if diverged or nonfinite else "warning",
             step=first_step_where(history, over(layer.grad_norm, _growth_line(layer, t))),
-            message=_message(evidence.what, trend, nonfinite),
+            message=_message(evidence.what, trend, nonfinite, clipped_at(history)),
             evidence={
                 **evidence.numbers,
                 "grad_norm_peak": _finite_max(layer.grad_norm),
@@ -169,6 +170,7 @@ def gradscope_detect(
                 "loss_nonfinite": nonfinite,
                 "lr": model_info.lr,
                 "loss_multiplier": loss_multiplier(history),
+                "clipped_at": clipped_at(history),
                 "thresholds": {k: t[k] for k in ("growth", "update_ratio", "loss_rise")},
             },
         )
@@ -415,7 +417,17 @@ def _finite_max(series: torch.Tensor) -> float:
     return float(finite.max()) if finite.numel() else math.nan
 
 
-def _message(what: list[str], trend: LossTrend, nonfinite: bool) -> str:
+def _message(what: list[str], trend: LossTrend, nonfinite: bool, clip: float | None) -> str:
+    if clip is not None:
+        return (
+            f"Gradients explode: {'; '.join(what)}. Your loop already clips the gradient "
+            f"norm at {clip:.3g} (the total norm equals it on most recorded steps): that "
+            "bounds each step, but the gradients behind it keep growing and the clipped "
+            "direction follows the largest of them"
+            + ("; the values then overflowed to NaN/Inf" if nonfinite else "")
+            + ". Fix the cause: the initialisation if the weights start too large (a "
+            "recurrence's weights especially), or the learning rate."
+        )
     return (
         f"Gradients explode: {'; '.join(what)}. Steps this large throw the weights around "
         "instead of descending the loss"
@@ -426,7 +438,15 @@ def _message(what: list[str], trend: LossTrend, nonfinite: bool) -> str:
 
 
 def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
-    """Fixes for an exploding gradient, best first, chosen by its evidence."""
+    """Fixes for an exploding gradient, best first, chosen by its evidence; clipping is
+    left out when the loop clips already."""
+    builders = _plan(finding, info)
+    if finding.evidence.get("clipped_at") is not None:
+        return [b for b in builders if b is not fix.clip_grad_norm]
+    return builders
+
+
+def _plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
     roles = info.roles()
     layer = info.layer(finding.layer)
     recurrent = layer is not None and layer.role in ("vanilla_rnn", "gated_rnn")

@@ -559,11 +559,38 @@ def _freeze_lines(finding: Finding, info: ModelInfo) -> list[str]:
     ]
 
 
+def _training_step(info: ModelInfo) -> str:
+    """One training step in the order that works: reset, forward, backward, step."""
+    opt = info.optimizer_var
+    return "\n".join(
+        [
+            f"{opt}.zero_grad()  # once per step, before backward()",
+            f"loss = loss_fn({info.var}(x), y)",
+            "loss.backward()",
+            f"{opt}.step()",
+        ]
+    )
+
+
+def reset_gradients(finding: Finding, info: ModelInfo) -> Suggestion:
+    """Reset the gradients once per optimizer step."""
+    return Suggestion(
+        kind="reset_gradients",
+        title=f"Call {info.optimizer_var}.zero_grad() once per step",
+        why=(
+            "backward() adds into .grad; without zero_grad() each step applies the sum of "
+            "every gradient so far, which grows step by step (a larger learning rate in "
+            "effect, in directions the model has moved past). With gradient accumulation, "
+            "reset after each optimizer.step(), not after each micro-batch."
+        ),
+        code=_training_step(info),
+    )
+
+
 def check_graph(finding: Finding, info: ModelInfo) -> Suggestion:
     """Find where the graph is cut, or freeze on purpose (or, when no parameter had a
     gradient at any step, put the loop in order)."""
     if finding.evidence.get("loop_order"):
-        opt = info.optimizer_var
         return Suggestion(
             kind="check_graph",
             title="Call loss.backward() before optimizer.step()",
@@ -571,14 +598,7 @@ def check_graph(finding: Finding, info: ModelInfo) -> Suggestion:
                 "optimizer.step() uses the gradients backward() wrote since the last "
                 "zero_grad(); here no parameter had one when step() ran, so no weight moved."
             ),
-            code="\n".join(
-                [
-                    f"{opt}.zero_grad()",
-                    f"loss = loss_fn({info.var}(x), y)",
-                    "loss.backward()",
-                    f"{opt}.step()",
-                ]
-            ),
+            code=_training_step(info),
         )
     return Suggestion(
         kind="check_graph",

@@ -282,6 +282,26 @@ def total_grad_norm(layers: list[LayerSignal]) -> torch.Tensor:
     return stacked.square().sum(dim=1).sqrt()
 
 
+#: A loop clips when at least this share of the recorded steps (5 or more) have a total
+#: gradient norm equal to their largest one, to this relative tolerance.
+CLIPPED_SHARE, CLIPPED_TOLERANCE = 0.5, 1e-4
+
+
+def clipped_at(history: History) -> float | None:
+    """The ``max_norm`` the loop clips the gradient to (``clip_grad_norm_``), read off the
+    recorded total norms (every parameter's, as the optimizer sees them), or None."""
+    if history.recorded < 5 or not history.param_names:
+        return None
+    l2 = history.grad_series("grad_l2")
+    total = torch.nan_to_num(l2, nan=0.0).square().sum(dim=1).sqrt()
+    total = total[torch.isfinite(total) & (total > 0)]
+    if total.numel() < 5:
+        return None
+    top = float(total.max())
+    at_top = (total >= top * (1 - CLIPPED_TOLERANCE)).float().mean()
+    return top if float(at_top) >= CLIPPED_SHARE else None
+
+
 def growth_from_start(layers: list[LayerSignal]) -> torch.Tensor | None:
     """The finite total gradient norms as multiples of their size at the start (the median
     of the first three), or None when fewer than two are finite or the start is 0."""

@@ -518,3 +518,29 @@ def test_a_net_whose_gradient_is_too_small_from_the_first_step_is_vanishing():
     assert finding.message.startswith("The gradient is too small to train any layer")
     assert finding.suggestions[0].kind == "use_relu"
     assert serious(_triplet_run(nn.ReLU), "vanishing_gradient") == []  # the healthy twin
+
+
+def test_a_loop_that_clips_already_is_not_told_to_clip():
+    # A stranger session's case: weight_hh x6 under clip_grad_norm_(1.0); the gradient
+    # still grows through time, but the steps stay bounded, and clipping is in the loop.
+    torch.manual_seed(0)
+    model = Recurrent("RNN", scale=6.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    data = first_input_task(20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gradscope.watch(model, optimizer=opt) as scope:
+            for k in range(30):
+                x, y = data(k)
+                opt.zero_grad()
+                loss = CE(model(x), y)
+                scope.log_loss(loss)
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+    (finding,) = serious(scope.report(), "exploding_gradient")
+    assert finding.layer == "rnn"
+    assert finding.evidence["clipped_at"] == pytest.approx(1.0, rel=1e-4)
+    assert "Your loop already clips the gradient norm at 1 " in finding.message
+    kinds = [s.kind for s in finding.suggestions]
+    assert kinds[0] == "orthogonal_init" and "clip_grad_norm" not in kinds

@@ -29,7 +29,13 @@ RNN_TYPES = (nn.RNN, nn.LSTM, nn.GRU)
 SATURATING = (nn.Sigmoid, nn.Tanh)
 #: Suggestion kinds that are edits of the user's code: listed with their snippet, not run.
 CODE_CHANGE_KINDS = frozenset(
-    {"fix_loss_numerics", "check_graph", "use_nonsaturating_loss", "add_residual"}
+    {
+        "fix_loss_numerics",
+        "check_graph",
+        "use_nonsaturating_loss",
+        "add_residual",
+        "reset_gradients",
+    }
 )
 
 

@@ -1,0 +1,127 @@
+"""Whether gradients are reset between optimizer steps (``zero_grad()`` forgotten).
+
+``backward()`` adds into ``param.grad``; without ``optimizer.zero_grad()`` (or
+``model.zero_grad()``) between steps, every step's gradient is the running sum of all
+the previous ones.  No statistic of the gradient alone shows it, but one parameter's
+gradients do, exactly: after a step, keep that parameter's gradient (``previous``) and
+sum what backward adds to it during the next step (``incoming``, a tensor hook that sees
+each gradient before it is accumulated).  At the next ``optimizer.step()`` the gradient
+is ``c * incoming`` when it was reset, and ``c * (previous + incoming)`` when it was not
+(``c``: gradient clipping or a GradScaler's unscaling, applied to the whole sum).
+
+The check runs after detail steps only (a copy of one parameter of at most
+:data:`LARGEST` entries and a hook on it), never under DDP or FSDP (their all-reduce
+rewrites the gradient between backward and the step).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+#: The largest parameter the check copies (entries); a larger one is used only if it is
+#: the only one.
+LARGEST = 65_536
+#: A hypothesis fits when what it leaves unexplained is below this share of the gradient
+#: (float32 rounding of a sum leaves ~1e-7).
+FITS = 1e-3
+#: ...and the other one must leave at least this share unexplained.
+MISFITS = 1e-2
+
+
+def carried_share(grad: Tensor, incoming: Tensor, previous: Tensor) -> float:
+    """The share of ``grad``'s norm that is the previous step's gradient: 0.0 when ``grad``
+    is a multiple of ``incoming`` (reset), ``|c * previous| / |grad|`` when it is a
+    multiple of ``previous + incoming`` (not reset), NaN when neither fits or both do
+    (``previous`` parallel to ``incoming``: the same batch every step)."""
+    g, new, old = (t.detach().double().reshape(-1) for t in (grad, incoming, previous))
+    size = float(g.norm())
+    if not math.isfinite(size) or size == 0.0:
+        return math.nan
+    reset = _unexplained(g, new) / size
+    summed = old + new
+    kept = _unexplained(g, summed) / size
+    if kept < FITS and reset > MISFITS:
+        scale = float(g @ summed) / max(float(summed @ summed), 1e-300)
+        return min(abs(scale) * float(old.norm()) / size, 1.0)
+    if reset < FITS and kept > MISFITS:
+        return 0.0
+    return math.nan
+
+
+def _unexplained(target: Tensor, basis: Tensor) -> float:
+    """The norm of what is left of ``target`` after its best multiple of ``basis``."""
+    energy = float(basis @ basis)
+    if energy == 0.0:
+        return float(target.norm())
+    return float((target - (float(target @ basis) / energy) * basis).norm())
+
+
+def pick(params: list[Tensor]) -> int | None:
+    """The parameter to check: the largest one with a gradient and at most
+    :data:`LARGEST` entries (the smallest one when every one is larger), or None."""
+    with_grad = [
+        (p.numel(), i)
+        for i, p in enumerate(params)
+        if p.grad is not None and p.grad.layout is torch.strided  # not sparse embeddings
+    ]
+    if not with_grad:
+        return None
+    fitting = [pair for pair in with_grad if pair[0] <= LARGEST]
+    return max(fitting)[1] if fitting else min(with_grad)[1]
+
+
+class CarryCheck:
+    """One parameter's gradient followed from one optimizer step to the next."""
+
+    def __init__(self) -> None:
+        self._index: int | None = None
+        self._previous: Tensor | None = None
+        self._incoming: Tensor | None = None
+        self._handle: torch.utils.hooks.RemovableHandle | None = None
+        #: (parameter index, carried share) of the last check, until the recorder takes it.
+        self.result: tuple[int, float] | None = None
+
+    @property
+    def armed(self) -> bool:
+        """Whether a check is waiting for the next ``optimizer.step()``."""
+        return self._handle is not None
+
+    def arm(self, params: list[Tensor]) -> None:
+        """After ``optimizer.step()``: keep one gradient and start summing what comes."""
+        self.disarm()
+        index = pick(params)
+        if index is None:
+            return
+        param = params[index]
+        self._index = index
+        self._previous = param.grad.detach().float().clone()
+        self._handle = param.register_hook(self._add)
+
+    def _add(self, grad: Tensor) -> None:
+        if grad.layout is not torch.strided:
+            return
+        grad = grad.detach().float()
+        self._incoming = grad.clone() if self._incoming is None else self._incoming + grad
+
+    def settle(self, params: list[Tensor]) -> None:
+        """At the next ``optimizer.step()``, before it: judge what the gradient holds."""
+        index, previous, incoming = self._index, self._previous, self._incoming
+        self.disarm()
+        if index is None or previous is None or incoming is None or index >= len(params):
+            return
+        grad = params[index].grad
+        if grad is None or grad.layout is not torch.strided:
+            return
+        if grad.shape != previous.shape or incoming.shape != previous.shape:
+            return
+        self.result = (index, carried_share(grad, incoming, previous))
+
+    def disarm(self) -> None:
+        """Forget a check in progress (and remove its hook)."""
+        if self._handle is not None:
+            self._handle.remove()
+        self._handle = None
+        self._index = self._previous = self._incoming = None
