@@ -59,13 +59,18 @@ def _unexplained(target: Tensor, basis: Tensor) -> float:
     return float((target - (float(target @ basis) / energy) * basis).norm())
 
 
-def pick(params: list[Tensor]) -> int | None:
+def pick(params: list[Tensor], stepped: set[int] | None = None) -> int | None:
     """The parameter to check: the largest one with a gradient and at most
-    :data:`LARGEST` entries (the smallest one when every one is larger), or None."""
+    :data:`LARGEST` entries (the smallest one when every one is larger), or None.  With
+    ``stepped`` (the ids of the optimizer's parameters) only those count: a trainable
+    parameter the optimizer does not hold is never reset by its ``zero_grad()``, and its
+    gradient is never used either."""
     with_grad = [
         (p.numel(), i)
         for i, p in enumerate(params)
-        if p.grad is not None and p.grad.layout is torch.strided  # not sparse embeddings
+        if p.grad is not None
+        and p.grad.layout is torch.strided  # not sparse embeddings
+        and (stepped is None or id(p) in stepped)
     ]
     if not with_grad:
         return None
@@ -89,10 +94,14 @@ class CarryCheck:
         """Whether a check is waiting for the next ``optimizer.step()``."""
         return self._handle is not None
 
-    def arm(self, params: list[Tensor]) -> None:
-        """After ``optimizer.step()``: keep one gradient and start summing what comes."""
+    def arm(self, params: list[Tensor], optimizer: torch.optim.Optimizer | None) -> None:
+        """After ``optimizer.step()``: keep one gradient (of a parameter ``optimizer``
+        updates, when given) and start summing what comes."""
         self.disarm()
-        index = pick(params)
+        stepped = None
+        if optimizer is not None:
+            stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        index = pick(params, stepped)
         if index is None:
             return
         param = params[index]

@@ -36,6 +36,7 @@ DEFAULT_PLUGINS = {
     "saturation": "gradscope_plugins.saturation",
     "symmetry": "gradscope_plugins.symmetry",
     "stale_gradient": "gradscope_plugins.stale_gradient",
+    "tiny_updates": "gradscope_plugins.tiny_updates",
     "reference_models": "gradscope_plugins.reference_models",
     "plots": "gradscope_plugins.plots",
     "html_report": "gradscope_plugins.html_report",

@@ -677,7 +677,7 @@ class Scope:
         """After a detail step: follow one gradient to the next (recorded) step."""
         if self._carry is not None:
             t0 = time.perf_counter()
-            self._carry.arm(self._params)
+            self._carry.arm(self._params, self.optimizer)
             self._overhead_total += time.perf_counter() - t0
 
     def _settle_carry(self) -> None:

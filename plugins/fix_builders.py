@@ -412,6 +412,64 @@ def lower_lr(finding: Finding, info: ModelInfo) -> Suggestion:
     )
 
 
+#: The update-to-weight ratio per step that healthy training takes (a rule of thumb:
+#: updates around a thousandth of the weights).
+HEALTHY_UPDATE_RATIO = 1e-3
+
+
+def raise_lr_factor(optimizer: str | None, lr: float | None, update_ratio: float) -> float:
+    """What ``raise_lr`` multiplies the learning rate by: enough to bring the typical
+    (median) layer's update to :data:`HEALTHY_UPDATE_RATIO` of its weights, at most up to the
+    optimizer's usual largest rate (:data:`USUAL_MAX_LR`) when that still raises it 2x,
+    between 2x and 1000x, rounded down to 1, 2 or 5 times a power of ten."""
+    wanted = HEALTHY_UPDATE_RATIO / update_ratio if update_ratio > 0 else 1000.0
+    usual = USUAL_MAX_LR.get(optimizer or "")
+    if usual is not None and lr and lr > 0 and usual / lr >= 2:
+        wanted = min(wanted, usual / lr)
+    wanted = min(max(wanted, 2.0), 1000.0)
+    power = 10.0 ** math.floor(math.log10(wanted))
+    return max(step * power for step in (1.0, 2.0, 5.0) if step * power <= wanted * (1 + 1e-9))
+
+
+def raise_lr(finding: Finding, info: ModelInfo) -> Suggestion:
+    """A larger learning rate (:func:`raise_lr_factor`), or, under SGD with a loss scaled
+    down, the loss without its multiplier; ``settings`` carries the factor trial applies."""
+    ratio = float(finding.evidence.get("update_ratio") or 0.0)
+    typical = float(finding.evidence.get("median_update_ratio") or ratio)
+    factor = raise_lr_factor(info.optimizer, info.lr, typical)
+    new_lr = f"{info.lr * factor:.3g}" if info.lr else "1e-3"
+    multiplier = finding.evidence.get("loss_multiplier")
+    scaled = (
+        info.optimizer in SCALE_SENSITIVE
+        and isinstance(multiplier, float)
+        and 0 < multiplier <= 1 / LOSS_MULTIPLIER_SHOWN
+    )
+    reason = (
+        f" The logged loss is {fmt(multiplier)} times its loss function's value, and "
+        f"{info.optimizer}'s step shrinks with it: removing that multiplier from the loss "
+        "is the cleaner fix."
+        if scaled
+        else ""
+    )
+    lines = [f"for group in {info.optimizer_var}.param_groups:", f'    group["lr"] = {new_lr}']
+    if scaled:
+        lines.append(f"# or: remove the x{fmt(multiplier)} from the loss")
+    return Suggestion(
+        kind="raise_lr",
+        title=f"Raise the learning rate to {new_lr}",
+        why=(
+            "Each step moves the weights by the learning rate times the gradient; "
+            + (f"at lr={info.lr:g} " if info.lr else "")
+            + f"the typical layer moves by {fmt(typical)} of its weights per step (the "
+            f"most-moved one by {fmt(ratio)}), where healthy training takes about "
+            f"{HEALTHY_UPDATE_RATIO:g}; x{factor:g} brings it near that (watch the loss: "
+            "lower the rate again if it jumps)." + reason
+        ),
+        code="\n".join(lines),
+        settings={"lr_factor": factor},
+    )
+
+
 def add_batchnorm(finding: Finding, info: ModelInfo) -> Suggestion:
     """BatchNorm after the weight layers."""
     layers = _weight_layers(info, finding.evidence.get("layers"))

@@ -213,7 +213,7 @@ def test_lower_lr_goes_to_the_optimizers_usual_rate_when_a_tenth_is_still_far_ab
     assert f'group["lr"] = {new_lr:.3g}' in suggestion.code
     # trial applies the factor the suggestion printed, not one of its own
     context = trial_fixes.FixContext(finding, suggestion, None, [], trial_fixes.Probe())
-    change = trial_fixes.lower_lr(nn.Linear(2, 2), context)
+    change = trial_fixes.scale_lr(nn.Linear(2, 2), context)
     assert lr * change.lr_factor == pytest.approx(new_lr)
     assert ("usually run at" in suggestion.why) == (new_lr < lr / 10 * 0.999)
 

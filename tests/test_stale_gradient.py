@@ -125,7 +125,28 @@ def test_the_check_leaves_no_hook_behind_and_skips_sparse_gradients():
     (emb(torch.tensor([1, 2])).sum() + lin(torch.ones(1, 4)).sum()).backward()
     check = CarryCheck()
     params = [emb.weight, lin.weight, lin.bias]
-    check.arm(params)
+    check.arm(params, None)
     assert check.armed and lin.weight._backward_hooks  # the dense one, not the embedding
     check.disarm()
     assert not check.armed and not lin.weight._backward_hooks
+
+
+def test_a_trainable_part_the_optimizer_does_not_hold_is_not_checked():
+    # A stranger session's healthy run: the backbone requires a gradient but only the head
+    # is in the optimizer, so zero_grad() never resets the backbone (nor does step use it).
+    torch.manual_seed(0)
+    backbone, head = nn.Linear(8, 32), nn.Linear(32, 3)
+    model = nn.Sequential(backbone, nn.ReLU(), head)
+    opt = torch.optim.SGD(head.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gradscope.watch(model, optimizer=opt) as scope:
+            for _ in range(20):
+                x = torch.randn(32, 8, generator=g)
+                opt.zero_grad()
+                loss = F.cross_entropy(model(x), (x[:, 0] > 0).long())
+                scope.log_loss(loss)
+                loss.backward()
+                opt.step()
+    assert "stale_gradient" not in [f.kind for f in scope.report().findings]

@@ -391,10 +391,12 @@ def clip_grad_norm(model: nn.Module, ctx: FixContext) -> Change:
     return Change(model, [], text, clip=max_norm)
 
 
-def lower_lr(model: nn.Module, ctx: FixContext) -> Change:
-    """Every param group's learning rate times the factor the suggestion printed (its
-    ``settings["lr_factor"]``; 1/10 when it names none)."""
-    factor = float(ctx.suggestion.settings.get("lr_factor", 0.1))
+def scale_lr(model: nn.Module, ctx: FixContext) -> Change:
+    """``lower_lr`` and ``raise_lr``: every param group's learning rate times the factor
+    the suggestion printed (its ``settings["lr_factor"]``; 1/10 or 10 when it names
+    none)."""
+    default = 10.0 if ctx.suggestion.kind == "raise_lr" else 0.1
+    factor = float(ctx.suggestion.settings.get("lr_factor", default))
     text = "learning rate / 10" if factor == 0.1 else f"learning rate x {factor:.3g}"
     return Change(model, [], text, lr_factor=factor)
 
@@ -441,7 +443,8 @@ APPLIERS: dict[str, Callable[[nn.Module, FixContext], Change]] = {
     "add_layernorm": add_layernorm,
     "use_lstm_or_gru": use_lstm_or_gru,
     "clip_grad_norm": clip_grad_norm,
-    "lower_lr": lower_lr,
+    "lower_lr": scale_lr,
+    "raise_lr": scale_lr,
     "weight_decay": weight_decay,
     "add_weight_decay": weight_decay,
     "normalize_inputs": normalize_inputs,
@@ -451,7 +454,7 @@ APPLIERS: dict[str, Callable[[nn.Module, FixContext], Change]] = {
 
 #: Fixes that change the training loop or optimizer, not the model.
 LOOP_KINDS = frozenset(
-    {"clip_grad_norm", "lower_lr", "weight_decay", "add_weight_decay"}
+    {"clip_grad_norm", "lower_lr", "raise_lr", "weight_decay", "add_weight_decay"}
     | {"normalize_inputs", "normalise_inputs"}
 )
 

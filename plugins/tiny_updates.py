@@ -1,0 +1,122 @@
+"""tiny_updates: the weights barely move, so the loss does not either.
+
+The most common reason a model "does not train" is a learning rate far too small: the
+gradients are fine, but each step moves every weight by a millionth of its size.  No
+gradient statistic shows it (nothing vanishes, nothing explodes); the update does.
+Healthy training moves a layer's weights by roughly 1e-3 of their norm per step (a rule
+of thumb from practice, e.g. Karpathy's "update/weight ratio"); this detector reports a
+run in which *every* layer's median update stayed below ``update_ratio`` of its weights
+while the loss did not improve, and the gradient itself was not what is tiny (that is
+``vanishing_gradient``'s).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+import torch
+
+from gradscope import Finding, Suggestion, hookimpl
+from gradscope.config import thresholds
+from gradscope.history import History
+from gradscope.modelinfo import ModelInfo
+from gradscope.signals import LayerSignal, layer_signals, loss_trend
+from gradscope_plugins import fix_builders as fix
+from gradscope_plugins.judgement import fitted, fmt, gan_roles, loss_multiplier
+
+NAME = "tiny_updates"
+#: The statistics this detector reads (see gradscope.statistics); without them it cannot judge.
+NEEDS = ("update_norm", "param_norm", "grad_l2")
+DEFAULTS = {
+    # Every weight layer's median update below this share of its weights...
+    "update_ratio": 1e-4,
+    # ...while the loss improved by less than this share of its start...
+    "stall": 0.01,
+    # ...and the gradient was not tiny itself: some layer's median ||grad||/||W|| above this.
+    "gradient_ratio": 1e-4,
+    # Updates measured on at least this many recorded steps (detail steps).
+    "min_updates": 3,
+}
+
+
+def _median_ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> tuple[float, int]:
+    ratio = numerator / denominator.clamp_min(1e-30)
+    finite = ratio[torch.isfinite(ratio)]
+    return (float(finite.median()), finite.numel()) if finite.numel() else (math.nan, 0)
+
+
+def _layer_ratios(signals: list[LayerSignal], least: int) -> dict[str, tuple[float, float]]:
+    """Per weight layer with ``least`` measured updates: (median update / weights,
+    median gradient / weights)."""
+    ratios = {}
+    for s in signals:
+        update, measured = _median_ratio(s.matrix_update_norm, s.matrix_norm)
+        if measured >= least:
+            ratios[s.name] = (update, _median_ratio(s.matrix_grad_norm, s.matrix_norm)[0])
+    return ratios
+
+
+@hookimpl
+def gradscope_detect(
+    history: History, model_info: ModelInfo, config: dict[str, Any]
+) -> list[Finding]:
+    """One finding when every layer's updates were tiny and the loss did not improve."""
+    t = thresholds(config, NAME, DEFAULTS)
+    trend = loss_trend(history)
+    if not trend.known or trend.logged < 10 or fitted(trend):
+        return []
+    if gan_roles(history, model_info):
+        return []  # a GAN player's loss is a game score: it need not fall
+    if not trend.improvement < t["stall"]:
+        return []
+    ratios = _layer_ratios(layer_signals(history), int(t["min_updates"]))
+    if not ratios:
+        return []
+    largest = max(ratios, key=lambda name: ratios[name][0])
+    update = ratios[largest][0]
+    gradient = max(g for _, g in ratios.values() if math.isfinite(g)) if any(
+        math.isfinite(g) for _, g in ratios.values()
+    ) else math.nan
+    if not update < t["update_ratio"] or not gradient >= t["gradient_ratio"]:
+        return []
+    lr = f" (lr={model_info.lr:g})" if model_info.lr else ""
+    return [
+        Finding(
+            kind="tiny_updates",
+            layer=largest,
+            severity="warning",
+            step=history.steps[0] if history.steps else 0,
+            message=(
+                f"The weights barely move: each step changed even the most-moved layer, "
+                f"{largest}, by only {fmt(update)} of its weights (healthy training takes "
+                f"about {fix.HEALTHY_UPDATE_RATIO:g}), and the loss went from "
+                f"{fmt(trend.first)} to {fmt(trend.last)}. The gradients are not small "
+                f"(up to {fmt(gradient)} of the weights), so the step size is: the "
+                f"learning rate{lr} is too low for this model. Raise the learning rate."
+            ),
+            evidence={
+                "update_ratio": update,
+                "median_update_ratio": statistics.median(r[0] for r in ratios.values()),
+                "layer_update_ratios": {name: r[0] for name, r in ratios.items()},
+                "gradient_ratio": gradient,
+                "loss_first": trend.first,
+                "loss_last": trend.last,
+                "lr": model_info.lr,
+                "loss_multiplier": loss_multiplier(history),
+                "thresholds": dict(t),
+            },
+        )
+    ]
+
+
+def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
+    """The step size is the cause: a larger learning rate."""
+    return [fix.raise_lr]
+
+
+@hookimpl
+def gradscope_suggest(finding: Finding, model_info: ModelInfo) -> list[Suggestion]:
+    """Suggestions for ``tiny_updates`` findings (see :func:`plan`)."""
+    return fix.suggest(finding, model_info, "tiny_updates", plan)

@@ -1,0 +1,88 @@
+"""A learning rate far too small is named (tiny_updates) with a larger rate as the fix,
+which trial shows helps; a healthy rate, and a gradient that is itself tiny, are not."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import gradscope
+from gradscope_plugins import fix_builders as fix
+
+F = nn.functional
+
+
+def _batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(512, 20, generator=g)
+    y = (x @ torch.randn(20, 5, generator=g)).argmax(1)
+    return [(x[j : j + 64], y[j : j + 64]) for j in range(0, 512, 64)]
+
+
+def _run(make_optimizer, steps: int = 60, scale: float = 1.0):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 5)
+    )
+    opt = make_optimizer(model.parameters())
+    batches = _batches()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gradscope.watch(model, optimizer=opt) as scope:
+            for step in range(steps):
+                x, y = batches[step % len(batches)]
+                opt.zero_grad()
+                loss = scale * F.cross_entropy(model(x), y)
+                scope.log_loss(loss)
+                loss.backward()
+                opt.step()
+    return model, batches, scope.report()
+
+
+def _tiny(report):
+    return [f for f in report.findings if f.kind == "tiny_updates"]
+
+
+def test_sgd_at_a_rate_far_too_small_is_told_to_raise_it_and_trial_agrees():
+    model, batches, report = _run(lambda p: torch.optim.SGD(p, lr=1e-5, momentum=0.9))
+    (finding,) = _tiny(report)
+    assert (finding.layer, finding.severity) == ("4", "warning")
+    assert finding.message.startswith("The weights barely move")
+    first = finding.suggestions[0]
+    assert (first.kind, first.settings["lr_factor"]) == ("raise_lr", 200.0)
+    assert 'group["lr"] = 0.002' in first.code
+    tried = gradscope.trial(model, batches, F.cross_entropy, report, steps=50)
+    assert [(r.kind, r.verdict) for r in tried.results] == [("raise_lr", "helps")]
+
+
+def test_adam_at_a_rate_far_too_small_is_named_too():
+    _, _, report = _run(lambda p: torch.optim.Adam(p, lr=1e-6))
+    (finding,) = _tiny(report)
+    assert finding.suggestions[0].kind == "raise_lr"
+
+
+def test_a_healthy_rate_stays_silent():
+    _, _, report = _run(lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9))
+    assert report.findings == []
+
+
+def test_a_gradient_that_is_itself_tiny_is_not_blamed_on_the_rate():
+    # A loss scaled by 1e-8 under SGD: the gradient is what is small, not the rate.
+    _, _, report = _run(lambda p: torch.optim.SGD(p, lr=0.05), scale=1e-8)
+    assert _tiny(report) == []
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "lr", "ratio", "factor"),
+    [
+        ("SGD", 1e-5, 2.77e-6, 200.0),  # 1e-3 / ratio = 361, rounded down to 2 x 10^2
+        ("Adam", 1e-6, 1e-8, 1000.0),  # at most 1000x (the usual 1e-3 would allow it)
+        ("Adam", 4e-4, 1e-7, 2.0),  # the usual largest rate allows only 2.5x
+        ("SGD", 0.5, 1e-6, 1000.0),  # already above the usual rate: the ratio decides
+    ],
+)
+def test_the_factor_aims_at_a_thousandth_within_the_usual_rates(optimizer, lr, ratio, factor):
+    assert fix.raise_lr_factor(optimizer, lr, ratio) == factor
