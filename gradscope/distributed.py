@@ -71,6 +71,7 @@ _OTHER_OPS = {
     # global batch's (equal per-rank batches).
     "loss_term": _MEAN,
     "constant_loss": _MEAN,
+    "loss_input_fault": _MAX,  # a code: the same on every rank (one loss function)
     "scalars": _MEAN,
 }
 
@@ -313,6 +314,7 @@ _ACT_NAMES = {
     "time_grad_last",
     "loss_term",
     "constant_loss",
+    "loss_input_fault",
 }
 
 

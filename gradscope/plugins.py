@@ -37,6 +37,7 @@ DEFAULT_PLUGINS = {
     "symmetry": "gradscope_plugins.symmetry",
     "stale_gradient": "gradscope_plugins.stale_gradient",
     "tiny_updates": "gradscope_plugins.tiny_updates",
+    "loss_input": "gradscope_plugins.loss_input",
     "reference_models": "gradscope_plugins.reference_models",
     "plots": "gradscope_plugins.plots",
     "html_report": "gradscope_plugins.html_report",

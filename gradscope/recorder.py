@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradscope import distributed, stats
+from gradscope import distributed, loss_input, stats
 from gradscope.constant_loss import ConstantLoss
 from gradscope.history import StepRecord
 from gradscope.statistics import ACT_COLUMNS, GRAD_COLUMNS
@@ -186,6 +186,7 @@ class Recorder:
         #: them (None: not recorded yet).
         self.grad_size: float | None = None
         self._loss_terms: tuple[Tensor, Tensor] | None = None
+        self._loss_fault: Tensor | None = None
         self._output: Tensor | None = None
 
     def add_loss(self, loss: Tensor) -> None:
@@ -197,6 +198,7 @@ class Recorder:
             self._constant.pool_targets(loss)  # the first step: no row to put it on yet
         else:
             self._loss_terms = self._constant.measure(loss, self._output)
+            self._loss_fault = loss_input.fault(loss)
 
     def pool_targets(self, loss: Tensor) -> None:
         """A light step's loss: only its targets join the constant prediction's pool."""
@@ -392,14 +394,19 @@ class Recorder:
         return record
 
     def _loss_columns(self, blocks: _Blocks, acts: dict[str, list[float]]) -> None:
-        """Put the loss-vs-constant pair on the output module's row (see add_loss)."""
-        if self._loss_terms is None or self.output_module is None:
-            return
+        """Put the loss-vs-constant pair and the loss input's check on the output module's
+        row (see add_loss)."""
+        terms, fault = self._loss_terms, self._loss_fault
+        self._loss_terms = self._loss_fault = None
         j = self.output_module
-        for column, value in zip(("loss_term", "constant_loss"), self._loss_terms, strict=True):
+        if j is None:
+            return
+        values = list(zip(("loss_term", "constant_loss"), terms or (), strict=False))
+        if fault is not None:
+            values.append(("loss_input_fault", fault))
+        for column, value in values:
             acts[column] = list(acts[column])  # idle columns are shared: write a copy
             blocks.put(acts[column], (j,), [value.float()])
-        self._loss_terms = None
 
     def _grad_columns(
         self, blocks: _Blocks, measure_update: bool

@@ -74,6 +74,7 @@ _DECLARED = (
     _S("output_spread", _M, DETAIL, "share of the model output that varies between samples"),
     _S("loss_term", _M, DETAIL, "the logged loss's own term, recomputed (output module)"),
     _S("constant_loss", _M, DETAIL, "the best constant prediction's loss (output module)"),
+    _S("loss_input_fault", _M, DETAIL, "the loss's input mistake, coded (gradscope/loss_input.py)"),
 )
 
 #: Columns of the per-parameter table (``record.grads``), in order.

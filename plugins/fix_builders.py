@@ -645,6 +645,48 @@ def reset_gradients(finding: Finding, info: ModelInfo) -> Suggestion:
     )
 
 
+#: Per loss-input mistake (gradscope.loss_input's codes): title and the corrected call.
+_LOSS_INPUT_FIXES = {
+    1.0: (
+        "Pass the raw scores to cross_entropy (drop the softmax before it)",
+        [
+            "logits = model(x)  # no softmax at the end of forward() for training",
+            "loss = F.cross_entropy(logits, y)  # applies log_softmax itself",
+            "probs = logits.softmax(dim=1)  # only where probabilities are wanted",
+        ],
+    ),
+    2.0: (
+        "Pass the raw scores to binary_cross_entropy_with_logits (drop the sigmoid)",
+        [
+            "logits = model(x)  # no sigmoid at the end of forward() for training",
+            "loss = F.binary_cross_entropy_with_logits(logits, y)",
+            "# or keep the sigmoid: loss = F.binary_cross_entropy(torch.sigmoid(logits), y)",
+        ],
+    ),
+    3.0: (
+        "Apply log_softmax before nll_loss (or use cross_entropy)",
+        [
+            "loss = F.nll_loss(F.log_softmax(scores, dim=1), y)",
+            "# the same, in one call: loss = F.cross_entropy(scores, y)",
+        ],
+    ),
+}
+
+
+def fix_loss_input(finding: Finding, info: ModelInfo) -> Suggestion:
+    """The loss call with the input it expects (a code change)."""
+    title, lines = _LOSS_INPUT_FIXES.get(
+        finding.evidence.get("mistake"), _LOSS_INPUT_FIXES[1.0]
+    )
+    return Suggestion(
+        kind="fix_loss_input",
+        title=title,
+        why="The loss function applies its own squashing; applied twice, the model's "
+        "outputs cannot reach the values the targets ask for.",
+        code="\n".join(lines),
+    )
+
+
 def check_graph(finding: Finding, info: ModelInfo) -> Suggestion:
     """Find where the graph is cut, or freeze on purpose (or, when no parameter had a
     gradient at any step, put the loop in order)."""

@@ -35,6 +35,7 @@ CODE_CHANGE_KINDS = frozenset(
         "use_nonsaturating_loss",
         "add_residual",
         "reset_gradients",
+        "fix_loss_input",
     }
 )
 
