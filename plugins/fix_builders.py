@@ -370,6 +370,19 @@ def lr_far_above_usual(info: ModelInfo) -> bool:
     return usual is not None and info.lr is not None and info.lr >= FAR_ABOVE_USUAL * usual
 
 
+#: A learning rate this many times below the optimizer's usual largest one is far below.
+FAR_BELOW_USUAL = 100.0
+
+
+def lr_far_below_usual(info: ModelInfo) -> bool | None:
+    """Whether the run's learning rate is :data:`FAR_BELOW_USUAL` times below the
+    optimizer's usual largest one (:data:`USUAL_MAX_LR`); None when either is unknown."""
+    usual = USUAL_MAX_LR.get(info.optimizer or "")
+    if usual is None or info.lr is None or not math.isfinite(info.lr):
+        return None
+    return info.lr * FAR_BELOW_USUAL <= usual
+
+
 def lower_lr(finding: Finding, info: ModelInfo) -> Suggestion:
     """A ten times smaller learning rate, or the optimizer's usual largest one when a tenth
     would still be above it, counting a loss multiplier under SGD

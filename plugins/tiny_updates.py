@@ -1,7 +1,9 @@
 """tiny_updates: the weights barely move, so the loss does not either.
 
 The most common reason a model "does not train" is a learning rate far too small: the
-gradients are fine, but each step moves every weight by a millionth of its size.  No
+gradients are fine, but each step moves every weight by a millionth of its size.  The
+rate is the cause when it is 100x below the optimizer's usual largest one; at a normal
+rate a tiny step means a tiny gradient, which is ``vanishing_gradient``'s.  No
 gradient statistic shows it (nothing vanishes, nothing explodes); the update does.
 Healthy training moves a layer's weights by roughly 1e-3 of their norm per step (a rule
 of thumb from practice, e.g. Karpathy's "update/weight ratio"); this detector reports a
@@ -34,8 +36,10 @@ DEFAULTS = {
     "update_ratio": 1e-4,
     # ...while the loss improved by less than this share of its start...
     "stall": 0.01,
-    # ...and the gradient was not tiny itself: some layer's median ||grad||/||W|| above this.
-    "gradient_ratio": 1e-4,
+    # ...and the step size is the cause: the learning rate is 100x below the optimizer's
+    # usual largest (fix_builders.lr_far_below_usual), or, for an optimizer without a
+    # usual rate, some layer's median ||grad||/||W|| is above this (not a tiny gradient).
+    "gradient_ratio": 1e-2,
     # Updates measured on at least this many recorded steps (detail steps).
     "min_updates": 3,
 }
@@ -79,8 +83,11 @@ def gradscope_detect(
     gradient = max(g for _, g in ratios.values() if math.isfinite(g)) if any(
         math.isfinite(g) for _, g in ratios.values()
     ) else math.nan
-    if not update < t["update_ratio"] or not gradient >= t["gradient_ratio"]:
+    if not update < t["update_ratio"]:
         return []
+    slow = fix.lr_far_below_usual(model_info)
+    if slow is False or (slow is None and not gradient >= t["gradient_ratio"]):
+        return []  # a normal rate: the gradient is what is small (vanishing_gradient's)
     lr = f" (lr={model_info.lr:g})" if model_info.lr else ""
     return [
         Finding(
@@ -92,9 +99,10 @@ def gradscope_detect(
                 f"The weights barely move: each step changed even the most-moved layer, "
                 f"{largest}, by only {fmt(update)} of its weights (healthy training takes "
                 f"about {fix.HEALTHY_UPDATE_RATIO:g}), and the loss went from "
-                f"{fmt(trend.first)} to {fmt(trend.last)}. The gradients are not small "
-                f"(up to {fmt(gradient)} of the weights), so the step size is: the "
-                f"learning rate{lr} is too low for this model. Raise the learning rate."
+                f"{fmt(trend.first)} to {fmt(trend.last)}. The step size is the cause: "
+                f"the learning rate{lr} is far below what {model_info.optimizer or 'the optimizer'}"
+                " is usually run at (the gradients reach up to "
+                f"{fmt(gradient)} of the weights). Raise the learning rate."
             ),
             evidence={
                 "update_ratio": update,

@@ -86,3 +86,30 @@ def test_a_gradient_that_is_itself_tiny_is_not_blamed_on_the_rate():
 )
 def test_the_factor_aims_at_a_thousandth_within_the_usual_rates(optimizer, lr, ratio, factor):
     assert fix.raise_lr_factor(optimizer, lr, ratio) == factor
+
+
+def test_tiny_steps_at_a_normal_rate_are_left_to_the_gradient_detectors():
+    # A stranger session's case: 20 tanh layers at init std 0.01 under SGD lr 0.05; every
+    # update is tiny because the gradient vanished, and the rate is a usual one.
+    torch.manual_seed(4)
+    layers: list[nn.Module] = []
+    for fan_in in [16] + [32] * 19:
+        linear = nn.Linear(fan_in, 32)
+        nn.init.normal_(linear.weight, 0, 0.01)
+        nn.init.zeros_(linear.bias)
+        layers += [linear, nn.Tanh()]
+    model = nn.Sequential(*layers, nn.Linear(32, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gradscope.watch(model, optimizer=opt) as scope:
+            for _ in range(40):
+                x = torch.randn(64, 16, generator=g)
+                opt.zero_grad()
+                loss = F.cross_entropy(model(x), (x[:, :4]).argmax(1))
+                scope.log_loss(loss)
+                loss.backward()
+                opt.step()
+    kinds = [f.kind for f in scope.report().findings]
+    assert "vanishing_gradient" in kinds and "tiny_updates" not in kinds
