@@ -10,9 +10,12 @@ loss logged before ``backward()``):
 * ``binary_cross_entropy_with_logits`` on a sigmoid's output: the "logits" lie in (0, 1),
   so the predicted probability stays between 0.5 and 0.73;
 * ``nll_loss`` on scores that are not log-probabilities (``log_softmax`` forgotten): the
-  loss is unbounded below and training drives the scores to minus infinity.
+  loss is unbounded below and training drives the scores to minus infinity;
+* ``mse_loss`` on a prediction and a target of different shapes (``(N, 1)`` against
+  ``(N,)``): both are broadcast to ``(N, N)``, every prediction is compared with every
+  target, and the best the model can do is predict their mean (PyTorch warns once).
 
-:func:`fault` returns a code (:data:`FINE` or one of the three) as a 0-dim tensor on the
+:func:`fault` returns a code (:data:`FINE` or one of the four) as a 0-dim tensor on the
 loss's device, without a host sync, or None when the loss is not one of those functions.
 """
 
@@ -29,6 +32,7 @@ FINE = 0.0
 SOFTMAX_INTO_CROSS_ENTROPY = 1.0
 SIGMOID_INTO_BCE_WITH_LOGITS = 2.0
 NLL_WITHOUT_LOG_SOFTMAX = 3.0
+BROADCAST_IN_MSE = 4.0
 
 #: Nodes that only reshape, move or cast a tensor: the walk to its producer skips them.
 _SHAPE_ONLY = frozenset(
@@ -89,6 +93,10 @@ def _judge(node: Any, loss: Tensor) -> Tensor:
                 code = SOFTMAX_INTO_CROSS_ENTROPY
         else:
             return _log_probability_check(node, loss)
+    elif name == "MseLossBackward0":
+        given = [f for f, _ in node.next_functions if f is not None]
+        if given and given[0].name() == "ExpandBackward0":
+            code = BROADCAST_IN_MSE  # mse_loss broadcast the prediction to the target
     elif name == "BinaryCrossEntropyWithLogitsBackward0" and _named(
         _producer(node), "SigmoidBackward0"
     ):

@@ -683,6 +683,15 @@ _LOSS_INPUT_FIXES = {
             "# the same, in one call: loss = F.cross_entropy(scores, y)",
         ],
     ),
+    4.0: (
+        "Give mse_loss a prediction and a target of the same shape",
+        [
+            "pred = model(x)",
+            "loss = F.mse_loss(pred.squeeze(-1), y)  # (N, 1) -> (N,), as y",
+            "# or: loss = F.mse_loss(pred, y.unsqueeze(-1))",
+            "assert pred.squeeze(-1).shape == y.shape",
+        ],
+    ),
 }
 
 

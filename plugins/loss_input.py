@@ -1,8 +1,9 @@
 """wrong_loss_input: the loss function is given the wrong kind of input.
 
 Cross-entropy on probabilities (a softmax already applied), binary cross-entropy with
-logits on a sigmoid's output, and NLL on scores that are not log-probabilities: the
-model trains slowly or not at all, and no gradient statistic says why.  The core reads
+logits on a sigmoid's output, NLL on scores that are not log-probabilities, and MSE on
+shapes that broadcast to every pair of prediction and target: the model trains slowly,
+or learns only the mean,, and no gradient statistic says why.  The core reads
 the logged loss's autograd graph on detail steps (``loss_input_fault``,
 gradscope/loss_input.py); this detector names the mistake when most checks saw it.
 """
@@ -15,6 +16,7 @@ from typing import Any
 from gradscope import Finding, Suggestion, hookimpl
 from gradscope.history import History
 from gradscope.loss_input import (
+    BROADCAST_IN_MSE,
     NLL_WITHOUT_LOG_SOFTMAX,
     SIGMOID_INTO_BCE_WITH_LOGITS,
     SOFTMAX_INTO_CROSS_ENTROPY,
@@ -48,6 +50,13 @@ _MISTAKES = {
         "NLL only reads the score of the right class, so the loss falls without bound as "
         "that score grows, and nothing keeps the others in check. Apply log_softmax "
         "first, or use cross_entropy on the raw scores.",
+    ),
+    BROADCAST_IN_MSE: (
+        "error",
+        "mse_loss is given a prediction and a target of different shapes (such as (N, 1) "
+        "and (N,)): both are broadcast to (N, N), so every prediction is compared with "
+        "every target, and the best the model can do is predict their mean for every "
+        "sample. Make the shapes equal (squeeze the prediction or unsqueeze the target).",
     ),
 }
 

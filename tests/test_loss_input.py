@@ -103,3 +103,27 @@ def test_a_loss_whose_graph_is_gone_or_not_recognised_is_not_judged():
     assert fault(F.cross_entropy(z, y).detach()) is None
     assert fault(F.cross_entropy(z, y, label_smoothing=0.1)) is None  # not one loss node
     assert float(fault(F.cross_entropy(z, y))) == 0.0
+
+
+def test_mse_on_shapes_that_broadcast_is_an_error_and_matching_shapes_are_not():
+    def regression(make_loss):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        g = torch.Generator().manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PyTorch's own one-time shape warning
+            with gradscope.watch(model, optimizer=opt) as scope:
+                for _ in range(30):
+                    x = torch.randn(32, 4, generator=g)
+                    opt.zero_grad()
+                    loss = make_loss(model(x), x.sum(1))  # target (N,)
+                    scope.log_loss(loss)
+                    loss.backward()
+                    opt.step()
+        return _wrong(scope.report())
+
+    (finding,) = regression(F.mse_loss)  # prediction (N, 1): broadcast to (N, N)
+    assert finding.severity == "error" and "(N, N)" in finding.message
+    assert "pred.squeeze(-1)" in finding.suggestions[0].code
+    assert regression(lambda p, y: F.mse_loss(p.squeeze(-1), y)) == []
