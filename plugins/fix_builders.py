@@ -429,16 +429,29 @@ def lower_lr(finding: Finding, info: ModelInfo) -> Suggestion:
 #: updates around a thousandth of the weights).
 HEALTHY_UPDATE_RATIO = 1e-3
 
+#: The learning rate each optimizer is usually started at (PyTorch's defaults for the
+#: adaptive ones; 0.01 for SGD, the classic default): where ``raise_lr`` goes.
+TYPICAL_LR = {
+    "SGD": 0.01,
+    "Adam": 1e-3,
+    "AdamW": 1e-3,
+    "NAdam": 2e-3,
+    "RAdam": 1e-3,
+    "Adamax": 2e-3,
+    "RMSprop": 1e-3,
+    "Adagrad": 0.01,
+}
+
 
 def raise_lr_factor(optimizer: str | None, lr: float | None, update_ratio: float) -> float:
-    """What ``raise_lr`` multiplies the learning rate by: enough to bring the typical
-    (median) layer's update to :data:`HEALTHY_UPDATE_RATIO` of its weights, at most up to the
-    optimizer's usual largest rate (:data:`USUAL_MAX_LR`) when that still raises it 2x,
+    """What ``raise_lr`` multiplies the learning rate by: up to the optimizer's typical
+    starting rate (:data:`TYPICAL_LR`), at least 2x; for an optimizer without one, enough
+    to bring the typical layer's update to :data:`HEALTHY_UPDATE_RATIO` of its weights,
     between 2x and 1000x, rounded down to 1, 2 or 5 times a power of ten."""
+    typical = TYPICAL_LR.get(optimizer or "")
+    if typical is not None and lr and lr > 0:
+        return max(typical / lr, 2.0)
     wanted = HEALTHY_UPDATE_RATIO / update_ratio if update_ratio > 0 else 1000.0
-    usual = USUAL_MAX_LR.get(optimizer or "")
-    if usual is not None and lr and lr > 0 and usual / lr >= 2:
-        wanted = min(wanted, usual / lr)
     wanted = min(max(wanted, 2.0), 1000.0)
     power = 10.0 ** math.floor(math.log10(wanted))
     return max(step * power for step in (1.0, 2.0, 5.0) if step * power <= wanted * (1 + 1e-9))
@@ -475,8 +488,14 @@ def raise_lr(finding: Finding, info: ModelInfo) -> Suggestion:
             + (f"at lr={info.lr:g} " if info.lr else "")
             + f"the typical layer moves by {fmt(typical)} of its weights per step (the "
             f"most-moved one by {fmt(ratio)}), where healthy training takes about "
-            f"{HEALTHY_UPDATE_RATIO:g}; x{factor:g} brings it near that (watch the loss: "
-            "lower the rate again if it jumps)." + reason
+            f"{HEALTHY_UPDATE_RATIO:g}. "
+            + (
+                f"{info.optimizer} is usually started at {TYPICAL_LR[info.optimizer]:g}"
+                if info.optimizer in TYPICAL_LR and factor * (info.lr or 0) > 0
+                and math.isclose(factor * info.lr, TYPICAL_LR[info.optimizer])
+                else f"x{factor:g} brings it near that"
+            )
+            + " (watch the loss: lower the rate again if it jumps)." + reason
         ),
         code="\n".join(lines),
         settings={"lr_factor": factor},

@@ -35,7 +35,7 @@ DEFAULTS = {
     # Every weight layer's median update below this share of its weights...
     "update_ratio": 1e-4,
     # ...while the loss improved by less than this share of its start...
-    "stall": 0.01,
+    "stall": 0.1,
     # ...and the step size is the cause: the learning rate is 100x below the optimizer's
     # usual largest (fix_builders.lr_far_below_usual), or, for an optimizer without a
     # usual rate, some layer's median ||grad||/||W|| is above this (not a tiny gradient).

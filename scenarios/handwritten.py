@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,9 @@ KINDS = (
     "saturated_activation",
     "no_gradient",
     "symmetric_weights",
+    "stale_gradient",
+    "tiny_updates",
+    "wrong_loss_input",
 )
 CE = nn.functional.cross_entropy
 MSE = nn.functional.mse_loss
@@ -507,6 +511,58 @@ def scaled_step(model, batch, optimizer, scope, norms):
 _SCALERS: dict[int, Any] = {}
 
 
+def no_zero_grad_step(micro: int):
+    """A loop that never calls ``zero_grad()``, ``micro`` micro-batches per step."""
+
+    def step(model, batch, optimizer, scope, norms):
+        x, y = batch
+        total = 0.0
+        for xs, ys in zip(x.chunk(micro), y.chunk(micro), strict=True):
+            loss = CE(model(xs), ys) / micro
+            if scope is not None:
+                scope.log_loss(loss)
+            loss.backward()
+            total += float(loss.detach())
+        norms.append({n: float(p.grad.norm()) for n, p in model.named_parameters()})
+        optimizer.step()
+        return torch.tensor(total)
+
+    return step
+
+
+def worse_than_reset(run: Run, name: str) -> bool:
+    """The loop without ``zero_grad()`` ends above the same loop that resets (every step
+    applies the sum of all the gradients so far)."""
+    reset = plain(_with(SCEN[name], step_fn=None))
+    return tail(run.losses) > tail(reset.losses)
+
+
+def softmax_cross_entropy(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """cross_entropy on probabilities: the softmax is applied twice."""
+    return CE(torch.softmax(scores, dim=-1), y)
+
+
+def regression_batch(step: int) -> tuple:
+    """Features and a (N,) target of variance 1 (the sum of 4 features over 2)."""
+    x, _ = classification_batch(64, 32, 4, seed=step % 8)
+    return x, x[:, :4].sum(1) / 2
+
+
+def regression_mlp() -> nn.Sequential:
+    return nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 1))
+
+
+def broadcast_mse(prediction: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """mse_loss of a (N, 1) prediction against a (N,) target: broadcast to (N, N)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PyTorch's own one-time shape warning
+        return MSE(prediction, y)
+
+
+def aligned_mse(prediction: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return MSE(prediction.squeeze(-1), y)
+
+
 def _gan(saturating: bool):
     step = gan_step(saturating)
 
@@ -540,6 +596,81 @@ def _with(scenario: Scenario, **changes: Any) -> Scenario:
     for key, value in changes.items():
         setattr(new, key, value)
     return new
+
+
+def _loop_and_loss_scenarios() -> list[Scenario]:
+    """Mistakes in the loop or the loss call, not in the model: zero_grad() forgotten, a
+    learning rate far too small, the wrong input to the loss function."""
+    return [
+        Scenario(
+            "forgot_zero_grad",
+            "mlp",
+            lambda: mlp(nn.ReLU, depth=3),
+            features,
+            optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
+            step_fn=no_zero_grad_step(1),
+            expect={"stale_gradient"},
+            allow={"dead_relu", "exploding_gradient"},  # what the growing steps do
+            truth=lambda r: worse_than_reset(r, "forgot_zero_grad"),
+            fixes={"reset_gradients": lambda sc: _with(sc, step_fn=None)},
+        ),
+        Scenario(
+            "forgot_zero_grad_accumulating",
+            "cnn",
+            lambda: conv_net(nn.ReLU, depth=2),
+            images,
+            optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
+            step_fn=no_zero_grad_step(4),
+            expect={"stale_gradient"},
+            allow={"dead_relu", "exploding_gradient"},
+            truth=lambda r: worse_than_reset(r, "forgot_zero_grad_accumulating"),
+            fixes={"reset_gradients": lambda sc: _with(sc, step_fn=None)},
+        ),
+        Scenario(
+            "sgd_lr_far_too_small",
+            "mlp",
+            lambda: mlp(nn.ReLU, depth=3),
+            features,
+            optimizer=lambda p: torch.optim.SGD(p, lr=1e-5, momentum=0.9),
+            steps=40,
+            expect={"tiny_updates"},
+            truth=lambda r: loss_stalls(r, within=0.1),
+        ),
+        Scenario(
+            "adam_lr_far_too_small",
+            "cnn",
+            lambda: conv_net(nn.ReLU, depth=2),
+            images,
+            optimizer=lambda p: torch.optim.Adam(p, lr=1e-6),
+            steps=40,
+            expect={"tiny_updates"},
+            truth=lambda r: loss_stalls(r, within=0.1),
+        ),
+        Scenario(
+            "softmax_before_cross_entropy",
+            "mlp",
+            lambda: mlp(nn.ReLU, depth=3),
+            features,
+            loss_fn=softmax_cross_entropy,
+            expect={"wrong_loss_input"},
+            layer="6",
+            # Probabilities as scores: with 4 classes the loss cannot go below log(1 + 3/e).
+            truth=lambda r: tail(r.losses) > math.log(1 + 3 / math.e) - 1e-4,
+            fixes={"fix_loss_input": lambda sc: _with(sc, loss_fn=CE)},
+        ),
+        Scenario(
+            "mse_shapes_broadcast",
+            "mlp",
+            regression_mlp,
+            regression_batch,
+            loss_fn=broadcast_mse,
+            expect={"wrong_loss_input"},
+            layer="2",
+            # Every prediction meets every target: the best is their mean (variance ~1).
+            truth=lambda r: tail(r.losses) > 0.5,
+            fixes={"fix_loss_input": lambda sc: _with(sc, loss_fn=aligned_mse)},
+        ),
+    ]
 
 
 def suite() -> list[Scenario]:
@@ -784,6 +915,7 @@ def _build_suite() -> list[Scenario]:
             truth=lambda r: never_got_grad(SCEN["detached_encoder"], "encoder.weight"),
             fixes={"check_graph": lambda sc: _with(sc, build=Connected)},
         ),
+        *_loop_and_loss_scenarios(),
     ]
     healthy = [
         Scenario(
@@ -967,7 +1099,7 @@ def apply_suggestion(scenario: Scenario, suggestion: gradscope.Suggestion) -> Sc
         return scenario.fixes[kind](scenario)
     if kind == "clip_grad_norm":
         return _with(scenario, clip=1.0)
-    if kind == "lower_lr":
+    if kind in ("lower_lr", "raise_lr"):
         return _with(scenario, optimizer=_exec_on_optimizer(scenario.optimizer, suggestion.code))
     if kind in MODEL_KINDS:
         return _with(scenario, build=_exec_on_model(scenario.build, suggestion.code))
