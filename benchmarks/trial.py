@@ -51,6 +51,22 @@ def _step_of(step_fn: Callable | None) -> Callable | None:
     return lambda model, batch, optimizer, scope: step_fn(model, batch, optimizer, scope, [])
 
 
+def _usual_step(loss_fn: Callable) -> Callable:
+    """The usual training step (reset, forward, backward, step), the loss logged."""
+
+    def step(model, batch, optimizer, scope):
+        x, y = batch
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        if scope is not None:
+            scope.log_loss(loss)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    return step
+
+
 def _code_changes(scenario: H.Scenario | None) -> dict[str, Callable]:
     """The suite's own code change for each fix kind that needs one."""
     if scenario is None:
@@ -66,8 +82,13 @@ def _code_changes(scenario: H.Scenario | None) -> dict[str, Callable]:
             if fixed.build is not scenario.build:
                 torch.manual_seed(0)
                 model = fixed.build()
-            step = _step_of(fixed.step_fn) if fixed.step_fn is not scenario.step_fn else None
-            return CodeChange(model=model, train_step=step, description=f"the suite's {kind}")
+            step = None
+            if fixed.step_fn is not scenario.step_fn:  # a loop of its own, or the usual one
+                step = _step_of(fixed.step_fn) or _usual_step(fixed.loss_fn)
+            loss_fn = fixed.loss_fn if fixed.loss_fn is not scenario.loss_fn else None
+            return CodeChange(
+                model=model, loss_fn=loss_fn, train_step=step, description=f"the suite's {kind}"
+            )
 
         changes[kind] = change
     return changes

@@ -440,3 +440,19 @@ def test_a_module_that_never_runs_is_frozen_and_that_helps():
     assert (best.kind, best.verdict, best.layers) == ("freeze_unused", "helps", ["spare"])
     assert "no_gradient@spare" in best.findings_gone
     assert all(p.requires_grad for p in model.parameters())  # the user's model untouched
+
+
+def test_a_variant_below_every_recent_loss_of_a_wildly_swinging_baseline_helps():
+    from gradscope.trials.verdict import judge
+
+    # A loop that never resets its gradients: the baseline swings between 0.5 and 15, so
+    # two standard deviations exceed its median; the fixed loop ends far below all of it.
+    swinging = [1.0, 2.0] + [0.5, 15.0, 4.0, 12.0, 0.6, 9.0, 3.8, 14.0, 0.7, 8.0]
+    fixed = [1.0, 0.9, 0.6, 0.5, 0.4, 0.3, 0.31, 0.3, 0.31, 0.3, 0.31, 0.3]
+    verdict = judge(swinging, fixed, finding_gone=True)
+    assert verdict.verdict == "helps"
+    assert verdict.reason == (
+        "final loss 0.3 below each of the baseline's last 10 losses (lowest 0.5)"
+    )
+    # ...while a variant inside the swing is still no effect.
+    assert judge(swinging, swinging[:-5] + [3.0] * 5, finding_gone=True).verdict == "no effect"

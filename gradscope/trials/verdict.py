@@ -3,7 +3,10 @@
 "Clearly below" has a stated margin: a variant's final loss (the median of its last
 :data:`TAIL` losses) must be below the baseline's by more than
 ``max(NOISE_SIGMAS x the standard deviation of the baseline's last NOISE_WINDOW losses,
-RELATIVE x the baseline's final loss)``, and the finding it addresses must be gone.
+RELATIVE x the baseline's final loss)``, or below every one of the baseline's last
+NOISE_WINDOW losses by RELATIVE x its final loss (a baseline that swings wildly, such as
+a loop that never resets its gradients, has a standard deviation larger than its
+median), and the finding it addresses must be gone.  "Clearly above" mirrors it.
 For a finding the loss cannot show (a parameter with no gradient: its fix freezes or
 connects it) the finding gone without a clearly higher loss is enough.
 """
@@ -84,14 +87,30 @@ def judge(
     if not math.isfinite(after):
         return Judgement("hurts", "the loss turned non-finite")
     need = margin(baseline)
-    if after < before - need:
+    window = [v for v in baseline[-NOISE_WINDOW:] if math.isfinite(v)]
+    band = RELATIVE * abs(before)
+    below = after < before - need or (bool(window) and after < min(window) - band)
+    above = after > before + need or (bool(window) and after > max(window) + band)
+    if below:
         if finding_gone:
-            return Judgement("helps", f"final loss {after:.4g} < {before:.4g} - {need:.2g}")
+            why = (
+                f"final loss {after:.4g} < {before:.4g} - {need:.2g}"
+                if after < before - need
+                else f"final loss {after:.4g} below each of the baseline's last {len(window)} "
+                f"losses (lowest {min(window):.4g})"
+            )
+            return Judgement("helps", why)
         return Judgement(
             "no effect", f"the loss fell ({after:.4g} < {before:.4g}) but the finding remains"
         )
-    if after > before + need:
-        return Judgement("hurts", f"final loss {after:.4g} > {before:.4g} + {need:.2g}")
+    if above:
+        return Judgement(
+            "hurts",
+            f"final loss {after:.4g} > {before:.4g} + {need:.2g}"
+            if after > before + need
+            else f"final loss {after:.4g} above each of the baseline's last {len(window)} "
+            f"losses (highest {max(window):.4g})",
+        )
     if kind in LOSS_NEUTRAL and finding_gone:
         return Judgement("helps", f"the finding is gone, loss {after:.4g} vs {before:.4g}")
     return Judgement("no effect", f"final loss {after:.4g} within {need:.2g} of {before:.4g}")
