@@ -83,6 +83,7 @@ class CarryCheck:
 
     def __init__(self) -> None:
         self._index: int | None = None
+        self._param: Tensor | None = None
         self._previous: Tensor | None = None
         self._incoming: Tensor | None = None
         self._handle: torch.utils.hooks.RemovableHandle | None = None
@@ -106,6 +107,7 @@ class CarryCheck:
             return
         param = params[index]
         self._index = index
+        self._param = param
         self._previous = param.grad.detach().float().clone()
         self._handle = param.register_hook(self._add)
 
@@ -129,8 +131,13 @@ class CarryCheck:
         self.result = (index, carried_share(grad, incoming, previous))
 
     def disarm(self) -> None:
-        """Forget a check in progress (and remove its hook)."""
+        """Forget a check in progress and remove its hook, leaving the parameter as it was:
+        an empty hook dict left on a leaf still calls into Python at every backward, so
+        it goes too when the check's hook was the only one."""
         if self._handle is not None:
             self._handle.remove()
+            hooks = self._param._backward_hooks if self._param is not None else None
+            if hooks is not None and not hooks:
+                self._param._backward_hooks = None
         self._handle = None
-        self._index = self._previous = self._incoming = None
+        self._param = self._index = self._previous = self._incoming = None

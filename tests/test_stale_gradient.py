@@ -128,7 +128,7 @@ def test_the_check_leaves_no_hook_behind_and_skips_sparse_gradients():
     check.arm(params, None)
     assert check.armed and lin.weight._backward_hooks  # the dense one, not the embedding
     check.disarm()
-    assert not check.armed and not lin.weight._backward_hooks
+    assert not check.armed and lin.weight._backward_hooks is None  # as before the check
 
 
 def test_a_trainable_part_the_optimizer_does_not_hold_is_not_checked():
