@@ -72,6 +72,7 @@ _OTHER_OPS = {
     "loss_term": _MEAN,
     "constant_loss": _MEAN,
     "loss_input_fault": _MAX,  # a code: the same on every rank (one loss function)
+    "fake_score": _MEAN,
     "scalars": _MEAN,
 }
 
@@ -315,6 +316,7 @@ _ACT_NAMES = {
     "loss_term",
     "constant_loss",
     "loss_input_fault",
+    "fake_score",
 }
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradscope import distributed, loss_input, stats
+from gradscope import distributed, gan_loss, loss_input, stats
 from gradscope.constant_loss import ConstantLoss
 from gradscope.history import StepRecord
 from gradscope.statistics import ACT_COLUMNS, GRAD_COLUMNS
@@ -187,6 +187,7 @@ class Recorder:
         self.grad_size: float | None = None
         self._loss_terms: tuple[Tensor, Tensor] | None = None
         self._loss_fault: Tensor | None = None
+        self._fake_score: Tensor | None = None
         self._output: Tensor | None = None
 
     def add_loss(self, loss: Tensor) -> None:
@@ -199,6 +200,7 @@ class Recorder:
         else:
             self._loss_terms = self._constant.measure(loss, self._output)
             self._loss_fault = loss_input.fault(loss)
+            self._fake_score = gan_loss.fake_score(loss)
 
     def pool_targets(self, loss: Tensor) -> None:
         """A light step's loss: only its targets join the constant prediction's pool."""
@@ -394,16 +396,16 @@ class Recorder:
         return record
 
     def _loss_columns(self, blocks: _Blocks, acts: dict[str, list[float]]) -> None:
-        """Put the loss-vs-constant pair and the loss input's check on the output module's
-        row (see add_loss)."""
-        terms, fault = self._loss_terms, self._loss_fault
-        self._loss_terms = self._loss_fault = None
+        """Put the loss-vs-constant pair, the loss input's check and a saturating generator
+        loss's D(G(z)) on the output module's row (see add_loss)."""
+        terms, fault, fake = self._loss_terms, self._loss_fault, self._fake_score
+        self._loss_terms = self._loss_fault = self._fake_score = None
         j = self.output_module
         if j is None:
             return
         values = list(zip(("loss_term", "constant_loss"), terms or (), strict=False))
-        if fault is not None:
-            values.append(("loss_input_fault", fault))
+        checks = (("loss_input_fault", fault), ("fake_score", fake))
+        values += [(column, value) for column, value in checks if value is not None]
         for column, value in values:
             acts[column] = list(acts[column])  # idle columns are shared: write a copy
             blocks.put(acts[column], (j,), [value.float()])

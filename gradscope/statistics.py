@@ -75,6 +75,7 @@ _DECLARED = (
     _S("loss_term", _M, DETAIL, "the logged loss's own term, recomputed (output module)"),
     _S("constant_loss", _M, DETAIL, "the best constant prediction's loss (output module)"),
     _S("loss_input_fault", _M, DETAIL, "the loss's input mistake, coded (gradscope/loss_input.py)"),
+    _S("fake_score", _M, DETAIL, "mean D(G(z)) of a saturating generator loss (output module)"),
 )
 
 #: Columns of the per-parameter table (``record.grads``), in order.

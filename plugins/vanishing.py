@@ -91,6 +91,10 @@ DEFAULTS = {
     # harm: too small to move any weight at a usual learning rate (lr * rho is the
     # relative step; 1e-3 per step would take lr >= 1000): stuck from the start.
     "stuck_ratio": 1e-6,
+    # A GAN generator under the saturating loss whose samples the discriminator scores at
+    # most this (median D(G(z)) over the run's second half) gets that share of the
+    # gradient the non-saturating loss would give: starved, whether or not it ever fell.
+    "starved_score": 0.05,
 }
 
 
@@ -235,6 +239,9 @@ def _gan_players(
         "discriminator": no_better if alone else constant,
     }
     found: list[Finding] = []
+    starved = _starved_generator(history, model_info, layers, roles, t) if harmed[
+        "generator"
+    ] else []
     for role in ("generator", "discriminator"):
         chain = [layer for layer in layers if roles.get(layer.name) == role]
         if len(chain) < 2 or not harmed[role]:
@@ -250,7 +257,7 @@ def _gan_players(
                 )
             )
     if found:
-        return found
+        return _unless_named(found, starved, roles)
     # Over training: each harmed player's gradient.  A generator facing a confident
     # discriminator (the saturating loss starves it by ~10x: its own line); a
     # discriminator scoring every sample alike, judged as a model trained alone (the
@@ -266,7 +273,56 @@ def _gan_players(
             history, model_info, (players, series), trend, harm, lines[role],
             as_one=role == "discriminator",
         )  # fmt: skip
-    return found
+    return _unless_named(found, starved, roles)
+
+
+def _unless_named(found: list[Finding], starved: list[Finding], roles: dict) -> list[Finding]:
+    """``found``, plus the starved-generator finding when no other names the generator."""
+    if any(roles.get(f.layer) == "generator" for f in found):
+        return found
+    return found + starved
+
+
+def _starved_generator(
+    history: History, model_info: ModelInfo, layers: list, roles: dict[str, str], t: dict
+) -> list[Finding]:
+    """A generator whose saturating loss (``fake_score``, gradscope/gan_loss.py) shows the
+    discriminator rejecting its samples through the run's second half."""
+    generator = [layer for layer in layers if roles.get(layer.name) == "generator"]
+    series = history.act_series("fake_score")
+    scores = [
+        float(v) for row in series[series.shape[0] // 2 :] for v in row if not math.isnan(v)
+    ]
+    if not generator or len(scores) < 3:
+        return []
+    score = statistics.median(scores)
+    if not score <= t["starved_score"]:
+        return []
+    first = generator[0].name
+    return [
+        Finding(
+            kind="vanishing_gradient",
+            layer=first,
+            severity="warning",
+            step=history.steps[len(history.steps) // 2],
+            message=(
+                "The generator is starved: its loss is the saturating log(1 - D(G(z))), and "
+                f"the discriminator scores its samples at D(G(z)) = {fmt(score)} (median over "
+                "the second half of the run), so it gets about that share of the gradient "
+                "the non-saturating loss would give, from its first layer "
+                f"({first}) on, and cannot improve. Train it to maximise log D(G(z)) "
+                "instead (binary cross-entropy against the 'real' label), as Goodfellow "
+                "et al. (2014) recommend."
+            ),
+            evidence={
+                "layers": [layer.name for layer in generator],
+                "fake_score": score,
+                "threshold_starved_score": t["starved_score"],
+                "over": "loss",
+                **_gan_evidence(roles, first),
+            },
+        )
+    ]
 
 
 def _with_starved_inputs(layers: list, rel: list[float], affected: list) -> list:

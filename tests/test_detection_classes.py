@@ -544,3 +544,62 @@ def test_a_loop_that_clips_already_is_not_told_to_clip():
     assert "Your loop already clips the gradient norm at 1 " in finding.message
     kinds = [s.kind for s in finding.suggestions]
     assert kinds[0] == "orthogonal_init" and "clip_grad_norm" not in kinds
+
+
+def _starved_gan(saturating: bool, steps: int = 80):
+    """The standard two-optimizer loop, generator watched alone under SGD; the
+    discriminator pre-trained for 200 steps and stepped twice per generator step."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    gen = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2))
+    disc = nn.Sequential(
+        nn.Linear(2, 64), nn.LeakyReLU(0.2), nn.Linear(64, 64), nn.LeakyReLU(0.2), nn.Linear(64, 1)
+    )
+    opt_g = torch.optim.SGD(gen.parameters(), lr=0.05)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=2e-3, betas=(0.5, 0.999))
+    bce = nn.functional.binary_cross_entropy_with_logits
+
+    def real() -> torch.Tensor:
+        angle = torch.randint(0, 8, (64,), generator=g).float() * (torch.pi / 4)
+        ring = 2 * torch.stack([angle.cos(), angle.sin()], 1)
+        return ring + 0.05 * torch.randn(64, 2, generator=g)
+
+    def d_step() -> None:
+        opt_d.zero_grad()
+        fake = gen(torch.randn(64, 8, generator=g)).detach()
+        scores_real, scores_fake = disc(real()), disc(fake)
+        loss = bce(scores_real, torch.ones_like(scores_real))
+        (loss + bce(scores_fake, torch.zeros_like(scores_fake))).backward()
+        opt_d.step()
+
+    for _ in range(200):
+        d_step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gradscope.watch(gen, optimizer=opt_g) as scope:
+            for _ in range(steps):
+                for _ in range(2):
+                    d_step()
+                opt_g.zero_grad()
+                scores = disc(gen(torch.randn(64, 8, generator=g)))
+                if saturating:  # minimise log(1 - D(G(z)))
+                    loss = -bce(scores, torch.zeros_like(scores))
+                else:
+                    loss = bce(scores, torch.ones_like(scores))
+                scope.log_loss(loss)
+                loss.backward()
+                opt_g.step()
+    return scope.report()
+
+
+def test_a_generator_starved_from_its_first_step_by_the_saturating_loss_is_named():
+    # A stranger session's miss: D(G(z)) ~ 0.001 from the start, so the generator's
+    # gradient never *fell*; the saturating loss's own D(G(z)) says it is starved.
+    (finding,) = serious(_starved_gan(saturating=True), "vanishing_gradient")
+    assert finding.layer == "0" and finding.evidence["fake_score"] < 0.05
+    assert finding.message.startswith("The generator is starved")
+    assert finding.suggestions[0].kind == "use_nonsaturating_loss"
+
+
+def test_the_non_saturating_twin_is_not():
+    assert serious(_starved_gan(saturating=False), "vanishing_gradient") == []
