@@ -38,6 +38,7 @@ import torch
 
 import gradscope
 from gradscope.demo import train_spec
+from gradscope.models.training import supervised_step
 from gradscope.reference import available_specs
 from gradscope.trials.fixes import CODE_CHANGE_KINDS, CodeChange
 from gradscope_scenarios import handwritten as H
@@ -49,22 +50,6 @@ def _step_of(step_fn: Callable | None) -> Callable | None:
     if step_fn is None:
         return None
     return lambda model, batch, optimizer, scope: step_fn(model, batch, optimizer, scope, [])
-
-
-def _usual_step(loss_fn: Callable) -> Callable:
-    """The usual training step (reset, forward, backward, step), the loss logged."""
-
-    def step(model, batch, optimizer, scope):
-        x, y = batch
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        if scope is not None:
-            scope.log_loss(loss)
-        loss.backward()
-        optimizer.step()
-        return loss
-
-    return step
 
 
 def _code_changes(scenario: H.Scenario | None) -> dict[str, Callable]:
@@ -84,7 +69,7 @@ def _code_changes(scenario: H.Scenario | None) -> dict[str, Callable]:
                 model = fixed.build()
             step = None
             if fixed.step_fn is not scenario.step_fn:  # a loop of its own, or the usual one
-                step = _step_of(fixed.step_fn) or _usual_step(fixed.loss_fn)
+                step = _step_of(fixed.step_fn) or supervised_step(fixed.loss_fn)
             loss_fn = fixed.loss_fn if fixed.loss_fn is not scenario.loss_fn else None
             return CodeChange(
                 model=model, loss_fn=loss_fn, train_step=step, description=f"the suite's {kind}"

@@ -383,6 +383,11 @@ def lr_far_below_usual(info: ModelInfo) -> bool | None:
     return info.lr * FAR_BELOW_USUAL <= usual
 
 
+def _set_lr(info: ModelInfo, new_lr: str) -> list[str]:
+    """The lines that set every param group's learning rate to ``new_lr``."""
+    return [f"for group in {info.optimizer_var}.param_groups:", f'    group["lr"] = {new_lr}']
+
+
 def lower_lr(finding: Finding, info: ModelInfo) -> Suggestion:
     """A ten times smaller learning rate, or the optimizer's usual largest one when a tenth
     would still be above it, counting a loss multiplier under SGD
@@ -408,7 +413,7 @@ def lower_lr(finding: Finding, info: ModelInfo) -> Suggestion:
             f" A tenth would still be above the {fmt(USUAL_MAX_LR[info.optimizer])} that "
             f"{info.optimizer} is usually run at."
         )
-    lines = [f"for group in {info.optimizer_var}.param_groups:", f'    group["lr"] = {new_lr}']
+    lines = _set_lr(info, new_lr)
     if scaled:
         lines.append(f"# or: remove the x{fmt(multiplier)} from the loss and keep lr={info.lr:g}")
     return Suggestion(
@@ -477,7 +482,7 @@ def raise_lr(finding: Finding, info: ModelInfo) -> Suggestion:
         if scaled
         else ""
     )
-    lines = [f"for group in {info.optimizer_var}.param_groups:", f'    group["lr"] = {new_lr}']
+    lines = _set_lr(info, new_lr)
     if scaled:
         lines.append(f"# or: remove the x{fmt(multiplier)} from the loss")
     return Suggestion(
