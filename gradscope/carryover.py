@@ -21,6 +21,11 @@ import math
 import torch
 from torch import Tensor
 
+#: What a report says when the check cannot run (DDP/FSDP2).
+OFF_NOTE = (
+    "whether the loop resets the gradients between steps (stale_gradient) was not "
+    "checked: DDP/FSDP2 rewrite the gradient between backward and the optimizer step"
+)
 #: The largest parameter the check copies (entries); a larger one is used only if it is
 #: the only one.
 LARGEST = 65_536
@@ -35,28 +40,33 @@ def carried_share(grad: Tensor, incoming: Tensor, previous: Tensor) -> float:
     """The share of ``grad``'s norm that is the previous step's gradient: 0.0 when ``grad``
     is a multiple of ``incoming`` (reset), ``|c * previous| / |grad|`` when it is a
     multiple of ``previous + incoming`` (not reset), NaN when neither fits or both do
-    (``previous`` parallel to ``incoming``: the same batch every step)."""
+    (``previous`` parallel to ``incoming``: the same batch every step).  One host
+    transfer."""
     g, new, old = (t.detach().double().reshape(-1) for t in (grad, incoming, previous))
-    size = float(g.norm())
+    summed = old + new
+    size, reset, kept, scale, old_size = torch.stack(
+        [g.norm(), _unexplained(g, new), _unexplained(g, summed), _projection(g, summed),
+         old.norm()]
+    ).tolist()  # fmt: skip
     if not math.isfinite(size) or size == 0.0:
         return math.nan
-    reset = _unexplained(g, new) / size
-    summed = old + new
-    kept = _unexplained(g, summed) / size
+    reset, kept = reset / size, kept / size
     if kept < FITS and reset > MISFITS:
-        scale = float(g @ summed) / max(float(summed @ summed), 1e-300)
-        return min(abs(scale) * float(old.norm()) / size, 1.0)
+        return min(abs(scale) * old_size / size, 1.0)
     if reset < FITS and kept > MISFITS:
         return 0.0
     return math.nan
 
 
-def _unexplained(target: Tensor, basis: Tensor) -> float:
+def _projection(target: Tensor, basis: Tensor) -> Tensor:
+    """The best multiple of ``basis`` for ``target`` (0 when ``basis`` is 0)."""
+    energy = basis @ basis
+    return torch.where(energy > 0, (target @ basis) / energy.clamp_min(1e-300), 0.0)
+
+
+def _unexplained(target: Tensor, basis: Tensor) -> Tensor:
     """The norm of what is left of ``target`` after its best multiple of ``basis``."""
-    energy = float(basis @ basis)
-    if energy == 0.0:
-        return float(target.norm())
-    return float((target - (float(target @ basis) / energy) * basis).norm())
+    return (target - _projection(target, basis) * basis).norm()
 
 
 def pick(params: list[Tensor], stepped: set[int] | None = None) -> int | None:

@@ -29,7 +29,7 @@ from torch import Tensor
 
 #: Autograd nodes a loss may pass through on its way to the logged value (scaling,
 #: casting, reducing per-sample losses); the walk follows them to the loss function.
-_PASS_THROUGH = frozenset(
+PASS_THROUGH = frozenset(
     {
         "MulBackward0",
         "DivBackward0",
@@ -60,23 +60,26 @@ def _saved(node: Any, name: str) -> Any:
     return getattr(node, f"_saved_{name}", None)
 
 
-def loss_node(loss: Tensor) -> Any | None:
-    """The autograd node of the loss function behind ``loss``, or None when the graph is
-    gone (logged after ``backward()``) or is not a single recognised loss."""
+def node_past(loss: Tensor, passing: frozenset[str] = PASS_THROUGH) -> Any | None:
+    """The first autograd node behind ``loss`` that is not one of ``passing`` (scaling,
+    casting, reducing: one input each), or None when the graph is gone (logged after
+    ``backward()``), a passing node has several inputs, or the walk is too long."""
     node = loss.grad_fn
     for _ in range(_MAX_HOPS):
-        if node is None:
-            return None
-        name = node.name()
-        if name in _MEASURES:
+        if node is None or node.name() not in passing:
             return node
-        if name not in _PASS_THROUGH:
-            return None
         inputs = [f for f, _ in node.next_functions if f is not None]
         if len(inputs) != 1:
             return None
         node = inputs[0]
     return None
+
+
+def loss_node(loss: Tensor) -> Any | None:
+    """The autograd node of the loss function behind ``loss``, or None when the graph is
+    gone (logged after ``backward()``) or is not a single recognised loss."""
+    node = node_past(loss)
+    return node if node is not None and node.name() in _MEASURES else None
 
 
 class ConstantLoss:

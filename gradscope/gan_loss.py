@@ -18,40 +18,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-#: Nodes between the logged loss and its log / BCE term (scaling, negating, reducing).
-_PASS = frozenset(
-    {
-        "MulBackward0",
-        "DivBackward0",
-        "NegBackward0",
-        "MeanBackward0",
-        "MeanBackward1",
-        "SumBackward0",
-        "SumBackward1",
-        "ToCopyBackward0",
-        "ViewBackward0",
-        "SqueezeBackward0",
-        "SqueezeBackward1",
-    }
-)
+from gradscope.constant_loss import PASS_THROUGH, node_past
 
-
-def _term(loss: Tensor) -> Any | None:
-    """The first node past scaling and reducing nodes (one input each)."""
-    node = loss.grad_fn
-    for _ in range(8):
-        if node is None or node.name() not in _PASS:
-            return node
-        inputs = [f for f, _ in node.next_functions if f is not None]
-        if len(inputs) != 1:
-            return None
-        node = inputs[0]
-    return None
+#: Nodes between the logged loss and its log / BCE term: the loss functions' scaling,
+#: casting and reducing nodes, and reshapes of a (N, 1) score.
+_PASS = PASS_THROUGH | {"ViewBackward0", "SqueezeBackward0", "SqueezeBackward1"}
 
 
 def fake_score(loss: Tensor) -> Tensor | None:
     """Mean ``D(G(z))`` when ``loss`` is the saturating generator loss, else None."""
-    node = _term(loss)
+    node = node_past(loss, _PASS)
     if node is None:
         return None
     try:

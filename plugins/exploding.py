@@ -62,6 +62,7 @@ from gradscope_plugins.judgement import (
     reference_norm,
     relative_grad,
     through_time_peaks,
+    update_ratio,
     weight_growth,
 )
 
@@ -308,12 +309,10 @@ def _big_steps(
     """Recorded steps on which some layer's update was larger than ``update_ratio`` of its
     weights, ``update_steps`` of them (one layer on one step, another on the next: each
     step threw some of the weights away)."""
-    ratios = []
-    for layer in layers:
-        # The weight matrices, as the definitions measure it: a bias set far from zero
-        # (a shifted bias) would hide a weight matrix's step behind its own size.
-        size = layer.matrix_norm.clamp_min(max(reference_norm(layer, model_info), 1e-12))
-        ratios.append(torch.nan_to_num(layer.matrix_update_norm / size, nan=0.0, posinf=0.0))
+    ratios = [
+        torch.nan_to_num(update_ratio(layer, model_info), nan=0.0, posinf=0.0)
+        for layer in layers
+    ]
     stacked = torch.stack(ratios, dim=1)  # records x layers
     over_line = stacked > t["update_ratio"]
     if int(over_line.any(dim=1).sum()) < int(t["update_steps"]):

@@ -223,6 +223,15 @@ def relative_grad(
     return rel
 
 
+def update_ratio(signal: LayerSignal, model_info: ModelInfo) -> torch.Tensor:
+    """||update|| / ||weight|| of the layer's weight matrices per record (NaN where the
+    update was not measured), as the definitions measure it: a bias set far from zero
+    would hide a matrix's step behind its own size, and weights are measured against at
+    least their default-initialisation size."""
+    size = signal.matrix_norm.clamp_min(max(reference_norm(signal, model_info), 1e-12))
+    return signal.matrix_update_norm / size
+
+
 def through_time_ratios(history: History) -> dict[str, float]:
     """Module -> step-weighted median over measured steps of (gradient reaching its first
     time step) / (gradient reaching its last), for recurrences that were measured."""

@@ -24,9 +24,16 @@ from gradscope import Finding, Suggestion, hookimpl
 from gradscope.config import thresholds
 from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
-from gradscope.signals import LayerSignal, layer_signals, loss_trend
+from gradscope.signals import layer_signals, loss_trend, over_run
 from gradscope_plugins import fix_builders as fix
-from gradscope_plugins.judgement import fitted, fmt, gan_roles, loss_multiplier
+from gradscope_plugins.judgement import (
+    fitted,
+    fmt,
+    gan_roles,
+    loss_multiplier,
+    relative_grad,
+    update_ratio,
+)
 
 NAME = "tiny_updates"
 #: The statistics this detector reads (see gradscope.statistics); without them it cannot judge.
@@ -45,20 +52,20 @@ DEFAULTS = {
 }
 
 
-def _median_ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> tuple[float, int]:
-    ratio = numerator / denominator.clamp_min(1e-30)
-    finite = ratio[torch.isfinite(ratio)]
-    return (float(finite.median()), finite.numel()) if finite.numel() else (math.nan, 0)
-
-
-def _layer_ratios(signals: list[LayerSignal], least: int) -> dict[str, tuple[float, float]]:
-    """Per weight layer with ``least`` measured updates: (median update / weights,
-    median gradient / weights)."""
+def _layer_ratios(
+    history: History, model_info: ModelInfo, least: int
+) -> dict[str, tuple[float, float]]:
+    """Per layer with ``least`` measured updates: the run's median update and relative
+    gradient of its weight matrices (:func:`judgement.update_ratio`,
+    :func:`judgement.relative_grad`)."""
     ratios = {}
-    for s in signals:
-        update, measured = _median_ratio(s.matrix_update_norm, s.matrix_norm)
-        if measured >= least:
-            ratios[s.name] = (update, _median_ratio(s.matrix_grad_norm, s.matrix_norm)[0])
+    for signal in layer_signals(history):
+        updates = update_ratio(signal, model_info)
+        if int(torch.isfinite(updates).sum()) >= least:
+            ratios[signal.name] = (
+                over_run(updates),
+                over_run(relative_grad(signal, model_info)),
+            )
     return ratios
 
 
@@ -75,14 +82,13 @@ def gradscope_detect(
         return []  # a GAN player's loss is a game score: it need not fall
     if not trend.improvement < t["stall"]:
         return []
-    ratios = _layer_ratios(layer_signals(history), int(t["min_updates"]))
+    ratios = _layer_ratios(history, model_info, int(t["min_updates"]))
     if not ratios:
         return []
     largest = max(ratios, key=lambda name: ratios[name][0])
     update = ratios[largest][0]
-    gradient = max(g for _, g in ratios.values() if math.isfinite(g)) if any(
-        math.isfinite(g) for _, g in ratios.values()
-    ) else math.nan
+    gradients = [g for _, g in ratios.values() if math.isfinite(g)]
+    gradient = max(gradients) if gradients else math.nan
     if not update < t["update_ratio"]:
         return []
     slow = fix.lr_far_below_usual(model_info)

@@ -239,9 +239,7 @@ def _gan_players(
         "discriminator": no_better if alone else constant,
     }
     found: list[Finding] = []
-    starved = _starved_generator(history, model_info, layers, roles, t) if harmed[
-        "generator"
-    ] else []
+    starved = _starved_generator(history, layers, roles, t) if harmed["generator"] else []
     for role in ("generator", "discriminator"):
         chain = [layer for layer in layers if roles.get(layer.name) == role]
         if len(chain) < 2 or not harmed[role]:
@@ -284,7 +282,7 @@ def _unless_named(found: list[Finding], starved: list[Finding], roles: dict) -> 
 
 
 def _starved_generator(
-    history: History, model_info: ModelInfo, layers: list, roles: dict[str, str], t: dict
+    history: History, layers: list, roles: dict[str, str], t: dict
 ) -> list[Finding]:
     """A generator whose saturating loss (``fake_score``, gradscope/gan_loss.py) shows the
     discriminator rejecting its samples through the run's second half."""

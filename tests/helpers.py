@@ -82,3 +82,12 @@ def watch_generated(config):
         for step in range(config.steps):
             sc.train_step(step, lambda part, loss: scope.log_loss(loss))
     return scope.report()
+
+
+def five_class_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Eight batches of 64 samples of 20 features, labelled by a fixed random linear map
+    into 5 classes."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(512, 20, generator=g)
+    y = (x @ torch.randn(20, 5, generator=g)).argmax(1)
+    return [(x[j : j + 64], y[j : j + 64]) for j in range(0, 512, 64)]

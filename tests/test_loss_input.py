@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+from helpers import five_class_batches
 from torch import nn
 
 import gradscope
@@ -15,19 +16,12 @@ from gradscope.loss_input import fault
 F = nn.functional
 
 
-def _batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(512, 20, generator=g)
-    y = (x @ torch.randn(20, 5, generator=g)).argmax(1)
-    return [(x[j : j + 64], y[j : j + 64]) for j in range(0, 512, 64)]
-
-
 def _run(loss_fn, head: nn.Module | None = None, steps: int = 40):
     torch.manual_seed(0)
     layers = [nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 5)]
     model = nn.Sequential(*layers, *([head] if head is not None else []))
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    batches = _batches()
+    batches = five_class_batches()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with gradscope.watch(model, optimizer=opt) as scope:
