@@ -826,6 +826,7 @@ class Scope:
         notes = self.coverage_notes() + ([self._origin_note] if self._origin_note else [])
         notes += self._skips.notes() if self._skips is not None else []
         notes += [compiled.NOTE] if self._compiled else []
+        notes += [carryover.OFF_NOTE] if self._carry is None else []
         report = Report(
             findings=judgement.findings,
             model_name=self.name,

@@ -38,6 +38,8 @@ def test_healthy_run_matches_single_process(tmp_path, mode):
         ]
         assert measured and all(math.isclose(a, b, rel_tol=1e-5) for a, b in measured)
         assert _close([result["loss"]], [plain["loss"]])
+        # A check that cannot run here says so instead of passing silently.
+        assert any(note.startswith("whether the loop resets") for note in result["notes"])
     assert ranks[0]["grad_l2"] == ranks[1]["grad_l2"]
     assert ranks[0]["class"] == "RankReport"
 
