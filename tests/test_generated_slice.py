@@ -41,6 +41,12 @@ SLICE_LABELS: dict[int, list[str]] = {
     609: ["vanishing_gradient"], 632: ["dead_relu", "vanishing_gradient"],
 }  # fmt: skip
 
+#: Labels that differ between CPUs: run 292 (a GradScaler, the loss times 1e4, non-finite
+#: from step ~36 on: a chaotic run) is labelled vanishing too on an AMD EPYC with AVX-512
+#: (whose float32 kernels sum in another order) and not on the CPU the pin was written
+#: on; the rest of its label holds on both.
+CPU_DEPENDENT: dict[int, set[str]] = {292: {"vanishing_gradient"}}
+
 _ZERO = dict.fromkeys(KINDS, 0)
 
 #: gradscope's score on the slice as last measured (the session's final detectors), per
@@ -122,7 +128,10 @@ def test_split_has_no_overlap_and_heldout_cells_stay_out_of_tuning() -> None:
 
 
 def test_oracle_labels_on_the_slice(slice_results: list[dict]) -> None:
-    got = {r["seed"]: sorted(r["label"]["kinds"]) for r in slice_results}
+    got = {
+        r["seed"]: sorted(set(r["label"]["kinds"]) - CPU_DEPENDENT.get(r["seed"], set()))
+        for r in slice_results
+    }
     assert got == SLICE_LABELS
     assert {k for r in slice_results for k in r["label"]["kinds"]} == set(KINDS)
 
