@@ -94,18 +94,23 @@ class ConstantLoss:
         #: measured step pools them: (pool key, totals function, targets, their versions).
         self._held: list[tuple[tuple, Callable[..., list[Tensor]], tuple, tuple]] = []
         self._held_numel = 0
-        #: The model's output of the step being measured (for the L1 loss).
-        self.output: Tensor | None = None
+        #: The step's outputs an L1 loss's prediction may be (the output module's, and what
+        #: the watched model returned): its targets are read off the one it is.
+        self.outputs: tuple[Tensor | None, ...] = ()
 
-    def measure(self, loss: Tensor, output: Tensor | None = None) -> tuple[Tensor, Tensor] | None:
+    def measure(
+        self, loss: Tensor, output: Tensor | None = None, model_output: Tensor | None = None
+    ) -> tuple[Tensor, Tensor] | None:
         """(the loss term, the best constant's loss) as 0-dim float tensors on the loss's
         device, or None when the loss function is not recognised or its graph is gone.
-        ``output`` is the model's output this step: an L1 loss keeps only the residual, so
-        its targets are read as the output minus the residual when it is that output's."""
+        ``output`` is the output module's output this step and ``model_output`` what the
+        model returned (they differ when the forward adds to the last module's output): an
+        L1 loss keeps only the residual, so its targets are read as the prediction minus
+        the residual when the prediction is one of them."""
         node = loss_node(loss)
         if node is None:
             return None
-        self.output = output
+        self.outputs = (output, model_output)
         try:
             with torch.no_grad():
                 self._pool_held()
@@ -323,15 +328,15 @@ _GRIDS: dict[tuple, Tensor] = {}
 def _l1(meter: ConstantLoss, node: Any) -> tuple[Tensor, Tensor] | None:
     """``l1_loss`` is ``mean(abs(prediction - target))`` in the graph: the residual is saved,
     the target is recovered when the prediction is the model's output itself."""
-    output = meter.output
     sub = node.next_functions[0][0] if node.next_functions else None
-    if output is None or sub is None or sub.name() != "SubBackward0":
+    if sub is None or sub.name() != "SubBackward0":
         return None
     (first, _), (second, _) = sub.next_functions[:2]
     if first is not None and first.name() == "ToCopyBackward0":
         first = first.next_functions[0][0]  # autocast ran l1_loss in float32
-    if first is not output.grad_fn or second is not None:
-        return None  # the prediction is not the output as it is, or the target is learned
+    output = next((o for o in meter.outputs if o is not None and o.grad_fn is first), None)
+    if output is None or first is None or second is not None:
+        return None  # the prediction is not an output as it is, or the target is learned
     residual = _saved(node, "self").float()
     if residual.shape != output.shape or residual.dim() == 0:
         return None

@@ -189,6 +189,7 @@ class Recorder:
         self._loss_fault: Tensor | None = None
         self._fake_score: Tensor | None = None
         self._output: Tensor | None = None
+        self._model_output: Tensor | None = None
 
     def add_loss(self, loss: Tensor) -> None:
         """Compare the step's loss with a constant prediction's (a detail step, the loss
@@ -198,7 +199,7 @@ class Recorder:
         elif self.output_module is None:
             self._constant.pool_targets(loss)  # the first step: no row to put it on yet
         else:
-            self._loss_terms = self._constant.measure(loss, self._output)
+            self._loss_terms = self._constant.measure(loss, self._output, self._model_output)
             self._loss_fault = loss_input.fault(loss)
             self._fake_score = gan_loss.fake_score(loss)
 
@@ -218,6 +219,11 @@ class Recorder:
             self._output = x  # the model's output: an L1 loss's targets are read from it
         if given is not None:
             acc.add_input(given.detach(), self.sample_rows, self.full)
+
+    def add_model_output(self, output: Tensor | None) -> None:
+        """What the watched model returned on a detail step (an L1 loss's prediction may be
+        it rather than the output module's output)."""
+        self._model_output = output
 
     def add_time_grads(self, j: int, first: Tensor, last: Tensor) -> None:
         """The gradient norms reaching module ``j``'s first and last time step."""

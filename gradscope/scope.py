@@ -310,6 +310,8 @@ class Scope:
         if self.nan_origin:
             self._calls.after(module, args, output)
         self._in_training_forward = False
+        if self._hooks_live and torch.is_grad_enabled():
+            self._measure.add_model_output(stats.first_float_tensor(output))
         if self._step < linkage.FOLLOW_STEPS and torch.is_grad_enabled():
             linkage.note_output(self, output)
 

@@ -152,6 +152,37 @@ def test_a_loss_logged_after_backward_cannot_be_compared_and_the_finding_stays_i
     assert math.isnan(found[0].evidence["loss_vs_constant"])
 
 
+class _HeadPlusSide(nn.Module):
+    """A head whose output the forward adds to after the last module ran: the L1 loss's
+    prediction is what the model returns, not any module's output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(4, 2)
+        self.side = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x) + 0.1 * self.side(x).detach()
+
+
+def test_an_l1_losss_constant_is_measured_when_the_model_returns_more_than_its_last_module():
+    torch.manual_seed(0)
+    model = _HeadPlusSide()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    target = torch.tensor([[0.0, 1.0]] * 12 + [[5.0, -3.0]] * 4)
+    with gradscope.watch(model, optimizer=opt) as scope:
+        for _ in range(3):
+            opt.zero_grad()
+            loss = F.l1_loss(model(torch.randn(16, 4)), target)
+            scope.log_loss(loss)
+            loss.backward()
+            opt.step()
+    constant = scope.history.act_series("constant_loss")
+    measured = constant[~torch.isnan(constant)]
+    assert len(measured) == 2  # every step after the first (no output row yet)
+    assert float(measured[-1]) == pytest.approx((4 * 5 + 4 * 4) / 32, rel=1e-5)
+
+
 def test_the_constant_is_judged_on_every_steps_targets_not_only_the_measured_ones():
     """Each batch holds one class: 0 on steps 0-6, 1 on 7-13, 2 on 14-20.  Over the run
     the classes are equally frequent (the best constant's loss is log 3), while the detail
