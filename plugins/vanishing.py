@@ -130,7 +130,7 @@ def gradscope_detect(
     collapsed = constant or beaten
     measured = _yardsticks(layers, rel, model_info, collapsed)
     harm = (constant or beaten, collapsed)
-    affected = _depth_gaps(layers, measured, model_info, t, harm, rnn=no_better)
+    affected = _depth_gaps(layers, measured, model_info, t, harm, stalled=no_better)
     if affected:
         depth = _through_depth(
             history, model_info, (layers, series, measured[0]), affected, (trend, share, None), t
@@ -173,12 +173,13 @@ def _depth_gaps(
     model_info: ModelInfo,
     t: dict,
     harm: tuple[bool, bool],
-    rnn: bool,
+    stalled: bool,
 ) -> list:
     """(layer, gap to the later layers, gap to the largest later layer) for every layer
     whose relative gradient (its median over the run) is below ``depth_ratio`` of the later
-    layers' (their median, or their largest when the loss has shown the harm: ``harm[0]``);
-    recurrences are judged only when ``rnn``.  ``measured`` holds each layer's relative
+    layers' (their median; their largest but the output layer's when the loss ``stalled``;
+    their largest when it has shown the harm: ``harm[0]``); recurrences are judged only
+    when ``stalled``.  ``measured`` holds each layer's relative
     gradient and what it counts as when later layers are compared with it.
 
     Two gaps count only once the model ends no better than a constant prediction
@@ -193,7 +194,7 @@ def _depth_gaps(
     blocked = blocked_paths_possible(model_info)
     roles = {layer.name: layer.role for layer in model_info.layers}
     for i, layer in enumerate(layers[:-1]):
-        if roles.get(layer.name) in ("vanilla_rnn", "gated_rnn") and not rnn:
+        if roles.get(layer.name) in ("vanilla_rnn", "gated_rnn") and not stalled:
             # A recurrence's weights get the gradient summed over every time step; a gated
             # RNN that learned and then plateaued shows the same gap: unless the loss never
             # improved, recurrences are judged through time.
@@ -207,7 +208,17 @@ def _depth_gaps(
             # Exactly zero behind ReLUs is a blocked path (dead units: dead_relu says so);
             # without them it is a gradient that shrank until it underflowed.
             continue
-        ratio = rel[i] / (max(later) if against_max else statistics.median(later))
+        # A stalled loss: against the largest later layer but the output layer (a fresh
+        # head takes far more than any layer, healthy or not); a gradient that shrinks a
+        # little at each of many layers stays within 100x of the typical later one.
+        inner = [r for r in yardstick[i + 1 : -1] if math.isfinite(r) and r > 0]
+        if against_max:
+            base = max(later)
+        elif stalled and inner:
+            base = max(inner)
+        else:
+            base = statistics.median(later)
+        ratio = rel[i] / base
         if ratio < t["depth_ratio"]:
             affected.append((layer, ratio, rel[i] / max(later)))
     return _with_starved_inputs(layers, rel, affected) if affected else []
@@ -247,7 +258,7 @@ def _gan_players(
         series = [relative_grad(layer, model_info) for layer in chain]
         rel = [over_run(s) for s in series]
         measured = _yardsticks(chain, rel, model_info)
-        affected = _depth_gaps(chain, measured, model_info, t, (True, False), rnn=True)
+        affected = _depth_gaps(chain, measured, model_info, t, (True, False), stalled=True)
         if affected:
             found.append(
                 _through_depth(
@@ -654,11 +665,12 @@ def _faded(
         return []
     faded = []
     for layer, values, grew in zip(layers, series, grown, strict=True):
-        if grew and not collapsed:
-            continue
         start, now = early(values, window), recent(values, window)
         # Exactly 0 now counts: every unit after the layer went silent (a blow-up that
-        # pushed ReLU/GELU inputs far negative leaves no gradient at all).
+        # pushed ReLU/GELU inputs far negative leaves no gradient at all).  Weights that
+        # grew explain a smaller |g|/|W|, never a gradient of exactly 0.
+        if grew and not collapsed and now != 0:
+            continue
         measured = math.isfinite(now) and math.isfinite(start) and start > 0 and now >= 0
         if measured and now / start < t["time_ratio"]:
             faded.append((layer, now / start, values))

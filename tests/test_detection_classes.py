@@ -605,3 +605,34 @@ def test_a_generator_starved_from_its_first_step_by_the_saturating_loss_is_named
 def test_the_non_saturating_twin_is_not():
     assert serious(_starved_gan(saturating=False), "vanishing_gradient") == []
 
+
+class _SkipAndDeepTrunk(nn.Module):
+    """A fitted linear shortcut beside twelve tanh layers: the trunk's gradient shrinks
+    about 1.5x per layer, so no layer is 100x below the typical (median) later one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.skip = nn.Linear(16, 1)
+        self.trunk = nn.Sequential(*[m for _ in range(12) for m in (nn.Linear(16, 16), nn.Tanh())])
+        self.head = nn.Linear(16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.skip(x) + self.head(self.trunk(x))
+
+
+def test_a_gradient_that_shrinks_a_little_at_each_of_many_layers_is_named_once_stalled():
+    torch.manual_seed(0)
+    model = _SkipAndDeepTrunk()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(256, 16, generator=g)
+    y = x @ torch.randn(16, 1, generator=g) + 0.5 * torch.randn(256, 1, generator=g)
+    with torch.no_grad():  # the shortcut already fits the linear target: the loss stalls
+        fit = torch.linalg.lstsq(torch.cat([x, torch.ones(256, 1)], 1), y).solution
+        model.skip.weight.copy_(fit[:16].T)
+        model.skip.bias.copy_(fit[16])
+    loss_fn = nn.functional.mse_loss
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    report = train(model, lambda k: (x, y), steps=40, loss_fn=loss_fn, opt=opt)
+    (finding,) = serious(report, "vanishing_gradient")
+    assert finding.layer == "trunk.0"
+    assert finding.evidence["loss_improvement"] < 0.1
