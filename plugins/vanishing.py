@@ -44,6 +44,7 @@ from gradscope_plugins.judgement import (
     first_step_where,
     fmt,
     gan_roles,
+    loss_multiplier,
     loss_shows_harm,
     loss_vs_constant,
     no_better_than_constant,
@@ -420,6 +421,9 @@ def _through_depth(
             "init_scale": {layer.name: init_scale(layer, model_info) for layer in layers},
             "weights_grew": grown,
             "no_gradient_layers": blocked,
+            # lower_lr (first when the weights grew or units died) counts a loss multiplier
+            # under SGD, as the exploding finding's does.
+            "loss_multiplier": loss_multiplier(history),
             "over": "depth",
         },
     )
@@ -621,6 +625,7 @@ def _faded_over_time(
                 "loss_improvement": trend.improvement,
                 "threshold_time_ratio": t["time_ratio"],
                 "no_gradient_layers": silent,
+                "loss_multiplier": loss_multiplier(history),
                 "over": "time",
                 **_gan_evidence(roles, layer.name),
             },
