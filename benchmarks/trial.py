@@ -17,12 +17,16 @@ then "needs a code change", never "helps").
     python benchmarks/trial.py --only log_of_zero,exploding_rnn
     python benchmarks/trial.py --seed 1 --out /tmp/trial_seed1.json  # another seed
     python benchmarks/trial.py --generated 80 --out benchmarks/results/trial_generated.json
+    python benchmarks/trial.py --generated 80 --source tuning.json --out trial_tuning.json
 
 ``--generated N`` runs the generated suite instead: the first N faulty runs of the
 held-out draw in ``benchmarks/results/generated_heldout.json`` that ``diagnose`` fits and
 in which gradscope found a kind the oracle labels (trial needs a finding to try fixes
-for); the model, batches, loss and optimizer are the scenario's own, the main finding is
-the first labelled kind gradscope found, and no code changes are supplied.
+for).  ``--source FILE`` reads the runs from another results file of
+``benchmarks/generated_detection.py`` written with ``--cadence both`` (or ``diagnose``),
+such as the tuning part, to develop on while the held-out draw stays unseen.  The model,
+batches, loss and optimizer are the scenario's own, the main finding is the first
+labelled kind gradscope found, and no code changes are supplied.
 """
 
 from __future__ import annotations
@@ -162,15 +166,24 @@ def _generated_case(run: dict[str, Any], kind: str) -> dict[str, Any]:
         "steps": config.steps,
         "train_step": None,
         "code_changes": _generated_code_changes(config),
+        "config": run["short"],
     }
 
 
-def generated_cases(limit: int) -> list[Callable[[], dict[str, Any]]]:
-    """Deferred builders for the first ``limit`` faulty held-out runs ``diagnose`` caught."""
+def generated_cases(limit: int, source: Path = GENERATED) -> list[Callable[[], dict[str, Any]]]:
+    """Deferred builders for the first ``limit`` faulty runs of ``source`` (a results file
+    of benchmarks/generated_detection.py with ``diagnose`` findings) that ``diagnose``
+    caught."""
     from gradscope_scenarios.generated.oracle import KINDS
 
+    runs = json.loads(Path(source).read_text())["runs"]
+    if not any("diagnose" in run for run in runs):
+        raise SystemExit(
+            f"{source} holds no diagnose findings: write it with "
+            "benchmarks/generated_detection.py --cadence both (or diagnose)"
+        )
     builders: list[Callable[[], dict[str, Any]]] = []
-    for run in json.loads(GENERATED.read_text())["runs"]:
+    for run in runs:
         found = {f["kind"] for f in run.get("diagnose") or []}
         caught = [k for k in KINDS if k in run["label"]["kinds"] and k in found]
         if caught and len(builders) < limit:
@@ -213,6 +226,7 @@ def measure(case: dict[str, Any], seed: int = 0) -> dict[str, Any]:
     return {
         "name": case["name"],
         "source": case["source"],
+        "config": case.get("config"),
         "finding": f"{case['kind']}@{main.layer if main else '-'}" if main else "not found",
         "first_suggestion": first.kind if first else None,
         "first_suggestion_verdict": verified.verdict if verified else "no finding",
@@ -251,13 +265,21 @@ def main() -> None:
     parser.add_argument(
         "--generated", type=int, default=0, help="N faulty generated runs instead of the suite"
     )
+    parser.add_argument(
+        "--source",
+        default=str(GENERATED),
+        help="with --generated: the generated_detection results file to read the runs from "
+        "(default: the held-out draw)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     only = set(args.only.split(",")) if args.only else None
     from rich.progress import Progress
 
     rows = []
-    builders = generated_cases(args.generated) if args.generated else cases(only)
+    builders = (
+        generated_cases(args.generated, Path(args.source)) if args.generated else cases(only)
+    )
     with Progress(transient=True) as bar:
         task = bar.add_task("trials", total=len(builders))
         for build in builders:
@@ -296,6 +318,7 @@ def main() -> None:
         if any(r["cost"] is not None for r in rows)
         else None,
         "seed": args.seed,
+        "source": args.source if args.generated else None,
         "torch": torch.__version__,
         "threads": 1,
     }

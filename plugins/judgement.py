@@ -62,6 +62,15 @@ def depth_layers(history: History, model_info: ModelInfo) -> list[LayerSignal]:
     ]
 
 
+def looped_layers(history: History, names: list[str]) -> list[str]:
+    """The layers of ``names`` called at least twice as often per step as the least-called
+    of them: a recurrence written as a Python loop (a cell called once per time step)."""
+    calls = dict(zip(history.module_names, history.calls_total, strict=True))
+    counts = [calls.get(name, 0) for name in names]
+    least = min((c for c in counts if c > 0), default=0)
+    return [n for n, c in zip(names, counts, strict=True) if least and c >= 2 * least]
+
+
 def part_of(model_info: ModelInfo, layer: str | None) -> str | None:
     """The part of the model ``layer`` belongs to when several optimizers (or the user's
     ``parts=``) split it, e.g. ``"generator"``; None for a model trained as one."""

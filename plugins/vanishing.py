@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -29,6 +30,7 @@ from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
 from gradscope.signals import (
     LossTrend,
+    data_rms,
     early,
     init_scale,
     loss_trend,
@@ -44,6 +46,8 @@ from gradscope_plugins.judgement import (
     first_step_where,
     fmt,
     gan_roles,
+    looped_layers,
+    loss_multiplier,
     loss_shows_harm,
     loss_vs_constant,
     no_better_than_constant,
@@ -391,6 +395,7 @@ def _through_depth(
     if blocked_paths_possible(model_info):  # exactly 0 behind ReLUs: dead units block it
         blocked = [layer.name for layer, _, _ in affected if rel[position[layer.name]] == 0]
     cause = _cause(model_info, grown, blocked)
+    data = data_rms(history, model_info)
     harm = (
         _constant_text(share, trend)
         if constant
@@ -431,6 +436,14 @@ def _through_depth(
             "init_scale": {layer.name: init_scale(layer, model_info) for layer in layers},
             "weights_grew": grown,
             "no_gradient_layers": blocked,
+            # lower_lr (first when the weights grew or units died) counts a loss multiplier
+            # under SGD, as the exploding finding's does.
+            "loss_multiplier": loss_multiplier(history),
+            # What ranks the fixes (see plan): a recurrence written as a loop (its layers
+            # called once per time step), and the data's size at the first layer.
+            "looped_layers": looped_layers(history, [layer.name for layer in layers]),
+            "data_rms": data[1] if data else math.nan,
+            "data_layer": data[0] if data else None,
             "over": "depth",
         },
     )
@@ -632,6 +645,7 @@ def _faded_over_time(
                 "loss_improvement": trend.improvement,
                 "threshold_time_ratio": t["time_ratio"],
                 "no_gradient_layers": silent,
+                "loss_multiplier": loss_multiplier(history),
                 "over": "time",
                 **_gan_evidence(roles, layer.name),
             },
@@ -702,6 +716,7 @@ def _through_time(
     (``share``: what of the output varies between samples, when the model predicts a
     constant)."""
     found = []
+    looped = looped_layers(history, list(history.module_names))
     for name, ratio in through_time_ratios(history).items():
         if not ratio < t["through_time"]:
             continue
@@ -739,6 +754,8 @@ def _through_time(
                     "output_share": share,
                     "loss_vs_constant": loss_vs_constant(history, trend),
                     "threshold_through_time": t["through_time"],
+                    # A recurrence written as a loop: its cell's layers run once per step.
+                    "looped_layers": looped,
                     "over": "time steps",
                 },
             )
@@ -777,6 +794,14 @@ def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
         # Through time in an LSTM/GRU: norm-preserving recurrent weights, not a ReLU init.
         return [fix.orthogonal_init, fix.clip_grad_norm, fix.lower_lr]
     if roles & {"sigmoid", "tanh"}:
+        if finding.evidence.get("looped_layers"):
+            # A recurrence written as a loop: ReLU is unbounded there and grows the hidden
+            # state at every time step; a norm re-centres the cell's input each step.
+            return [fix.add_batchnorm, fix.xavier_init, fix.use_relu]
+        if fix.inputs_unscaled(finding):
+            # Unscaled data through ReLU layers reaches the output unbounded; BatchNorm
+            # rescales the first layer's output whatever the data's size.
+            return [fix.add_batchnorm, fix.normalize_inputs, fix.xavier_init]
         tiny = [v for v in fix.scales(finding) if v < 0.1]
         if tiny and "tanh" in roles:
             return [fix.xavier_init, fix.use_relu, fix.add_batchnorm]
@@ -787,4 +812,31 @@ def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
 @hookimpl
 def gradscope_suggest(finding: Finding, model_info: ModelInfo) -> list[Suggestion]:
     """Suggestions for ``vanishing_gradient`` findings, best first (see :func:`plan`)."""
-    return fix.suggest(finding, model_info, "vanishing_gradient", plan)
+    suggestions = fix.suggest(finding, model_info, "vanishing_gradient", plan)
+    reason = _first_reason(finding, model_info)
+    if suggestions and suggestions[0].kind == "add_batchnorm" and reason:
+        suggestions[0] = replace(suggestions[0], why=reason + suggestions[0].why)
+    return suggestions
+
+
+def _first_reason(finding: Finding, info: ModelInfo) -> str:
+    """What evidence put BatchNorm first for a sigmoid/tanh model (see :func:`plan`)."""
+    if not info.roles() & {"sigmoid", "tanh"}:
+        return ""
+    looped = finding.evidence.get("looped_layers")
+    if looped:
+        return (
+            f"First because {', '.join(looped[:3])} run once per time step (a recurrence "
+            "written as a loop): ReLU, the usual fix for sigmoid/tanh, is unbounded there "
+            "and would grow the hidden state at every step. "
+        )
+    if fix.inputs_unscaled(finding):
+        where = finding.evidence.get("data_layer") or "the first layer"
+        return (
+            f"First because the data reaches {where} with a root mean square of "
+            f"{fmt(finding.evidence.get('data_rms'))} (standardised data has about 1): ReLU, "
+            "the usual fix for sigmoid/tanh, would carry it to the output unscaled; BatchNorm "
+            "rescales the first layer's output whatever the data's size (standardising the "
+            "data, next, removes the cause). "
+        )
+    return ""

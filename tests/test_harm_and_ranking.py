@@ -281,3 +281,26 @@ def test_batchnorm_is_not_first_when_no_hidden_trainable_layer_could_take_it():
     plan = lambda f, i: [fix.add_batchnorm, fix.kaiming_init]  # noqa: E731
     kinds = [s.kind for s in fix.suggest(finding, report.model_info, "vanishing_gradient", plan)]
     assert kinds == ["kaiming_init", "add_batchnorm"]
+
+
+def test_a_sigmoid_recurrence_written_as_a_loop_gets_batchnorm_before_relu_and_says_why():
+    """ReLU in a cell unrolled over time is unbounded (tuning part: the loop RNNs' use_relu
+    turned the loss non-finite); so is it behind unscaled data.  Both say so."""
+    from gradscope_plugins import vanishing
+
+    model, x, y = _tanh_net(scale=1.0)
+    info = _watched(model, x, y, steps=3).model_info
+    plain = Finding("vanishing_gradient", "0", "error", 0, "", {"over": "depth"})
+    looped = Finding(
+        "vanishing_gradient", "0", "error", 0, "", {"over": "time steps", "looped_layers": ["0"]}
+    )
+    unscaled = Finding(
+        "vanishing_gradient", "0", "error", 0, "", {"data_rms": 50.0, "data_layer": "0"}
+    )
+    assert vanishing.gradscope_suggest(plain, info)[0].kind == "use_relu"
+    first = vanishing.gradscope_suggest(looped, info)[0]
+    assert first.kind == "add_batchnorm"
+    assert first.why.startswith("First because 0 run once per time step")
+    kinds = [s.kind for s in vanishing.gradscope_suggest(unscaled, info)]
+    assert kinds[:2] == ["add_batchnorm", "normalize_inputs"]
+    assert "use_relu" not in kinds

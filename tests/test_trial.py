@@ -456,3 +456,23 @@ def test_a_variant_below_every_recent_loss_of_a_wildly_swinging_baseline_helps()
     )
     # ...while a variant inside the swing is still no effect.
     assert judge(swinging, swinging[:-5] + [3.0] * 5, finding_gone=True).verdict == "no effect"
+
+
+def test_a_variant_lower_on_the_same_batches_helps_though_the_batches_swing_more():
+    from gradscope.trials.verdict import judge
+
+    # Eight batches of different difficulty, cycled: the baseline's last losses swing by
+    # more than the variant's gain, but on every step (the same batch in both runs) the
+    # variant is 4% lower.
+    pool = [0.6, 1.4, 0.9, 1.2, 0.7, 1.3, 1.0, 0.8]
+    baseline = [pool[k % 8] for k in range(40)]
+    variant = [0.96 * v for v in baseline]
+    verdict = judge(baseline, variant, finding_gone=True)
+    assert verdict.verdict == "helps"
+    assert verdict.reason.startswith("below the baseline on 10 of the last 10 steps")
+    # The mirror: 4% higher on every step hurts; lower on only some steps is no effect.
+    assert judge(baseline, [1.04 * v for v in baseline], finding_gone=True).verdict == "hurts"
+    mixed = baseline[:-10] + [v * (0.9 if k % 2 else 1.1) for k, v in enumerate(baseline[-10:])]
+    assert judge(baseline, mixed, finding_gone=True).verdict == "no effect"
+    # The finding must still be gone.
+    assert judge(baseline, variant, finding_gone=False).verdict == "no effect"

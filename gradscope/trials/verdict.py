@@ -6,7 +6,10 @@
 RELATIVE x the baseline's final loss)``, or below every one of the baseline's last
 NOISE_WINDOW losses by RELATIVE x its final loss (a baseline that swings wildly, such as
 a loop that never resets its gradients, has a standard deviation larger than its
-median), and the finding it addresses must be gone.  "Clearly above" mirrors it.
+median), or, step by step against the baseline (every run sees the same batches in the
+same order, so the batch-to-batch swing both runs share cancels), below the baseline on
+at least PAIRED_SHARE of the last NOISE_WINDOW steps by a median of more than RELATIVE x
+its final loss; and the finding it addresses must be gone.  "Clearly above" mirrors it.
 For a finding the loss cannot show (a parameter with no gradient: its fix freezes or
 connects it) the finding gone without a clearly higher loss is enough.
 """
@@ -23,6 +26,9 @@ TAIL = 5
 NOISE_WINDOW = 10
 NOISE_SIGMAS = 2.0
 RELATIVE = 0.02
+#: Share of the last NOISE_WINDOW steps on which a variant must be below (above) the
+#: baseline's loss on the same batch for the paired test.
+PAIRED_SHARE = 0.8
 VERDICTS = ("helps", "no effect", "hurts", "not applicable")
 #: Finding kinds whose fix removes the finding without having to lower the loss.
 LOSS_NEUTRAL = frozenset({"no_gradient"})
@@ -42,6 +48,17 @@ def margin(baseline: list[float]) -> float:
     final = final_loss(baseline)
     scale = abs(final) if math.isfinite(final) else 0.0
     return max(NOISE_SIGMAS * noise, RELATIVE * scale)
+
+
+def paired(baseline: list[float], variant: list[float]) -> list[float]:
+    """Variant minus baseline on each of the last NOISE_WINDOW steps (the same batch on the
+    same step in both runs); empty when the runs differ in length or a loss there is not
+    finite."""
+    n = min(NOISE_WINDOW, len(baseline))
+    if len(variant) != len(baseline) or n < 2:
+        return []
+    diffs = [v - b for b, v in zip(baseline[-n:], variant[-n:], strict=True)]
+    return diffs if all(math.isfinite(d) for d in diffs) else []
 
 
 Key = tuple[str, "str | None"]
@@ -89,28 +106,46 @@ def judge(
     need = margin(baseline)
     window = [v for v in baseline[-NOISE_WINDOW:] if math.isfinite(v)]
     band = RELATIVE * abs(before)
-    below = after < before - need or (bool(window) and after < min(window) - band)
-    above = after > before + need or (bool(window) and after > max(window) + band)
+    diffs = paired(baseline, variant)
+    n = len(diffs)
+    shift = statistics.median(diffs) if diffs else 0.0
+    lower, higher = sum(d < 0 for d in diffs), sum(d > 0 for d in diffs)
+    paired_below = n > 0 and shift < -band and lower >= PAIRED_SHARE * n
+    paired_above = n > 0 and shift > band and higher >= PAIRED_SHARE * n
+    below = after < before - need or (bool(window) and after < min(window) - band) or paired_below
+    above = after > before + need or (bool(window) and after > max(window) + band) or paired_above
     if below:
         if finding_gone:
-            why = (
-                f"final loss {after:.4g} < {before:.4g} - {need:.2g}"
-                if after < before - need
-                else f"final loss {after:.4g} below each of the baseline's last {len(window)} "
-                f"losses (lowest {min(window):.4g})"
-            )
+            if after < before - need:
+                why = f"final loss {after:.4g} < {before:.4g} - {need:.2g}"
+            elif window and after < min(window) - band:
+                why = (
+                    f"final loss {after:.4g} below each of the baseline's last {len(window)} "
+                    f"losses (lowest {min(window):.4g})"
+                )
+            else:
+                why = (
+                    f"below the baseline on {lower} of the last {n} steps (same "
+                    f"batches), by {-shift:.2g} in the median ({after:.4g} vs {before:.4g})"
+                )
             return Judgement("helps", why)
         return Judgement(
             "no effect", f"the loss fell ({after:.4g} < {before:.4g}) but the finding remains"
         )
     if above:
-        return Judgement(
-            "hurts",
-            f"final loss {after:.4g} > {before:.4g} + {need:.2g}"
-            if after > before + need
-            else f"final loss {after:.4g} above each of the baseline's last {len(window)} "
-            f"losses (highest {max(window):.4g})",
-        )
+        if after > before + need:
+            why = f"final loss {after:.4g} > {before:.4g} + {need:.2g}"
+        elif window and after > max(window) + band:
+            why = (
+                f"final loss {after:.4g} above each of the baseline's last {len(window)} "
+                f"losses (highest {max(window):.4g})"
+            )
+        else:
+            why = (
+                f"above the baseline on {higher} of the last {n} steps (same "
+                f"batches), by {shift:.2g} in the median ({after:.4g} vs {before:.4g})"
+            )
+        return Judgement("hurts", why)
     if kind in LOSS_NEUTRAL and finding_gone:
         return Judgement("helps", f"the finding is gone, loss {after:.4g} vs {before:.4g}")
     return Judgement("no effect", f"final loss {after:.4g} within {need:.2g} of {before:.4g}")
