@@ -26,7 +26,8 @@ for).  ``--source FILE`` reads the runs from another results file of
 ``benchmarks/generated_detection.py`` written with ``--cadence both`` (or ``diagnose``),
 such as the tuning part, to develop on while the held-out draw stays unseen.  The model,
 batches, loss and optimizer are the scenario's own, the main finding is the first
-labelled kind gradscope found, and no code changes are supplied.
+labelled kind gradscope found, and the code changes are the generated suite's own edits
+for its unsafe operation and its detached branch (``_generated_code_changes``).
 """
 
 from __future__ import annotations
