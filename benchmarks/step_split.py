@@ -55,13 +55,14 @@ def main() -> None:
     light: list[int] = []
     detail: list[int] = []
     for _ in range(args.rounds):
-        gc.collect()
+        gc.disable()  # no collection inside a round (a gc.collect() first slows the plain block)
         plain += [step() for _ in range(10)]
         scope.attach()
         for _ in range(20):
             kind = detail if scope._detail_now else light
             kind.append(step())
         scope.detach()
+        gc.enable()
     base = statistics.median(plain)
     watched = (sum(light) + sum(detail)) / (len(light) + len(detail))
     print(
