@@ -395,7 +395,6 @@ def _through_depth(
     if blocked_paths_possible(model_info):  # exactly 0 behind ReLUs: dead units block it
         blocked = [layer.name for layer, _, _ in affected if rel[position[layer.name]] == 0]
     cause = _cause(model_info, grown, blocked)
-    data = data_rms(history, model_info)
     harm = (
         _constant_text(share, trend)
         if constant
@@ -436,17 +435,24 @@ def _through_depth(
             "init_scale": {layer.name: init_scale(layer, model_info) for layer in layers},
             "weights_grew": grown,
             "no_gradient_layers": blocked,
-            # lower_lr (first when the weights grew or units died) counts a loss multiplier
-            # under SGD, as the exploding finding's does.
-            "loss_multiplier": loss_multiplier(history),
-            # What ranks the fixes (see plan): a recurrence written as a loop (its layers
-            # called once per time step), and the data's size at the first layer.
-            "looped_layers": looped_layers(history, [layer.name for layer in layers]),
-            "data_rms": data[1] if data else math.nan,
-            "data_layer": data[0] if data else None,
+            **_ranking_evidence(history, model_info, layers),
             "over": "depth",
         },
     )
+
+
+def _ranking_evidence(history: History, model_info: ModelInfo, layers: list) -> dict[str, Any]:
+    """What ranks a depth finding's fixes (see :func:`plan`): the loss multiplier (lower_lr,
+    first when the weights grew or units died, counts it under SGD, as the exploding
+    finding's does), a recurrence written as a loop (its layers called once per time
+    step), and the data's size at the first layer."""
+    data = data_rms(history, model_info)
+    return {
+        "loss_multiplier": loss_multiplier(history),
+        "looped_layers": looped_layers(history, [layer.name for layer in layers]),
+        "data_rms": data[1] if data else math.nan,
+        "data_layer": data[0] if data else None,
+    }
 
 
 def _cause(model_info: ModelInfo, grown: dict[str, float], blocked: list[str]) -> str:
@@ -622,13 +628,14 @@ def _faded_over_time(
             severity="warning",
             step=first_step_where(
                 history,
-                under(values, t["time_ratio"] * early(values, window)),
+                under(values, t["time_ratio"] * _start(values, window)),
                 default="last",
             ),
             message=(
                 f"The gradient of {_whose(layer.name, values, series=signals[1])} faded to "
-                f"{fmt(ratio)} of its size at the start "
-                "of training while the model learned nothing:"
+                + ("nothing (exactly 0) from its size" if ratio == 0 else f"{fmt(ratio)} of its")
+                + ("" if ratio == 0 else " size")
+                + " at the start of training while the model learned nothing:"
                 f"{stall_text(history, trend, t)} The layer has stopped learning, not "
                 "converged. Something downstream stopped passing gradient back: a saturated "
                 "output (sigmoid near 0 or 1), or a loss that flattens where the model now "
@@ -638,7 +645,7 @@ def _faded_over_time(
             evidence={
                 "layers": [f.name for f, _, _ in faded],
                 "ratio_to_start": ratio,
-                "relative_grad_start": early(values, window),
+                "relative_grad_start": _start(values, window),
                 "relative_grad_now": recent(values, window),
                 "loss_first": trend.first,
                 "loss_last": trend.last,
@@ -671,7 +678,7 @@ def _faded(
     window = int(t["window"])
     grown = [weights_grew(layer, t["grown_weights"]) for layer in layers]
     total = total_grad_norm(layers)
-    start, now = early(total, 3), recent(total, window)
+    start, now = _start(total, 3), recent(total, window)
     total_drop = now / start if start > 0 else math.nan
     if not total_drop < 10 * t["model_time_ratio"]:
         # The model's (or player's) gradient as a whole did not fall even to 10x the
@@ -679,7 +686,7 @@ def _faded(
         return []
     faded = []
     for layer, values, grew in zip(layers, series, grown, strict=True):
-        start, now = early(values, window), recent(values, window)
+        start, now = _start(values, window), recent(values, window)
         # Exactly 0 now counts: every unit after the layer went silent (a blow-up that
         # pushed ReLU/GELU inputs far negative leaves no gradient at all).  Weights that
         # grew explain a smaller |g|/|W|, never a gradient of exactly 0.
@@ -691,6 +698,18 @@ def _faded(
     if as_one and not faded and (collapsed or not any(grown)) and total_drop < t["time_ratio"]:
         faded.append((layers[0], total_drop, total))
     return faded
+
+
+def _start(values: torch.Tensor, window: int) -> float:
+    """A gradient's size at the start: the median of its first ``window`` records, or, when
+    that is already exactly 0, the first nonzero one among them (a gradient that went
+    silent after the first step, when a rival's units died at once, faded from that)."""
+    start = early(values, window)
+    if start == 0:
+        head = values[:window]
+        nonzero = head[torch.isfinite(head) & (head > 0)]
+        return float(nonzero[0]) if nonzero.numel() else 0.0
+    return start
 
 
 def _gan_evidence(roles: dict[str, str], layer: str) -> dict[str, Any]:

@@ -636,3 +636,31 @@ def test_a_gradient_that_shrinks_a_little_at_each_of_many_layers_is_named_once_s
     (finding,) = serious(report, "vanishing_gradient")
     assert finding.layer == "trunk.0"
     assert finding.evidence["loss_improvement"] < 0.1
+
+
+def test_a_generator_silenced_after_its_first_step_is_named():
+    """A two-optimizer GAN whose discriminator's ReLUs, biased at -0.5, die on the first
+    steps (held-out run 27585): from step 1 on the generator gets exactly no gradient, so
+    its early median is already 0; it faded from the first step's size."""
+    from gradscope_scenarios.generated.space import Config, build
+
+    config = Config(
+        seed=27585, family="gan", depth=3, width=12, init="kaiming", optimizer="adam",
+        lr=0.01, loss="gan", batch=32, bias_shift=-0.5, steps=30, fault="neg_bias",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    scenario = build(config)
+    scopes = {
+        part: gradscope.watch(model, optimizer=scenario.optimizers[part])
+        for part, model in scenario.parts.items()
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for step in range(config.steps):
+            scenario.train_step(step, lambda part, loss: scopes[part].log_loss(loss))
+    for scope in scopes.values():
+        scope.detach()
+    (finding,) = serious(scopes["G"].report(), "vanishing_gradient")
+    assert finding.layer == "net.0.0"
+    assert "faded to nothing (exactly 0)" in finding.message
+    assert finding.evidence["gan_role"] == "generator"
