@@ -12,6 +12,7 @@ import keyword
 import math
 import re
 from collections.abc import Callable
+from dataclasses import replace
 
 from gradscope import Finding, Suggestion
 from gradscope.modelinfo import LayerInfo, ModelInfo
@@ -893,6 +894,29 @@ def suggest(finding: Finding, info: ModelInfo, kind: str, plan: Plan) -> list[Su
 
 def _always(finding: Finding, info: ModelInfo) -> bool:
     return True
+
+
+def looped(finding: Finding) -> list[str]:
+    """The finding's layers that run once per time step (a recurrence written as a Python
+    loop: evidence ``looped_layers``), where ReLU is unbounded."""
+    return list(finding.evidence.get("looped_layers") or [])
+
+
+def loop_reason(layers: list[str]) -> str:
+    """Why ReLU is not first for a recurrence written as a loop (``layers`` its cell's)."""
+    return (
+        f"First because {', '.join(layers[:3])} run once per time step (a recurrence "
+        "written as a loop): ReLU, the usual fix for sigmoid/tanh, is unbounded there and "
+        "would grow the hidden state at every step. "
+    )
+
+
+def explain_first(suggestions: list[Suggestion], kind: str, reason: str) -> list[Suggestion]:
+    """``suggestions`` with ``reason`` (the evidence that ranked it) before the first one's
+    ``why`` when the first is of ``kind``."""
+    if suggestions and reason and suggestions[0].kind == kind:
+        suggestions[0] = replace(suggestions[0], why=reason + suggestions[0].why)
+    return suggestions
 
 _APPLIES[add_batchnorm] = batchnorm_fits
 _APPLIES[freeze_unused] = never_called

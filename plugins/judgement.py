@@ -62,13 +62,20 @@ def depth_layers(history: History, model_info: ModelInfo) -> list[LayerSignal]:
     ]
 
 
+#: A layer called this many times as often per step as the least-called one runs in a
+#: loop over time steps (a GAN's discriminator, called on real and generated samples and
+#: again for the generator's loss, runs up to three times as often as the generator).
+LOOP_CALLS = 4
+
+
 def looped_layers(history: History, names: list[str]) -> list[str]:
-    """The layers of ``names`` called at least twice as often per step as the least-called
-    of them: a recurrence written as a Python loop (a cell called once per time step)."""
+    """The layers of ``names`` called at least :data:`LOOP_CALLS` times as often per step as
+    the least-called of them: a recurrence written as a Python loop (a cell called once per
+    time step)."""
     calls = dict(zip(history.module_names, history.calls_total, strict=True))
     counts = [calls.get(name, 0) for name in names]
     least = min((c for c in counts if c > 0), default=0)
-    return [n for n, c in zip(names, counts, strict=True) if least and c >= 2 * least]
+    return [n for n, c in zip(names, counts, strict=True) if least and c >= LOOP_CALLS * least]
 
 
 def part_of(model_info: ModelInfo, layer: str | None) -> str | None:

@@ -29,6 +29,7 @@ from gradscope_plugins.judgement import (
     harm_severity,
     layer_before,
     learned_nothing,
+    looped_layers,
     over,
 )
 
@@ -83,6 +84,7 @@ def gradscope_detect(
     fractions = activation_fraction(history, "saturated", int(t["window"]))
     signals = {s.name: s for s in layer_signals(history)}
     data = data_rms(history, model_info)
+    looped = set(looped_layers(history, list(history.module_names)))
     findings = []
     for name, fraction in fractions.items():
         kind = SATURATING_ROLES.get(roles.get(name, ""))
@@ -111,6 +113,8 @@ def gradscope_detect(
                     "threshold_warn_fraction": t["warn_fraction"],
                     "data_layer": data[0] if data else None,
                     "data_rms": data[1] if data else float("nan"),
+                    # Run once per time step (a recurrence written as a loop): ranks fixes.
+                    "looped_layers": [name] if name in looped else [],
                 },
             )
         )
@@ -137,6 +141,9 @@ def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
     if fix.inputs_unscaled(finding):
         # Unscaled data saturates the first units whatever the weights: scale the data.
         return [fix.normalize_inputs, fix.add_batchnorm, fix.xavier_init, fix.use_relu]
+    if fix.looped(finding):
+        # A recurrence written as a loop: ReLU is unbounded there (as for vanishing).
+        return [fix.add_batchnorm, fix.xavier_init, fix.use_relu]
     if finding.evidence.get("activation") == "sigmoid":
         # A sigmoid in a hidden layer is the problem itself: ReLU cannot saturate.
         return [fix.use_relu, fix.add_batchnorm, fix.xavier_init]
@@ -149,4 +156,6 @@ def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
 @hookimpl
 def gradscope_suggest(finding: Finding, model_info: ModelInfo) -> list[Suggestion]:
     """Suggestions for ``saturated_activation`` findings, best first (see :func:`plan`)."""
-    return fix.suggest(finding, model_info, "saturated_activation", plan)
+    suggestions = fix.suggest(finding, model_info, "saturated_activation", plan)
+    reason = fix.loop_reason(fix.looped(finding)) if fix.looped(finding) else ""
+    return fix.explain_first(suggestions, "add_batchnorm", reason)

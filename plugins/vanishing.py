@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -813,7 +812,7 @@ def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
         # Through time in an LSTM/GRU: norm-preserving recurrent weights, not a ReLU init.
         return [fix.orthogonal_init, fix.clip_grad_norm, fix.lower_lr]
     if roles & {"sigmoid", "tanh"}:
-        if finding.evidence.get("looped_layers"):
+        if fix.looped(finding):
             # A recurrence written as a loop: ReLU is unbounded there and grows the hidden
             # state at every time step; a norm re-centres the cell's input each step.
             return [fix.add_batchnorm, fix.xavier_init, fix.use_relu]
@@ -832,23 +831,15 @@ def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
 def gradscope_suggest(finding: Finding, model_info: ModelInfo) -> list[Suggestion]:
     """Suggestions for ``vanishing_gradient`` findings, best first (see :func:`plan`)."""
     suggestions = fix.suggest(finding, model_info, "vanishing_gradient", plan)
-    reason = _first_reason(finding, model_info)
-    if suggestions and suggestions[0].kind == "add_batchnorm" and reason:
-        suggestions[0] = replace(suggestions[0], why=reason + suggestions[0].why)
-    return suggestions
+    return fix.explain_first(suggestions, "add_batchnorm", _first_reason(finding, model_info))
 
 
 def _first_reason(finding: Finding, info: ModelInfo) -> str:
     """What evidence put BatchNorm first for a sigmoid/tanh model (see :func:`plan`)."""
     if not info.roles() & {"sigmoid", "tanh"}:
         return ""
-    looped = finding.evidence.get("looped_layers")
-    if looped:
-        return (
-            f"First because {', '.join(looped[:3])} run once per time step (a recurrence "
-            "written as a loop): ReLU, the usual fix for sigmoid/tanh, is unbounded there "
-            "and would grow the hidden state at every step. "
-        )
+    if fix.looped(finding):
+        return fix.loop_reason(fix.looped(finding))
     if fix.inputs_unscaled(finding):
         where = finding.evidence.get("data_layer") or "the first layer"
         return (

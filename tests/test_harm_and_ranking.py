@@ -304,3 +304,36 @@ def test_a_sigmoid_recurrence_written_as_a_loop_gets_batchnorm_before_relu_and_s
     kinds = [s.kind for s in vanishing.gradscope_suggest(unscaled, info)]
     assert kinds[:2] == ["add_batchnorm", "normalize_inputs"]
     assert "use_relu" not in kinds
+
+
+class _LoopCell(nn.Module):
+    """A sigmoid recurrence written as a Python loop over 12 steps, weights 30x too large
+    (its cell's layers run 12 times per step, the head once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.x = nn.Linear(4, 16)
+        self.h = nn.Linear(16, 16)
+        self.act = nn.Sigmoid()
+        self.head = nn.Linear(16, 3)
+        with torch.no_grad():
+            self.x.weight.mul_(30)
+            self.h.weight.mul_(30)
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        state = torch.zeros(seq.shape[0], 16)
+        for t in range(seq.shape[1]):
+            state = self.act(self.x(seq[:, t]) + self.h(state))
+        return self.head(state)
+
+
+def test_a_saturated_cell_of_a_loop_gets_batchnorm_before_relu_and_says_why():
+    torch.manual_seed(0)
+    x = torch.randn(64, 12, 4)
+    report = _watched(_LoopCell(), x, (x[:, 0, 0] > 0).long(), steps=12)
+    (finding,) = [f for f in report.findings if f.kind == "saturated_activation"]
+    assert finding.layer == "act" and finding.evidence["looped_layers"] == ["act"]
+    first = finding.suggestions[0]
+    assert first.kind == "add_batchnorm"
+    assert first.why.startswith("First because act run once per time step")
+    assert [s.kind for s in finding.suggestions][-1] == "use_relu"
