@@ -43,3 +43,36 @@ def test_recipe(recipe_id: str) -> None:
     wanted = "broken" if recipe.expect.kind else "healthy"
     assert broken == bool(recipe.expect.kind), f"not {wanted} without gradscope: {evidence}"
     check(watched_run(recipe_id), recipe.expect)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 3])
+def test_a_healthy_convnext_whose_blocks_start_gated_is_not_exploding(seed: int) -> None:
+    """A stranger session's ConvNeXt (two stages, AdamW 1e-3, 40 steps): layer scale starts
+    its blocks at 1e-6, so the stem gets ~1e3x their relative gradient from the first step;
+    one jump, not growth layer by layer.  The loss falls 6x on every seed; no warning."""
+    import torch
+    from transformers import ConvNextConfig, ConvNextForImageClassification
+
+    import gradscope
+
+    torch.manual_seed(0)
+    config = ConvNextConfig(
+        hidden_sizes=[16, 32], depths=[1, 1], num_stages=2, num_labels=2, image_size=32
+    )
+    model = ConvNextForImageClassification(config)
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    with gradscope.watch(model, optimizer=opt) as scope:
+        for _ in range(40):
+            y = torch.randint(0, 2, (16,), generator=g)
+            x = torch.randn(16, 3, 32, 32, generator=g) * 0.5
+            x[:, :, :16] += (y.float() * 2 - 1).view(16, 1, 1, 1)  # class in the top half
+            opt.zero_grad()
+            loss = model(pixel_values=x, labels=y).loss
+            scope.log_loss(loss)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+    assert sum(losses[-5:]) < 0.5 * sum(losses[:5])  # healthy: the loss fell
+    assert scope.report().at_least("warning") == []
