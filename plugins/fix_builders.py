@@ -608,6 +608,7 @@ def fix_loss_numerics(finding: Finding, info: ModelInfo) -> Suggestion:
     """Numerically safe versions of log/softmax/division, naming the culprit."""
     culprit = finding.evidence.get("culprit") or finding.layer or "loss"
     where = finding.evidence.get("where")
+    after = finding.evidence.get("made_after")
     place = "the loss function" if where == "loss" else culprit
     layer = info.layer(culprit)
     located = (
@@ -615,6 +616,14 @@ def fix_loss_numerics(finding: Finding, info: ModelInfo) -> Suggestion:
         if layer is not None
         else "# in the loss function:"
     )
+    if where == "between" and after:
+        # A functional operation in the forward() that calls both modules, not in either.
+        place = f"the operation between {after} and {culprit}"
+        located = (
+            f"# in the forward() that calls {_comment(after)} and then {_comment(culprit)} "
+            f"({info.var}'s own forward when both are its children), on {_comment(after)}'s "
+            "output:"
+        )
     return Suggestion(
         kind="fix_loss_numerics",
         title=f"Make {place} numerically safe",

@@ -96,6 +96,10 @@ def gradscope_detect(
             evidence={
                 "culprit": culprit or "loss",
                 "where": where,
+                # An operation between two modules: the one whose output was still finite.
+                "made_after": (
+                    _last_finite_before(history, culprit, step) if where == "between" else None
+                ),
                 "nonfinite_outputs": bad_outputs,
                 "nonfinite_gradients": bad_grads,
                 "loss_nonfinite_step": loss_step,
@@ -186,9 +190,8 @@ def _input_was_bad(history: History, module: str, step: int) -> bool:
     return history.first_nonfinite_input[j] == step if history.first_nonfinite_input else False
 
 
-def _before_module(history: History, module: str, step: int) -> tuple[str | None, str, str]:
-    """The culprit's input was already non-finite: the batch, or an operation between two
-    modules (a functional call no hook sees)."""
+def _last_finite_before(history: History, module: str, step: int) -> str | None:
+    """The last module that ran before ``module`` with a finite output at ``step``."""
     order = [history.module_names[j] for j in history.module_order if history.calls_total[j]]
     earlier = order[: order.index(module)] if module in order else []
     finite_before = [
@@ -196,12 +199,18 @@ def _before_module(history: History, module: str, step: int) -> tuple[str | None
         for name in earlier
         if history.first_nonfinite_act[history.module_names.index(name)] != step
     ]
-    if not finite_before:
+    return finite_before[-1] if finite_before else None
+
+
+def _before_module(history: History, module: str, step: int) -> tuple[str | None, str, str]:
+    """The culprit's input was already non-finite: the batch, or an operation between two
+    modules (a functional call no hook sees)."""
+    previous = _last_finite_before(history, module, step)
+    if previous is None:
         return None, "input", (
             f"the input batch of step {step} already contained NaN/Inf before any module ran "
             f"(the first module, {module}, received it): check the data, not the model"
         )
-    previous = finite_before[-1]
     return module, "between", (
         f"the output of {previous} was finite but the input of {module} was not at step "
         f"{step}: the NaN/Inf is made by an operation between {previous} and {module} "

@@ -308,6 +308,10 @@ def test_a_nan_made_by_a_functional_op_is_placed_between_two_modules(bad_step):
     assert finding.step == bad_step
     assert finding.evidence["where"] == "between"
     assert "between fc1 and fc2" in finding.message
+    # The fix points at the operation in the calling forward(), not inside fc2.
+    fix = next(s for s in finding.suggestions if s.kind == "fix_loss_numerics")
+    assert fix.title == "Make the operation between fc1 and fc2 numerically safe"
+    assert "# in the forward() that calls fc1 and then fc2" in fix.code
 
 
 def test_a_nan_in_one_input_sample_blames_the_batch():
