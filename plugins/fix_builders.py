@@ -756,13 +756,24 @@ def check_graph(finding: Finding, info: ModelInfo) -> Suggestion:
             ),
             code=_training_step(info),
         )
+    params = finding.evidence.get("parameters") or []
+    unread = bool(finding.evidence.get("module_reached")) and bool(params)
     return Suggestion(
         kind="check_graph",
-        title=f"Connect {finding.layer} to the loss, or freeze it",
+        title=(
+            f"Use {', '.join(params)} in {finding.layer}'s forward(), or freeze "
+            f"{'it' if len(params) == 1 else 'them'}"
+            if unread
+            else f"Connect {finding.layer} to the loss, or freeze it"
+        ),
         why=(
             "A parameter gets a gradient only if the loss depends on it through autograd; "
             + (
-                "this module runs but its output is detached somewhere"
+                "this module's output reaches the loss (its other parameters, or its "
+                "submodules', get gradients), so these are never read in its forward() (or "
+                "only through .detach()/.data)"
+                if finding.evidence.get("module_reached")
+                else "this module runs but its output is detached somewhere"
                 if finding.evidence.get("module_called")
                 else "this module is never called in forward()"
             )

@@ -26,11 +26,22 @@ def gradscope_detect(
     if history.recorded == 0:
         return []
     missing: dict[str, list[str]] = {}
+    reached: set[str] = set()  # modules with at least one parameter that got a gradient
     for name, module, seen in zip(
         history.param_names, history.param_modules, history.grad_seen, strict=True
     ):
         if seen == 0:
             missing.setdefault(module, []).append(name)
+        else:
+            reached.add(module)
+    # A module's output reaches the loss when one of its own or its children's parameters
+    # got a gradient (the model itself whenever any did).
+    reached |= {
+        module
+        for module in missing
+        if module == model_info.model_name and reached
+        or any(other.startswith(module + ".") for other in reached)
+    }
     calls = dict(zip(history.module_names, history.calls_total, strict=True))
     without_grad = set(model_info.extra.get("ran_without_grad") or ())
     # Not one parameter had a gradient at any step although the modules ran: the loop's
@@ -50,6 +61,10 @@ def gradscope_detect(
             "torch.set_grad_enabled(False)), so autograd records nothing for it: call it "
             "outside that block"
             if module in without_grad
+            else f"{module}'s output reaches the loss (its other parameters, or its "
+            f"submodules', get gradients), so {'this one is' if len(params) == 1 else 'these are'} "
+            "never read in its forward(), or only through .detach() or .data"
+            if module in reached
             else f"{module} runs in forward(), so its output is cut off from the loss: look "
             "for .detach(), .data, torch.no_grad() or a tensor rebuilt with torch.tensor(...) "
             "between it and the loss"
@@ -76,6 +91,7 @@ def gradscope_detect(
                 evidence={
                     "parameters": params,
                     "module_called": ran,
+                    "module_reached": module in reached,
                     "loop_order": loop_order,
                     "recorded_steps": history.recorded,
                 },

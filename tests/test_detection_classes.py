@@ -668,3 +668,34 @@ def test_a_generator_silenced_after_its_first_step_is_named():
     assert finding.layer == "net.0.0"
     assert "faded to nothing (exactly 0)" in finding.message
     assert finding.evidence["gan_role"] == "generator"
+
+
+class _UnreadScale(nn.Module):
+    """A parameter of the model itself that forward() never reads, beside a layer it never
+    calls (a stranger session's case)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.extra = nn.Linear(20, 32), nn.Linear(32, 2), nn.Linear(32, 32)
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_a_parameter_forward_never_reads_is_not_called_detached():
+    torch.manual_seed(0)
+    model = _UnreadScale()
+
+    def data(k):
+        x = torch.randn(16, 20, generator=torch.Generator().manual_seed(k))
+        return x, (x[:, 0] > 0).long()
+
+    report = train(model, data, steps=10)
+    found = {f.layer: f for f in serious(report, "no_gradient")}
+    assert sorted(found) == ["_UnreadScale", "extra"]
+    unread = found["_UnreadScale"]
+    assert "so this one is never read in its forward()" in unread.message
+    assert "cut off" not in unread.message
+    assert unread.suggestions[0].title == "Use scale in _UnreadScale's forward(), or freeze it"
+    assert "never called in forward()" in found["extra"].message
