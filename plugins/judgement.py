@@ -530,3 +530,75 @@ def weight_growth(signal: LayerSignal) -> float:
     if finite.numel() < 2 or float(finite[0]) <= 0:
         return 1.0
     return float(finite[-1]) / float(finite[0])
+
+
+#: The symmetric-weights detector's lines for rows that are copies (its defaults; other
+#: detectors that ask whether a layer's units are copies use these).
+ROW_COPY_LINES = {
+    # Row spread below this fraction of the weight RMS counts as identical rows...
+    "relative_spread": 1e-6,
+    # ...and so does a layer where this share of the rows are copies of another row
+    # (docs/definitions.md: half of them).
+    "twin_rows": 0.5,
+}
+
+
+def identical_rows(
+    history: History, model_info: ModelInfo, t: dict
+) -> dict[str, tuple[str, int, float, float, float, bool]]:
+    """Weight matrices whose rows are still copies after training steps, per parameter:
+    (module, step measured, row spread, weight RMS, share of copied rows, whether every
+    row is identical).  Every row counts when their spread is below ``t["relative_spread"]``
+    of the RMS; a share of ``t["twin_rows"]`` copies counts when the initialisation made
+    them (a step that blew the weights up leaves the rows it missed tiny, and alike, next to
+    the rest: the blow-up's).  Judged on the last record with finite weights."""
+    measured = _last_finite_rows(history)
+    at_start = _first_twins(history)
+    numel = dict(zip(history.param_names, history.grad_series("numel")[0].tolist(), strict=True))
+    first_step = history.steps[0] if history.steps else 0
+    out = {}
+    for name, module in zip(history.param_names, history.param_modules, strict=True):
+        if name not in measured:
+            continue  # never measured on finite weights: NaN is nonfinite_gradient's
+        step, spread, norm, twins = measured[name]
+        if step <= first_step:
+            continue  # not yet trained: a zero-initialised layer may be fine
+        shape = model_info.param_shapes.get(name, [])
+        if len(shape) < 2 or shape[0] < 2:
+            continue
+        rms = norm / math.sqrt(max(numel.get(name, 1), 1))
+        every = spread <= t["relative_spread"] * rms + 1e-12
+        copied = twins >= t["twin_rows"] and at_start.get(name, 0.0) >= t["twin_rows"]
+        if every or copied:  # NaN (not measured): not copies
+            out[name] = (module, step, spread, rms, twins, every)
+    return out
+
+
+def _last_finite_rows(history: History) -> dict[str, tuple[int, float, float, float]]:
+    """Per parameter: (step, row spread, weight norm, share of copied rows; NaN when not
+    measured) of the latest record where spread and norm were both measured finite: a run
+    that blew up later is judged on its last finite weights (rows a constant
+    initialisation made identical stay identical up to the blow-up)."""
+    spreads = history.grad_series("row_spread")
+    norms = history.grad_series("param_norm")
+    twins = history.grad_series("row_twins")
+    both = torch.isfinite(spreads) & torch.isfinite(norms)
+    out = {}
+    for i, name in enumerate(history.param_names):
+        rows = torch.nonzero(both[:, i]).flatten()
+        if rows.numel():
+            k = int(rows[-1])
+            values = (float(spreads[k, i]), float(norms[k, i]), float(twins[k, i]))
+            out[name] = (history.steps[k], *values)
+    return out
+
+
+def _first_twins(history: History) -> dict[str, float]:
+    """Per parameter: the share of copied rows on the first record that measured it."""
+    twins = history.grad_series("row_twins")
+    out = {}
+    for i, name in enumerate(history.param_names):
+        rows = torch.nonzero(torch.isfinite(twins[:, i])).flatten()
+        if rows.numel():
+            out[name] = float(twins[int(rows[0]), i])
+    return out

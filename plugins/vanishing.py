@@ -40,11 +40,13 @@ from gradscope_plugins import fix_builders as fix
 from gradscope_plugins.judgement import (
     HARM_DEFAULTS,
     MIN_LOSSES_FOR_A_STALL,
+    ROW_COPY_LINES,
     blocked_paths_possible,
     depth_layers,
     first_step_where,
     fmt,
     gan_roles,
+    identical_rows,
     looped_layers,
     loss_multiplier,
     loss_shows_harm,
@@ -393,7 +395,8 @@ def _through_depth(
     blocked: list[str] = []
     if blocked_paths_possible(model_info):  # exactly 0 behind ReLUs: dead units block it
         blocked = [layer.name for layer, _, _ in affected if rel[position[layer.name]] == 0]
-    cause = _cause(model_info, grown, blocked)
+    copies = _copied(history, model_info, names)
+    cause = _cause(model_info, grown, blocked, copies)
     harm = (
         _constant_text(share, trend)
         if constant
@@ -434,19 +437,23 @@ def _through_depth(
             "init_scale": {layer.name: init_scale(layer, model_info) for layer in layers},
             "weights_grew": grown,
             "no_gradient_layers": blocked,
-            **_ranking_evidence(history, model_info, layers),
+            **_ranking_evidence(history, model_info, layers, copies),
             "over": "depth",
         },
     )
 
 
-def _ranking_evidence(history: History, model_info: ModelInfo, layers: list) -> dict[str, Any]:
+def _ranking_evidence(
+    history: History, model_info: ModelInfo, layers: list, copies: list[str]
+) -> dict[str, Any]:
     """What ranks a depth finding's fixes (see :func:`plan`): the loss multiplier (lower_lr,
     first when the weights grew or units died, counts it under SGD, as the exploding
     finding's does), a recurrence written as a loop (its layers called once per time
-    step), and the data's size at the first layer."""
+    step), the data's size at the first layer, and affected layers whose weight rows are
+    identical copies (``copies``: a random initialisation comes first)."""
     data = data_rms(history, model_info)
     return {
+        "symmetric_layers": copies,
         "loss_multiplier": loss_multiplier(history),
         "looped_layers": looped_layers(history, [layer.name for layer in layers]),
         "data_rms": data[1] if data else math.nan,
@@ -454,12 +461,29 @@ def _ranking_evidence(history: History, model_info: ModelInfo, layers: list) -> 
     }
 
 
-def _cause(model_info: ModelInfo, grown: dict[str, float], blocked: list[str]) -> str:
+def _copied(history: History, model_info: ModelInfo, names: list[str]) -> list[str]:
+    """The layers of ``names`` whose weight rows are still identical copies (the symmetric
+    weights detector's default lines, :data:`judgement.ROW_COPY_LINES`)."""
+    copied = {rows[0] for rows in identical_rows(history, model_info, ROW_COPY_LINES).values()}
+    return [name for name in names if name in copied]
+
+
+def _cause(
+    model_info: ModelInfo, grown: dict[str, float], blocked: list[str], copies: list[str]
+) -> str:
     """Why the gradient is missing: weights a large step blew up, units that pass nothing
-    back, or activations that shrink it layer by layer."""
+    back, layers whose units are copies of each other, or activations that shrink it layer
+    by layer."""
     activations = sorted(
         {layer.role for layer in model_info.layers if layer.role in ("sigmoid", "tanh")}
     )
+    if copies:
+        return (
+            f"The weight rows of {', '.join(copies[:3])} are identical copies (see "
+            "symmetric_weights): every unit of such a layer computes the same thing, so the "
+            "layer acts as one unit and passes back one direction of gradient; a random "
+            "initialisation fixes both."
+        )
     if grown:
         name, factor = max(grown.items(), key=lambda item: item[1])
         return (
@@ -789,7 +813,15 @@ def _effect_text(stalled: bool) -> str:
 
 
 def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
-    """Fixes for a vanishing gradient, best first, chosen by its evidence."""
+    """Fixes for a vanishing gradient, best first, chosen by its evidence; layers whose
+    units are copies of each other get a random initialisation first."""
+    builders = _plan(finding, info)
+    if finding.evidence.get("symmetric_layers"):
+        return [fix.random_init] + [b for b in builders if b is not fix.random_init]
+    return builders
+
+
+def _plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
     roles = info.roles()
     if finding.evidence.get("weights_grew"):
         layer = info.layer(finding.layer)

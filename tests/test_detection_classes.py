@@ -699,3 +699,30 @@ def test_a_parameter_forward_never_reads_is_not_called_detached():
     assert "cut off" not in unread.message
     assert unread.suggestions[0].title == "Use scale in _UnreadScale's forward(), or freeze it"
     assert "never called in forward()" in found["extra"].message
+
+
+def test_vanishing_beside_symmetric_weights_names_the_copies_and_a_random_init_first():
+    """Every Linear at the constant 0.05 (a stranger session's case): the rows stay copies,
+    and the gradient gap that comes with it is reported with its cause and its fix, not
+    'replace tanh with ReLU'."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh())
+    model.append(nn.Linear(64, 2))
+    with torch.no_grad():
+        for layer in model:
+            if isinstance(layer, nn.Linear):
+                layer.weight.fill_(0.05)
+                layer.bias.zero_()
+
+    g = torch.Generator().manual_seed(0)
+
+    def data(k):
+        x = torch.randn(16, 20, generator=g)
+        return x, (x[:, 0] + x[:, 1] - x[:, 2] > 0).long()
+
+    report = train(model, data, steps=50, opt=torch.optim.SGD(model.parameters(), lr=0.1))
+    assert {f.layer for f in serious(report, "symmetric_weights")} == {"0", "2"}
+    (finding,) = serious(report, "vanishing_gradient")
+    assert finding.evidence["symmetric_layers"] == [finding.layer]
+    assert "are identical copies (see symmetric_weights)" in finding.message
+    assert finding.suggestions[0].kind == "random_init"
