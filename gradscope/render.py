@@ -98,9 +98,9 @@ def _cadence_line(overhead: dict[str, float]) -> str:
 def _code_lines(s: Any, layer: str | None, shown: dict[str, str]) -> list[str]:
     """A suggestion's code, indented; once per report: a fix whose code was printed for an
     earlier finding (constant initialisation names every layer) points back to it."""
-    first = shown.setdefault(s.code, layer or "-")
-    if first != (layer or "-"):
-        return [f"      (the same code as for {first} above)"]
+    if s.code in shown:  # printed already, for this layer's other finding or another layer
+        return [f"      (the same code as for {shown[s.code]} above)"]
+    shown[s.code] = layer or "-"
     return [f"      {code_line}" for code_line in s.code.splitlines()]
 
 
