@@ -8,10 +8,12 @@ the first step where a condition holds, the layer before another, how numbers re
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 
+from gradscope.config import thresholds
 from gradscope.history import History
 from gradscope.modelinfo import LayerInfo, ModelInfo
 from gradscope.signals import (
@@ -541,6 +543,12 @@ ROW_COPY_LINES = {
     # (docs/definitions.md: half of them).
     "twin_rows": 0.5,
 }
+
+
+def copy_lines(config: Mapping[str, Any] | None) -> dict:
+    """:data:`ROW_COPY_LINES` with the user's overrides of the symmetric-weights detector
+    (plugin ``symmetry``), for any detector that asks whether a layer's units are copies."""
+    return thresholds(config, "symmetry", ROW_COPY_LINES)
 
 
 def identical_rows(

@@ -40,8 +40,8 @@ from gradscope_plugins import fix_builders as fix
 from gradscope_plugins.judgement import (
     HARM_DEFAULTS,
     MIN_LOSSES_FOR_A_STALL,
-    ROW_COPY_LINES,
     blocked_paths_possible,
+    copy_lines,
     depth_layers,
     first_step_where,
     fmt,
@@ -108,7 +108,9 @@ def gradscope_detect(
     history: History, model_info: ModelInfo, config: dict[str, Any]
 ) -> list[Finding]:
     """Find gradients that vanished through depth, through time or over training."""
-    t = thresholds(config, NAME, DEFAULTS)
+    # The symmetric-weights detector's lines (with the user's overrides): a depth finding
+    # names layers whose rows are copies by the same rule that detector reports them by.
+    t = {**thresholds(config, NAME, DEFAULTS), "copy_lines": copy_lines(config)}
     window = int(t["window"])
     trend = loss_trend(history, window)
     layers = depth_layers(history, model_info)
@@ -395,7 +397,7 @@ def _through_depth(
     blocked: list[str] = []
     if blocked_paths_possible(model_info):  # exactly 0 behind ReLUs: dead units block it
         blocked = [layer.name for layer, _, _ in affected if rel[position[layer.name]] == 0]
-    copies = _copied(history, model_info, names)
+    copies = _copied(history, model_info, names, t["copy_lines"])
     cause = _cause(model_info, grown, blocked, copies)
     harm = (
         _constant_text(share, trend)
@@ -461,10 +463,12 @@ def _ranking_evidence(
     }
 
 
-def _copied(history: History, model_info: ModelInfo, names: list[str]) -> list[str]:
-    """The layers of ``names`` whose weight rows are still identical copies (the symmetric
-    weights detector's default lines, :data:`judgement.ROW_COPY_LINES`)."""
-    copied = {rows[0] for rows in identical_rows(history, model_info, ROW_COPY_LINES).values()}
+def _copied(
+    history: History, model_info: ModelInfo, names: list[str], lines: dict
+) -> list[str]:
+    """The layers of ``names`` whose weight rows are still identical copies (by the
+    symmetric weights detector's ``lines``: :func:`judgement.copy_lines`)."""
+    copied = {rows[0] for rows in identical_rows(history, model_info, lines).values()}
     return [name for name in names if name in copied]
 
 

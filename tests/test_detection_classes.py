@@ -726,3 +726,12 @@ def test_vanishing_beside_symmetric_weights_names_the_copies_and_a_random_init_f
     assert finding.evidence["symmetric_layers"] == [finding.layer]
     assert "are identical copies (see symmetric_weights)" in finding.message
     assert finding.suggestions[0].kind == "random_init"
+    # One rule for both detectors: lines that make the symmetric detector silent make the
+    # vanishing finding stop naming copies too.
+    from gradscope.judge import rejudge
+
+    strict = rejudge(report, {"symmetry": {"relative_spread": -1.0, "twin_rows": 2.0}})
+    assert serious(strict, "symmetric_weights") == []
+    (again,) = serious(strict, "vanishing_gradient")
+    assert again.evidence["symmetric_layers"] == []
+    assert again.suggestions[0].kind != "random_init"
