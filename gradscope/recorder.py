@@ -305,10 +305,22 @@ class Recorder:
         self, step: int, loss: Tensor | None, scale: Any, hooks_fired: int
     ) -> StepRecord | None:
         """A light step's record (gradient L2 norms, loss, scale) read and built in one
-        pass: one reduction call per group of same-shaped gradients, one host transfer and
-        shared columns, no per-layer Python.  None when the step needs :meth:`collect_grads`
-        and :meth:`gather` (a gradient missing, FSDP2 shards, several ranks, the first
-        step, a measured activation).
+        pass: :meth:`light_values`, then :meth:`record_light`.  None when the step needs
+        :meth:`collect_grads` and :meth:`gather` (a gradient missing, FSDP2 shards, several
+        ranks, the first step, a measured activation)."""
+        host = self.light_values(loss, scale)
+        if host is None:
+            return None
+        n_params = len(self.params)
+        loss_value = host[n_params] if loss is not None else None
+        scale_value = host[-1] if isinstance(scale, Tensor) else scale
+        return self.record_light(step, host[:n_params], loss_value, scale_value, hooks_fired)
+
+    def light_values(self, loss: Tensor | None, scale: Any = None) -> list[float] | None:
+        """A light step's values on the host: every gradient's L2 norm, then the loss and
+        the scale when given; one reduction call per group of same-shaped gradients and
+        one host transfer.  None when the step needs :meth:`collect_grads` (see
+        :meth:`light_record`).
 
         On the CPU, with no group of same-shaped gradients (a small model), the norms are
         one ``foreach`` call and a read of each value: no stack and no grad-mode switch
@@ -329,15 +341,27 @@ class Recorder:
                     host.append((loss if loss.dtype is torch.float32 else loss.float()).item())
                 if isinstance(scale, Tensor):
                     host.append(scale.item())
-            else:
-                host = _light_values(grads, layout, loss, scale)
+                return host
+            return _light_values(grads, layout, loss, scale)
         except (TypeError, AttributeError, RuntimeError):
             return None
+
+    def record_light(
+        self,
+        step: int,
+        l2: list[float],
+        loss: float | None,
+        scale: float | None,
+        hooks_fired: int = 0,
+    ) -> StepRecord:
+        """The record of a light step whose gradient norms ``l2`` (one per parameter),
+        loss and scale were read by :meth:`light_values`: shared columns, no per-layer
+        Python unless a value is non-finite."""
         n_params = len(self.params)
         columns = self._light_columns.copy()  # shared, read-only lists
         if self.carried is not None:
             self._put_carried(columns)
-        l2 = columns["grad_l2"] = host[:n_params]
+        columns["grad_l2"] = l2
         if self._last_param_norm is None:
             self._last_param_norm = self._nan_params
         else:
@@ -348,16 +372,15 @@ class Recorder:
         # step pays nothing for the check (a sum of norms can overflow: each is looked at).
         self.grad_size = size = sum(l2)
         nonfinite = not _finite(size) and self._count_nonfinite(columns, range(n_params))
-        loss_value = host[n_params] if loss is not None else None
         return StepRecord(
             step=step,
-            loss=loss_value,
-            scale=host[-1] if isinstance(scale, Tensor) else scale,
+            loss=loss,
+            scale=scale,
             grads=columns,
             acts=self._idle_acts,  # shared and never written (a replay gives a record its own)
             hooks_fired=hooks_fired,
             detail=False,
-            nonfinite=nonfinite or (loss_value is not None and not _finite(loss_value)),
+            nonfinite=nonfinite or (loss is not None and not _finite(loss)),
         )
 
     def gather(

@@ -30,7 +30,14 @@ from gradscope import (
     through_time,
     tracking,
 )
-from gradscope.budget import AUTO_BASE, WARMUP_RECORDS, Budget, DetailCadence, GradientJump
+from gradscope.budget import (
+    AUTO_BASE,
+    JUMP_WINDOW,
+    WARMUP_RECORDS,
+    Budget,
+    DetailCadence,
+    GradientJump,
+)
 from gradscope.errors import GradscopeWarning
 from gradscope.history import History, StepRecord
 from gradscope.judge import judge, validate_config
@@ -51,6 +58,9 @@ UNRECORDED_WARN = 1000
 #: included); later only the detail steps' do (by then the class frequencies are known,
 #: and a long run pays nothing on its light steps).
 POOL_STEPS = 100
+#: Deferred light steps are built into records in batches of at most this many (see
+#: Scope._defer_light_step; with gradient-jump checks, when their window fills).
+DEFERRED_ROWS = 64
 
 
 class Scope:
@@ -138,7 +148,7 @@ class Scope:
         self._lookout = tracking.Lookout(model, self._params)
         self._modules = hooked_modules(model)
         owner = _owners(model, self._modules)
-        self.history = History(
+        self._history = History(
             param_names=self._param_names,
             param_modules=[owner.get(n, "") for n in self._param_names],
             module_names=[n for n, _ in self._modules],
@@ -215,11 +225,25 @@ class Scope:
         #: around one layer): autograd records nothing for them, so they get no gradient.
         self._ran_without_grad: set[int] = set()
         self._in_training_forward = False
+        #: Light steps read but not yet built into records: (step, gradient L2 norms,
+        #: loss, their sum, own seconds); built by _flush_light.
+        self._rows: list[tuple[int, list[float], float | None, float, float]] = []
+        self._fast_ok = False  # set by attach(): whether light steps may be deferred
+        self._fast_light = False  # this step may be deferred (set by _plan_step)
+        self._deferred_now = False  # this step was deferred (its post-hook ends it)
+        self._light_end = 0.0  # when the last deferred step ended
+        self._untimed = 0  # deferred steps ended since the cadence last timed one
+
+    @property
+    def history(self) -> History:
+        """What was recorded so far (light steps kept for a batch are built first)."""
+        self._flush_light()
+        return self._history
 
     def _setup_extensions(self, model: torch.nn.Module, scaler: Any, optimizer: Any) -> None:
         """What a plain eager single-process run does not need (docs/distributed.md)."""
         # DDP/FSDP2 under torch.distributed: each recorded step is combined across ranks.
-        self._ranks = distributed.RankSync.for_model(model, self._params, self.history)
+        self._ranks = distributed.RankSync.for_model(model, self._params, self._history)
         self._measure.ranks = self._ranks
         # GradScaler: steps it skipped for overflow never reach the optimizer's hooks.
         self._skips = amp.SkipCounter.for_scope(scaler, optimizer, self._on_skipped_step)
@@ -272,9 +296,25 @@ class Scope:
             if self._skips is not None:
                 self._skips.attach()
             self._sync_module_hooks()
+            self._fast_ok = self._light_steps_deferrable()
+            self._plan_step()
         except BaseException:
             self.detach()
             raise
+
+    def _light_steps_deferrable(self) -> bool:
+        """Whether light steps may keep their values for a batch of records (the common
+        eager single-process loop with the default cadence; everything else, and a plugin
+        that watches each step, records each step as it ends)."""
+        return (
+            self.optimizer is not None
+            and self._cadence is not None
+            and self.every == 1
+            and self.scaler is None
+            and self._ranks is None
+            and not self._compiled
+            and not self._on_step_hook.get_hookimpls()
+        )
 
     def _attach_step_hooks(self) -> None:
         """The hooks that stay on every step: the root's (a step began; which watched model
@@ -300,7 +340,7 @@ class Scope:
             return  # validation under no_grad is not part of the training step
         self._forward_since_step = True
         self._root_called = True
-        if not self.history.recorded:
+        if not (self._history.recorded or self._rows):
             self._count_unrecorded()
         if self._step < linkage.FOLLOW_STEPS:
             self._follow_producer(args)
@@ -348,6 +388,8 @@ class Scope:
 
     def detach(self) -> None:
         """Remove every hook gradscope registered; safe to call twice."""
+        self._flush_light()
+        self._fast_ok = self._fast_light = self._deferred_now = False
         self._remove_module_hooks()
         while self._handles:
             self._handles.pop().remove()
@@ -367,7 +409,7 @@ class Scope:
 
     def _plan_step(self) -> None:
         """Decide, once per step, what the coming step measures (the hooks read two flags)."""
-        recorded = self.history.recorded
+        recorded = self._history.recorded + len(self._rows)
         if self.budget is not None:
             detail = self.budget.measures_activations(recorded)
         elif self._cadence is not None:
@@ -380,6 +422,12 @@ class Scope:
         self._recording_now = recording  # what the step hooks read
         self._detail_now = detail
         live = self._hooks_live = recording and detail
+        # A light step with nothing else due keeps its values for a later batch of records
+        # (see _defer_light_step); the rest of the conditions are fixed at attach().
+        self._fast_light = (
+            self._fast_ok and recording and not detail and self._warned_unseen
+            and not self._order_changed
+        )
         self._calls.active = recording
         if self._handles and (live or self._module_handles):
             self._sync_module_hooks()
@@ -394,30 +442,32 @@ class Scope:
 
         Several calls within one step (gradient accumulation) log the step's mean.
         """
-        if not self.attached:
+        if not self._handles:  # not attached
             raise RuntimeError(
                 "scope.log_loss() was called on a detached scope (after its `with` block "
                 "ended?); it would overwrite a recorded loss, so log the loss inside the block."
             )
-        value = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
-        if isinstance(loss, Tensor) and loss.grad_fn is not None:
-            if not self._hooks_live:
-                if self._step < POOL_STEPS:
-                    self._measure.pool_targets(loss)
+        tensor = isinstance(loss, Tensor)
+        value = loss.detach() if tensor else torch.tensor(float(loss))
+        # Most light steps do nothing with the loss's graph (reading grad_fn costs ~1 us).
+        pooled = self._hooks_live or self._step < POOL_STEPS
+        if tensor and pooled and loss.grad_fn is not None:
+            if not self._hooks_live:  # a light step among the first POOL_STEPS
+                self._measure.pool_targets(loss)
             else:
                 self._measure.add_loss(loss)
                 if self._step < linkage.FOLLOW_STEPS and self._judged_by_another is False:
                     own = {id(p) for p in self._params}
                     self._judged_by_another = linkage.judged_by_another_network(loss, own)
-        if self._forward_since_step or not self.history.records:
+        if self._forward_since_step or not (self._history.records or self._rows):
             self._losses_logged += 1
             if self._loss is None or self._losses_logged == 1:
                 self._loss = value
             else:  # running mean, in float32 at least
                 mean = self._loss.float()
                 self._loss = mean + (value.float() - mean) / self._losses_logged
-        elif self.history.records[-1].step == self._step - 1:
-            self.history.set_loss(self._step - 1, value)
+        elif self.history.records[-1].step == self._step - 1:  # (builds deferred records)
+            self._history.set_loss(self._step - 1, value)
 
     def step(self, loss: Tensor | float | None = None) -> None:
         """Record a step by hand, after ``loss.backward()``, when no optimizer is attached."""
@@ -629,6 +679,9 @@ class Scope:
         self._order_changed = True
 
     def _on_pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self._fast_light and self._defer_light_step():
+            return
+        self._flush_light()
         if self._carry is not None and self._carry.armed:
             self._settle_carry()
         if not self._recording_now:
@@ -650,19 +703,95 @@ class Scope:
         self._measure.snapshot()
         self._overhead += time.perf_counter() - t0
 
+    def _defer_light_step(self) -> bool:
+        """A light step with nothing else due: read the gradient norms and the loss and
+        keep them; their record is built later with the next ones (:meth:`_flush_light`).
+        Building a record costs more Python than reading the values, and a tiny model's
+        whole step is ~0.5 ms.  False: the step takes the general path (a gradient or the
+        loss non-finite, a gradient jump, parameters added, a gradient-reset check due,
+        the loop calling the model's parts rather than the model)."""
+        t0 = time.perf_counter()
+        carry = self._carry
+        if (carry is not None and carry.armed) or not self._root_called or self._lazy_ids:
+            return False
+        if tracking.optimizer_size(self.optimizer) != self._opt_size:
+            return False
+        loss = self._loss
+        norms = self._measure.light_values(None)
+        if norms is None:
+            return False
+        size = sum(norms)
+        jumps = self._jumps
+        if not size <= (jumps.limit if jumps is not None else math.inf) or size == math.inf:
+            return False  # NaN or Inf, or a jump: recorded (and replayed) now
+        loss_value = None
+        if loss is not None:
+            loss_value = (loss if loss.dtype is torch.float32 else loss.float()).item()
+            if not math.isfinite(loss_value):
+                return False
+        self._rows.append((self._step, norms, loss_value, size, time.perf_counter() - t0))
+        self._deferred_now = True
+        return True
+
+    def _end_deferred_step(self) -> None:
+        """The end of a deferred light step (what :meth:`_end_step` does, minus what such a
+        step never touched); the records are built in batches."""
+        self._deferred_now = False
+        self._root_called = False
+        self._root_calls = 0
+        self._calls.calls.clear()
+        self._loss, self._losses_logged = None, 0
+        self._forward_since_step = False
+        self._step += 1
+        self._light_end = time.perf_counter()
+        self._untimed += 1
+        jumps = self._jumps
+        # Built when the gradient-jump window fills, so each step is compared with the
+        # same window median as when records were built one by one.
+        due = DEFERRED_ROWS if jumps is None else JUMP_WINDOW - len(jumps.block)
+        if len(self._rows) >= due:
+            self._flush_light()
+        self._plan_step()
+
+    def _flush_light(self) -> None:
+        """Build the records of the deferred light steps, in order, and account them as
+        :meth:`_finish_step` and :meth:`_end_step` would have (own time, gradient-jump
+        window, the cadence's light-step wall time)."""
+        rows = self._rows
+        if not rows:
+            return
+        self._rows = []
+        build, append, jumps = self._measure.record_light, self._history.append, self._jumps
+        own_total = 0.0
+        for step, norms, loss, size, own in rows:
+            record = build(step, norms, loss, None)
+            record.overhead_s = own
+            own_total += own
+            append(record)
+            if jumps is not None:
+                jumps.observe(size)
+        self._overhead_total += own_total
+        self._last_recorded_step = rows[-1][0]
+        if self._cadence is not None and self._untimed:
+            self._cadence.meter.time(False, self._light_end, self._untimed)
+        self._untimed = 0
+
     def _watch_for_jump(self) -> None:
         """After a light step's record: if its gradient jumped, copy the weights so that
         the step's update is measured too (see :class:`gradscope.budget.GradientJump`)."""
         size = self._measure.grad_size  # summed once, by the record's non-finite check
-        if self._jumps is None or size is None or not self.history.records:
+        if self._jumps is None or size is None or not self._history.records:
             return
         if self._jumps.observe(size):
             t0 = time.perf_counter()
             self._measure.snapshot()
-            self._update_pending = self.history.records[-1]
+            self._update_pending = self._history.records[-1]
             self._overhead_total += time.perf_counter() - t0
 
     def _on_post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self._deferred_now:
+            self._end_deferred_step()
+            return
         if self._update_pending is not None:
             t0 = time.perf_counter()
             self._measure.add_update(self._update_pending)
@@ -704,6 +833,7 @@ class Scope:
     def _finish_step(
         self, measure_update: bool, started: float, record: StepRecord | None = None
     ) -> None:
+        self._flush_light()  # the records stay in step order
         loss, self._loss = self._loss, None
         if record is None:
             scale = _scaler_scale(self.scaler)
@@ -722,11 +852,11 @@ class Scope:
             self.budget.observe(self._overhead, self._detail_now, now, since)
         self._just_recorded = since  # the cadence times the step at its end
         self._last_recorded_step = self._step
-        self.history.append(record)
+        self._history.append(record)
         if not self._warned_unseen:
             self._warn_unseen_once()
         if self._order_changed:
-            self.history.module_order = self._module_order()
+            self._history.module_order = self._module_order()
             self._measure.output_module = self._last_called()
             self.model_info = self._describe()
             self._order_changed = False
@@ -772,7 +902,7 @@ class Scope:
         self._update_pending = None  # measured by now, or the optimizer never stepped
         since = self._just_recorded
         if since and self._cadence is not None:  # a recorded step ends: time it
-            recorded = self.history.recorded - 1
+            recorded = self._history.recorded - 1
             self._cadence.observe(recorded, self._detail_now, time.perf_counter(), since)
         self._just_recorded = 0
         if not self._root_called and self._handles and not self._compiled:

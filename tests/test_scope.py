@@ -753,3 +753,65 @@ def test_a_finite_gradient_whose_norm_overflows_float32_is_not_called_non_finite
         assert record.grads["grad_l2"][0] == pytest.approx(1e20 * 64, rel=1e-3)
         assert record.grads["grad_nonfinite"][0] == 0 and not record.nonfinite
     assert "nonfinite_gradient" not in scope.report().kinds()
+
+
+def _records_of(scope: gradscope.Scope) -> list[tuple]:
+    def row(values: list[float]) -> list[float | None]:
+        return [None if math.isnan(v) else v for v in values]
+
+    return [
+        (
+            r.step,
+            r.loss,
+            r.detail,
+            r.nonfinite,
+            r.hooks_fired,
+            {k: row(v) for k, v in r.grads.items()},
+            {k: row(v) for k, v in r.acts.items()},
+        )
+        for r in scope.history.records
+    ]
+
+
+def test_light_steps_built_in_batches_give_the_records_built_one_by_one(monkeypatch):
+    # The default loop defers its light steps' records (docs/architecture.md, "Light steps
+    # are deferred"); the records must be those the step-by-step path makes.  90 steps stay
+    # in the default cadence's fixed first 100 records, so both runs take the same steps.
+    def run() -> gradscope.Scope:
+        torch.manual_seed(3)
+        model = mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        with gradscope.watch(model, optimizer=opt) as scope:
+            train(model, opt, steps=90, scope=scope)
+        return scope
+
+    deferred_steps = []
+    defer = gradscope.Scope._defer_light_step
+
+    def counted(self: gradscope.Scope) -> bool:
+        took = defer(self)
+        deferred_steps.extend([self._step] if took else [])
+        return took
+
+    monkeypatch.setattr(gradscope.Scope, "_defer_light_step", counted)
+    deferred = run()
+    assert len(deferred_steps) > 40  # most light steps were deferred
+    assert deferred.overhead()["recorded_steps"] == 90
+    monkeypatch.setattr(gradscope.Scope, "_light_steps_deferrable", lambda self: False)
+    one_by_one = run()
+    assert _records_of(deferred) == _records_of(one_by_one)
+    assert [f.kind for f in deferred.report().findings] == [
+        f.kind for f in one_by_one.report().findings
+    ]
+
+
+def test_history_read_in_the_middle_of_a_run_holds_every_step_so_far():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with gradscope.watch(model, optimizer=opt) as scope:
+        train(model, opt, steps=37, scope=scope)
+        assert scope.history.recorded == 37
+        assert [r.step for r in scope.history.records] == list(range(37))
+        assert all(r.loss is not None for r in scope.history.records)
+        train(model, opt, steps=5, scope=scope)
+    assert [r.step for r in scope.history.records] == list(range(42))
