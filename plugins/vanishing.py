@@ -44,6 +44,7 @@ from gradscope_plugins.judgement import (
     copy_lines,
     depth_layers,
     first_step_where,
+    fitted,
     fmt,
     gan_roles,
     identical_rows,
@@ -119,8 +120,15 @@ def gradscope_detect(
     if roles:
         return _gan_players(history, model_info, layers, roles, (trend, share), t)
     beaten = no_better_than_constant(history, trend, t)  # by a constant prediction
-    no_better = (trend.known and trend.improvement < t["stall"]) or constant or beaten
-    time_stalled = (trend.known and trend.improvement < t["time_stall"]) or constant or beaten
+    # A loss resting at exactly zero is solved (a triplet margin met by every sample): the
+    # gradient it no longer gives is convergence, however early the loss got there.
+    solved = fitted(trend)
+    no_better = not solved and (
+        (trend.known and trend.improvement < t["stall"]) or constant or beaten
+    )
+    time_stalled = not solved and (
+        (trend.known and trend.improvement < t["time_stall"]) or constant or beaten
+    )
     found = _through_time(history, model_info, trend, time_stalled, t, share if constant else None)
     if len(layers) < 2:
         return found

@@ -97,6 +97,20 @@ def test_a_gradient_gone_because_the_loss_reached_zero_is_convergence_not_vanish
     assert report.at_least("warning") == [], report
 
 
+def test_a_loss_at_zero_from_the_second_step_on_is_solved_not_a_stall():
+    """The same with the loss at exactly 0 from the second step (42 -> 0): the early
+    median the stall test starts from is 0 too, which is no stall (generated tuning run
+    1987, healthy by the oracle; it was told 'vanishing: the loss stalled (0 -> 0)')."""
+    config = Config(
+        seed=1987, family="siamese", depth=2, width=24, activation="elu",
+        optimizer="rmsprop", lr=0.003, seq_len=12, loss="triplet", batch=64,
+        loss_scale=100.0, precision="bf16", steps=40, fault="loss_scale",
+    )  # fmt: skip
+    report = watch_generated(config)
+    assert report.history.losses()[-1] == 0.0
+    assert report.at_least("warning") == [], report
+
+
 def test_a_total_gradient_that_fell_100x_while_the_loss_stalled_is_vanishing():
     """A residual CNN at Kaiming x10 under Adagrad: the loss starts at 1e16 and ends far
     above a constant prediction's while the total gradient norm falls to 0.4% of its first
