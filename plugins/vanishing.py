@@ -585,17 +585,20 @@ def _stuck(
     """...or every layer's gradient was too small from the start: its relative gradient
     below ``stuck_ratio`` on every recorded step, in every layer (none fell: none was ever
     larger), while the loss shows harm.  A gradient of exactly 0 is dead units or a cut
-    graph, the other detectors' to name."""
+    graph, the other detectors' to name.  An error where sigmoid/tanh layers squash it
+    (the literature's vanishing); without them (a tiny initialisation of a ReLU-family
+    net) the definitions' criteria do not hold and it is ``info`` (docs/definitions.md)."""
     layers, series = signals
     peaks = [float(torch.nan_to_num(s, nan=0.0).max()) for s in series]
     if not peaks or min(peaks) <= 0 or max(peaks) >= t["stuck_ratio"]:
         return []
     top = max(range(len(peaks)), key=peaks.__getitem__)
+    squashed = bool(model_info.roles() & {"sigmoid", "tanh"})
     return [
         Finding(
             kind="vanishing_gradient",
             layer=layers[0].name,
-            severity="error",
+            severity="error" if squashed else "info",
             step=history.steps[0],
             message=(
                 f"The gradient is too small to train any layer: in every layer it stayed "
@@ -603,8 +606,15 @@ def _stuck(
                 f"(largest {fmt(peaks[top])}, in {layers[top].name}), so a step of any usual "
                 "learning rate moves no weight, and nothing was learned:"
                 f"{stall_text(history, trend, t)} The gradient vanished before training "
-                "began: saturated sigmoid/tanh layers or an output that is the same for "
-                "every input pass almost nothing back."
+                + (
+                    "began: saturated sigmoid/tanh layers or an output that is the same for "
+                    "every input pass almost nothing back."
+                    if squashed
+                    else "began, with no sigmoid/tanh to squash it: weights initialised far "
+                    "below Kaiming's or Xavier's scale pass almost nothing back (info: no "
+                    "gap through depth or time and no fall, so not vanishing as "
+                    "docs/definitions.md defines it)."
+                )
             ),
             evidence={
                 "layers": [layer.name for layer in layers],
@@ -868,6 +878,9 @@ def _plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
         if tiny and "tanh" in roles:
             return [fix.xavier_init, fix.use_relu, fix.add_batchnorm]
         return [fix.use_relu, fix.kaiming_init, fix.add_batchnorm]
+    if finding.evidence.get("over") == "start":
+        # Too small from the first step with nothing to squash it: the weights' scale.
+        return [fix.kaiming_init, fix.add_batchnorm, fix.add_residual]
     return [fix.add_batchnorm, fix.kaiming_init, fix.add_residual]
 
 

@@ -111,6 +111,24 @@ def test_a_loss_at_zero_from_the_second_step_on_is_solved_not_a_stall():
     assert report.at_least("warning") == [], report
 
 
+def test_a_relu_family_net_stuck_at_a_tiny_init_is_info_with_kaiming_first():
+    """A leaky-ReLU siamese net at init std 0.001: every layer's gradient ~1e-8 of its
+    weights from the first step, the triplet loss at its margin (1 -> 1).  No gap through
+    depth or time and no fall, so not vanishing by the definitions (generated tuning run
+    2461, healthy by the oracle): said as info, with the initialisation first."""
+    config = Config(
+        seed=2461, family="siamese", width=24, activation="leaky_relu", init="normal",
+        init_scale=0.001, optimizer="sgd", lr=0.2, seq_len=5, loss="triplet", batch=16,
+        steps=30, fault="tiny_init",
+    )  # fmt: skip
+    report = watch_generated(config)
+    assert report.at_least("warning") == [], report
+    (stuck,) = [f for f in report.findings if f.kind == "vanishing_gradient"]
+    assert stuck.severity == "info"
+    assert "with no sigmoid/tanh to squash it" in stuck.message
+    assert stuck.suggestions[0].kind == "kaiming_init"
+
+
 def test_a_total_gradient_that_fell_100x_while_the_loss_stalled_is_vanishing():
     """A residual CNN at Kaiming x10 under Adagrad: the loss starts at 1e16 and ends far
     above a constant prediction's while the total gradient norm falls to 0.4% of its first
