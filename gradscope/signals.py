@@ -324,13 +324,18 @@ def loss_trend(history: History, window: int = DEFAULT_WINDOW) -> LossTrend:
 
 #: The count each activation column is a fraction of.
 _DENOMINATOR = {"zeros": "zero_sampled", "saturated": "sampled"}
+#: Columns summarised by the median of each record's fraction, as docs/definitions.md
+#: takes saturation (a generator whose saturation swings between steps is judged by its
+#: typical step, not by entries pooled over the window); the others are pooled.
+_PER_STEP_MEDIAN = frozenset({"saturated"})
 
 
 def activation_fraction(history: History, column: str, window: int = DEFAULT_WINDOW) -> dict:
     """Per module: ``column`` (zeros, saturated) as a fraction of the entries it was counted
-    on, over the last ``window`` records in which it was measured within the second half of
-    the run (the warm-up's detail steps do not speak for its end; the latest measured
-    record always counts).  A run that turned non-finite ends at its last finite record:
+    on (pooled; for saturation the median of each record's fraction), over the last
+    ``window`` records in which it was measured within the second half of the run (the
+    warm-up's detail steps do not speak for its end; the latest measured record always
+    counts).  A run that turned non-finite ends at its last finite record:
     what NaN outputs count says nothing about the activations that led there."""
     values = history.act_series(column)
     sampled = history.act_series(_DENOMINATOR[column])
@@ -353,7 +358,10 @@ def activation_fraction(history: History, column: str, window: int = DEFAULT_WIN
         ran = sampled[:, j] > 0
         ok = ran & torch.isfinite(values[:, j])
         if bool(ok.any()):
-            out[name] = float(values[ok, j].sum() / sampled[ok, j].sum())
+            if column in _PER_STEP_MEDIAN:
+                out[name] = float((values[ok, j] / sampled[ok, j]).median())
+            else:
+                out[name] = float(values[ok, j].sum() / sampled[ok, j].sum())
     return out
 
 

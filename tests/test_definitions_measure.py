@@ -129,6 +129,22 @@ def test_a_relu_family_net_stuck_at_a_tiny_init_is_info_with_kaiming_first():
     assert stuck.suggestions[0].kind == "kaiming_init"
 
 
+def test_saturation_is_the_median_of_each_steps_fraction_as_the_definitions_take_it():
+    """A GAN generator of eight tanh layers at init x0.1: its late layers' saturated share
+    swings between detail steps; pooled over the window it read 0.45, the median step is
+    above the 50% line the definitions draw with a stalled player (generated tuning run
+    3137; the oracle labels G.net.0.9 and G.net.0.11)."""
+    config = Config(
+        seed=3137, family="gan_container", depth=8, width=12, activation="tanh",
+        init_scale=0.1, optimizer="adamw", lr=0.01, seq_len=8, loss="gan", batch=16,
+        steps=50, fault="deep_squash",
+    )  # fmt: skip
+    report = watch_generated(config)
+    saturated = {f.layer: f for f in report.at_least("warning") if f.kind == "saturated_activation"}
+    assert "G.net.0.11" in saturated, report
+    assert saturated["G.net.0.11"].evidence["saturated_fraction"] > 0.55
+
+
 def test_a_total_gradient_that_fell_100x_while_the_loss_stalled_is_vanishing():
     """A residual CNN at Kaiming x10 under Adagrad: the loss starts at 1e16 and ends far
     above a constant prediction's while the total gradient norm falls to 0.4% of its first
