@@ -134,5 +134,9 @@ def train(rank: int, port: int, out: str, mode: str, steps: int, bad_from: int =
         result = _result(scope)
         result["class"] = type(scope.report()).__name__
         Path(out, f"rank{rank}.json").write_text(json.dumps(result))
+        # Both ranks done before either tears gloo down: a rank that destroyed the group
+        # while its peer was still in the last collective aborted once in CI (SIGABRT,
+        # "terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
