@@ -717,18 +717,16 @@ class Scope:
         if tracking.optimizer_size(self.optimizer) != self._opt_size:
             return False
         loss = self._loss
-        norms = self._measure.light_values(None)
+        norms = self._measure.light_values(loss)  # the norms, then the loss when logged
         if norms is None:
             return False
+        loss_value = norms.pop() if loss is not None else None
         size = sum(norms)
         jumps = self._jumps
         if not size <= (jumps.limit if jumps is not None else math.inf) or size == math.inf:
             return False  # NaN or Inf, or a jump: recorded (and replayed) now
-        loss_value = None
-        if loss is not None:
-            loss_value = (loss if loss.dtype is torch.float32 else loss.float()).item()
-            if not math.isfinite(loss_value):
-                return False
+        if loss_value is not None and not math.isfinite(loss_value):
+            return False
         self._rows.append((self._step, norms, loss_value, size, time.perf_counter() - t0))
         self._deferred_now = True
         return True
