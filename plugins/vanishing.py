@@ -65,6 +65,9 @@ from gradscope_plugins.judgement import (
 )
 
 NAME = "vanishing"
+#: A discriminator whose first loss is this many times a guessing one's line started with
+#: outputs far too large: its initialisation's scale is the first fix.
+ABSURD_START = 100.0
 #: The statistics this detector reads (see gradscope.statistics); without them it cannot judge.
 NEEDS = ("grad_l2", "param_norm")
 DEFAULTS = {
@@ -101,6 +104,11 @@ DEFAULTS = {
     # most this (median D(G(z)) over the run's second half) gets that share of the
     # gradient the non-saturating loss would give: starved, whether or not it ever fell.
     "starved_score": 0.05,
+    # A discriminator trained alone whose loss ends above this is worse than one that
+    # scores every sample alike (2 ln 2 = 1.39 for the two-term binary cross-entropy, 2 for
+    # the hinge loss, at most 0.5 for least squares): harmed, however far its loss fell
+    # from a bad start (a large initialisation: 1e6 -> 300).
+    "guessing_discriminator": 4.0,
 }
 
 
@@ -253,17 +261,22 @@ def _gan_players(
     A GAN's losses are a game, not a descent: the logged loss is taken as the player's own
     when a player is watched alone, and as the generator's (how well it fools the
     discriminator) when both are in one model.  A player harmed is one whose loss improved
-    by less than ``stall``; a discriminator in one model with the generator is harmed when
-    it scores every sample alike (its output does not vary: it tells nothing apart).
+    by less than ``stall``; a discriminator watched alone is also harmed when its loss ends
+    worse than a guessing discriminator's (``guessing_discriminator``); one in a model with
+    the generator, when it scores every sample alike (its output does not vary: it tells
+    nothing apart).
     """
     trend, share = harm
     constant = predicts_a_constant(history, trend, t)[0]
     no_better = trend.known and trend.improvement < t["stall"]
     alone = len(set(roles.values())) == 1
+    worse_than_guessing = trend.known and trend.last > t["guessing_discriminator"]
     harmed = {
         "generator": no_better and (not alone or "generator" in roles.values()),
-        "discriminator": no_better if alone else constant,
+        "discriminator": (no_better or worse_than_guessing) if alone else constant,
     }
+    # Its findings say how it is harmed: its loss ends worse than a guess's, not stalled.
+    d_lines = {**t, "worse_than_guessing": alone and worse_than_guessing and not no_better}
     found: list[Finding] = []
     starved = _starved_generator(history, layers, roles, t) if harmed["generator"] else []
     for role in ("generator", "discriminator"):
@@ -275,18 +288,20 @@ def _gan_players(
         measured = _yardsticks(chain, rel, model_info)
         affected = _depth_gaps(chain, measured, model_info, t, (True, False), stalled=True)
         if affected:
+            line = d_lines if role == "discriminator" else t
             found.append(
                 _through_depth(
-                    history, model_info, (chain, series, rel), affected, (trend, share, True), t
+                    history, model_info, (chain, series, rel), affected, (trend, share, True),
+                    line,
                 )
-            )
+            )  # fmt: skip
     if found:
         return _unless_named(found, starved, roles)
     # Over training: each harmed player's gradient.  A generator facing a confident
     # discriminator (the saturating loss starves it by ~10x: its own line); a
     # discriminator scoring every sample alike, judged as a model trained alone (the
     # definitions' 100x fall, its total gradient norm too: silent units leave only biases).
-    lines = {"generator": t, "discriminator": {**t, "time_ratio": t["model_time_ratio"]}}
+    lines = {"generator": t, "discriminator": {**d_lines, "time_ratio": t["model_time_ratio"]}}
     for role in ("generator", "discriminator"):
         players = [layer for layer in layers if roles.get(layer.name) == role]
         if not players:
@@ -343,7 +358,7 @@ def _starved_generator(
                 "fake_score": score,
                 "threshold_starved_score": t["starved_score"],
                 "over": "loss",
-                **_gan_evidence(roles, first),
+                **_gan_evidence(roles, first, t),
             },
         )
     ]
@@ -410,7 +425,7 @@ def _through_depth(
     harm = (
         _constant_text(share, trend)
         if constant
-        else stall_text(history, trend, t)
+        else _harm_text(history, trend, t)
         if stalled
         else _no_harm_text(trend)
     )
@@ -681,7 +696,7 @@ def _faded_over_time(
                 + ("nothing (exactly 0) from its size" if ratio == 0 else f"{fmt(ratio)} of its")
                 + ("" if ratio == 0 else " size")
                 + " at the start of training while the model learned nothing:"
-                f"{stall_text(history, trend, t)} The layer has stopped learning, not "
+                f"{_harm_text(history, trend, t)} The layer has stopped learning, not "
                 "converged. Something downstream stopped passing gradient back: a saturated "
                 "output (sigmoid near 0 or 1), or a loss that flattens where the model now "
                 "is (the saturating GAN generator loss log(1 - D(G(z))) once the "
@@ -699,7 +714,7 @@ def _faded_over_time(
                 "no_gradient_layers": silent,
                 "loss_multiplier": loss_multiplier(history),
                 "over": "time",
-                **_gan_evidence(roles, layer.name),
+                **_gan_evidence(roles, layer.name, t),
             },
         )
     ]
@@ -757,8 +772,11 @@ def _start(values: torch.Tensor, window: int) -> float:
     return start
 
 
-def _gan_evidence(roles: dict[str, str], layer: str) -> dict[str, Any]:
-    """For a GAN's generator: its role and the module names of both parts (for the fix)."""
+def _gan_evidence(roles: dict[str, str], layer: str, t: dict) -> dict[str, Any]:
+    """For a GAN's generator: its role and the module names of both parts (for the fix);
+    for a discriminator whose loss ends worse than a guessing one's: that, and the line."""
+    if t.get("worse_than_guessing") and roles.get(layer) == "discriminator":
+        return {"gan_role": "discriminator", "guessing_loss_line": t["guessing_discriminator"]}
     if roles.get(layer) != "generator":
         return {}
     tops = {role: name.split(".")[0] for name, role in reversed(list(roles.items()))}
@@ -827,6 +845,19 @@ def _through_time(
     return found
 
 
+def _harm_text(history: History, trend: LossTrend, t: dict) -> str:
+    """The sentence that shows the harm: a discriminator's loss that ends worse than a
+    guessing discriminator's (see :func:`_gan_players`), else :func:`stall_text`'s."""
+    if not t.get("worse_than_guessing"):
+        return stall_text(history, trend, t)
+    return (
+        f" The discriminator's loss fell ({fmt(trend.first)} -> {fmt(trend.last)}) but ends "
+        f"above {fmt(t['guessing_discriminator'])}, worse than a discriminator that scores "
+        "every sample alike (2 ln 2 = 1.39 with binary cross-entropy, 2 with the hinge loss): "
+        "it tells real from fake worse than a guess."
+    )
+
+
 def _effect_text(stalled: bool) -> str:
     """What starved layers mean for training: nothing learned there, or slow learning."""
     if stalled:
@@ -856,6 +887,10 @@ def _plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
         return [fix.lower_lr, fix.clip_grad_norm, fix.add_batchnorm]
     if finding.evidence.get("gan_role") == "generator":
         return [fix.use_nonsaturating_loss, fix.lower_lr, fix.add_batchnorm]
+    line = finding.evidence.get("guessing_loss_line")
+    if line and finding.evidence.get("loss_first", 0.0) > ABSURD_START * line:
+        # Worse than a guess from an absurd first loss: the initialisation's scale.
+        return [fix.kaiming_init, fix.lower_lr, fix.add_batchnorm]
     if finding.evidence.get("no_gradient_layers"):
         # Dead units after them block the gradient: what killed the units is the cause.
         return [fix.lower_lr, fix.kaiming_init, fix.add_batchnorm]

@@ -296,3 +296,33 @@ def test_steps_larger_than_the_weights_between_detail_steps_are_seen():
     assert exploding and any(
         name.startswith("D.") for name in exploding[0].evidence["update_ratio_peak"]
     ), report
+
+
+def test_a_discriminator_whose_loss_ends_worse_than_a_guess_is_harmed():
+    """A discriminator at Kaiming x6, watched with its own optimizer (the generator by its
+    own scope, the standard two-optimizer loop): its two-term
+    binary cross-entropy starts near 1e6 and ends near 340, far above the 1.39 a
+    discriminator scoring every sample 0.5 gets, while its gradient falls ~1,000x
+    (generated tuning run 4986, labelled vanishing on D.net.0.0 by the oracle).  Its loss
+    fell by far more than 10%, so only the guessing line shows the harm; the absurd first
+    loss puts the initialisation first."""
+    import gradscope
+    from gradscope_scenarios.generated.space import build
+
+    config = Config(
+        seed=4986, family="gan", width=24, activation="gelu", init="kaiming", init_scale=6.0,
+        optimizer="rmsprop", lr=0.003, seq_len=8, loss="gan", batch=64, steps=50,
+        fault="large_init",
+    )  # fmt: skip
+    sc = build(config)
+    scopes = {part: gradscope.watch(sc.parts[part], optimizer=sc.optimizers[part]) for part in "GD"}
+    for step in range(config.steps):
+        sc.train_step(step, lambda part, loss: scopes[part].log_loss(loss))
+    for scope in scopes.values():
+        scope.detach()
+    report = scopes["D"].report()
+    (vanishing,) = [f for f in report.at_least("warning") if f.kind == "vanishing_gradient"]
+    assert vanishing.layer == "net.0.0", report
+    assert "worse than a discriminator that scores every sample alike" in vanishing.message
+    assert vanishing.evidence["loss_last"] > 100
+    assert [s.kind for s in vanishing.suggestions][:2] == ["kaiming_init", "lower_lr"]
