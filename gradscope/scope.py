@@ -224,6 +224,9 @@ class Scope:
         #: Modules that ran with gradients off inside a training forward (torch.no_grad()
         #: around one layer): autograd records nothing for them, so they get no gradient.
         self._ran_without_grad: set[int] = set()
+        #: Modules seen running with gradients off outside a call of the model (a loop
+        #: calling its parts, or validation): a part never seen with them on ran only so.
+        self._seen_without_grad: set[int] = set()
         self._in_training_forward = False
         #: Light steps read but not yet built into records: (step, gradient L2 norms,
         #: loss, their sum, own seconds); built by _flush_light.
@@ -498,6 +501,8 @@ class Scope:
             if not torch.is_grad_enabled():
                 if self._in_training_forward:  # one layer under no_grad in a training forward
                     self._ran_without_grad.add(j)
+                else:
+                    self._seen_without_grad.add(j)
                 return  # validation under no_grad is not part of the training step
             self._forward_since_step = True  # also set by the root's hook, on every step
             if not self._hooks_live:
@@ -946,6 +951,9 @@ class Scope:
         if self._ran_without_grad:
             names = (self._modules[j][0] for j in self._ran_without_grad)
             info.extra["ran_without_grad"] = sorted(names)
+        if self._seen_without_grad:
+            names = (self._modules[j][0] for j in self._seen_without_grad)
+            info.extra["seen_without_grad"] = sorted(names)
         return info
 
     # -- reporting ---------------------------------------------------------------

@@ -233,7 +233,7 @@ def recent(series: Tensor, window: int = DEFAULT_WINDOW) -> float:
 
 def early(series: Tensor, window: int = DEFAULT_WINDOW) -> float:
     """Median of the first ``window`` finite values (NaN if none)."""
-    return _finite_median(series[:window])
+    return _finite_median(series[torch.isfinite(series)][:window])
 
 
 def over_run(series: Tensor) -> float:
@@ -296,7 +296,11 @@ def loss_trend(history: History, window: int = DEFAULT_WINDOW) -> LossTrend:
     ``first`` is the median of the first three logged losses only: a learning rate that
     blows up within the first steps must not raise the baseline it is compared with.
     """
-    losses = history.losses()
+    return trend_of(history.losses(), window)
+
+
+def trend_of(losses: torch.Tensor, window: int = DEFAULT_WINDOW) -> LossTrend:
+    """:func:`loss_trend` of a series of logged losses (NaN where none was logged)."""
     finite = losses[torch.isfinite(losses)]
     logged = int((~torch.isnan(losses)).sum())
     if finite.numel() == 0:

@@ -23,6 +23,7 @@ from gradscope.signals import (
     default_init_norm,
     layer_signals,
     step_weighted_median,
+    trend_of,
 )
 
 #: Roles whose gradients carry the signal along the network's depth.
@@ -172,7 +173,8 @@ def gan_roles(history: History, model_info: ModelInfo) -> dict[str, str]:
     one's output is the other's input, or the model is trained in exactly two parts
     (optimizer parameter groups or ``watch(parts=...)``); the upstream part is the
     generator, and the downstream one is called at least twice per step (the
-    discriminator sees real and generated samples).
+    discriminator sees real and generated samples) or the two are trained in turns
+    (:func:`trained_in_turns`).
     """
     role = linked_gan_role(model_info)
     if role is not None:
@@ -191,12 +193,52 @@ def gan_roles(history: History, model_info: ModelInfo) -> dict[str, str]:
         part: max((calls.get(layer, 0) for layer, p in split.items() if p == part), default=0)
         for part in (upstream, downstream)
     }
-    if per_part[downstream] < 2 * max(per_part[upstream], 1):
+    if per_part[downstream] < 2 * max(per_part[upstream], 1) and not trained_in_turns(
+        history, split
+    ):
         return {}
     return {
         layer: "generator" if part == upstream else "discriminator"
         for layer, part in split.items()
     }
+
+
+def turn_trend(
+    history: History, model_info: ModelInfo, roles: dict[str, str], role: str, window: int
+) -> LossTrend | None:
+    """The loss trend of ``role``'s own steps when a GAN in one model is trained in turns
+    (:func:`trained_in_turns`): the losses logged on the steps where only that player got
+    gradients.  None otherwise (both players step together: the logged loss is the
+    generator's)."""
+    split = model_info.parts
+    if not roles or not trained_in_turns(history, split):
+        return None
+    mine = [roles.get(module) == role for module in history.param_modules]
+    theirs = [roles.get(module) not in (None, role) for module in history.param_modules]
+    present = history.grad_series("has_grad") > 0
+    alone = present[:, mine].any(dim=1) & ~present[:, theirs].any(dim=1)
+    losses = history.losses().clone()
+    losses[~alone] = math.nan
+    return trend_of(losses, window)
+
+
+def trained_in_turns(history: History, split: dict[str, str], least: int = 2) -> bool:
+    """Whether the model's two parts (``split``: module -> part) are trained in turns: on
+    at least ``least`` recorded steps only one part got gradients, and on as many only the
+    other (a GAN in one model, its discriminator's steps taking the generator's output
+    detached and its generator's steps clearing the discriminator's gradients).  A model
+    whose parts differ only in their learning rates gets gradients in both at every step."""
+    part_of = [split.get(module) for module in history.param_modules]
+    parts = sorted({part for part in part_of if part is not None})
+    if len(parts) != 2 or len(history) == 0:
+        return False
+    present = history.grad_series("has_grad") > 0
+    got = [
+        present[:, [k for k, part in enumerate(part_of) if part == name]].any(dim=1)
+        for name in parts
+    ]
+    alone = [int((got[0] & ~got[1]).sum()), int((got[1] & ~got[0]).sum())]
+    return min(alone) >= least
 
 
 def reference_norm(signal: LayerSignal, model_info: ModelInfo) -> float:
@@ -304,9 +346,11 @@ MIN_LOSSES_FOR_A_STALL = 20
 
 
 def total_grad_norm(layers: list[LayerSignal]) -> torch.Tensor:
-    """Per record: the norm of all the layers' gradients together (NaN entries as 0)."""
-    stacked = torch.stack([torch.nan_to_num(s.grad_norm, nan=0.0) for s in layers], dim=1)
-    return stacked.square().sum(dim=1).sqrt()
+    """Per record: the norm of all the layers' gradients together (NaN entries as 0; NaN
+    on a record where none of them got a gradient: a GAN player on its rival's steps)."""
+    raw = torch.stack([s.grad_norm for s in layers], dim=1)
+    total = torch.nan_to_num(raw, nan=0.0).square().sum(dim=1).sqrt()
+    return total.masked_fill(torch.isnan(raw).all(dim=1), math.nan)
 
 
 #: A loop clips when at least this share of the recorded steps (5 or more) have a total

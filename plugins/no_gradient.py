@@ -22,7 +22,8 @@ NEEDS = ("has_grad",)
 def gradscope_detect(
     history: History, model_info: ModelInfo, config: dict[str, Any]
 ) -> list[Finding]:
-    """One finding per module whose trainable parameters never got a gradient."""
+    """One finding per part of the model whose trainable parameters never got a gradient:
+    a module, or the largest part (below the model) none of whose parameters got one."""
     if history.recorded == 0:
         return []
     missing: dict[str, list[str]] = {}
@@ -43,61 +44,101 @@ def gradscope_detect(
         or any(other.startswith(module + ".") for other in reached)
     }
     calls = dict(zip(history.module_names, history.calls_total, strict=True))
-    without_grad = set(model_info.extra.get("ran_without_grad") or ())
+    extra = model_info.extra
+    # Ran with gradients off inside a call of the model, or only ever so (a loop calling
+    # the model's parts: `with torch.no_grad(): h = model.encoder(x)`).
+    without_grad = set(extra.get("ran_without_grad") or ()) | {
+        module for module in extra.get("seen_without_grad") or () if not calls.get(module)
+    }
     # Not one parameter had a gradient at any step although the modules ran: the loop's
     # order (step() before backward(), or zero_grad() between them), not a cut graph.
     loop_order = len(missing) > 1 and all(seen == 0 for seen in history.grad_seen) and all(
         calls.get(module, 0) > 0 for module in missing
     )
     findings = []
-    for module, params in missing.items():
-        ran = calls.get(module, 0) > 0 or module in without_grad
-        why = (
-            "No parameter of the model had a gradient when optimizer.step() ran, although "
-            "every layer ran in forward(): call loss.backward() before optimizer.step(), "
-            "and optimizer.zero_grad() before backward(), not between it and step()"
+    for part, members in _parts(missing, reached, model_info.model_name).items():
+        params = [name for module in members for name in missing[module]]
+        ran = any(calls.get(module, 0) > 0 or module in without_grad for module in members)
+        situation = (
+            "loop_order"
             if loop_order
-            else f"{module} runs in forward() with gradients off (inside torch.no_grad() or "
-            "torch.set_grad_enabled(False)), so autograd records nothing for it: call it "
-            "outside that block"
-            if module in without_grad
-            else f"{module}'s output reaches the loss (its other parameters, or its "
-            f"submodules', get gradients), so {'this one is' if len(params) == 1 else 'these are'} "
-            "never read in its forward(), or only through .detach() or .data"
-            if module in reached
-            else f"{module} runs in forward(), so its output is cut off from the loss: look "
-            "for .detach(), .data, torch.no_grad() or a tensor rebuilt with torch.tensor(...) "
-            "between it and the loss"
+            else "without_grad"
+            if any(module in without_grad for module in members)
+            else "unread"
+            if part in reached
+            else "cut_off"
             if ran
-            else f"{module} is never called in forward(): an unused layer, or one that a "
-            "branch always skips"
+            else "never_called"
         )
         findings.append(
             Finding(
                 kind="no_gradient",
-                layer=module,
+                layer=part,
                 severity="warning",
                 step=history.steps[0],
-                message=(
-                    f"{', '.join(params)} require{'s' if len(params) == 1 else ''} a gradient "
-                    f"but never got one in {history.recorded} recorded steps, so "
-                    f"{'it does' if len(params) == 1 else 'they do'} not learn. {why}."
-                    + (
-                        ""
-                        if loop_order
-                        else " If that is intended, freeze them with requires_grad_(False)."
-                    )
-                ),
+                message=_message(part, params, members, situation, history.recorded),
                 evidence={
                     "parameters": params,
+                    "modules": members,
                     "module_called": ran,
-                    "module_reached": module in reached,
+                    "module_reached": part in reached,
                     "loop_order": loop_order,
                     "recorded_steps": history.recorded,
                 },
             )
         )
     return findings
+
+
+def _parts(missing: dict[str, list[str]], reached: set[str], root: str) -> dict[str, list[str]]:
+    """The modules of ``missing`` grouped under the largest part of the model (its name's
+    shortest prefix, below the model itself) that holds no module with a gradient: an
+    encoder run under ``torch.no_grad()`` is one finding, not one per layer."""
+    with_grad = reached | set()
+    groups: dict[str, list[str]] = {}
+    for module in missing:
+        part = module
+        if module != root and module not in reached:
+            pieces = module.split(".")
+            for k in range(1, len(pieces)):
+                prefix = ".".join(pieces[:k])
+                if not any(m == prefix or m.startswith(prefix + ".") for m in with_grad):
+                    part = prefix
+                    break
+        groups.setdefault(part, []).append(module)
+    return groups
+
+
+def _message(
+    part: str, params: list[str], members: list[str], situation: str, recorded: int
+) -> str:
+    """What is missing, for how long, why (``situation``), and what to do if intended."""
+    shown = ", ".join(params[:4]) + (f" and {len(params) - 4} more" if len(params) > 4 else "")
+    where = part if len(members) == 1 else f"{part} ({len(members)} modules)"
+    why = {
+        "loop_order": "No parameter of the model had a gradient when optimizer.step() ran, "
+        "although every layer ran in forward(): call loss.backward() before "
+        "optimizer.step(), and optimizer.zero_grad() before backward(), not between it and "
+        "step()",
+        "without_grad": f"{where} runs in forward() with gradients off (inside "
+        "torch.no_grad() or torch.set_grad_enabled(False)), so autograd records nothing for "
+        "it: call it outside that block",
+        "unread": f"{part}'s output reaches the loss (its other parameters, or its "
+        f"submodules', get gradients), so {'this one is' if len(params) == 1 else 'these are'} "
+        "never read in its forward(), or only through .detach() or .data",
+        "cut_off": f"{where} runs in forward(), so its output is cut off from the loss: look "
+        "for .detach(), .data, torch.no_grad() or a tensor rebuilt with torch.tensor(...) "
+        "between it and the loss",
+        "never_called": f"{where} is never called in forward(): an unused layer, or one "
+        "that a branch always skips",
+    }[situation]
+    one = len(params) == 1
+    return (
+        f"{shown} require{'s' if one else ''} a gradient but never got one in {recorded} "
+        f"recorded steps, so {'it does' if one else 'they do'} not learn. {why}."
+        + ("" if situation == "loop_order" else " If that is intended, freeze them with "
+           "requires_grad_(False).")
+    )  # fmt: skip
 
 
 def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:

@@ -58,6 +58,7 @@ from gradscope_plugins.judgement import (
     stall_text,
     through_time_ratios,
     total_grad_norm,
+    turn_trend,
     under,
     weight_growth,
     weights_blew_up,
@@ -259,24 +260,16 @@ def _gan_players(
     gradient fading over time.
 
     A GAN's losses are a game, not a descent: the logged loss is taken as the player's own
-    when a player is watched alone, and as the generator's (how well it fools the
-    discriminator) when both are in one model.  A player harmed is one whose loss improved
-    by less than ``stall``; a discriminator watched alone is also harmed when its loss ends
-    worse than a guessing discriminator's (``guessing_discriminator``); one in a model with
-    the generator, when it scores every sample alike (its output does not vary: it tells
-    nothing apart).
+    when a player is watched alone or when both, in one model, are trained in turns (each
+    player's steps carry its loss: :func:`judgement.turn_trend`), and as the generator's
+    (how well it fools the discriminator) when both step together.  A player harmed is one
+    whose loss improved by less than ``stall``; a discriminator with a loss of its own is
+    also harmed when that loss ends worse than a guessing discriminator's
+    (``guessing_discriminator``); one stepped with the generator, when it scores every
+    sample alike (its output does not vary: it tells nothing apart).
     """
     trend, share = harm
-    constant = predicts_a_constant(history, trend, t)[0]
-    no_better = trend.known and trend.improvement < t["stall"]
-    alone = len(set(roles.values())) == 1
-    worse_than_guessing = trend.known and trend.last > t["guessing_discriminator"]
-    harmed = {
-        "generator": no_better and (not alone or "generator" in roles.values()),
-        "discriminator": (no_better or worse_than_guessing) if alone else constant,
-    }
-    # Its findings say how it is harmed: its loss ends worse than a guess's, not stalled.
-    d_lines = {**t, "worse_than_guessing": alone and worse_than_guessing and not no_better}
+    trends, harmed, lines = _player_harm(history, model_info, roles, trend, t)
     found: list[Finding] = []
     starved = _starved_generator(history, layers, roles, t) if harmed["generator"] else []
     for role in ("generator", "discriminator"):
@@ -288,11 +281,10 @@ def _gan_players(
         measured = _yardsticks(chain, rel, model_info)
         affected = _depth_gaps(chain, measured, model_info, t, (True, False), stalled=True)
         if affected:
-            line = d_lines if role == "discriminator" else t
             found.append(
                 _through_depth(
-                    history, model_info, (chain, series, rel), affected, (trend, share, True),
-                    line,
+                    history, model_info, (chain, series, rel), affected,
+                    (trends[role], share, True), lines[role],
                 )
             )  # fmt: skip
     if found:
@@ -301,18 +293,51 @@ def _gan_players(
     # discriminator (the saturating loss starves it by ~10x: its own line); a
     # discriminator scoring every sample alike, judged as a model trained alone (the
     # definitions' 100x fall, its total gradient norm too: silent units leave only biases).
-    lines = {"generator": t, "discriminator": {**d_lines, "time_ratio": t["model_time_ratio"]}}
+    lines["discriminator"] = {**lines["discriminator"], "time_ratio": t["model_time_ratio"]}
     for role in ("generator", "discriminator"):
         players = [layer for layer in layers if roles.get(layer.name) == role]
         if not players:
             continue  # watched apart: the other player is the other scope's
         series = [relative_grad(layer, model_info) for layer in players]
-        harm = (harmed[role], False)
         found += _faded_over_time(
-            history, model_info, (players, series), trend, harm, lines[role],
-            as_one=role == "discriminator",
+            history, model_info, (players, series), trends[role], (harmed[role], False),
+            lines[role], as_one=role == "discriminator",
         )  # fmt: skip
     return _unless_named(found, starved, roles)
+
+
+def _player_harm(
+    history: History, model_info: ModelInfo, roles: dict[str, str], trend: LossTrend, t: dict
+) -> tuple[dict[str, LossTrend], dict[str, bool], dict[str, dict]]:
+    """Each player's loss trend, whether it is harmed, and the lines its findings are
+    judged and worded by (see :func:`_gan_players`)."""
+    window = int(t["window"])
+    turns = {
+        role: turn_trend(history, model_info, roles, role, window)
+        for role in ("generator", "discriminator")
+    }
+    trends = {role: own or trend for role, own in turns.items()}
+    alone = len(set(roles.values())) == 1
+    own_loss = alone or turns["discriminator"] is not None
+
+    def no_better(role: str) -> bool:
+        return trends[role].known and trends[role].improvement < t["stall"]
+
+    guessing = own_loss and trends["discriminator"].known and (
+        trends["discriminator"].last > t["guessing_discriminator"]
+    )
+    harmed = {
+        "generator": no_better("generator") and (not alone or "generator" in roles.values()),
+        "discriminator": (no_better("discriminator") or guessing)
+        if own_loss
+        else predicts_a_constant(history, trend, t)[0],
+    }
+    # Its findings say how it is harmed: its loss ends worse than a guess's, not stalled.
+    lines = {
+        "generator": t,
+        "discriminator": {**t, "worse_than_guessing": guessing and not no_better("discriminator")},
+    }
+    return trends, harmed, lines
 
 
 def _unless_named(found: list[Finding], starved: list[Finding], roles: dict) -> list[Finding]:

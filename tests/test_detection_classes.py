@@ -187,6 +187,58 @@ def test_two_optimizer_gan_with_the_non_saturating_loss_is_silent():
     assert report.kinds_at_least("warning") == set()
 
 
+def gan_in_turns(saturating: bool, d_steps: int = 5, steps: int = 50):
+    """A GAN in one model, one optimizer with a parameter group per player, trained in
+    turns (a stranger session's loop): ``d_steps`` discriminator steps on detached samples,
+    then a generator step that clears the discriminator's gradients; each step logs its
+    own loss."""
+    torch.manual_seed(0)
+    gan = nn.ModuleDict({"g": Generator(), "d": Discriminator()})
+    g, d = gan["g"], gan["d"]
+    opt = torch.optim.Adam(
+        [{"params": g.parameters(), "lr": 2e-4}, {"params": d.parameters(), "lr": 1e-2}],
+        betas=(0.5, 0.999),
+    )
+    bce = nn.functional.binary_cross_entropy_with_logits
+    with gradscope.watch(gan, optimizer=opt) as scope:
+        for k in range(steps):
+            gen = torch.Generator().manual_seed(k)
+            real = torch.randn(64, 2, generator=gen) * 0.5 + 2.0
+            for _ in range(d_steps):
+                fake = g(torch.randn(64, 4, generator=gen)).detach()
+                r, f = d(real), d(fake)
+                d_loss = bce(r, torch.ones_like(r)) + bce(f, torch.zeros_like(f))
+                opt.zero_grad(set_to_none=True)
+                scope.log_loss(d_loss)
+                d_loss.backward()
+                opt.step()
+            logits = d(g(torch.randn(64, 4, generator=gen)))
+            zeros, ones = torch.zeros_like(logits), torch.ones_like(logits)
+            g_loss = -bce(logits, zeros) if saturating else bce(logits, ones)
+            opt.zero_grad(set_to_none=True)
+            scope.log_loss(g_loss)
+            g_loss.backward()
+            for p in d.parameters():
+                p.grad = None  # the generator's step moves the generator only
+            opt.step()
+    return scope.report()
+
+
+def test_a_gan_in_one_model_trained_in_turns_is_judged_by_each_players_own_steps():
+    """Five discriminator steps per generator step: the generator is found from the steps
+    where only it got gradients (the calls per step do not tell the players apart), and its
+    saturating loss is judged on its own steps (one in six), not on the discriminator's."""
+    report = gan_in_turns(saturating=True)
+    (finding,) = serious(report, "vanishing_gradient")
+    assert finding.layer.startswith("g."), report
+    assert finding.suggestions[0].kind == "use_nonsaturating_loss"
+
+
+def test_a_gan_in_one_model_trained_in_turns_with_the_non_saturating_loss_is_silent():
+    report = gan_in_turns(saturating=False)
+    assert report.kinds_at_least("warning") == set(), report
+
+
 def test_an_output_that_was_freed_links_no_model():
     """Models are linked through the storage address of an output; once that output is
     freed its memory is reused, and a later tensor at the same address is not it (a

@@ -303,6 +303,45 @@ def test_a_layer_run_under_no_grad_is_said_to_run_and_is_not_told_to_be_frozen()
     assert "freeze_unused" not in [s.kind for s in finding.suggestions]
 
 
+class _Encoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh())
+        self.norm = nn.LayerNorm(16)
+
+    def forward(self, x):
+        return self.norm(self.layers(x))
+
+
+def test_a_part_called_under_no_grad_by_the_loop_is_one_finding_that_says_so():
+    """The loop calls the model's parts itself and runs the encoder under torch.no_grad()
+    (a stranger session's ELECTRA recipe): the model is never called, so nothing said a
+    training forward began; the encoder's three modules are one finding, not told that
+    forward() never calls them, and not told to freeze them first."""
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"encoder": _Encoder(), "head": nn.Linear(16, 3)})
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    with gradscope.watch(model, optimizer=opt) as scope:
+        for _ in range(12):
+            opt.zero_grad()
+            with torch.no_grad():
+                h = model["encoder"](x)
+            loss = CE(model["head"](h), y)
+            scope.log_loss(loss)
+            loss.backward()
+            opt.step()
+    (finding,) = [f for f in scope.report().findings if f.kind == "no_gradient"]
+    assert finding.layer == "encoder", finding
+    modules = ["encoder.layers.0", "encoder.layers.2", "encoder.norm"]
+    assert sorted(finding.evidence["modules"]) == modules
+    assert finding.message.startswith("encoder.layers.0.weight, encoder.layers.0.bias,")
+    assert "and 2 more require a gradient" in finding.message
+    assert "encoder (3 modules) runs in forward() with gradients off" in finding.message
+    assert finding.suggestions[0].kind == "check_graph"
+    assert "freeze_unused" not in [s.kind for s in finding.suggestions]
+
+
 def test_a_loop_that_steps_before_backward_is_told_the_order_not_a_cut_graph():
     """zero_grad(); loss; step(); backward(): every gradient is cleared before the step
     that would use it (a stranger session's loop), which reads as no gradient anywhere."""
