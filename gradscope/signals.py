@@ -382,6 +382,27 @@ def last_measured(history: History, column: str) -> dict[str, tuple[int, float]]
     return out
 
 
+def norm_gains(history: History, model_info: ModelInfo) -> dict[str, float]:
+    """Normalisation layer -> the root mean square of its gain (its 1-D ``weight``) at the
+    first record that measured it: 1 for PyTorch's and most libraries' initialisation."""
+    if not history.records:
+        return {}
+    norms = history.grad_series("param_norm")
+    numel = history.grad_series("numel")[0]
+    layers = {layer.name for layer in model_info.layers if layer.role == "norm"}
+    out = {}
+    owners = zip(history.param_names, history.param_modules, strict=True)
+    for k, (name, module) in enumerate(owners):
+        if module not in layers or name != f"{module}.weight":
+            continue
+        if len(model_info.param_shapes.get(name, [])) != 1:
+            continue
+        value = early(norms[:, k], 1)
+        if math.isfinite(value) and numel[k] > 0:
+            out[module] = value / math.sqrt(float(numel[k]))
+    return out
+
+
 def data_rms(history: History, model_info: ModelInfo) -> tuple[str, float] | None:
     """The size of the data as the model sees it: (the first layer with parameters, in
     forward order; the median root mean square of its input over the records that measured

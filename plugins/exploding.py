@@ -452,8 +452,9 @@ def _plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
     recurrent = layer is not None and layer.role in ("vanilla_rnn", "gated_rnn")
     sigmoid_like = roles & {"sigmoid", "tanh"} and "relu" not in roles
     init = fix.xavier_init if sigmoid_like else fix.kaiming_init
-    if fix.lr_far_above_usual(info):
-        # A rate several times the optimizer's usual largest one: the first suspect.
+    if fix.lr_far_above_usual(info, finding.evidence.get("loss_multiplier")):
+        # A rate several times the optimizer's usual largest one (a loss multiplied by a
+        # constant multiplies SGD's steps by it too): the first suspect.
         return [fix.lower_lr, fix.clip_grad_norm, fix.orthogonal_init if recurrent else init]
     if recurrent:
         # The recurrence multiplies by the same matrix every step: make it norm-preserving.

@@ -16,7 +16,7 @@ from dataclasses import replace
 
 from gradscope import Finding, Suggestion
 from gradscope.modelinfo import LayerInfo, ModelInfo
-from gradscope_plugins.judgement import fmt
+from gradscope_plugins.judgement import fmt, followed_by_norm
 
 
 def _is_attr_path(name: str) -> bool:
@@ -149,6 +149,48 @@ def xavier_init(finding: Finding, info: ModelInfo) -> Suggestion:
         ),
         code=_init_loop(
             info, layers, f"nn.init.xavier_uniform_({{w}}, gain=nn.init.calculate_gain({gain!r}))"
+        ),
+    )
+
+
+#: Normalisation gains (weight RMS) below this start every normalised output ~10x too
+#: small; libraries initialise them to 1.
+TINY_NORM_GAIN = 0.1
+
+
+def tiny_norm_gains(finding: Finding) -> list[str]:
+    """The normalisation layers of the finding's evidence whose gains started tiny."""
+    gains = finding.evidence.get("norm_gains") or {}
+    return [name for name, rms in gains.items() if rms < TINY_NORM_GAIN]
+
+
+def has_tiny_norm_gains(finding: Finding, info: ModelInfo) -> bool:
+    """Whether some normalisation layer of the finding's evidence started with tiny gains."""
+    return bool(tiny_norm_gains(finding))
+
+
+def reset_norm_gains(finding: Finding, info: ModelInfo) -> Suggestion:
+    """Start the normalisation layers' gains at 1 (their scale is what shrinks the signal)."""
+    names = tiny_norm_gains(finding)
+    gains = finding.evidence.get("norm_gains") or {}
+    rms = sorted(gains[name] for name in names)[len(names) // 2] if names else math.nan
+    listed = ", ".join(repr(name) for name in names)
+    return Suggestion(
+        kind="reset_norm_gains",
+        title="Start the normalisation layers' gains (their weight) at 1",
+        why=(
+            f"{len(names)} normalisation layers start with gains of RMS about {fmt(rms)} "
+            "instead of 1: each multiplies its normalised output, and so the gradient back "
+            "through it, by that much, so signal and gradient shrink at every one of them; "
+            "PyTorch initialises them to 1."
+        ),
+        code="\n".join(
+            [
+                "import torch.nn as nn",
+                "",
+                f"for name in [{listed}]:",
+                f"    nn.init.ones_({info.var}.get_submodule(name).weight)",
+            ]
         ),
     )
 
@@ -353,22 +395,29 @@ def lower_lr_factor(
     usual = USUAL_MAX_LR.get(optimizer or "")
     if usual is None or lr is None or not lr > 0 or not math.isfinite(lr):
         return 0.1
-    scaled = loss_multiplier is not None and math.isfinite(loss_multiplier)
-    effective = lr
-    if optimizer in SCALE_SENSITIVE and scaled and loss_multiplier > 1:
-        effective = lr * loss_multiplier
-    return min(0.1, usual / effective)
+    return min(0.1, usual / (lr * _multiplier(optimizer, loss_multiplier)))
 
 
 #: A learning rate this many times the optimizer's usual largest one is far above it.
 FAR_ABOVE_USUAL = 3.0
 
 
-def lr_far_above_usual(info: ModelInfo) -> bool:
+def lr_far_above_usual(info: ModelInfo, loss_multiplier: float | None = None) -> bool:
     """Whether the run's learning rate is :data:`FAR_ABOVE_USUAL` times the optimizer's
-    usual largest one (:data:`USUAL_MAX_LR`) or more."""
+    usual largest one (:data:`USUAL_MAX_LR`) or more; under SGD a loss multiplied by a
+    constant counts as a rate that many times larger (see :func:`lower_lr_factor`)."""
     usual = USUAL_MAX_LR.get(info.optimizer or "")
-    return usual is not None and info.lr is not None and info.lr >= FAR_ABOVE_USUAL * usual
+    if usual is None or info.lr is None:
+        return False
+    return info.lr * _multiplier(info.optimizer, loss_multiplier) >= FAR_ABOVE_USUAL * usual
+
+
+def _multiplier(optimizer: str | None, loss_multiplier: float | None) -> float:
+    """What a loss multiplier multiplies the step by: itself under SGD (above 1), else 1."""
+    scaled = loss_multiplier is not None and math.isfinite(loss_multiplier)
+    if optimizer in SCALE_SENSITIVE and scaled and loss_multiplier > 1:
+        return float(loss_multiplier)
+    return 1.0
 
 
 #: A learning rate this many times below the optimizer's usual largest one is far below.
@@ -888,7 +937,12 @@ def batchnorm_fits(finding: Finding, info: ModelInfo) -> bool:
     layer) does not."""
     output = next((layer for layer in reversed(info.layers) if layer.role == "weight"), None)
     chosen = _weight_layers(info, finding.evidence.get("layers"))
-    hidden = [layer for layer in chosen if layer.role == "weight" and layer is not output]
+    hidden = [
+        layer
+        for layer in chosen
+        if layer.role == "weight" and layer is not output
+        and not followed_by_norm(info, layer.name)  # a norm already follows it
+    ]  # fmt: skip
     shapes = [layer.output_shape for layer in hidden]
     if not shapes:
         return False
@@ -939,4 +993,5 @@ def explain_first(suggestions: list[Suggestion], kind: str, reason: str) -> list
     return suggestions
 
 _APPLIES[add_batchnorm] = batchnorm_fits
+_APPLIES[reset_norm_gains] = has_tiny_norm_gains
 _APPLIES[freeze_unused] = never_called

@@ -616,7 +616,7 @@ def identical_rows(
         if step <= first_step:
             continue  # not yet trained: a zero-initialised layer may be fine
         shape = model_info.param_shapes.get(name, [])
-        if len(shape) < 2 or shape[0] < 2:
+        if len(shape) < 2 or shape[0] < 2 or _one_per_row(name, module, shape, model_info):
             continue
         rms = norm / math.sqrt(max(numel.get(name, 1), 1))
         every = spread <= t["relative_spread"] * rms + 1e-12
@@ -624,6 +624,16 @@ def identical_rows(
         if every or copied:  # NaN (not measured): not copies
             out[name] = (module, step, spread, rms, twins, every)
     return out
+
+
+def _one_per_row(name: str, module: str, shape: list[int], model_info: ModelInfo) -> bool:
+    """Whether ``name`` is a table of one number per row held by a module that is not a
+    weight layer (LeViT's per-head attention biases, zero at initialisation): its rows are
+    not units' weights, so equal rows are no symmetry to break."""
+    if math.prod(shape[1:]) != 1:
+        return False
+    layer = model_info.layer(module)
+    return layer is None or layer.role not in (*DEPTH_ROLES, "embedding")
 
 
 def _last_finite_rows(history: History) -> dict[str, tuple[int, float, float, float]]:

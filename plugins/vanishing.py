@@ -33,6 +33,7 @@ from gradscope.signals import (
     early,
     init_scale,
     loss_trend,
+    norm_gains,
     over_run,
     recent,
 )
@@ -446,7 +447,7 @@ def _through_depth(
     if blocked_paths_possible(model_info):  # exactly 0 behind ReLUs: dead units block it
         blocked = [layer.name for layer, _, _ in affected if rel[position[layer.name]] == 0]
     copies = _copied(history, model_info, names, t["copy_lines"])
-    cause = _cause(model_info, grown, blocked, copies)
+    cause = _tiny_gains_text(history, model_info) or _cause(model_info, grown, blocked, copies)
     harm = (
         _constant_text(share, trend)
         if constant
@@ -503,6 +504,7 @@ def _ranking_evidence(
     identical copies (``copies``: a random initialisation comes first)."""
     data = data_rms(history, model_info)
     return {
+        "norm_gains": norm_gains(history, model_info),
         "symmetric_layers": copies,
         "loss_multiplier": loss_multiplier(history),
         "looped_layers": looped_layers(history, [layer.name for layer in layers]),
@@ -555,6 +557,21 @@ def _cause(
             "layer."
         )
     return "The gradient shrinks at each layer on its way back to the input."
+
+
+def _tiny_gains_text(history: History, model_info: ModelInfo) -> str:
+    """The cause when normalisation layers start with tiny gains (empty when none do)."""
+    gains = norm_gains(history, model_info)
+    tiny = {name: rms for name, rms in gains.items() if rms < fix.TINY_NORM_GAIN}
+    if not tiny:
+        return ""
+    rms = sorted(tiny.values())[len(tiny) // 2]
+    return (
+        f"{len(tiny)} normalisation layers ({', '.join(list(tiny)[:3])}"
+        f"{' and more' if len(tiny) > 3 else ''}) start with gains (their weight) of RMS "
+        f"about {fmt(rms)} instead of 1: each scales its output, and the gradient back "
+        "through it, down by that much, so the gradient shrinks at every one of them. "
+    )
 
 
 def _no_harm_text(trend: LossTrend) -> str:
@@ -901,6 +918,9 @@ def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
 
 def _plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
     roles = info.roles()
+    if fix.tiny_norm_gains(finding):
+        # Normalisation layers that scale everything down: their gains, not the weights.
+        return [fix.reset_norm_gains, fix.kaiming_init, fix.lower_lr]
     if finding.evidence.get("weights_grew"):
         layer = info.layer(finding.layer)
         recurrent = layer is not None and layer.role in ("vanilla_rnn", "gated_rnn")

@@ -787,3 +787,32 @@ def test_vanishing_beside_symmetric_weights_names_the_copies_and_a_random_init_f
     (again,) = serious(strict, "vanishing_gradient")
     assert again.evidence["symmetric_layers"] == []
     assert again.suggestions[0].kind != "random_init"
+
+
+class _SingleKeyAttention(nn.Module):
+    """Per-head attention biases, zero at initialisation, added to the scores of a single
+    key (LeViT's ``attention_biases`` at a small image size): softmax over one key is 1
+    whatever the bias, so the table's gradient is exactly 0 and its rows stay equal."""
+
+    def __init__(self, heads: int = 4, dim: int = 16) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.attention_biases = nn.Parameter(torch.zeros(heads, 1))
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):  # x: (batch, 1 token, dim)
+        q, k, v = self.qkv(x).view(x.shape[0], 1, 3, self.heads, -1).unbind(2)
+        scores = (q * k).sum(-1, keepdim=True) + self.attention_biases  # (b, 1, heads, 1)
+        return self.proj((scores.softmax(-1) * v).flatten(2))
+
+
+def test_a_one_number_per_row_table_outside_a_weight_layer_is_not_symmetric():
+    torch.manual_seed(0)
+    model = nn.Sequential(_SingleKeyAttention(), nn.Flatten(), nn.Linear(16, 3))
+    x, y = torch.randn(64, 1, 16), torch.randint(0, 3, (64,))
+    nn.functional.cross_entropy(model(x), y).backward()
+    assert model[0].attention_biases.grad.abs().max() == 0  # the rows never move
+    model.zero_grad(set_to_none=True)
+    report = gradscope.diagnose(model, [(x, y)], nn.functional.cross_entropy, steps=10)
+    assert "symmetric_weights" not in report.kinds_at_least("info"), report

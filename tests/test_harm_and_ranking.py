@@ -253,6 +253,24 @@ def test_a_loss_multiplied_by_1e6_under_sgd_lowers_the_rate_by_the_multiplier_an
     assert fixed.history.losses()[-1] < 0.9 * fixed.history.losses()[0]
 
 
+def test_a_loss_multiplier_under_sgd_puts_the_rate_before_a_large_init():
+    """A stranger session's RegNet (convolutions at Kaiming fan-out, so some start above
+    3x 1/sqrt(fan_in)) trained by SGD at 0.05 on a loss multiplied by 1e6: the exploding
+    finding's first fix was Kaiming init.  The multiplier makes SGD's steps 1e6 times
+    larger, a rate far above the usual: the rate comes first."""
+    from gradscope_plugins import exploding
+
+    info = _scaled_loss_run(torch.optim.SGD, 0.05, steps=3).model_info
+    finding = Finding(
+        kind="exploding_gradient", layer="0", severity="error", step=0, message="",
+        evidence={"loss_multiplier": 1e6, "init_scale": {"0": 4.0}, "layers": ["0"]},
+    )  # fmt: skip
+    assert exploding.gradscope_suggest(finding, info)[0].kind == "lower_lr"
+    finding.evidence["loss_multiplier"] = 1.0  # the same rate on an unscaled loss
+    unscaled = finding
+    assert exploding.gradscope_suggest(unscaled, info)[0].kind == "kaiming_init"
+
+
 def test_a_loss_multiplier_does_not_change_adams_rate():
     assert fix.lower_lr_factor("Adam", 1e-3, 1e6) == 0.1
     assert fix.lower_lr_factor("SGD", 0.01, 1e6) == pytest.approx(1e-5)
@@ -337,3 +355,68 @@ def test_a_saturated_cell_of_a_loop_gets_batchnorm_before_relu_and_says_why():
     assert first.kind == "add_batchnorm"
     assert first.why.startswith("First because act run once per time step")
     assert [s.kind for s in finding.suggestions][-1] == "use_relu"
+
+
+def _tiny_gain_cnn(gain_std: float) -> nn.Module:
+    """Six Conv-BatchNorm-SiLU blocks whose BatchNorm gains are drawn from N(0, gain_std)
+    (Hugging Face's EfficientNet and MobileViT initialise them with std 0.02)."""
+    torch.manual_seed(0)
+    blocks = []
+    for k in range(6):
+        blocks += [nn.Conv2d(3 if k == 0 else 8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.SiLU()]
+    model = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            nn.init.normal_(module.weight, std=gain_std)
+    return model
+
+
+def _gain_finding(model: nn.Module) -> tuple[Finding, object]:
+    """A vanishing finding on the model's first layer carrying the gains gradscope measured
+    (a stranger session's Hugging Face EfficientNet and MobileViT, too large for the suite,
+    were found vanishing through depth with these gains: 1e-16 to 1e-32 of the classifier's
+    relative gradient)."""
+    from gradscope.signals import norm_gains
+
+    x = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    y = (x.mean(dim=(1, 2, 3)) > 0).long()
+    report = _watched(model, x, y, steps=6)
+    gains = norm_gains(report.history, report.model_info)
+    finding = Finding(
+        kind="vanishing_gradient", layer="0", severity="error", step=0, message="",
+        evidence={"layers": ["0", "3"], "norm_gains": gains, "over": "depth"},
+    )  # fmt: skip
+    return finding, report.model_info
+
+
+def test_normalisation_gains_that_start_tiny_are_reset_first_and_the_snippet_fixes_them():
+    """Hugging Face's EfficientNet and MobileViT initialise BatchNorm gains with std 0.02:
+    the fixes were "use ReLU" and "add BatchNorm" (to a model with BatchNorm after every
+    convolution).  The gains are measured, reset first, and the printed loop resets them."""
+    from gradscope_plugins import vanishing
+
+    finding, info = _gain_finding(_tiny_gain_cnn(0.02))
+    assert sorted(finding.evidence["norm_gains"]) == ["1", "10", "13", "16", "4", "7"]
+    assert max(finding.evidence["norm_gains"].values()) < 0.05
+    suggestions = vanishing.gradscope_suggest(finding, info)
+    first = suggestions[0]
+    assert first.kind == "reset_norm_gains", suggestions
+    assert "6 normalisation layers start with gains of RMS about 0.0" in first.why
+    assert "add_batchnorm" not in [s.kind for s in suggestions]  # one follows every conv
+    fixed = _tiny_gain_cnn(0.02)
+    exec(compile(first.code, "<reset_norm_gains>", "exec"), {"model": fixed})  # noqa: S102
+    gains = [m.weight for m in fixed.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(bool((g == 1).all()) for g in gains)
+
+
+def test_normalisation_gains_at_one_are_not_reset():
+    from gradscope_plugins import vanishing
+
+    model = _tiny_gain_cnn(0.02)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+    finding, info = _gain_finding(model)
+    assert all(v == pytest.approx(1.0) for v in finding.evidence["norm_gains"].values())
+    kinds = [s.kind for s in vanishing.gradscope_suggest(finding, info)]
+    assert "reset_norm_gains" not in kinds

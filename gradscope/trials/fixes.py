@@ -226,6 +226,21 @@ def xavier_init(model: nn.Module, ctx: FixContext) -> Change:
     return Change(model, layers, f"Xavier-uniform weights (gain {gain_name}), zero biases")
 
 
+def reset_norm_gains(model: nn.Module, ctx: FixContext) -> Change:
+    """Gains (weights) of 1 in the normalisation layers the suggestion lists."""
+    names = _snippet_layers(model, ctx.suggestion)
+    done = []
+    with torch.no_grad():
+        for name in names:
+            weight = getattr(model.get_submodule(name), "weight", None)
+            if isinstance(weight, torch.Tensor):
+                nn.init.ones_(weight)
+                done.append(name)
+    if not done:
+        raise NotApplicable("no listed normalisation layer has a gain (weight) to reset")
+    return Change(model, done, "normalisation gains set to 1")
+
+
 def orthogonal_init(model: nn.Module, ctx: FixContext) -> Change:
     """Orthogonal recurrent (weight_hh) matrices in the RNN the finding names, or in all."""
     rnns = [(n, m) for n, m in model.named_modules() if isinstance(m, RNN_TYPES)]
@@ -438,6 +453,7 @@ APPLIERS: dict[str, Callable[[nn.Module, FixContext], Change]] = {
     "kaiming_init": kaiming_init,
     "xavier_init": xavier_init,
     "orthogonal_init": orthogonal_init,
+    "reset_norm_gains": reset_norm_gains,
     "random_init": random_init,
     "use_relu": use_relu,
     "add_batchnorm": add_batchnorm,
