@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import keyword
 import math
-import re
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -85,10 +84,17 @@ def use_relu(finding: Finding, info: ModelInfo) -> Suggestion:
     acts = sorted({layer.type for layer in info.layers if layer.role in ("sigmoid", "tanh")})
     kinds = ", ".join(f"nn.{a}" for a in acts if _is_attr_path(a)) or "nn.Sigmoid, nn.Tanh"
     layers = _weight_layers(info)
-    code = "\n".join(
+    hidden = hidden_saturating(info)
+    swap = (
         [
-            "import torch.nn as nn",
-            "",
+            f"for act in {hidden!r}:  # hidden sigmoid/tanh modules; an output's stays",
+            '    parent, _, child = act.rpartition(".")',
+            f"    owner = {info.var}.get_submodule(parent) if parent else {info.var}",
+            "    setattr(owner, child, nn.ReLU())",
+            "# if forward() calls torch.sigmoid/tanh itself, use torch.relu there",
+        ]
+        if hidden
+        else [
             "def use_relu(module: nn.Module) -> None:",
             "    for name, child in module.named_children():",
             f"        if isinstance(child, ({kinds},)):",
@@ -97,6 +103,13 @@ def use_relu(finding: Finding, info: ModelInfo) -> Suggestion:
             "            use_relu(child)",
             "",
             f"use_relu({info.var})  # if forward() calls torch.sigmoid/tanh, use torch.relu there",
+        ]
+    )
+    code = "\n".join(
+        [
+            "import torch.nn as nn",
+            "",
+            *swap,
             "# ReLU layers keep their signal only with Kaiming-scaled weights:",
             _init_loop(info, layers, 'nn.init.kaiming_normal_({w}, nonlinearity="relu")').split(
                 "\n", 2
@@ -116,6 +129,26 @@ def use_relu(finding: Finding, info: ModelInfo) -> Suggestion:
         ),
         code=code,
     )
+
+
+def hidden_saturating(info: ModelInfo) -> list[str]:
+    """The sigmoid/tanh modules a weight layer of the same part of the model is called
+    after (a model trained in parts, a GAN's players, is judged part by part; a part is the
+    top-level module): hidden activations, not an output's squashing (an autoencoder's
+    final Sigmoid, a generator's Tanh)."""
+    parted = len(set(info.parts.values())) >= 2
+
+    def part(name: str) -> str:
+        return name.split(".")[0] if parted else ""
+
+    out = []
+    for k, layer in enumerate(info.layers):
+        if layer.role not in ("sigmoid", "tanh") or layer.name == info.model_name:
+            continue
+        later = info.layers[k + 1 :]
+        if any(o.role == "weight" and part(o.name) == part(layer.name) for o in later):
+            out.append(layer.name)
+    return out
 
 
 def kaiming_init(finding: Finding, info: ModelInfo) -> Suggestion:
@@ -560,7 +593,6 @@ def raise_lr(finding: Finding, info: ModelInfo) -> Suggestion:
 def add_batchnorm(finding: Finding, info: ModelInfo) -> Suggestion:
     """BatchNorm after the weight layers."""
     layers = _weight_layers(info, finding.evidence.get("layers"))
-    first = layers[0] if layers else None
     if info.root_type == "Sequential":
         code = "\n".join(
             [
@@ -577,20 +609,7 @@ def add_batchnorm(finding: Finding, info: ModelInfo) -> Suggestion:
             ]
         )
     else:
-        width = (
-            (first.size.get("out_features") or first.size.get("out_channels")) if first else None
-        )
-        norm = "BatchNorm2d" if first and "out_channels" in first.size else "BatchNorm1d"
-        name = re.sub(r"\W", "_", first.name) if first else "layer"
-        layer_ref = _ref(info, first.name, var="self") if first else "self.layer"
-        code = "\n".join(
-            [
-                "# in __init__:",
-                f"self.bn_{name} = nn.{norm}({width or '...'})",
-                "# in forward(), right after the layer:",
-                f"x = self.bn_{name}({layer_ref}(x))",
-            ]
-        )
+        code = _wrap_with_batchnorm(info, _batchnorm_targets(info, layers))
     return Suggestion(
         kind="add_batchnorm",
         title="Add BatchNorm after the weight layers",
@@ -599,6 +618,56 @@ def add_batchnorm(finding: Finding, info: ModelInfo) -> Suggestion:
             "range where the activation's slope (and so the gradient) is large."
         ),
         code=code,
+    )
+
+
+#: The BatchNorm that fits a layer's output, by the output's number of dimensions.
+_BATCHNORM_BY_DIMS = {2: "BatchNorm1d", 3: "BatchNorm1d", 4: "BatchNorm2d", 5: "BatchNorm3d"}
+
+
+def _batchnorm_targets(info: ModelInfo, layers: list[LayerInfo]) -> list[tuple[str, str]]:
+    """(layer, BatchNorm constructor) for the hidden linear/conv layers of ``layers`` whose
+    output a BatchNorm fits (batch x features, or batch x channels x ...; a Linear's
+    sequence output does not) and that no normalisation follows yet."""
+    output = next((layer for layer in reversed(info.layers) if layer.role == "weight"), None)
+    out = []
+    for layer in layers:
+        width = layer.size.get("out_features") or layer.size.get("out_channels")
+        shape = layer.output_shape
+        if layer.role != "weight" or layer is output or not width or shape is None:
+            continue
+        if followed_by_norm(info, layer.name) or ("out_features" in layer.size and len(shape) != 2):
+            continue
+        norm = _BATCHNORM_BY_DIMS.get(len(shape))
+        if norm is not None:
+            out.append((layer.name, f"nn.{norm}({width})"))
+    return out
+
+
+def _wrap_with_batchnorm(info: ModelInfo, targets: list[tuple[str, str]]) -> str:
+    """Code that puts a BatchNorm right after each target layer of the model, in place (the
+    layer becomes ``nn.Sequential(layer, BatchNorm)``), as ``trial`` applies it."""
+    if not targets:
+        return "\n".join(
+            [
+                "# BatchNorm fits none of the layers named here: their outputs are sequences",
+                "# (batch, time, features) or recurrent, or a normalisation already follows",
+                "# them. For a sequence, nn.LayerNorm(features) after the layer is the usual",
+                "# choice; a recurrent layer's hidden state is normalised inside its cell.",
+            ]
+        )
+    pairs = ",\n".join(f"    ({name!r}, {norm})" for name, norm in targets)
+    return "\n".join(
+        [
+            "import torch.nn as nn",
+            "",
+            "# each layer becomes nn.Sequential(layer, BatchNorm): its output is normalised",
+            f"for name, norm in [\n{pairs},\n]:",
+            '    parent, _, child = name.rpartition(".")',
+            f"    owner = {info.var}.get_submodule(parent) if parent else {info.var}",
+            "    setattr(owner, child, nn.Sequential(getattr(owner, child), norm))",
+            f"# then rebuild the optimizer over {info.var}.parameters()",
+        ]
     )
 
 
@@ -633,6 +702,7 @@ def use_nonsaturating_loss(finding: Finding, info: ModelInfo) -> Suggestion:
     # A discriminator watched apart is another model of the user's loop, not a submodule.
     other = finding.evidence.get("other_model")
     discriminator = (other if _is_attr_path(other) else "discriminator") if other else _ref(info, d)
+    ends_in_sigmoid = bool(info.layers) and not other and _ends_in_sigmoid(info, d)
     return Suggestion(
         kind="use_nonsaturating_loss",
         title="Train the generator with the non-saturating loss -log D(G(z))",
@@ -643,14 +713,30 @@ def use_nonsaturating_loss(finding: Finding, info: ModelInfo) -> Suggestion:
         ),
         code="\n".join(
             [
+                "import torch",
                 "import torch.nn.functional as F",
                 "",
-                f"d_on_fake = {discriminator}({generator}(z))",
-                "# instead of: g_loss = torch.log(1 - d_on_fake).mean()",
-                "g_loss = F.binary_cross_entropy(d_on_fake, torch.ones_like(d_on_fake))",
+                "",
+                f"def generator_loss(d_on_fake, logits={not ends_in_sigmoid}):",
+                '    """-log D(G(z)): d_on_fake is the discriminator\'s output on generated',
+                "    samples; logits=False when the discriminator ends in a Sigmoid.\"\"\"",
+                "    real = torch.ones_like(d_on_fake)",
+                "    if logits:",
+                "        return F.binary_cross_entropy_with_logits(d_on_fake, real)",
+                "    return F.binary_cross_entropy(d_on_fake, real)",
+                "",
+                "",
+                "# in the generator's step, instead of g_loss = torch.log(1 - D(G(z))).mean():",
+                f"# g_loss = generator_loss({discriminator}({generator}(z)))",
             ]
         ),
     )
+
+
+def _ends_in_sigmoid(info: ModelInfo, part: str) -> bool:
+    """Whether the last module of model part ``part`` (a top-level name) is a sigmoid."""
+    inside = [layer for layer in info.layers if layer.name.split(".")[0] == part]
+    return bool(inside) and inside[-1].role == "sigmoid"
 
 
 def fix_loss_numerics(finding: Finding, info: ModelInfo) -> Suggestion:
@@ -762,6 +848,7 @@ _LOSS_INPUT_FIXES = {
     3.0: (
         "Apply log_softmax before nll_loss (or use cross_entropy)",
         [
+            "scores = model(x)  # the model's output, before any log_softmax",
             "loss = F.nll_loss(F.log_softmax(scores, dim=1), y)",
             "# the same, in one call: loss = F.cross_entropy(scores, y)",
         ],
@@ -937,6 +1024,8 @@ def batchnorm_fits(finding: Finding, info: ModelInfo) -> bool:
     layer) does not."""
     output = next((layer for layer in reversed(info.layers) if layer.role == "weight"), None)
     chosen = _weight_layers(info, finding.evidence.get("layers"))
+    if info.root_type != "Sequential":  # the printed loop wraps these layers in place
+        return bool(_batchnorm_targets(info, chosen))
     hidden = [
         layer
         for layer in chosen

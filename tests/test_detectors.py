@@ -247,6 +247,49 @@ def test_every_suggested_snippet_runs_on_its_model(name):
             after(x)  # still a working model
 
 
+class _SigmoidAutoencoder(nn.Module):
+    """Not an nn.Sequential: a deep sigmoid encoder and decoder, and a Sigmoid output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Sequential(*[m for _ in range(4) for m in (nn.Linear(16, 16), nn.Sigmoid())])
+        self.dec = nn.Sequential(nn.Linear(16, 16), nn.Sigmoid(), nn.Linear(16, 16))
+        self.out_act = nn.Sigmoid()
+
+    def forward(self, x):
+        return self.out_act(self.dec(self.enc(x)))
+
+
+def test_snippets_for_a_model_that_is_not_sequential_run_pasted_at_top_level():
+    """A stranger session pasted every printed snippet: on models that are not an
+    nn.Sequential, add_batchnorm printed `self.bn_... = ...` lines (NameError: self), and
+    use_relu swapped the autoencoder's output Sigmoid too (its loss went 0.063 -> 0.169)."""
+    torch.manual_seed(0)
+    x = torch.rand(64, 16)
+    model = _SigmoidAutoencoder()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    with gradscope.watch(model, optimizer=opt) as scope:
+        for _ in range(30):
+            opt.zero_grad()
+            loss = nn.functional.mse_loss(model(x), x)
+            scope.log_loss(loss)
+            loss.backward()
+            opt.step()
+    (finding,) = [f for f in scope.report().findings if f.kind == "vanishing_gradient"]
+    codes = {s.kind: s.code for s in finding.suggestions}
+    for kind in ("add_batchnorm", "use_relu"):
+        torch.manual_seed(0)
+        fresh = _SigmoidAutoencoder()
+        exec(compile(codes[kind], f"<{kind}>", "exec"), {"model": fresh})  # noqa: S102
+        assert fresh(x).shape == x.shape  # still a working model
+        if kind == "add_batchnorm":
+            added = [m for m in fresh.modules() if isinstance(m, nn.BatchNorm1d)]
+            assert len(added) >= 3 and isinstance(fresh.enc[0], nn.Sequential)
+        else:
+            assert isinstance(fresh.out_act, nn.Sigmoid)  # the output's squashing stays
+            assert not any(isinstance(m, nn.Sigmoid) for m in fresh.enc.modules())
+
+
 def test_applying_the_first_fix_makes_the_loss_fall():
     spec = builtin_specs()["deep_sigmoid_mlp"]
     report = run_spec("deep_sigmoid_mlp", steps=10)

@@ -281,9 +281,15 @@ def random_init(model: nn.Module, ctx: FixContext) -> Change:
 def use_relu(model: nn.Module, ctx: FixContext) -> Change:
     """Hidden nn.Sigmoid/nn.Tanh modules become nn.ReLU, then Kaiming init as printed."""
     output = ctx.probe.order[-1] if ctx.probe.order else None
-    hidden = [
-        n for n, m in model.named_modules() if isinstance(m, SATURATING) and n and n != output
-    ]
+    listed = re.search(r"for act in (\[[^\]]*\])", ctx.suggestion.code)
+    known = dict(model.named_modules())
+    hidden = (
+        [n for n in ast.literal_eval(listed.group(1)) if n in known]
+        if listed  # the printed list (an output's sigmoid/tanh stays)
+        else [
+            n for n, m in model.named_modules() if isinstance(m, SATURATING) and n and n != output
+        ]
+    )
     if not hidden:
         raise NotApplicable(
             "no hidden nn.Sigmoid/nn.Tanh module to swap (forward() may call torch.sigmoid/"
