@@ -22,7 +22,14 @@ WEIGHT_LAYER_TYPES = (
     torch.nn.ConvTranspose3d,
     torch.nn.Bilinear,
 )
-RECURRENT_TYPES = (torch.nn.RNN, torch.nn.LSTM, torch.nn.GRU, torch.nn.RNNCell)
+RECURRENT_TYPES = (
+    torch.nn.RNN,
+    torch.nn.LSTM,
+    torch.nn.GRU,
+    torch.nn.RNNCell,
+    torch.nn.GRUCell,
+    torch.nn.LSTMCell,
+)
 NORM_TYPES = (
     torch.nn.BatchNorm1d,
     torch.nn.BatchNorm2d,

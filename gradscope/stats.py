@@ -24,11 +24,12 @@ def activation_kind(module: torch.nn.Module) -> str:
     """Classify a module by how its output should be measured: relu, sigmoid, tanh or plain.
 
     A recurrent layer's output is its hidden state, which passes through tanh (RNN, GRU,
-    LSTM's o * tanh(c)) or ReLU (``nn.RNN(nonlinearity="relu")``): it saturates the same way.
+    LSTM's o * tanh(c), and their cells called in a loop) or ReLU
+    (``nn.RNN(nonlinearity="relu")``): it saturates the same way.
     """
-    if isinstance(module, torch.nn.RNN):
+    if isinstance(module, (torch.nn.RNN, torch.nn.RNNCell)):
         return "relu" if getattr(module, "nonlinearity", "tanh") == "relu" else "tanh"
-    if isinstance(module, (torch.nn.GRU, torch.nn.LSTM)):
+    if isinstance(module, (torch.nn.GRU, torch.nn.LSTM, torch.nn.GRUCell, torch.nn.LSTMCell)):
         return "tanh"
     if isinstance(module, RELU_FAMILY):
         return "relu"

@@ -816,3 +816,35 @@ def test_a_one_number_per_row_table_outside_a_weight_layer_is_not_symmetric():
     model.zero_grad(set_to_none=True)
     report = gradscope.diagnose(model, [(x, y)], nn.functional.cross_entropy, steps=10)
     assert "symmetric_weights" not in report.kinds_at_least("info"), report
+
+
+class _LoopedCell(nn.Module):
+    """A recurrence written as a loop over nn.GRUCell or nn.LSTMCell steps."""
+
+    def __init__(self, cell: type[nn.Module]) -> None:
+        super().__init__()
+        self.cell = cell(4, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):  # x: (batch, time, 4)
+        state = None
+        for t in range(x.shape[1]):
+            state = self.cell(x[:, t], state)
+        h = state[0] if isinstance(state, tuple) else state
+        return self.head(h)
+
+
+def test_a_cells_hidden_state_saturated_by_unscaled_inputs_is_found():
+    """A stranger session's GRUCell loop at inputs x300 and recurrent weights x8: 84% of
+    its hidden states within 1% of +-1, named for nn.GRU and missed for the same
+    computation written with its cell."""
+    torch.manual_seed(0)
+    model = _LoopedCell(nn.GRUCell)
+    with torch.no_grad():
+        model.cell.weight_hh.mul_(8.0)
+    x = 300 * torch.randn(64, 12, 4, generator=torch.Generator().manual_seed(1))
+    y = (x[:, -1, 0] > 0).long()
+    report = train(model, lambda k: (x, y), steps=30)
+    saturated = [f for f in report.findings if f.kind == "saturated_activation"]
+    assert [f.layer for f in saturated] == ["cell"], report
+    assert saturated[0].evidence["saturated_fraction"] > 0.5
