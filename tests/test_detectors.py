@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import batch, mlp
+from helpers import batch, mlp, watch_loop
 from torch import nn
 
 import gradscope
@@ -268,14 +268,8 @@ def test_snippets_for_a_model_that_is_not_sequential_run_pasted_at_top_level():
     x = torch.rand(64, 16)
     model = _SigmoidAutoencoder()
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    with gradscope.watch(model, optimizer=opt) as scope:
-        for _ in range(30):
-            opt.zero_grad()
-            loss = nn.functional.mse_loss(model(x), x)
-            scope.log_loss(loss)
-            loss.backward()
-            opt.step()
-    (finding,) = [f for f in scope.report().findings if f.kind == "vanishing_gradient"]
+    report = watch_loop(model, opt, lambda k: (x, x), 30, nn.functional.mse_loss)
+    (finding,) = [f for f in report.findings if f.kind == "vanishing_gradient"]
     codes = {s.kind: s.code for s in finding.suggestions}
     for kind in ("add_batchnorm", "use_relu"):
         torch.manual_seed(0)
