@@ -70,6 +70,10 @@ def gradscope_detect(
     # absorbed downstream (ELU maps -inf to -1, a mask or max drops it): not the
     # definitions' non-finite gradient, but a sign that values reach the format's edge.
     poisoned = bool(grad_steps) or loss_step is not None
+    # The model's last layer feeds the loss, with nothing after it to absorb the NaN/Inf:
+    # a loss on an infinite logit is infinite (or 0) and its gradient saturated, whether
+    # or not that loss is the one logged (a GAN's discriminator loss in one model).
+    at_the_loss = not poisoned and where == "forward" and culprit == _last_layer(model_info)
     began = model_info.extra.get("overflow_from")
     skipped = (
         f" The GradScaler skipped every step from step {began} on for overflow (its steps "
@@ -77,20 +81,12 @@ def gradscope_detect(
         if isinstance(began, int) and began < step
         else ""
     )
-    message = (
-        f"NaN/Inf appeared during training: {detail}.{skipped} Once a weight is NaN every "
-        "later step is NaN too, so fix the first source."
-        if poisoned
-        else f"An output held NaN/Inf: {detail}. The loss and every gradient stayed finite "
-        "(a later operation absorbed it: ELU maps -inf to -1, a mask or a max drops it), so "
-        "training went on, but values reach the edge of their number format: check the "
-        "scale of the inputs and the growth of the weights."
-    )
+    message = _message(detail, skipped, poisoned, at_the_loss)
     return [
         Finding(
             kind="nonfinite_gradient",
             layer=culprit,
-            severity="error" if poisoned else "info",
+            severity="error" if poisoned else "warning" if at_the_loss else "info",
             step=began if skipped else step,
             message=message,
             evidence={
@@ -112,6 +108,37 @@ def gradscope_detect(
             },
         )
     ]
+
+
+def _message(detail: str, skipped: str, poisoned: bool, at_the_loss: bool) -> str:
+    """The finding's text: NaN/Inf that reached the loss or a gradient, one made by the
+    model's last layer, or one a later operation absorbed."""
+    if poisoned:
+        return (
+            f"NaN/Inf appeared during training: {detail}.{skipped} Once a weight is NaN every "
+            "later step is NaN too, so fix the first source."
+        )
+    if at_the_loss:
+        return (
+            f"The model's last layer output NaN/Inf: {detail}. No layer after it can absorb "
+            "it, so a loss computed on it is infinite or 0 and its gradient saturated, though "
+            "the logged loss and every gradient stayed finite (the loss on it may not be the "
+            "logged one: a discriminator's in a GAN trained in one model); fix the first "
+            "source."
+        )
+    return (
+        f"An output held NaN/Inf: {detail}. The loss and every gradient stayed finite "
+        "(a later operation absorbed it: ELU maps -inf to -1, a mask or a max drops it), so "
+        "training went on, but values reach the edge of their number format: check the "
+        "scale of the inputs and the growth of the weights."
+    )
+
+
+def _last_layer(model_info: ModelInfo) -> str | None:
+    """The last module with parameters in forward order: the one whose output the loss
+    reads."""
+    owners = [layer.name for layer in model_info.layers if layer.params]
+    return owners[-1] if owners else None
 
 
 def _explain(

@@ -326,3 +326,20 @@ def test_a_discriminator_whose_loss_ends_worse_than_a_guess_is_harmed():
     assert "worse than a discriminator that scores every sample alike" in vanishing.message
     assert vanishing.evidence["loss_last"] > 100
     assert [s.kind for s in vanishing.suggestions][:2] == ["kaiming_init", "lower_lr"]
+
+
+def test_an_inf_at_the_models_last_layer_is_a_warning_though_the_logged_loss_is_finite():
+    """A GAN in one model at SGD momentum lr 9 (held-out run 31939, the draw's one
+    non-finite miss): the discriminator's logits reach +Inf at step 5, so its loss, which
+    the loop does not log (it logs the generator's), is infinite while every gradient stays
+    finite.  The model's last layer has nothing after it to absorb an Inf: a warning, on the
+    module the oracle names, not the `info` of an Inf that a later layer absorbed."""
+    config = Config(
+        seed=31939, family="gan_container", depth=2, width=12, activation="gelu",
+        init="kaiming", optimizer="momentum", lr=9.0, seq_len=5, loss="gan", batch=16,
+        steps=50, fault="high_lr",
+    )  # fmt: skip
+    report = watch_generated(config)
+    (found,) = [f for f in report.findings if f.kind == "nonfinite_gradient"]
+    assert (found.layer, found.severity) == ("D.net.1", "warning"), report
+    assert found.message.startswith("The model's last layer output NaN/Inf")
