@@ -82,9 +82,13 @@ DEFAULTS = {
     "steady_share": 0.5,
     # A layer's gradient norm over its weights' norm (at least their default-init size).
     "size_ratio": 1e3,
-    # The gradient reaching a recurrence's first time step over what reaches its last (on
-    # ``growth_steps`` measured records in a row: a noisy ratio crosses it on isolated ones).
+    # The gradient reaching a recurrence's first time step over what reaches its last: in
+    # the median over the run, or on ``growth_steps`` measured records in a row (a noisy
+    # ratio crosses it on isolated ones)...
     "through_time": 1e3,
+    # ...the latter only in a run whose loss did not fall below this fraction of its start
+    # (one that learned shows large ratios without growth: see _through_time).
+    "time_learned": 0.1,
     # One step moving a layer's weights by more than this fraction of their size...
     "update_ratio": 1.0,
     # ...on at least this many recorded steps.
@@ -137,7 +141,7 @@ def gradscope_detect(
         # a run that overflowed after gradients this large exploded.
         _too_large(layers, model_info, t, evidence)
     _through_depth(layers, model_info, t, evidence)
-    _through_time(history, layers, t, evidence)
+    _through_time(history, layers, trend, t, evidence)
     _big_steps(layers, model_info, t, evidence)
     diverged = not adversarial and _diverged(history, trend, t, evidence)
     if not evidence.what and not adversarial:
@@ -282,18 +286,24 @@ def _grows_through(
 
 
 def _through_time(
-    history: History, layers: list[LayerSignal], t: dict, evidence: _Evidence
+    history: History, layers: list[LayerSignal], trend: LossTrend, t: dict, evidence: _Evidence
 ) -> None:
-    """The first time step of a recurrence gets ``through_time`` times what the last gets,
-    on ``growth_steps`` measured records in a row (or on every one where a ratio was
-    measurable), or
-    on one after which the recurrence's weights grew ``blown_weights`` times: an explosion
-    shows first, before a huge step saturates the recurrence (and leaves no gradient at
-    either end)."""
+    """The first time step of a recurrence gets ``through_time`` times what the last gets:
+    in the median over the run (the definitions' measure), or on ``growth_steps`` measured
+    records in a row (or on every one where a ratio was measurable) of a run whose loss did
+    not fall below ``time_learned`` of its start, or on one after which the recurrence's
+    weights grew ``blown_weights`` times: an explosion shows first, before a huge step
+    saturates the recurrence (and leaves no gradient at either end).  A run that learned
+    well can show a large ratio on a few records without any growth: a per-token loss
+    sends the first input the gradient of every later prediction, the last input only its
+    own (a healthy GRU language model: 7e4 on one record, 260 in the median)."""
     grown = {layer.name: weight_growth(layer) for layer in layers}
-    for name, (count, peak, measured) in through_time_peaks(history, t["through_time"]).items():
+    learned = trend.known and trend.last <= t["time_learned"] * trend.first
+    peaks = through_time_peaks(history, t["through_time"])
+    for name, (count, peak, measured, median) in peaks.items():
         blown = count >= 1 and grown.get(name, 1.0) >= t["blown_weights"]
-        if count >= min(int(t["growth_steps"]), measured) or blown:
+        early = count >= min(int(t["growth_steps"]), measured) and not learned
+        if median >= t["through_time"] or early or blown:
             then = f", and the steps it drove grew its weights {fmt(grown[name])}x" if blown else ""
             evidence.what.append(
                 f"in {name} the gradient reaching the first time step is {fmt(peak)}x what "

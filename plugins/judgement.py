@@ -527,12 +527,15 @@ def stalled(trend: LossTrend, stall: float, plateau: float) -> bool:
     return trend.improvement < stall or trend.late_improvement < plateau
 
 
-def through_time_peaks(history: History, line: float) -> dict[str, tuple[int, float, int]]:
+def through_time_peaks(
+    history: History, line: float
+) -> dict[str, tuple[int, float, int, float]]:
     """Module -> (the most measured records in a row whose first/last time-step gradient
     ratio reached ``line``, the largest ratio, the recorded steps where the ratio was
-    measurable: some gradient reached the last time step).  An explosion through time
-    shows on the first records, before one huge step saturates the recurrence and the
-    ratio falls back; a noisy ratio crosses the line on isolated records."""
+    measurable: some gradient reached the last time step, and the median ratio: the
+    definitions' measure).  An explosion through time shows on the first records, before
+    one huge step saturates the recurrence and the ratio falls back; a noisy ratio crosses
+    the line on isolated records."""
     first = history.act_series("time_grad_first")
     last = history.act_series("time_grad_last")
     out = {}
@@ -540,7 +543,12 @@ def through_time_peaks(history: History, line: float) -> dict[str, tuple[int, fl
         measured = (last[:, j] > 0) & ~torch.isnan(first[:, j]) & torch.isfinite(last[:, j])
         if bool(measured.any()):
             ratios = first[measured, j] / last[measured, j]
-            out[name] = (_longest_run(ratios >= line), float(ratios.max()), int(measured.sum()))
+            out[name] = (
+                _longest_run(ratios >= line),
+                float(ratios.max()),
+                int(measured.sum()),
+                float(ratios.median()),
+            )
     return out
 
 
