@@ -652,14 +652,16 @@ def _row_spreads(
     alone = range(len(params))
     if layout is not None and stacks is not None:
         for group, stacked in zip(layout.groups, stacks, strict=True):
-            if stacked.dim() >= 3:  # a group of matrices (or higher: conv kernels)
+            # A group of matrices (or higher: conv kernels); complex weights have no order
+            # to sort rows by: their row statistics are not measured.
+            if stacked.dim() >= 3 and not stacked.is_complex():
                 out += [
                     (c, group, of_stack(stacked))
                     for c, of_stack, _ in _ROW_STATISTICS
                     if wanted(c, group)
                 ]
         alone = layout.rest
-    matrices = [i for i in alone if params[i].dim() >= 2]
+    matrices = [i for i in alone if params[i].dim() >= 2 and not params[i].is_complex()]
     for column, _, of_list in _ROW_STATISTICS:
         chosen = [i for i in matrices if wanted(column, [i])]
         if chosen:

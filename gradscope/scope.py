@@ -954,6 +954,9 @@ class Scope:
         if self._seen_without_grad:
             names = (self._modules[j][0] for j in self._seen_without_grad)
             info.extra["seen_without_grad"] = sorted(names)
+        outside = tracking.outside_optimizer(self.optimizer, self._param_names, self._params)
+        if outside:
+            info.extra["outside_optimizer"] = outside
         return info
 
     # -- reporting ---------------------------------------------------------------

@@ -270,7 +270,9 @@ def grad_statistics(
         out["param_norm"] = _norms(params, 2, param_layout, sample, param_stacks)
     if full:
         out["grad_l1"] = [g.abs().sum() for g in grads]
-        extremes = [torch.aminmax(g) if g.numel() else (g.new_zeros(()),) * 2 for g in grads]
+        # A complex gradient's extremes are its real and imaginary parts' (no order).
+        real = [torch.view_as_real(g) if g.is_complex() else g for g in grads]
+        extremes = [torch.aminmax(g) if g.numel() else (g.new_zeros(()),) * 2 for g in real]
         out["grad_min"] = [low for low, _ in extremes]
         out["grad_max"] = [high for _, high in extremes]
     elif detail and grads:

@@ -44,6 +44,19 @@ def optimizer_size(optimizer: torch.optim.Optimizer | None) -> int:
     return size
 
 
+def outside_optimizer(
+    optimizer: torch.optim.Optimizer | None, names: list[str], params: list[torch.Tensor]
+) -> list[str]:
+    """The watched parameters (``names`` of ``params``) that ``optimizer`` does not hold:
+    updated by other means if at all (an EMA target network), never by its steps.  Empty
+    without an optimizer, or one that holds something other than tensors (a wrapper)."""
+    groups = getattr(optimizer, "param_groups", None)
+    if not groups:
+        return []
+    held = {id(p) for group in groups for p in group.get("params", [])}
+    return [name for name, p in zip(names, params, strict=True) if id(p) not in held]
+
+
 #: A detail step walks the model's modules for parameters once in this many; in between
 #: it looks at the parameter list of the last walk (unfrozen ones), which costs ~1/10th.
 WALK_EVERY = 8

@@ -1,6 +1,7 @@
 """no_gradient: parameters that require a gradient but never receive one.
 
-Frozen parameters (``requires_grad=False``) are not watched, so they are never a
+Frozen parameters (``requires_grad=False``) are not watched, and parameters the
+watched optimizer does not hold are never updated by its steps, so neither is a
 finding.  A parameter whose gradient is zero is not a finding either: it took
 part in the graph (an embedding row no batch used, for example).
 """
@@ -28,9 +29,14 @@ def gradscope_detect(
         return []
     missing: dict[str, list[str]] = {}
     reached: set[str] = set()  # modules with at least one parameter that got a gradient
+    # The optimizer's steps never update parameters it does not hold (an EMA target
+    # network run under no_grad): no step "should update" them, so none is missing.
+    unheld = set(model_info.extra.get("outside_optimizer") or ())
     for name, module, seen in zip(
         history.param_names, history.param_modules, history.grad_seen, strict=True
     ):
+        if name in unheld:
+            continue
         if seen == 0:
             missing.setdefault(module, []).append(name)
         else:

@@ -379,6 +379,38 @@ def test_a_part_called_under_no_grad_by_the_loop_is_one_finding_that_says_so():
     assert "freeze_unused" not in [s.kind for s in finding.suggestions]
 
 
+@pytest.mark.parametrize("target_in_optimizer", [False, True])
+def test_an_ema_target_the_optimizer_does_not_hold_is_not_missing_a_gradient(
+    target_in_optimizer,
+):
+    """MoCo/BYOL: a target encoder kept at requires_grad=True, run under torch.no_grad()
+    and updated as a moving average of the online one (a stranger session's healthy run
+    was told its target 'never got' a gradient).  The optimizer never updates parameters
+    it does not hold; holding them, they would be the finding they were."""
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"online": nn.Linear(8, 8), "target": nn.Linear(8, 8)})
+    model["target"].load_state_dict(model["online"].state_dict())
+    trained = model.parameters() if target_in_optimizer else model["online"].parameters()
+    opt = torch.optim.Adam(trained, lr=1e-2)
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
+    with gradscope.watch(model, optimizer=opt) as scope:
+        for k in range(12):
+            view = x + 0.1 * torch.randn(64, 8, generator=torch.Generator().manual_seed(k))
+            with torch.no_grad():
+                goal = model["target"](x)
+            loss = nn.functional.mse_loss(model["online"](view), goal)
+            opt.zero_grad()
+            scope.log_loss(loss)
+            loss.backward()
+            opt.step()
+            pairs = zip(model["target"].parameters(), model["online"].parameters(), strict=True)
+            with torch.no_grad():
+                for t, o in pairs:
+                    t.mul_(0.9).add_(o, alpha=0.1)
+    missing = [f.layer for f in scope.report().findings if f.kind == "no_gradient"]
+    assert missing == (["target"] if target_in_optimizer else [])
+
+
 def test_a_loop_that_steps_before_backward_is_told_the_order_not_a_cut_graph():
     """zero_grad(); loss; step(); backward(): every gradient is cleared before the step
     that would use it (a stranger session's loop), which reads as no gradient anywhere."""

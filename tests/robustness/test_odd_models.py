@@ -215,3 +215,31 @@ def test_log_loss_after_exit_is_refused_and_keeps_the_recorded_loss():
     with pytest.raises(RuntimeError, match=r"^scope.log_loss\(\) was called on a detached scope"):
         scope.log_loss(123.0)
     assert scope.history.records[-1].loss == recorded
+
+
+class _ComplexWeights(nn.Module):
+    """A complex-valued weight matrix used as a linear map (a stranger session's model)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(6, 8, dtype=torch.cfloat) / 4)
+        self.out = nn.Linear(16, 2)
+
+    def forward(self, x):
+        h = x.to(torch.cfloat) @ self.W
+        return self.out(torch.tanh(torch.cat([h.real, h.imag], 1)))
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_complex_parameters_do_not_crash_the_loop(full):
+    """Row statistics sorted the rows (argsort has no complex order on the CPU) and full=True
+    took the gradient's min and max: both raised inside optimizer.step(), killing the
+    user's training loop."""
+    torch.manual_seed(0)
+    model = _ComplexWeights()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    with gradscope.watch(model, optimizer=opt, full=full) as scope:
+        _train(model, opt, scope, steps=12)
+    report = scope.report()
+    assert report.history.recorded == 12
+    assert report.at_least("warning") == [], report
