@@ -49,12 +49,14 @@ def outside_optimizer(
 ) -> list[str]:
     """The watched parameters (``names`` of ``params``) that ``optimizer`` does not hold:
     updated by other means if at all (an EMA target network), never by its steps.  Empty
-    without an optimizer, or one that holds something other than tensors (a wrapper)."""
+    without an optimizer, and when it holds none of them (an optimizer of another model, or
+    a wrapper whose groups hold copies): then nothing is known to be left out on purpose."""
     groups = getattr(optimizer, "param_groups", None)
     if not groups:
         return []
     held = {id(p) for group in groups for p in group.get("params", [])}
-    return [name for name, p in zip(names, params, strict=True) if id(p) not in held]
+    outside = [name for name, p in zip(names, params, strict=True) if id(p) not in held]
+    return outside if len(outside) < len(names) else []
 
 
 #: A detail step walks the model's modules for parameters once in this many; in between

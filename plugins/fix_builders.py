@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import keyword
 import math
+import statistics
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -191,10 +192,14 @@ def xavier_init(finding: Finding, info: ModelInfo) -> Suggestion:
 TINY_NORM_GAIN = 0.1
 
 
+def tiny_gains(gains: dict[str, float]) -> dict[str, float]:
+    """The normalisation layers of ``gains`` (layer -> gain RMS) whose gains are tiny."""
+    return {name: rms for name, rms in gains.items() if rms < TINY_NORM_GAIN}
+
+
 def tiny_norm_gains(finding: Finding) -> list[str]:
     """The normalisation layers of the finding's evidence whose gains started tiny."""
-    gains = finding.evidence.get("norm_gains") or {}
-    return [name for name, rms in gains.items() if rms < TINY_NORM_GAIN]
+    return list(tiny_gains(finding.evidence.get("norm_gains") or {}))
 
 
 def has_tiny_norm_gains(finding: Finding, info: ModelInfo) -> bool:
@@ -204,9 +209,9 @@ def has_tiny_norm_gains(finding: Finding, info: ModelInfo) -> bool:
 
 def reset_norm_gains(finding: Finding, info: ModelInfo) -> Suggestion:
     """Start the normalisation layers' gains at 1 (their scale is what shrinks the signal)."""
-    names = tiny_norm_gains(finding)
-    gains = finding.evidence.get("norm_gains") or {}
-    rms = sorted(gains[name] for name in names)[len(names) // 2] if names else math.nan
+    tiny = tiny_gains(finding.evidence.get("norm_gains") or {})
+    names = list(tiny)
+    rms = statistics.median(tiny.values()) if tiny else math.nan
     listed = ", ".join(repr(name) for name in names)
     return Suggestion(
         kind="reset_norm_gains",
@@ -629,7 +634,7 @@ def _batchnorm_targets(info: ModelInfo, layers: list[LayerInfo]) -> list[tuple[s
     """(layer, BatchNorm constructor) for the hidden linear/conv layers of ``layers`` whose
     output a BatchNorm fits (batch x features, or batch x channels x ...; a Linear's
     sequence output does not) and that no normalisation follows yet."""
-    output = next((layer for layer in reversed(info.layers) if layer.role == "weight"), None)
+    output = _output_layer(info)
     out = []
     for layer in layers:
         width = layer.size.get("out_features") or layer.size.get("out_channels")
@@ -642,6 +647,11 @@ def _batchnorm_targets(info: ModelInfo, layers: list[LayerInfo]) -> list[tuple[s
         if norm is not None:
             out.append((layer.name, f"nn.{norm}({width})"))
     return out
+
+
+def _output_layer(info: ModelInfo) -> LayerInfo | None:
+    """The model's last linear/conv layer in forward order: its output is the model's."""
+    return next((layer for layer in reversed(info.layers) if layer.role == "weight"), None)
 
 
 def _wrap_with_batchnorm(info: ModelInfo, targets: list[tuple[str, str]]) -> str:
@@ -1022,7 +1032,7 @@ def batchnorm_fits(finding: Finding, info: ModelInfo) -> bool:
     Unknown shapes count as fitting (nothing was measured to say otherwise); no hidden
     trainable linear/conv layer at all (an LSTM between a frozen embedding and the output
     layer) does not."""
-    output = next((layer for layer in reversed(info.layers) if layer.role == "weight"), None)
+    output = _output_layer(info)
     chosen = _weight_layers(info, finding.evidence.get("layers"))
     if info.root_type != "Sequential":  # the printed loop wraps these layers in place
         return bool(_batchnorm_targets(info, chosen))

@@ -100,7 +100,6 @@ def _parts(missing: dict[str, list[str]], reached: set[str], root: str) -> dict[
     """The modules of ``missing`` grouped under the largest part of the model (its name's
     shortest prefix, below the model itself) that holds no module with a gradient: an
     encoder run under ``torch.no_grad()`` is one finding, not one per layer."""
-    with_grad = reached | set()
     groups: dict[str, list[str]] = {}
     for module in missing:
         part = module
@@ -108,7 +107,7 @@ def _parts(missing: dict[str, list[str]], reached: set[str], root: str) -> dict[
             pieces = module.split(".")
             for k in range(1, len(pieces)):
                 prefix = ".".join(pieces[:k])
-                if not any(m == prefix or m.startswith(prefix + ".") for m in with_grad):
+                if not any(m == prefix or m.startswith(prefix + ".") for m in reached):
                     part = prefix
                     break
         groups.setdefault(part, []).append(module)

@@ -561,11 +561,10 @@ def _cause(
 
 def _tiny_gains_text(history: History, model_info: ModelInfo) -> str:
     """The cause when normalisation layers start with tiny gains (empty when none do)."""
-    gains = norm_gains(history, model_info)
-    tiny = {name: rms for name, rms in gains.items() if rms < fix.TINY_NORM_GAIN}
+    tiny = fix.tiny_gains(norm_gains(history, model_info))
     if not tiny:
         return ""
-    rms = sorted(tiny.values())[len(tiny) // 2]
+    rms = statistics.median(tiny.values())
     return (
         f"{len(tiny)} normalisation layers ({', '.join(list(tiny)[:3])}"
         f"{' and more' if len(tiny) > 3 else ''}) start with gains (their weight) of RMS "

@@ -411,6 +411,21 @@ def test_an_ema_target_the_optimizer_does_not_hold_is_not_missing_a_gradient(
     assert missing == (["target"] if target_in_optimizer else [])
 
 
+def test_an_optimizer_holding_none_of_the_watched_parameters_leaves_nothing_out():
+    """Leaving parameters out of the no-gradient judgement needs an optimizer that holds
+    some of the model's and not others; one that holds none of them (another model's)
+    says nothing about which were left out on purpose."""
+    from gradscope.tracking import outside_optimizer
+
+    model, other = nn.Linear(4, 4), nn.Linear(4, 4)
+    names = [n for n, _ in model.named_parameters()]
+    params = list(model.parameters())
+    assert outside_optimizer(torch.optim.SGD(other.parameters(), lr=0.1), names, params) == []
+    partial = torch.optim.SGD([model.weight], lr=0.1)
+    assert outside_optimizer(partial, names, params) == ["bias"]
+    assert outside_optimizer(None, names, params) == []
+
+
 def test_a_loop_that_steps_before_backward_is_told_the_order_not_a_cut_graph():
     """zero_grad(); loss; step(); backward(): every gradient is cleared before the step
     that would use it (a stranger session's loop), which reads as no gradient anywhere."""

@@ -160,9 +160,10 @@ def _set(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, leaf, new)
 
 
-def _snippet_layers(model: nn.Module, suggestion: Suggestion) -> list[str]:
-    """The layer names a printed init loop lists (``for name in ["0", "2"]:``)."""
-    match = re.search(r"for name in (\[[^\]]*\])", suggestion.code)
+def _snippet_layers(model: nn.Module, suggestion: Suggestion, var: str = "name") -> list[str]:
+    """The module names a printed loop lists (``for name in ["0", "2"]:``; ``var`` is the
+    loop's variable), those the model has."""
+    match = re.search(rf"for {var} in (\[[^\]]*\])", suggestion.code)
     if not match:
         return []
     try:
@@ -281,15 +282,10 @@ def random_init(model: nn.Module, ctx: FixContext) -> Change:
 def use_relu(model: nn.Module, ctx: FixContext) -> Change:
     """Hidden nn.Sigmoid/nn.Tanh modules become nn.ReLU, then Kaiming init as printed."""
     output = ctx.probe.order[-1] if ctx.probe.order else None
-    listed = re.search(r"for act in (\[[^\]]*\])", ctx.suggestion.code)
-    known = dict(model.named_modules())
-    hidden = (
-        [n for n in ast.literal_eval(listed.group(1)) if n in known]
-        if listed  # the printed list (an output's sigmoid/tanh stays)
-        else [
-            n for n, m in model.named_modules() if isinstance(m, SATURATING) and n and n != output
-        ]
-    )
+    # The printed list of hidden activations (an output's sigmoid/tanh stays), else all.
+    hidden = _snippet_layers(model, ctx.suggestion, var="act") or [
+        n for n, m in model.named_modules() if isinstance(m, SATURATING) and n and n != output
+    ]
     if not hidden:
         raise NotApplicable(
             "no hidden nn.Sigmoid/nn.Tanh module to swap (forward() may call torch.sigmoid/"
