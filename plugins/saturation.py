@@ -30,6 +30,7 @@ from gradscope_plugins.judgement import (
     layer_before,
     learned_nothing,
     looped_layers,
+    loss_multiplier,
     over,
 )
 
@@ -115,6 +116,10 @@ def gradscope_detect(
                     "data_rms": data[1] if data else float("nan"),
                     # Run once per time step (a recurrence written as a loop): ranks fixes.
                     "looped_layers": [name] if name in looped else [],
+                    "saturated_at_start": bool(
+                        _saturated_fraction(history, name)[0] >= t["warn_fraction"]
+                    ),
+                    "loss_multiplier": loss_multiplier(history),
                 },
             )
         )
@@ -141,6 +146,11 @@ def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
     if fix.inputs_unscaled(finding):
         # Unscaled data saturates the first units whatever the weights: scale the data.
         return [fix.normalize_inputs, fix.add_batchnorm, fix.xavier_init, fix.use_relu]
+    grew_in_training = finding.evidence.get("saturated_at_start") is False
+    if grew_in_training and fix.lr_far_above_usual(info, finding.evidence.get("loss_multiplier")):
+        # Not saturated at the start, and a rate several times the optimizer's usual largest
+        # one (or a loss multiplied under SGD): the steps pushed the weights out.
+        return [fix.lower_lr, fix.add_batchnorm, fix.xavier_init, fix.use_relu]
     if fix.looped(finding):
         # A recurrence written as a loop: ReLU is unbounded there (as for vanishing).
         return [fix.add_batchnorm, fix.xavier_init, fix.use_relu]
@@ -158,4 +168,12 @@ def gradscope_suggest(finding: Finding, model_info: ModelInfo) -> list[Suggestio
     """Suggestions for ``saturated_activation`` findings, best first (see :func:`plan`)."""
     suggestions = fix.suggest(finding, model_info, "saturated_activation", plan)
     reason = fix.loop_reason(fix.looped(finding)) if fix.looped(finding) else ""
-    return fix.explain_first(suggestions, "add_batchnorm", reason)
+    suggestions = fix.explain_first(suggestions, "add_batchnorm", reason)
+    return fix.explain_first(suggestions, "lower_lr", _GREW_REASON)
+
+
+#: Why the learning rate comes first for a saturation that training made.
+_GREW_REASON = (
+    "The outputs were not saturated at the first recorded step: training pushed the "
+    "weights out to the asymptotes, with a rate far above the usual. "
+)

@@ -271,6 +271,36 @@ def test_a_loss_multiplier_under_sgd_puts_the_rate_before_a_large_init():
     assert exploding.gradscope_suggest(unscaled, info)[0].kind == "kaiming_init"
 
 
+def _sigmoid_stack_on_a_scaled_loss(multiplier: float, steps: int = 60):
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for _ in range(4):
+        layers += [nn.Linear(16, 16), nn.Sigmoid()]
+    model = nn.Sequential(*layers, nn.Linear(16, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.watch(model, optimizer=opt) as scope:
+        for _ in range(steps):
+            x = torch.randn(64, 16)
+            loss = multiplier * nn.functional.cross_entropy(model(x), (x[:, 0] > 0).long())
+            scope.log_loss(loss)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return scope.report()
+
+
+def test_sigmoids_that_training_saturated_at_a_far_too_large_rate_lower_the_rate_first():
+    """Not saturated at the start; SGD on a loss x1e4 pushed the weights to the asymptotes
+    (trial on this run: the lower rate helps, ReLU turns the loss infinite)."""
+    torch.set_num_threads(1)
+    report = _sigmoid_stack_on_a_scaled_loss(1e4)
+    saturated = [f for f in report.findings if f.kind == "saturated_activation"]
+    assert saturated and all(f.evidence["saturated_at_start"] is False for f in saturated)
+    first = saturated[0].suggestions[0]
+    assert first.kind == "lower_lr"
+    assert first.why.startswith("The outputs were not saturated at the first recorded step")
+
+
 def test_a_loss_multiplier_does_not_change_adams_rate():
     assert fix.lower_lr_factor("Adam", 1e-3, 1e6) == 0.1
     assert fix.lower_lr_factor("SGD", 0.01, 1e6) == pytest.approx(1e-5)
