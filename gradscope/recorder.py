@@ -504,7 +504,6 @@ class Recorder:
                 for low, high in zip(grad_min, grads["grad_max"], strict=True)
             ]
         if grads["param_norm"] is not self._nan_params or self._last_param_norm is None:
-            self._float64_overflowed(grads["param_norm"])
             self._last_param_norm = grads["param_norm"]
         else:
             # Weights move ~1e-3 per step: between detail steps the last measurement stands.
@@ -515,16 +514,6 @@ class Recorder:
         if _finite(size):
             return False
         return self._count_nonfinite(grads, present)
-
-    def _float64_overflowed(self, param_norms: list[float]) -> None:
-        """Measure again in float64 a weight norm that came out infinite: entries of 1e20
-        square past float32's range while every one is finite, and a finite weight must not
-        read as a NaN/Inf one (a truly non-finite weight stays NaN/Inf)."""
-        for i, norm in enumerate(param_norms):
-            if math.isinf(norm):
-                (local,) = distributed.locals_of([self.params[i].detach()])
-                local = local.abs() if local.is_complex() else local
-                param_norms[i] = float(torch.linalg.vector_norm(local, dtype=torch.float64))
 
     def _count_nonfinite(self, grads: dict[str, list[float]], present: Any) -> bool:
         """Exact NaN/Inf counts of the gradients whose L2 norm is not finite (a step that

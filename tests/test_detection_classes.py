@@ -391,19 +391,6 @@ def test_non_finite_weights_are_named_before_anything_else():
     assert (finding.layer, finding.evidence["where"]) == ("2", "weights")
 
 
-def test_huge_but_finite_weights_are_not_called_non_finite():
-    # Entries of 1e21 square past float32's range (the norm reads Inf), yet every weight
-    # is finite: the NaN is made in training, not loaded with the model.
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
-    with torch.no_grad():
-        model[2].weight.mul_(1e21)
-    report = train(model, lambda k: (torch.randn(32, 8), torch.zeros(32, dtype=torch.long)), 6)
-    (finding,) = [f for f in report.findings if f.kind == "nonfinite_gradient"]
-    assert finding.evidence["where"] != "weights"
-    assert "were already NaN/Inf at the first recorded step" not in finding.message
-
-
 def test_a_huge_but_finite_output_is_not_blamed():
     class Big(nn.Module):
         def __init__(self) -> None:
