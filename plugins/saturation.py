@@ -59,8 +59,6 @@ DEFAULTS = {
 }
 
 
-
-
 def _is_output(model_info: ModelInfo, name: str) -> bool:
     """An activation after the last layer with weights is the model's output: outputs near
     0 or 1 that match binary targets are the goal, not a fault."""
@@ -116,9 +114,7 @@ def gradscope_detect(
                     "data_rms": data[1] if data else float("nan"),
                     # Run once per time step (a recurrence written as a loop): ranks fixes.
                     "looped_layers": [name] if name in looped else [],
-                    "saturated_at_start": bool(
-                        _saturated_fraction(history, name)[0] >= t["warn_fraction"]
-                    ),
+                    "saturated_at_start": _at_start(history, name) >= t["warn_fraction"],
                     "loss_multiplier": loss_multiplier(history),
                 },
             )
@@ -131,6 +127,16 @@ def _saturated_fraction(history: History, name: str) -> torch.Tensor:
     j = history.module_names.index(name)
     sampled = history.act_series("sampled")[:, j].clamp_min(1)
     return torch.nan_to_num(history.act_series("saturated")[:, j] / sampled, nan=0.0)
+
+
+def _at_start(history: History, name: str) -> float:
+    """Saturated share at the first record that sampled module ``name``'s outputs (not
+    the first record: under ``every=`` it may have measured nothing); 0 if none did."""
+    j = history.module_names.index(name)
+    measured = torch.nonzero(history.act_series("sampled")[:, j] > 0).flatten()
+    if not measured.numel():
+        return 0.0
+    return float(_saturated_fraction(history, name)[int(measured[0])])
 
 
 def _feeding_scale(model_info: ModelInfo, signals: dict, name: str) -> float:
