@@ -108,6 +108,8 @@ class Recorder:
         unit_window: a ReLU unit counts as dead once silent on every detail step over this
             many training steps (and on at least 2 detail steps in a row).
         ranks: under DDP/FSDP2, combines each step across ranks (gradscope/distributed.py).
+        channels_first: per hooked module, whether its output keeps channels in dim 1
+            (``stats.CHANNELS_FIRST_TYPES``); modules fed such an output pass it on.
     """
 
     def __init__(
@@ -119,8 +121,10 @@ class Recorder:
         sample_rows: int = 32,
         unit_window: int = 5,
         ranks: distributed.RankSync | None = None,
+        channels_first: list[bool] | None = None,
     ) -> None:
         self.params = params
+        self.channels_first = channels_first or [False] * len(kinds)
         self.ranks = ranks
         self.kinds = kinds
         self.full = full
@@ -175,6 +179,7 @@ class Recorder:
     def begin_step(self) -> None:
         """Forget the previous step's device tensors."""
         self.acc: dict[int, stats.ActivationAccumulator] = {}
+        self._channels_first_outputs: set[tuple] = set()
         self.time_grads: dict[int, tuple[Tensor, Tensor]] = {}
         self.call_grads: dict[int, CallGradients] = {}
         self._grads: dict[str, list[Tensor]] | None = None
@@ -213,12 +218,27 @@ class Recorder:
         acc = self.acc.get(j)
         if acc is None:
             acc = self.acc[j] = stats.ActivationAccumulator(self.kinds[j])
-        acc.add(x.detach(), self.sample_rows, self.full)
+        acc.add(x.detach(), self.sample_rows, self.full, self._is_channels_first(j, x, given))
         if j == self.output_module:
             acc.add_spread(x, self.sample_rows)
             self._output = x  # the model's output: an L1 loss's targets are read from it
         if given is not None:
             acc.add_input(given.detach(), self.sample_rows, self.full)
+
+    def _is_channels_first(self, j: int, x: Tensor, given: Tensor | None) -> bool:
+        """Whether module ``j``'s 3-D output is a (N, C, L) map: it is a 1-D convolution's
+        (or pooling's, normalisation's), or its input was one and the shape is kept (a
+        ReLU or dropout after a Conv1d)."""
+        if x.dim() != 3:
+            return False
+        channels_first = self.channels_first[j] or (
+            type(given) is Tensor
+            and given.shape == x.shape
+            and _layout_key(given) in self._channels_first_outputs
+        )
+        if channels_first:
+            self._channels_first_outputs.add(_layout_key(x))
+        return channels_first
 
     def add_model_output(self, output: Tensor | None) -> None:
         """What the watched model returned on a detail step (an L1 loss's prediction may be
@@ -735,6 +755,14 @@ def _flags(per_module: list[list[Tensor]]) -> list[Tensor]:
         total = part[0] if len(part) == 1 else torch.stack(part).sum()
         out.append((~torch.isfinite(total)).to(torch.float32))
     return out
+
+
+def _layout_key(x: Tensor) -> tuple:
+    """Which tensor (storage, shape, strides): a permuted view is another layout."""
+    try:
+        return (x.data_ptr(), tuple(x.shape), x.stride())
+    except RuntimeError:  # a tensor subclass without storage
+        return (id(x),)
 
 
 def _finite(value: float) -> bool:

@@ -162,6 +162,7 @@ class Scope:
             full=full,
             sample_rows=sample_rows,
             unit_window=unit_window,
+            channels_first=[isinstance(m, stats.CHANNELS_FIRST_TYPES) for _, m in self._modules],
         )
         self._setup_extensions(model, scaler, optimizer)  # DDP/FSDP2, GradScaler, compile
         if self._ranks is not None:

@@ -63,12 +63,28 @@ def first_float_tensor(output: object) -> Tensor | None:
     return None
 
 
-def unit_dims(x: Tensor) -> tuple[int, ...]:
+#: Modules whose output keeps channels in dim 1 whatever its rank: a (N, C, L) map of a
+#: 1-D convolution looks like a (N, T, H) sequence by shape alone.
+CHANNELS_FIRST_TYPES: tuple[type, ...] = (
+    torch.nn.Conv1d,
+    torch.nn.ConvTranspose1d,
+    torch.nn.BatchNorm1d,
+    torch.nn.InstanceNorm1d,
+    torch.nn.GroupNorm,
+    torch.nn.MaxPool1d,
+    torch.nn.AvgPool1d,
+    torch.nn.AdaptiveAvgPool1d,
+    torch.nn.AdaptiveMaxPool1d,
+)
+
+
+def unit_dims(x: Tensor, channels_first: bool = False) -> tuple[int, ...]:
     """Dimensions to reduce so that one value per unit (feature or channel) remains.
 
-    Convolution maps (N, C, H, W[, D]) keep channel dim 1; everything else keeps the last dim.
+    Convolution maps (N, C, H, W[, D]) keep channel dim 1, as does a 3-D map known to come
+    from a 1-D convolution (``channels_first``); everything else keeps the last dim.
     """
-    if x.dim() >= 4:
+    if x.dim() >= 4 or (channels_first and x.dim() == 3):
         return (0, *range(2, x.dim()))
     return tuple(range(x.dim() - 1))
 
@@ -93,13 +109,15 @@ class ActivationAccumulator:
     input_sampled: int = 0
     unit_max: Tensor | None = None
 
-    def add(self, output: Tensor, sample_rows: int, full: bool) -> None:
+    def add(
+        self, output: Tensor, sample_rows: int, full: bool, channels_first: bool = False
+    ) -> None:
         """Measure one call's output (already detached) with a few reductions.
 
         The finiteness check covers the whole tensor (how the first NaN module is found;
         a finite but huge output is finite, whatever its sum would be).  The shape statistics
         (size, zeros, silent units, saturation) use the first ``sample_rows`` rows
-        unless ``full``.
+        unless ``full``; ``channels_first`` says a 3-D output's units are its dim 1.
         """
         x = output
         self.calls += 1
@@ -116,7 +134,7 @@ class ActivationAccumulator:
             self.zeros.append((sample == 0).sum())
             self.zero_sampled += sample.numel()
         if self.kind == "relu" and sample.dim() >= 2:
-            per_unit = sample.amax(dim=unit_dims(sample))
+            per_unit = sample.amax(dim=unit_dims(sample, channels_first))
             self.units = per_unit.numel()
             if self.unit_max is None or self.unit_max.shape != per_unit.shape:
                 self.unit_max = per_unit

@@ -44,3 +44,39 @@ def test_one_silent_detail_step_is_not_yet_a_dead_unit():
 def test_two_silent_detail_steps_one_step_apart_are_not_yet_a_dead_unit():
     report = _run(kill_at=3, steps=5)  # silent on steps 3 and 4: 1 step, under unit_window
     assert [f for f in report.findings if f.kind == "dead_relu"] == []
+
+
+def _conv1d_run(dead_channels: int) -> gradscope.Report:
+    """A 1-D CNN over (batch, channels, length) whose first ``dead_channels`` of 16 channels
+    are silenced by far negative biases; the other channels fire at every position."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv1d(4, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv1d(16, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 24, 3),
+    )
+    with torch.no_grad():
+        model[0].bias[:dead_channels] = -100.0
+        model[0].bias[dead_channels:] = 5.0
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def data(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(32, 4, 24, generator=torch.Generator().manual_seed(step % 8))
+        return x, (x[:, 0].mean(1) > 0).long()
+
+    return watch_loop(model, opt, data, 12)
+
+
+def test_dead_channels_of_a_1d_convolution_are_counted_per_channel_not_per_position():
+    report = _conv1d_run(dead_channels=10)
+    dead = {f.layer: f.evidence for f in report.findings if f.kind == "dead_relu"}
+    assert "1" in dead, str(report)
+    assert (dead["1"]["dead_units"], dead["1"]["units"]) == (10, 16)
+
+
+def test_a_1d_convolution_whose_channels_all_fire_has_no_dead_units():
+    report = _conv1d_run(dead_channels=0)
+    assert [f for f in report.findings if f.kind == "dead_relu"] == [], str(report)
