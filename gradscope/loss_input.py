@@ -14,6 +14,9 @@ loss logged before ``backward()``):
 * ``mse_loss`` on a prediction and a target of different shapes (``(N, 1)`` against
   ``(N,)``): both are broadcast to ``(N, N)``, every prediction is compared with every
   target, and the best the model can do is predict their mean (PyTorch warns once).
+  Seen as a target that was broadcast too (a zero stride): one prediction per sample
+  expanded over several targets of that sample (``v.expand_as(returns)``, or ``(N, 1)``
+  against ``(N, T)``) compares each sample with its own targets and is fine.
 
 :func:`fault` returns a code (:data:`FINE` or one of the four) as a 0-dim tensor on the
 loss's device, without a host sync, or None when the loss is not one of those functions.
@@ -95,13 +98,20 @@ def _judge(node: Any, loss: Tensor) -> Tensor:
             return _log_probability_check(node, loss)
     elif name == "MseLossBackward0":
         given = [f for f, _ in node.next_functions if f is not None]
-        if given and given[0].name() == "ExpandBackward0":
-            code = BROADCAST_IN_MSE  # mse_loss broadcast the prediction to the target
+        if given and given[0].name() == "ExpandBackward0" and _broadcast(node._saved_target):
+            code = BROADCAST_IN_MSE  # prediction and target broadcast against each other
     elif name == "BinaryCrossEntropyWithLogitsBackward0" and _named(
         _producer(node), "SigmoidBackward0"
     ):
         code = SIGMOID_INTO_BCE_WITH_LOGITS
     return loss.new_tensor(code, dtype=torch.float32)
+
+
+def _broadcast(target: Tensor) -> bool:
+    """Whether a loss's target was expanded over a dimension (a zero stride there): mse_loss
+    broadcast it against a prediction of another shape, so samples meet other samples."""
+    pairs = zip(target.shape, target.stride(), strict=True)
+    return any(stride == 0 and size > 1 for size, stride in pairs)
 
 
 def _log_probability_check(node: Any, loss: Tensor) -> Tensor:

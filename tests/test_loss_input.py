@@ -121,3 +121,8 @@ def test_mse_on_shapes_that_broadcast_is_an_error_and_matching_shapes_are_not():
     assert finding.severity == "error" and "(N, N)" in finding.message
     assert "pred.squeeze(-1)" in finding.suggestions[0].code
     assert regression(lambda p, y: F.mse_loss(p.squeeze(-1), y)) == []
+    # One value per sample fitted to several targets of that sample (a critic's value
+    # against the returns of its rollout): expanded on purpose, every sample meets its own.
+    returns = lambda y: torch.stack([y, y + 0.5, y - 0.5], dim=1)  # noqa: E731
+    assert regression(lambda p, y: F.mse_loss(p.expand_as(returns(y)), returns(y))) == []
+    assert regression(lambda p, y: F.mse_loss(p, returns(y))) == []
