@@ -196,6 +196,11 @@ class Scope:
         self._step = 0
         self._rank: list[int | None] = [None] * len(self._modules)
         self._shapes: list[tuple[int, ...] | None] = [None] * len(self._modules)
+        #: First outputs of modules seen for the first time, held until the model returns
+        #: (held, so that no freed output's memory is reused by another): the ones it
+        #: returns are its outputs (one of several heads need not run last).
+        self._fresh_outputs: dict[int, Tensor] = {}
+        self._returned: set[int] = set()
         self._next_rank = 0
         self._reset_step_state()
         self._loss: Tensor | None = None
@@ -356,6 +361,13 @@ class Scope:
         self._in_training_forward = False
         if self._hooks_live and torch.is_grad_enabled():
             self._measure.add_model_output(stats.first_float_tensor(output))
+        if self._fresh_outputs:
+            returned = {stats.storage_key(x) for x in stats.float_tensors(output)}
+            returned.discard(None)
+            self._returned.update(
+                j for j, x in self._fresh_outputs.items() if stats.storage_key(x) in returned
+            )
+            self._fresh_outputs = {}
         if self._step < linkage.FOLLOW_STEPS and torch.is_grad_enabled():
             linkage.note_output(self, output)
 
@@ -683,6 +695,7 @@ class Scope:
         self._next_rank += 1
         self._shapes[j] = tuple(x.shape)
         self._order_changed = True
+        self._fresh_outputs[j] = x
 
     def _on_pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self._fast_light and self._defer_light_step():
@@ -924,6 +937,7 @@ class Scope:
     def _reset_step_state(self) -> None:
         self._hooks_fired = 0
         self._first_output: dict[int, Tensor] = {}
+        self._fresh_outputs = {}  # a forward whose model never returned (a direct call)
         self._overhead = 0.0
 
     def _module_order(self) -> list[int]:
@@ -955,6 +969,8 @@ class Scope:
         if self._seen_without_grad:
             names = (self._modules[j][0] for j in self._seen_without_grad)
             info.extra["seen_without_grad"] = sorted(names)
+        if self._returned:
+            info.extra["model_outputs"] = sorted(self._modules[j][0] for j in self._returned)
         outside = tracking.outside_optimizer(self.optimizer, self._param_names, self._params)
         if outside:
             info.extra["outside_optimizer"] = outside

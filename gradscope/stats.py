@@ -78,6 +78,34 @@ CHANNELS_FIRST_TYPES: tuple[type, ...] = (
 )
 
 
+def float_tensors(output: object, limit: int = 64) -> list[Tensor]:
+    """Every floating-point tensor in a (model) output: tensor, tuple, list, dict or
+    dataclass, nested; at most ``limit``."""
+    found: list[Tensor] = []
+    pending = [output]
+    while pending and len(found) < limit:
+        item = pending.pop()
+        if isinstance(item, Tensor):
+            if item.is_floating_point():
+                found.append(item)
+        elif isinstance(item, (tuple, list)):
+            pending.extend(item)
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            pending.extend(getattr(item, f.name, None) for f in dataclasses.fields(item))
+    return found
+
+
+def storage_key(x: Tensor) -> int | None:
+    """Which memory a tensor views (a squeezed or sliced view keeps its base's), or None
+    for a tensor without storage."""
+    try:
+        return x.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
 def unit_dims(x: Tensor, channels_first: bool = False) -> tuple[int, ...]:
     """Dimensions to reduce so that one value per unit (feature or channel) remains.
 

@@ -60,8 +60,11 @@ DEFAULTS = {
 
 
 def _is_output(model_info: ModelInfo, name: str) -> bool:
-    """An activation after the last layer with weights is the model's output: outputs near
-    0 or 1 that match binary targets are the goal, not a fault."""
+    """An activation the model returns, or one after the last layer with weights, is the
+    model's output: outputs near 0 or 1 that match binary targets are the goal, not a
+    fault (a multi-label head beside a class head need not run last)."""
+    if name in model_info.extra.get("model_outputs", ()):
+        return True
     names = [layer.name for layer in model_info.layers]
     if name not in names:
         return False

@@ -49,3 +49,38 @@ def test_a_run_that_turned_non_finite_is_judged_on_its_last_finite_records():
     # The NaN outputs of steps 30 and 40 say nothing about saturation: step 20 speaks.
     assert "1" in found, report
     assert found["1"].evidence["saturated_fraction"] > 0.9
+
+
+class _TwoHeads(nn.Module):
+    """A shared trunk with a multi-label sigmoid head (run first) and a class head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU())
+        self.tags = nn.Linear(64, 8)
+        self.tag_prob = nn.Sigmoid()
+        self.cls = nn.Linear(64, 5)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.trunk(x)
+        return self.tag_prob(self.tags(h)), self.cls(h)
+
+
+def test_a_confident_sigmoid_head_the_model_returns_is_its_output_though_another_head_runs_last():
+    torch.manual_seed(0)
+    model = _TwoHeads()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    tag_weights, class_weights = torch.randn(16, 8) * 5, torch.randn(16, 5)
+    bce, ce = nn.functional.binary_cross_entropy, nn.functional.cross_entropy
+
+    def data(k):
+        x = torch.randn(64, 16, generator=torch.Generator().manual_seed(k % 16))
+        return x, ((x @ tag_weights > 0).float(), (x @ class_weights).argmax(1))
+
+    report = watch_loop(
+        model, opt, data, 400, lambda out, y: bce(out[0], y[0]) + ce(out[1], y[1])
+    )
+    assert report.model_info.extra["model_outputs"] == ["cls", "tag_prob"]
+    probabilities = model(data(0)[0])[0]
+    assert float(((probabilities - 0.5).abs() > 0.49).float().mean()) > 0.5  # confident
+    assert [f for f in report.findings if f.kind == "saturated_activation"] == [], report
