@@ -14,26 +14,15 @@ from gradscope import Finding, Suggestion, hookimpl
 from gradscope.config import thresholds
 from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
-from gradscope.signals import LossTrend, loss_trend
 from gradscope_plugins import fix_builders as fix
-from gradscope_plugins.judgement import (
-    HARM_DEFAULTS,
-    ROW_COPY_LINES,
-    fmt,
-    identical_rows,
-    learned_nothing,
-)
+from gradscope_plugins.judgement import ROW_COPY_LINES, identical_rows
 
 NAME = "symmetry"
 #: The statistics this detector reads (see gradscope.statistics); without them it cannot judge.
 NEEDS = ("row_spread", "param_norm")
 #: Row spread below ``relative_spread`` of the weight RMS counts as identical rows, and so
-#: does a layer where ``twin_rows`` of the rows are copies of another row.  A layer where
-#: only some rows are copies is judged by harm (HARM_DEFAULTS: the loss stalled, or the
-#: model predicts a constant): rows kept equal by design (a pruning mask, the rows of
-#: classes absent from the data, a zero-initialised readout over a large vocabulary) while
-#: the rest learn are ``info``.
-DEFAULTS = {**ROW_COPY_LINES, **HARM_DEFAULTS}
+#: does a layer where ``twin_rows`` of the rows are copies of another row.
+DEFAULTS = {**ROW_COPY_LINES}
 
 
 @hookimpl
@@ -43,8 +32,6 @@ def gradscope_detect(
     """One finding per layer whose weight rows were identical after the first update."""
     t = thresholds(config, NAME, DEFAULTS)
     first_step = history.steps[0] if history.steps else 0
-    trend = loss_trend(history)
-    harmed = learned_nothing(history, trend, t)
     findings = []
     for name, rows_of in identical_rows(history, model_info, t).items():
         module, step, spread, rms, twins, every = rows_of
@@ -55,14 +42,19 @@ def gradscope_detect(
             if every
             else f"{twins:.0%} of the {shape[0]} rows of {name} are copies of another row "
         )
-        harmless = not every and not harmed
         findings.append(
             Finding(
                 kind="symmetric_weights",
                 layer=module,
-                severity="info" if harmless else "error",
+                severity="error",
                 step=first_step,
-                message=_message(rows, step, module, trend if harmless else None),
+                message=(
+                    f"{rows}after {step} training steps: units with the same weights "
+                    f"compute the same thing and get the same gradient in {module}, so they "
+                    "can never become different. "
+                    "Zero or constant initialisation causes this; initialise weights randomly "
+                    "(Kaiming or Xavier) to break the symmetry."
+                ),
                 evidence={
                     "parameter": name,
                     "rows": shape[0],
@@ -75,25 +67,6 @@ def gradscope_detect(
             )
         )
     return findings
-
-
-def _message(rows: str, step: int, module: str, unharmed: LossTrend | None) -> str:
-    """The finding's text; ``unharmed`` is the loss trend of a run that learned regardless."""
-    same = (
-        f"{rows}after {step} training steps: units with the same weights compute the same "
-        f"thing and get the same gradient in {module}, so they can never become different. "
-    )
-    if unharmed is not None:
-        return same + (
-            f"The loss went {fmt(unharmed.first)} -> {fmt(unharmed.last)} regardless, so "
-            "nothing needs to change if the rows are equal on purpose (a pruning mask, the "
-            "rows of classes the data never shows); if a constant initialisation made them, "
-            "initialise weights randomly (Kaiming or Xavier)."
-        )
-    return same + (
-        "Zero or constant initialisation causes this; initialise weights randomly "
-        "(Kaiming or Xavier) to break the symmetry."
-    )
 
 
 def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
