@@ -11,7 +11,9 @@ On detail steps a forward pre-hook makes the input require a gradient when it do
 (a leaf copy: the parameters' gradients are unchanged) and a tensor hook takes the two
 norms during backward.  A user-written loop that calls the same cell at every time step
 is measured the same way on each call's output: the first call's gradient over the
-last call's.  Values stay on the device until the step's one host transfer.
+last call's.  A packed sequence (``pack_padded_sequence``) is measured on its data: the
+first step's rows (every sequence) against the last step's (the longest ones), per
+sequence.  Values stay on the device until the step's one host transfer.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence
 
 #: Modules whose own forward runs the recurrence.
 SEQUENCE_LAYERS = (torch.nn.RNN, torch.nn.GRU, torch.nn.LSTM)
@@ -38,8 +41,10 @@ def is_sequence_layer(module: torch.nn.Module) -> bool:
 def watch_input(module: torch.nn.Module, args: tuple, sink: Sink) -> tuple | None:
     """For a forward pre-hook: hook the gradient of the sequence input, making a leaf copy
     that requires a gradient when the input does not.  Returns the new args, or None."""
+    if args and isinstance(args[0], PackedSequence):
+        return _watch_packed(args, sink)
     if not args or not isinstance(args[0], Tensor) or not args[0].is_floating_point():
-        return None  # a PackedSequence or an integer input: not measured
+        return None  # an integer input: not measured
     x = args[0]
     if x.dim() < 2:
         return None
@@ -49,6 +54,29 @@ def watch_input(module: torch.nn.Module, args: tuple, sink: Sink) -> tuple | Non
         x = x.detach().requires_grad_(True)
         replaced = (x, *args[1:])
     x.register_hook(_first_and_last(time_dim, sink))
+    return replaced
+
+
+def _watch_packed(args: tuple, sink: Sink) -> tuple | None:
+    """:func:`watch_input` for a packed sequence: its data holds the time steps one after
+    another (``batch_sizes[t]`` rows each, longest sequences first)."""
+    packed: PackedSequence = args[0]
+    x, sizes = packed.data, packed.batch_sizes
+    if not x.is_floating_point() or sizes.numel() < 2:
+        return None
+    first_rows, last_rows = int(sizes[0]), int(sizes[-1])
+    replaced = None
+    if not x.requires_grad:
+        x = x.detach().requires_grad_(True)
+        replaced = (packed._replace(data=x), *args[1:])
+
+    def hook(g: Tensor) -> None:
+        g = g.detach()
+        per_sequence = (last_rows / first_rows) ** 0.5  # as many sequences as the last step
+        first = torch.linalg.vector_norm(g[:first_rows], dtype=torch.float32) * per_sequence
+        sink(first, torch.linalg.vector_norm(g[-last_rows:], dtype=torch.float32))
+
+    x.register_hook(hook)
     return replaced
 
 

@@ -894,3 +894,36 @@ def test_a_healthy_language_model_with_a_per_token_loss_is_not_exploding_through
     report = train(model, data, steps=60, opt=opt, loss_fn=per_token)
     assert report.history.losses()[-1] < 0.05 * report.history.losses()[0]
     assert serious(report, "exploding_gradient") == [], report
+
+
+def test_a_recurrence_over_packed_sequences_is_measured_through_time():
+    """pack_padded_sequence hands nn.RNN a PackedSequence: the gradient reaching the first
+    and the last time step is read from its data, and a long vanilla RNN whose label is
+    its first input shows the gradient vanishing through time."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    class Packed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.RNN(4, 32)
+            self.head = nn.Linear(32, 2)
+
+        def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+            _, h = self.rnn(pack_padded_sequence(x, lengths, enforce_sorted=False))
+            return self.head(h[-1])
+
+    torch.manual_seed(0)
+    model = Packed()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with gradscope.watch(model, optimizer=opt) as scope:
+        for k in range(12):
+            g = torch.Generator().manual_seed(k)
+            x = torch.randn(60, 16, 4, generator=g)
+            lengths = torch.randint(50, 61, (16,), generator=g)
+            loss = CE(model(x, lengths), (x[0, :, 0] > 0).long())
+            opt.zero_grad()
+            scope.log_loss(loss)
+            loss.backward()
+            opt.step()
+    ratios = through_time_ratios(scope.report().history)
+    assert "rnn" in ratios and ratios["rnn"] < 1e-2, ratios
