@@ -156,14 +156,7 @@ class Scope:
             param_ndims=[p.dim() for p in self._params],
             capacity=history_size,
         )
-        self._measure = Recorder(
-            self._params,
-            [stats.activation_kind(m) for _, m in self._modules],
-            full=full,
-            sample_rows=sample_rows,
-            unit_window=unit_window,
-            channels_first=[isinstance(m, stats.CHANNELS_FIRST_TYPES) for _, m in self._modules],
-        )
+        self._measure = self._recorder(full, sample_rows, unit_window)
         self._setup_extensions(model, scaler, optimizer)  # DDP/FSDP2, GradScaler, compile
         if self._ranks is not None:
             # Ranks exchange the detail steps' values: they must agree on which steps those
@@ -196,11 +189,7 @@ class Scope:
         self._step = 0
         self._rank: list[int | None] = [None] * len(self._modules)
         self._shapes: list[tuple[int, ...] | None] = [None] * len(self._modules)
-        #: First outputs of modules seen for the first time, held until the model returns
-        #: (held, so that no freed output's memory is reused by another): the ones it
-        #: returns are its outputs (one of several heads need not run last).
-        self._fresh_outputs: dict[int, Tensor] = {}
-        self._returned: set[int] = set()
+        self._returned: set[int] = set()  # modules whose output the model returns
         self._next_rank = 0
         self._reset_step_state()
         self._loss: Tensor | None = None
@@ -934,10 +923,24 @@ class Scope:
         self._measure.begin_step()
         self._reset_step_state()
 
+    def _recorder(self, full: bool, sample_rows: int, unit_window: int) -> Recorder:
+        """The per-step measurement state over the hooked modules."""
+        return Recorder(
+            self._params,
+            [stats.activation_kind(m) for _, m in self._modules],
+            full=full,
+            sample_rows=sample_rows,
+            unit_window=unit_window,
+            channels_first=[isinstance(m, stats.CHANNELS_FIRST_TYPES) for _, m in self._modules],
+        )
+
     def _reset_step_state(self) -> None:
         self._hooks_fired = 0
         self._first_output: dict[int, Tensor] = {}
-        self._fresh_outputs = {}  # a forward whose model never returned (a direct call)
+        #: First outputs of new modules, held (no freed memory reused) until the model
+        #: returns: the ones it returns are its outputs (one of several heads runs last).
+        #: Emptied here too, for a forward whose model never returned (a direct call).
+        self._fresh_outputs: dict[int, Tensor] = {}
         self._overhead = 0.0
 
     def _module_order(self) -> list[int]:

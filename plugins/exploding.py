@@ -10,7 +10,9 @@ learning rate or Adam keeps the loss from diverging.  Each is measured:
   ``through_time`` times what reaches its last on ``growth_steps`` measured steps in a
   row, or once before the steps it drove grew the weights ``blown_weights`` times;
 - **gradients far larger than the weights** ("the gradient is too large") in a run that
-  then overflowed: a layer's gradient norm was ``size_ratio`` times its weights' norm;
+  then overflowed, or whose loss ends ``worse_than_constant`` times what the best
+  constant prediction scores: a layer's gradient norm was ``size_ratio`` times its
+  weights' norm;
 - **steps larger than the weights**: an update moves a layer by more than
   ``update_ratio`` of its size on ``update_steps`` recorded steps;
 - **divergence**: the loss ends ``loss_rise`` times above where it started (the very
@@ -29,7 +31,7 @@ over training are not judged.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -61,6 +63,7 @@ from gradscope_plugins.judgement import (
     reference_norm,
     relative_grad,
     through_time_peaks,
+    times,
     update_ratio,
     weight_growth,
 )
@@ -120,6 +123,8 @@ class _Evidence:
     what: list[str]
     culprits: list[str]
     numbers: dict[str, Any]
+    #: The sentences of "too large for its weights, the loss far above a constant's".
+    too_large: list[str] = field(default_factory=list)
 
 
 @hookimpl
@@ -136,10 +141,7 @@ def gradscope_detect(
     evidence = _Evidence([], [], {})
     nonfinite = _went_nonfinite(history)
     _over_training(history, layers, t, adversarial, nonfinite, evidence)
-    if nonfinite:
-        # Size alone is not growth (a loss scaled by 1e4 under Adam trains normally); but
-        # a run that overflowed after gradients this large exploded.
-        _too_large(layers, model_info, t, evidence)
+    _too_large(history, layers, model_info, trend, t, nonfinite, adversarial, evidence)
     _through_depth(layers, model_info, t, evidence)
     _through_time(history, layers, trend, t, evidence)
     _big_steps(layers, model_info, t, evidence)
@@ -148,6 +150,7 @@ def gradscope_detect(
         _one_wild_step(layers, model_info, trend, t, evidence)
     if not evidence.what:
         return []
+    blown = "blown_weights" in evidence.numbers  # the explosion's steps blew weights up
     depth = {layer.name: i for i, layer in enumerate(layers)}
     # The input-most layer a criterion pointed at: where the blow-up can start (an RNN's
     # recurrence, the first badly scaled layer), not the head that inherits it.  The loss
@@ -162,9 +165,14 @@ def gradscope_detect(
         Finding(
             kind="exploding_gradient",
             layer=culprit,
-            severity="error" if diverged or nonfinite else "warning",
+            severity="error" if diverged or nonfinite or blown else "warning",
             step=first_step_where(history, over(layer.grad_norm, _growth_line(layer, t))),
-            message=_message(evidence.what, trend, nonfinite, clipped_at(history)),
+            message=_message(
+                evidence.what,
+                nonfinite,
+                clipped_at(history),
+                small_steps=not (nonfinite or diverged) and evidence.what == evidence.too_large,
+            ),
             evidence={
                 **evidence.numbers,
                 "grad_norm_peak": _finite_max(layer.grad_norm),
@@ -210,6 +218,34 @@ def _over_training(
 
 
 def _too_large(
+    history: History,
+    layers: list[LayerSignal],
+    model_info: ModelInfo,
+    trend: LossTrend,
+    t: dict,
+    nonfinite: bool,
+    adversarial: bool,
+    evidence: _Evidence,
+) -> None:
+    """Gradients far larger than the weights, in a run that then overflowed or whose loss
+    ends ``worse_than_constant`` times a constant prediction's.  Size alone is not growth
+    (a loss scaled by 1e4 under Adam trains normally), but with either it exploded: Adam
+    or a small rate keeps each step small, and the model never gets anywhere."""
+    worse = not adversarial and _worse_than_knowing_nothing(history, trend, t)
+    if not (nonfinite or worse):
+        return
+    _size_ratio(layers, model_info, t, evidence)
+    if worse and "size_ratio" in evidence.numbers:
+        ratio = loss_vs_constant(history, trend)
+        evidence.what.append(
+            f"the loss ends at {fmt(trend.last)}, {fmt(ratio)}x what predicting the same "
+            "output for every input scores"
+        )
+        evidence.numbers["loss_vs_constant"] = ratio
+        evidence.too_large = list(evidence.what)
+
+
+def _size_ratio(
     layers: list[LayerSignal], model_info: ModelInfo, t: dict, evidence: _Evidence
 ) -> None:
     """A gradient ``size_ratio`` times its weights on ``growth_steps`` records (or on the
@@ -226,6 +262,13 @@ def _too_large(
             evidence.culprits.append(layer.name)
             evidence.numbers["size_ratio"] = float(finite.max())
             return
+
+
+def _worse_than_knowing_nothing(history: History, trend: LossTrend, t: dict) -> bool:
+    """The loss ends ``worse_than_constant`` times what the best constant prediction scores
+    (in the logged loss's units: a loss multiplied by a factor is compared with the constant
+    multiplied by it); unmeasured: False."""
+    return loss_vs_constant(history, trend) >= t["worse_than_constant"]
 
 
 def _through_depth(
@@ -304,11 +347,19 @@ def _through_time(
         blown = count >= 1 and grown.get(name, 1.0) >= t["blown_weights"]
         early = count >= min(int(t["growth_steps"]), measured) and not learned
         if median >= t["through_time"] or early or blown:
-            then = f", and the steps it drove grew its weights {fmt(grown[name])}x" if blown else ""
-            evidence.what.append(
-                f"in {name} the gradient reaching the first time step is {fmt(peak)}x what "
-                f"reaches the last: it grows at every step back through time{then}"
+            grew = times(grown[name])
+            then = f", and the steps it drove grew its weights {grew}" if blown else ""
+            reach = (
+                f"is {fmt(peak)}x what reaches the last"
+                if math.isfinite(peak)
+                else "overflows float32 (Inf) while what reaches the last is finite"
             )
+            evidence.what.append(
+                f"in {name} the gradient reaching the first time step {reach}: it grows at "
+                f"every step back through time{then}"
+            )
+            if blown:
+                evidence.numbers["blown_weights"] = grown[name]
             evidence.culprits.append(name)
             evidence.numbers["through_time_ratio"] = peak
             return
@@ -427,7 +478,11 @@ def _finite_max(series: torch.Tensor) -> float:
     return float(finite.max()) if finite.numel() else math.nan
 
 
-def _message(what: list[str], trend: LossTrend, nonfinite: bool, clip: float | None) -> str:
+def _message(
+    what: list[str], nonfinite: bool, clip: float | None, small_steps: bool = False
+) -> str:
+    """The finding's text; ``small_steps``: no step was large and nothing diverged (the
+    gradient is too large for the weights, the loss far above a constant prediction's)."""
     if clip is not None:
         return (
             f"Gradients explode: {'; '.join(what)}. Your loop already clips the gradient "
@@ -437,6 +492,14 @@ def _message(what: list[str], trend: LossTrend, nonfinite: bool, clip: float | N
             + ("; the values then overflowed to NaN/Inf" if nonfinite else "")
             + ". Fix the cause: the initialisation if the weights start too large (a "
             "recurrence's weights especially), or the learning rate."
+        )
+    if small_steps:
+        return (
+            f"Gradients explode: {'; '.join(what)}. The optimizer keeps each step small "
+            "(Adam divides by the gradient's size, or the rate is small), so nothing "
+            "diverges, but the model stays stuck where a signal this large puts it. Fix "
+            "what makes it large: the initialisation if the weights start too large, the "
+            "inputs if they are far from unit scale."
         )
     return (
         f"Gradients explode: {'; '.join(what)}. Steps this large throw the weights around "

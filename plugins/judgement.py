@@ -150,6 +150,12 @@ def fmt(value: float | None) -> str:
     return f"{value:.3g}"
 
 
+def times(factor: float) -> str:
+    """A growth factor for messages: "12.3x", or "beyond float32's range" for one whose
+    float32 value overflowed to Inf."""
+    return f"{fmt(factor)}x" if math.isfinite(factor) else "beyond float32's range"
+
+
 def linked_gan_role(model_info: ModelInfo) -> str | None:
     """``"generator"`` or ``"discriminator"`` for a model watched apart from its rival:
     its output fed another watched model that ran at least twice per step (real and
@@ -579,8 +585,12 @@ def weights_blew_up(signal: LayerSignal, model_info: ModelInfo, factor: float) -
 
 def weight_growth(signal: LayerSignal) -> float:
     """How many times larger the layer's weights ended than they started (its last finite
-    norm over its first; 1 when that cannot be told)."""
-    finite = signal.param_norm[torch.isfinite(signal.param_norm)]
+    norm over its first; Inf once a norm that started finite overflowed to +Inf, entries
+    past ~1e19 or infinite; 1 when that cannot be told)."""
+    norms = signal.param_norm
+    finite = norms[torch.isfinite(norms)]
+    if finite.numel() and float(finite[0]) > 0 and bool((norms == math.inf).any()):
+        return math.inf
     if finite.numel() < 2 or float(finite[0]) <= 0:
         return 1.0
     return float(finite[-1]) / float(finite[0])

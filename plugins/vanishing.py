@@ -58,6 +58,7 @@ from gradscope_plugins.judgement import (
     relative_grad,
     stall_text,
     through_time_ratios,
+    times,
     total_grad_norm,
     turn_trend,
     under,
@@ -541,7 +542,7 @@ def _cause(
     if grown:
         name, factor = max(grown.items(), key=lambda item: item[1])
         return (
-            f"The weights of {name} grew {fmt(factor)}x during training (steps too large for "
+            f"The weights of {name} grew {times(factor)} during training (steps too large for "
             "them: a learning rate too high), and the gradient that reaches them is now far "
             "too small to move weights that size."
         )

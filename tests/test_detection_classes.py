@@ -105,6 +105,35 @@ def test_a_constantly_large_gradient_under_adam_is_size_not_growth():
     assert report.kinds_at_least("warning") == set()
 
 
+def test_gradients_far_larger_than_the_weights_under_adam_explode_when_the_loss_gets_nowhere():
+    """The notes' "the gradient is too large": an eight-layer ReLU MLP at init std 3 under
+    Adam.  Adam keeps every step small, nothing grows or diverges, but every layer's
+    gradient is ~1e6 times its weights and the cross-entropy stays near 1e9 against a
+    constant prediction's 1.4 (a stranger session's run that gradscope called healthy)."""
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    for i in range(8):
+        model.extend([nn.Linear(16 if i == 0 else 32, 32), nn.ReLU()])
+    model.append(nn.Linear(32, 4))
+    with torch.no_grad():
+        for layer in model[::2]:
+            layer.weight.normal_(0, 3.0)
+            layer.bias.zero_()
+    directions = torch.randn(16, 4, generator=torch.Generator().manual_seed(99))
+
+    def data(k):
+        x = torch.randn(64, 16, generator=torch.Generator().manual_seed(k % 16))
+        return x, (x @ directions).argmax(1)
+
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    report = train(model, data, opt=opt, steps=40)
+    (finding,) = serious(report, "exploding_gradient")
+    assert finding.layer == "0" and finding.severity == "warning"
+    assert finding.evidence["size_ratio"] > 1e3 and finding.evidence["loss_vs_constant"] > 1e6
+    assert "keeps each step small" in finding.message
+    assert finding.suggestions[0].kind == "kaiming_init"
+
+
 def test_an_early_blow_up_does_not_raise_its_own_baseline():
     """AdamW at lr 100 on a small language model: the loss jumps from 4 to 1e5 in the first
     steps and ends in the thousands, far below that early window but hundreds of times its

@@ -32,7 +32,7 @@ SLICE_LABELS: dict[int, list[str]] = {
     21: [], 31: ["symmetric_weights"], 32: [], 37: [],
     143: ["nonfinite_gradient"], 152: ["vanishing_gradient"], 179: [], 283: [],
     292: ["exploding_gradient", "nonfinite_gradient"], 352: [], 354: [], 358: [], 371: [],
-    382: ["vanishing_gradient"], 384: [], 396: [], 399: ["dead_relu"],
+    382: ["exploding_gradient", "vanishing_gradient"], 384: [], 396: [], 399: ["dead_relu"],
     424: ["symmetric_weights"], 440: [],
     478: ["exploding_gradient", "nonfinite_gradient", "vanishing_gradient"],
     492: ["saturated_activation"], 502: [], 525: ["no_gradient"], 526: ["vanishing_gradient"],

@@ -38,6 +38,7 @@ GROWTH_STEPS = 2  # ... on at least this many steps
 UPDATE_RATIO = 1.0  # exploding: a step larger than the weight itself ...
 UPDATE_STEPS = 3  # ... on at least this many steps
 LOSS_CLIMB = 10.0  # exploding: the loss ends 10x above where it started
+WORSE = 2.0  # exploding: gradients GROWTH x the weights and the loss ends 2x a constant's
 DEAD = 0.5  # dead_relu: half a layer's units silent on every input of the last 5 steps
 SATURATED = 0.5  # saturated_activation: half of the outputs within 1% of an asymptote
 SEVERE = 0.8  # dead/saturated count without a stalled loss from this fraction on
@@ -272,6 +273,22 @@ def _learned(losses: list[float], constant: float) -> tuple[bool, float, float]:
     return tail <= LEARNED * min(head, constant), head, tail
 
 
+def _too_large(run: _Run, valid: list[dict], constant: float, add: Any, allow: set) -> None:
+    """"The gradient is too large": a layer's gradient is ``GROWTH`` times its weights on
+    ``GROWTH_STEPS`` steps while the loss ends ``WORSE`` times the best constant prediction's
+    (a small rate or Adam keeps the steps small, and the model never gets anywhere)."""
+    tail = _med([s["loss"]["model"] for s in valid][-WINDOW:])
+    if not (math.isfinite(tail) and constant > 0):
+        return
+    for name in run.order:
+        rho = [s.get("rho", {}).get(name, math.nan) for s in valid]
+        if tail >= WORSE * constant and sum(r >= GROWTH for r in rho) >= GROWTH_STEPS:
+            add("exploding_gradient", name)
+            return
+        if tail >= constant and sum(r >= GROWTH / 10 for r in rho) >= GROWTH_STEPS:
+            allow.add("exploding_gradient")
+
+
 def measure(config: Config) -> _Run:
     """Train the scenario once under plain hooks; the measurements are on the result."""
     run = _Run(config)
@@ -399,6 +416,8 @@ def label(config: Config) -> Label:
                 add("vanishing_gradient", first)
             if drop < 10 * TEMPORAL_DROP and player_stalled[player]:
                 allow.add("vanishing_gradient")
+    if c.family not in GANS:
+        _too_large(run, valid, constant, add, allow)
     big_updates = sum(max(s.get("update", {}).values(), default=0.0) > UPDATE_RATIO for s in valid)
     num["big_update_steps"] = big_updates
     if big_updates >= UPDATE_STEPS:
