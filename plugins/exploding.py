@@ -171,7 +171,7 @@ def gradscope_detect(
                 evidence.what,
                 nonfinite,
                 clipped_at(history),
-                small_steps=not (nonfinite or diverged) and evidence.what == evidence.too_large,
+                steps=_steps(evidence, nonfinite or diverged or blown),
             ),
             evidence={
                 **evidence.numbers,
@@ -478,11 +478,21 @@ def _finite_max(series: torch.Tensor) -> float:
     return float(finite.max()) if finite.numel() else math.nan
 
 
-def _message(
-    what: list[str], nonfinite: bool, clip: float | None, small_steps: bool = False
-) -> str:
-    """The finding's text; ``small_steps``: no step was large and nothing diverged (the
-    gradient is too large for the weights, the loss far above a constant prediction's)."""
+def _steps(evidence: _Evidence, blew_up: bool) -> str:
+    """Which steps the evidence shows (see :func:`_message`)."""
+    if blew_up or "update_ratio_peak" in evidence.numbers or "wild_step_share" in evidence.numbers:
+        return "large"
+    if evidence.what == evidence.too_large:
+        return "small"
+    uneven = {"depth_growth", "through_time_ratio"} & evidence.numbers.keys()
+    return "uneven" if uneven and "grad_growth" not in evidence.numbers else "large"
+
+
+def _message(what: list[str], nonfinite: bool, clip: float | None, steps: str = "large") -> str:
+    """The finding's text.  ``steps``: "large" (steps larger than the weights, a diverging
+    or overflowing run), "small" (the gradient is too large for the weights and the loss
+    far above a constant prediction's, with small steps), or "uneven" (growth through
+    depth, time or training, with no step seen too large)."""
     if clip is not None:
         return (
             f"Gradients explode: {'; '.join(what)}. Your loop already clips the gradient "
@@ -493,7 +503,14 @@ def _message(
             + ". Fix the cause: the initialisation if the weights start too large (a "
             "recurrence's weights especially), or the learning rate."
         )
-    if small_steps:
+    if steps == "uneven":
+        return (
+            f"Gradients explode: {'; '.join(what)}. No single learning rate suits a "
+            "gradient this uneven: one that moves the parts with the smallest gradient at "
+            "all is far past the stable step for the largest. Fix the initialisation if the "
+            "weights start too large (a recurrence's especially), or clip the gradient norm."
+        )
+    if steps == "small":
         return (
             f"Gradients explode: {'; '.join(what)}. The optimizer keeps each step small "
             "(Adam divides by the gradient's size, or the rate is small), so nothing "
