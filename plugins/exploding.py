@@ -43,6 +43,7 @@ from gradscope.modelinfo import ModelInfo
 from gradscope.signals import (
     LayerSignal,
     LossTrend,
+    data_rms,
     early,
     init_scale,
     loss_trend,
@@ -177,6 +178,7 @@ def gradscope_detect(
                 **evidence.numbers,
                 "grad_norm_peak": _finite_max(layer.grad_norm),
                 "init_scale": {s.name: init_scale(s, model_info) for s in layers},
+                **_data_size(history, model_info),
                 "loss_first": trend.first,
                 "loss_last": trend.last,
                 "loss_peak": trend.peak,
@@ -478,6 +480,12 @@ def _finite_max(series: torch.Tensor) -> float:
     return float(finite.max()) if finite.numel() else math.nan
 
 
+def _data_size(history: History, model_info: ModelInfo) -> dict[str, Any]:
+    """The data's size as the first layer sees it (evidence for ranking the fixes)."""
+    data = data_rms(history, model_info)
+    return {"data_layer": data[0] if data else None, "data_rms": data[1] if data else math.nan}
+
+
 def _steps(evidence: _Evidence, blew_up: bool) -> str:
     """Which steps the evidence shows (see :func:`_message`)."""
     if blew_up or "update_ratio_peak" in evidence.numbers or "wild_step_share" in evidence.numbers:
@@ -552,6 +560,10 @@ def _plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
     too_big = fix.started_too_large(finding)
     if too_big:
         return [init, fix.clip_grad_norm, fix.lower_lr]
+    if fix.inputs_unscaled(finding):
+        # Weights of a normal size, data far from unit scale: the signal is large from
+        # the first layer on, so scale the data.
+        return [fix.normalize_inputs, fix.clip_grad_norm, fix.lower_lr]
     peaks = finding.evidence.get("update_ratio_peak") or {}
     giant = [v for v in peaks.values() if isinstance(v, float) and v > 1.0]
     if giant:

@@ -260,6 +260,21 @@ def inputs_unscaled(finding: Finding) -> bool:
     return isinstance(rms, float) and math.isfinite(rms) and rms > UNSCALED_INPUTS
 
 
+#: What unscaled inputs do, per finding kind (the rest of normalize_inputs' why).
+_UNSCALED_HARM = {
+    "saturated_activation": (
+        "and push the sigmoid/tanh units to their flat ends, where almost no gradient "
+        "passes. Scaling the data removes the cause; BatchNorm or another activation "
+        "would only work around it."
+    ),
+    "exploding_gradient": (
+        "and every signal and gradient after them is that much larger: the gradients "
+        "dwarf the weights. Scaling the data removes the cause; clipping or a lower rate "
+        "would only shrink the steps."
+    ),
+}
+
+
 def normalize_inputs(finding: Finding, info: ModelInfo) -> Suggestion:
     """Standardise the data (the cause when unscaled inputs saturate the first units)."""
     rms, layer = finding.evidence.get("data_rms"), finding.evidence.get("data_layer")
@@ -269,9 +284,7 @@ def normalize_inputs(finding: Finding, info: ModelInfo) -> Suggestion:
         why=(
             f"The data reaches the first layer ({layer or '?'}) with a root mean square of "
             f"{fmt(rms)} (standardised data has about 1), so the first weighted sums are large "
-            "and push the sigmoid/tanh units to their flat ends, where almost no gradient "
-            "passes. Scaling the data removes the cause; BatchNorm or another activation "
-            "would only work around it."
+            + _UNSCALED_HARM.get(finding.kind, _UNSCALED_HARM["saturated_activation"])
         ),
         code="\n".join(
             [

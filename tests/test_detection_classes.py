@@ -134,6 +134,28 @@ def test_gradients_far_larger_than_the_weights_under_adam_explode_when_the_loss_
     assert finding.suggestions[0].kind == "kaiming_init"
 
 
+def test_gradients_too_large_for_the_weights_from_unscaled_inputs_ask_for_scaled_inputs():
+    """Weights of the default size, inputs 1e4 times standard data, Adam: the gradients
+    dwarf the weights and the loss stays 8x a constant prediction's.  The cause is the
+    data, so the first fix standardises it (clipping or a lower rate under Adam would only
+    shrink steps that are small already)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4)
+    )
+    directions = torch.randn(16, 4, generator=torch.Generator().manual_seed(99))
+
+    def data(k):
+        x = torch.randn(64, 16, generator=torch.Generator().manual_seed(k % 16))
+        return x * 1e4, (x @ directions).argmax(1)
+
+    report = train(model, data, opt=torch.optim.Adam(model.parameters(), lr=1e-3), steps=60)
+    (finding,) = serious(report, "exploding_gradient")
+    assert finding.evidence["data_rms"] > 1e3
+    assert finding.suggestions[0].kind == "normalize_inputs"
+    assert "dwarf the weights" in finding.suggestions[0].why
+
+
 def test_an_early_blow_up_does_not_raise_its_own_baseline():
     """AdamW at lr 100 on a small language model: the loss jumps from 4 to 1e5 in the first
     steps and ends in the thousands, far below that early window but hundreds of times its
