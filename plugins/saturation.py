@@ -15,6 +15,7 @@ from gradscope.config import thresholds
 from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
 from gradscope.signals import (
+    LossTrend,
     activation_fraction,
     data_rms,
     init_scale,
@@ -29,8 +30,10 @@ from gradscope_plugins.judgement import (
     harm_severity,
     layer_before,
     learned_nothing,
+    linked_gan_role,
     looped_layers,
     loss_multiplier,
+    loss_vs_constant,
     over,
 )
 
@@ -56,6 +59,11 @@ DEFAULTS = {
     **HARM_DEFAULTS,
     # Recent records averaged.
     "window": 5,
+    # An output activation saturated on the wrong side: the loss ends this many times a
+    # constant prediction's...
+    "worse_than_constant": 2.0,
+    # ...or a discriminator watched alone ends its loss above this.
+    "guessing_discriminator": 4.0,
 }
 
 
@@ -69,6 +77,23 @@ def _is_output(model_info: ModelInfo, name: str) -> bool:
     if name not in names:
         return False
     return not any(layer.params for layer in model_info.layers[names.index(name) + 1 :])
+
+
+def _confidently_wrong(
+    history: History, model_info: ModelInfo, trend: LossTrend, t: dict
+) -> bool:
+    """Whether the model's outputs sit at their asymptotes on the wrong side: the loss ends
+    ``worse_than_constant`` times a constant prediction's, or a discriminator watched alone
+    ends above ``guessing_discriminator`` (its two-term loss is 1.39 when it scores every
+    sample alike; 50 when binary cross-entropy clamps its log at -100 for every sample).
+    Then the output activation's saturation is the fault, not the goal."""
+    if loss_vs_constant(history, trend) >= t["worse_than_constant"]:
+        return True
+    return (
+        linked_gan_role(model_info) == "discriminator"
+        and trend.known
+        and trend.last > t["guessing_discriminator"]
+    )
 
 
 @hookimpl
@@ -85,12 +110,17 @@ def gradscope_detect(
     stalled = learned_nothing(history, trend, t)
     fractions = activation_fraction(history, "saturated", int(t["window"]))
     signals = {s.name: s for s in layer_signals(history)}
-    data = data_rms(history, model_info)
+    # A discriminator's inputs include the generator's output: not data to standardise.
+    data = None if linked_gan_role(model_info) == "discriminator" else data_rms(history, model_info)
     looped = set(looped_layers(history, list(history.module_names)))
+    wrong = _confidently_wrong(history, model_info, trend, t)
     findings = []
     for name, fraction in fractions.items():
         kind = SATURATING_ROLES.get(roles.get(name, ""))
-        if kind is None or fraction < t["warn_fraction"] or _is_output(model_info, name):
+        if kind is None or fraction < t["warn_fraction"]:
+            continue
+        output = _is_output(model_info, name)
+        if output and not wrong:
             continue
         ends = "0 or 1" if kind == "sigmoid" else "-1 or 1"
         findings.append(
@@ -118,6 +148,7 @@ def gradscope_detect(
                     # Run once per time step (a recurrence written as a loop): ranks fixes.
                     "looped_layers": [name] if name in looped else [],
                     "saturated_at_start": _at_start(history, name) >= t["warn_fraction"],
+                    "model_output": output,
                     "loss_multiplier": loss_multiplier(history),
                 },
             )
@@ -151,7 +182,16 @@ def _feeding_scale(model_info: ModelInfo, signals: dict, name: str) -> float:
 
 
 def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
-    """Fixes for a saturated activation, best first, chosen by its evidence."""
+    """Fixes for a saturated activation, best first, chosen by its evidence; never another
+    activation for the model's output (its sigmoid/tanh is what the loss expects)."""
+    if finding.evidence.get("model_output"):
+        # Outputs pinned on the wrong side: weights that started too large, else steps.
+        first = fix.xavier_init if fix.started_too_large(finding) else fix.lower_lr
+        return [first] + [b for b in (fix.lower_lr, fix.xavier_init) if b is not first]
+    return _plan(finding, info)
+
+
+def _plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
     if fix.inputs_unscaled(finding):
         # Unscaled data saturates the first units whatever the weights: scale the data.
         return [fix.normalize_inputs, fix.add_batchnorm, fix.xavier_init, fix.use_relu]

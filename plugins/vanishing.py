@@ -129,6 +129,10 @@ def gradscope_detect(
     constant, share = predicts_a_constant(history, trend, t)  # never measured: not constant
     roles = gan_roles(history, model_info)
     if roles:
+        # Whether the generator's loss was seen in its saturating form (unknown without a
+        # logged loss: then it may be): the non-saturating loss is no fix for one that is.
+        fake = history.act_series("fake_score")
+        t["saturating_loss_seen"] = not trend.known or bool(torch.isfinite(fake).any())
         return _gan_players(history, model_info, layers, roles, (trend, share), t)
     beaten = no_better_than_constant(history, trend, t)  # by a constant prediction
     # A loss resting at exactly zero is solved (a triplet margin met by every sample): the
@@ -291,6 +295,11 @@ def _gan_players(
             )  # fmt: skip
     if found:
         return _unless_named(found, starved, roles)
+    silent = _silent_generator(history, model_info, layers, roles, trends["generator"], t)
+    if silent and not fitted(trends["generator"]):
+        # No gradient at all: nothing was learned, whatever the loss did with the batches
+        # (a loss resting at 0 fools the rival completely: nothing to learn).
+        return silent
     # Over training: each harmed player's gradient.  A generator facing a confident
     # discriminator (the saturating loss starves it by ~10x: its own line); a
     # discriminator scoring every sample alike, judged as a model trained alone (the
@@ -306,6 +315,58 @@ def _gan_players(
             lines[role], as_one=role == "discriminator",
         )  # fmt: skip
     return _unless_named(found, starved, roles)
+
+
+def _silent_generator(
+    history: History,
+    model_info: ModelInfo,
+    layers: list,
+    roles: dict[str, str],
+    trend: LossTrend,
+    t: dict,
+) -> list[Finding]:
+    """A generator none of whose layers got a usable gradient on any recorded step (below
+    ``stuck_ratio`` of its weights, mostly exactly 0): its loss
+    runs through a discriminator whose output sits at exactly 0 or 1, where a sigmoid's
+    slope is 0 in float32 and binary cross-entropy clamps its log at -100 (a loss of 100
+    per sample that never moves)."""
+    generator = [layer for layer in layers if roles.get(layer.name) == "generator"]
+    if not generator or not history.records:
+        return []
+    series = torch.stack([relative_grad(layer, model_info) for layer in generator])
+    peak = float(torch.nan_to_num(series, nan=0.0).max())
+    if peak >= t["stuck_ratio"]:
+        return []
+    zero_steps = int((torch.nan_to_num(series, nan=0.0) == 0).all(dim=0).sum())
+    first = generator[0].name
+    return [
+        Finding(
+            kind="vanishing_gradient",
+            layer=first,
+            severity="error",
+            step=history.steps[0],
+            message=(
+                "No gradient reaches the generator: every one of its layers got at most "
+                f"{fmt(peak)} of its weights on every recorded step (exactly 0 on "
+                f"{zero_steps} of {series.shape[1]}), so it learned nothing (its loss, "
+                f"{fmt(trend.first)} -> {fmt(trend.last)}, only followed the batches). "
+                "Its loss runs "
+                "through the discriminator, whose output must sit at exactly 0 or 1: a "
+                "sigmoid that far out has a slope of 0 in float32, and binary cross-entropy "
+                "clamps its log at -100 there. Give the discriminator a usual "
+                "initialisation and learning rate, and compute its loss from logits "
+                "(binary_cross_entropy_with_logits), which keeps a gradient."
+            ),
+            evidence={
+                "layers": [layer.name for layer in generator],
+                "over": "start",
+                "relative_grad_peak": peak,
+                "loss_first": trend.first,
+                "loss_last": trend.last,
+                **_gan_evidence(roles, first, t),
+            },
+        )
+    ]
 
 
 def _player_harm(
@@ -822,10 +883,16 @@ def _gan_evidence(roles: dict[str, str], layer: str, t: dict) -> dict[str, Any]:
     if roles.get(layer) != "generator":
         return {}
     tops = {role: name.split(".")[0] for name, role in reversed(list(roles.items()))}
+    seen = {"saturating_loss_seen": t.get("saturating_loss_seen", True)}
     if "discriminator" not in tops:
         # Watched apart: the discriminator is another model of the user's loop.
-        return {"gan_role": "generator", "other_model": "discriminator"}
-    return {"gan_role": "generator", "part": tops["generator"], "other_part": tops["discriminator"]}
+        return {"gan_role": "generator", "other_model": "discriminator", **seen}
+    return {
+        "gan_role": "generator",
+        "part": tops["generator"],
+        "other_part": tops["discriminator"],
+        **seen,
+    }
 
 
 def _through_time(
@@ -931,7 +998,13 @@ def _plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
         # A step too large blew the weights up: the learning rate is the cause.
         return [fix.lower_lr, fix.clip_grad_norm, fix.add_batchnorm]
     if finding.evidence.get("gan_role") == "generator":
-        return [fix.use_nonsaturating_loss, fix.lower_lr, fix.add_batchnorm]
+        if finding.evidence.get("saturating_loss_seen", True):
+            return [fix.use_nonsaturating_loss, fix.lower_lr, fix.add_batchnorm]
+        # Already the non-saturating loss: a rival pushed to its asymptotes by a step or
+        # an initialisation too large (from the first step on: the initialisation).
+        if finding.evidence.get("over") == "start":
+            return [fix.kaiming_init, fix.add_batchnorm, fix.lower_lr]
+        return [fix.lower_lr, fix.kaiming_init, fix.add_batchnorm]
     line = finding.evidence.get("guessing_loss_line")
     if line and finding.evidence.get("loss_first", 0.0) > ABSURD_START * line:
         # Worse than a guess from an absurd first loss: the initialisation's scale.

@@ -978,3 +978,66 @@ def test_a_recurrence_over_packed_sequences_is_measured_through_time():
             opt.step()
     ratios = through_time_ratios(scope.report().history)
     assert "rnn" in ratios and ratios["rnn"] < 1e-2, ratios
+
+
+def _two_scope_gan(init_scale: float, steps: int = 26):
+    """The standard two-optimizer GAN loop (non-saturating generator loss, a discriminator
+    ending in a Sigmoid scored with binary cross-entropy), every weight drawn with std
+    ``init_scale / sqrt(fan_in)``; one scope per player.  Their reports."""
+    torch.manual_seed(0)
+
+    def mlp(inputs: int, outputs: int, *tail: nn.Module) -> nn.Sequential:
+        net = nn.Sequential(nn.Linear(inputs, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU())
+        net.extend([nn.Linear(32, outputs), *tail])
+        with torch.no_grad():
+            for layer in net[::2]:
+                layer.weight.normal_(0, init_scale / layer.in_features**0.5)
+        return net
+
+    generator, discriminator = mlp(8, 8), mlp(8, 1, nn.Sigmoid())
+    opt_g = torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    bce = nn.functional.binary_cross_entropy
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gradscope.watch(generator, optimizer=opt_g) as watch_g, gradscope.watch(
+            discriminator, optimizer=opt_d
+        ) as watch_d:
+            for k in range(steps):
+                g = torch.Generator().manual_seed(k)
+                real, z = torch.randn(32, 8, generator=g) + 2.0, torch.randn(32, 8, generator=g)
+                fake = generator(z)
+                scores = torch.cat([discriminator(real), discriminator(fake.detach())])[:, 0]
+                loss_d = bce(scores, torch.cat([torch.ones(32), torch.zeros(32)]))
+                opt_d.zero_grad()
+                watch_d.log_loss(loss_d)
+                loss_d.backward()
+                opt_d.step()
+                loss_g = bce(discriminator(fake)[:, 0], torch.ones(32))
+                opt_g.zero_grad()
+                watch_g.log_loss(loss_g)
+                loss_g.backward()
+                opt_g.step()
+    return watch_g.report(), watch_d.report()
+
+
+def test_a_discriminator_pinned_at_exactly_0_or_1_is_named_and_its_generator_gets_nothing():
+    """Weights 8.6x their usual size: the discriminator's sigmoid outputs exactly 0 or 1,
+    binary cross-entropy clamps its log at -100 (losses of 50-100 per step) and neither
+    player gets any gradient.  Both reports said "healthy" (a stranger session's
+    run): the discriminator's output saturated on the wrong side is a saturation, and the
+    generator with no gradient at all is a vanishing one."""
+    report_g, report_d = _two_scope_gan(init_scale=8.63)
+    assert float(report_g.history.losses().min()) >= 50  # clamped logs, every step
+    (silent,) = serious(report_g, "vanishing_gradient")
+    assert silent.severity == "error" and "No gradient reaches the generator" in silent.message
+    assert silent.suggestions[0].kind != "use_nonsaturating_loss"  # it already is
+    (pinned,) = serious(report_d, "saturated_activation")
+    assert pinned.layer == "5" and pinned.evidence["model_output"]
+    assert [s.kind for s in pinned.suggestions] == ["xavier_init", "lower_lr"]  # no ReLU
+
+
+def test_a_healthy_two_scope_gan_keeps_its_output_sigmoid_unjudged():
+    report_g, report_d = _two_scope_gan(init_scale=1.0, steps=40)
+    assert report_g.kinds_at_least("warning") == set(), report_g
+    assert report_d.kinds_at_least("warning") == set(), report_d
