@@ -56,6 +56,7 @@ from gradscope_plugins.judgement import (
     first_step_where,
     fmt,
     gan_roles,
+    growth_before_nonfinite,
     growth_from_start,
     loss_multiplier,
     loss_vs_constant,
@@ -207,7 +208,8 @@ def _over_training(
     """The gradient norm grew by ``growth`` (or by ``nonfinite_growth`` before a NaN)."""
     if adversarial:
         return
-    growth = growth_from_start(layers)
+    # Before a NaN/Inf: a gradient that grew after the values broke says nothing of why.
+    growth = growth_before_nonfinite(history, layers) if nonfinite else growth_from_start(layers)
     if growth is None:
         return
     line = t["nonfinite_growth"] if nonfinite else t["growth"]

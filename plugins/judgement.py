@@ -392,6 +392,29 @@ def growth_from_start(layers: list[LayerSignal]) -> torch.Tensor | None:
     return finite / start if start > 0 else None
 
 
+def first_nonfinite_step(history: History) -> int | None:
+    """The first training step whose loss or some gradient was NaN/Inf, or None."""
+    history.losses()  # resolves losses logged after their step
+    steps = [history.first_nonfinite_loss, *history.first_nonfinite_grad]
+    found = [s for s in steps if s is not None]
+    return min(found) if found else None
+
+
+def growth_before_nonfinite(history: History, layers: list[LayerSignal]) -> torch.Tensor | None:
+    """:func:`growth_from_start` over the records before the first NaN/Inf step only (a
+    run non-finite from its first step has no "before": None)."""
+    bad = first_nonfinite_step(history)
+    if bad is None or not layers:
+        return growth_from_start(layers)
+    keep = sum(1 for step in history.steps if step < bad)
+    total = total_grad_norm(layers)[:keep]
+    finite = total[torch.isfinite(total)]
+    if finite.numel() < 2:
+        return None
+    start = float(finite[: min(3, finite.numel())].median())
+    return finite / start if start > 0 else None
+
+
 def output_share(history: History, window: int) -> float:
     """How much the model's output varies between the samples of a batch (the median of
     the last ``window`` measurements of ``output_spread``), NaN when never measured.  Near 0

@@ -20,7 +20,12 @@ from gradscope.config import thresholds
 from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
 from gradscope_plugins import fix_builders as fix
-from gradscope_plugins.judgement import depth_layers, fmt, growth_from_start, loss_multiplier
+from gradscope_plugins.judgement import (
+    depth_layers,
+    fmt,
+    growth_before_nonfinite,
+    loss_multiplier,
+)
 
 NAME = "nonfinite"
 #: The statistics this detector reads (see gradscope.statistics); without them it cannot judge.
@@ -64,7 +69,7 @@ def gradscope_detect(
         key=lambda name: rank.get(name, len(rank)),
     )
     culprit, where, detail = _explain(history, step, bad_outputs, bad_grads)
-    growth = growth_from_start(depth_layers(history, model_info))
+    growth = growth_before_nonfinite(history, depth_layers(history, model_info))
     grew = float(growth.max()) if growth is not None else None
     # An output that held NaN/Inf while the loss and every gradient stayed finite was
     # absorbed downstream (ELU maps -inf to -1, a mask or max drops it): not the

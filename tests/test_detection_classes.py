@@ -1041,3 +1041,26 @@ def test_a_healthy_two_scope_gan_keeps_its_output_sigmoid_unjudged():
     report_g, report_d = _two_scope_gan(init_scale=1.0, steps=40)
     assert report_g.kinds_at_least("warning") == set(), report_g
     assert report_d.kinds_at_least("warning") == set(), report_d
+
+
+def test_a_loss_infinite_from_the_first_step_blames_the_formula_not_a_growth_before_it():
+    """log of a ReLU output that is 0: the loss is -Inf from step 0 on.  Gradients that
+    changed after the values broke are no growth *before* the NaN: no exploding finding,
+    and the formula's fix comes first (a stranger session's run got both, lower_lr first)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(8, 32), nn.SiLU(), nn.Linear(32, 32), nn.SiLU(), nn.Linear(32, 4), nn.ReLU()
+    )
+
+    def data(k):
+        x = torch.randn(64, 8, generator=torch.Generator().manual_seed(k % 8))
+        return x, x[:, :4].abs()
+
+    def log_mse(out, y):
+        return nn.functional.mse_loss(torch.log(out), torch.log(y))
+
+    report = train(model, data, opt=torch.optim.SGD(model.parameters(), lr=0.1), loss_fn=log_mse)
+    assert not torch.isfinite(report.history.losses()[0])
+    (nonfinite,) = serious(report, "nonfinite_gradient")
+    assert nonfinite.suggestions[0].kind == "fix_loss_numerics"
+    assert serious(report, "exploding_gradient") == []
