@@ -908,12 +908,23 @@ def _through_time(
     constant)."""
     found = []
     looped = looped_layers(history, list(history.module_names))
+    signals = {s.name: s for s in depth_layers(history, model_info)}
     for name, ratio in through_time_ratios(history).items():
         if not ratio < t["through_time"]:
             continue
         layer = model_info.layer(name)
         steps = model_info.sequence_length(name) if layer is not None else None
         over = f"{steps} time steps" if steps else "its time steps"
+        signal = signals.get(name)
+        blown = signal is not None and weights_blew_up(signal, model_info, t["grown_weights"])
+        grown = {name: weight_growth(signal)} if blown else {}
+        blew = (
+            f" The weights of {name} grew {times(grown[name])} during training (steps too "
+            "large for them), which pinned its units at their asymptotes: the gradient that "
+            "exploded through time at first now fades."
+            if blown
+            else ""
+        )
         found.append(
             Finding(
                 kind="vanishing_gradient",
@@ -934,9 +945,12 @@ def _through_time(
                         if stalled
                         else "; the loss still falls, so the task may not need them."
                     )
+                    + blew
                 ),
                 evidence={
                     "through_time_ratio": ratio,
+                    "weights_grew": grown,
+                    "init_scale": {name: init_scale(signal, model_info)} if signal else {},
                     "sequence_length": steps,
                     "loss_first": trend.first,
                     "loss_last": trend.last,

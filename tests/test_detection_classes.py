@@ -1064,3 +1064,32 @@ def test_a_loss_infinite_from_the_first_step_blames_the_formula_not_a_growth_bef
     (nonfinite,) = serious(report, "nonfinite_gradient")
     assert nonfinite.suggestions[0].kind == "fix_loss_numerics"
     assert serious(report, "exploding_gradient") == []
+
+
+def test_a_recurrence_that_blew_up_and_then_faded_through_time_says_so_and_ranks_its_init():
+    """A vanilla RNN whose weights start 8x their usual size (SGD with momentum): the
+    gradient explodes through time at first, the steps it drives grow the weights ~200x,
+    tanh pins at +-1 and the gradient through time fades to 0.  The through-time vanishing
+    finding says the weights blew up and puts the recurrence's initialisation first, not a
+    switch to an LSTM (a stranger session's run)."""
+    torch.manual_seed(0)
+    model = Recurrent("RNN", hidden=32)
+    with torch.no_grad():
+        for layer in (model.rnn, model.head):
+            for p in layer.parameters():
+                if p.dim() >= 2:
+                    p.normal_(0, 8.0 / p.shape[1] ** 0.5)
+
+    def data(k):
+        x = torch.randn(32, 24, 4, generator=torch.Generator().manual_seed(k % 8))
+        return x, (x[:, -1, 0] > 0).long()
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    report = train(model, data, opt=opt, steps=45)
+    through_time = [
+        f for f in serious(report, "vanishing_gradient") if f.evidence.get("over") == "time steps"
+    ]
+    assert through_time, report
+    assert through_time[0].evidence["weights_grew"]["rnn"] > 10
+    assert "grew" in through_time[0].message
+    assert through_time[0].suggestions[0].kind == "orthogonal_init"
