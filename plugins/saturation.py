@@ -33,7 +33,6 @@ from gradscope_plugins.judgement import (
     linked_gan_role,
     looped_layers,
     loss_multiplier,
-    loss_vs_constant,
     over,
 )
 
@@ -59,10 +58,8 @@ DEFAULTS = {
     **HARM_DEFAULTS,
     # Recent records averaged.
     "window": 5,
-    # An output activation saturated on the wrong side: the loss ends this many times a
-    # constant prediction's...
-    "worse_than_constant": 2.0,
-    # ...or a discriminator watched alone ends its loss above this.
+    # A discriminator watched alone whose loss ends above this has its output activation
+    # saturated on the wrong side: judged like any other layer.
     "guessing_discriminator": 4.0,
 }
 
@@ -82,13 +79,12 @@ def _is_output(model_info: ModelInfo, name: str) -> bool:
 def _confidently_wrong(
     history: History, model_info: ModelInfo, trend: LossTrend, t: dict
 ) -> bool:
-    """Whether the model's outputs sit at their asymptotes on the wrong side: the loss ends
-    ``worse_than_constant`` times a constant prediction's, or a discriminator watched alone
-    ends above ``guessing_discriminator`` (its two-term loss is 1.39 when it scores every
-    sample alike; 50 when binary cross-entropy clamps its log at -100 for every sample).
-    Then the output activation's saturation is the fault, not the goal."""
-    if loss_vs_constant(history, trend) >= t["worse_than_constant"]:
-        return True
+    """Whether a discriminator watched alone sits at its output's asymptotes on the wrong
+    side: its loss ends above ``guessing_discriminator`` (its two-term loss is 1.39 when it
+    scores every sample alike; 50 when binary cross-entropy clamps its log at -100 on every
+    sample).  Then the output activation's saturation is the fault, not the goal.  Other
+    models' outputs stay unjudged, as the definitions exclude them (an autoencoder far
+    above a constant prediction's loss is exploding's or vanishing's to explain)."""
     return (
         linked_gan_role(model_info) == "discriminator"
         and trend.known
