@@ -1001,24 +1001,30 @@ def random_init(finding: Finding, info: ModelInfo) -> Suggestion:
     """Random init for every layer whose rows are identical."""
     nonlinearity = info.activation_after(finding.layer or "") or "relu"
     call = (
-        'nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")'
+        'nn.init.kaiming_normal_(weight, nonlinearity="relu")'
         if nonlinearity == "relu"
-        else f"nn.init.xavier_uniform_(layer.weight, gain=nn.init.calculate_gain({nonlinearity!r}))"
+        else f"nn.init.xavier_uniform_(weight, gain=nn.init.calculate_gain({nonlinearity!r}))"
     )
     code = "\n".join(
         [
             "import torch",
             "import torch.nn as nn",
             "",
-            "# every layer whose output units are copies of each other (the finding's layer",
-            "# and any other: one run of this fixes them all)",
-            f"for layer in {info.var}.modules():",
-            "    if isinstance(layer, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):",
-            "        rows = layer.weight.detach().flatten(1)",
-            "        if torch.allclose(rows, rows[:1].expand_as(rows)):",
-            f"            {call}",
-            "            if layer.bias is not None:",
-            "                nn.init.zeros_(layer.bias)",
+            "# every weight matrix whose rows (output units) are copies of each other: the",
+            "# finding's layer and any other, recurrent and attention weights too (one run of",
+            "# this fixes them all); the matching bias goes to zero",
+            f"for module in {info.var}.modules():",
+            "    for name, weight in module.named_parameters(recurse=False):",
+            "        rows = weight.detach().flatten(1) if weight.dim() >= 2 else None",
+            "        if rows is not None and torch.allclose(rows, rows[:1].expand_as(rows)):",
+            "            with torch.no_grad():",
+            "                if isinstance(module, nn.RNNBase):  # a recurrence: unit gain",
+            "                    nn.init.xavier_uniform_(weight)",
+            "                else:",
+            f"                    {call}",
+            '                bias = getattr(module, name.replace("weight", "bias"), None)',
+            "                if isinstance(bias, torch.Tensor):",
+            "                    nn.init.zeros_(bias)",
         ]
     )
     return Suggestion(

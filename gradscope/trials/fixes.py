@@ -257,26 +257,33 @@ def orthogonal_init(model: nn.Module, ctx: FixContext) -> Change:
 
 
 def random_init(model: nn.Module, ctx: FixContext) -> Change:
-    """Random init for every Linear/Conv layer whose weight rows are all identical."""
+    """Random init for every weight matrix (any module's: recurrent and attention weights
+    too) whose rows are all identical, its matching bias to zero, as printed."""
     relu = "kaiming" in ctx.suggestion.code
     gain = nn.init.calculate_gain(_gain_name(model, ctx.suggestion)) if not relu else 1.0
     layers = []
     with torch.no_grad():
-        for name, module in model.named_modules():
-            if not isinstance(module, WEIGHT_TYPES):
-                continue
-            rows = module.weight.detach().flatten(1)
-            if torch.allclose(rows, rows[:1].expand_as(rows)):
-                if relu:
-                    nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+        for module_name, module in model.named_modules():
+            for name, weight in module.named_parameters(recurse=False):
+                if weight.dim() < 2:
+                    continue
+                rows = weight.detach().flatten(1)
+                if not torch.allclose(rows, rows[:1].expand_as(rows)):
+                    continue
+                if isinstance(module, nn.RNNBase):
+                    nn.init.xavier_uniform_(weight)
+                elif relu:
+                    nn.init.kaiming_normal_(weight, nonlinearity="relu")
                 else:
-                    nn.init.xavier_uniform_(module.weight, gain=gain)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-                layers.append(name)
+                    nn.init.xavier_uniform_(weight, gain=gain)
+                bias = getattr(module, name.replace("weight", "bias"), None)
+                if isinstance(bias, torch.Tensor):
+                    nn.init.zeros_(bias)
+                if module_name not in layers:
+                    layers.append(module_name)
     if not layers:
-        raise NotApplicable("no Linear/Conv layer has identical weight rows")
-    return Change(model, layers, "random init of the layers with identical rows")
+        raise NotApplicable("no weight matrix has identical rows")
+    return Change(model, layers, "random init of the weight matrices with identical rows")
 
 
 def use_relu(model: nn.Module, ctx: FixContext) -> Change:
