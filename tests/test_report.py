@@ -103,5 +103,5 @@ def test_a_fix_printed_for_several_layers_shows_its_code_once():
     symmetric = [f for f in report.findings if f.kind == "symmetric_weights"]
     assert [f.layer for f in symmetric][:2] == ["0", "2"]
     text = report.summary()
-    assert text.count("for layer in model.modules():") == 1
+    assert text.count("for module in model.modules():") == 1
     assert "(the same code as for 0 above)" in text
