@@ -105,6 +105,10 @@ DEFAULTS = {
     # made worse than knowing nothing diverged, 10x or not).
     "worse_rise": 3.3,
     "worse_than_constant": 2.0,
+    # A GAN player has no constant prediction: its gradient far larger than the weights
+    # counts when the logged loss ends above this (the rival certain about every sample:
+    # D(G(z)) or 1 - D(x) below ~2%).
+    "absurd_player_loss": 4.0,
     # A loss peak this many times its start, with one step that moved most layers by more
     # than their size: a transient explosion.
     "transient_rise": 3.0,
@@ -235,17 +239,34 @@ def _too_large(
     ends ``worse_than_constant`` times a constant prediction's.  Size alone is not growth
     (a loss scaled by 1e4 under Adam trains normally), but with either it exploded: Adam
     or a small rate keeps each step small, and the model never gets anywhere."""
-    worse = not adversarial and _worse_than_knowing_nothing(history, trend, t)
+    if adversarial:  # no constant prediction for a GAN player: its rival's certainty
+        # In the loss function's own units, and risen over the run (a loss multiplied
+        # by a factor the loss node does not show falls as the player learns).
+        scale = loss_multiplier(history) or 1.0
+        worse = (
+            trend.known
+            and trend.last / scale > t["absurd_player_loss"]
+            and trend.last > min(trend.first, trend.initial)  # the very first loss counts
+        )
+    else:
+        worse = _worse_than_knowing_nothing(history, trend, t)
     if not (nonfinite or worse):
         return
     _size_ratio(layers, model_info, t, evidence)
     if worse and "size_ratio" in evidence.numbers:
-        ratio = loss_vs_constant(history, trend)
-        evidence.what.append(
-            f"the loss ends at {fmt(trend.last)}, {fmt(ratio)}x what predicting the same "
-            "output for every input scores"
-        )
-        evidence.numbers["loss_vs_constant"] = ratio
+        if adversarial:
+            evidence.what.append(
+                f"the loss ends at {fmt(trend.last)}: the rival is all but certain about "
+                "every sample (a GAN player's binary cross-entropy is 0.69 against a "
+                "guessing discriminator)"
+            )
+        else:
+            ratio = loss_vs_constant(history, trend)
+            evidence.what.append(
+                f"the loss ends at {fmt(trend.last)}, {fmt(ratio)}x what predicting the "
+                "same output for every input scores"
+            )
+            evidence.numbers["loss_vs_constant"] = ratio
         evidence.too_large = list(evidence.what)
 
 

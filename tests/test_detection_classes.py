@@ -980,10 +980,11 @@ def test_a_recurrence_over_packed_sequences_is_measured_through_time():
     assert "rnn" in ratios and ratios["rnn"] < 1e-2, ratios
 
 
-def _two_scope_gan(init_scale: float, steps: int = 26):
+def _two_scope_gan(init_scale: float, steps: int = 26, lr: float = 2e-4, logits: bool = False):
     """The standard two-optimizer GAN loop (non-saturating generator loss, a discriminator
     ending in a Sigmoid scored with binary cross-entropy), every weight drawn with std
-    ``init_scale / sqrt(fan_in)``; one scope per player.  Their reports."""
+    ``init_scale / sqrt(fan_in)``; one scope per player (``logits``: no Sigmoid, the loss
+    binary_cross_entropy_with_logits).  Their reports."""
     torch.manual_seed(0)
 
     def mlp(inputs: int, outputs: int, *tail: nn.Module) -> nn.Sequential:
@@ -994,10 +995,11 @@ def _two_scope_gan(init_scale: float, steps: int = 26):
                 layer.weight.normal_(0, init_scale / layer.in_features**0.5)
         return net
 
-    generator, discriminator = mlp(8, 8), mlp(8, 1, nn.Sigmoid())
-    opt_g = torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    bce = nn.functional.binary_cross_entropy
+    generator, discriminator = mlp(8, 8), mlp(8, 1, *(() if logits else (nn.Sigmoid(),)))
+    opt_g = torch.optim.Adam(generator.parameters(), lr=lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=(0.5, 0.999))
+    functional = nn.functional
+    bce = functional.binary_cross_entropy_with_logits if logits else functional.binary_cross_entropy
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with gradscope.watch(generator, optimizer=opt_g) as watch_g, gradscope.watch(
@@ -1093,3 +1095,15 @@ def test_a_recurrence_that_blew_up_and_then_faded_through_time_says_so_and_ranks
     assert through_time[0].evidence["weights_grew"]["rnn"] > 10
     assert "grew" in through_time[0].message
     assert through_time[0].suggestions[0].kind == "orthogonal_init"
+
+
+def test_gan_players_with_gradients_far_larger_than_their_weights_explode():
+    """Adam at lr 3 on a GAN scored from logits: both players' gradients reach 1e3-1e6 times
+    their weights and their losses end in the hundreds to tens of thousands.  A GAN player
+    has no constant prediction to compare with, so its rival's certainty is the yardstick
+    (a tuning run of this kind got no finding at all)."""
+    report_g, report_d = _two_scope_gan(init_scale=1.0, steps=40, lr=3.0, logits=True)
+    for report in (report_g, report_d):
+        (finding,) = serious(report, "exploding_gradient")
+        assert finding.evidence["size_ratio"] > 1e3
+        assert "the rival is all but certain" in finding.message

@@ -39,6 +39,7 @@ UPDATE_RATIO = 1.0  # exploding: a step larger than the weight itself ...
 UPDATE_STEPS = 3  # ... on at least this many steps
 LOSS_CLIMB = 10.0  # exploding: the loss ends 10x above where it started
 WORSE = 2.0  # exploding: gradients GROWTH x the weights and the loss ends 2x a constant's
+ABSURD_PLAYER_LOSS = 4.0  # ... or, for a GAN player, its loss ends above this
 DEAD = 0.5  # dead_relu: half a layer's units silent on every input of the last 5 steps
 SATURATED = 0.5  # saturated_activation: half of the outputs within 1% of an asymptote
 SEVERE = 0.8  # dead/saturated count without a stalled loss from this fraction on
@@ -289,6 +290,33 @@ def _too_large(run: _Run, valid: list[dict], constant: float, add: Any, allow: s
             allow.add("exploding_gradient")
 
 
+def _too_large_player(
+    run: _Run, valid: list[dict], scale: float, add: Any, allow: set
+) -> None:
+    """"The gradient is too large" for a GAN, whose players have no constant prediction: a
+    layer's gradient ``GROWTH`` times its weights on ``GROWTH_STEPS`` steps while a
+    player's loss (in its loss function's own units: a loss multiplied by ``scale`` is
+    divided back) rose over the run and ends above ``ABSURD_PLAYER_LOSS`` (its rival all
+    but certain)."""
+    tail = math.nan
+    for player in ("G", "D"):
+        series = [s["loss"][player] / scale for s in valid if player in s["loss"]]
+        head, end = _med(series[:3]), _med(series[-WINDOW:])
+        if series and math.isfinite(series[0]):
+            head = min(head, series[0])  # the loss at the initial weights counts
+        if math.isfinite(end) and end > head:  # risen: the rival gained certainty
+            tail = max(end, tail) if math.isfinite(tail) else end
+    if not math.isfinite(tail):
+        return
+    for name in run.order:
+        rho = [s.get("rho", {}).get(name, math.nan) for s in valid]
+        if tail > ABSURD_PLAYER_LOSS and sum(r >= GROWTH for r in rho) >= GROWTH_STEPS:
+            add("exploding_gradient", name)
+            return
+        if tail > ABSURD_PLAYER_LOSS / 2 and sum(r >= GROWTH / 10 for r in rho) >= GROWTH_STEPS:
+            allow.add("exploding_gradient")
+
+
 def measure(config: Config) -> _Run:
     """Train the scenario once under plain hooks; the measurements are on the result."""
     run = _Run(config)
@@ -418,6 +446,8 @@ def label(config: Config) -> Label:
                 allow.add("vanishing_gradient")
     if c.family not in GANS:
         _too_large(run, valid, constant, add, allow)
+    else:
+        _too_large_player(run, valid, c.loss_scale, add, allow)
     big_updates = sum(max(s.get("update", {}).values(), default=0.0) > UPDATE_RATIO for s in valid)
     num["big_update_steps"] = big_updates
     if big_updates >= UPDATE_STEPS:
