@@ -43,7 +43,6 @@ from gradscope.modelinfo import ModelInfo
 from gradscope.signals import (
     LayerSignal,
     LossTrend,
-    data_rms,
     early,
     init_scale,
     loss_trend,
@@ -51,8 +50,11 @@ from gradscope.signals import (
 )
 from gradscope_plugins import fix_builders as fix
 from gradscope_plugins.judgement import (
+    RIVAL_CERTAIN_LOSS,
     clipped_at,
+    data_evidence,
     depth_layers,
+    first_nonfinite_step,
     first_step_where,
     fmt,
     gan_roles,
@@ -108,7 +110,7 @@ DEFAULTS = {
     # A GAN player has no constant prediction: its gradient far larger than the weights
     # counts when the logged loss ends above this (the rival certain about every sample:
     # D(G(z)) or 1 - D(x) below ~2%).
-    "absurd_player_loss": 4.0,
+    "absurd_player_loss": RIVAL_CERTAIN_LOSS,
     # A loss peak this many times its start, with one step that moved most layers by more
     # than their size: a transient explosion.
     "transient_rise": 3.0,
@@ -183,7 +185,7 @@ def gradscope_detect(
                 **evidence.numbers,
                 "grad_norm_peak": _finite_max(layer.grad_norm),
                 "init_scale": {s.name: init_scale(s, model_info) for s in layers},
-                **_data_size(history, model_info),
+                **data_evidence(history, model_info),
                 "loss_first": trend.first,
                 "loss_last": trend.last,
                 "loss_peak": trend.peak,
@@ -488,10 +490,7 @@ def _diverged(history: History, trend: LossTrend, t: dict, evidence: _Evidence) 
 
 
 def _went_nonfinite(history: History) -> bool:
-    history.losses()  # resolves losses logged after their step
-    return history.first_nonfinite_loss is not None or any(
-        s is not None for s in history.first_nonfinite_grad
-    )
+    return first_nonfinite_step(history) is not None
 
 
 def _growth_line(layer: LayerSignal, t: dict) -> float:
@@ -501,12 +500,6 @@ def _growth_line(layer: LayerSignal, t: dict) -> float:
 def _finite_max(series: torch.Tensor) -> float:
     finite = series[torch.isfinite(series)]
     return float(finite.max()) if finite.numel() else math.nan
-
-
-def _data_size(history: History, model_info: ModelInfo) -> dict[str, Any]:
-    """The data's size as the first layer sees it (evidence for ranking the fixes)."""
-    data = data_rms(history, model_info)
-    return {"data_layer": data[0] if data else None, "data_rms": data[1] if data else math.nan}
 
 
 def _steps(evidence: _Evidence, blew_up: bool) -> str:

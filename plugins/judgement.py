@@ -20,6 +20,7 @@ from gradscope.signals import (
     DEFAULT_WINDOW,
     LayerSignal,
     LossTrend,
+    data_rms,
     default_init_norm,
     layer_signals,
     step_weighted_median,
@@ -347,6 +348,12 @@ HARM_DEFAULTS = {
     "constant_loss": 0.9,
 }
 
+#: A GAN player's own loss above this: its rival is all but certain about every sample
+#: (a discriminator that scores every sample alike has 2 ln 2 = 1.39 with binary
+#: cross-entropy; a player at 4 puts ~2% on the right side).  Each detector that asks holds
+#: its own copy of the line, overridable on its own.
+RIVAL_CERTAIN_LOSS = 4.0
+
 #: Fewer logged losses than this say nothing about whether training stalled.
 MIN_LOSSES_FOR_A_STALL = 20
 
@@ -379,12 +386,13 @@ def clipped_at(history: History) -> float | None:
     return top if float(at_top) >= CLIPPED_SHARE else None
 
 
-def growth_from_start(layers: list[LayerSignal]) -> torch.Tensor | None:
+def growth_from_start(layers: list[LayerSignal], records: int | None = None) -> torch.Tensor | None:
     """The finite total gradient norms as multiples of their size at the start (the median
-    of the first three), or None when fewer than two are finite or the start is 0."""
+    of the first three), over the first ``records`` records (all when None), or None when
+    fewer than two are finite or the start is 0."""
     if not layers:
         return None
-    total = total_grad_norm(layers)
+    total = total_grad_norm(layers)[:records]
     finite = total[torch.isfinite(total)]
     if finite.numel() < 2:
         return None
@@ -404,15 +412,17 @@ def growth_before_nonfinite(history: History, layers: list[LayerSignal]) -> torc
     """:func:`growth_from_start` over the records before the first NaN/Inf step only (a
     run non-finite from its first step has no "before": None)."""
     bad = first_nonfinite_step(history)
-    if bad is None or not layers:
+    if bad is None:
         return growth_from_start(layers)
-    keep = sum(1 for step in history.steps if step < bad)
-    total = total_grad_norm(layers)[:keep]
-    finite = total[torch.isfinite(total)]
-    if finite.numel() < 2:
-        return None
-    start = float(finite[: min(3, finite.numel())].median())
-    return finite / start if start > 0 else None
+    return growth_from_start(layers, sum(1 for step in history.steps if step < bad))
+
+
+def data_evidence(history: History, model_info: ModelInfo) -> dict[str, Any]:
+    """The data's size as the first layer sees it, as finding evidence (``data_layer``,
+    ``data_rms``: what ranks ``normalize_inputs``).  Not for a discriminator watched alone:
+    its inputs include the generator's output, which is no data to standardise."""
+    data = None if linked_gan_role(model_info) == "discriminator" else data_rms(history, model_info)
+    return {"data_layer": data[0] if data else None, "data_rms": data[1] if data else math.nan}
 
 
 def output_share(history: History, window: int) -> float:

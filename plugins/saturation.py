@@ -17,7 +17,6 @@ from gradscope.modelinfo import ModelInfo
 from gradscope.signals import (
     LossTrend,
     activation_fraction,
-    data_rms,
     init_scale,
     layer_signals,
     loss_trend,
@@ -25,6 +24,8 @@ from gradscope.signals import (
 from gradscope_plugins import fix_builders as fix
 from gradscope_plugins.judgement import (
     HARM_DEFAULTS,
+    RIVAL_CERTAIN_LOSS,
+    data_evidence,
     first_step_where,
     fmt,
     harm_severity,
@@ -60,7 +61,7 @@ DEFAULTS = {
     "window": 5,
     # A discriminator watched alone whose loss ends above this has its output activation
     # saturated on the wrong side: judged like any other layer.
-    "guessing_discriminator": 4.0,
+    "guessing_discriminator": RIVAL_CERTAIN_LOSS,
 }
 
 
@@ -106,8 +107,6 @@ def gradscope_detect(
     stalled = learned_nothing(history, trend, t)
     fractions = activation_fraction(history, "saturated", int(t["window"]))
     signals = {s.name: s for s in layer_signals(history)}
-    # A discriminator's inputs include the generator's output: not data to standardise.
-    data = None if linked_gan_role(model_info) == "discriminator" else data_rms(history, model_info)
     looped = set(looped_layers(history, list(history.module_names)))
     wrong = _confidently_wrong(history, model_info, trend, t)
     findings = []
@@ -139,8 +138,7 @@ def gradscope_detect(
                     "saturated_fraction": fraction,
                     "activation": kind,
                     "threshold_warn_fraction": t["warn_fraction"],
-                    "data_layer": data[0] if data else None,
-                    "data_rms": data[1] if data else float("nan"),
+                    **data_evidence(history, model_info),
                     # Run once per time step (a recurrence written as a loop): ranks fixes.
                     "looped_layers": [name] if name in looped else [],
                     "saturated_at_start": _at_start(history, name) >= t["warn_fraction"],

@@ -29,7 +29,6 @@ from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
 from gradscope.signals import (
     LossTrend,
-    data_rms,
     early,
     init_scale,
     loss_trend,
@@ -41,8 +40,10 @@ from gradscope_plugins import fix_builders as fix
 from gradscope_plugins.judgement import (
     HARM_DEFAULTS,
     MIN_LOSSES_FOR_A_STALL,
+    RIVAL_CERTAIN_LOSS,
     blocked_paths_possible,
     copy_lines,
+    data_evidence,
     depth_layers,
     first_step_where,
     fitted,
@@ -111,7 +112,7 @@ DEFAULTS = {
     # scores every sample alike (2 ln 2 = 1.39 for the two-term binary cross-entropy, 2 for
     # the hinge loss, at most 0.5 for least squares): harmed, however far its loss fell
     # from a bad start (a large initialisation: 1e6 -> 300).
-    "guessing_discriminator": 4.0,
+    "guessing_discriminator": RIVAL_CERTAIN_LOSS,
 }
 
 
@@ -564,14 +565,12 @@ def _ranking_evidence(
     finding's does), a recurrence written as a loop (its layers called once per time
     step), the data's size at the first layer, and affected layers whose weight rows are
     identical copies (``copies``: a random initialisation comes first)."""
-    data = data_rms(history, model_info)
     return {
         "norm_gains": norm_gains(history, model_info),
         "symmetric_layers": copies,
         "loss_multiplier": loss_multiplier(history),
         "looped_layers": looped_layers(history, [layer.name for layer in layers]),
-        "data_rms": data[1] if data else math.nan,
-        "data_layer": data[0] if data else None,
+        **data_evidence(history, model_info),
     }
 
 
