@@ -290,17 +290,15 @@ def _too_large(run: _Run, valid: list[dict], constant: float, add: Any, allow: s
             allow.add("exploding_gradient")
 
 
-def _too_large_player(
-    run: _Run, valid: list[dict], scale: float, add: Any, allow: set
-) -> None:
+def _too_large_player(run: _Run, valid: list[dict], add: Any, allow: set) -> None:
     """"The gradient is too large" for a GAN, whose players have no constant prediction: a
     layer's gradient ``GROWTH`` times its weights on ``GROWTH_STEPS`` steps while a
-    player's loss (in its loss function's own units: a loss multiplied by ``scale`` is
-    divided back) rose over the run and ends above ``ABSURD_PLAYER_LOSS`` (its rival all
-    but certain)."""
+    player's loss rose over the run and ends above ``ABSURD_PLAYER_LOSS`` (its rival all
+    but certain).  The generated GAN loops never multiply their losses (``loss_scale``
+    has no effect on them), so the logged losses are the loss functions' own values."""
     tail = math.nan
     for player in ("G", "D"):
-        series = [s["loss"][player] / scale for s in valid if player in s["loss"]]
+        series = [s["loss"][player] for s in valid if player in s["loss"]]
         head, end = _med(series[:3]), _med(series[-WINDOW:])
         if series and math.isfinite(series[0]):
             head = min(head, series[0])  # the loss at the initial weights counts
@@ -447,7 +445,7 @@ def label(config: Config) -> Label:
     if c.family not in GANS:
         _too_large(run, valid, constant, add, allow)
     else:
-        _too_large_player(run, valid, c.loss_scale, add, allow)
+        _too_large_player(run, valid, add, allow)
     big_updates = sum(max(s.get("update", {}).values(), default=0.0) > UPDATE_RATIO for s in valid)
     num["big_update_steps"] = big_updates
     if big_updates >= UPDATE_STEPS:

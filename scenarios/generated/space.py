@@ -91,7 +91,7 @@ class Config:
     loss: str = "ce"
     batch: int = 32
     input_scale: float = 1.0
-    loss_scale: float = 1.0
+    loss_scale: float = 1.0  # the loss's multiplier; the GAN loops never apply it
     bias_shift: float = 0.0
     param_fault: str = "none"
     unsafe: str = "none"
