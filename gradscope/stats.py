@@ -175,8 +175,10 @@ class ActivationAccumulator:
 
     def add_spread(self, output: Tensor, sample_rows: int) -> None:
         """Measure how much the model's output varies between the samples of the batch
-        (the last call's value is kept); see :func:`between_sample_share`."""
-        self.spread = [between_sample_share(output[:sample_rows])]
+        (the last call's value is kept); see :func:`between_sample_share`.  A 0-dim output
+        (a model that returns its loss) has no samples: NaN."""
+        rows = output if output.dim() == 0 else output[:sample_rows]
+        self.spread = [between_sample_share(rows)]
 
     def add_input(self, given: Tensor, sample_rows: int, full: bool) -> None:
         """Note whether one call's input had NaN/Inf (it tells "made here" from "passed in")

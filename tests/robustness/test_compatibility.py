@@ -162,6 +162,38 @@ def test_dict_tuple_dataclass_and_none_outputs():
     assert report.coverage["unseen_modules"] == []
 
 
+class ReturnsItsLoss(nn.Module):
+    """A model whose forward returns its own 0-dim loss and whose root holds a parameter
+    used after its last submodule (CLIP's ``logit_scale`` with ``return_loss=True``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x, y):
+        return torch.nn.functional.cross_entropy(self.fc(x) * self.scale, y)
+
+
+def test_a_model_that_returns_its_loss_with_a_parameter_of_its_own():
+    # It crashed in a forward hook: the root is measured (it owns `scale`) and its output,
+    # the loss, has no samples to compare.
+    torch.manual_seed(0)
+    model = ReturnsItsLoss()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    with gradscope.watch(model, optimizer=opt) as scope:
+        for _ in range(STEPS):
+            loss = model(x, y)
+            scope.log_loss(loss)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    report = scope.report()
+    assert report.history.records[-1].grads["grad_l2"][0] > 0
+    assert [f.kind for f in report.findings if f.severity != "info"] == []
+
+
 def test_sparse_embedding_gradients():
     model = nn.Sequential(nn.Embedding(50, 8, sparse=True), nn.Flatten(), nn.Linear(32, 3))
     g = torch.Generator().manual_seed(0)
