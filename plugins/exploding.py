@@ -114,6 +114,11 @@ DEFAULTS = {
     # A loss peak this many times its start, with one step that moved most layers by more
     # than their size: a transient explosion.
     "transient_rise": 3.0,
+    # ...and this many times, when the step is one of the first ``window`` records: there
+    # a tiny initialisation's or Adam's first steps replace the weights by design, but
+    # without making the loss jump an order of magnitude (AdamW at lr 3 on BEiT: 1.4 ->
+    # 162 on the first step, then back near a constant prediction's loss).
+    "early_transient_rise": 10.0,
     # Weight growth (end over start) that makes a single through-time explosion a regime:
     # the steps it drove blew the recurrence's weights up.
     "blown_weights": 10.0,
@@ -430,27 +435,36 @@ def _one_wild_step(
 ) -> None:
     """One recorded step that moved most layers' weights by more than their size while the
     loss jumped ``transient_rise`` times above where it started: a transient explosion
-    (a learning rate raised mid-run), even when the loss recovers afterwards.  Not within
-    the first ``window`` records, and not one layer alone (a fresh stem's first steps)."""
+    (a learning rate raised mid-run), even when the loss recovers afterwards.  Within the
+    first ``window`` records only with a loss jump of ``early_transient_rise``, and not
+    one layer alone (a fresh stem's first steps)."""
     start = min(trend.first, trend.initial)
     if not (trend.known and start > 0 and trend.peak >= t["transient_rise"] * start):
         return
     # Against the weights' own size (a tenth of the default-init size at least: a zero
     # initialised layer's first step is not a blow-up); BERT-style inits are 5x smaller
     # than PyTorch's default, and a step larger than such weights replaces them all the same.
+    references = [max(reference_norm(layer, model_info), 1e-12) for layer in layers]
     ratios = [
-        layer.update_norm
-        / layer.param_norm.clamp_min(max(0.1 * reference_norm(layer, model_info), 1e-12))
-        for layer in layers
+        layer.update_norm / layer.param_norm.clamp_min(0.1 * ref)
+        for layer, ref in zip(layers, references, strict=True)
     ]
     stacked = torch.stack(ratios, dim=1)  # records x layers; NaN off detail steps
     measured = torch.isfinite(stacked).any(dim=1)
     if len(layers) < 3 or not bool(measured.any()):
         return
     share = (stacked > t["update_ratio"]).float().mean(dim=1)
-    # Past the first records: there a tiny initialisation's or Adam's first steps replace
-    # the weights by design.
-    share[: int(t["window"])] = 0.0
+    window = int(t["window"])
+    if trend.peak >= t["early_transient_rise"] * start:
+        # The first records, against the default-init size at least: a tiny
+        # initialisation's first steps are larger than its weights by design.
+        early = [
+            layer.update_norm[:window] / layer.param_norm[:window].clamp_min(ref)
+            for layer, ref in zip(layers, references, strict=True)
+        ]
+        share[:window] = (torch.stack(early, dim=1) > t["update_ratio"]).float().mean(dim=1)
+    else:
+        share[:window] = 0.0  # see ``early_transient_rise``
     k = int(share.argmax())
     if float(share[k]) < 0.5:
         return

@@ -176,6 +176,36 @@ def test_an_early_blow_up_does_not_raise_its_own_baseline():
     assert finding.suggestions[0].kind in ("lower_lr", "clip_grad_norm")
 
 
+def test_a_first_step_that_replaces_every_layer_and_blows_the_loss_up_is_an_explosion():
+    """AdamW at lr 3 (a stranger session's BEiT, here a LayerNorm MLP): the first step
+    moves every layer by many times its default-init size and the loss jumps 1.4 -> 168,
+    then settles back near a constant prediction's.  It was called vanishing only; the
+    same recipe at lr 1e-2 trains and stays silent."""
+
+    def run(lr):
+        torch.manual_seed(0)
+        layers = []
+        for _ in range(4):
+            layers += [nn.Linear(32, 32), nn.LayerNorm(32), nn.GELU()]
+        model = nn.Sequential(*layers, nn.Linear(32, 4))
+        x = torch.randn(256, 32)
+        y = (x @ torch.randn(32, 4)).argmax(1)
+
+        def data(k):
+            rows = slice((k % 4) * 64, (k % 4 + 1) * 64)
+            return x[rows], y[rows]
+
+        return train(model, data, opt=torch.optim.AdamW(model.parameters(), lr=lr), steps=40)
+
+    report = run(3.0)
+    losses = report.history.losses()
+    assert losses[:5].max() > 10 * losses[0] and losses[-1] < 2 * losses[0]  # it settles
+    (finding,) = serious(report, "exploding_gradient")
+    assert finding.evidence["wild_step_share"] >= 0.5
+    assert finding.suggestions[0].kind == "lower_lr"
+    assert serious(run(1e-2), "exploding_gradient") == []
+
+
 class Generator(nn.Module):
     def __init__(self) -> None:
         super().__init__()
