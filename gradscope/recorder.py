@@ -195,6 +195,8 @@ class Recorder:
         self._fake_score: Tensor | None = None
         self._output: Tensor | None = None
         self._model_output: Tensor | None = None
+        #: The step's measured calls in the order they completed: (module, output, input).
+        self._calls: list[tuple[int, Tensor, Tensor | None]] = []
 
     def add_loss(self, loss: Tensor) -> None:
         """Compare the step's loss with a constant prediction's (a detail step, the loss
@@ -218,7 +220,10 @@ class Recorder:
         acc = self.acc.get(j)
         if acc is None:
             acc = self.acc[j] = stats.ActivationAccumulator(self.kinds[j])
-        acc.add(x.detach(), self.sample_rows, self.full, self._is_channels_first(j, x, given))
+        output = x.detach()
+        acc.add(output, self.sample_rows, self.full, self._is_channels_first(j, x, given))
+        # Detached, as the accumulators hold them: the same memory, not the caller's tensors.
+        self._calls.append((j, output, None if given is None else given.detach()))
         if j == self.output_module:
             acc.add_spread(x, self.sample_rows)
             self._output = x  # the model's output: an L1 loss's targets are read from it
@@ -429,6 +434,8 @@ class Recorder:
             self._copies_seen = {i for i, share in enumerate(grads["row_twins"]) if share > 0}
         if fired:
             self._derive_acts(acts, fired)
+            if self.ranks is None and _nonfinite_outputs(acts):
+                self._order_nonfinite_calls(acts)
         record = StepRecord(
             step=step,
             loss=scalars[0] if loss is not None else None,
@@ -443,6 +450,22 @@ class Recorder:
         )
         self._grads = None  # recorded; the scope calls begin_step() when the step ends
         return record
+
+    def _order_nonfinite_calls(self, acts: dict[str, list[float]]) -> None:
+        """On the step whose outputs went non-finite (one more sync, that step only): the
+        flags per call, so a module called twice is judged at the call that went wrong
+        (see :func:`stats.nonfinite_by_module`)."""
+        # A view of a parameter (a dropout at p=0 of an embedding table) is read after the
+        # optimizer applied this step's NaN to it: it held what the weights held, finite
+        # up to this first non-finite step.
+        weights = {_storage(p) for p in self.params}
+        calls = [
+            (j, *(None if t is None or _storage(t) in weights else t for t in (x, given)))
+            for j, x, given in self._calls
+        ]
+        for column, found in stats.nonfinite_by_module(stats.call_flags(calls)).items():
+            for j, value in found.items():
+                acts[column][j] = value
 
     def _loss_columns(self, blocks: _Blocks, acts: dict[str, list[float]]) -> None:
         """Put the loss-vs-constant pair, the loss input's check and a saturating generator
@@ -763,6 +786,14 @@ def _layout_key(x: Tensor) -> tuple:
         return (x.data_ptr(), tuple(x.shape), x.stride())
     except RuntimeError:  # a tensor subclass without storage
         return (id(x),)
+
+
+def _storage(t: Tensor) -> int | None:
+    """Where a tensor's memory lives (views of one tensor share it); None without one."""
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return None
 
 
 def _finite(value: float) -> bool:

@@ -169,8 +169,7 @@ class Scope:
         #: all-reduce rewrites the gradient between backward and the step).
         self._carry = carryover.CarryCheck() if self._ranks is None else None
         self._calls = replay.CallRecorder(model, _compiler_disable)
-        self._replay_sums: dict[int, list[Tensor]] | None = None
-        self._replay_inputs: dict[int, list[Tensor]] = {}
+        self._replay_calls: list[tuple[int, Tensor | None, Tensor | None]] | None = None
         self._nonfinite_seen = False
         self._init_run_state()
         self._plan_step()
@@ -497,7 +496,7 @@ class Scope:
 
     def _forward_hook(self, j: int):
         def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
-            if self._replay_sums is not None:
+            if self._replay_calls is not None:
                 self._replayed_output(j, args, output)
                 return
             if not torch.is_grad_enabled():
@@ -583,7 +582,7 @@ class Scope:
 
     def _sequence_input_hook(self, j: int):
         def pre_hook(module: torch.nn.Module, args: Any) -> Any:
-            if self._replay_sums is not None or not self._hooks_live:
+            if self._replay_calls is not None or not self._hooks_live:
                 return None
             if not torch.is_grad_enabled():
                 return None
@@ -665,13 +664,11 @@ class Scope:
             self._forward_since_step = True
 
     def _replayed_output(self, j: int, args: Any, output: Any) -> None:
-        """During the replay: whether module ``j``'s output, and its input, are finite."""
+        """During the replay: this call of module ``j`` (its output and input, checked for
+        NaN/Inf once the replay ends), in the order calls complete."""
         x = stats.first_float_tensor(output)
-        if x is not None and x.numel():
-            self._replay_sums.setdefault(j, []).append(stats.nonfinite_flag(x))
-        given = stats.first_float_tensor(args)
-        if given is not None and given.numel():
-            self._replay_inputs.setdefault(j, []).append(stats.nonfinite_flag(given))
+        measured = x if x is not None and x.numel() else None
+        self._replay_calls.append((j, measured, stats.first_float_tensor(args)))
 
     def _last_called(self) -> int | None:
         """The module that ran last in the forward so far (the model's output layer)."""
@@ -875,7 +872,7 @@ class Scope:
         if not calls:
             self._origin_note = "the step's forward could not be replayed: no call was seen"
             return
-        self._replay_sums, self._replay_inputs = {}, {}
+        self._replay_calls = []
         temporary = not self._module_handles
         if temporary:
             self._attach_module_hooks()
@@ -883,26 +880,24 @@ class Scope:
             # Only gradscope's hooks run in the replay; the user's stay off.
             keep = {h.id for h in self._handles + self._module_handles}
             failure = replay.replay(self.model, calls, keep=keep)
-            outputs, inputs = self._replay_sums, self._replay_inputs
+            seen = self._replay_calls
         finally:
-            self._replay_sums = None
+            self._replay_calls = None
             if temporary:
                 self._remove_module_hooks()
         if failure is not None:
             self._origin_note = f"the step's forward could not be replayed ({failure})"
             return
         record.acts = {column: list(values) for column, values in record.acts.items()}  # unshare
-        for column, flags in (("nonfinite", outputs), ("input_nonfinite", inputs)):
-            totals = [torch.stack(parts).sum() for parts in flags.values()]
-            host = stats.to_host(totals)
-            pairs = zip(flags, host, strict=True)
-            found = {j: 0.0 if math.isfinite(v) else 1.0 for j, v in pairs}
+        for column, found in stats.nonfinite_by_module(stats.call_flags(seen)).items():
             if self._ranks is not None:  # every rank replayed its own batch: combine
+                if column == "nonfinite_order":
+                    continue  # each rank's own order; the flags are combined
                 found = self._ranks.combine_replay(
                     found, len(self._modules), self._step, note=column == "nonfinite"
                 )
-            for j, flag in found.items():
-                record.acts[column][j] = flag
+            for j, value in found.items():
+                record.acts[column][j] = value
 
     def _end_step(self) -> None:
         self._update_pending = None  # measured by now, or the optimizer never stepped

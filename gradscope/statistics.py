@@ -68,6 +68,7 @@ _DECLARED = (
     _S("dead_units", _M, DETAIL, "ReLU units silent for unit_window steps (2+ detail steps)"),
     _S("nonfinite", _M, DETAIL, "1 when the output had NaN/Inf (or a replay saw it)"),
     _S("input_nonfinite", _M, DETAIL, "1 when the module's input had NaN/Inf (or in a replay)"),
+    _S("nonfinite_order", _M, DETAIL, "when, in calls, a replay saw the output go non-finite"),
     _S("input_rms", _M, DETAIL, "root mean square of the sampled rows of the module's input"),
     _S("time_grad_first", _M, DETAIL, "gradient reaching a recurrence's first time step"),
     _S("time_grad_last", _M, DETAIL, "gradient reaching a recurrence's last time step"),

@@ -636,3 +636,48 @@ def _read_cpu(tensors: list[Tensor]) -> list[float]:
         else:
             out.extend(float(v) for v in t.reshape(-1).tolist())
     return out
+
+
+#: One module call of a forward (or of its replay), in the order calls completed: (module
+#: index, whether its output held NaN/Inf, whether its input did); None: no float tensor.
+ModuleCall = tuple[int, "bool | None", "bool | None"]
+
+
+def call_flags(calls: list[tuple[int, Tensor | None, Tensor | None]]) -> list[ModuleCall]:
+    """(module, output, input) per call, tensors on the device, to the host as whether each
+    held NaN/Inf: one reduction per tensor and one synchronisation."""
+    measured = [t for _, out, given in calls for t in (out, given) if t is not None]
+    host = iter(to_host([nonfinite_flag(t) for t in measured]))
+    return [
+        (j, *(None if t is None else not math.isfinite(next(host)) for t in (out, given)))
+        for j, out, given in calls
+    ]
+
+
+def nonfinite_by_module(calls: list[ModuleCall]) -> dict[str, dict[int, float]]:
+    """A forward's calls summed up per module, in the record's columns.
+
+    ``nonfinite``: 1 when some call's output held NaN/Inf.  ``input_nonfinite``: whether
+    the input was non-finite *on the module's first call with a non-finite output* (any
+    call's, for a module whose outputs stayed finite).  ``nonfinite_order``: when that
+    call completed, counted in calls; for a module whose outputs stayed finite, its last
+    call before the first non-finite output anywhere (absent when it ran only after it).
+    A module called twice in one forward (one dropout after attention and after the MLP)
+    is thus placed at the call that went wrong, not at its first call."""
+    outputs: dict[int, float] = {}
+    inputs: dict[int, float] = {}
+    order: dict[int, float] = {}
+    first_bad = next((k for k, (_, out, _) in enumerate(calls) if out), len(calls))
+    for k, (j, out, given) in enumerate(calls):
+        if out is not None:
+            already = outputs.get(j) == 1.0
+            outputs[j] = 1.0 if out or already else 0.0
+            if out and not already:
+                order[j] = float(k)
+                inputs[j] = 1.0 if given else 0.0
+                continue
+            if not already and k < first_bad:
+                order[j] = float(k)
+        if given is not None and outputs.get(j) != 1.0:
+            inputs[j] = 1.0 if given or inputs.get(j) == 1.0 else 0.0
+    return {"nonfinite": outputs, "input_nonfinite": inputs, "nonfinite_order": order}

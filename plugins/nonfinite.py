@@ -12,6 +12,7 @@ it started.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any
 
@@ -52,13 +53,15 @@ def gradscope_detect(
         return []
     step = min(candidates)
     rank = history.depth_rank()
+    order = _replay_order(history, step)
     bad_outputs = sorted(
         (
             name
             for name, s in zip(history.module_names, history.first_nonfinite_act, strict=True)
             if s == step
         ),
-        key=lambda name: rank.get(name, len(rank)),
+        # The call that went wrong first; forward order where the replay did not say.
+        key=lambda name: (order.get(name, math.inf), rank.get(name, len(rank))),
     )
     bad_grads = sorted(
         {
@@ -222,8 +225,30 @@ def _input_was_bad(history: History, module: str, step: int) -> bool:
     return history.first_nonfinite_input[j] == step if history.first_nonfinite_input else False
 
 
+def _replay_order(history: History, step: int) -> dict[str, float]:
+    """Module -> when (counted in calls) the replay of ``step`` saw its output go non-finite,
+    or its last finite call before any did; empty when that step was not replayed."""
+    record = next((r for r in history.records if r.step == step), None)
+    column = record.acts.get("nonfinite_order") if record is not None else None
+    if not column:
+        return {}
+    pairs = zip(history.module_names, column, strict=True)
+    return {name: value for name, value in pairs if value == value}
+
+
 def _last_finite_before(history: History, module: str, step: int) -> str | None:
-    """The last module that ran before ``module`` with a finite output at ``step``."""
+    """The last module that ran before ``module`` with a finite output at ``step``: in the
+    order the replay's calls completed when it was replayed (a module called twice is
+    placed at each call), else in forward order."""
+    replayed = _replay_order(history, step)
+    if module in replayed:
+        earlier = [
+            name
+            for name, k in replayed.items()
+            if k < replayed[module]
+            and history.first_nonfinite_act[history.module_names.index(name)] != step
+        ]
+        return max(earlier, key=replayed.__getitem__) if earlier else None
     order = [history.module_names[j] for j in history.module_order if history.calls_total[j]]
     earlier = order[: order.index(module)] if module in order else []
     finite_before = [

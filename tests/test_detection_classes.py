@@ -447,6 +447,64 @@ def test_a_nan_made_by_a_functional_op_is_placed_between_two_modules(bad_step):
     assert "# in the forward() that calls fc1 and then fc2" in fix.code
 
 
+class LogLinear(nn.Linear):
+    """A Linear whose output turns NaN (the log of a negative number) once ``bad`` is set."""
+
+    bad = False
+
+    def forward(self, x):
+        out = super().forward(x)
+        return torch.log(out - 1e3) if self.bad else out
+
+
+class SharedDropout(nn.Module):
+    """One dropout module called twice per forward, after the "attention" and after the MLP
+    (Hugging Face Phi's resid_dropout, BEiT's dropout), and one applied to a parameter
+    (DeBERTa's pos_dropout on its relative-position table: p=0 returns the table itself)."""
+
+    def __init__(self, between: bool) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(4, 8))
+        self.pos_drop = nn.Dropout(0.0)
+        self.attn, self.fc1, self.fc2 = nn.Linear(8, 8), nn.Linear(8, 16), LogLinear(16, 8)
+        self.drop, self.head = nn.Dropout(0.0), nn.Linear(8, 2)
+        self.between = between  # the NaN made by a functional call after fc2, or inside it
+        self.broken = False
+
+    def forward(self, x):
+        h = x + self.drop(self.attn(x)) + self.pos_drop(self.table).mean(0)
+        self.fc2.bad = self.broken and not self.between
+        y = self.fc2(torch.relu(self.fc1(h)))
+        if self.broken and self.between:
+            y = torch.log(y - 1e3)
+        return self.head(h + self.drop(y))
+
+
+@pytest.mark.parametrize("bad_step", [0, 7])  # a detail step, and a replayed light step
+@pytest.mark.parametrize("between", [False, True])
+def test_a_nan_after_a_module_called_twice_is_placed_at_the_call_that_went_wrong(
+    bad_step, between
+):
+    """A stranger session's Phi, BEiT, Dinov2 and DeBERTa: the NaN made in an MLP was blamed
+    on the dropout called earlier in the block (its flags merged over both calls) or on a
+    dropout of a parameter (read after the optimizer had applied the NaN to it)."""
+    torch.manual_seed(0)
+    model = SharedDropout(between)
+
+    def data(k):
+        model.broken = k >= bad_step
+        return torch.randn(16, 8), torch.zeros(16, dtype=torch.long)
+
+    report = train(model, data, steps=10)
+    (finding,) = [f for f in report.findings if f.kind == "nonfinite_gradient"]
+    assert finding.step == bad_step
+    if between:
+        assert (finding.layer, finding.evidence["where"]) == ("drop", "between")
+        assert finding.evidence["made_after"] == "fc2"
+    else:
+        assert (finding.layer, finding.evidence["where"]) == ("fc2", "forward")
+
+
 def test_a_nan_in_one_input_sample_blames_the_batch():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
