@@ -3,7 +3,8 @@
 Zero or constant initialisation gives every unit of a layer the same weights,
 the same output and the same gradient: they stay copies of each other forever.
 Only rows that are *still* identical after training steps count, so a final
-layer initialised to zero on purpose (its rows diverge at the first step) is fine.
+layer initialised to zero on purpose (its rows diverge at the first step) is fine; and
+only in weights that got a gradient (the others never moved: no_gradient's finding).
 """
 
 from __future__ import annotations
@@ -33,7 +34,13 @@ def gradscope_detect(
     t = thresholds(config, NAME, DEFAULTS)
     first_step = history.steps[0] if history.steps else 0
     findings = []
+    # Weights that never got a gradient keep their initial rows whatever they are (LoRA's
+    # zero B behind a detached adapter): no_gradient names the cause.
+    seen = zip(history.param_names, history.grad_seen, strict=True)
+    ungraded = {name for name, count in seen if not count}
     for name, rows_of in identical_rows(history, model_info, t).items():
+        if name in ungraded:
+            continue
         module, step, spread, rms, twins, every = rows_of
         shape = model_info.param_shapes.get(name, [])
         rows = (

@@ -167,6 +167,30 @@ def test_zero_init_is_symmetric_but_a_zero_initialised_last_layer_is_not():
     assert "symmetric_weights" not in gradscope.diagnose(fine, batch(), CE, steps=5).kinds()
 
 
+class DetachedAdapter(nn.Module):
+    """A LoRA-style adapter (B starts at zero by design) whose output is detached by mistake."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.base = nn.Linear(6, 3)
+        self.lora_a, self.lora_b = nn.Linear(6, 4, bias=False), nn.Linear(4, 3, bias=False)
+        nn.init.zeros_(self.lora_b.weight)
+
+    def forward(self, x):
+        return self.base(x) + self.lora_b(self.lora_a(x)).detach()
+
+
+def test_weights_that_never_got_a_gradient_are_no_gradient_not_symmetric():
+    # B's rows stay zero only because nothing reaches them (a stranger session's LoRA: it
+    # was symmetric_weights at error next to no_gradient at warning).
+    torch.manual_seed(0)
+    report = gradscope.diagnose(DetachedAdapter(), batch(), CE, steps=5)
+    assert "symmetric_weights" not in report.kinds()
+    ungraded = [f for f in report.findings if f.kind == "no_gradient"]
+    named = {p for f in ungraded for p in f.evidence["parameters"]}
+    assert named == {"lora_a.weight", "lora_b.weight"}
+
+
 class WithUnused(nn.Module):
     def __init__(self) -> None:
         super().__init__()
