@@ -130,7 +130,8 @@ def _message(
         "it: call it outside that block",
         "unread": f"{part}'s output reaches the loss (its other parameters, or its "
         f"submodules', get gradients), so {'this one is' if len(params) == 1 else 'these are'} "
-        "never read in its forward(), or only through .detach() or .data",
+        "never read in its forward(), or only through .detach() or .data (or only an "
+        "optional input reads it: a mask token used with masked inputs only)",
         "cut_off": f"{where} runs in forward(), so its output is cut off from the loss: look "
         "for .detach(), .data, torch.no_grad() or a tensor rebuilt with torch.tensor(...) "
         "between it and the loss",
