@@ -580,16 +580,22 @@ def _plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
     recurrent = layer is not None and layer.role in ("vanilla_rnn", "gated_rnn")
     sigmoid_like = roles & {"sigmoid", "tanh"} and "relu" not in roles
     init = fix.xavier_init if sigmoid_like else fix.kaiming_init
-    if fix.lr_far_above_usual(info, finding.evidence.get("loss_multiplier")):
+    times = fix.lr_times_usual(info, finding.evidence.get("loss_multiplier"))
+    fast = times >= fix.FAR_ABOVE_USUAL
+    if fix.started_too_large(finding) and not recurrent and not times >= fix.ABSURD_RATE:
+        # Weights several times Kaiming's size make the gradient large before any step; a
+        # rate a few times the usual one comes next (a 100x one, or a loss multiplied by
+        # 1e6 under SGD, is the first suspect whatever the weights).
+        return [init, fix.lower_lr, fix.clip_grad_norm] if fast else [
+            init, fix.clip_grad_norm, fix.lower_lr
+        ]
+    if fast:
         # A rate several times the optimizer's usual largest one (a loss multiplied by a
         # constant multiplies SGD's steps by it too): the first suspect.
         return [fix.lower_lr, fix.clip_grad_norm, fix.orthogonal_init if recurrent else init]
     if recurrent:
         # The recurrence multiplies by the same matrix every step: make it norm-preserving.
         return [fix.orthogonal_init, fix.clip_grad_norm, fix.lower_lr]
-    too_big = fix.started_too_large(finding)
-    if too_big:
-        return [init, fix.clip_grad_norm, fix.lower_lr]
     if fix.inputs_unscaled(finding):
         # Weights of a normal size, data far from unit scale: the signal is large from
         # the first layer on, so scale the data.

@@ -453,14 +453,25 @@ def lower_lr_factor(
 FAR_ABOVE_USUAL = 3.0
 
 
-def lr_far_above_usual(info: ModelInfo, loss_multiplier: float | None = None) -> bool:
-    """Whether the run's learning rate is :data:`FAR_ABOVE_USUAL` times the optimizer's
-    usual largest one (:data:`USUAL_MAX_LR`) or more; under SGD a loss multiplied by a
+#: A rate this many times the usual largest one (a loss multiplier under SGD included)
+#: outranks weights that started too large as the first suspect.
+ABSURD_RATE = 100.0
+
+
+def lr_times_usual(info: ModelInfo, loss_multiplier: float | None = None) -> float:
+    """The run's learning rate over the optimizer's usual largest one
+    (:data:`USUAL_MAX_LR`), NaN when either is unknown; under SGD a loss multiplied by a
     constant counts as a rate that many times larger (see :func:`lower_lr_factor`)."""
     usual = USUAL_MAX_LR.get(info.optimizer or "")
     if usual is None or info.lr is None:
-        return False
-    return info.lr * _multiplier(info.optimizer, loss_multiplier) >= FAR_ABOVE_USUAL * usual
+        return math.nan
+    return info.lr * _multiplier(info.optimizer, loss_multiplier) / usual
+
+
+def lr_far_above_usual(info: ModelInfo, loss_multiplier: float | None = None) -> bool:
+    """Whether the run's learning rate is :data:`FAR_ABOVE_USUAL` times the optimizer's
+    usual largest one or more (see :func:`lr_times_usual`)."""
+    return lr_times_usual(info, loss_multiplier) >= FAR_ABOVE_USUAL
 
 
 def _multiplier(optimizer: str | None, loss_multiplier: float | None) -> float:

@@ -20,6 +20,7 @@ from gradscope import Finding, Suggestion, hookimpl
 from gradscope.config import thresholds
 from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
+from gradscope.signals import init_scale
 from gradscope_plugins import fix_builders as fix
 from gradscope_plugins.judgement import (
     depth_layers,
@@ -72,7 +73,8 @@ def gradscope_detect(
         key=lambda name: rank.get(name, len(rank)),
     )
     culprit, where, detail = _explain(history, step, bad_outputs, bad_grads)
-    growth = growth_before_nonfinite(history, depth_layers(history, model_info))
+    layers = depth_layers(history, model_info)
+    growth = growth_before_nonfinite(history, layers)
     grew = float(growth.max()) if growth is not None else None
     # An output that held NaN/Inf while the loss and every gradient stayed finite was
     # absorbed downstream (ELU maps -inf to -1, a mask or max drops it): not the
@@ -111,6 +113,8 @@ def gradscope_detect(
                     _parameterless_after(history, bad_grads[-1]) if where == "backward" else []
                 ),
                 "grad_growth_before": grew,
+                # The weights at the start (x 1/sqrt(fan_in)): too large ranks init first.
+                "init_scale": {layer.name: init_scale(layer, model_info) for layer in layers},
                 "grew_before": grew is not None and grew >= t["lr_growth"],
                 "loss_multiplier": loss_multiplier(history),
             },
@@ -299,10 +303,15 @@ def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
         return [fix.check_inputs, fix.fix_loss_numerics]
     if where == "weights":
         return [fix.random_init, fix.check_inputs]
+    weighted = where == "forward" and layer is not None and layer.params
+    if weighted and fix.started_too_large(finding):
+        # A layer with weights overflowing, the weights several times Kaiming's size.
+        init = fix.xavier_init if {"sigmoid", "tanh"} & info.roles() else fix.kaiming_init
+        return [init, fix.lower_lr, fix.clip_grad_norm]
     if finding.evidence.get("grew_before"):
         # The values grew for many steps before they overflowed: the step size is the cause.
         return [fix.lower_lr, fix.clip_grad_norm, fix.fix_loss_numerics]
-    if where == "forward" and layer is not None and layer.params:
+    if weighted:
         # A layer with weights overflowing: the values grew too large, not a bad formula.
         return [fix.clip_grad_norm, fix.lower_lr, fix.fix_loss_numerics]
     return [fix.fix_loss_numerics, fix.clip_grad_norm, fix.lower_lr]

@@ -272,6 +272,33 @@ def test_a_loss_multiplier_under_sgd_puts_the_rate_before_a_large_init():
     assert exploding.gradscope_suggest(unscaled, info)[0].kind == "kaiming_init"
 
 
+def test_weights_that_started_too_large_come_before_a_rate_a_few_times_the_usual():
+    """Tuning runs at init std 4 under RMSprop 0.006 (6x its usual largest rate): Kaiming
+    init helped in the trial and a tenth of the rate did not, for an exploding gradient
+    and for a NaN made in a layer with weights alike; a 100x rate still comes first."""
+    from gradscope_plugins import exploding, nonfinite
+
+    info = _scaled_loss_run(torch.optim.RMSprop, 0.006, steps=3).model_info
+    scales = {"init_scale": {"0": 4.0, "2": 4.0}, "layers": ["0", "2"]}
+    finding = Finding(
+        kind="exploding_gradient", layer="0", severity="error", step=0, message="",
+        evidence={**scales, "loss_multiplier": 1.0},
+    )  # fmt: skip
+    assert exploding.gradscope_suggest(finding, info)[0].kind == "kaiming_init"
+    finding.evidence["init_scale"] = {"0": 1.4, "2": 1.4}  # Kaiming's own size
+    assert exploding.gradscope_suggest(finding, info)[0].kind == "lower_lr"
+    fast = _scaled_loss_run(torch.optim.RMSprop, 0.2, steps=3).model_info  # 200x the usual
+    finding.evidence["init_scale"] = scales["init_scale"]
+    assert exploding.gradscope_suggest(finding, fast)[0].kind == "lower_lr"
+    nan = Finding(
+        kind="nonfinite_gradient", layer="2", severity="error", step=3, message="",
+        evidence={**scales, "where": "forward", "culprit": "2"},
+    )  # fmt: skip
+    assert nonfinite.gradscope_suggest(nan, info)[0].kind == "kaiming_init"
+    nan.evidence["init_scale"] = {"0": 1.4, "2": 1.4}
+    assert nonfinite.gradscope_suggest(nan, info)[0].kind == "clip_grad_norm"
+
+
 def _sigmoid_stack() -> nn.Module:
     torch.manual_seed(0)
     layers: list[nn.Module] = []
