@@ -47,6 +47,8 @@ class SkipCounter:
         #: The first step of the unbroken run of skips that became persistent.
         self.overflow_from: int | None = None
         self.steps_seen = 0
+        #: Skips whose loss was already NaN/Inf: the forward made it, not the scaling.
+        self.model_faults = 0
         self._patched = False
 
     @classmethod
@@ -101,6 +103,10 @@ class SkipCounter:
             self.overflow_from = step - self.in_a_row + 1  # the run of skips it ends
         self.on_skip(persistent)
 
+    def blame_model(self) -> None:
+        """The last skip's loss was NaN/Inf: a model fault, judged like one (see notes)."""
+        self.model_faults += 1
+
     def notes(self) -> list[str]:
         """One sentence for the report when the scaler skipped any step."""
         if not self.skipped:
@@ -112,9 +118,21 @@ class SkipCounter:
                 "a row at a scale of 65536 or below, or a skip at scale <= 1): the gradients "
                 "are NaN/Inf without any scaling, so those steps are judged as model faults"
             ]
+        faults = (
+            f"; on {self.model_faults} of them the loss itself was NaN/Inf, which no scaling "
+            "makes: the forward made it, and those steps are judged as model faults"
+            if self.model_faults
+            else ""
+        )
+        if self.model_faults == self.skipped:
+            return [
+                f"the scaler skipped {self.skipped} of {self.steps_seen} steps (first at step "
+                f"{self.first_skip}) whose loss itself was NaN/Inf, which no scaling makes: "
+                "the forward made it, and those steps are judged as model faults"
+            ]
         return [
             f"overflow skipped by the scaler on {self.skipped} of {self.steps_seen} steps "
             f"(first at step {self.first_skip}, at most {self.longest_run} in a row): the "
             "scaler lowered its scale and training went on, which is normal with float16 "
-            "and not a model fault"
+            f"and not a model fault{faults}"
         ]

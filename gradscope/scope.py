@@ -823,7 +823,13 @@ class Scope:
 
     def _on_skipped_step(self, persistent: bool) -> None:
         """The scaler skipped ``opt.step()`` (overflow): end the step without recording it,
-        unless overflow persists, then record it so the non-finite detector judges it."""
+        unless overflow persists or the loss itself was NaN/Inf (an overflow of the scaled
+        gradients never makes the loss so: the forward did), then record it so the
+        non-finite detector judges it (one host read of the loss, on skipped steps only)."""
+        loss = self._loss
+        if not persistent and loss is not None and not bool(torch.isfinite(loss).all()):
+            persistent = True
+            self._skips.blame_model()
         if persistent and self.recording:
             t0 = time.perf_counter()
             self._collect_grads()

@@ -23,6 +23,15 @@ class Log(nn.Module):
         return torch.log(x)
 
 
+class SometimesLog(nn.Module):
+    """log(x) while ``on`` (-inf where x is 0), else x."""
+
+    on = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(x) if self.on else x
+
+
 def _relu_mlp() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(
@@ -148,9 +157,32 @@ def test_a_nan_under_a_scaler_started_high_persists_once_the_scale_backed_off():
     assert scope._skips.persistent_from == 24
     nonfinite = [f for f in scope.report().findings if f.kind == "nonfinite_gradient"]
     assert nonfinite and nonfinite[0].layer == "2"
-    # Every step overflowed from the first: the finding says so, not the step it was judged.
+    # The loss itself was NaN/Inf from the first step, which no scaling makes: that step is
+    # judged at once (a stranger session's division by zero on one step was a note only).
     assert nonfinite[0].step == 0
-    assert "The GradScaler skipped every step from step 0 on for overflow" in nonfinite[0].message
+    assert scope._skips.model_faults == 24  # every skip before the scale backed off
+
+
+def test_a_nan_loss_on_one_step_under_a_scaler_is_the_model_s_fault_at_once():
+    # A log(0) in forward() on step 4 only: the scaler skips that step and goes on, but
+    # its loss was Inf/NaN (a scaled gradient's overflow never makes the loss so).
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), SometimesLog(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    with gradscope.watch(model, optimizer=opt, scaler=scaler) as scope:
+        for k in range(8):
+            model[2].on = k == 4
+            x, y = batch(seed=k)
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            scope.log_loss(loss)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+    (finding,) = [f for f in scope.report().findings if f.kind == "nonfinite_gradient"]
+    assert (finding.step, finding.layer) == (4, "2")
+    assert scope._skips.skipped == 1 and scope._skips.persistent_from is None
 
 
 def test_a_healthy_model_under_a_scaler_started_at_2_40_backs_off_without_a_finding():
