@@ -337,8 +337,11 @@ def harm_severity(fraction: float, t: dict, stalled: bool) -> str:
 HARM_DEFAULTS = {
     # Loss improving by less than this fraction over the run counts as stalled...
     "stall": 0.1,
-    # ...and so does one improving by less than this over the second half (a plateau)...
+    # ...and so does one improving by less than this over the second half (a plateau),
+    # unless it improved by ``learned`` over the run: that plateau is convergence (a VAE's
+    # ELBO 11.2 -> 4.9, flat over its second half, in a stranger session)...
     "plateau": 0.05,
+    "learned": 0.5,
     # ...and a model whose output varies between samples by less than this share of its
     # size (it predicts a constant, whatever its loss did).
     "constant_output": 0.05,
@@ -553,17 +556,21 @@ def loss_shows_harm(history: History, trend: LossTrend, t: dict) -> bool:
     ratio = loss_vs_constant(history, trend)
     if math.isfinite(ratio):
         return trend.improvement < t["stall"] or ratio >= t["constant_loss"]
-    return stalled(trend, t["stall"], t["plateau"])
+    return stalled(trend, t["stall"], t["plateau"], t.get("learned", math.inf))
 
 
-def stalled(trend: LossTrend, stall: float, plateau: float) -> bool:
+def stalled(
+    trend: LossTrend, stall: float, plateau: float, learned: float = math.inf
+) -> bool:
     """Whether training is not learning: the loss improved by less than ``stall`` over the
-    run, or by less than ``plateau`` over its second half (a loss resting at zero is
-    solved, not stalled).  Unknown (fewer than
+    run, or by less than ``plateau`` over its second half when it improved by less than
+    ``learned`` over the run (a loss that halved and then rests has converged; a loss
+    resting at zero is solved).  Unknown (fewer than
     :data:`MIN_LOSSES_FOR_A_STALL` losses logged) counts as not stalled."""
     if not trend.known or trend.logged < MIN_LOSSES_FOR_A_STALL or fitted(trend):
         return False
-    return trend.improvement < stall or trend.late_improvement < plateau
+    rested = trend.late_improvement < plateau and trend.improvement < learned
+    return trend.improvement < stall or rested
 
 
 def through_time_peaks(

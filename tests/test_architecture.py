@@ -185,7 +185,7 @@ def test_rejudging_with_an_unknown_key_is_one_sentence_and_exit_2(saved_deep_sig
     assert result.output.strip() == (
         "Error: Unknown threshold(s) depth_ration for plugin 'vanishing'; it knows "
         "constant_loss, constant_output, depth_ratio, depth_severe, grown_weights, "
-        "guessing_discriminator, model_time_ratio, plateau, severe_ratio, stall, "
+        "guessing_discriminator, learned, model_time_ratio, plateau, severe_ratio, stall, "
         "starved_score, stuck_ratio, through_time, time_ratio, time_stall, window."
     )
 

@@ -495,3 +495,44 @@ def test_normalisation_gains_at_one_are_not_reset():
     assert all(v == pytest.approx(1.0) for v in finding.evidence["norm_gains"].values())
     kinds = [s.kind for s in vanishing.gradscope_suggest(finding, info)]
     assert "reset_norm_gains" not in kinds
+
+
+class _VAE(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Sequential(nn.Linear(16, 32), nn.ReLU())
+        self.mu, self.logvar = nn.Linear(32, 4), nn.Linear(32, 4)
+        self.dec = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 16))
+
+    def forward(self, x):
+        h = self.enc(x)
+        mu, logvar = self.mu(h), self.logvar(h)
+        return self.dec(mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)), mu, logvar
+
+
+def test_a_loss_that_halved_and_then_rests_has_converged_not_stalled():
+    """A stranger session's healthy VAE: its ELBO (no constant prediction to compare with)
+    fell 11.2 -> 4.9 and rested over the second half; 53% of an encoder layer's units are
+    silent (under the 80% error line). The rest read as a stall made that a warning."""
+    torch.manual_seed(1)
+    teacher = torch.randn(2, 16, generator=torch.Generator().manual_seed(2)) * 2
+    model = _VAE()
+    opt = torch.optim.Adam(model.parameters(), lr=2e-2)
+    with gradscope.watch(model, optimizer=opt) as scope:
+        for _ in range(100):
+            x = (torch.sigmoid(torch.randn(64, 2) @ teacher) > 0.5).float()
+            logits, mu, logvar = model(x)
+            recon = nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+            kl = -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum()
+            loss = (recon + kl) / 64
+            scope.log_loss(loss)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    report = scope.report()
+    losses = report.history.losses()
+    assert losses[-5:].mean() < 0.5 * losses[:5].mean()
+    (dead,) = [f for f in report.findings if f.kind == "dead_relu"]
+    assert dead.layer == "enc.1" and dead.severity == "info"
+    assert report.kinds_at_least("warning") == set()
+

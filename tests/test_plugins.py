@@ -192,8 +192,8 @@ def test_threshold_overrides_reach_the_plugin_and_typos_are_refused():
     assert str(typo.value) == (
         "Unknown threshold(s) depth_ratoi for plugin 'vanishing'; it knows constant_loss, "
         "constant_output, depth_ratio, depth_severe, grown_weights, guessing_discriminator, "
-        "model_time_ratio, plateau, severe_ratio, stall, starved_score, stuck_ratio, through_time, "
-        "time_ratio, time_stall, window."
+        "learned, model_time_ratio, plateau, severe_ratio, stall, starved_score, stuck_ratio, "
+        "through_time, time_ratio, time_stall, window."
     )
     with pytest.raises(ValueError, match="Unknown plugin 'vanishng' in the threshold overrides"):
         gradscope.watch(mlp(), config={"vanishng": {"depth_ratio": 1e-4}})
