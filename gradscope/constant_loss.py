@@ -64,7 +64,11 @@ def node_past(loss: Tensor, passing: frozenset[str] = PASS_THROUGH) -> Any | Non
     """The first autograd node behind ``loss`` that is not one of ``passing`` (scaling,
     casting, reducing: one input each), or None when the graph is gone (logged after
     ``backward()``), a passing node has several inputs, or the walk is too long."""
-    node = loss.grad_fn
+    return walk_past(loss.grad_fn, passing)
+
+
+def walk_past(node: Any, passing: frozenset[str] = PASS_THROUGH) -> Any | None:
+    """:func:`node_past` from an autograd node rather than a tensor."""
     for _ in range(_MAX_HOPS):
         if node is None or node.name() not in passing:
             return node
@@ -73,6 +77,11 @@ def node_past(loss: Tensor, passing: frozenset[str] = PASS_THROUGH) -> Any | Non
             return None
         node = inputs[0]
     return None
+
+
+def recognised(node: Any) -> bool:
+    """Whether ``node`` is the node of a loss function this module measures."""
+    return node is not None and node.name() in _MEASURES
 
 
 def loss_node(loss: Tensor) -> Any | None:

@@ -18,8 +18,10 @@ loss logged before ``backward()``):
   expanded over several targets of that sample (``v.expand_as(returns)``, or ``(N, 1)``
   against ``(N, T)``) compares each sample with its own targets and is fine.
 
-:func:`fault` returns a code (:data:`FINE` or one of the four) as a 0-dim tensor on the
-loss's device, without a host sync, or None when the loss is not one of those functions.
+:func:`faults` returns a code (:data:`FINE` or one of the four) per loss function the
+logged loss is made of (a sum of weighted terms is checked term by term), each a 0-dim
+tensor on the loss's device, without a host sync; :func:`made_by` names the module whose
+output a term was given.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradscope.constant_loss import loss_node
+from gradscope.constant_loss import loss_node, recognised, walk_past
 
 FINE = 0.0
 SOFTMAX_INTO_CROSS_ENTROPY = 1.0
@@ -75,15 +77,68 @@ def _named(node: Any | None, name: str) -> bool:
     return node is not None and node.name() == name
 
 
+#: Nodes that add or subtract terms: a loss made of several (``ce + 0.5 * mse``, an
+#: actor-critic's policy and value losses) is checked term by term.
+_SUMS = frozenset({"AddBackward0", "SubBackward0"})
+#: Terms of a summed loss that are looked at, at most.
+_MAX_TERMS = 8
+
+
+def faults(loss: Tensor) -> list[tuple[Tensor, Any]]:
+    """(code of the mistake, the loss function's node) for each recognised term of the
+    loss (see the module docstring and :func:`loss_terms`); empty when none is."""
+    out = []
+    for node in loss_terms(loss):
+        try:
+            out.append((_judge(node, loss), node))
+        except (RuntimeError, TypeError, AttributeError):
+            continue  # freed saved tensors, odd shapes: not measured, never a crash
+    return out
+
+
 def fault(loss: Tensor) -> Tensor | None:
-    """The code of the mistake the loss's graph shows (see the module docstring)."""
+    """The code of the mistake the loss's graph shows: the first term's that shows one
+    (:data:`FINE` when none does), None when no term is a recognised loss function.  One
+    host read when the loss has several terms."""
+    codes = [code for code, _ in faults(loss)]
+    if len(codes) <= 1:
+        return codes[0] if codes else None
+    return next((code for code in codes if float(code) != FINE), codes[0])
+
+
+def made_by(node: Any, outputs: dict[int, int], hops: int = 8) -> int | None:
+    """The module whose output a loss function's prediction came from: down the node's
+    first input (through a softmax, a sigmoid, a reshape) to the first node that made a
+    module's output this step (``outputs``: id of an output's ``grad_fn`` -> module; the
+    loss's graph holds its nodes, so their ids are theirs while it is walked)."""
+    for _ in range(hops):
+        inputs = [f for f, _ in node.next_functions] if node is not None else []
+        node = inputs[0] if inputs else None
+        if node is None:
+            return None
+        if id(node) in outputs:
+            return outputs[id(node)]
+    return None
+
+
+def loss_terms(loss: Tensor) -> list[Any]:
+    """The recognised loss functions' nodes behind ``loss``: one for a single loss, each
+    term's for a sum of weighted terms (in graph order, at most :data:`_MAX_TERMS`)."""
     node = loss_node(loss)
-    if node is None:
-        return None
-    try:
-        return _judge(node, loss)
-    except (RuntimeError, TypeError, AttributeError):
-        return None  # freed saved tensors, odd shapes: not measured, never a crash
+    if node is not None:
+        return [node]
+    found: list[Any] = []
+    todo, hops = [loss.grad_fn], 0
+    while todo and len(found) < _MAX_TERMS and hops < 4 * _MAX_TERMS:
+        hops += 1
+        current = walk_past(todo.pop(0))
+        if current is None:
+            continue
+        if current.name() in _SUMS:
+            todo += [f for f, _ in current.next_functions if f is not None]
+        elif recognised(current):
+            found.append(current)
+    return found
 
 
 def _judge(node: Any, loss: Tensor) -> Tensor:

@@ -31,6 +31,8 @@ _FEW = 16
 #: A ReLU unit is dead only after being seen silent on this many detail steps in a row
 #: (spanning at least ``unit_window`` training steps: two full batches, steps apart).
 MIN_SILENT_DETAIL = 2
+#: Output nodes remembered per step for naming the module a loss term was given.
+MAX_OUTPUT_NODES = 1 << 14
 #: Per-module counts that the accumulators keep on the host.
 _COUNT_COLUMNS = ("calls", "numel", "sampled", "zero_sampled", "units")
 #: Per-module device totals: accumulator part -> column.
@@ -191,12 +193,15 @@ class Recorder:
         #: them (None: not recorded yet).
         self.grad_size: float | None = None
         self._loss_terms: tuple[Tensor, Tensor] | None = None
-        self._loss_fault: Tensor | None = None
         self._fake_score: Tensor | None = None
         self._output: Tensor | None = None
         self._model_output: Tensor | None = None
         #: The step's measured calls in the order they completed: (module, output, input).
         self._calls: list[tuple[int, Tensor, Tensor | None]] = []
+        #: id of each measured output's autograd node -> its module: what a loss was given
+        #: (ids only: holding the nodes would hold the inputs they saved).
+        self._made_by: dict[int, int] = {}
+        self._loss_faults: list[tuple[Tensor, int | None]] = []
 
     def add_loss(self, loss: Tensor) -> None:
         """Compare the step's loss with a constant prediction's (a detail step, the loss
@@ -207,7 +212,10 @@ class Recorder:
             self._constant.pool_targets(loss)  # the first step: no row to put it on yet
         else:
             self._loss_terms = self._constant.measure(loss, self._output, self._model_output)
-            self._loss_fault = loss_input.fault(loss)
+            self._loss_faults = [
+                (code, loss_input.made_by(node, self._made_by))
+                for code, node in loss_input.faults(loss)
+            ]
             self._fake_score = gan_loss.fake_score(loss)
 
     def pool_targets(self, loss: Tensor) -> None:
@@ -224,6 +232,8 @@ class Recorder:
         acc.add(output, self.sample_rows, self.full, self._is_channels_first(j, x, given))
         # Detached, as the accumulators hold them: the same memory, not the caller's tensors.
         self._calls.append((j, output, None if given is None else given.detach()))
+        if x.grad_fn is not None and len(self._made_by) < MAX_OUTPUT_NODES:
+            self._made_by[id(x.grad_fn)] = j
         if j == self.output_module:
             acc.add_spread(x, self.sample_rows)
             self._output = x  # the model's output: an L1 loss's targets are read from it
@@ -470,17 +480,24 @@ class Recorder:
     def _loss_columns(self, blocks: _Blocks, acts: dict[str, list[float]]) -> None:
         """Put the loss-vs-constant pair, the loss input's check and a saturating generator
         loss's D(G(z)) on the output module's row (see add_loss)."""
-        terms, fault, fake = self._loss_terms, self._loss_fault, self._fake_score
-        self._loss_terms = self._loss_fault = self._fake_score = None
+        terms, fake = self._loss_terms, self._fake_score
+        faults, self._loss_faults = self._loss_faults, []
+        self._loss_terms = self._fake_score = None
         j = self.output_module
         if j is None:
             return
-        values = list(zip(("loss_term", "constant_loss"), terms or (), strict=False))
-        checks = (("loss_input_fault", fault), ("fake_score", fake))
-        values += [(column, value) for column, value in checks if value is not None]
-        for column, value in values:
-            acts[column] = list(acts[column])  # idle columns are shared: write a copy
-            blocks.put(acts[column], (j,), [value.float()])
+        values = [
+            (column, j, value)
+            for column, value in zip(("loss_term", "constant_loss"), terms or (), strict=False)
+        ]
+        values += [("fake_score", j, fake)] if fake is not None else []
+        # Each term's check on the row of the module whose output it was given (a second
+        # head's loss names that head), else on the output module's.
+        values += [("loss_input_fault", j if k is None else k, code) for code, k in faults]
+        for column, row, value in values:
+            if acts[column] is self._idle_acts[column]:
+                acts[column] = list(acts[column])  # idle columns are shared: write a copy
+            blocks.put(acts[column], (row,), [value.float()])
 
     def _grad_columns(
         self, blocks: _Blocks, measure_update: bool

@@ -75,7 +75,12 @@ def gradscope_detect(
     ]
     if not checks:
         return []
-    codes = [code for _, _, code in checks]
+    # A step saw a mistake when one of its loss's terms did (a term per row: the module
+    # whose output that term was given).
+    per_step: dict[int, float] = {}
+    for step, _, code in checks:
+        per_step[step] = code if code in _MISTAKES else per_step.get(step, code)
+    codes = list(per_step.values())
     mistake = max(set(codes), key=codes.count)
     if mistake not in _MISTAKES or codes.count(mistake) * 2 < len(codes):
         return []

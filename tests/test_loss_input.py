@@ -126,3 +126,48 @@ def test_mse_on_shapes_that_broadcast_is_an_error_and_matching_shapes_are_not():
     returns = lambda y: torch.stack([y, y + 0.5, y - 0.5], dim=1)  # noqa: E731
     assert regression(lambda p, y: F.mse_loss(p.expand_as(returns(y)), returns(y))) == []
     assert regression(lambda p, y: F.mse_loss(p, returns(y))) == []
+
+
+class TwoHeads(nn.Module):
+    """A class head and a regression head on one trunk (the class head runs first)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(10, 32), nn.ReLU())
+        self.cls, self.reg = nn.Linear(32, 3), nn.Linear(32, 1)
+
+    def forward(self, x):
+        h = self.trunk(x)
+        return self.cls(h), self.reg(h)
+
+
+@pytest.mark.parametrize("mistake", ["softmax", "broadcast"])
+def test_a_mistake_in_one_term_of_a_summed_loss_names_that_terms_head(mistake):
+    """A stranger session's multi-task and actor-critic loops: `ce + 0.5 * mse` with a
+    softmax before the cross-entropy, or an (N, 1) prediction against (N,) targets in the
+    MSE, went unseen (only a loss that is one loss function's output was read), and a
+    single-term mistake named the head called last."""
+    torch.manual_seed(0)
+    model = TwoHeads()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    with gradscope.watch(model, optimizer=opt) as scope:
+        for k in range(30):
+            g = torch.Generator().manual_seed(k)
+            x = torch.randn(64, 10, generator=g)
+            y, target = (x[:, 0] > 0).long() + (x[:, 1] > 0).long(), x[:, 2]
+            scores, value = model(x)
+            if mistake == "softmax":
+                scores = torch.softmax(scores, dim=-1)
+            # The broadcast: the (N, 1) value against (N,) targets.
+            prediction = value if mistake == "broadcast" else value[:, 0]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # mse_loss warns about the broadcast
+                mse = nn.functional.mse_loss(prediction, target)
+            loss = nn.functional.cross_entropy(scores, y) + 0.5 * mse
+            scope.log_loss(loss)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    (finding,) = _wrong(scope.report())
+    assert finding.layer == ("cls" if mistake == "softmax" else "reg")
+
