@@ -61,7 +61,7 @@ _OTHER_OPS = {
     "sumsq": _ROOT_MEAN_SQ,  # the recorder moves activation norms in this column
     "nonfinite": _MAX,  # a module's output had a NaN/Inf on some rank
     "input_nonfinite": _MAX,
-    "nonfinite_order": _MIN,  # the earliest call any rank saw go non-finite
+    "nonfinite_order": _MIN,  # not measured under several ranks (each has its own order)
     "input_rms": _ROOT_MEAN_SQ,  # norms until the recorder divides them (as sumsq)
     "batch_spread": _MEAN,
     "zeros": _MEAN,

@@ -468,9 +468,9 @@ class Recorder:
         # A view of a parameter (a dropout at p=0 of an embedding table) is read after the
         # optimizer applied this step's NaN to it: it held what the weights held, finite
         # up to this first non-finite step.
-        weights = {_storage(p) for p in self.params}
+        weights = {stats.storage_key(p) for p in self.params} - {None}
         calls = [
-            (j, *(None if t is None or _storage(t) in weights else t for t in (x, given)))
+            (j, *(None if t is None or stats.storage_key(t) in weights else t for t in (x, given)))
             for j, x, given in self._calls
         ]
         for column, found in stats.nonfinite_by_module(stats.call_flags(calls)).items():
@@ -478,8 +478,9 @@ class Recorder:
                 acts[column][j] = value
 
     def _loss_columns(self, blocks: _Blocks, acts: dict[str, list[float]]) -> None:
-        """Put the loss-vs-constant pair, the loss input's check and a saturating generator
-        loss's D(G(z)) on the output module's row (see add_loss)."""
+        """Put the loss-vs-constant pair and a saturating generator loss's D(G(z)) on the
+        output module's row, and each loss term's input check on the row of the module
+        whose output that term was given (see add_loss)."""
         terms, fake = self._loss_terms, self._fake_score
         faults, self._loss_faults = self._loss_faults, []
         self._loss_terms = self._fake_score = None
@@ -803,14 +804,6 @@ def _layout_key(x: Tensor) -> tuple:
         return (x.data_ptr(), tuple(x.shape), x.stride())
     except RuntimeError:  # a tensor subclass without storage
         return (id(x),)
-
-
-def _storage(t: Tensor) -> int | None:
-    """Where a tensor's memory lives (views of one tensor share it); None without one."""
-    try:
-        return t.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError):
-        return None
 
 
 def _finite(value: float) -> bool:

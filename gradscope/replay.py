@@ -184,4 +184,3 @@ def replay(model: torch.nn.Module, calls: list[Call], keep: set[int] | None = No
     except Exception as exc:  # noqa: BLE001 - a failed replay must never stop training
         return f"{type(exc).__name__}: {exc}"
     return None
-

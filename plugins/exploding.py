@@ -458,11 +458,12 @@ def _one_wild_step(
     if trend.peak >= t["early_transient_rise"] * start:
         # The first records, against the default-init size at least: a tiny
         # initialisation's first steps are larger than its weights by design.
-        early = [
+        first_steps = [
             layer.update_norm[:window] / layer.param_norm[:window].clamp_min(ref)
             for layer, ref in zip(layers, references, strict=True)
         ]
-        share[:window] = (torch.stack(early, dim=1) > t["update_ratio"]).float().mean(dim=1)
+        moved = torch.stack(first_steps, dim=1) > t["update_ratio"]
+        share[:window] = moved.float().mean(dim=1)
     else:
         share[:window] = 0.0  # see ``early_transient_rise``
     k = int(share.argmax())
@@ -575,11 +576,9 @@ def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
 
 
 def _plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
-    roles = info.roles()
     layer = info.layer(finding.layer)
     recurrent = layer is not None and layer.role in ("vanilla_rnn", "gated_rnn")
-    sigmoid_like = roles & {"sigmoid", "tanh"} and "relu" not in roles
-    init = fix.xavier_init if sigmoid_like else fix.kaiming_init
+    init = fix.init_for(info)
     times = fix.lr_times_usual(info, finding.evidence.get("loss_multiplier"))
     fast = times >= fix.FAR_ABOVE_USUAL
     if fix.started_too_large(finding) and not recurrent and not times >= fix.ABSURD_RATE:

@@ -299,6 +299,13 @@ def normalize_inputs(finding: Finding, info: ModelInfo) -> Suggestion:
     )
 
 
+def init_for(info: ModelInfo) -> Builder:
+    """The initialisation that suits the model's activations: Xavier for sigmoid/tanh
+    layers without ReLU, Kaiming otherwise."""
+    roles = info.roles()
+    return xavier_init if roles & {"sigmoid", "tanh"} and "relu" not in roles else kaiming_init
+
+
 def started_too_large(finding: Finding) -> bool:
     """Whether some layer of the finding's evidence started above :data:`TOO_LARGE_INIT`."""
     return any(v > TOO_LARGE_INIT for v in scales(finding))

@@ -306,8 +306,7 @@ def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
     weighted = where == "forward" and layer is not None and layer.params
     if weighted and fix.started_too_large(finding):
         # A layer with weights overflowing, the weights several times Kaiming's size.
-        init = fix.xavier_init if {"sigmoid", "tanh"} & info.roles() else fix.kaiming_init
-        return [init, fix.lower_lr, fix.clip_grad_norm]
+        return [fix.init_for(info), fix.lower_lr, fix.clip_grad_norm]
     if finding.evidence.get("grew_before"):
         # The values grew for many steps before they overflowed: the step size is the cause.
         return [fix.lower_lr, fix.clip_grad_norm, fix.fix_loss_numerics]
