@@ -4,8 +4,9 @@ A loss that fell a long way can still be no better than predicting the same outp
 every input (a model that only learned its output bias, from a bad start).  When the
 loss is logged before ``backward()``, its autograd graph still holds the loss function's
 inputs; for the common losses (cross-entropy / NLL, binary cross-entropy with or without
-logits, mean squared error, the multi-class hinge, L1 on the model's output) this module
-reads the prediction and the targets there and computes, without a host sync:
+logits, mean squared error, the multi-class hinge, L1 on the model's output, the triplet
+margin loss) this module reads the prediction and the targets there and computes,
+without a host sync:
 
 * the loss term itself, recomputed as a mean over the batch (so a scale, a sum or a
   ``reduction="none"`` followed by ``.mean()`` does not matter), and
@@ -356,6 +357,23 @@ def _l1(meter: ConstantLoss, node: Any) -> tuple[Tensor, Tensor] | None:
     return residual.abs().mean(), (pooled - pooled.median(dim=0).values).abs().mean()
 
 
+def _triplet(meter: ConstantLoss, node: Any) -> tuple[Tensor, Tensor] | None:
+    """``triplet_margin_loss`` (no swap) is ``clamp_min(margin + d(a, p) - d(a, n), 0)`` in
+    the graph: a constant embedding puts every sample at distance ~0 from every other, so
+    its loss is the margin, read back from the saved hinge input and the two distances."""
+    sub = node.next_functions[0][0] if node.next_functions else None
+    if float(_saved(node, "min") or 0) != 0 or sub is None or sub.name() != "SubBackward0":
+        return None
+    (add, _), (negative, _) = sub.next_functions[:2]
+    positive = add.next_functions[0][0] if add is not None and add.next_functions else None
+    expected = ((add, "AddBackward1"), (positive, "NormBackward1"), (negative, "NormBackward1"))
+    if not all(n is not None and n.name() == want for n, want in expected):
+        return None  # another clamped loss: not recognised
+    hinge = _saved(node, "self").float()
+    margin = hinge - _saved(positive, "result").float() + _saved(negative, "result").float()
+    return hinge.clamp(min=0.0).mean(), margin.mean()
+
+
 #: What a light step holds for the pools, per loss node: (pool key, the totals of a
 #: batch's targets, the targets); L1 pools its measured batches' target rows instead (its
 #: best constant, a median, has no running totals; a light step cannot see the targets).
@@ -376,4 +394,5 @@ _MEASURES: dict[str, Callable[[ConstantLoss, Any], tuple[Tensor, Tensor] | None]
     "MseLossBackward0": _mse,
     "MultiMarginLossBackward0": _hinge,
     "AbsBackward0": _l1,
+    "ClampMinBackward0": _triplet,
 }

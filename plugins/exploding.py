@@ -107,6 +107,12 @@ DEFAULTS = {
     # made worse than knowing nothing diverged, 10x or not).
     "worse_rise": 3.3,
     "worse_than_constant": 2.0,
+    # A loss ending this many times a constant prediction's is absurd (no fault but badly
+    # scaled weights or inputs gets there): then a gradient ``absurd_size_ratio`` times its
+    # weights is enough (a pre-LN Transformer at init std x4 under AdamW: BCE 1.8e3
+    # against 0.53 for a constant, the embedding's gradient ~5e2 its weights).
+    "absurd_loss": 100.0,
+    "absurd_size_ratio": 1e2,
     # A GAN player has no constant prediction: its gradient far larger than the weights
     # counts when the logged loss ends above this (the rival certain about every sample:
     # D(G(z)) or 1 - D(x) below ~2%).
@@ -259,7 +265,9 @@ def _too_large(
         worse = _worse_than_knowing_nothing(history, trend, t)
     if not (nonfinite or worse):
         return
-    _size_ratio(layers, model_info, t, evidence)
+    ratio = math.nan if adversarial else loss_vs_constant(history, trend)
+    line = t["absurd_size_ratio"] if ratio >= t["absurd_loss"] else t["size_ratio"]
+    _size_ratio(layers, model_info, t, line, evidence)
     if worse and "size_ratio" in evidence.numbers:
         if adversarial:
             evidence.what.append(
@@ -268,7 +276,6 @@ def _too_large(
                 "guessing discriminator)"
             )
         else:
-            ratio = loss_vs_constant(history, trend)
             evidence.what.append(
                 f"the loss ends at {fmt(trend.last)}, {fmt(ratio)}x what predicting the "
                 "same output for every input scores"
@@ -278,15 +285,15 @@ def _too_large(
 
 
 def _size_ratio(
-    layers: list[LayerSignal], model_info: ModelInfo, t: dict, evidence: _Evidence
+    layers: list[LayerSignal], model_info: ModelInfo, t: dict, line: float, evidence: _Evidence
 ) -> None:
-    """A gradient ``size_ratio`` times its weights on ``growth_steps`` records (or on the
-    only finite one)."""
+    """A gradient ``line`` times its weights on ``growth_steps`` records (or on the only
+    finite one)."""
     for layer in layers:
         rel = relative_grad(layer, model_info)
         finite = rel[torch.isfinite(rel)]
         need = min(int(t["growth_steps"]), max(finite.numel(), 1))
-        if finite.numel() and int((finite >= t["size_ratio"]).sum()) >= need:
+        if finite.numel() and int((finite >= line).sum()) >= need:
             evidence.what.append(
                 f"the gradient of {layer.name} is {fmt(float(finite.max()))}x the size of "
                 "its weights"

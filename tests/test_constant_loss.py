@@ -99,6 +99,19 @@ def test_nothing_is_measured_once_the_graph_is_gone_or_the_loss_is_not_recognise
     assert meter.measure(two) is None  # a sum of losses has no single constant
 
 
+def test_a_triplet_losss_constant_is_its_margin_whatever_the_scale():
+    g = torch.Generator().manual_seed(0)
+    anchor, positive, negative = (torch.randn(16, 8, generator=g) for _ in range(3))
+    anchor.requires_grad_(True)
+    loss = F.triplet_margin_loss(anchor, positive, negative, margin=0.7)
+    term, constant = ConstantLoss().measure(1e4 * loss)  # a constant embedding scores 0.7
+    assert float(term) == pytest.approx(float(loss), rel=1e-5)
+    assert float(constant) == pytest.approx(0.7, rel=1e-4)
+    # Another clamped loss (a hand-written hinge) is not taken for a triplet loss.
+    hinge = (1 - anchor.sum(1) * torch.sign(positive.sum(1))).clamp(min=0).mean()
+    assert ConstantLoss().measure(hinge) is None
+
+
 class _FirstStepRNN(nn.Module):
     """A tanh RNN over 60 steps whose label is the sign of the first input; its head starts
     with a large bias, so the loss first falls a long way just by learning the average."""

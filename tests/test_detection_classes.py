@@ -620,6 +620,38 @@ def test_a_gan_generators_last_layer_is_not_compared_with_the_discriminator():
     assert [f for f in report.at_least("warning") if f.kind == "exploding_gradient"] == []
 
 
+@pytest.mark.parametrize(
+    "seed, family, loss, optimizer, lr, activation, steps",
+    [
+        # A siamese net at init std x4 under Adam: triplet loss 4e4 -> 2e4 against a margin
+        # of 1 for a constant embedding, gradients ~1e3x the weights (tuning run 3936).
+        (3936, "siamese", "triplet", "adam", 0.0025, "elu", 50),
+        # A pre-LN Transformer at init std x4 under AdamW: BCE 1.8e3 -> 9e2 against 0.53 for
+        # a constant, the embedding's gradient ~5e2x its weights (tuning run 3645).
+        (3645, "transformer_pre", "bce", "adamw", 0.005, "tanh", 40),
+    ],
+)
+def test_weights_started_far_too_large_with_an_absurd_loss_are_exploding(
+    seed: int,
+    family: str, loss: str, optimizer: str, lr: float, activation: str, steps: int
+):
+    from helpers import watch_generated
+
+    from gradscope_scenarios.generated.space import Config
+
+    config = Config(
+        seed=seed, family=family, depth=4, width=16, activation=activation, init="normal",
+        init_scale=4.0, optimizer=optimizer, lr=lr, seq_len=5, loss=loss, batch=64,
+        steps=steps, fault="large_init",
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = watch_generated(config)
+    found = [f for f in report.at_least("warning") if f.kind == "exploding_gradient"]
+    assert found, report
+    assert "what predicting the same output for every input scores" in found[0].message
+
+
 def test_growth_through_depth_counts_against_the_smallest_layer_only_when_steady():
     """Relative gradients (median over the run) of a saturated residual tanh CNN grow ~5x
     per layer toward the input, 1.7e4x in all but under 1e3x the median later layer

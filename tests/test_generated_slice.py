@@ -147,3 +147,13 @@ def test_gradscope_score_on_the_slice(slice_results: list[dict], cadence: str) -
         assert s["kinds"][kind]["fp"] <= expect["fp"][kind], (kind, s["kinds"][kind])
     assert s["healthy_with_alarms"] <= expect["healthy_with_alarms"]
     assert s["nan_culprit_right"] >= expect["nan_culprit_right"]
+
+
+def test_the_oracle_does_not_call_huge_distinct_rows_copies() -> None:
+    """Finite float32 weights near 1e37 (a run about to blow up) have row norms that
+    overflow float32: an infinite tolerance once made every row a copy of every other."""
+    from gradscope_scenarios.generated.oracle import _identical_rows
+
+    rows = torch.tensor([[1e37, -2e37], [3e37, 1e37], [-1e37, 2e37]])
+    assert _identical_rows(rows) == 0.0
+    assert _identical_rows(torch.zeros(4, 3)) == 1.0

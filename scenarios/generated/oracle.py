@@ -553,8 +553,11 @@ def label(config: Config) -> Label:
 
 
 def _identical_rows(p: torch.Tensor) -> float:
-    """Fraction of a matrix's rows within float32 rounding of another row."""
-    rows = p.float().reshape(p.shape[0], -1)
+    """Fraction of a matrix's rows within float32 rounding of another row.  Measured in
+    float64: finite float32 weights near their largest values (a run about to blow up)
+    have norms and distances that overflow float32, and an infinite tolerance made every
+    row a copy of every other."""
+    rows = p.double().reshape(p.shape[0], -1)
     if rows.shape[0] < 2 or not bool(torch.isfinite(rows).all()):
         return 0.0
     tol = 1e-6 * max(float(rows.norm(dim=1).max()), 1e-12)
