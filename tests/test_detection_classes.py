@@ -652,6 +652,28 @@ def test_weights_started_far_too_large_with_an_absurd_loss_are_exploding(
     assert "what predicting the same output for every input scores" in found[0].message
 
 
+def test_a_loss_that_starts_at_its_peak_and_falls_never_jumped():
+    """A hand-written recurrent cell at recurrent weights x3 starts at a hinge loss of 19.4
+    and is at 0.84 one step later: the first step moved every layer by more than its size,
+    but the loss fell, it did not jump (held-out run 38751, a false 'exploding' warning)."""
+    from helpers import watch_generated
+
+    from gradscope_scenarios.generated.space import Config
+
+    config = Config(
+        seed=38751, family="loop_rnn", depth=4, width=16, activation="gelu",
+        recurrent_scale=3.0, optimizer="sgd", lr=0.1, seq_len=12, loss="hinge", batch=64,
+        steps=30, fault="recurrent_scale",
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = watch_generated(config)
+    losses = report.history.losses()
+    assert float(losses[0]) > 10 * float(losses[1:].max())  # the peak is the first loss
+    assert [f for f in report.at_least("warning") if f.kind == "exploding_gradient"] == []
+    assert {f.kind for f in report.at_least("warning")} == {"vanishing_gradient"}
+
+
 def test_growth_through_depth_counts_against_the_smallest_layer_only_when_steady():
     """Relative gradients (median over the run) of a saturated residual tanh CNN grow ~5x
     per layer toward the input, 1.7e4x in all but under 1e3x the median later layer
