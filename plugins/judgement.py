@@ -420,6 +420,22 @@ def growth_before_nonfinite(history: History, layers: list[LayerSignal]) -> torc
     return growth_from_start(layers, sum(1 for step in history.steps if step < bad))
 
 
+def loss_rise_before_nonfinite(history: History) -> float | None:
+    """The largest finite loss logged up to the first NaN/Inf step (its forward ran on the
+    weights the steps before made) over the first logged loss; None when the run stayed
+    finite, or the first loss is not a positive finite number.  A loss at 1e23 one step
+    before the gradients overflow says the values grew out of range (the learning rate),
+    not that a formula divided by zero."""
+    bad = first_nonfinite_step(history)
+    if bad is None:
+        return None
+    losses = history.losses()[: sum(1 for step in history.steps if step <= bad)]
+    finite = losses[torch.isfinite(losses)]
+    if finite.numel() < 2 or not float(losses[0]) > 0:
+        return None
+    return float(finite[1:].max()) / float(losses[0])
+
+
 def data_evidence(history: History, model_info: ModelInfo) -> dict[str, Any]:
     """The data's size as the first layer sees it, as finding evidence (``data_layer``,
     ``data_rms``: what ranks ``normalize_inputs``).  Not for a discriminator watched alone:

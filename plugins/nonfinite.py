@@ -27,6 +27,7 @@ from gradscope_plugins.judgement import (
     fmt,
     growth_before_nonfinite,
     loss_multiplier,
+    loss_rise_before_nonfinite,
 )
 
 NAME = "nonfinite"
@@ -74,8 +75,7 @@ def gradscope_detect(
     )
     culprit, where, detail = _explain(history, step, bad_outputs, bad_grads)
     layers = depth_layers(history, model_info)
-    growth = growth_before_nonfinite(history, layers)
-    grew = float(growth.max()) if growth is not None else None
+    grew, rose = _growth_before(history, layers)
     # An output that held NaN/Inf while the loss and every gradient stayed finite was
     # absorbed downstream (ELU maps -inf to -1, a mask or max drops it): not the
     # definitions' non-finite gradient, but a sign that values reach the format's edge.
@@ -91,7 +91,7 @@ def gradscope_detect(
         if isinstance(began, int) and began < step
         else ""
     )
-    message = _message(detail, skipped, poisoned, at_the_loss)
+    message = _message(detail, skipped, poisoned, at_the_loss) + _rise(rose, t)
     return [
         Finding(
             kind="nonfinite_gradient",
@@ -113,13 +113,31 @@ def gradscope_detect(
                     _parameterless_after(history, bad_grads[-1]) if where == "backward" else []
                 ),
                 "grad_growth_before": grew,
+                "loss_rise_before": rose,
                 # The weights at the start (x 1/sqrt(fan_in)): too large ranks init first.
                 "init_scale": {layer.name: init_scale(layer, model_info) for layer in layers},
-                "grew_before": grew is not None and grew >= t["lr_growth"],
+                "grew_before": any(x is not None and x >= t["lr_growth"] for x in (grew, rose)),
                 "loss_multiplier": loss_multiplier(history),
             },
         )
     ]
+
+
+def _growth_before(history: History, layers: list) -> tuple[float | None, float | None]:
+    """How many times the gradient norm grew, and the loss rose, before the NaN/Inf."""
+    growth = growth_before_nonfinite(history, layers)
+    grew = float(growth.max()) if growth is not None else None
+    return grew, loss_rise_before_nonfinite(history)
+
+
+def _rise(rose: float | None, t: dict) -> str:
+    """The sentence for a loss that rose ``lr_growth`` times before the NaN/Inf, or ""."""
+    if rose is None or rose < t["lr_growth"]:
+        return ""
+    return (
+        f" Before that the loss rose {fmt(rose)}x from its start: the values grew out of "
+        "range (steps too large: a learning rate too high), the formula only overflowed."
+    )
 
 
 def _message(detail: str, skipped: str, poisoned: bool, at_the_loss: bool) -> str:
@@ -322,9 +340,15 @@ def gradscope_suggest(finding: Finding, model_info: ModelInfo) -> list[Suggestio
     first says what evidence put it there when that was the gradient's growth."""
     suggestions = fix.suggest(finding, model_info, "nonfinite_gradient", plan)
     grew = finding.evidence.get("grad_growth_before")
-    if suggestions and finding.evidence.get("grew_before") and grew is not None:
+    rose = finding.evidence.get("loss_rise_before")
+    if suggestions and finding.evidence.get("grew_before"):
+        what = (
+            f"the gradient grew {fmt(grew)}x"
+            if grew is not None and grew >= DEFAULTS["lr_growth"]
+            else f"the loss rose {fmt(rose)}x"
+        )
         reason = (
-            f"First because the gradient grew {fmt(grew)}x over the steps before the NaN: "
+            f"First because {what} over the steps before the NaN: "
             "the learning rate drove the values out of range, the formula only overflowed. "
         )
         suggestions[0] = replace(suggestions[0], why=reason + suggestions[0].why)

@@ -45,6 +45,7 @@ from gradscope_plugins.judgement import (
     copy_lines,
     data_evidence,
     depth_layers,
+    first_nonfinite_step,
     first_step_where,
     fitted,
     fmt,
@@ -527,12 +528,7 @@ def _through_depth(
     return Finding(
         kind="vanishing_gradient",
         layer=first_layer.name,
-        # Layers that do not learn while the loss stalls: the training is broken.  A gap of
-        # ``depth_severe`` to the largest later layer is a warning even before a stall can
-        # be seen (a short diagnose() run): those layers receive nothing to learn from.
-        severity="error"
-        if stalled
-        else ("warning" if extreme < t["depth_severe"] and not _harm_judged(trend) else "info"),
+        severity=_depth_severity(history, trend, stalled, extreme, t),
         step=step,
         message=message,
         evidence={
@@ -632,6 +628,19 @@ def _tiny_gains_text(history: History, model_info: ModelInfo) -> str:
         f"about {fmt(rms)} instead of 1: each scales its output, and the gradient back "
         "through it, down by that much, so the gradient shrinks at every one of them. "
     )
+
+
+def _depth_severity(
+    history: History, trend: LossTrend, stalled: bool, extreme: float, t: dict
+) -> str:
+    """Layers that do not learn while the loss stalls: the training is broken (an error).
+    A gap of ``depth_severe`` to the largest later layer is a warning even before a stall
+    can be seen (a short diagnose() run): those layers receive nothing to learn from.  Not
+    in a run cut short by a NaN/Inf: a gap on its few finite records is the blow-up's."""
+    if stalled:
+        return "error"
+    early = not _harm_judged(trend) and first_nonfinite_step(history) is None
+    return "warning" if extreme < t["depth_severe"] and early else "info"
 
 
 def _no_harm_text(trend: LossTrend) -> str:

@@ -76,3 +76,110 @@ def test_a_healthy_convnext_whose_blocks_start_gated_is_not_exploding(seed: int)
             losses.append(float(loss))
     assert sum(losses[-5:]) < 0.5 * sum(losses[:5])  # healthy: the loss fell
     assert scope.report().at_least("warning") == []
+
+
+def _mobilebert_at_lr_3() -> tuple:
+    """A tiny MobileBERT token classifier (random tokens, a fixed token -> label map) under
+    AdamW at lr 3: its first step throws the loss from ~2 to ~1e23, still finite, and the
+    next backward overflows (a stranger session's case, confirmed in plain torch)."""
+    import torch
+    from transformers import MobileBertConfig, MobileBertForTokenClassification
+
+    config = MobileBertConfig(
+        vocab_size=64, hidden_size=32, embedding_size=16, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=32, intra_bottleneck_size=16,
+        true_hidden_size=16, num_feedforward_networks=2, max_position_embeddings=40,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, hidden_act="relu",
+        num_labels=8,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = MobileBertForTokenClassification(config)
+    g = torch.Generator().manual_seed(3)
+    label_of = torch.randint(0, 8, (64,), generator=g)
+    batches = [torch.randint(0, 64, (16, 16), generator=g) for _ in range(8)]
+    return model, [(x, label_of[x]) for x in batches]
+
+
+def test_a_loss_thrown_to_1e23_before_the_nan_names_the_explosion_not_a_formula() -> None:
+    """MobileBERT at AdamW lr 3: the loss goes ~2 -> ~1e23 in one step and the next
+    backward overflows.  It was a NaN "made in the backward ... (sqrt or log at 0, a
+    division by a tiny number)" with no exploding finding and a vanishing warning judged
+    from two losses: the explosion is named, the learning rate comes first, and the
+    vanishing gap of a run cut short by the NaN is an info."""
+    import torch
+
+    import gradscope
+
+    def run(watch: bool) -> tuple[list[float], list[bool], gradscope.Report | None]:
+        model, batches = _mobilebert_at_lr_3()
+        opt = torch.optim.AdamW(model.parameters(), lr=3.0)
+        watched = gradscope.watch(model, optimizer=opt) if watch else None
+        losses, finite = [], []
+        for step in range(8):
+            x, y = batches[step % 8]
+            opt.zero_grad()
+            loss = model(input_ids=x, labels=y).loss
+            if watched is not None:
+                watched.log_loss(loss)
+            loss.backward()
+            losses.append(float(loss))
+            finite.append(all(bool(torch.isfinite(p.grad).all()) for p in model.parameters()))
+            opt.step()
+        if watched is None:
+            return losses, finite, None
+        watched.detach()
+        return losses, finite, watched.report()
+
+    losses, finite, _ = run(watch=False)
+    assert 1e6 * losses[0] < losses[1] < float("inf") and finite[0] and not finite[1]
+    report = run(watch=True)[2]
+    assert report is not None
+    kinds = {f.kind: f for f in report.at_least("warning")}
+    assert set(kinds) == {"nonfinite_gradient", "exploding_gradient"}, report
+    assert "the loss rose" in kinds["exploding_gradient"].message
+    nonfinite = kinds["nonfinite_gradient"]
+    assert "Before that the loss rose" in nonfinite.message
+    assert nonfinite.suggestions[0].kind == "lower_lr"
+    assert nonfinite.suggestions[0].why.startswith("First because the loss rose")
+
+
+def test_a_first_step_that_throws_the_loss_5x_up_is_a_transient_explosion() -> None:
+    """A tiny Qwen2 language model on a token chain at AdamW lr 1.0: the first step moves
+    every weight matrix by more than its size and the loss goes 4.1 -> 21 (5x), then back
+    near what predicting the token marginal scores.  It was "vanishing" only (a stranger
+    session's miss, confirmed in plain torch); the early jump now counts from 4x (10x
+    before, set on BEiT's 1.4 -> 162)."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    import gradscope
+
+    g = torch.Generator().manual_seed(1)
+    order = torch.randperm(64, generator=g)
+    batches = []
+    for _ in range(8):
+        x = torch.empty(16, 16, dtype=torch.long)
+        x[:, 0] = torch.randint(0, 64, (16,), generator=g)
+        for t in range(1, 16):
+            x[:, t] = order[x[:, t - 1]]
+        batches.append(x)
+    config = Qwen2Config(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=1.0)
+    losses = []
+    with gradscope.watch(model, optimizer=opt) as scope:
+        for step in range(40):
+            x = batches[step % 8]
+            opt.zero_grad()
+            loss = model(input_ids=x, labels=x).loss
+            scope.log_loss(loss)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+    assert losses[1] > 4 * losses[0] and losses[-1] < 2 * losses[0]  # a jump, then back
+    kinds = {f.kind for f in scope.report().at_least("warning")}
+    assert "exploding_gradient" in kinds, scope.report()
