@@ -74,6 +74,7 @@ def gradscope_detect(
         )
         before = layer_before(model_info, name, ("weight", "norm"))
         feeding = before.name if before is not None else None
+        frozen = _frozen_before(history, name) if fraction >= 1.0 else []
         findings.append(
             Finding(
                 kind="dead_relu",
@@ -85,9 +86,10 @@ def gradscope_detect(
                     "output zero for every sample over the last recorded steps: they are dead. "
                     "A dead ReLU passes no gradient back, so the weights feeding it"
                     + (f" ({feeding})" if feeding else "")
-                    + " stop learning and the unit never recovers. Usual causes: a learning "
-                    "rate so large that one step pushed the biases far negative, or an "
-                    "initialisation with negative biases."
+                    + " stop learning and the unit never recovers. "
+                    + _frozen_text(frozen)
+                    + "Usual causes: a learning rate so large that one step pushed the biases "
+                    "far negative, or an initialisation with negative biases."
                 ),
                 evidence={
                     "dead_from_start": float(silent[0, j]) >= t["warn_fraction"] * n_units,
@@ -95,11 +97,44 @@ def gradscope_detect(
                     "units": int(n_units),
                     "dead_fraction": fraction,
                     "feeding_layer": feeding,
+                    "frozen_before": frozen,
                     "threshold_warn_fraction": t["warn_fraction"],
                 },
             )
         )
     return findings
+
+
+def _frozen_before(history: History, module: str) -> list[str]:
+    """The modules before ``module`` in forward order when every parameter of every one of
+    them got a gradient of exactly zero on the last record (empty otherwise): a ReLU layer
+    dead to the last unit on the only path back lets nothing through, so everything
+    before it stops, not only the layer feeding it (a dead branch beside a residual path,
+    as in a Transformer's FFN, leaves the rest learning: not this)."""
+    norms = history.grad_series("grad_l2")
+    if norms.numel() == 0:
+        return []
+    last = norms[-1]
+    rank = history.depth_rank()
+    limit = rank.get(module, -1)
+    zero: dict[str, bool] = {}
+    for owner, value in zip(history.param_modules, last.tolist(), strict=True):
+        if rank.get(owner, limit) < limit:
+            zero[owner] = zero.get(owner, True) and value == 0.0
+    if not zero or not all(zero.values()):
+        return []
+    return sorted(zero, key=rank.__getitem__)
+
+
+def _frozen_text(frozen: list[str]) -> str:
+    """The sentence for the layers a fully dead ReLU cuts off (empty for one or none)."""
+    if len(frozen) < 2:
+        return ""
+    shown = ", ".join(frozen[:4]) + (f" and {len(frozen) - 4} more" if len(frozen) > 4 else "")
+    return (
+        f"Nothing gets past it at all: {shown} get exactly zero gradient, so every layer "
+        "before it is frozen and the network cannot learn. "
+    )
 
 
 def _fraction(history: History, part: str, whole: str, j: int) -> torch.Tensor:

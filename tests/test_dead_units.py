@@ -80,3 +80,47 @@ def test_dead_channels_of_a_1d_convolution_are_counted_per_channel_not_per_posit
 def test_a_1d_convolution_whose_channels_all_fire_has_no_dead_units():
     report = _conv1d_run(dead_channels=0)
     assert [f for f in report.findings if f.kind == "dead_relu"] == [], str(report)
+
+
+def test_a_relu_dead_to_its_last_unit_on_the_only_path_says_everything_before_is_frozen():
+    """Layer "3" dead to the last unit: 0, 2 (everything before it) get exactly zero gradient
+    and the network cannot learn, which "the weights feeding it stop learning" understated
+    (a stranger session's 1-D CNN with its ReLU biases at -10)."""
+    report = _run(kill_at=8, steps=21)
+    dead = next(f for f in report.findings if f.kind == "dead_relu")
+    assert dead.evidence["frozen_before"] == ["0", "2"]
+    assert "Nothing gets past it at all: 0, 2 get exactly zero gradient" in dead.message
+
+
+class _Residual(nn.Module):
+    """x + ffn(x), the FFN's ReLU dead to the last unit: the skip path still carries the
+    gradient to the layer before the block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(8, 16)
+        self.up = nn.Linear(16, 16)
+        self.act = nn.ReLU()
+        self.down = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 3)
+        with torch.no_grad():
+            self.up.bias.fill_(-100.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        return self.head(h + self.down(self.act(self.up(h))))
+
+
+def test_a_dead_branch_beside_a_skip_path_does_not_claim_the_network_is_frozen():
+    torch.manual_seed(0)
+    model = _Residual()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+
+    def data(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(32, 8, generator=torch.Generator().manual_seed(step % 8))
+        return x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+
+    report = watch_loop(model, opt, data, 21)
+    dead = next(f for f in report.findings if f.kind == "dead_relu")
+    assert dead.layer == "act" and dead.evidence["frozen_before"] == []
+    assert "Nothing gets past it" not in dead.message
