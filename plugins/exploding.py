@@ -69,6 +69,7 @@ from gradscope_plugins.judgement import (
     relative_grad,
     through_time_peaks,
     times,
+    total_grad_norm,
     update_ratio,
     weight_growth,
 )
@@ -128,6 +129,10 @@ DEFAULTS = {
     # back near a constant prediction's loss).  10x until those two stranger cases; 4x
     # moved nothing on the 5,000 tuning runs and no healthy real-architecture recipe.
     "early_transient_rise": 4.0,
+    # One step that moves most layers by this many times their size, after which every
+    # gradient is exactly 0 on at least ``window`` records: the step threw the model where
+    # nothing flows back (REINFORCE at Adam lr 5: a deterministic policy, log-prob 0).
+    "collapse_update": 10.0,
     # Weight growth (end over start) that makes a single through-time explosion a regime:
     # the steps it drove blew the recurrence's weights up.
     "blown_weights": 10.0,
@@ -170,9 +175,12 @@ def gradscope_detect(
     diverged = not adversarial and _diverged(history, trend, t, evidence)
     if not evidence.what and not adversarial:
         _one_wild_step(history, layers, model_info, trend, t, evidence)
+    if not evidence.what and not adversarial:
+        _collapsed(layers, model_info, t, evidence)
     if not evidence.what:
         return []
-    blown = "blown_weights" in evidence.numbers  # the explosion's steps blew weights up
+    # The explosion's steps blew weights up, or left no gradient at all: training is over.
+    blown = "blown_weights" in evidence.numbers or "collapse_update" in evidence.numbers
     depth = {layer.name: i for i, layer in enumerate(layers)}
     # The input-most layer a criterion pointed at: where the blow-up can start (an RNN's
     # recurrence, the first badly scaled layer), not the head that inherits it.  The loss
@@ -496,6 +504,36 @@ def _one_wild_step(
     )
     evidence.culprits.append(layers[int(torch.nan_to_num(stacked[k], nan=0.0).argmax())].name)
     evidence.numbers["wild_step_share"] = float(share[k])
+
+
+def _collapsed(
+    layers: list[LayerSignal], model_info: ModelInfo, t: dict, evidence: _Evidence
+) -> None:
+    """One step that moved most layers by ``collapse_update`` times their size, and from the
+    next record on every gradient exactly 0 (at least ``window`` records): the model was
+    thrown where nothing flows back and cannot learn again, however the logged loss looks
+    (a policy-gradient surrogate reads 0 once the policy is deterministic).  A loss that
+    reaches 0 by learning (a triplet margin met) gets there by small steps."""
+    if len(layers) < 2:
+        return
+    references = [max(reference_norm(layer, model_info), 1e-12) for layer in layers]
+    pairs = zip(layers, references, strict=True)
+    ratios = torch.stack([s.update_norm / s.param_norm.clamp_min(0.1 * r) for s, r in pairs], 1)
+    share = (ratios > t["collapse_update"]).float().mean(dim=1)
+    total = total_grad_norm(layers)
+    for k in torch.nonzero(share >= 0.5).flatten().tolist():
+        after = total[k + 1 :]
+        if after.numel() >= int(t["window"]) and bool((after == 0).all()):
+            peak = float(torch.nan_to_num(ratios[k], nan=0.0).max())
+            evidence.what.append(
+                f"one optimizer step moved {float(share[k]):.0%} of the layers by up to "
+                f"{fmt(peak)}x their size, and from the next step on every gradient is exactly "
+                "0: the step threw the model where nothing flows back, so it cannot learn again"
+            )
+            moved = torch.nan_to_num(ratios[k], nan=0.0)
+            evidence.culprits.append(layers[int(moved.argmax())].name)
+            evidence.numbers["collapse_update"] = peak
+            return
 
 
 def _diverged(history: History, trend: LossTrend, t: dict, evidence: _Evidence) -> bool:

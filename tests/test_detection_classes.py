@@ -1249,3 +1249,45 @@ def test_gan_players_with_gradients_far_larger_than_their_weights_explode():
         (finding,) = serious(report, "exploding_gradient")
         assert finding.evidence["size_ratio"] > 1e3
         assert "the rival is all but certain" in finding.message
+
+
+def _reinforce(lr: float) -> tuple[gradscope.Report, list[float]]:
+    """REINFORCE on a contextual bandit (a stranger session's loop): the logged surrogate
+    loss is -log p(a) * advantage; returns the report and the expected regret per step."""
+    torch.manual_seed(0)
+    rewards = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
+    policy = nn.Sequential(
+        nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4)
+    )
+    opt = torch.optim.Adam(policy.parameters(), lr=lr)
+    regret = []
+    with gradscope.watch(policy, optimizer=opt) as scope:
+        for _ in range(60):
+            state = torch.randn(64, 8)
+            reward = state @ rewards
+            logits = policy(state)
+            dist = torch.distributions.Categorical(logits=logits)
+            action = dist.sample()
+            got = reward.gather(1, action[:, None]).squeeze(1)
+            loss = -(dist.log_prob(action) * (got - got.mean())).mean()
+            scope.log_loss(loss)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                expected = (logits.softmax(-1) * reward).sum(1)
+                regret.append(float((reward.max(1).values - expected).mean()))
+    return scope.report(), regret
+
+
+def test_a_policy_thrown_deterministic_by_one_step_is_named_though_its_loss_reads_0():
+    """Adam at lr 5: one step moves every layer 25-46x its size, the policy turns
+    deterministic, log p(a) = 0, so the surrogate loss reads 0 and every gradient is exactly
+    0 from then on; the regret never falls.  gradscope said nothing (the loss 'reached 0')."""
+    report, regret = _reinforce(lr=5.0)
+    assert sum(regret[-5:]) > 0.8 * sum(regret[:5])  # nothing learned
+    found = [f for f in report.at_least("error") if f.kind == "exploding_gradient"]
+    assert found and "every gradient is exactly 0" in found[0].message, report
+    healthy, regret = _reinforce(lr=0.01)
+    assert sum(regret[-5:]) < 0.5 * sum(regret[:5])  # the same loop at a sane rate learns
+    assert healthy.at_least("warning") == [], healthy
