@@ -81,15 +81,18 @@ def walk_past(node: Any, passing: frozenset[str] = PASS_THROUGH) -> Any | None:
 
 
 def recognised(node: Any) -> bool:
-    """Whether ``node`` is the node of a loss function this module measures."""
-    return node is not None and node.name() in _MEASURES
+    """Whether ``node`` is the node of a loss function this module measures (a clamp at 0
+    only when it has the triplet margin loss's shape: other clamped losses are not)."""
+    if node is None or node.name() not in _MEASURES:
+        return False
+    return node.name() != "ClampMinBackward0" or _triplet_distances(node) is not None
 
 
 def loss_node(loss: Tensor) -> Any | None:
     """The autograd node of the loss function behind ``loss``, or None when the graph is
     gone (logged after ``backward()``) or is not a single recognised loss."""
     node = node_past(loss)
-    return node if node is not None and node.name() in _MEASURES else None
+    return node if recognised(node) else None
 
 
 class ConstantLoss:
@@ -357,10 +360,9 @@ def _l1(meter: ConstantLoss, node: Any) -> tuple[Tensor, Tensor] | None:
     return residual.abs().mean(), (pooled - pooled.median(dim=0).values).abs().mean()
 
 
-def _triplet(meter: ConstantLoss, node: Any) -> tuple[Tensor, Tensor] | None:
-    """``triplet_margin_loss`` (no swap) is ``clamp_min(margin + d(a, p) - d(a, n), 0)`` in
-    the graph: a constant embedding puts every sample at distance ~0 from every other, so
-    its loss is the margin, read back from the saved hinge input and the two distances."""
+def _triplet_distances(node: Any) -> tuple[Any, Any] | None:
+    """The nodes of d(a, p) and d(a, n) when ``node`` is ``triplet_margin_loss``'s (no
+    swap): ``clamp_min(margin + d(a, p) - d(a, n), 0)``; None for any other clamp."""
     sub = node.next_functions[0][0] if node.next_functions else None
     if float(_saved(node, "min") or 0) != 0 or sub is None or sub.name() != "SubBackward0":
         return None
@@ -368,7 +370,18 @@ def _triplet(meter: ConstantLoss, node: Any) -> tuple[Tensor, Tensor] | None:
     positive = add.next_functions[0][0] if add is not None and add.next_functions else None
     expected = ((add, "AddBackward1"), (positive, "NormBackward1"), (negative, "NormBackward1"))
     if not all(n is not None and n.name() == want for n, want in expected):
+        return None
+    return positive, negative
+
+
+def _triplet(meter: ConstantLoss, node: Any) -> tuple[Tensor, Tensor] | None:
+    """``triplet_margin_loss`` (no swap): a constant embedding puts every sample at distance
+    ~0 from every other, so its loss is the margin, read back from the saved hinge input
+    and the two distances."""
+    distances = _triplet_distances(node)
+    if distances is None:
         return None  # another clamped loss: not recognised
+    positive, negative = distances
     hinge = _saved(node, "self").float()
     margin = hinge - _saved(positive, "result").float() + _saved(negative, "result").float()
     return hinge.clamp(min=0.0).mean(), margin.mean()

@@ -69,7 +69,6 @@ from gradscope_plugins.judgement import (
     relative_grad,
     through_time_peaks,
     times,
-    total_grad_norm,
     update_ratio,
     weight_growth,
 )
@@ -176,7 +175,7 @@ def gradscope_detect(
     if not evidence.what and not adversarial:
         _one_wild_step(history, layers, model_info, trend, t, evidence)
     if not evidence.what and not adversarial:
-        _collapsed(layers, model_info, t, evidence)
+        _collapsed(history, layers, model_info, t, evidence)
     if not evidence.what:
         return []
     # The explosion's steps blew weights up, or left no gradient at all: training is over.
@@ -470,15 +469,7 @@ def _one_wild_step(
     peak = float(later.max()) if later.numel() else math.nan
     if not (trend.known and start > 0 and peak >= t["transient_rise"] * start):
         return
-    # Against the weights' own size (a tenth of the default-init size at least: a zero
-    # initialised layer's first step is not a blow-up); BERT-style inits are 5x smaller
-    # than PyTorch's default, and a step larger than such weights replaces them all the same.
-    references = [max(reference_norm(layer, model_info), 1e-12) for layer in layers]
-    ratios = [
-        layer.update_norm / layer.param_norm.clamp_min(0.1 * ref)
-        for layer, ref in zip(layers, references, strict=True)
-    ]
-    stacked = torch.stack(ratios, dim=1)  # records x layers; NaN off detail steps
+    references, stacked = _update_ratios(layers, model_info)
     measured = torch.isfinite(stacked).any(dim=1)
     if len(layers) < 3 or not bool(measured.any()):
         return
@@ -506,8 +497,26 @@ def _one_wild_step(
     evidence.numbers["wild_step_share"] = float(share[k])
 
 
+def _update_ratios(
+    layers: list[LayerSignal], model_info: ModelInfo
+) -> tuple[list[float], torch.Tensor]:
+    """Each layer's default-init weight norm, and its update over its weights per record
+    (records x layers; NaN off detail steps).  Against the weights' own size, a tenth of
+    the default-init size at least: a zero-initialised layer's first step is not a
+    blow-up; BERT-style inits are 5x smaller than PyTorch's default, and a step larger
+    than such weights replaces them all the same."""
+    references = [max(reference_norm(layer, model_info), 1e-12) for layer in layers]
+    pairs = zip(layers, references, strict=True)
+    ratios = [s.update_norm / s.param_norm.clamp_min(0.1 * ref) for s, ref in pairs]
+    return references, torch.stack(ratios, dim=1)
+
+
 def _collapsed(
-    layers: list[LayerSignal], model_info: ModelInfo, t: dict, evidence: _Evidence
+    history: History,
+    layers: list[LayerSignal],
+    model_info: ModelInfo,
+    t: dict,
+    evidence: _Evidence,
 ) -> None:
     """One step that moved most layers by ``collapse_update`` times their size, and from the
     next record on every gradient exactly 0 (at least ``window`` records): the model was
@@ -516,11 +525,11 @@ def _collapsed(
     reaches 0 by learning (a triplet margin met) gets there by small steps."""
     if len(layers) < 2:
         return
-    references = [max(reference_norm(layer, model_info), 1e-12) for layer in layers]
-    pairs = zip(layers, references, strict=True)
-    ratios = torch.stack([s.update_norm / s.param_norm.clamp_min(0.1 * r) for s, r in pairs], 1)
+    ratios = _update_ratios(layers, model_info)[1]
     share = (ratios > t["collapse_update"]).float().mean(dim=1)
-    total = total_grad_norm(layers)
+    # Every parameter's gradient, not only the weight layers' (NaN where none had one).
+    norms = history.grad_series("grad_l2")
+    total = norms.nan_to_num(0.0).sum(dim=1).masked_fill(norms.isnan().all(dim=1), math.nan)
     for k in torch.nonzero(share >= 0.5).flatten().tolist():
         after = total[k + 1 :]
         if after.numel() >= int(t["window"]) and bool((after == 0).all()):

@@ -114,9 +114,9 @@ def gradscope_detect(
                 ),
                 "grad_growth_before": grew,
                 "loss_rise_before": rose,
-                # The weights at the start (x 1/sqrt(fan_in)): too large ranks init first.
                 "init_scale": {layer.name: init_scale(layer, model_info) for layer in layers},
                 "grew_before": any(x is not None and x >= t["lr_growth"] for x in (grew, rose)),
+                "threshold_lr_growth": t["lr_growth"],
                 "loss_multiplier": loss_multiplier(history),
             },
         )
@@ -323,7 +323,8 @@ def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
         return [fix.random_init, fix.check_inputs]
     weighted = where == "forward" and layer is not None and layer.params
     if weighted and fix.started_too_large(finding):
-        # A layer with weights overflowing, the weights several times Kaiming's size.
+        # A layer with weights overflowing, the weights several times Kaiming's size at the
+        # start (evidence ``init_scale``, x 1/sqrt(fan_in)): the init ranks first.
         return [fix.init_for(info), fix.lower_lr, fix.clip_grad_norm]
     if finding.evidence.get("grew_before"):
         # The values grew for many steps before they overflowed: the step size is the cause.
@@ -337,14 +338,16 @@ def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
 @hookimpl
 def gradscope_suggest(finding: Finding, model_info: ModelInfo) -> list[Suggestion]:
     """Suggestions for ``nonfinite_gradient`` findings, best first (see :func:`plan`); the
-    first says what evidence put it there when that was the gradient's growth."""
+    first says what evidence put it there when that was the gradient's growth or the
+    loss's rise before the NaN/Inf."""
     suggestions = fix.suggest(finding, model_info, "nonfinite_gradient", plan)
     grew = finding.evidence.get("grad_growth_before")
     rose = finding.evidence.get("loss_rise_before")
-    if suggestions and finding.evidence.get("grew_before"):
+    if suggestions and finding.evidence.get("grew_before") and (grew, rose) != (None, None):
         what = (
             f"the gradient grew {fmt(grew)}x"
-            if grew is not None and grew >= DEFAULTS["lr_growth"]
+            if grew is not None
+            and grew >= finding.evidence.get("threshold_lr_growth", DEFAULTS["lr_growth"])
             else f"the loss rose {fmt(rose)}x"
         )
         reason = (

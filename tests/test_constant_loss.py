@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import gradscope
-from gradscope.constant_loss import ConstantLoss
+from gradscope.constant_loss import ConstantLoss, loss_node
 
 
 def _logits(n: int = 64, classes: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,6 +110,7 @@ def test_a_triplet_losss_constant_is_its_margin_whatever_the_scale():
     # Another clamped loss (a hand-written hinge) is not taken for a triplet loss.
     hinge = (1 - anchor.sum(1) * torch.sign(positive.sum(1))).clamp(min=0).mean()
     assert ConstantLoss().measure(hinge) is None
+    assert loss_node(hinge) is None  # nor counted as a loss term anywhere else
 
 
 class _FirstStepRNN(nn.Module):
