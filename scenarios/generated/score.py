@@ -37,8 +37,8 @@ def _findings(report: Any, part: str) -> list[dict[str, Any]]:
     ]
 
 
-def run_watch(config: Config) -> list[dict[str, Any]]:
-    """The warning/error findings of ``watch()`` around the scenario's own loop."""
+def watch_reports(config: Config) -> dict[str, Any]:
+    """Part -> the ``watch()`` report of that part, around the scenario's own loop."""
     import gradscope
 
     sc = build(config)
@@ -52,14 +52,11 @@ def run_watch(config: Config) -> list[dict[str, Any]]:
     finally:
         for scope in scopes.values():
             scope.detach()
-    out: list[dict[str, Any]] = []
-    for part, scope in scopes.items():
-        out += _findings(scope.report(), part)
-    return out
+    return {part: scope.report() for part, scope in scopes.items()}
 
 
-def run_diagnose(config: Config) -> list[dict[str, Any]] | None:
-    """The warning/error findings of ``diagnose()``, or None where it does not fit."""
+def diagnose_report(config: Config) -> Any | None:
+    """The ``diagnose()`` report of the scenario, or None where its signature does not fit."""
     import gradscope
 
     sc = build(config)
@@ -67,8 +64,26 @@ def run_diagnose(config: Config) -> list[dict[str, Any]] | None:
     if args is None:
         return None
     model, batches, loss_fn, optimizer = args
-    report = gradscope.diagnose(model, batches, loss_fn, optimizer=optimizer, steps=config.steps)
-    return _findings(report, "model")
+    return gradscope.diagnose(model, batches, loss_fn, optimizer=optimizer, steps=config.steps)
+
+
+def watch_findings(reports: dict[str, Any]) -> list[dict[str, Any]]:
+    """The warning/error findings of every part's report, layers named as the oracle names them."""
+    out: list[dict[str, Any]] = []
+    for part, report in reports.items():
+        out += _findings(report, part)
+    return out
+
+
+def run_watch(config: Config) -> list[dict[str, Any]]:
+    """The warning/error findings of ``watch()`` around the scenario's own loop."""
+    return watch_findings(watch_reports(config))
+
+
+def run_diagnose(config: Config) -> list[dict[str, Any]] | None:
+    """The warning/error findings of ``diagnose()``, or None where it does not fit."""
+    report = diagnose_report(config)
+    return None if report is None else _findings(report, "model")
 
 
 def evaluate(seed: int, cadences: tuple[str, ...] = CADENCES) -> dict[str, Any]:
