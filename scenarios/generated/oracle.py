@@ -371,6 +371,9 @@ def label(config: Config) -> Label:
         lab.culprit = outs[0] if outs else None
         add("nonfinite_gradient", lab.culprit or "")
         allow |= {"exploding_gradient", "vanishing_gradient", "dead_relu", "saturated_activation"}
+    elif skipped >= len(steps) / 4:
+        # Between half the bound and the bound, as for every fraction: not wrong to report.
+        allow.add("nonfinite_gradient")
 
     # -- per-layer gradient/weight ratios through depth --------------------------------
     rho = {n: _med([s.get("rho", {}).get(n, math.nan) for s in valid]) for n in run.layers}
