@@ -119,17 +119,17 @@ def test_a_nan_after_growing_gradients_suggests_a_lower_learning_rate_first_and_
 
 def test_an_extreme_depth_gap_in_a_run_whose_loss_learned_is_info_not_a_warning():
     """Severity tracks harm: a 9-block tanh autoencoder at init 0.1 (held-out run 3338's
-    configuration, drawn with seed 3335 at lr 0.05: run 3338 itself ends at 0.915 of the
-    constant's loss on one CPU and below 0.9 on another) whose first layers get almost no
-    gradient, while its L1 loss ends well below what the best constant reconstruction
-    scores (0.77): the gap is reported, as info."""
+    configuration, drawn with seed 3335 at lr 0.02: at lr 0.05 the run is chaotic enough
+    that it ends at 0.945 of the constant's loss on one CPU and below 0.8 on another) whose
+    first layers get almost no gradient, while its L1 loss ends well below what the best
+    constant reconstruction scores (0.77): the gap is reported, as info."""
     import warnings
 
     from gradscope_scenarios.generated.space import Config, build
 
     config = Config(
         seed=3335, family="autoencoder", depth=9, width=16, activation="tanh",
-        init="normal", init_scale=0.1, optimizer="adagrad", lr=0.05, loss="l1", batch=16,
+        init="normal", init_scale=0.1, optimizer="adagrad", lr=0.02, loss="l1", batch=16,
         steps=40, fault="deep_squash",
     )  # fmt: skip
     torch.manual_seed(0)
