@@ -71,6 +71,7 @@ from gradscope_plugins.judgement import (
     times,
     update_ratio,
     weight_growth,
+    weights_blew_up,
 )
 
 NAME = "exploding"
@@ -132,6 +133,13 @@ DEFAULTS = {
     # gradient is exactly 0 on at least ``window`` records: the step threw the model where
     # nothing flows back (REINFORCE at Adam lr 5: a deterministic policy, log-prob 0).
     "collapse_update": 10.0,
+    # Most layers' weights grew this many times and ended over 3x a default
+    # initialisation's size, while the loss ends ``blown_loss`` of a constant prediction's
+    # or worse: steps too large threw the weights out, though no single step looked wild
+    # (Gemma2 at AdamW lr 1.0: every weight matrix 220x its start, 60x its default size,
+    # the loss at ln(vocabulary); each step moved them by lr, 1/k of their size at step k).
+    "blown_growth": 10.0,
+    "blown_loss": 0.9,
     # Weight growth (end over start) that makes a single through-time explosion a regime:
     # the steps it drove blew the recurrence's weights up.
     "blown_weights": 10.0,
@@ -176,6 +184,8 @@ def gradscope_detect(
         _one_wild_step(history, layers, model_info, trend, t, evidence)
     if not evidence.what and not adversarial:
         _collapsed(history, layers, model_info, t, evidence)
+    if not evidence.what and not adversarial:
+        _blown_up(history, layers, model_info, trend, t, evidence)
     if not evidence.what:
         return []
     # The explosion's steps blew weights up, or left no gradient at all: training is over.
@@ -543,6 +553,35 @@ def _collapsed(
             evidence.culprits.append(layers[int(moved.argmax())].name)
             evidence.numbers["collapse_update"] = peak
             return
+
+
+def _blown_up(
+    history: History,
+    layers: list[LayerSignal],
+    model_info: ModelInfo,
+    trend: LossTrend,
+    t: dict,
+    evidence: _Evidence,
+) -> None:
+    """Most layers' weights grew ``blown_growth`` times and ended far above a default
+    initialisation's size while the loss ends no better than a constant prediction's
+    (``blown_loss`` of it or more): the steps were too large for the weights, though after
+    the first few none moved them by more than their (grown) size."""
+    if len(layers) < 2 or loss_vs_constant(history, trend) < t["blown_loss"]:  # NaN: False
+        return
+    blown = [s for s in layers if weights_blew_up(s, model_info, t["blown_growth"])]
+    if len(blown) * 2 <= len(layers):
+        return
+    top = max(blown, key=weight_growth)
+    evidence.what.append(
+        f"the optimizer's steps blew the weights up: {len(blown)} of {len(layers)} layers "
+        f"grew over {fmt(t['blown_growth'])}x ({top.name} {times(weight_growth(top))}) to far "
+        "above a default initialisation's size, while the loss ends no better than predicting "
+        "the same output for every input"
+    )
+    evidence.culprits.append(blown[0].name)
+    evidence.numbers["blown_up_layers"] = len(blown)
+    evidence.numbers["blown_weights"] = weight_growth(top)
 
 
 def _diverged(history: History, trend: LossTrend, t: dict, evidence: _Evidence) -> bool:

@@ -183,3 +183,87 @@ def test_a_first_step_that_throws_the_loss_5x_up_is_a_transient_explosion() -> N
     assert losses[1] > 4 * losses[0] and losses[-1] < 2 * losses[0]  # a jump, then back
     kinds = {f.kind for f in scope.report().at_least("warning")}
     assert "exploding_gradient" in kinds, scope.report()
+
+
+def test_weights_blown_up_by_steps_that_each_look_small_are_an_explosion() -> None:
+    """A tiny Gemma2 language model at AdamW lr 1.0 (a stranger session's miss, "healthy:
+    no findings" on 3 of 3 seeds): the first step moves every weight matrix 14x its size,
+    each later one by lr, 1/k of the grown weights at step k, so no step after the first
+    looks wild; the weights end ~220x their start, 60x a default initialisation's size, and
+    the loss ends at ln(vocabulary), no better than predicting the token frequencies."""
+    import torch
+    from transformers import AutoModelForCausalLM, Gemma2Config
+
+
+    vocab = 64
+    config = Gemma2Config(
+        vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=128, head_dim=16,
+        max_position_embeddings=64, sliding_window=16,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    start = model.model.layers[0].mlp.up_proj.weight.detach().norm().item()
+    scope, loss = _train_on_token_chain(model, vocab, lr=1.0)
+    grown = model.model.layers[0].mlp.up_proj.weight.detach().norm().item() / start
+    assert grown > 100 and float(loss) > 0.9 * torch.log(torch.tensor(float(vocab)))  # oracle
+    (found,) = [f for f in scope.report().findings if f.kind == "exploding_gradient"]
+    assert found.severity == "error"
+    assert "the optimizer's steps blew the weights up: 10 of 10 layers grew over 10x" in (
+        found.message
+    )
+    assert found.suggestions[0].kind == "lower_lr"
+
+
+def _train_on_token_chain(model, vocab: int, lr: float, steps: int = 40):
+    """AdamW at ``lr`` on token chains (next token = a fixed permutation of the previous,
+    90% of the time), watched; returns (scope, last loss)."""
+    import torch
+
+    import gradscope
+
+    order = torch.randperm(vocab, generator=torch.Generator().manual_seed(123))
+
+    def batch(i: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(100003 + i)
+        x = torch.empty(8, 24, dtype=torch.long)
+        x[:, 0] = torch.randint(0, vocab, (8,), generator=g)
+        for t in range(1, 24):
+            noise = torch.randint(0, vocab, (8,), generator=g)
+            x[:, t] = torch.where(torch.rand(8, generator=g) < 0.1, noise, order[x[:, t - 1]])
+        return x
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    with gradscope.watch(model, optimizer=opt) as scope:
+        for step in range(steps):
+            x = batch(step)
+            opt.zero_grad()
+            loss = model(input_ids=x, labels=x).loss
+            scope.log_loss(loss)
+            loss.backward()
+            opt.step()
+    return scope, loss
+
+
+def test_a_norm_that_scales_by_one_plus_its_weight_is_not_said_to_start_at_gain_zero() -> None:
+    """Gemma's RMSNorm multiplies by ``1 + weight`` and starts its weight at 0.  At AdamW
+    lr 1.0 a stranger session got a vanishing finding that blamed "5 normalisation layers
+    start with gains of RMS about 0" with "reset the gains to 1" first: a fix that doubles
+    every normalised output.  The norm's measured output (RMS ~1) shows the weight is not
+    its gain."""
+    import torch
+    from transformers import AutoModelForCausalLM, GemmaConfig
+
+    config = GemmaConfig(
+        vocab_size=64, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=128, head_dim=16, max_position_embeddings=64,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    assert float(model.model.layers[0].input_layernorm.weight.abs().max()) == 0.0
+    scope, _ = _train_on_token_chain(model, 64, lr=1.0)
+    report = scope.report()
+    assert "exploding_gradient" in {f.kind for f in report.at_least("warning")}
+    for finding in report.findings:
+        assert "start with gains" not in finding.message
+        assert "reset_norm_gains" not in [s.kind for s in finding.suggestions]
