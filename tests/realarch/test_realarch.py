@@ -131,10 +131,18 @@ def test_a_loss_thrown_to_1e23_before_the_nan_names_the_explosion_not_a_formula(
         return losses, finite, watched.report()
 
     losses, finite, _ = run(watch=False)
-    assert 1e6 * losses[0] < losses[1] < float("inf") and finite[0] and not finite[1]
+    assert 1e6 * losses[0] < losses[1] < float("inf") and finite[0]
     report = run(watch=True)[2]
     assert report is not None
     kinds = {f.kind: f for f in report.at_least("warning")}
+    if finite[1]:
+        # Whether the backward at a loss of 3e23 overflows float32 depends on the CPU's
+        # arithmetic (it did on one machine, not on the next): without the NaN the run
+        # diverged, and that is what is named, the learning rate first.
+        assert set(kinds) == {"exploding_gradient"}, report
+        assert "the loss rose" in kinds["exploding_gradient"].message
+        assert kinds["exploding_gradient"].suggestions[0].kind == "lower_lr"
+        return
     assert set(kinds) == {"nonfinite_gradient", "exploding_gradient"}, report
     assert "the loss rose" in kinds["exploding_gradient"].message
     nonfinite = kinds["nonfinite_gradient"]
