@@ -90,6 +90,7 @@ def diagnose(
         config: threshold overrides for the plugins.
         progress: called with the step index after each step (for progress bars).
     """
+    own_optimizer = optimizer is None
     model, optimizer = _prepare(model, loss_fn, optimizer, steps, lr)
     _train_mode(model)
     source = _as_batches(batches)
@@ -105,7 +106,15 @@ def diagnose(
             optimizer.step()
             if progress is not None:
                 progress(step)
-        return scope.report()
+    report = scope.report()
+    if own_optimizer and report.at_least("warning"):
+        report.notes.append(
+            f"trained with diagnose's own SGD(lr={lr}) for {steps} steps, as no optimizer was "
+            "given: a loss that does not fall here may be that optimizer's doing (a "
+            "Transformer barely moves under plain SGD in so few steps); pass optimizer= "
+            "to judge your own recipe"
+        )
+    return report
 
 
 def _prepare(

@@ -105,3 +105,27 @@ def test_a_fix_printed_for_several_layers_shows_its_code_once():
     text = report.summary()
     assert text.count("for module in model.modules():") == 1
     assert "(the same code as for 0 above)" in text
+
+
+def test_diagnose_says_when_its_own_optimizer_judged_the_model():
+    """Without optimizer=, diagnose trains a copy with plain SGD: a Transformer that barely
+    moves under it in 30 steps looked broken to a stranger session (learns under AdamW).
+    A report with a warning says which optimizer made it; the user's own recipe is not
+    second-guessed, and a clean report carries no such note."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    for p in model.parameters():
+        nn.init.constant_(p, 0.05)  # symmetric rows: a warning
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    own = gradscope.diagnose(model, (x, y), nn.functional.cross_entropy, steps=12)
+    assert own.at_least("warning")
+    assert own.notes[-1] == (
+        "trained with diagnose's own SGD(lr=0.01) for 12 steps, as no optimizer was given: a "
+        "loss that does not fall here may be that optimizer's doing (a Transformer barely "
+        "moves under plain SGD in so few steps); pass optimizer= to judge your own recipe"
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    given = gradscope.diagnose(model, (x, y), nn.functional.cross_entropy, steps=12, optimizer=opt)
+    assert not any("diagnose's own SGD" in note for note in given.notes)
+    clean = gradscope.diagnose(mlp(), batch(), torch.nn.functional.cross_entropy, steps=4)
+    assert not any("diagnose's own SGD" in note for note in clean.notes)
