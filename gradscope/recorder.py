@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradscope import distributed, gan_loss, loss_input, stats
+from gradscope import distributed, functional_acts, gan_loss, loss_input, stats
 from gradscope.constant_loss import ConstantLoss
 from gradscope.history import StepRecord
 from gradscope.statistics import ACT_COLUMNS, GRAD_COLUMNS
@@ -144,6 +144,10 @@ class Recorder:
         self._streaks: list[tuple[Tensor, Tensor] | None] = [None] * n_modules
         self._unit_steps: list[int] = [0] * n_modules  # the step of each module's last count
         self._constant = ConstantLoss()
+        #: Modules whose output goes straight into an activation called as a function
+        #: (module -> measuring kind; see gradscope/functional_acts.py), and graphs walked.
+        self.functional: dict[int, str] = {}
+        self._walks = 0
         self._last_param_norm: list[float] | None = None
         #: (parameter index, carried share) of a gradient-reset check for the next record.
         self.carried: tuple[int, float] | None = None
@@ -217,6 +221,10 @@ class Recorder:
                 for code, node in loss_input.faults(loss)
             ]
             self._fake_score = gan_loss.fake_score(loss)
+            if self._walks < functional_acts.WALKS:
+                self._walks += 1
+                found = functional_acts.find(loss, self._made_by, self.kinds)
+                self.functional.update({j: k for j, k in found.items() if self.kinds[j] == "plain"})
 
     def pool_targets(self, loss: Tensor) -> None:
         """A light step's loss: only its targets join the constant prediction's pool."""
@@ -227,7 +235,8 @@ class Recorder:
         step)."""
         acc = self.acc.get(j)
         if acc is None:
-            acc = self.acc[j] = stats.ActivationAccumulator(self.kinds[j])
+            kind = self.functional.get(j, self.kinds[j])
+            acc = self.acc[j] = stats.ActivationAccumulator(kind)
         output = x.detach()
         acc.add(output, self.sample_rows, self.full, self._is_channels_first(j, x, given))
         # Detached, as the accumulators hold them: the same memory, not the caller's tensors.
@@ -442,6 +451,10 @@ class Recorder:
         nonfinite = self._derive_grads(grads, grad_min)
         if self._copies_seen is None and any(c == "row_twins" for c, _, _ in self._row_spread):
             self._copies_seen = {i for i, share in enumerate(grads["row_twins"]) if share > 0}
+        if fired and self.functional:  # known on the host (after any cross-rank combine)
+            acts["functional_act"] = list(acts["functional_act"])
+            for k, kind in self.functional.items():
+                acts["functional_act"][k] = functional_acts.CODES[kind]
         if fired:
             self._derive_acts(acts, fired)
             if self.ranks is None and _nonfinite_outputs(acts):
@@ -492,6 +505,7 @@ class Recorder:
             for column, value in zip(("loss_term", "constant_loss"), terms or (), strict=False)
         ]
         values += [("fake_score", j, fake)] if fake is not None else []
+
         # Each term's check on the row of the module whose output it was given (a second
         # head's loss names that head), else on the output module's.
         values += [("loss_input_fault", j if k is None else k, code) for code, k in faults]

@@ -77,6 +77,7 @@ _DECLARED = (
     _S("constant_loss", _M, DETAIL, "the best constant prediction's loss (output module)"),
     _S("loss_input_fault", _M, DETAIL, "the loss's input mistake, coded (gradscope/loss_input.py)"),
     _S("fake_score", _M, DETAIL, "mean D(G(z)) of a saturating generator loss (output module)"),
+    _S("functional_act", _M, DETAIL, "activation called as a function on the output, coded"),
 )
 
 #: Columns of the per-parameter table (``record.grads``), in order.

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from gradscope.functional_acts import SIGMOID_SATURATES, TANH_SATURATES
+
 #: Activation modules whose exact zeros mean "this unit is off".
 RELU_FAMILY = (torch.nn.ReLU, torch.nn.ReLU6)
 
@@ -158,10 +160,13 @@ class ActivationAccumulator:
         self.sampled += sample.numel()
         # A norm reads the tensor once and allocates nothing; its square is the sum of squares.
         self.sumsqs.append(torch.linalg.vector_norm(sample, dtype=acc))
-        if self.kind == "relu" or full:
-            self.zeros.append((sample == 0).sum())
+        relu = self.kind in ("relu", "pre_relu")
+        if relu or full:
+            # A ReLU applied to this output as a function zeroes what is <= 0 here.
+            off = sample <= 0 if self.kind == "pre_relu" else sample == 0
+            self.zeros.append(off.sum())
             self.zero_sampled += sample.numel()
-        if self.kind == "relu" and sample.dim() >= 2:
+        if relu and sample.dim() >= 2:
             per_unit = sample.amax(dim=unit_dims(sample, channels_first))
             self.units = per_unit.numel()
             if self.unit_max is None or self.unit_max.shape != per_unit.shape:
@@ -172,6 +177,10 @@ class ActivationAccumulator:
             self.saturated.append(((sample - 0.5).abs() > 0.49).sum())
         elif self.kind == "tanh":
             self.saturated.append((sample.abs() > 0.99).sum())
+        elif self.kind == "pre_sigmoid":  # a sigmoid applied to this output as a function
+            self.saturated.append((sample.abs() > SIGMOID_SATURATES).sum())
+        elif self.kind == "pre_tanh":
+            self.saturated.append((sample.abs() > TANH_SATURATES).sum())
 
     def add_spread(self, output: Tensor, sample_rows: int) -> None:
         """Measure how much the model's output varies between the samples of the batch

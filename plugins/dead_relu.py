@@ -23,6 +23,7 @@ from gradscope_plugins.judgement import (
     HARM_DEFAULTS,
     first_step_where,
     fmt,
+    functional_activations,
     harm_severity,
     layer_before,
     learned_nothing,
@@ -57,6 +58,7 @@ def gradscope_detect(
     dead = history.act_series("dead_units")
     silent = history.act_series("silent_units")
     units = history.act_series("units")
+    functional = functional_activations(history)
     findings = []
     for j, name in enumerate(history.module_names):
         if not bool(torch.isfinite(dead[:, j]).any()):
@@ -72,8 +74,11 @@ def gradscope_detect(
             history, over(_fraction(history, "dead_units", "units", j), t["warn_fraction"] - 1e-9),
             default="last",
         )
-        before = layer_before(model_info, name, ("weight", "norm"))
-        feeding = before.name if before is not None else None
+        # A ReLU called as a function on a layer's output: the layer feeds it.
+        applied = name in functional
+        before = None if applied else layer_before(model_info, name, ("weight", "norm"))
+        feeding = name if applied else before.name if before is not None else None
+        what = f"the ReLU applied to {name}'s output (F.relu, a function)" if applied else name
         frozen = _frozen_before(history, name) if fraction >= 1.0 else []
         findings.append(
             Finding(
@@ -82,7 +87,7 @@ def gradscope_detect(
                 severity=harm_severity(fraction, t, stalled),
                 step=first,
                 message=(
-                    f"{int(dead[k, j])} of {int(n_units)} units of {name} ({fmt(100 * fraction)}%) "
+                    f"{int(dead[k, j])} of {int(n_units)} units of {what} ({fmt(100 * fraction)}%) "
                     "output zero for every sample over the last recorded steps: they are dead. "
                     "A dead ReLU passes no gradient back, so the weights feeding it"
                     + (f" ({feeding})" if feeding else "")
@@ -92,17 +97,26 @@ def gradscope_detect(
                     "far negative, or an initialisation with negative biases."
                 ),
                 evidence={
-                    "dead_from_start": float(silent[0, j]) >= t["warn_fraction"] * n_units,
+                    "dead_from_start": _first_measured(silent[:, j])
+                    >= t["warn_fraction"] * n_units,
                     "dead_units": int(dead[k, j]),
                     "units": int(n_units),
                     "dead_fraction": fraction,
                     "feeding_layer": feeding,
+                    "functional": applied,
                     "frozen_before": frozen,
                     "threshold_warn_fraction": t["warn_fraction"],
                 },
             )
         )
     return findings
+
+
+def _first_measured(series: torch.Tensor) -> float:
+    """The first finite value (a ReLU applied as a function is measured from the second
+    detail step on: the first one's loss graph shows it); NaN if none."""
+    finite = series[torch.isfinite(series)]
+    return float(finite[0]) if finite.numel() else float("nan")
 
 
 def _frozen_before(history: History, module: str) -> list[str]:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from gradscope.config import thresholds
+from gradscope.functional_acts import ACTIVATIONS
 from gradscope.history import History
 from gradscope.modelinfo import LayerInfo, ModelInfo
 from gradscope.signals import (
@@ -737,4 +738,20 @@ def _first_twins(history: History) -> dict[str, float]:
         rows = torch.nonzero(torch.isfinite(twins[:, i])).flatten()
         if rows.numel():
             out[name] = float(twins[int(rows[0]), i])
+    return out
+
+
+def functional_activations(history: History) -> dict[str, str]:
+    """Module -> the activation (relu, sigmoid, tanh) called as a function on its output
+    (``F.relu(self.fc(x))``), as found in the logged loss's graph: its units are measured
+    on the module's output the way the activation sees them (gradscope/functional_acts.py)."""
+    try:
+        codes = history.act_series("functional_act")
+    except KeyError:  # a report saved before this statistic existed
+        return {}
+    out = {}
+    for j, name in enumerate(history.module_names):
+        known = codes[:, j][torch.isfinite(codes[:, j])]
+        if known.numel():
+            out[name] = ACTIVATIONS.get(float(known[-1]), "relu")
     return out

@@ -28,6 +28,7 @@ from gradscope_plugins.judgement import (
     data_evidence,
     first_step_where,
     fmt,
+    functional_activations,
     harm_severity,
     layer_before,
     learned_nothing,
@@ -109,9 +110,11 @@ def gradscope_detect(
     signals = {s.name: s for s in layer_signals(history)}
     looped = set(looped_layers(history, list(history.module_names)))
     wrong = _confidently_wrong(history, model_info, trend, t)
+    functional = functional_activations(history)
     findings = []
     for name, fraction in fractions.items():
-        kind = SATURATING_ROLES.get(roles.get(name, ""))
+        # A sigmoid or tanh called as a function on a layer's output is measured there.
+        kind = functional.get(name) or SATURATING_ROLES.get(roles.get(name, ""))
         if kind is None or fraction < t["warn_fraction"]:
             continue
         output = _is_output(model_info, name)
@@ -128,7 +131,8 @@ def gradscope_detect(
                     default="last",
                 ),
                 message=(
-                    f"{fmt(100 * fraction)}% of {name}'s {kind} outputs sit within 1% of {ends}, "
+                    f"{fmt(100 * fraction)}% of {_whose(name, kind, functional)} outputs sit "
+                    f"within 1% of {ends}, "
                     "where the slope is under 0.01: almost no gradient gets through, so the "
                     "layers before it learn very slowly. The inputs to the activation are too "
                     "large: the weights or inputs are badly scaled."
@@ -143,11 +147,19 @@ def gradscope_detect(
                     "looped_layers": [name] if name in looped else [],
                     "saturated_at_start": _at_start(history, name) >= t["warn_fraction"],
                     "model_output": output,
+                    "functional": name in functional,
                     "loss_multiplier": loss_multiplier(history),
                 },
             )
         )
     return findings
+
+
+def _whose(name: str, kind: str, functional: dict[str, str]) -> str:
+    """Whose outputs saturate: the module's, or those of the function applied to its output."""
+    if name in functional:
+        return f"the {kind} applied to {name}'s output (torch.{kind}, a function)"
+    return f"{name}'s {kind}"
 
 
 def _saturated_fraction(history: History, name: str) -> torch.Tensor:
@@ -158,10 +170,12 @@ def _saturated_fraction(history: History, name: str) -> torch.Tensor:
 
 
 def _at_start(history: History, name: str) -> float:
-    """Saturated share at the first record that sampled module ``name``'s outputs (not
-    the first record: under ``every=`` it may have measured nothing); 0 if none did."""
+    """Saturated share at the first record that measured module ``name``'s saturation (not
+    the first record: under ``every=`` it may have measured nothing, and a function applied
+    to the output is found on the first detail step); 0 if none did."""
     j = history.module_names.index(name)
-    measured = torch.nonzero(history.act_series("sampled")[:, j] > 0).flatten()
+    counted = torch.isfinite(history.act_series("saturated")[:, j])
+    measured = torch.nonzero((history.act_series("sampled")[:, j] > 0) & counted).flatten()
     if not measured.numel():
         return 0.0
     return float(_saturated_fraction(history, name)[int(measured[0])])
@@ -182,6 +196,9 @@ def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
         # Outputs pinned on the wrong side: weights that started too large, else steps.
         first = fix.xavier_init if fix.started_too_large(finding) else fix.lower_lr
         return [first] + [b for b in (fix.lower_lr, fix.xavier_init) if b is not first]
+    if finding.evidence.get("functional"):
+        # A function in forward() is no module to swap: use_relu would change nothing.
+        return [b for b in _plan(finding, info) if b is not fix.use_relu]
     return _plan(finding, info)
 
 

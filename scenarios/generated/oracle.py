@@ -134,14 +134,29 @@ class _Run:
             self._handles.append(opt.register_step_pre_hook(self._pre_hook(part)))
             self._handles.append(opt.register_step_post_hook(self._post_hook(part)))
 
+    def _applied_after(self, full: str, module: nn.Module) -> str | None:
+        """The activation a Transformer layer's feed-forward applies to ``linear1``'s
+        output as a function (not a module: no hook sees it), as the scenario built it."""
+        act = self.config.activation
+        ffn = self.config.family.startswith("transformer") and full.endswith(".linear1")
+        if ffn and isinstance(module, nn.Linear) and act in ("relu", "tanh", "sigmoid"):
+            return act
+        return None
+
     def _forward_hook(self, full: str, module: nn.Module) -> Any:
-        relu = isinstance(module, nn.ReLU) or (
-            isinstance(module, nn.RNN) and module.nonlinearity == "relu"
+        applied = self._applied_after(full, module)
+        relu = (
+            isinstance(module, nn.ReLU)
+            or (isinstance(module, nn.RNN) and module.nonlinearity == "relu")
+            or applied == "relu"
         )
-        squash = isinstance(module, (nn.Sigmoid, nn.Tanh, nn.GRU, nn.LSTM)) or (
-            isinstance(module, nn.RNN) and module.nonlinearity == "tanh"
+        squash = (
+            isinstance(module, (nn.Sigmoid, nn.Tanh, nn.GRU, nn.LSTM))
+            or (isinstance(module, nn.RNN) and module.nonlinearity == "tanh")
+            or applied in ("tanh", "sigmoid")
         )
-        sigmoid = isinstance(module, nn.Sigmoid)
+        sigmoid = isinstance(module, nn.Sigmoid) or applied == "sigmoid"
+        function = {"tanh": torch.tanh, "sigmoid": torch.sigmoid}.get(applied or "")
 
         def hook(mod: nn.Module, args: Any, out: Any) -> None:
             if full in self.layers and full not in self.order:
@@ -161,6 +176,8 @@ class _Run:
                 prev = self.cur.setdefault("active", {}).get(full)
                 self.cur["active"][full] = active if prev is None else prev | active
             if squash:
+                if function is not None:  # the function's output, not linear1's
+                    y = function(y)
                 near = (y - 0.5).abs() > 0.49 if sigmoid else y.abs() > 0.99
                 self.cur.setdefault("sat", {}).setdefault(full, []).append(
                     float(near.float().mean())
