@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -10,6 +11,9 @@ from torch.nn.utils import parametrize
 
 from gradscope.optimizer_settings import optimizer_settings
 from gradscope.stats import activation_kind
+
+#: Folders that hold installed packages: a class defined under one is a library's.
+_INSTALLED = ("site-packages", "dist-packages")
 
 #: Module types whose weights an init fix applies to.
 WEIGHT_LAYER_TYPES = (
@@ -320,3 +324,14 @@ def describe(
         parts=part_map(model, layers, optimizer, parts),
         optimizer_settings=optimizer_settings(optimizer, model),
     )
+
+
+def library_defined(module: torch.nn.Module) -> bool:
+    """Whether the module's class comes from an installed package other than torch (a
+    Hugging Face model's own layer), not from torch or the user's code: a parameter such
+    a class reads only with an optional input is the library's design, not a bug."""
+    name = type(module).__module__ or ""
+    if name.split(".")[0] in ("torch", "__main__", "builtins"):
+        return False
+    source = getattr(sys.modules.get(name), "__file__", None) or ""
+    return any(folder in source.replace("\\", "/").split("/") for folder in _INSTALLED)

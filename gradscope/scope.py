@@ -45,6 +45,7 @@ from gradscope.modelinfo import (
     ModelInfo,
     describe,
     hooked_modules,
+    library_defined,
     own_parameters,
     parametrization_parts,
 )
@@ -148,6 +149,9 @@ class Scope:
         self._lookout = tracking.Lookout(model, self._params)
         self._modules = hooked_modules(model)
         owner = _owners(model, self._modules)
+        #: Modules owning parameters directly whose class is a library's (see
+        #: modelinfo.library_defined): what only an optional input reads there is by design.
+        self._library_owners = _library_owners(model, set(owner.values()))
         self._history = History(
             param_names=self._param_names,
             param_modules=[owner.get(n, "") for n in self._param_names],
@@ -978,6 +982,8 @@ class Scope:
         outside = tracking.outside_optimizer(self.optimizer, self._param_names, self._params)
         if outside:
             info.extra["outside_optimizer"] = outside
+        if self._library_owners:
+            info.extra["library_modules"] = self._library_owners
         return info
 
     # -- reporting ---------------------------------------------------------------
@@ -1129,6 +1135,13 @@ def _compiler_disable(fn: Any) -> Any:
         return fn(*args)
 
     return hook
+
+
+def _library_owners(model: torch.nn.Module, owners: set[str]) -> list[str]:
+    """The parameter-owning modules among ``owners`` whose class a library defines."""
+    return sorted(
+        name for name, module in model.named_modules() if name in owners and library_defined(module)
+    )
 
 
 def _owners(model: torch.nn.Module, modules: list[tuple[str, torch.nn.Module]]) -> dict[str, str]:

@@ -61,6 +61,7 @@ def gradscope_detect(
     loop_order = len(missing) > 1 and all(seen == 0 for seen in history.grad_seen) and all(
         calls.get(module, 0) > 0 for module in missing
     )
+    library = set(extra.get("library_modules") or ())
     findings = []
     for part, members in _parts(missing, reached, model_info.model_name).items():
         params = [name for module in members for name in missing[module]]
@@ -76,13 +77,17 @@ def gradscope_detect(
             if ran
             else "never_called"
         )
+        # A library's layer whose own parameter its forward() leaves unread while the rest
+        # of it trains: an optional input reads it (XLNet's mask_emb, DINOv2's mask_token).
+        optional = situation == "unread" and all(module in library for module in members)
         findings.append(
             Finding(
                 kind="no_gradient",
                 layer=part,
-                severity="warning",
+                severity="info" if optional else "warning",
                 step=history.steps[0],
-                message=_message(part, params, members, situation, history.recorded),
+                message=_message(part, params, members, situation, history.recorded)
+                + (_OPTIONAL if optional else ""),
                 evidence={
                     "parameters": params,
                     "modules": members,
@@ -94,6 +99,13 @@ def gradscope_detect(
             )
         )
     return findings
+
+
+_OPTIONAL = (
+    " Its class comes from an installed library, not from your code: such a parameter is "
+    "typically read only with an optional input (a mask token for masked inputs, a segment "
+    "bias for token types), so nothing is wrong unless you meant to pass that input."
+)
 
 
 def _parts(missing: dict[str, list[str]], reached: set[str], root: str) -> dict[str, list[str]]:

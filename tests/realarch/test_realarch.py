@@ -275,3 +275,43 @@ def test_a_norm_that_scales_by_one_plus_its_weight_is_not_said_to_start_at_gain_
     for finding in report.findings:
         assert "start with gains" not in finding.message
         assert "reset_norm_gains" not in [s.kind for s in finding.suggestions]
+
+
+def test_a_library_parameter_only_an_optional_input_reads_is_info() -> None:
+    """DINOv2's ``mask_token`` is read only when ``bool_masked_pos`` is passed: a healthy
+    classifier never gives it a gradient.  A stranger session got a no_gradient warning
+    (3 of 3 seeds; XLNet's mask_emb and segment biases too) telling it to use the token in
+    forward(), which a user cannot do in a library's class.  A parameter the user's own
+    class leaves unread stays a warning (tests/test_detection_classes.py)."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import Dinov2Config, Dinov2ForImageClassification
+
+    import gradscope
+
+    torch.manual_seed(0)
+    config = Dinov2Config(
+        image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2,
+        num_attention_heads=4, mlp_ratio=2, num_labels=4,
+    )  # fmt: skip
+    model = Dinov2ForImageClassification(config)
+    pattern = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    with gradscope.watch(model, optimizer=opt) as scope:
+        for step in range(40):
+            g = torch.Generator().manual_seed(step)
+            y = torch.randint(0, 4, (8,), generator=g)
+            x = torch.randn(8, 3, 32, 32, generator=g) + pattern[y]
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x).logits, y)
+            scope.log_loss(loss)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+    assert model.dinov2.embeddings.mask_token.grad is None and losses[-1] < 0.5 * losses[0]
+    report = scope.report()
+    assert report.at_least("warning") == []
+    (found,) = [f for f in report.findings if f.kind == "no_gradient"]
+    assert (found.layer, found.severity) == ("dinov2.embeddings", "info")
+    assert "typically read only with an optional input (a mask token" in found.message
