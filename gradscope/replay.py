@@ -184,3 +184,49 @@ def replay(model: torch.nn.Module, calls: list[Call], keep: set[int] | None = No
     except Exception as exc:  # noqa: BLE001 - a failed replay must never stop training
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+class ContainerWatch:
+    """Forward hooks, for one replay, on the modules gradscope does not hook (containers
+    such as a custom layer holding a Linear): which one's own code made the NaN/Inf.
+
+    A container whose inputs were finite but whose output was not made it in its own
+    forward(), after its children ran (a division by a node's degree of 0 after its
+    ``lin``).  Checked only on a replayed, already non-finite step: no cost otherwise."""
+
+    def __init__(self, model: torch.nn.Module, hooked: set[int]) -> None:
+        self.seen: list[tuple[str, bool, bool]] = []  # (name, inputs finite, output finite)
+        self._handles = [
+            module.register_forward_hook(self._hook(name))
+            for name, module in model.named_modules()
+            if name and id(module) not in hooked
+        ]
+        self.ids = {h.id for h in self._handles}
+
+    def _hook(self, name: str) -> Callable[..., None]:
+        def hook(module: torch.nn.Module, args: tuple, output: Any) -> None:
+            self.seen.append((name, _finite(args), _finite(output)))
+
+        return hook
+
+    def first_made_nonfinite(self) -> str | None:
+        """The first container, in the order their calls completed, with finite inputs and
+        a non-finite output (None if none)."""
+        return next((name for name, given, made in self.seen if given and not made), None)
+
+    def remove(self) -> None:
+        """Take the hooks off again."""
+        for handle in self._handles:
+            handle.remove()
+
+
+def _finite(value: Any) -> bool:
+    """Whether every floating-point tensor in ``value`` (nested in tuples, lists, dicts)
+    is finite."""
+    if isinstance(value, torch.Tensor):
+        return not value.is_floating_point() or bool(torch.isfinite(value).all())
+    if isinstance(value, (tuple, list)):
+        return all(_finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    return True

@@ -205,6 +205,9 @@ class Scope:
         self._detail_now = True
         self._hooks_live = True
         self._origin_note: str | None = None
+        #: The first container (a module gradscope does not hook) whose own code made a
+        #: replayed step's NaN/Inf: its inputs finite, its output not (see _locate_origin).
+        self._nonfinite_inside: dict[str, Any] | None = None
         self._last_recorded_step = -1
         self._update_pending: StepRecord | None = None  # a light step measuring its update
         self._producer: weakref.ref | None = None  # the watched model that feeds this one
@@ -856,6 +859,8 @@ class Scope:
             self._nonfinite_seen = True
             if self.nan_origin and not self._detail_now:
                 self._locate_origin(record)
+            elif self.nan_origin and self._ranks is None:
+                self._locate_inside()  # the hooks saw the modules; not the containers
         now = time.perf_counter()
         self._overhead += now - started
         record.overhead_s = self._overhead
@@ -876,6 +881,21 @@ class Scope:
         if self._on_step_hook.get_hookimpls():  # none of the built-in plugins has one
             self._runner.call("gradscope_on_step", record=record, scope=self)
 
+    def _locate_inside(self) -> None:
+        """Replay a detail step that went non-finite with hooks on the containers only:
+        whether one's own forward() made the NaN/Inf (see replay.ContainerWatch)."""
+        calls = self._calls.calls
+        if not calls:
+            return
+        inside = replay.ContainerWatch(self.model, {id(m) for _, m in self._modules})
+        try:
+            failure = replay.replay(self.model, calls, keep=inside.ids)
+        finally:
+            inside.remove()
+        first = inside.first_made_nonfinite()
+        if failure is None and first is not None:
+            self._nonfinite_inside = {"module": first, "step": self._step}
+
     def _locate_origin(self, record: StepRecord) -> None:
         """Replay the step's top-level calls and mark which module outputs were non-finite."""
         calls = self._calls.calls
@@ -886,15 +906,20 @@ class Scope:
         temporary = not self._module_handles
         if temporary:
             self._attach_module_hooks()
+        inside = replay.ContainerWatch(self.model, {id(m) for _, m in self._modules})
         try:
             # Only gradscope's hooks run in the replay; the user's stay off.
-            keep = {h.id for h in self._handles + self._module_handles}
+            keep = {h.id for h in self._handles + self._module_handles} | inside.ids
             failure = replay.replay(self.model, calls, keep=keep)
             seen = self._replay_calls
         finally:
             self._replay_calls = None
+            inside.remove()
             if temporary:
                 self._remove_module_hooks()
+        first = inside.first_made_nonfinite()
+        if first is not None and self._nonfinite_inside is None:
+            self._nonfinite_inside = {"module": first, "step": self._step}
         if failure is not None:
             self._origin_note = f"the step's forward could not be replayed ({failure})"
             return
@@ -984,6 +1009,8 @@ class Scope:
             info.extra["outside_optimizer"] = outside
         if self._library_owners:
             info.extra["library_modules"] = self._library_owners
+        if self._nonfinite_inside is not None:
+            info.extra["nonfinite_inside"] = self._nonfinite_inside
         return info
 
     # -- reporting ---------------------------------------------------------------

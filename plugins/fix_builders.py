@@ -792,6 +792,10 @@ def fix_loss_numerics(finding: Finding, info: ModelInfo) -> Suggestion:
         if layer is not None
         else "# in the loss function:"
     )
+    if where == "inside" and after:
+        # A functional operation in the container's own forward(), on its child's output.
+        place = f"the operation in {culprit}'s forward() after {after}"
+        located = f"# in {culprit}'s forward(), on {_comment(after)}'s output:"
     if where == "between" and after:
         # A functional operation in the forward() that calls both modules, not in either.
         place = f"the operation between {after} and {culprit}"

@@ -73,7 +73,8 @@ def gradscope_detect(
         },
         key=lambda name: rank.get(name, len(rank)),
     )
-    culprit, where, detail = _explain(history, step, bad_outputs, bad_grads)
+    inside = model_info.extra.get("nonfinite_inside")
+    culprit, where, detail = _explain(history, step, bad_outputs, bad_grads, inside)
     layers = depth_layers(history, model_info)
     grew, rose = _growth_before(history, layers)
     # An output that held NaN/Inf while the loss and every gradient stayed finite was
@@ -103,9 +104,7 @@ def gradscope_detect(
                 "culprit": culprit or "loss",
                 "where": where,
                 # An operation between two modules: the one whose output was still finite.
-                "made_after": (
-                    _last_finite_before(history, culprit, step) if where == "between" else None
-                ),
+                "made_after": _made_after(history, culprit, where, bad_outputs, step),
                 "nonfinite_outputs": bad_outputs,
                 "nonfinite_gradients": bad_grads,
                 "loss_nonfinite_step": loss_step,
@@ -171,8 +170,25 @@ def _last_layer(model_info: ModelInfo) -> str | None:
     return owners[-1] if owners else None
 
 
+def _made_after(
+    history: History, culprit: str | None, where: str, bad_outputs: list[str], step: int
+) -> str | None:
+    """The module whose output was the last finite one before an operation made the NaN:
+    before the culprit (between two modules), or before the first bad module's input
+    (inside a container's own forward)."""
+    if where == "between":
+        return _last_finite_before(history, culprit, step)
+    if where == "inside":
+        return _last_finite_before(history, bad_outputs[0], step)
+    return None
+
+
 def _explain(
-    history: History, step: int, bad_outputs: list[str], bad_grads: list[str]
+    history: History,
+    step: int,
+    bad_outputs: list[str],
+    bad_grads: list[str],
+    inside: dict | None = None,
 ) -> tuple[str | None, str, str]:
     """(culprit module, where it broke: forward/backward/loss/unknown, a sentence why)."""
     loss_step = history.first_nonfinite_loss
@@ -184,7 +200,7 @@ def _explain(
             "initialised with non-finite values"
         )
     if bad_outputs and _input_was_bad(history, bad_outputs[0], step):
-        return _before_module(history, bad_outputs[0], step)
+        return _before_module(history, bad_outputs[0], step, inside)
     if bad_outputs:
         culprit, where = bad_outputs[0], "forward"
         detail = (
@@ -281,10 +297,22 @@ def _last_finite_before(history: History, module: str, step: int) -> str | None:
     return finite_before[-1] if finite_before else None
 
 
-def _before_module(history: History, module: str, step: int) -> tuple[str | None, str, str]:
+def _before_module(
+    history: History, module: str, step: int, inside: dict | None = None
+) -> tuple[str | None, str, str]:
     """The culprit's input was already non-finite: the batch, or an operation between two
-    modules (a functional call no hook sees)."""
+    modules (a functional call no hook sees): inside a container's own forward() when the
+    replay saw that container take finite inputs and return a non-finite output after the
+    last finite module, one of its own (``inside``: the scope's ``nonfinite_inside``)."""
     previous = _last_finite_before(history, module, step)
+    holder = (inside or {}).get("module") if (inside or {}).get("step") == step else None
+    if previous is not None and holder and previous.startswith(holder + "."):
+        return holder, "inside", (
+            f"the output of {previous} was finite but the output of {holder}, which holds "
+            f"it, was not at step {step}: the NaN/Inf is made inside {holder}'s forward() "
+            f"after {previous} (a functional call such as torch.log, torch.sqrt, a division "
+            "or exp, which no module hook sees)"
+        )
     if previous is None:
         return None, "input", (
             f"the input batch of step {step} already contained NaN/Inf before any module ran "

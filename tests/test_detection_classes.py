@@ -447,6 +447,59 @@ def test_a_nan_made_by_a_functional_op_is_placed_between_two_modules(bad_step):
     assert "# in the forward() that calls fc1 and then fc2" in fix.code
 
 
+class MeanOverNeighbours(nn.Module):
+    """A graph layer: ``(adj @ lin(x)) / degree``, a division inside its own forward()."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(n_in, n_out)
+
+    def forward(self, x, adj):
+        return (adj @ self.lin(x)) / adj.sum(-1, keepdim=True)
+
+
+class TwoLayerGraphNet(nn.Module):
+    """A stranger session's GCN: an isolated node (degree 0) makes 0/0 inside g1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.g1, self.g2 = MeanOverNeighbours(8, 16), MeanOverNeighbours(16, 16)
+        self.out = nn.Linear(16, 2)
+
+    def forward(self, x, adj):
+        return self.out(torch.relu(self.g2(torch.relu(self.g1(x, adj)), adj)).mean(1))
+
+
+@pytest.mark.parametrize("bad_step", [3, 12])  # a detail step, and a replayed light step
+def test_a_nan_made_inside_a_container_forward_names_the_container(bad_step):
+    """The NaN is made in g1's own forward(), after its child g1.lin: it was named on
+    g2.lin, "between g1.lin and g2.lin"; the replay now sees g1 take finite inputs and
+    return a non-finite output."""
+    torch.manual_seed(0)
+    model = TwoLayerGraphNet()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    with gradscope.watch(model, optimizer=opt) as scope:
+        for step in range(16):
+            g = torch.Generator().manual_seed(step)
+            adj = ((torch.rand(4, 6, 6, generator=g) < 0.4).float() + torch.eye(6)).clamp(max=1)
+            if step >= bad_step:
+                adj[0, 3, :] = 0
+                adj[0, :, 3] = 0
+            x = torch.randn(4, 6, 8, generator=g)
+            loss = nn.functional.cross_entropy(model(x, adj), (x[:, :, 1].mean(1) > 0).long())
+            opt.zero_grad()
+            scope.log_loss(loss)
+            loss.backward()
+            opt.step()
+    (finding,) = [f for f in scope.report().findings if f.kind == "nonfinite_gradient"]
+    assert (finding.layer, finding.step) == ("g1", bad_step)
+    assert finding.evidence["where"] == "inside"
+    assert finding.evidence["made_after"] == "g1.lin"
+    assert "the NaN/Inf is made inside g1's forward() after g1.lin" in finding.message
+    fix = next(s for s in finding.suggestions if s.kind == "fix_loss_numerics")
+    assert fix.title == "Make the operation in g1's forward() after g1.lin numerically safe"
+
+
 class LogLinear(nn.Linear):
     """A Linear whose output turns NaN (the log of a negative number) once ``bad`` is set."""
 
