@@ -1019,6 +1019,30 @@ def check_inputs(finding: Finding, info: ModelInfo) -> Suggestion:
     )
 
 
+def check_targets(finding: Finding, info: ModelInfo) -> Suggestion:
+    """Find the samples whose targets hold NaN/Inf (the loss is infinite from finite
+    predictions)."""
+    return Suggestion(
+        kind="check_targets",
+        title="Check the targets: NaN/Inf in y makes the loss infinite",
+        why=(
+            "Every module's output was finite but the loss was not: either the loss "
+            "function's own arithmetic (the next fix) or a target that is NaN/Inf, which no "
+            "change to the model can fix."
+        ),
+        code="\n".join(
+            [
+                "import torch",
+                "",
+                "bad = ~torch.isfinite(y.reshape(len(y), -1)).all(dim=1)  # samples with NaN/Inf",
+                "if bad.any():",
+                "    print(f\"{int(bad.sum())} bad targets in this batch\")",
+                "    x, y = x[~bad], y[~bad]  # or fix them at the source",
+            ]
+        ),
+    )
+
+
 def random_init(finding: Finding, info: ModelInfo) -> Suggestion:
     """Random init for every layer whose rows are identical."""
     nonlinearity = info.activation_after(finding.layer or "") or "relu"

@@ -222,7 +222,9 @@ def _explain(
         culprit, where = None, "loss"
         detail = (
             f"every module's output was finite at step {step} but the loss was not: the loss "
-            "function makes it (log of 0, division by zero, or probabilities outside [0, 1])"
+            "function makes it (log of 0, division by zero, or probabilities outside [0, 1]), "
+            "or the batch's targets hold NaN/Inf (check torch.isfinite(y).all(): an Inf in a "
+            "regression target makes an Inf loss from finite predictions)"
         )
     else:
         last_bad = bad_grads[-1]
@@ -360,6 +362,9 @@ def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
     if weighted:
         # A layer with weights overflowing: the values grew too large, not a bad formula.
         return [fix.clip_grad_norm, fix.lower_lr, fix.fix_loss_numerics]
+    if where == "loss":
+        # Finite outputs, an infinite loss: the loss's arithmetic, or the targets.
+        return [fix.fix_loss_numerics, fix.check_targets, fix.clip_grad_norm, fix.lower_lr]
     return [fix.fix_loss_numerics, fix.clip_grad_norm, fix.lower_lr]
 
 

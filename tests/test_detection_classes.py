@@ -500,6 +500,29 @@ def test_a_nan_made_inside_a_container_forward_names_the_container(bad_step):
     assert fix.title == "Make the operation in g1's forward() after g1.lin numerically safe"
 
 
+def test_an_inf_in_a_regression_target_points_at_the_targets_too():
+    """A stranger session's MLP regression with one target set to +inf at step 10: every
+    module's output is finite and the loss is not.  It was blamed on the loss function
+    alone ("make the loss function numerically safe"); the targets are named as the other
+    source, with a check to paste."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))
+    w = torch.randn(8, 1, generator=torch.Generator().manual_seed(1))
+
+    def data(k):
+        x = torch.randn(16, 8, generator=torch.Generator().manual_seed(k))
+        y = x @ w
+        if k == 10:
+            y[3, 0] = float("inf")
+        return x, y
+
+    report = train(model, data, steps=16, loss_fn=nn.functional.mse_loss)
+    (finding,) = [f for f in report.findings if f.kind == "nonfinite_gradient"]
+    assert (finding.step, finding.evidence["where"]) == (10, "loss")
+    assert "or the batch's targets hold NaN/Inf (check torch.isfinite(y).all()" in finding.message
+    assert [s.kind for s in finding.suggestions][:2] == ["fix_loss_numerics", "check_targets"]
+
+
 class LogLinear(nn.Linear):
     """A Linear whose output turns NaN (the log of a negative number) once ``bad`` is set."""
 

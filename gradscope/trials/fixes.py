@@ -36,6 +36,7 @@ CODE_CHANGE_KINDS = frozenset(
         "add_residual",
         "reset_gradients",
         "fix_loss_input",
+        "check_targets",
     }
 )
 
