@@ -549,6 +549,62 @@ def lower_lr(finding: Finding, info: ModelInfo) -> Suggestion:
     )
 
 
+#: Weight decay alone shrinks every weight by about lr * weight_decay per step (exactly so
+#: for AdamW's decoupled decay): from 1% per step the weights halve within 70 steps
+#: whatever the gradient does, 1,000x what the usual settings take (AdamW 1e-3 x 0.01).
+DECAY_PER_STEP = 1e-2
+#: The weight decay each optimizer is usually run with: where ``lower_weight_decay`` goes.
+TYPICAL_WEIGHT_DECAY = {"AdamW": 0.01, "SGD": 5e-4}
+
+
+def _decay(info: ModelInfo) -> tuple[float, float, float]:
+    """(lr * weight_decay, weight_decay, lr) of the param group that decays fastest."""
+    best = (0.0, 0.0, 0.0)
+    for group in (info.optimizer_settings or {}).get("param_groups") or []:
+        lr, wd = group.get("lr"), group.get("weight_decay")
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lr, wd))
+        if numbers and lr > 0 and wd > 0 and lr * wd > best[0]:
+            best = (lr * wd, wd, lr)
+    return best
+
+
+def decay_too_strong(info: ModelInfo) -> bool:
+    """Whether the optimizer's weight decay shrinks the weights by :data:`DECAY_PER_STEP`
+    or more on every step and is itself 10x past the usual one (a typo such as
+    weight_decay=100 for 1e-2; AdamW's default 0.01 at a learning rate of 3 also shrinks
+    them 3% per step, but there the rate is the cause)."""
+    per_step, wd, _ = _decay(info)
+    usual = TYPICAL_WEIGHT_DECAY.get(info.optimizer or "", 1e-4)
+    return per_step >= DECAY_PER_STEP and wd >= 10 * usual
+
+
+def lower_weight_decay(finding: Finding, info: ModelInfo) -> Suggestion:
+    """The optimizer's usual weight decay (or 1/100 of this one when that is not lower);
+    ``settings`` carries the factor trial applies."""
+    per_step, wd, lr = _decay(info)
+    target = TYPICAL_WEIGHT_DECAY.get(info.optimizer or "", 1e-4)
+    if not target < wd:
+        target = wd / 100
+    left = (1 - min(per_step, 1.0)) ** 100
+    return Suggestion(
+        kind="lower_weight_decay",
+        title=f"Lower the weight decay to {target:g}",
+        why=(
+            f"First because weight decay {wd:g} at lr={lr:g} shrinks every weight by "
+            f"{per_step:.0%} on each step whatever the gradient does ({left:.2g} of its size "
+            f"after 100 steps): the weights are pulled to 0 faster than the loss can train "
+            f"them. {target:g} is usual for {info.optimizer or 'this optimizer'}."
+        ),
+        code="\n".join(
+            [
+                f"for group in {info.optimizer_var}.param_groups:",
+                f"    group[\"weight_decay\"] = {target:g}",
+            ]
+        ),
+        settings={"weight_decay_factor": target / wd},
+    )
+
+
 #: The update-to-weight ratio per step that healthy training takes (a rule of thumb:
 #: updates around a thousandth of the weights).
 HEALTHY_UPDATE_RATIO = 1e-3
@@ -1126,8 +1182,18 @@ def suggest(finding: Finding, info: ModelInfo, kind: str, plan: Plan) -> list[Su
     if finding.kind != kind:
         return []
     builders = plan(finding, info)
+    if decay_too_strong(info) and kind in DECAY_HURTS:
+        # A setting 100x past the usual one is the cause whatever the finding's plan says.
+        builders = [lower_weight_decay] + [b for b in builders if b is not lower_weight_decay]
     fitting = [b for b in builders if _APPLIES.get(b, _always)(finding, info)]
     return [build(finding, info) for build in fitting + [b for b in builders if b not in fitting]]
+
+
+#: Finding kinds a weight decay that shrinks the weights every step can cause: gradients
+#: and activations that fade with the weights (not NaN, unused or copied parameters).
+DECAY_HURTS = frozenset(
+    {"vanishing_gradient", "dead_relu", "saturated_activation", "exploding_gradient"}
+)
 
 
 def _always(finding: Finding, info: ModelInfo) -> bool:

@@ -476,3 +476,45 @@ def test_a_variant_lower_on_the_same_batches_helps_though_the_batches_swing_more
     assert judge(baseline, mixed, finding_gone=True).verdict == "no effect"
     # The finding must still be gone.
     assert judge(baseline, variant, finding_gone=False).verdict == "no effect"
+
+
+def test_a_weight_decay_that_pulls_the_weights_to_zero_is_ranked_first_and_helps():
+    """AdamW with weight_decay=100 (a typo for 1e-2; a stranger session's case): every
+    weight shrinks 10% per step, the first layer 464x in 60 steps, and the loss ends at
+    ln 4, a constant prediction's.  It was told Kaiming init, residuals and BatchNorm; the
+    weight decay comes first now, and trial shows it helping."""
+    import torch.nn.functional as F
+
+    w = torch.randn(32, 4, generator=torch.Generator().manual_seed(3))
+
+    def make() -> nn.Module:
+        layers, width = [], 32
+        for _ in range(6):
+            layers += [nn.Linear(width, 64), nn.LayerNorm(64), nn.GELU()]
+            width = 64
+        return nn.Sequential(*layers, nn.Linear(64, 4))
+
+    batches = []
+    for k in range(8):
+        x = torch.randn(16, 32, generator=torch.Generator().manual_seed(17000 + k))
+        batches.append((x, (x @ w).argmax(1)))
+    torch.manual_seed(0)
+    model = make()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=100.0)
+    with gradscope.watch(model, optimizer=opt) as scope:
+        for step in range(60):
+            x, y = batches[step % 8]
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            scope.log_loss(loss)
+            loss.backward()
+            opt.step()
+    report = scope.report()
+    (found,) = report.at_least("warning")
+    first = found.suggestions[0]
+    assert (first.kind, first.title) == ("lower_weight_decay", "Lower the weight decay to 0.01")
+    assert first.why.startswith("First because weight decay 100 at lr=0.001 shrinks every")
+    torch.manual_seed(0)
+    result = gradscope.trial(make(), batches, F.cross_entropy, report, steps=60)
+    best = result.results[0]
+    assert (best.kind, best.verdict) == ("lower_weight_decay", "helps")

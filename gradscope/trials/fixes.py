@@ -80,6 +80,8 @@ class Change:
     normalize: tuple[torch.Tensor, torch.Tensor] | None = None
     lr_factor: float = 1.0
     weight_decay: float | None = None
+    #: every param group's weight decay times this (lower_weight_decay).
+    weight_decay_factor: float | None = None
     #: old layer name -> its new name (a layer wrapped together with a norm layer).
     renames: dict[str, str] = field(default_factory=dict)
     #: the user's own loss or training step for this variant (a code change).
@@ -432,6 +434,12 @@ def weight_decay(model: nn.Module, ctx: FixContext) -> Change:
     return Change(model, [], "weight decay 1e-4 (10x if already set)", weight_decay=1e-4)
 
 
+def lower_weight_decay(model: nn.Module, ctx: FixContext) -> Change:
+    """Every param group's weight decay times the factor the suggestion printed."""
+    factor = float(ctx.suggestion.settings.get("weight_decay_factor", 0.01))
+    return Change(model, [], f"weight decay x {factor:.3g}", weight_decay_factor=factor)
+
+
 def normalize_inputs(model: nn.Module, ctx: FixContext) -> Change:
     """Standardise each input feature with the mean/std over the trial's batches."""
     if ctx.custom_step:
@@ -474,6 +482,7 @@ APPLIERS: dict[str, Callable[[nn.Module, FixContext], Change]] = {
     "raise_lr": scale_lr,
     "weight_decay": weight_decay,
     "add_weight_decay": weight_decay,
+    "lower_weight_decay": lower_weight_decay,
     "normalize_inputs": normalize_inputs,
     "normalise_inputs": normalize_inputs,
 }
@@ -482,6 +491,7 @@ APPLIERS: dict[str, Callable[[nn.Module, FixContext], Change]] = {
 #: Fixes that change the training loop or optimizer, not the model.
 LOOP_KINDS = frozenset(
     {"clip_grad_norm", "lower_lr", "raise_lr", "weight_decay", "add_weight_decay"}
+    | {"lower_weight_decay"}
     | {"normalize_inputs", "normalise_inputs"}
 )
 

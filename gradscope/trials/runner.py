@@ -85,6 +85,10 @@ def _adjust(optimizer: torch.optim.Optimizer, change: Change) -> None:
         if change.weight_decay is not None:
             current = float(group.get("weight_decay") or 0.0)
             group["weight_decay"] = current * 10 if current > 0 else change.weight_decay
+        if change.weight_decay_factor is not None:
+            group["weight_decay"] = float(group.get("weight_decay") or 0.0) * (
+                change.weight_decay_factor
+            )
 
 
 def _clip_hook(model: nn.Module, max_norm: float) -> Callable[..., None]:
