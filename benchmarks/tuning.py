@@ -52,6 +52,26 @@ from gradscope_scenarios.generated.space import draw
 from gradscope_scenarios.generated.split import seeds
 
 
+def _map(fn: Any, work: list, jobs: int, label: str, chunksize: int) -> list:
+    """``fn`` over ``work`` in order, in ``jobs`` worker processes (one thread each), with a
+    progress bar."""
+    out = []
+    with Progress() as progress:
+        task = progress.add_task(label, total=len(work))
+        if jobs > 1:
+            with ProcessPoolExecutor(
+                jobs, initializer=torch.set_num_threads, initargs=(1,)
+            ) as pool:
+                for result in pool.map(fn, work, chunksize=chunksize):
+                    out.append(result)
+                    progress.advance(task)
+        else:
+            for item in work:
+                out.append(fn(item))
+                progress.advance(task)
+    return out
+
+
 def _path(directory: Path, seed: int) -> Path:
     return directory / f"run_{seed:06d}.json.gz"
 
@@ -101,19 +121,8 @@ def collect(directory: Path, start: int, limit: int, jobs: int) -> int:
     directory.mkdir(parents=True, exist_ok=True)
     todo = [s for s in seeds("tuning", start + limit)[start:] if not _path(directory, s).exists()]
     t0 = time.perf_counter()
-    with Progress() as progress:
-        task = progress.add_task("recording tuning runs", total=len(todo))
-        work = [(s, str(directory)) for s in todo]
-        if jobs > 1:
-            with ProcessPoolExecutor(
-                jobs, initializer=torch.set_num_threads, initargs=(1,)
-            ) as pool:
-                for _ in pool.map(_collect_one, work, chunksize=4):
-                    progress.advance(task)
-        else:
-            for item in work:
-                _collect_one(item)
-                progress.advance(task)
+    work = [(s, str(directory)) for s in todo]
+    _map(_collect_one, work, jobs, "recording tuning runs", chunksize=4)
     print(f"recorded {len(todo)} runs in {time.perf_counter() - t0:.0f} s into {directory}")
     return 0
 
@@ -161,21 +170,8 @@ def judge_all(
         raise SystemExit(
             f"No recorded runs in {directory}: run `tuning.py collect --dir {directory}` first."
         )
-    results: list[dict[str, Any]] = []
-    with Progress(transient=True) as progress:
-        task = progress.add_task("judging recorded runs", total=len(paths))
-        work = [(str(p), overrides) for p in paths]
-        if jobs > 1:
-            with ProcessPoolExecutor(
-                jobs, initializer=torch.set_num_threads, initargs=(1,)
-            ) as pool:
-                for r in pool.map(_judge_one, work, chunksize=16):
-                    results.append(r)
-                    progress.advance(task)
-        else:
-            for item in work:
-                results.append(_judge_one(item))
-                progress.advance(task)
+    work = [(str(p), overrides) for p in paths]
+    results = _map(_judge_one, work, jobs, "judging recorded runs", chunksize=16)
     healthy = sum(not r["label"]["kinds"] for r in results)
     print(f"{len(results)} recorded tuning runs, {healthy} healthy by the oracle")
     for cadence in CADENCES:
