@@ -585,12 +585,14 @@ def lower_weight_decay(finding: Finding, info: ModelInfo) -> Suggestion:
     target = TYPICAL_WEIGHT_DECAY.get(info.optimizer or "", 1e-4)
     if not target < wd:
         target = wd / 100
+    if wd <= 0:  # printed for a finding alone (no optimizer known): the usual value
+        wd = target = TYPICAL_WEIGHT_DECAY.get(info.optimizer or "", 1e-4)
     left = (1 - min(per_step, 1.0)) ** 100
     return Suggestion(
         kind="lower_weight_decay",
         title=f"Lower the weight decay to {target:g}",
         why=(
-            f"First because weight decay {wd:g} at lr={lr:g} shrinks every weight by "
+            f"First because weight decay {wd:g} at lr={lr or 0:g} shrinks every weight by "
             f"{per_step:.0%} on each step whatever the gradient does ({left:.2g} of its size "
             f"after 100 steps): the weights are pulled to 0 faster than the loss can train "
             f"them. {target:g} is usual for {info.optimizer or 'this optimizer'}."
@@ -851,7 +853,7 @@ def fix_loss_numerics(finding: Finding, info: ModelInfo) -> Suggestion:
     if where == "inside" and after:
         # A functional operation in the container's own forward(), on its child's output.
         place = f"the operation in {culprit}'s forward() after {after}"
-        located = f"# in {culprit}'s forward(), on {_comment(after)}'s output:"
+        located = f"# in {_comment(culprit)}'s forward(), on {_comment(after)}'s output:"
     if where == "between" and after:
         # A functional operation in the forward() that calls both modules, not in either.
         place = f"the operation between {after} and {culprit}"
