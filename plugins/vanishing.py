@@ -56,6 +56,7 @@ from gradscope_plugins.judgement import (
     loss_shows_harm,
     loss_vs_constant,
     no_better_than_constant,
+    output_share,
     predicts_a_constant,
     relative_grad,
     stall_text,
@@ -393,9 +394,12 @@ def _player_harm(
     )
     harmed = {
         "generator": no_better("generator") and (not alone or "generator" in roles.values()),
+        # Without a loss of its own (stepped with the generator, only the generator's loss
+        # logged), a discriminator scoring every sample alike tells nothing apart: the
+        # generator's loss says nothing about it either way.
         "discriminator": (no_better("discriminator") or guessing)
         if own_loss
-        else predicts_a_constant(history, trend, t)[0],
+        else output_share(history, window) < t["constant_output"],
     }
     # Its findings say how it is harmed: its loss ends worse than a guess's, not stalled.
     lines = {

@@ -343,3 +343,20 @@ def test_an_inf_at_the_models_last_layer_is_a_warning_though_the_logged_loss_is_
     (found,) = [f for f in report.findings if f.kind == "nonfinite_gradient"]
     assert (found.layer, found.severity) == ("D.net.1", "warning"), report
     assert found.message.startswith("The model's last layer output NaN/Inf")
+
+
+def test_a_discriminator_without_a_logged_loss_that_scores_every_sample_alike_is_harmed():
+    """A GAN in one model, both players stepped by one optimizer, only the generator's
+    loss logged (generated tuning run 5927, the oracle labels D's first layers vanishing):
+    the discriminator's harm was read from the generator's loss trend, which says nothing
+    about it.  Its output, the same score for every sample, is its harm now."""
+    import warnings
+
+    from gradscope_scenarios.generated.space import draw
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = watch_generated(draw(5927))
+    found = [f for f in report.at_least("warning") if f.kind == "vanishing_gradient"]
+    assert any(f.layer.startswith("D.") for f in found), report
