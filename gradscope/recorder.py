@@ -505,7 +505,6 @@ class Recorder:
             for column, value in zip(("loss_term", "constant_loss"), terms or (), strict=False)
         ]
         values += [("fake_score", j, fake)] if fake is not None else []
-
         # Each term's check on the row of the module whose output it was given (a second
         # head's loss names that head), else on the output module's.
         values += [("loss_input_fault", j if k is None else k, code) for code, k in faults]

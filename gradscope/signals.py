@@ -384,14 +384,11 @@ def last_measured(history: History, column: str) -> dict[str, tuple[int, float]]
 
 def norm_gains(history: History, model_info: ModelInfo) -> dict[str, float]:
     """Normalisation layer -> the root mean square of its gain (its 1-D ``weight``) at the
-    first record that measured it: 1 for PyTorch's and most libraries' initialisation.
-    A layer whose measured output is far larger than that weight allows is left out: its
-    weight is not its gain (Gemma's RMSNorm scales by ``1 + weight``, which starts at 0)."""
+    first record that measured it: 1 for PyTorch's and most libraries' initialisation."""
     if not history.records:
         return {}
     norms = history.grad_series("param_norm")
     numel = history.grad_series("numel")[0]
-    output_rms = _first_output_rms(history)
     layers = {layer.name for layer in model_info.layers if layer.role == "norm"}
     out = {}
     owners = zip(history.param_names, history.param_modules, strict=True)
@@ -402,14 +399,11 @@ def norm_gains(history: History, model_info: ModelInfo) -> dict[str, float]:
             continue
         value = early(norms[:, k], 1)
         if math.isfinite(value) and numel[k] > 0:
-            gain = value / math.sqrt(float(numel[k]))
-            if output_rms.get(module, 0.0) > 3.0 * gain + 0.1:
-                continue  # the output is not scaled by this weight
-            out[module] = gain
+            out[module] = value / math.sqrt(float(numel[k]))
     return out
 
 
-def _first_output_rms(history: History) -> dict[str, float]:
+def first_output_rms(history: History) -> dict[str, float]:
     """Module -> the root mean square of its sampled output at the first record that
     measured it (modules never measured are left out)."""
     sumsq, sampled = history.act_series("sumsq"), history.act_series("sampled")
@@ -432,4 +426,3 @@ def data_rms(history: History, model_info: ModelInfo) -> tuple[str, float] | Non
     values = history.act_series("input_rms")[:, history.module_names.index(first.name)]
     values = values[torch.isfinite(values)]
     return (first.name, float(values.median())) if values.numel() else None
-

@@ -23,10 +23,12 @@ from gradscope.signals import (
     LossTrend,
     data_rms,
     default_init_norm,
+    first_output_rms,
     layer_signals,
     step_weighted_median,
     trend_of,
 )
+from gradscope.signals import norm_gains as raw_norm_gains
 
 #: Roles whose gradients carry the signal along the network's depth.
 DEPTH_ROLES = ("weight", "vanilla_rnn", "gated_rnn", "attention")
@@ -755,3 +757,16 @@ def functional_activations(history: History) -> dict[str, str]:
         if known.numel():
             out[name] = ACTIVATIONS.get(float(known[-1]), "relu")
     return out
+
+
+def norm_gains(history: History, model_info: ModelInfo) -> dict[str, float]:
+    """Normalisation layer -> its gain's root mean square at the start
+    (:func:`gradscope.signals.norm_gains`), leaving out a layer whose first measured
+    output is far larger (over 3x, plus 0.1) than that weight would allow: its weight is
+    not its gain (Gemma's RMSNorm scales by ``1 + weight``, which starts at 0)."""
+    output_rms = first_output_rms(history)
+    return {
+        name: gain
+        for name, gain in raw_norm_gains(history, model_info).items()
+        if output_rms.get(name, 0.0) <= 3.0 * gain + 0.1
+    }

@@ -32,7 +32,6 @@ from gradscope.signals import (
     early,
     init_scale,
     loss_trend,
-    norm_gains,
     over_run,
     recent,
 )
@@ -56,6 +55,7 @@ from gradscope_plugins.judgement import (
     loss_shows_harm,
     loss_vs_constant,
     no_better_than_constant,
+    norm_gains,
     output_share,
     predicts_a_constant,
     relative_grad,
