@@ -226,6 +226,13 @@ class Recorder:
                 found = functional_acts.find(loss, self._made_by, self.kinds)
                 self.functional.update({j: k for j, k in found.items() if self.kinds[j] == "plain"})
 
+    @property
+    def activations_looked_for(self) -> bool:
+        """Whether an activation can have been seen: some module is one (ReLU, sigmoid,
+        tanh, a recurrence), or a logged loss's graph was searched for activations called
+        as functions."""
+        return self._walks > 0 or any(kind != "plain" for kind in self.kinds)
+
     def pool_targets(self, loss: Tensor) -> None:
         """A light step's loss: only its targets join the constant prediction's pool."""
         self._constant.pool_targets(loss)

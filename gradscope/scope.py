@@ -1018,7 +1018,8 @@ class Scope:
         """Judge what has been recorded so far; callable while training runs."""
         self.model_info = self._describe(final=True)
         judgement = judge(self.history, self.model_info, self.config, self._runner)
-        notes = self.coverage_notes() + ([self._origin_note] if self._origin_note else [])
+        notes = self.coverage_notes() + self._activation_notes()
+        notes += [self._origin_note] if self._origin_note else []
         notes += self._skips.notes() if self._skips is not None else []
         notes += [compiled.NOTE] if self._compiled else []
         notes += [carryover.OFF_NOTE] if self._carry is None else []
@@ -1108,6 +1109,18 @@ class Scope:
         notes = self.coverage_notes()
         if notes:
             warnings.warn(f"gradscope: {notes[0]}.", GradscopeWarning, stacklevel=_user_frame())
+
+    def _activation_notes(self) -> list[str]:
+        """A note when no activation could be seen: no activation module, and no logged
+        loss whose graph could show activations called as functions."""
+        if not self._history.recorded or self._measure.activations_looked_for:
+            return []
+        return [
+            "no activation module (ReLU, sigmoid, tanh) was found and no loss was logged with "
+            "scope.log_loss(loss), so activations called as functions (F.relu, torch.tanh) "
+            "were not looked for: dead or saturated units there are not judged; log the "
+            "loss to have them measured"
+        ]
 
     def coverage_notes(self) -> list[str]:
         """Readable warnings about hooks that were silently skipped."""

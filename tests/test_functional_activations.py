@@ -107,3 +107,31 @@ def test_an_activation_module_is_not_counted_again_as_a_function():
         {0: "pre_sigmoid"},
         {0: "pre_tanh"},
     )
+
+
+def test_without_a_logged_loss_the_report_says_functions_were_not_looked_for():
+    """No activation module and no logged loss: activations called as functions cannot be
+    found, and the report says so instead of staying silent; with the loss logged, no
+    such note."""
+    notes = {}
+    for logged in (False, True):
+        torch.manual_seed(0)
+        model = FunctionalNet(F.relu)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with gradscope.watch(model, optimizer=opt) as scope:
+            for step in range(12):
+                x = torch.randn(16, 32, generator=torch.Generator().manual_seed(step))
+                loss = F.cross_entropy(model(x), (x @ W).argmax(1))
+                opt.zero_grad()
+                if logged:
+                    scope.log_loss(loss)
+                loss.backward()
+                opt.step()
+        notes[logged] = scope.report().notes
+    assert notes[False] == [
+        "no activation module (ReLU, sigmoid, tanh) was found and no loss was logged with "
+        "scope.log_loss(loss), so activations called as functions (F.relu, torch.tanh) "
+        "were not looked for: dead or saturated units there are not judged; log the loss "
+        "to have them measured"
+    ]
+    assert notes[True] == []
