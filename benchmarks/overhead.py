@@ -28,15 +28,21 @@ import torch
 from torch import nn
 
 import gradscope
-from gradscope.budget import WARMUP_RECORDS
+from gradscope.budget import AUTO_WARMUP
 
 
-def tiny() -> tuple[nn.Module, tuple]:
-    """A scikit-learn-digits-sized MLP (64 pixels, 10 classes): a ~1 ms step, where the
-    fixed per-step cost of gradscope shows most."""
+def tiny(batch: int = 256) -> tuple[nn.Module, tuple]:
+    """A scikit-learn-digits-sized MLP (64 pixels, 10 classes), where the fixed per-step
+    cost of gradscope shows most: a ~0.5 ms step on the machine this was last run on."""
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU())
     model.append(nn.Linear(64, 10))
-    return model, (torch.randn(256, 64), torch.randint(0, 10, (256,)))
+    return model, (torch.randn(batch, 64), torch.randint(0, 10, (batch,)))
+
+
+def tiny_1ms() -> tuple[nn.Module, tuple]:
+    """The same MLP on batches of 768: the ~1 ms step issue #12 sets its 1.10x target on
+    (1.05 ms on the machine this was last run on; the batch-256 row is ~0.5 ms)."""
+    return tiny(768)
 
 
 def mlp() -> tuple[nn.Module, tuple]:
@@ -96,6 +102,7 @@ def transformer() -> tuple[nn.Module, tuple]:
 
 MODELS: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
     "Tiny MLP 64-128-64-10 b256": tiny,
+    "Tiny MLP 64-128-64-10 b768 (~1 ms)": tiny_1ms,
     "MLP 784-512x4-10 b128": mlp,
     "CNN 28x28 b64": cnn,
     "LSTM 2x128 T50": lstm,
@@ -124,6 +131,7 @@ def _watch(**options) -> Callable:
         finally:
             scope.detach()
 
+    strategy.has_cadence = True  # type: ignore[attr-defined]
     return strategy
 
 
@@ -287,9 +295,15 @@ def measure(name: str, rounds: int, block: int, strategies: dict[str, Callable])
     loss_fn = nn.functional.cross_entropy
     warm, _ = step_times(model, batch, opt, loss_fn, 5, plain)  # warm-up
     rounds = rounds_for(1e3 * statistics.median(warm), rounds)
-    for strategy in strategies.values():
-        # Warm-up: past the first records, which all take the detail statistics.
-        step_times(model, batch, opt, loss_fn, WARMUP_RECORDS + 1, strategy)
+    startup: dict[str, float] = {}
+    for label, strategy in strategies.items():
+        # Warm-up: past the default cadence's first AUTO_WARMUP records (all detailed at
+        # first, then 1 in AUTO_WARMUP_EVERY), so the blocks measure a long run's steady
+        # state; what the start-up costs is kept apart (total time over a plain run's).
+        steps = AUTO_WARMUP + 1 if getattr(strategy, "has_cadence", False) else 6
+        base, _ = step_times(model, batch, opt, loss_fn, steps, plain)
+        times, _ = step_times(model, batch, opt, loss_fn, steps, strategy)
+        startup[label] = sum(times[1:]) / sum(base[1:])
     ratios: dict[str, list[float]] = {k: [] for k in strategies}
     totals: dict[str, list[float]] = {k: [0.0, 0.0] for k in strategies}
     plain_samples: list[float] = []
@@ -323,6 +337,7 @@ def measure(name: str, rounds: int, block: int, strategies: dict[str, Callable])
             "ratio_q3": q[2],
             "mean_ratio": totals[label][0] / totals[label][1],
             "own_ms_per_recorded_step": None,
+            "startup_mean_ratio": startup[label],
         }
         if isinstance(probe, gradscope.Scope):
             summary = probe.overhead()

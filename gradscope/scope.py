@@ -32,7 +32,6 @@ from gradscope import (
 )
 from gradscope.budget import (
     AUTO_BASE,
-    JUMP_WINDOW,
     WARMUP_RECORDS,
     Budget,
     DetailCadence,
@@ -60,7 +59,7 @@ UNRECORDED_WARN = 1000
 #: and a long run pays nothing on its light steps).
 POOL_STEPS = 100
 #: Deferred light steps are built into records in batches of at most this many (see
-#: Scope._defer_light_step; with gradient-jump checks, when their window fills).
+#: Scope._defer_light_step; the gradient-jump window sees each step when it is deferred).
 DEFERRED_ROWS = 64
 
 
@@ -231,7 +230,7 @@ class Scope:
         self._in_training_forward = False
         #: Light steps read but not yet built into records: (step, gradient L2 norms,
         #: loss, their sum, own seconds); built by _flush_light.
-        self._rows: list[tuple[int, list[float], float | None, float, float]] = []
+        self._rows: list[tuple[int, list[float], float | None, float]] = []
         self._fast_ok = False  # set by attach(): whether light steps may be deferred
         self._fast_light = False  # this step may be deferred (set by _plan_step)
         self._deferred_now = False  # this step was deferred (its post-hook ends it)
@@ -739,7 +738,9 @@ class Scope:
             return False  # NaN or Inf, or a jump: recorded (and replayed) now
         if loss_value is not None and not math.isfinite(loss_value):
             return False
-        self._rows.append((self._step, norms, loss_value, size, time.perf_counter() - t0))
+        if jumps is not None:
+            jumps.observe(size)  # under its limit: no jump; the window moves on in order
+        self._rows.append((self._step, norms, loss_value, time.perf_counter() - t0))
         self._deferred_now = True
         return True
 
@@ -755,11 +756,7 @@ class Scope:
         self._step += 1
         self._light_end = time.perf_counter()
         self._untimed += 1
-        jumps = self._jumps
-        # Built when the gradient-jump window fills, so each step is compared with the
-        # same window median as when records were built one by one.
-        due = DEFERRED_ROWS if jumps is None else JUMP_WINDOW - len(jumps.block)
-        if len(self._rows) >= due:
+        if len(self._rows) >= DEFERRED_ROWS:
             self._flush_light()
         self._plan_step()
 
@@ -771,15 +768,13 @@ class Scope:
         if not rows:
             return
         self._rows = []
-        build, append, jumps = self._measure.record_light, self._history.append, self._jumps
+        build, append = self._measure.record_light, self._history.append
         own_total = 0.0
-        for step, norms, loss, size, own in rows:
+        for step, norms, loss, own in rows:
             record = build(step, norms, loss, None)
             record.overhead_s = own
             own_total += own
             append(record)
-            if jumps is not None:
-                jumps.observe(size)
         self._overhead_total += own_total
         self._last_recorded_step = rows[-1][0]
         if self._cadence is not None and self._untimed:
