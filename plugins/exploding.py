@@ -129,6 +129,11 @@ DEFAULTS = {
     # back near a constant prediction's loss).  10x until those two stranger cases; 4x
     # moved nothing on the 5,000 tuning runs and no healthy real-architecture recipe.
     "early_transient_rise": 4.0,
+    # A transient explosion after which the loss ends below this fraction of a constant
+    # prediction's and of its start did not stop training: info, not a warning (a CNN at
+    # Adagrad lr 0.1 jumped 0.58 -> 3.6 on one step and ended at 0.085 against 0.18 for
+    # a constant; the definitions' "learned" line).
+    "recovered": 0.9,
     # One step that moves most layers by this many times their size, after which every
     # gradient is exactly 0 on at least ``window`` records: the step threw the model where
     # nothing flows back (REINFORCE at Adam lr 5: a deterministic policy, log-prob 0).
@@ -200,18 +205,21 @@ def gradscope_detect(
         else _most_grown(layers)
     )
     layer = next((s for s in layers if s.name == culprit), layers[0])
+    recovered = _recovered(history, trend, t, evidence)
+    severity = "error" if diverged or nonfinite or blown else "warning"
     return [
         Finding(
             kind="exploding_gradient",
             layer=culprit,
-            severity="error" if diverged or nonfinite or blown else "warning",
+            severity="info" if recovered else severity,
             step=first_step_where(history, over(layer.grad_norm, _growth_line(layer, t))),
             message=_message(
                 evidence.what,
                 nonfinite,
                 clipped_at(history),
                 steps=_steps(evidence, nonfinite or diverged or blown),
-            ),
+            )
+            + (_recovered_text(history, trend) if recovered else ""),
             evidence={
                 **evidence.numbers,
                 "grad_norm_peak": _finite_max(layer.grad_norm),
@@ -505,6 +513,28 @@ def _one_wild_step(
     )
     evidence.culprits.append(layers[int(torch.nan_to_num(stacked[k], nan=0.0).argmax())].name)
     evidence.numbers["wild_step_share"] = float(share[k])
+
+
+def _recovered(history: History, trend: LossTrend, t: dict, evidence: _Evidence) -> bool:
+    """Whether the only evidence is one wild step (:func:`_one_wild_step`) and the loss
+    recovered from it: it ends below ``recovered`` of a constant prediction's loss (when
+    that was measured) and of where training started.  Severity tracks harm: such a spike
+    is worth knowing, and no reason to stop."""
+    if len(evidence.what) != 1 or "wild_step_share" not in evidence.numbers:
+        return False
+    start = min(trend.first, trend.initial)
+    ratio = loss_vs_constant(history, trend)  # NaN when never measured: not recovered
+    return ratio < t["recovered"] and trend.last < t["recovered"] * start
+
+
+def _recovered_text(history: History, trend: LossTrend) -> str:
+    """The sentence that says why a recovered spike is info (see :func:`_recovered`)."""
+    baseline = trend.last / loss_vs_constant(history, trend)
+    return (
+        f" The loss recovered: it ended at {fmt(trend.last)}, below what predicting the same "
+        f"output for every input scores ({fmt(baseline)}), so this spike did not stop "
+        "training; a larger rate or a longer run may not recover."
+    )
 
 
 def _update_ratios(

@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 import torch
-from helpers import watch_loop
+from helpers import watch_generated, watch_loop
 from torch import nn
 
 import gradscope
@@ -204,6 +204,23 @@ def test_a_first_step_that_replaces_every_layer_and_blows_the_loss_up_is_an_expl
     assert finding.evidence["wild_step_share"] >= 0.5
     assert finding.suggestions[0].kind == "lower_lr"
     assert serious(run(1e-2), "exploding_gradient") == []
+
+
+def test_a_spike_the_loss_recovers_from_is_info_not_a_warning():
+    """Generated held-out run 42749 (a LayerNorm CNN at Adagrad lr 0.1 under a bf16
+    scaler): one step moved most layers by more than their size and the loss jumped
+    0.58 -> 3.6, then training went on to 0.085 against 0.18 for a constant prediction.
+    The oracle calls it healthy; the spike is reported, as info, with why."""
+    from gradscope_scenarios.generated.space import draw
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = watch_generated(draw(42749))
+    assert report.at_least("warning") == [], report
+    (spike,) = [f for f in report.findings if f.kind == "exploding_gradient"]
+    assert spike.severity == "info" and "wild_step_share" in spike.evidence
+    assert "The loss recovered: it ended at 0.0848" in spike.message
 
 
 class Generator(nn.Module):
