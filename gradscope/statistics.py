@@ -62,7 +62,7 @@ _DECLARED = (
     _S("sampled", _M, DETAIL, "output entries the shape statistics looked at"),
     _S("zero_sampled", _M, DETAIL, "entries the zero count looked at"),
     _S("zeros", _M, DETAIL, "exact zeros among the sampled outputs"),
-    _S("saturated", _M, DETAIL, "sigmoid/tanh outputs within 1% of an asymptote"),
+    _S("saturated", _M, DETAIL, "sigmoid/tanh outputs within 1% of an asymptote (median call)"),
     _S("units", _M, DETAIL, "units (features or channels) of a ReLU output"),
     _S("silent_units", _M, DETAIL, "ReLU units that output 0 for every sample"),
     _S("dead_units", _M, DETAIL, "ReLU units silent for unit_window steps (2+ detail steps)"),

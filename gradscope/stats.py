@@ -134,6 +134,8 @@ class ActivationAccumulator:
     sumsqs: list[Tensor] = field(default_factory=list)
     zeros: list[Tensor] = field(default_factory=list)
     saturated: list[Tensor] = field(default_factory=list)
+    #: Entries each call's saturated count was taken over (see :meth:`saturated_total`).
+    saturated_of: list[int] = field(default_factory=list)
     spread: list[Tensor] = field(default_factory=list)
     input_norms: list[Tensor] = field(default_factory=list)
     input_sampled: int = 0
@@ -181,6 +183,9 @@ class ActivationAccumulator:
             self.saturated.append((sample.abs() > SIGMOID_SATURATES).sum())
         elif self.kind == "pre_tanh":
             self.saturated.append((sample.abs() > TANH_SATURATES).sum())
+        else:
+            return
+        self.saturated_of.append(sample.numel())
 
     def add_spread(self, output: Tensor, sample_rows: int) -> None:
         """Measure how much the model's output varies between the samples of the batch
@@ -208,9 +213,27 @@ class ActivationAccumulator:
         return parts[0] if len(parts) == 1 else torch.stack(parts).norm()
 
     def total(self, part: str) -> Tensor:
-        """The step's total of ``sums``, ``zeros`` or ``saturated`` over all calls."""
+        """The step's total of ``sums``, ``zeros`` or ``saturated`` over all calls
+        (``saturated``: see :meth:`saturated_total`)."""
         parts: list[Tensor] = getattr(self, part)
-        return parts[0] if len(parts) == 1 else torch.stack(parts).sum()
+        if len(parts) == 1:
+            return parts[0]
+        if part == "saturated":
+            return self.saturated_total()
+        return torch.stack(parts).sum()
+
+    def saturated_total(self) -> Tensor:
+        """The saturated count of a module called several times in one step, as the median
+        call's share of its entries times the entries sampled (the definitions take the
+        fraction per step as the median over calls: a GAN discriminator's calls on real
+        data and on generated samples saturate differently, and the generator's gradient
+        passes through the latter)."""
+        counts = torch.stack(self.saturated).double()
+        sizes = torch.tensor(self.saturated_of, dtype=torch.float64, device=counts.device)
+        shares = (counts / sizes.clamp_min(1)).sort().values
+        n = shares.numel()
+        middle = shares[n // 2] if n % 2 else (shares[n // 2 - 1] + shares[n // 2]) / 2
+        return middle * sum(self.saturated_of)
 
     def total_norm(self) -> Tensor:
         """The step's activation L2 norm over all calls (its square is the sum of squares)."""
