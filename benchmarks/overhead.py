@@ -526,7 +526,7 @@ def _breakdown(results: dict) -> dict[str, list[float]]:
                 rows[sums]["ratio"] - rows[norms]["ratio"],
             ),
             (
-                "detail statistics (1 step in 10; from mean ratios)",
+                "detail statistics (the cadence's interval; from mean ratios)",
                 rows[DEFAULT]["mean_ratio"] - rows[sums]["mean_ratio"],
             ),
         ):
