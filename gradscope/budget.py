@@ -53,6 +53,12 @@ AUTO_BASE = 10
 AUTO_SHARE = 0.03
 #: The longest gap (recorded steps) between two detail steps of the default cadence.
 AUTO_MAX_INTERVAL = 50
+#: A detail step whose share of saturated or zero activations moved by this much (in
+#: some module) since the last detail step makes the next :data:`SHIFT_DETAILS` recorded
+#: steps detail steps too (default cadence only): the change is seen as it happens.
+ACTIVITY_SHIFT = 0.25
+#: How many recorded steps after such a shift take the detail statistics.
+SHIFT_DETAILS = 4
 #: A light step whose gradient norm is this many times the median of a recent block of
 #: recorded steps also measures its update (see :class:`GradientJump`).
 JUMP_FACTOR = 10.0
@@ -133,9 +139,29 @@ class DetailCadence:
     last_detail: int = 0
     detail_steps: int = 0
     share: float = math.nan
+    #: The last recorded step that an activity shift made a detail step (see
+    #: :meth:`follow_shift`).
+    shifted_until: int = -1
+    #: Activity shifts seen (each made the next steps detail steps).
+    shifts: int = 0
+
+    def follow_shift(self, recorded: int, before: dict, after: dict) -> bool:
+        """After detail step ``recorded``: when some module's share of saturated or zero
+        activations moved by :data:`ACTIVITY_SHIFT` since the detail step before (``before``
+        and ``after`` are their records' activation columns), the next
+        :data:`SHIFT_DETAILS` recorded steps take the detail statistics too.  Units that
+        saturate or die between two sparse detail steps are then measured as they do, not
+        on one or two records (a run's second half may hold only four)."""
+        if recorded <= self.shifted_until or activity_shift(before, after) < ACTIVITY_SHIFT:
+            return False
+        self.shifted_until = recorded + SHIFT_DETAILS
+        self.shifts += 1
+        return True
 
     def is_detail(self, recorded: int) -> bool:
         """Whether the recorded step number ``recorded`` takes the detail statistics."""
+        if recorded <= self.shifted_until:
+            return True
         if recorded <= AUTO_WARMUP:
             return recorded < WARMUP_RECORDS or recorded % AUTO_WARMUP_EVERY == 0
         return recorded - self.last_detail >= self.interval
@@ -164,6 +190,7 @@ class DetailCadence:
         measured = self.meter.detail_extra()
         return {
             "detail_interval": float(self.interval),
+            "activity_shifts": float(self.shifts),
             "detail_auto": 1.0,
             "detail_steps": float(self.detail_steps),
             "detail_extra_s": measured[0] if measured else math.nan,
@@ -256,3 +283,16 @@ class Budget(StepMeter):
             "every_step_overhead": floor,
             "record_every": float(self.record_every),
         }
+
+
+def activity_shift(before: dict, after: dict) -> float:
+    """The largest change, over modules, of the share of saturated outputs
+    (``saturated / sampled``) or of zero outputs (``zeros / zero_sampled``) between two
+    detail records' activation columns (0 where either did not measure it)."""
+    largest = 0.0
+    for count, size in (("saturated", "sampled"), ("zeros", "zero_sampled")):
+        pairs = zip(before[count], before[size], after[count], after[size], strict=True)
+        for c0, n0, c1, n1 in pairs:
+            if n0 > 0 and n1 > 0 and c0 == c0 and c1 == c1:  # measured (not NaN) in both
+                largest = max(largest, abs(c1 / n1 - c0 / n0))
+    return largest

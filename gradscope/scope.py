@@ -235,6 +235,8 @@ class Scope:
         self._fast_light = False  # this step may be deferred (set by _plan_step)
         self._deferred_now = False  # this step was deferred (its post-hook ends it)
         self._light_end = 0.0  # when the last deferred step ended
+        #: The last detail record's activation columns (see _follow_activity).
+        self._last_detail_acts: dict[str, list[float]] | None = None
         self._untimed = 0  # deferred steps ended since the cadence last timed one
 
     @property
@@ -866,6 +868,8 @@ class Scope:
         self._just_recorded = since  # the cadence times the step at its end
         self._last_recorded_step = self._step
         self._history.append(record)
+        if record.detail and self._cadence is not None:
+            self._follow_activity(record)
         if not self._warned_unseen:
             self._warn_unseen_once()
         if self._order_changed:
@@ -875,6 +879,13 @@ class Scope:
             self._order_changed = False
         if self._on_step_hook.get_hookimpls():  # none of the built-in plugins has one
             self._runner.call("gradscope_on_step", record=record, scope=self)
+
+    def _follow_activity(self, record: StepRecord) -> None:
+        """A detail record: if units saturated or went silent quickly since the last one,
+        the cadence measures the next steps too (see DetailCadence.follow_shift)."""
+        before, self._last_detail_acts = self._last_detail_acts, record.acts
+        if before is not None and not record.nonfinite:
+            self._cadence.follow_shift(self._history.recorded - 1, before, record.acts)
 
     def _locate_inside(self) -> None:
         """Replay a detail step that went non-finite with hooks on the containers only:

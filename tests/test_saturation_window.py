@@ -112,3 +112,23 @@ def test_a_module_called_several_times_a_step_is_judged_by_its_median_call():
     found = {f.layer: f for f in report.findings if f.kind == "saturated_activation"}
     assert "1" in found, report
     assert found["1"].evidence["saturated_fraction"] > 0.95  # pooled, it was about 2/3
+
+
+def test_units_that_saturate_between_sparse_detail_steps_are_measured_as_they_do():
+    """Inputs unscaled from step 27 of 40: the default cadence's detail steps in the run's
+    second half are 20, 25, 30 and 35, two before and two after, so the median said 0.5.
+    A share that moves by 0.25 between detail steps makes the next four steps detail
+    steps (generated tuning run 5145, a sigmoid saturating from step ~28, was missed)."""
+    model, opt = _tanh_mlp()
+
+    def data(step):
+        g = torch.Generator().manual_seed(step % 8)
+        x = torch.randn(32, 8, generator=g)
+        return (x * 1000.0 if step >= 27 else x), (x[:, 0] > 0).long()
+
+    report = watch_loop(model, opt, data, steps=40)
+    detail = [r.step for r in report.history.records if r.detail]
+    assert {31, 32, 33, 34} <= set(detail), detail
+    assert report.overhead["activity_shifts"] >= 1
+    (found,) = [f for f in report.findings if f.kind == "saturated_activation" and f.layer == "1"]
+    assert found.evidence["saturated_fraction"] > 0.9 and found.severity == "error"
