@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
-from gradscope.budget import AUTO_WARMUP, AUTO_WARMUP_EVERY, WARMUP_RECORDS
+from gradscope.budget import AUTO_WARMUP, AUTO_WARMUP_EVERY, SHIFT_DETAILS, WARMUP_RECORDS
 from gradscope.findings import SEVERITIES, Finding
 from gradscope.history import History
 from gradscope.plugins import PluginRunner
@@ -92,6 +92,12 @@ def _cadence_line(overhead: dict[str, float]) -> str:
     extra, light = (float(overhead.get(k, math.nan)) for k in ("detail_extra_s", "light_step_s"))
     if math.isfinite(extra) and math.isfinite(light) and light > 0:
         line += f" (a detail step adds {extra * 1e3:.2f} ms to a {light * 1e3:.2f} ms step)"
+    shifts = int(float(overhead.get("activity_shifts", 0.0)))
+    if shifts:
+        line += (
+            f"; {shifts} fast change(s) of saturated or silent units took "
+            f"{SHIFT_DETAILS} more detail steps each"
+        )
     return line
 
 

@@ -130,5 +130,8 @@ def test_units_that_saturate_between_sparse_detail_steps_are_measured_as_they_do
     detail = [r.step for r in report.history.records if r.detail]
     assert {31, 32, 33, 34} <= set(detail), detail
     assert report.overhead["activity_shifts"] >= 1
+    assert "fast change(s) of saturated or silent units took 4 more detail steps" in (
+        report.summary()
+    )
     (found,) = [f for f in report.findings if f.kind == "saturated_activation" and f.layer == "1"]
     assert found.evidence["saturated_fraction"] > 0.9 and found.severity == "error"
