@@ -31,6 +31,8 @@ import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
+from gradscope.statistics import SHARE_OF
+
 #: The longest gap between two activation measurements.
 MAX_INTERVAL = 1024
 #: The most steps between two recorded steps that a budget may choose.
@@ -290,7 +292,7 @@ def activity_shift(before: dict, after: dict) -> float:
     (``saturated / sampled``) or of zero outputs (``zeros / zero_sampled``) between two
     detail records' activation columns (0 where either did not measure it)."""
     largest = 0.0
-    for count, size in (("saturated", "sampled"), ("zeros", "zero_sampled")):
+    for count, size in SHARE_OF.items():
         pairs = zip(before[count], before[size], after[count], after[size], strict=True)
         for c0, n0, c1, n1 in pairs:
             if n0 > 0 and n1 > 0 and c0 == c0 and c1 == c1:  # measured (not NaN) in both

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from gradscope.history import History
 from gradscope.modelinfo import ModelInfo
+from gradscope.statistics import SHARE_OF
 
 #: Records treated as "the start" and "recent" when a plugin asks for a window.
 DEFAULT_WINDOW = 5
@@ -326,8 +327,6 @@ def trend_of(losses: torch.Tensor, window: int = DEFAULT_WINDOW) -> LossTrend:
     )
 
 
-#: The count each activation column is a fraction of.
-_DENOMINATOR = {"zeros": "zero_sampled", "saturated": "sampled"}
 #: Columns summarised by the median of each record's fraction, as docs/definitions.md
 #: takes saturation (a generator whose saturation swings between steps is judged by its
 #: typical step, not by entries pooled over the window); the others are pooled.
@@ -342,7 +341,7 @@ def activation_fraction(history: History, column: str, window: int = DEFAULT_WIN
     counts).  A run that turned non-finite ends at its last finite record:
     what NaN outputs count says nothing about the activations that led there."""
     values = history.act_series(column)
-    sampled = history.act_series(_DENOMINATOR[column])
+    sampled = history.act_series(SHARE_OF[column])
     ok = (sampled > 0).any(dim=1) & torch.isfinite(values).any(dim=1)
     bad = [k for k, record in enumerate(history.records) if record.nonfinite]
     end = len(history.records) - 1

@@ -84,6 +84,8 @@ _DECLARED = (
 GRAD_COLUMNS = tuple(s.name for s in _DECLARED if s.per == "parameter")
 #: Columns of the per-module table (``record.acts``), in order.
 ACT_COLUMNS = tuple(s.name for s in _DECLARED if s.per == "module")
+#: The count each share-of-outputs column is a fraction of (zeros, saturated).
+SHARE_OF = {"zeros": "zero_sampled", "saturated": "sampled"}
 #: Every statistic, keyed ``"grads.<column>"`` or ``"acts.<column>"``; the bare column name
 #: works too where it is unambiguous (``"grad_l2"``, ``"dead_units"``).
 STATISTICS: dict[str, Statistic] = {
