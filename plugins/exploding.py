@@ -205,7 +205,8 @@ def gradscope_detect(
         else _most_grown(layers)
     )
     layer = next((s for s in layers if s.name == culprit), layers[0])
-    recovered = _recovered(history, trend, t, evidence)
+    ratio = loss_vs_constant(history, trend)  # NaN when never measured
+    recovered = _recovered(trend, ratio, t, evidence)
     severity = "error" if diverged or nonfinite or blown else "warning"
     return [
         Finding(
@@ -219,7 +220,7 @@ def gradscope_detect(
                 clipped_at(history),
                 steps=_steps(evidence, nonfinite or diverged or blown),
             )
-            + (_recovered_text(history, trend) if recovered else ""),
+            + (_recovered_text(trend.last, ratio) if recovered else ""),
             evidence={
                 **evidence.numbers,
                 "grad_norm_peak": _finite_max(layer.grad_norm),
@@ -515,24 +516,26 @@ def _one_wild_step(
     evidence.numbers["wild_step_share"] = float(share[k])
 
 
-def _recovered(history: History, trend: LossTrend, t: dict, evidence: _Evidence) -> bool:
+def _recovered(trend: LossTrend, vs_constant: float, t: dict, evidence: _Evidence) -> bool:
     """Whether the only evidence is one wild step (:func:`_one_wild_step`) and the loss
-    recovered from it: it ends below ``recovered`` of a constant prediction's loss (when
-    that was measured) and of where training started.  Severity tracks harm: such a spike
-    is worth knowing, and no reason to stop."""
+    recovered from it: it ends below ``recovered`` of a constant prediction's loss
+    (``vs_constant``, the loss over it; NaN when never measured: not recovered) and of
+    where training started.  Severity tracks harm: such a spike is worth knowing, and no
+    reason to stop."""
     if len(evidence.what) != 1 or "wild_step_share" not in evidence.numbers:
         return False
     start = min(trend.first, trend.initial)
-    ratio = loss_vs_constant(history, trend)  # NaN when never measured: not recovered
-    return ratio < t["recovered"] and trend.last < t["recovered"] * start
+    return vs_constant < t["recovered"] and trend.last < t["recovered"] * start
 
 
-def _recovered_text(history: History, trend: LossTrend) -> str:
-    """The sentence that says why a recovered spike is info (see :func:`_recovered`)."""
-    baseline = trend.last / loss_vs_constant(history, trend)
+def _recovered_text(last: float, vs_constant: float) -> str:
+    """The sentence that says why a recovered spike is info (see :func:`_recovered`):
+    the loss ``last`` it ended at, ``vs_constant`` times a constant prediction's (a loss
+    that fell to exactly 0 gives no baseline to quote)."""
+    baseline = f" ({fmt(last / vs_constant)})" if vs_constant > 0 else ""
     return (
-        f" The loss recovered: it ended at {fmt(trend.last)}, below what predicting the same "
-        f"output for every input scores ({fmt(baseline)}), so this spike did not stop "
+        f" The loss recovered: it ended at {fmt(last)}, below what predicting the same "
+        f"output for every input scores{baseline}, so this spike did not stop "
         "training; a larger rate or a longer run may not recover."
     )
 

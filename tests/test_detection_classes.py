@@ -223,6 +223,17 @@ def test_a_spike_the_loss_recovers_from_is_info_not_a_warning():
     assert "The loss recovered: it ended at 0.0848" in spike.message
 
 
+def test_a_spike_whose_loss_recovers_to_exactly_zero_is_said_without_a_baseline():
+    """A loss that fell to exactly 0 after its spike is 0 times a constant prediction's:
+    the sentence quotes no baseline (it divided by that 0 before)."""
+    from gradscope_plugins.exploding import _recovered_text
+
+    text = _recovered_text(0.0, 0.0)
+    assert text.startswith(" The loss recovered: it ended at 0, below what predicting")
+    assert "scores, so this spike" in text
+    assert "(0.184)" in _recovered_text(0.0848, 0.0848 / 0.184)
+
+
 class Generator(nn.Module):
     def __init__(self) -> None:
         super().__init__()
