@@ -18,6 +18,7 @@ then "needs a code change", never "helps").
     python benchmarks/trial.py --seed 1 --out /tmp/trial_seed1.json  # another seed
     python benchmarks/trial.py --generated 80 --out benchmarks/results/trial_generated.json
     python benchmarks/trial.py --generated 80 --source tuning.json --out trial_tuning.json
+    python benchmarks/trial.py --generated 80 --extend 1   # one round only (no longer round)
 
 ``--generated N`` runs the generated suite instead: the first N faulty runs of the
 held-out draw in ``benchmarks/results/generated_heldout.json`` that ``diagnose`` fits and
@@ -46,6 +47,7 @@ from gradscope.demo import train_spec
 from gradscope.models.training import supervised_step
 from gradscope.reference import available_specs
 from gradscope.trials.fixes import CODE_CHANGE_KINDS, CodeChange
+from gradscope.trials.session import EXTEND
 from gradscope_scenarios import handwritten as H
 
 RESULTS = Path(__file__).parent / "results" / "trial.json"
@@ -204,8 +206,9 @@ def cases(only: set[str] | None) -> list[Callable[[], dict[str, Any]]]:
     return builders
 
 
-def measure(case: dict[str, Any], seed: int = 0) -> dict[str, Any]:
-    """Run trial (with torch seed ``seed``) on one case and score it."""
+def measure(case: dict[str, Any], seed: int = 0, extend: int = EXTEND) -> dict[str, Any]:
+    """Run trial (with torch seed ``seed``, a longer round ``extend`` x as long when no fix
+    helps) on one case and score it."""
     report: gradscope.Report = case["report"]
     start = time.perf_counter()
     result = gradscope.trial(
@@ -217,6 +220,7 @@ def measure(case: dict[str, Any], seed: int = 0) -> dict[str, Any]:
         seed=seed,
         train_step=case["train_step"],
         code_changes=case["code_changes"],
+        extend=extend,
     )
     seconds = time.perf_counter() - start
     main = next((f for f in report.findings if f.kind == case["kind"]), None)
@@ -238,6 +242,7 @@ def measure(case: dict[str, Any], seed: int = 0) -> dict[str, Any]:
         "trial_first_verdict_without_code_changes": (plain[0].verdict if plain else "nothing"),
         "code_change_results": len(coded),
         "variants": len(result.results),
+        "extended_from": result.extended_from,
         "cost": result.cost,
         "seconds": seconds,
         # The trial without its loss curves (they make the file 30x larger).
@@ -264,6 +269,12 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--seed", type=int, default=0, help="the trial's seed (not the report's)")
     parser.add_argument(
+        "--extend",
+        type=int,
+        default=EXTEND,
+        help="trial's extend: the longer round's length in first rounds (1: one round only)",
+    )
+    parser.add_argument(
         "--generated", type=int, default=0, help="N faulty generated runs instead of the suite"
     )
     parser.add_argument(
@@ -284,7 +295,7 @@ def main() -> None:
     with Progress(transient=True) as bar:
         task = bar.add_task("trials", total=len(builders))
         for build in builders:
-            rows.append(measure(build(), args.seed))
+            rows.append(measure(build(), args.seed, args.extend))
             bar.advance(task)
     print(
         "| case | main finding | first suggestion | its verdict | trial's first | verdict | cost |"
@@ -319,6 +330,8 @@ def main() -> None:
         if any(r["cost"] is not None for r in rows)
         else None,
         "seed": args.seed,
+        "extend": args.extend,
+        "extended": sum(r["extended_from"] is not None for r in rows),
         "source": args.source if args.generated else None,
         "torch": torch.__version__,
         "threads": 1,
@@ -332,6 +345,7 @@ def main() -> None:
         f"{wo['trial_first_helps']}, first suggestion helps {wo['first_suggestion_helps']}"
     )
     print(f"median cost (all variants / one baseline run): {summary['cost_median']:.1f}x")
+    print(f"trained again for longer (no fix helped in the first round): {summary['extended']}")
     failing = [r for r in rows if r["first_suggestion_verdict"] != "helps"]
     for r in failing:
         print(

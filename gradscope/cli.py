@@ -172,6 +172,12 @@ set_option = click.option(
 debug_option = click.option(
     "--debug", is_flag=True, help="Show tracebacks instead of one-line errors."
 )
+try_fixes_option = click.option(
+    "--try-fixes",
+    is_flag=True,
+    help="Train each suggested fix on a copy and judge it again (when no fix helps "
+    "within the run's steps, every run is trained again four times as long).",
+)
 
 
 def _exit_code(report: Report, fail_on: str) -> int:
@@ -209,9 +215,7 @@ def main() -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the faulty model's report as JSON.")
 @click.option("--suggestions", default=3, show_default=True, help="Fixes shown per finding.")
-@click.option(
-    "--try-fixes", is_flag=True, help="Train each suggested fix on a copy and judge it again."
-)
+@try_fixes_option
 @debug_option
 def demo(
     name: str,
@@ -291,9 +295,7 @@ def demo(
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @fail_on_option
 @set_option
-@click.option(
-    "--try-fixes", is_flag=True, help="Train each suggested fix on a copy and judge it again."
-)
+@try_fixes_option
 @click.option(
     "--save-fixed",
     type=click.Path(dir_okay=False),

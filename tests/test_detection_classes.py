@@ -4,6 +4,7 @@ by what they hold, an early blow-up, harm-tracking severity, and where a NaN beg
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import pytest
@@ -220,7 +221,12 @@ def test_a_spike_the_loss_recovers_from_is_info_not_a_warning():
     assert report.at_least("warning") == [], report
     (spike,) = [f for f in report.findings if f.kind == "exploding_gradient"]
     assert spike.severity == "info" and "wild_step_share" in spike.evidence
-    assert "The loss recovered: it ended at 0.0848" in spike.message
+    # The third digit moves between CPUs (0.0848 on one machine, 0.0851 on another).
+    assert re.search(
+        r"The loss recovered: it ended at 0\.08\d+, below what predicting the same output "
+        r"for every input scores \(0\.18\d\)",
+        spike.message,
+    ), spike.message
 
 
 def test_a_spike_whose_loss_recovers_to_exactly_zero_is_said_without_a_baseline():

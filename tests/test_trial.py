@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import re
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -113,7 +114,7 @@ def test_baseline_replays_the_reports_optimizer_class_and_hyper_parameters():
     report = Report.from_json(report.to_json())  # the settings survive JSON
     report.findings = [_finding("vanishing_gradient", "0", "lower_lr")]
 
-    result = gradscope.trial(fresh, _batches(), CE, report, steps=6, seed=3)
+    result = gradscope.trial(fresh, _batches(), CE, report, steps=6, seed=3, extend=1)
 
     torch.manual_seed(3)
     twin = copy.deepcopy(fresh)
@@ -168,7 +169,7 @@ def test_fixes_that_do_not_fit_say_why_and_the_rest_still_runs():
     )
     batches = [spec.example_batch(16, seed=k) for k in range(4)]
 
-    result = gradscope.trial(model, batches, spec.loss_fn, report, steps=4)
+    result = gradscope.trial(model, batches, spec.loss_fn, report, steps=4, extend=1)
 
     by_kind = {r.kind: r for r in result.results}
     assert by_kind["add_batchnorm"].verdict == "not applicable"
@@ -235,11 +236,12 @@ def test_json_table_and_figure():
     report.findings[0].suggestions = report.findings[0].suggestions[:2]
     report.model_name = "net[bold]x[/bold]"
 
-    result = gradscope.trial(model, _batches(), CE, report, steps=5)
+    result = gradscope.trial(model, _batches(), CE, report, steps=5, extend=1)
 
     data = json.loads(result.to_json())
     assert [r["kind"] for r in data["results"]] == [r.kind for r in result.results]
     assert len(data["baseline"]["losses"]) == 5
+    assert data["steps"] == 5 and data["extended_from"] is None
     from rich.console import Console
 
     console = Console(record=True, width=200)
@@ -273,7 +275,9 @@ def test_clipping_uses_the_reports_median_gradient_norm_and_a_given_optimizer_fa
         built.append(len(params))
         return torch.optim.SGD(params, lr=0.05)
 
-    result = gradscope.trial(model, _batches(), CE, report, steps=3, optimizer_factory=factory)
+    result = gradscope.trial(
+        model, _batches(), CE, report, steps=3, optimizer_factory=factory, extend=1
+    )
 
     clip = next(r for r in result.results if r.kind == "clip_grad_norm")
     assert (
@@ -376,7 +380,8 @@ def test_cli_check_json_carries_the_trial(tmp_path):
     )
 
     data = json.loads(result.output)
-    assert data["trial"]["steps"] == 5
+    # No fix is clearly better after 5 steps, so every run was trained again for 20.
+    assert (data["trial"]["extended_from"], data["trial"]["steps"]) == (5, 20)
     assert {r["kind"] for r in data["trial"]["results"]} == {
         "use_relu",
         "kaiming_init",
@@ -409,7 +414,7 @@ def test_a_torchscript_model_gets_loop_fixes_and_says_why_edits_are_skipped():
     scripted = torch.jit.script(spec.factory())
     report = Report(findings=[_finding("vanishing_gradient", "0", "use_relu", "lower_lr")])
 
-    result = gradscope.trial(scripted, _batches(2), CE, report, steps=3)
+    result = gradscope.trial(scripted, _batches(2), CE, report, steps=3, extend=1)
 
     by_kind = {r.kind: r for r in result.results}
     assert by_kind["use_relu"].reason.startswith("a TorchScript model cannot be edited")
@@ -483,6 +488,20 @@ def test_a_weight_decay_that_pulls_the_weights_to_zero_is_ranked_first_and_helps
     weight shrinks 10% per step, the first layer 464x in 60 steps, and the loss ends at
     ln 4, a constant prediction's.  It was told Kaiming init, residuals and BatchNorm; the
     weight decay comes first now, and trial shows it helping."""
+    make, batches, report = _decayed_run()
+    (found,) = report.at_least("warning")
+    first = found.suggestions[0]
+    assert (first.kind, first.title) == ("lower_weight_decay", "Lower the weight decay to 0.01")
+    assert first.why.startswith("First because weight decay 100 at lr=0.001 shrinks every")
+    torch.manual_seed(0)
+    result = gradscope.trial(make(), batches, CE, report, steps=60)
+    best = result.results[0]
+    assert (best.kind, best.verdict) == ("lower_weight_decay", "helps")
+
+
+def _decayed_run() -> tuple[Callable[[], nn.Module], list, Report]:
+    """A GELU+LayerNorm MLP trained 60 steps with AdamW(weight_decay=100): its weights
+    shrink toward zero and the gradient reaching the first layer vanishes."""
     import torch.nn.functional as F
 
     w = torch.randn(32, 4, generator=torch.Generator().manual_seed(3))
@@ -509,12 +528,30 @@ def test_a_weight_decay_that_pulls_the_weights_to_zero_is_ranked_first_and_helps
             scope.log_loss(loss)
             loss.backward()
             opt.step()
-    report = scope.report()
-    (found,) = report.at_least("warning")
-    first = found.suggestions[0]
-    assert (first.kind, first.title) == ("lower_weight_decay", "Lower the weight decay to 0.01")
-    assert first.why.startswith("First because weight decay 100 at lr=0.001 shrinks every")
+    return make, batches, scope.report()
+
+
+def test_when_no_fix_helps_within_steps_every_run_is_trained_again_for_longer():
+    """Eight steps are too few for the lower weight decay to show; trial says so and
+    trains the baseline and every fix again for 4 x 8 steps, where it helps."""
+    make, batches, report = _decayed_run()
     torch.manual_seed(0)
-    result = gradscope.trial(make(), batches, F.cross_entropy, report, steps=60)
+    short = gradscope.trial(make(), batches, CE, report, steps=8, extend=1)
+    assert short.best is None and short.extended_from is None and short.steps == 8
+
+    torch.manual_seed(0)
+    result = gradscope.trial(make(), batches, CE, report, steps=8)
+
+    assert (result.extended_from, result.steps) == (8, 32)
     best = result.results[0]
-    assert (best.kind, best.verdict) == ("lower_weight_decay", "helps")
+    assert (best.kind, best.verdict, len(best.losses)) == ("lower_weight_decay", "helps", 32)
+    assert len(result.baseline_losses) == 32
+    assert (
+        "no fix helped clearly after 8 steps: the baseline and every fix were trained "
+        "again for 32 steps"
+    ) in result.notes
+    assert "32 steps each (a second round: nothing helped after 8)" in result.summary()
+    assert "one 8-step baseline run" in result.summary()
+    assert json.loads(result.to_json())["extended_from"] == 8
+    with pytest.raises(gradscope.InputError, match=r"^extend must be at least 1"):
+        gradscope.trial(make(), batches, CE, report, steps=8, extend=0)

@@ -101,6 +101,8 @@ class TrialReport:
         baseline_losses: the unchanged copy's loss per step.
         baseline_findings: its warning/error findings, "kind@layer".
         steps, seed: how every run was trained.
+        extended_from: the first round's steps when no fix helped in it and every run
+            was trained again for ``steps`` (None when one round was enough).
         margin: how far below the baseline a final loss must be to count as lower.
         cost: time of all variants / time of one baseline run (None if nothing trained).
         notes: what a reader should know ("nothing to fix", fixes that need code).
@@ -112,6 +114,7 @@ class TrialReport:
     baseline_findings: list[str] = field(default_factory=list)
     steps: int = 0
     seed: int = 0
+    extended_from: int | None = None
     margin: float = 0.0
     cost: float | None = None
     baseline_seconds: float = 0.0
@@ -143,6 +146,7 @@ class TrialReport:
             {
                 "model_name": self.model_name,
                 "steps": self.steps,
+                "extended_from": self.extended_from,
                 "seed": self.seed,
                 "margin": self.margin,
                 "cost": self.cost,
@@ -188,7 +192,12 @@ class TrialReport:
         return "\n".join(lines + [f"  note: {n}" for n in self.notes])
 
     def _headline(self) -> str:
-        cost = f"; cost {self.cost:.1f}x one baseline run" if self.cost is not None else ""
+        first = self.extended_from or self.steps
+        cost = (
+            f"; cost {self.cost:.1f}x one {first}-step baseline run"
+            if self.cost is not None
+            else ""
+        )
         if self.baseline_losses and not math.isfinite(V.final_loss(self.baseline_losses)):
             rule = "the baseline's loss turned non-finite: 'helps' means a finite run"
         else:
@@ -196,9 +205,14 @@ class TrialReport:
                 f"'helps' needs a final loss more than {self.margin:.3g} below the "
                 "baseline's and the finding gone"
             )
+        rounds = (
+            f" (a second round: nothing helped after {self.extended_from})"
+            if self.extended_from
+            else ""
+        )
         return (
             f"trial of {self.model_name}: {len(self.results)} fixes, {self.steps} steps "
-            f"each, seed {self.seed}; {rule}{cost}"
+            f"each{rounds}, seed {self.seed}; {rule}{cost}"
         )
 
     def print(self, console: Any = None) -> None:

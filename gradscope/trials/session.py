@@ -18,6 +18,9 @@ from gradscope.trials import runner
 from gradscope.trials import verdict as V
 from gradscope.trials.report import TrialReport, TrialResult, rank_results
 
+#: How many times longer the second round is when no fix helps in the first.
+EXTEND = 4
+
 
 def _batches(batches: Any, steps: int) -> list[tuple[Any, Any]]:
     """The batches every run reuses: one pair, or the first ``steps`` of an iterable."""
@@ -49,6 +52,7 @@ def trial(
     seed: int = 0,
     train_step: runner.TrainStep | None = None,
     code_changes: dict[str, Callable[[nn.Module], nn.Module | F.CodeChange]] | None = None,
+    extend: int = EXTEND,
 ) -> TrialReport:
     """Try each suggested fix of ``report``'s warning/error findings on a copy of ``model``.
 
@@ -75,6 +79,9 @@ def trial(
             a :class:`~gradscope.trials.fixes.CodeChange` (model, loss_fn, train_step),
             and the trial verifies it like any other fix.  Without one, such fixes are
             listed as "needs a code change" with their snippet, and not trained.
+        extend: when no fix helps after ``steps`` steps, the baseline and every fix are
+            trained again for ``steps * extend`` steps (a fix such as a better
+            initialisation often needs longer to show); 1 turns this off.
 
     Returns:
         A :class:`TrialReport` with the results best first.
@@ -83,6 +90,8 @@ def trial(
         raise InputError(f"trial() needs a torch.nn.Module, got {type(model).__name__}.")
     if steps < 1:
         raise InputError(f"steps must be at least 1, got {steps}.")
+    if extend < 1:
+        raise InputError(f"extend must be at least 1 (1 turns the longer round off), got {extend}.")
     if loss_fn is None and train_step is None:
         raise InputError("trial() needs loss_fn (or a train_step that computes the loss).")
     findings = report.at_least("warning")
@@ -90,12 +99,20 @@ def trial(
     if not findings:
         out.notes.append("nothing to fix: the report has no warning or error finding")
         return out
-    data = _batches(batches, steps)
+    data = _batches(batches, steps * extend)
     with torch.random.fork_rng(devices=[]):
         session = _Session(model, data, loss_fn, report, out, train_step, code_changes or {})
         if optimizer_factory is not None:
             session.factory = optimizer_factory
         session.run_all(findings)
+        if extend > 1 and out.best is None and session.cache:
+            out.extended_from = steps
+            out.notes.append(
+                f"no fix helped clearly after {steps} steps: the baseline and every fix "
+                f"were trained again for {steps * extend} steps"
+            )
+            out.steps = steps * extend
+            session.run_all(findings)
     return out
 
 
@@ -168,15 +185,26 @@ class _Session:
         return variant
 
     def run_all(self, findings: list[Finding]) -> None:
-        """The baseline, then every suggestion of every finding; results ranked in ``out``."""
+        """The baseline, then every suggestion of every finding; results ranked in ``out``.
+
+        Called again for a longer round: the runs start afresh, and the time of every run
+        after the first baseline counts toward ``out.cost``.
+        """
         out = self.out
-        if self.factory is None and not self.settings:
+        first_round = not hasattr(self, "baseline")
+        if first_round and self.factory is None and not self.settings:
             out.notes.append("the report does not name its optimizer: every run uses SGD(lr=0.01)")
-        self.probe = F.probe(self.model, self.data[0][0], _call)
+        if first_round:
+            self.probe = F.probe(self.model, self.data[0][0], _call)
+        self.cache.clear()
+        self.best_run = None
         torch.manual_seed(out.seed)
         self.baseline = self.train(self.copy(), None, f"{out.model_name} (baseline)")
+        if first_round:
+            out.baseline_seconds = self.baseline.seconds
+        else:
+            self.spent += self.baseline.seconds
         out.baseline_losses = self.baseline.losses
-        out.baseline_seconds = self.baseline.seconds
         out.margin = V.margin(self.baseline.losses)
         self.base_keys = V.finding_keys(self.baseline.report.findings, {})
         out.baseline_findings = _key_names(self.base_keys)
@@ -189,14 +217,16 @@ class _Session:
                 )
             results += [self.attempt(finding, s) for s in finding.suggestions]
         out.results = rank_results(results)
-        base_time = self.baseline.seconds
-        out.cost = self.spent / base_time if self.cache and base_time > 0 else None
+        base_time = out.baseline_seconds
+        out.cost = self.spent / base_time if self.spent and base_time > 0 else None
         best = out.best
+        out.best_model = None
         if best is not None and self.best_run is not None and self.best_run[1] == id(best):
             out.best_model = self.best_run[2]
         needs = sorted({r.kind for r in results if r.needs_code_change})
-        if needs:
-            out.notes.append(f"needs a code change, not trained: {', '.join(needs)}")
+        note = f"needs a code change, not trained: {', '.join(needs)}"
+        if needs and note not in out.notes:
+            out.notes.append(note)
 
     def apply(
         self, finding: Finding, suggestion: Suggestion, result: TrialResult
