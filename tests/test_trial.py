@@ -555,3 +555,19 @@ def test_when_no_fix_helps_within_steps_every_run_is_trained_again_for_longer():
     assert json.loads(result.to_json())["extended_from"] == 8
     with pytest.raises(gradscope.InputError, match=r"^extend must be at least 1"):
         gradscope.trial(make(), batches, CE, report, steps=8, extend=0)
+
+
+def test_no_longer_round_when_every_run_turned_non_finite():
+    """Every run sees the same batches, so a loss that turned non-finite within ``steps``
+    turns non-finite again in a longer run: the trial stops after one round."""
+    model, report = _deep_sigmoid()
+    report.findings = [_finding("vanishing_gradient", "0", "lower_lr", "clip_grad_norm")]
+
+    def poisoned(output, target):
+        return CE(output, target) * torch.tensor(float("nan"))
+
+    result = gradscope.trial(model, _batches(), poisoned, report, steps=4)
+
+    assert result.extended_from is None and result.steps == 4
+    assert {r.verdict for r in result.results} == {"no effect"}
+    assert all(len(r.losses) == 4 for r in result.results)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -35,6 +36,15 @@ def _batches(batches: Any, steps: int) -> list[tuple[Any, Any]]:
     if not kept:
         raise InputError("batches is empty: give at least one (input, target) pair.")
     return kept
+
+
+def _undecided(out: TrialReport) -> bool:
+    """True when a longer round could change the outcome: no fix helps, the baseline's
+    loss stayed finite and some trained fix's did too (a run that turned non-finite
+    within ``steps`` turns non-finite again on the same batches)."""
+    finite = [r for r in out.results if r.losses and all(math.isfinite(v) for v in r.losses)]
+    baseline_finite = all(math.isfinite(v) for v in out.baseline_losses)
+    return out.best is None and baseline_finite and bool(finite)
 
 
 def _key_names(keys: set[V.Key]) -> list[str]:
@@ -105,7 +115,7 @@ def trial(
         if optimizer_factory is not None:
             session.factory = optimizer_factory
         session.run_all(findings)
-        if extend > 1 and out.best is None and session.cache:
+        if extend > 1 and _undecided(out):
             out.extended_from = steps
             out.notes.append(
                 f"no fix helped clearly after {steps} steps: the baseline and every fix "
