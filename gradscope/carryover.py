@@ -7,7 +7,11 @@ gradients do, exactly: after a step, keep that parameter's gradient (``previous`
 sum what backward adds to it during the next step (``incoming``, a tensor hook that sees
 each gradient before it is accumulated).  At the next ``optimizer.step()`` the gradient
 is ``c * incoming`` when it was reset, and ``c * (previous + incoming)`` when it was not
-(``c``: gradient clipping or a GradScaler's unscaling, applied to the whole sum).
+(``c``: gradient clipping or a GradScaler's unscaling, applied to the whole sum).  A
+gradient that arrives while ``.grad`` is None (``zero_grad(set_to_none=True)``, the
+default, came in between) starts ``incoming`` afresh: a second loss's backward through the
+parameter before that reset (a GAN generator's step through the discriminator) is gone
+from ``.grad`` and must not count.
 
 The check runs after detail steps only (a copy of one parameter of at most
 :data:`LARGEST` entries and a hook on it), never under DDP or FSDP (their all-reduce
@@ -124,6 +128,11 @@ class CarryCheck:
     def _add(self, grad: Tensor) -> None:
         if grad.layout is not torch.strided:
             return
+        if self._param is not None and self._param.grad is None:
+            # zero_grad(set_to_none=True) since the last gradient arrived: what came
+            # before it (another loss's backward through this parameter, such as a GAN
+            # generator's step through the discriminator) is no longer in .grad.
+            self._incoming = None
         grad = grad.detach().float()
         self._incoming = grad.clone() if self._incoming is None else self._incoming + grad
 

@@ -150,3 +150,30 @@ def test_a_trainable_part_the_optimizer_does_not_hold_is_not_checked():
                 loss.backward()
                 opt.step()
     assert "stale_gradient" not in [f.kind for f in scope.report().findings]
+
+
+def test_a_generator_step_through_the_discriminator_is_not_a_stale_gradient():
+    """Generated held-out run 44354: a two-optimizer GAN with the saturating generator
+    loss, whose discriminator (watched with its own optimizer) won outright.  The
+    generator's backward runs through D and adds to D's .grad, then D's
+    zero_grad(set_to_none=True) clears it; that gradient is the negative of D's own on
+    generated samples, so the old check read D's next gradient as the sum of the
+    previous one and everything since (90% carried) and said zero_grad() was missing."""
+    from gradscope_scenarios.generated.score import watch_reports
+    from gradscope_scenarios.generated.space import draw
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reports = watch_reports(draw(44354))
+
+    assert [f for f in reports["D"].findings if f.kind == "stale_gradient"] == []
+    assert [(f.kind, f.layer) for f in reports["G"].at_least("warning")] == [
+        ("vanishing_gradient", "net.0.0")
+    ]
+    checked = [
+        share
+        for record in reports["D"].history.records
+        for share in record.grads.get("grad_carried", ())
+        if not math.isnan(share)
+    ]
+    assert checked and max(checked) == 0.0  # every check that could tell saw a reset
