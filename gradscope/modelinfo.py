@@ -187,6 +187,18 @@ class ModelInfo:
         """The distinct roles of the model's layers."""
         return {layer.role for layer in self.layers}
 
+    def hidden_roles(self) -> set[str]:
+        """The roles of the layers up to the last weight layer in forward order: an
+        output activation after it (a sigmoid for BCE, a tanh image) is left out."""
+        weights = [
+            k
+            for k, layer in enumerate(self.layers)
+            if layer.role in ("weight", "vanilla_rnn", "gated_rnn")
+        ]
+        if not weights:
+            return self.roles()
+        return {layer.role for layer in self.layers[: weights[-1] + 1]}
+
     def sequence_length(self, name: str) -> int | None:
         """Time steps a recurrent layer ran over (from its first output's shape)."""
         layer = self.layer(name)

@@ -1044,7 +1044,9 @@ def _plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
     if layer is not None and layer.role == "gated_rnn":
         # Through time in an LSTM/GRU: norm-preserving recurrent weights, not a ReLU init.
         return [fix.orthogonal_init, fix.clip_grad_norm, fix.lower_lr]
-    if roles & {"sigmoid", "tanh"}:
+    if info.hidden_roles() & {"sigmoid", "tanh"}:
+        # Hidden sigmoid/tanh layers squash the gradient (an output's sigmoid does not
+        # stand between the layers, and use_relu leaves it in place).
         if fix.looped(finding):
             # A recurrence written as a loop: ReLU is unbounded there and grows the hidden
             # state at every time step; a norm re-centres the cell's input each step.
@@ -1072,7 +1074,7 @@ def gradscope_suggest(finding: Finding, model_info: ModelInfo) -> list[Suggestio
 
 def _first_reason(finding: Finding, info: ModelInfo) -> str:
     """What evidence put BatchNorm first for a sigmoid/tanh model (see :func:`plan`)."""
-    if not info.roles() & {"sigmoid", "tanh"}:
+    if not info.hidden_roles() & {"sigmoid", "tanh"}:
         return ""
     if fix.looped(finding):
         return fix.loop_reason(fix.looped(finding))

@@ -536,3 +536,23 @@ def test_a_loss_that_halved_and_then_rests_has_converged_not_stalled():
     assert dead.layer == "enc.1" and dead.severity == "info"
     assert report.kinds_at_least("warning") == set()
 
+
+
+def test_an_output_sigmoid_does_not_make_relu_the_first_fix_for_vanishing():
+    """Generated tuning run 95: a GELU autoencoder at init std 0.01 whose only sigmoid is
+    its output (BCE).  Its vanishing gradient was told "use ReLU" first, which trial could
+    not apply (no hidden sigmoid or tanh to swap); the order now looks at the hidden
+    layers only, and BatchNorm, which trial verifies, comes first."""
+    import warnings
+
+    from gradscope_scenarios.generated.space import build, draw
+
+    model, batches, loss_fn, optimizer = build(draw(95)).diagnose_args()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = gradscope.diagnose(model, batches, loss_fn, optimizer=optimizer, steps=30)
+    (found,) = [f for f in report.at_least("warning") if f.kind == "vanishing_gradient"]
+    kinds = [s.kind for s in found.suggestions]
+    assert kinds[0] == "add_batchnorm" and "use_relu" not in kinds
+    assert report.model_info.roles() >= {"sigmoid"}
+    assert "sigmoid" not in report.model_info.hidden_roles()
