@@ -369,13 +369,16 @@ def check(
             raise ValueError(f"--steps must be at least 1, got {steps}.")
         if save_fixed and not try_fixes:
             raise ValueError("--save-fixed needs --try-fixes.")
+        trial = None
         with _progress_bar(steps) as advance:
             if try_fixes:
-                from gradscope.trials.cli import check_with_trial
+                from gradscope.trials.cli import check_for_trial, trial_for_check
 
-                result, trial = check_with_trial(options, advance)
+                result, prepared, pristine = check_for_trial(options, advance)
             else:
-                result, trial = run_check(options, progress=advance), None
+                result = run_check(options, progress=advance)
+        if try_fixes:  # its own bar: one live display at a time
+            trial = trial_for_check(pristine, prepared, result, steps)
         if as_json:
             data = result.to_dict()
             if trial is not None:

@@ -537,7 +537,6 @@ def test_a_loss_that_halved_and_then_rests_has_converged_not_stalled():
     assert report.kinds_at_least("warning") == set()
 
 
-
 def test_an_output_sigmoid_does_not_make_relu_the_first_fix_for_vanishing():
     """Generated tuning run 95: a GELU autoencoder at init std 0.01 whose only sigmoid is
     its output (BCE).  Its vanishing gradient was told "use ReLU" first, which trial could

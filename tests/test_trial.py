@@ -540,9 +540,21 @@ def test_when_no_fix_helps_within_steps_every_run_is_trained_again_for_longer():
     assert short.best is None and short.extended_from is None and short.steps == 8
 
     torch.manual_seed(0)
-    result = gradscope.trial(make(), batches, CE, report, steps=8)
+    ticks = []
+    result = gradscope.trial(
+        make(), batches, CE, report, steps=8, progress=lambda *tick: ticks.append(tick)
+    )
 
     assert (result.extended_from, result.steps) == (8, 32)
+    # A progress bar's feed: each round from the baseline to "done", one tick per fix.
+    fixes = len(report.at_least("warning")[0].suggestions)
+    rounds = [ticks[: fixes + 2], ticks[fixes + 2 :]]
+    assert [r[0] for r in rounds] == [
+        (0, fixes + 1, "baseline, 8 steps"),
+        (0, fixes + 1, "baseline, 32 steps"),
+    ]
+    assert all(r[-1] == (fixes + 1, fixes + 1, "done") for r in rounds)
+    assert rounds[0][1] == (1, fixes + 1, "lower_weight_decay for vanishing_gradient")
     best = result.results[0]
     assert (best.kind, best.verdict, len(best.losses)) == ("lower_weight_decay", "helps", 32)
     assert len(result.baseline_losses) == 32

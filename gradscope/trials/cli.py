@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +14,9 @@ from gradscope.trials.report import TrialReport
 from gradscope.trials.session import trial
 
 
-def check_with_trial(options: Any, progress: Any) -> tuple[Report, TrialReport]:
-    """`gradscope check`, then the trial on the model as it was loaded (before check trained it)."""
+def check_for_trial(options: Any, progress: Any) -> tuple[Report, Any, torch.nn.Module]:
+    """`gradscope check`, keeping what the trial needs: the report, the prepared check
+    and the model as it was loaded (before check trained it)."""
     import copy
 
     from gradscope.check import prepare_check, run_check
@@ -21,7 +24,24 @@ def check_with_trial(options: Any, progress: Any) -> tuple[Report, TrialReport]:
     prepared = prepare_check(options)
     pristine = copy.deepcopy(prepared.model)
     report = run_check(options, progress=progress, prepared=prepared)
-    return report, trial_for_check(pristine, prepared, report, options.steps)
+    return report, prepared, pristine
+
+
+@contextlib.contextmanager
+def trial_bar() -> Iterator[Any]:
+    """A progress bar for the trial's runs on stderr when it is a terminal (silent
+    otherwise), as ``trial``'s ``progress`` callback."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("trying fixes", total=None)
+
+        def update(done: int, total: int, label: str) -> None:
+            bar.update(task, completed=done, total=total, description=f"trying fixes: {label}")
+
+        yield update
 
 
 def show_trial(result: TrialReport, console: Any, save_to: str | None, quiet: bool) -> None:
@@ -39,7 +59,15 @@ def trial_for_check(
     pristine: torch.nn.Module, prepared: Any, report: Report, steps: int
 ) -> TrialReport:
     """Trial on the checkpoint's model as loaded, with check's batch, loss and optimizer."""
-    result = trial(pristine, (prepared.x, prepared.y), prepared.loss_fn, report, steps=steps)
+    with trial_bar() as progress:
+        result = trial(
+            pristine,
+            (prepared.x, prepared.y),
+            prepared.loss_fn,
+            report,
+            steps=steps,
+            progress=progress,
+        )
     result.attach(report)
     return result
 
@@ -52,7 +80,16 @@ def trial_for_demo(name: str, report: Report, steps: int) -> TrialReport:
     torch.manual_seed(0)
     model = spec.factory()
     batches = [spec.example_batch(seed=k) for k in range(min(steps, spec.distinct_batches))]
-    result = trial(model, batches, spec.loss_fn, report, steps=steps, train_step=spec.step)
+    with trial_bar() as progress:
+        result = trial(
+            model,
+            batches,
+            spec.loss_fn,
+            report,
+            steps=steps,
+            train_step=spec.step,
+            progress=progress,
+        )
     result.attach(report)
     return result
 

@@ -63,6 +63,7 @@ def trial(
     train_step: runner.TrainStep | None = None,
     code_changes: dict[str, Callable[[nn.Module], nn.Module | F.CodeChange]] | None = None,
     extend: int = EXTEND,
+    progress: Progress | None = None,
 ) -> TrialReport:
     """Try each suggested fix of ``report``'s warning/error findings on a copy of ``model``.
 
@@ -92,6 +93,9 @@ def trial(
         extend: when no fix helps after ``steps`` steps, the baseline and every fix are
             trained again for ``steps * extend`` steps (a fix such as a better
             initialisation often needs longer to show); 1 turns this off.
+        progress: ``progress(done, total, label)`` before each run of a round (``done``
+            runs of ``total`` finished; ``label`` names the run about to train), for a
+            progress bar.
 
     Returns:
         A :class:`TrialReport` with the results best first.
@@ -112,6 +116,7 @@ def trial(
     data = _batches(batches, steps * extend)
     with torch.random.fork_rng(devices=[]):
         session = _Session(model, data, loss_fn, report, out, train_step, code_changes or {})
+        session.progress = progress
         if optimizer_factory is not None:
             session.factory = optimizer_factory
         session.run_all(findings)
@@ -127,6 +132,8 @@ def trial(
 
 
 Factory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+#: ``progress(done, total, label)``: runs finished of the round's total, the next run's name.
+Progress = Callable[[int, int, str], None]
 CodeChanges = dict[str, Callable[[nn.Module], "nn.Module | F.CodeChange"]]
 
 
@@ -159,6 +166,7 @@ class _Session:
         self.cache: dict[tuple[str, tuple[str, ...], str], tuple[runner.Run, F.Change]] = {}
         self.spent = 0.0
         self.best_run: tuple[float, int, nn.Module] | None = None
+        self.progress: Progress | None = None
         self.order = {name: k for k, (name, _) in enumerate(model.named_modules())}
 
     def make_optimizer(self, variant: nn.Module) -> torch.optim.Optimizer:
@@ -208,6 +216,8 @@ class _Session:
             self.probe = F.probe(self.model, self.data[0][0], _call)
         self.cache.clear()
         self.best_run = None
+        total = 1 + sum(len(f.suggestions) for f in findings)
+        self._tick(0, total, f"baseline, {out.steps} steps")
         torch.manual_seed(out.seed)
         self.baseline = self.train(self.copy(), None, f"{out.model_name} (baseline)")
         if first_round:
@@ -225,7 +235,10 @@ class _Session:
                     f"{finding.kind} in {finding.layer or '-'} did not show in the baseline's "
                     f"{out.steps} steps: its fixes can lower the loss but not remove it"
                 )
-            results += [self.attempt(finding, s) for s in finding.suggestions]
+            for suggestion in finding.suggestions:
+                self._tick(1 + len(results), total, f"{suggestion.kind} for {finding.kind}")
+                results.append(self.attempt(finding, suggestion))
+        self._tick(total, total, "done")
         out.results = rank_results(results)
         base_time = out.baseline_seconds
         out.cost = self.spent / base_time if self.spent and base_time > 0 else None
@@ -237,6 +250,10 @@ class _Session:
         note = f"needs a code change, not trained: {', '.join(needs)}"
         if needs and note not in out.notes:
             out.notes.append(note)
+
+    def _tick(self, done: int, total: int, label: str) -> None:
+        if self.progress is not None:
+            self.progress(done, total, label)
 
     def apply(
         self, finding: Finding, suggestion: Suggestion, result: TrialResult
