@@ -583,3 +583,24 @@ def test_no_longer_round_when_every_run_turned_non_finite():
     assert result.extended_from is None and result.steps == 4
     assert {r.verdict for r in result.results} == {"no effect"}
     assert all(len(r.losses) == 4 for r in result.results)
+
+
+def test_a_fix_that_keeps_a_diverging_baseline_from_blowing_up_helps():
+    """A ResNet without BatchNorm at SGD lr 1 (the real-architecture recipe): the baseline
+    sits at 2.3, then blows up over its last five steps (3.3, 3.9, 44, 329, 4e8); the lower
+    rate stays at 2.  Two standard deviations of that window are 1e8, so the lower rate was
+    "no effect"; the noise is now measured robustly (median absolute deviation)."""
+    from gradscope.trials.verdict import judge, margin, noise
+
+    baseline = [2.3, 2.25] * 10 + [2.31, 2.22, 2.27, 2.25, 2.12, 3.26, 3.88, 44.5, 329.0, 4.32e8]
+    lower_lr = [2.2, 2.1] * 10 + [2.08, 1.98, 2.07, 2.1, 2.1, 2.14, 1.9, 1.8, 2.04, 2.65]
+    verdict = judge(baseline, lower_lr, finding_gone=True)
+    assert verdict.verdict == "helps"
+    assert verdict.reason == "final loss 2.04 < 44.5 - 1.8"
+    assert margin(baseline) == pytest.approx(1.8, abs=0.05)
+    # For ordinary noise the robust figure is the usual standard deviation's size.
+    normal = torch.randn(1000, generator=torch.Generator().manual_seed(0)).tolist()
+    assert noise(normal) == pytest.approx(1.0, abs=0.1)
+    assert noise([1.0]) == 0.0
+    # A loss at exactly 0 most of the time: the deviation of the rest still counts.
+    assert noise([0.0] * 7 + [0.03, 0.0, 0.01]) == pytest.approx(0.00917, abs=1e-5)

@@ -3,15 +3,16 @@
 "Clearly below" has a stated margin: a variant's final loss (the median of its last
 :data:`TAIL` losses) must be below the baseline's by more than
 ``max(NOISE_SIGMAS x the standard deviation of the baseline's last NOISE_WINDOW losses,
-RELATIVE x the baseline's final loss)``, or below every one of the baseline's last
-NOISE_WINDOW losses by RELATIVE x its final loss (a baseline that swings wildly, such as
-a loop that never resets its gradients, has a standard deviation larger than its
-median), or, step by step against the baseline (every run sees the same batches in the
-same order, so the batch-to-batch swing both runs share cancels), below the baseline on
-at least PAIRED_SHARE of the last NOISE_WINDOW steps by a median of more than RELATIVE x
-its final loss; and the finding it addresses must be gone.  "Clearly above" mirrors it.
-For a finding the loss cannot show (a parameter with no gradient: its fix freezes or
-connects it) the finding gone without a clearly higher loss is enough.
+RELATIVE x the baseline's final loss)`` (a robust standard deviation, from the median
+absolute deviation, as the final losses are medians: see :func:`noise`), or below every
+one of the baseline's last NOISE_WINDOW losses by RELATIVE x its final loss (a baseline
+that swings wildly, such as a loop that never resets its gradients, swings by more than
+its median), or, step by step against the baseline (every run sees the same batches in
+the same order, so the batch-to-batch swing both runs share cancels), below the baseline
+on at least PAIRED_SHARE of the last NOISE_WINDOW steps by a median of more than
+RELATIVE x its final loss; and the finding it addresses must be gone.  "Clearly above"
+mirrors it.  For a finding the loss cannot show (a parameter with no gradient: its fix
+freezes or connects it) the finding gone without a clearly higher loss is enough.
 """
 
 from __future__ import annotations
@@ -41,13 +42,30 @@ def final_loss(losses: list[float]) -> float:
     return statistics.median(losses[-TAIL:])
 
 
+#: The median absolute deviation times this is the standard deviation of normal noise.
+MAD_TO_SIGMA = 1.4826
+
+
+def noise(window: list[float]) -> float:
+    """A standard deviation of ``window`` that one blow-up does not inflate: 1.4826 x the
+    median absolute deviation (equal to the standard deviation for normal noise), 0 for
+    fewer than two values.  A baseline that diverges in its last steps (2.1, 3.3, 44, 329,
+    4e8) has a standard deviation of 1e8, which no fix could beat.  When more than half
+    the window is one value (a loss sitting at exactly 0) the deviation is 0 and says
+    nothing of the rest: the plain standard deviation is used then."""
+    if len(window) < 2:
+        return 0.0
+    centre = statistics.median(window)
+    robust = MAD_TO_SIGMA * statistics.median(abs(v - centre) for v in window)
+    return robust if robust > 0 else statistics.pstdev(window)
+
+
 def margin(baseline: list[float]) -> float:
     """How far below the baseline's final loss a variant must end to count as clearly lower."""
     window = [v for v in baseline[-NOISE_WINDOW:] if math.isfinite(v)]
-    noise = statistics.pstdev(window) if len(window) > 1 else 0.0
     final = final_loss(baseline)
     scale = abs(final) if math.isfinite(final) else 0.0
-    return max(NOISE_SIGMAS * noise, RELATIVE * scale)
+    return max(NOISE_SIGMAS * noise(window), RELATIVE * scale)
 
 
 def paired(baseline: list[float], variant: list[float]) -> list[float]:
