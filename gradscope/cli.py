@@ -347,7 +347,7 @@ def check(
       gradscope check scripted.pt --unsafe-load --input-shape 16,10 --loss mse --fail-on warning
       gradscope check cnn.pt --model cnn --try-fixes --save-fixed fixed.safetensors
     """
-    from gradscope.check import CheckOptions, parse_shape, run_check
+    from gradscope.check import CheckOptions, parse_shape
 
     _set_threads()
     with _friendly_errors(debug):
@@ -369,16 +369,7 @@ def check(
             raise ValueError(f"--steps must be at least 1, got {steps}.")
         if save_fixed and not try_fixes:
             raise ValueError("--save-fixed needs --try-fixes.")
-        trial = None
-        with _progress_bar(steps) as advance:
-            if try_fixes:
-                from gradscope.trials.cli import check_for_trial, trial_for_check
-
-                result, prepared, pristine = check_for_trial(options, advance)
-            else:
-                result = run_check(options, progress=advance)
-        if try_fixes:  # its own bar: one live display at a time
-            trial = trial_for_check(pristine, prepared, result, steps)
+        result, trial = _check_and_trial(options, try_fixes)
         if as_json:
             data = result.to_dict()
             if trial is not None:
@@ -392,6 +383,20 @@ def check(
             show_trial(trial, _console(), save_fixed, as_json)
         _write_outputs(result, plot_dir, svg, html_file, quiet=as_json)
     sys.exit(_exit_code(result, fail_on))
+
+
+def _check_and_trial(options: Any, try_fixes: bool) -> tuple[Report, Any]:
+    """Run the check under its progress bar, then (with ``try_fixes``) the trial under
+    its own: rich shows one live display at a time."""
+    from gradscope.check import run_check
+
+    with _progress_bar(options.steps) as advance:
+        if not try_fixes:
+            return run_check(options, progress=advance), None
+        from gradscope.trials.cli import check_for_trial, trial_for_check
+
+        result, prepared, pristine = check_for_trial(options, advance)
+    return result, trial_for_check(pristine, prepared, result, options.steps)
 
 
 def _overrides(pairs: tuple[str, ...]) -> dict[str, dict[str, float]]:
