@@ -565,6 +565,11 @@ def test_when_no_fix_helps_within_steps_every_run_is_trained_again_for_longer():
     assert "32 steps each (a second round: nothing helped after 8)" in result.summary()
     assert "one 8-step baseline run" in result.summary()
     assert json.loads(result.to_json())["extended_from"] == 8
+    axes = result.figure().axes[0]
+    assert axes.get_title().endswith("(32 steps each; trained again after no fix helped in 8)")
+    assert "first round's end: no fix helped by step 8" in [
+        line.get_label() for line in axes.get_lines()
+    ]
     with pytest.raises(gradscope.InputError, match=r"^extend must be at least 1"):
         gradscope.trial(make(), batches, CE, report, steps=8, extend=0)
 

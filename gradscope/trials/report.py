@@ -269,9 +269,18 @@ class TrialReport:
                 continue
             seen.add(r.kind)
             ax.plot(_finite(r.losses), linewidth=1.2, label=f"{r.kind} ({r.verdict})")
+        rounds = ""
+        if self.extended_from:
+            ax.axvline(
+                self.extended_from - 0.5,
+                color="grey",
+                linestyle=":",
+                label=f"first round's end: no fix helped by step {self.extended_from}",
+            )
+            rounds = f"; trained again after no fix helped in {self.extended_from}"
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
-        ax.set_title(f"Fix trials of {self.model_name} ({self.steps} steps each)")
+        ax.set_title(f"Fix trials of {self.model_name} ({self.steps} steps each{rounds})")
         shown = [v for r in self.results for v in r.losses] + self.baseline_losses
         if shown and all(v > 0 for v in shown if math.isfinite(v)):
             ax.set_yscale("log")
