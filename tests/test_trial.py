@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 import re
@@ -494,9 +495,20 @@ def test_a_weight_decay_that_pulls_the_weights_to_zero_is_ranked_first_and_helps
     assert (first.kind, first.title) == ("lower_weight_decay", "Lower the weight decay to 0.01")
     assert first.why.startswith("First because weight decay 100 at lr=0.001 shrinks every")
     torch.manual_seed(0)
-    result = gradscope.trial(make(), batches, CE, report, steps=60)
+    drawn: list[int] = []
+    result = gradscope.trial(make(), _loader(batches, drawn), CE, report, steps=60)
     best = result.results[0]
     assert (best.kind, best.verdict) == ("lower_weight_decay", "helps")
+    # A fix helped in the first round: no batch beyond its 60 steps was taken.
+    assert result.extended_from is None and len(drawn) == 60
+
+
+def _loader(batches: list, drawn: list[int]):
+    """A data loader that never ends, cycling ``batches``; ``drawn`` counts the batches
+    taken from it."""
+    for k in itertools.count():
+        drawn.append(k)
+        yield batches[k % len(batches)]
 
 
 def _decayed_run() -> tuple[Callable[[], nn.Module], list, Report]:
@@ -535,17 +547,26 @@ def test_when_no_fix_helps_within_steps_every_run_is_trained_again_for_longer():
     """Eight steps are too few for the lower weight decay to show; trial says so and
     trains the baseline and every fix again for 4 x 8 steps, where it helps."""
     make, batches, report = _decayed_run()
+    drawn: list[int] = []
     torch.manual_seed(0)
-    short = gradscope.trial(make(), batches, CE, report, steps=8, extend=1)
+    short = gradscope.trial(make(), _loader(batches, drawn), CE, report, steps=8, extend=1)
     assert short.best is None and short.extended_from is None and short.steps == 8
+    assert len(drawn) == 8  # one round: no batch beyond its steps was taken
 
+    drawn.clear()
     torch.manual_seed(0)
     ticks = []
     result = gradscope.trial(
-        make(), batches, CE, report, steps=8, progress=lambda *tick: ticks.append(tick)
+        make(),
+        _loader(batches, drawn),
+        CE,
+        report,
+        steps=8,
+        progress=lambda *tick: ticks.append(tick),
     )
 
     assert (result.extended_from, result.steps) == (8, 32)
+    assert len(drawn) == 32  # the longer round took the next 24 only when it ran
     # A progress bar's feed: each round from the baseline to "done", one tick per fix.
     fixes = len(report.at_least("warning")[0].suggestions)
     rounds = [ticks[: fixes + 2], ticks[fixes + 2 :]]

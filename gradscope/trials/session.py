@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -23,19 +23,22 @@ from gradscope.trials.report import TrialReport, TrialResult, rank_results
 EXTEND = 4
 
 
-def _batches(batches: Any, steps: int) -> list[tuple[Any, Any]]:
-    """The batches every run reuses: one pair, or the first ``steps`` of an iterable."""
+def _batches(batches: Any, steps: int) -> tuple[list[tuple[Any, Any]], Iterator[Any]]:
+    """The batches every run reuses (one pair, or the first ``steps`` of an iterable) and
+    the iterator the rest would come from (a longer round takes more from it only when
+    it runs: a data loader's batches are not all held in memory up front)."""
     if isinstance(batches, tuple) and len(batches) == 2 and not isinstance(batches[0], tuple):
-        return [batches]
+        return [batches], iter(())
     if isinstance(batches, torch.Tensor) or not isinstance(batches, Iterable):
         raise InputError(
             "batches must be an (input, target) pair or an iterable of such pairs, "
             f"got {type(batches).__name__}."
         )
-    kept = [_pair(b) for b in itertools.islice(iter(batches), steps)]
+    rest = iter(batches)
+    kept = [_pair(b) for b in itertools.islice(rest, steps)]
     if not kept:
         raise InputError("batches is empty: give at least one (input, target) pair.")
-    return kept
+    return kept, rest
 
 
 def _undecided(out: TrialReport) -> bool:
@@ -113,7 +116,7 @@ def trial(
     if not findings:
         out.notes.append("nothing to fix: the report has no warning or error finding")
         return out
-    data = _batches(batches, steps * extend)
+    data, rest = _batches(batches, steps)
     with torch.random.fork_rng(devices=[]):
         session = _Session(model, data, loss_fn, report, out, train_step, code_changes or {})
         session.progress = progress
@@ -127,6 +130,8 @@ def trial(
                 f"were trained again for {steps * extend} steps"
             )
             out.steps = steps * extend
+            if len(data) == steps:  # an iterable that may hold more: the next batches
+                data += [_pair(b) for b in itertools.islice(rest, steps * (extend - 1))]
             session.run_all(findings)
     return out
 
@@ -167,6 +172,8 @@ class _Session:
         self.spent = 0.0
         self.best_run: tuple[float, int, nn.Module] | None = None
         self.progress: Progress | None = None
+        #: Rounds started (a second, longer one when no fix helped in the first).
+        self.rounds = 0
         self.order = {name: k for k, (name, _) in enumerate(model.named_modules())}
 
     def make_optimizer(self, variant: nn.Module) -> torch.optim.Optimizer:
@@ -209,7 +216,8 @@ class _Session:
         after the first baseline counts toward ``out.cost``.
         """
         out = self.out
-        first_round = not hasattr(self, "baseline")
+        first_round = self.rounds == 0
+        self.rounds += 1
         if first_round and self.factory is None and not self.settings:
             out.notes.append("the report does not name its optimizer: every run uses SGD(lr=0.01)")
         if first_round:
