@@ -630,3 +630,26 @@ def test_a_fix_that_keeps_a_diverging_baseline_from_blowing_up_helps():
     assert noise([1.0]) == 0.0
     # A loss at exactly 0 most of the time: the deviation of the rest still counts.
     assert noise([0.0] * 7 + [0.03, 0.0, 0.01]) == pytest.approx(0.00917, abs=1e-5)
+
+
+def test_a_finding_on_the_norm_layer_a_fix_added_is_the_wrapped_layers_finding_still_there():
+    """BatchNorm wraps layer ``0`` as ``0.0`` + ``0.1``: a vanishing finding that moved onto
+    the new norm layer is the old finding, not a new one with the old one gone (a loop-RNN's
+    trial called that "helps" while the gradient still vanished through time)."""
+    from gradscope.trials import fixes as F
+    from gradscope.trials.verdict import finding_keys
+
+    model = nn.Sequential(nn.Linear(32, 16), nn.Sigmoid(), nn.Linear(16, 4))
+    finding = _finding("vanishing_gradient", "0", "add_batchnorm")
+    x, _ = _batches(1)[0]
+    probe = F.probe(model, x, nn.Module.__call__)
+    ctx = F.FixContext(finding, finding.suggestions[0], Report([finding]), [x], probe)
+
+    change = F.apply_fix(model, ctx)
+
+    assert isinstance(change.model.get_submodule("0.1"), nn.BatchNorm1d)
+    moved = [_finding("vanishing_gradient", "0.1"), _finding("dead_relu", "0.0")]
+    assert finding_keys(moved, change.renames) == {
+        ("vanishing_gradient", "0"),
+        ("dead_relu", "0"),
+    }

@@ -82,7 +82,9 @@ class Change:
     weight_decay: float | None = None
     #: every param group's weight decay times this (lower_weight_decay).
     weight_decay_factor: float | None = None
-    #: old layer name -> its new name (a layer wrapped together with a norm layer).
+    #: old layer name -> the module that now holds it (a layer wrapped together with the
+    #: norm layer added after it): a finding on that module or inside it, the norm layer
+    #: included, is the old layer's finding still there.
     renames: dict[str, str] = field(default_factory=dict)
     #: the user's own loss or training step for this variant (a code change).
     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None
@@ -348,7 +350,7 @@ def _add_norm(model: nn.Module, ctx: FixContext, layernorm: bool) -> Change:
             continue
         norm = norm.to(device=module.weight.device, dtype=module.weight.dtype)
         _set(model, name, nn.Sequential(module, norm))
-        renames[name] = f"{name}.0"
+        renames[name] = name  # the wrapper: the layer at ``name.0``, its norm at ``name.1``
         added.append(name)
     kind = "LayerNorm" if layernorm else "BatchNorm"
     if not added:

@@ -83,7 +83,8 @@ Key = tuple[str, "str | None"]
 
 
 def finding_keys(findings: list[Finding], renames: dict[str, str]) -> set[Key]:
-    """(kind, layer) of the warning/error findings, layers named as in the unchanged model."""
+    """(kind, layer) of the warning/error findings, layers named as in the unchanged model
+    (a finding on a layer's new norm layer is that layer's: the problem stayed where it was)."""
     back = {new: old for old, new in renames.items()}
     keys = set()
     for f in findings:
