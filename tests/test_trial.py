@@ -583,6 +583,9 @@ def test_when_no_fix_helps_within_steps_every_run_is_trained_again_for_longer():
         "no fix helped clearly after 8 steps: the baseline and every fix were trained "
         "again for 32 steps"
     ) in result.notes
+    # The first round's baseline did not show the finding; the longer one's did (the fix
+    # that helps removed it), so no note says otherwise.
+    assert not [note for note in result.notes if "did not show" in note], result.notes
     assert "32 steps each (a second round: nothing helped after 8)" in result.summary()
     assert "one 8-step baseline run" in result.summary()
     assert json.loads(result.to_json())["extended_from"] == 8

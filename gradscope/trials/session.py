@@ -174,6 +174,9 @@ class _Session:
         self.progress: Progress | None = None
         #: Rounds started (a second, longer one when no fix helped in the first).
         self.rounds = 0
+        #: Notes on this round's baseline (a finding it did not show): a longer round's
+        #: baseline replaces them.
+        self.round_notes: list[str] = []
         self.order = {name: k for k, (name, _) in enumerate(model.named_modules())}
 
     def make_optimizer(self, variant: nn.Module) -> torch.optim.Optimizer:
@@ -236,13 +239,16 @@ class _Session:
         out.margin = V.margin(self.baseline.losses)
         self.base_keys = V.finding_keys(self.baseline.report.findings, {})
         out.baseline_findings = _key_names(self.base_keys)
+        out.notes = [note for note in out.notes if note not in self.round_notes]
+        self.round_notes = [
+            f"{finding.kind} in {finding.layer or '-'} did not show in the baseline's "
+            f"{out.steps} steps: its fixes can lower the loss but not remove it"
+            for finding in findings
+            if (finding.kind, finding.layer) not in self.base_keys
+        ]
+        out.notes += self.round_notes
         results = []
         for finding in findings:
-            if (finding.kind, finding.layer) not in self.base_keys:
-                out.notes.append(
-                    f"{finding.kind} in {finding.layer or '-'} did not show in the baseline's "
-                    f"{out.steps} steps: its fixes can lower the loss but not remove it"
-                )
             for suggestion in finding.suggestions:
                 self._tick(1 + len(results), total, f"{suggestion.kind} for {finding.kind}")
                 results.append(self.attempt(finding, suggestion))
