@@ -921,9 +921,9 @@ def _through_time(
     found = []
     looped = looped_layers(history, list(history.module_names))
     signals = {s.name: s for s in depth_layers(history, model_info)}
-    for name, ratio in through_time_ratios(history).items():
-        if not ratio < t["through_time"]:
-            continue
+    below = {n: r for n, r in through_time_ratios(history).items() if r < t["through_time"]}
+    calls = dict(zip(history.module_names, history.calls_total, strict=True))
+    for name, (ratio, mates) in _one_per_loop(below, looped, calls).items():
         layer = model_info.layer(name)
         steps = model_info.sequence_length(name) if layer is not None else None
         over = f"{steps} time steps" if steps else "its time steps"
@@ -944,8 +944,10 @@ def _through_time(
                 severity=_severity(stalled, ratio < t["severe_ratio"]),
                 step=history.steps[0],
                 message=(
-                    f"The gradient vanishes through time in {name}: what reaches its first "
-                    f"time step is {fmt(ratio)} of what reaches its last, over {over}. "
+                    f"The gradient vanishes through time in {name}"
+                    + (f" (and in {', '.join(mates)}, run in the same loop)" if mates else "")
+                    + f": what reaches its first time step is {fmt(ratio)} of what reaches "
+                    f"its last, over {over}. "
                     "Backpropagation through time multiplies the gradient by the recurrent "
                     "matrix and the activation's slope once per step, so the early inputs "
                     "barely influence the weights: the network cannot learn long-range "
@@ -973,11 +975,35 @@ def _through_time(
                     "threshold_through_time": t["through_time"],
                     # A recurrence written as a loop: its cell's layers run once per step.
                     "looped_layers": looped,
+                    # The loop's other layers the gradient vanishes in, not reported apart.
+                    "same_loop": mates,
                     "over": "time steps",
                 },
             )
         )
     return found
+
+
+def _one_per_loop(
+    ratios: dict[str, float], looped: list[str], calls: dict[str, int]
+) -> dict[str, tuple[float, list[str]]]:
+    """Layer -> (its through-time ratio, the other layers of its loop): one entry per
+    recurrence.  The layers of a cell written as a Python loop (in ``looped``, called as
+    often as each other: once per time step, wrapped in a Sequential or not) are one
+    recurrence: the first of them in module order speaks for the rest, which the same
+    gradient passes through."""
+    out: dict[str, tuple[float, list[str]]] = {}
+    speaker: dict[int, str] = {}
+    for name, ratio in ratios.items():
+        if name not in looped:
+            out[name] = (ratio, [])
+            continue
+        first = speaker.setdefault(calls.get(name, 0), name)
+        if first == name:
+            out[name] = (ratio, [])
+        else:
+            out[first][1].append(name)
+    return out
 
 
 def _harm_text(history: History, trend: LossTrend, t: dict) -> str:

@@ -784,6 +784,31 @@ def test_a_loss_that_starts_at_its_peak_and_falls_never_jumped():
     assert {f.kind for f in report.at_least("warning")} == {"vanishing_gradient"}
 
 
+def test_a_loop_written_recurrence_is_one_vanishing_finding_naming_its_layers():
+    """A sigmoid cell written as a Python loop (input map, recurrent map, activation: each
+    run 20 times per step) vanishes through time once, not three times: the first of its
+    layers speaks for the loop and names the other two (tuning run 7)."""
+    from helpers import watch_generated
+
+    from gradscope_scenarios.generated.space import Config
+
+    config = Config(
+        seed=7, family="loop_rnn", depth=2, width=24, activation="sigmoid", init_scale=0.3,
+        optimizer="momentum", lr=0.015, seq_len=20, loss="mse", batch=16, steps=40,
+        fault="deep_squash", task="early",
+    )  # fmt: skip
+    report = watch_generated(config)
+
+    (finding,) = [f for f in report.at_least("warning") if f.kind == "vanishing_gradient"]
+    assert finding.layer == "features.cell.x"
+    assert finding.evidence["same_loop"] == ["features.cell.h", "features.cell.act"]
+    assert finding.message.startswith(
+        "The gradient vanishes through time in features.cell.x (and in features.cell.h, "
+        "features.cell.act, run in the same loop): what reaches its first time step is "
+    )
+    assert finding.suggestions[0].kind == "add_batchnorm"
+
+
 def test_growth_through_depth_counts_against_the_smallest_layer_only_when_steady():
     """Relative gradients (median over the run) of a saturated residual tanh CNN grow ~5x
     per layer toward the input, 1.7e4x in all but under 1e3x the median later layer
