@@ -61,9 +61,12 @@ def gradscope_detect(
     functional = functional_activations(history)
     findings = []
     for j, name in enumerate(history.module_names):
-        if not bool(torch.isfinite(dead[:, j]).any()):
+        measured = torch.isfinite(dead[:, j])
+        if not bool(measured.any()):
             continue
-        k = int(torch.nonzero(torch.isfinite(dead[:, j])).flatten()[-1])
+        finite = _finite_outputs(history, j)
+        usable = measured & finite if bool((measured & finite).any()) else measured
+        k = int(torch.nonzero(usable)[-1])
         n_units = float(units[k, j])
         if n_units <= 0:
             continue
@@ -88,7 +91,7 @@ def gradscope_detect(
                 step=first,
                 message=(
                     f"{int(dead[k, j])} of {int(n_units)} units of {what} ({fmt(100 * fraction)}%) "
-                    "output zero for every sample over the last recorded steps: they are dead. "
+                    f"output zero for every sample over {_when(finite, k)}: they are dead. "
                     "A dead ReLU passes no gradient back, so the weights feeding it"
                     + (f" ({feeding})" if feeding else "")
                     + " stop learning and the unit never recovers. "
@@ -110,6 +113,26 @@ def gradscope_detect(
             )
         )
     return findings
+
+
+def _when(finite_outputs: torch.Tensor, k: int) -> str:
+    """The records a unit count of record ``k`` covers, in words (``finite_outputs``: the
+    module's outputs were finite on each record)."""
+    if not bool(finite_outputs[k + 1 :].all()):
+        return "the recorded steps before its outputs turned non-finite"
+    return "the last recorded steps"
+
+
+def _finite_outputs(history: History, j: int) -> torch.Tensor:
+    """Per record: whether module ``j``'s outputs had no NaN/Inf (unmeasured counts as
+    finite).  Units are judged on the last such record where they were counted: a NaN is
+    neither silent nor active, so the records after it would count units that were all
+    dead as alive (a Transformer whose biases started at -5, every unit silent, then a
+    learning rate that overflowed)."""
+    flags = history.act_series("nonfinite")
+    if flags.numel() == 0:
+        return torch.ones(len(history.records), dtype=torch.bool)
+    return ~(flags[:, j] > 0)
 
 
 def _first_measured(series: torch.Tensor) -> float:

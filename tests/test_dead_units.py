@@ -124,3 +124,31 @@ def test_a_dead_branch_beside_a_skip_path_does_not_claim_the_network_is_frozen()
     dead = next(f for f in report.findings if f.kind == "dead_relu")
     assert dead.layer == "act" and dead.evidence["frozen_before"] == []
     assert "Nothing gets past it" not in dead.message
+
+
+def test_units_dead_before_the_outputs_turned_non_finite_are_still_dead():
+    """A pre-LN Transformer whose biases start at -5 (every feed-forward unit silent), then
+    a learning rate that overflows at step 7: after that the outputs are NaN, neither
+    silent nor active, and the units were counted as alive (tuning run 4956, a miss)."""
+    from gradscope_scenarios.generated.score import diagnose_report
+    from gradscope_scenarios.generated.space import Config
+
+    config = Config(
+        seed=4956, family="transformer_pre", depth=2, width=24, activation="relu",
+        optimizer="momentum", lr=0.06, seq_len=12, loss="ce", batch=32, bias_shift=-5.0,
+        steps=50, fault="neg_bias", task="early",
+    )  # fmt: skip
+    report = diagnose_report(config)
+
+    assert "nonfinite_gradient" in report.kinds()
+    dead = {f.layer: f for f in report.findings if f.kind == "dead_relu"}
+    assert sorted(dead) == [
+        "features.encoder.layers.0.linear1",
+        "features.encoder.layers.1.linear1",
+    ]
+    finding = dead["features.encoder.layers.0.linear1"]
+    assert finding.evidence["dead_units"] == finding.evidence["units"] == 48
+    assert (
+        "output zero for every sample over the recorded steps before its outputs turned "
+        "non-finite: they are dead"
+    ) in finding.message
