@@ -173,10 +173,12 @@ def _generated_case(run: dict[str, Any], kind: str) -> dict[str, Any]:
     }
 
 
-def generated_cases(limit: int, source: Path = GENERATED) -> list[Callable[[], dict[str, Any]]]:
+def generated_cases(
+    limit: int, source: Path = GENERATED, only: set[str] | None = None
+) -> list[Callable[[], dict[str, Any]]]:
     """Deferred builders for the first ``limit`` faulty runs of ``source`` (a results file
     of benchmarks/generated_detection.py with ``diagnose`` findings) that ``diagnose``
-    caught."""
+    caught; with ``only``, those of them named there (``"seed 2116"``)."""
     from gradscope_scenarios.generated.oracle import KINDS
 
     runs = json.loads(Path(source).read_text())["runs"]
@@ -186,11 +188,15 @@ def generated_cases(limit: int, source: Path = GENERATED) -> list[Callable[[], d
             "benchmarks/generated_detection.py --cadence both (or diagnose)"
         )
     builders: list[Callable[[], dict[str, Any]]] = []
+    names: list[str] = []
     for run in runs:
         found = {f["kind"] for f in run.get("diagnose") or []}
         caught = [k for k in KINDS if k in run["label"]["kinds"] and k in found]
         if caught and len(builders) < limit:
             builders.append(lambda run=run, kind=caught[0]: _generated_case(run, kind))
+            names.append(f"seed {run['seed']}")
+    if only:
+        builders = [b for b, name in zip(builders, names, strict=True) if name in only]
     return builders
 
 
@@ -265,7 +271,9 @@ def _share(rows: list[dict[str, Any]], test: Callable[[dict[str, Any]], bool]) -
 def main() -> None:
     """Run every case, print a markdown table, write benchmarks/results/trial.json."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", help="comma-separated case names")
+    parser.add_argument(
+        "--only", help='comma-separated case names (generated runs: "seed 2116,seed 2401")'
+    )
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--seed", type=int, default=0, help="the trial's seed (not the report's)")
     parser.add_argument(
@@ -290,7 +298,7 @@ def main() -> None:
 
     rows = []
     builders = (
-        generated_cases(args.generated, Path(args.source)) if args.generated else cases(only)
+        generated_cases(args.generated, Path(args.source), only) if args.generated else cases(only)
     )
     with Progress(transient=True) as bar:
         task = bar.add_task("trials", total=len(builders))

@@ -106,6 +106,8 @@ def gradscope_detect(
                     "units": int(n_units),
                     "dead_fraction": fraction,
                     "feeding_layer": feeding,
+                    # It trains nothing (frozen): BatchNorm after it is the fix, not an init.
+                    "frozen_feeding_layer": _frozen_layer(model_info, feeding),
                     "functional": applied,
                     "frozen_before": frozen,
                     "threshold_warn_fraction": t["warn_fraction"],
@@ -181,14 +183,42 @@ def _fraction(history: History, part: str, whole: str, j: int) -> torch.Tensor:
 
 
 def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
-    """Fixes for dead ReLUs, best first: the init when they were dead from the start."""
+    """Fixes for dead ReLUs, best first: the init when they were dead from the start,
+    BatchNorm when the layer feeding them is frozen (no init or step can change it)."""
+    if _frozen_feeder(finding, info):
+        # Its weights and biases are not trained (a frozen, perhaps pretrained layer): a
+        # new initialisation of the trained layers leaves its outputs negative, and the
+        # user froze it for a reason.  A norm after it re-centres them.
+        return [fix.add_batchnorm, fix.kaiming_init, fix.lower_lr]
     if finding.evidence.get("dead_from_start"):
         # Dead before training could kill them: the initialisation (negative biases) did.
         return [fix.kaiming_init, fix.add_batchnorm, fix.lower_lr]
     return [fix.lower_lr, fix.kaiming_init, fix.add_batchnorm]
 
 
+def _frozen_layer(info: ModelInfo, name: str | None) -> str | None:
+    """``name`` when it is a layer none of whose parameters is trained, else None."""
+    layer = info.layer(name)
+    if layer is None or layer.params or not layer.frozen:
+        return None
+    return layer.name
+
+
+def _frozen_feeder(finding: Finding, info: ModelInfo) -> str | None:
+    """The layer feeding the dead units when none of its parameters is trained."""
+    return finding.evidence.get("frozen_feeding_layer")
+
+
 @hookimpl
 def gradscope_suggest(finding: Finding, model_info: ModelInfo) -> list[Suggestion]:
     """Suggestions for ``dead_relu`` findings, best first (see :func:`plan`)."""
-    return fix.suggest(finding, model_info, "dead_relu", plan)
+    suggestions = fix.suggest(finding, model_info, "dead_relu", plan)
+    frozen = _frozen_feeder(finding, model_info)
+    reason = (
+        f"First because {frozen}, which feeds these units, is frozen (its parameters are "
+        "not trained): no initialisation of the trained layers or smaller step revives "
+        "units whose inputs it keeps negative. "
+        if frozen
+        else ""
+    )
+    return fix.explain_first(suggestions, "add_batchnorm", reason)

@@ -685,8 +685,12 @@ def raise_lr(finding: Finding, info: ModelInfo) -> Suggestion:
 
 
 def add_batchnorm(finding: Finding, info: ModelInfo) -> Suggestion:
-    """BatchNorm after the weight layers."""
+    """BatchNorm after the weight layers (and after a frozen layer the finding names as
+    feeding its units: its outputs can only be re-centred after it)."""
     layers = _weight_layers(info, finding.evidence.get("layers"))
+    frozen = info.layer(finding.evidence.get("frozen_feeding_layer"))
+    if frozen is not None and frozen not in layers:
+        layers = [frozen, *layers]
     if info.root_type == "Sequential":
         code = "\n".join(
             [

@@ -555,3 +555,43 @@ def test_an_output_sigmoid_does_not_make_relu_the_first_fix_for_vanishing():
     assert kinds[0] == "add_batchnorm" and "use_relu" not in kinds
     assert report.model_info.roles() >= {"sigmoid"}
     assert "sigmoid" not in report.model_info.hidden_roles()
+
+
+class _FrozenInput(nn.Module):
+    """A frozen first layer whose biases sit at -5 (every unit after it silent), then two
+    trained layers: no initialisation of the trained layers or smaller step revives the
+    units it feeds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(8, 16)
+        self.act = nn.ReLU()
+        self.mid = nn.Linear(16, 16)
+        self.act2 = nn.ReLU()
+        self.out = nn.Linear(16, 3)
+        with torch.no_grad():
+            self.inp.bias.fill_(-5.0)
+        self.inp.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.act2(self.mid(self.act(self.inp(x)))))
+
+
+def test_units_dead_behind_a_frozen_layer_get_batchnorm_after_it_first_and_say_why():
+    """Tuning runs 2116 and 2401 (the first layer frozen, biases at -5): Kaiming init of
+    the trained layers, the first fix for units dead from the start, had no effect there,
+    and the printed BatchNorm left out the frozen layer; BatchNorm after it helps."""
+    torch.manual_seed(0)
+    model = _FrozenInput()
+    x = torch.randn(64, 8)
+    report = _watched(model, x, (x[:, 0] > 0).long())
+
+    (finding,) = [f for f in report.findings if f.kind == "dead_relu" and f.layer == "act"]
+    assert finding.evidence["frozen_feeding_layer"] == "inp"
+    first = finding.suggestions[0]
+    assert [s.kind for s in finding.suggestions] == ["add_batchnorm", "kaiming_init", "lower_lr"]
+    assert first.why.startswith("First because inp, which feeds these units, is frozen")
+    namespace = {"model": model}
+    exec(first.code, namespace)  # noqa: S102 - the snippet as printed, on its own model
+    assert isinstance(model.inp, nn.Sequential) and isinstance(model.inp[1], nn.BatchNorm1d)
+    assert model(x).shape == (64, 3)
