@@ -5,7 +5,7 @@ Run:  python benchmarks/generated_detection.py --part tuning|heldout [--start K]
 
 ``--start K`` skips the part's first K runs: a held-out draw nobody has looked at yet (the
 README's figures use ``--part heldout --start 10320|10720|...|15920 --limit 400``;
-held-out runs 0-23519 have been read or measured, so the next fresh draw starts at 23520).
+held-out runs 0-25119 have been read or measured, so the next fresh draw starts at 25120).
 
 Each run of the part (scenarios/generated/split.py) is drawn from the configuration space
 (space.py), labeled by the oracle (oracle.py, plain torch, docs/definitions.md) and run
