@@ -185,7 +185,7 @@ def _fraction(history: History, part: str, whole: str, j: int) -> torch.Tensor:
 def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
     """Fixes for dead ReLUs, best first: the init when they were dead from the start,
     BatchNorm when the layer feeding them is frozen (no init or step can change it)."""
-    if _frozen_feeder(finding, info):
+    if finding.evidence.get("frozen_feeding_layer"):
         # Its weights and biases are not trained (a frozen, perhaps pretrained layer): a
         # new initialisation of the trained layers leaves its outputs negative, and the
         # user froze it for a reason.  A norm after it re-centres them.
@@ -204,16 +204,11 @@ def _frozen_layer(info: ModelInfo, name: str | None) -> str | None:
     return layer.name
 
 
-def _frozen_feeder(finding: Finding, info: ModelInfo) -> str | None:
-    """The layer feeding the dead units when none of its parameters is trained."""
-    return finding.evidence.get("frozen_feeding_layer")
-
-
 @hookimpl
 def gradscope_suggest(finding: Finding, model_info: ModelInfo) -> list[Suggestion]:
     """Suggestions for ``dead_relu`` findings, best first (see :func:`plan`)."""
     suggestions = fix.suggest(finding, model_info, "dead_relu", plan)
-    frozen = _frozen_feeder(finding, model_info)
+    frozen = finding.evidence.get("frozen_feeding_layer")
     reason = (
         f"First because {frozen}, which feeds these units, is frozen (its parameters are "
         "not trained): no initialisation of the trained layers or smaller step revives "

@@ -941,7 +941,10 @@ def _through_time(
             Finding(
                 kind="vanishing_gradient",
                 layer=name,
-                severity=_severity(stalled, ratio < t["severe_ratio"]),
+                # The loop's smallest ratio: it speaks for the layers it names.
+                severity=_severity(
+                    stalled, min([ratio] + [below[m] for m in mates]) < t["severe_ratio"]
+                ),
                 step=history.steps[0],
                 message=(
                     f"The gradient vanishes through time in {name}"

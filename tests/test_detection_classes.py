@@ -809,6 +809,22 @@ def test_a_loop_written_recurrence_is_one_vanishing_finding_naming_its_layers():
     assert finding.suggestions[0].kind == "add_batchnorm"
 
 
+def test_one_finding_per_loop_groups_a_cells_layers_by_their_calls_per_step():
+    """A cell's layers wrapped with BatchNorm (trial's add_batchnorm: ``cell.x.0``,
+    ``cell.x.1``) run as often as its activation and stay one loop; an nn.RNN, measured
+    through time but called once, speaks for itself."""
+    from gradscope_plugins.vanishing import _one_per_loop
+
+    ratios = {"cell.x.0": 1e-3, "cell.x.1": 2e-3, "cell.act": 1e-7, "rnn": 1e-4}
+    looped = ["cell.x.0", "cell.x.1", "cell.act"]
+    calls = {"cell.x.0": 20, "cell.x.1": 20, "cell.act": 20, "rnn": 1}
+
+    assert _one_per_loop(ratios, looped, calls) == {
+        "cell.x.0": (1e-3, ["cell.x.1", "cell.act"]),
+        "rnn": (1e-4, []),
+    }
+
+
 def test_growth_through_depth_counts_against_the_smallest_layer_only_when_steady():
     """Relative gradients (median over the run) of a saturated residual tanh CNN grow ~5x
     per layer toward the input, 1.7e4x in all but under 1e3x the median later layer
