@@ -15,8 +15,12 @@ without a host sync:
   :meth:`ConstantLoss.pool_targets`: a few measured batches alone misjudge it by a few
   percent); for L1 (its best constant is a median) on the measured batches' target rows.
 
-Any other graph (a sum of two losses, a custom loss) is not recognised and nothing is
-measured: the detectors then judge harm from the loss trend alone.
+A sum of two binary cross-entropy terms (a GAN discriminator's loss on real and on
+generated samples, ``bce(D(x), 1) + bce(D(G(z)), 0)``) is measured jointly: the best
+constant scores every sample alike in both terms (2 ln 2 for that loss, what a guessing
+discriminator gets).  Any other graph (a sum of other losses, a custom loss) is not
+recognised and nothing is measured: the detectors then judge harm from the loss trend
+alone.
 """
 
 from __future__ import annotations
@@ -121,12 +125,15 @@ class ConstantLoss:
         L1 loss keeps only the residual, so its targets are read as the prediction minus
         the residual when the prediction is one of them."""
         node = loss_node(loss)
-        if node is None:
+        terms = binary_terms(loss) if node is None else None
+        if node is None and terms is None:
             return None
         self.outputs = (output, model_output)
         try:
             with torch.no_grad():
                 self._pool_held()
+                if terms is not None:
+                    return _binary_sum(self, terms)
                 return _MEASURES[node.name()](self, node)
         except (RuntimeError, TypeError, ValueError, IndexError):
             return None  # freed saved tensors, odd shapes: not measured, never a crash
@@ -138,18 +145,17 @@ class ConstantLoss:
         held and pooled at the next measured step (at once if more than
         :data:`MAX_HELD` entries wait), unless they were changed in place meanwhile."""
         node = loss_node(loss)
-        holder = _HOLDERS.get(node.name()) if node is not None else None
-        if holder is None:
-            return
         try:
-            held = holder(node)
+            if node is None:
+                held = [_summand_held(n, i) for i, n in enumerate(binary_terms(loss) or ())]
+            else:
+                holder = _HOLDERS.get(node.name())
+                held = [holder(node)] if holder is not None else []
         except (RuntimeError, TypeError, ValueError, IndexError):
             return  # freed saved tensors, odd shapes: not pooled, never a crash
-        if held is None:
-            return
-        key, totals, targets = held
-        self._held.append((key, totals, targets, tuple(t._version for t in targets)))
-        self._held_numel += sum(t.numel() for t in targets)
+        for key, totals, targets in (h for h in held if h is not None):
+            self._held.append((key, totals, targets, tuple(t._version for t in targets)))
+            self._held_numel += sum(t.numel() for t in targets)
         if self._held_numel > MAX_HELD:
             with torch.no_grad():
                 self._pool_held()
@@ -257,6 +263,46 @@ def _binary(meter: ConstantLoss, node: Any, logits: bool) -> tuple[Tensor, Tenso
     total, count = meter.pool(held[0], *_sum_and_count(target))
     p = (total / count).clamp(_EPS, 1 - _EPS)
     return term, -(p * p.log() + (1 - p) * (1 - p).log()).mean()  # the pool's entropy
+
+
+_BINARY = frozenset({"BinaryCrossEntropyBackward0", "BinaryCrossEntropyWithLogitsBackward0"})
+
+
+def binary_terms(loss: Tensor) -> list[Any] | None:
+    """The two binary cross-entropy nodes (no class weights) of a loss that is their sum,
+    perhaps scaled (a GAN discriminator's real and fake terms), else None."""
+    node = node_past(loss)
+    if node is None or node.name() != "AddBackward0":
+        return None
+    terms = [f for f, _ in node.next_functions if f is not None]
+    if len(terms) != 2 or any(t.name() not in _BINARY for t in terms):
+        return None
+    return terms if all(_binary_held(t) is not None for t in terms) else None
+
+
+def _summand_held(node: Any, index: int) -> _Held | None:
+    """What a light step holds for the ``index``-th term of a sum: pooled apart."""
+    held = _binary_held(node)
+    return None if held is None else (("bce_sum", index, *held[0][1:]), *held[1:])
+
+
+def _binary_sum(meter: ConstantLoss, nodes: list[Any]) -> tuple[Tensor, Tensor]:
+    """(the summed terms, the best constant's loss) for :func:`binary_terms`: one output
+    ``p`` for every sample of both terms, at its best the mean of the terms' target means
+    (0.5 for real = 1 and fake = 0), scoring the sum of the terms' cross-entropies."""
+    terms, means = [], []
+    for index, node in enumerate(nodes):
+        pred, target = _saved(node, "self").float(), _saved(node, "target").float()
+        if node.name() == "BinaryCrossEntropyWithLogitsBackward0":
+            terms.append(F.binary_cross_entropy_with_logits(pred, target))
+        else:
+            terms.append(F.binary_cross_entropy(pred.clamp(_EPS, 1 - _EPS), target))
+        key = ("bce_sum", index, tuple(target.shape[1:]))
+        total, count = meter.pool(key, *_sum_and_count(target))
+        means.append(total / count)
+    p = torch.stack(means).mean(0).clamp(_EPS, 1 - _EPS)
+    constant = sum(-(m * p.log() + (1 - m) * (1 - p).log()).mean() for m in means)
+    return terms[0] + terms[1], constant
 
 
 def _mse_held(node: Any) -> _Held | None:

@@ -392,12 +392,15 @@ def _player_harm(
     guessing = own_loss and trends["discriminator"].known and (
         trends["discriminator"].last > t["guessing_discriminator"]
     )
+    # Watched alone with a loss gradscope reads (the two-term binary cross-entropy): no
+    # better than scoring every sample alike (2 ln 2), the definitions' line for it.
+    beaten = alone and no_better_than_constant(history, trends["discriminator"], t)
     harmed = {
         "generator": no_better("generator") and (not alone or "generator" in roles.values()),
         # Without a loss of its own (stepped with the generator, only the generator's loss
         # logged), a discriminator scoring every sample alike tells nothing apart: the
         # generator's loss says nothing about it either way.
-        "discriminator": (no_better("discriminator") or guessing)
+        "discriminator": (no_better("discriminator") or guessing or beaten)
         if own_loss
         else output_share(history, window) < t["constant_output"],
     }

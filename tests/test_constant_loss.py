@@ -99,6 +99,21 @@ def test_nothing_is_measured_once_the_graph_is_gone_or_the_loss_is_not_recognise
     assert meter.measure(two) is None  # a sum of losses has no single constant
 
 
+def test_a_discriminators_real_plus_fake_loss_is_compared_with_a_guessing_discriminator():
+    g = torch.Generator().manual_seed(0)
+    real, fake = (torch.randn(16, 1, generator=g, requires_grad=True) for _ in range(2))
+    bce = F.binary_cross_entropy_with_logits
+    loss = (bce(real, torch.ones_like(real)) + bce(fake, torch.zeros_like(fake))) / 2
+    meter = ConstantLoss()
+    meter.pool_targets(loss)  # a light step's targets join the pools of their own term
+    term, constant = meter.measure(loss)
+    assert float(term) == pytest.approx(float(2 * loss), rel=1e-5)  # the scale is the logged loss's
+    assert float(constant) == pytest.approx(2 * math.log(2), rel=1e-5)  # every sample scored 0.5
+    probs = torch.sigmoid(real)  # one term on probabilities, the other on logits
+    mixed = F.binary_cross_entropy(probs, torch.ones_like(probs)) + bce(fake, 0 * fake.detach())
+    assert float(ConstantLoss().measure(mixed)[1]) == pytest.approx(2 * math.log(2), rel=1e-5)
+
+
 def test_a_triplet_losss_constant_is_its_margin_whatever_the_scale():
     g = torch.Generator().manual_seed(0)
     anchor, positive, negative = (torch.randn(16, 8, generator=g) for _ in range(3))

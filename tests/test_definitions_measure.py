@@ -328,6 +328,33 @@ def test_a_discriminator_whose_loss_ends_worse_than_a_guess_is_harmed():
     assert [s.kind for s in vanishing.suggestions][:2] == ["kaiming_init", "lower_lr"]
 
 
+def test_a_discriminator_whose_loss_ends_at_a_guesss_is_harmed():
+    """A nine-layer sigmoid discriminator at init std 0.3 (generated tuning run 107986,
+    labelled vanishing on D.net.0.0 by the oracle): its real + fake binary cross-entropy
+    goes 1.63 -> 1.39 = 2 ln 2, what scoring every sample 0.5 gets, while its early layers
+    get ~1/400 of the later layers' gradient.  The loss fell by more than 10% and stays
+    below the 4 a discriminator of unknown loss must pass, so before gradscope read the
+    two-term loss's own constant it said nothing above info."""
+    import gradscope
+    from gradscope_scenarios.generated.space import build
+
+    config = Config(
+        seed=107986, family="gan", depth=9, width=24, activation="sigmoid", init="normal",
+        init_scale=0.3, optimizer="sgd", lr=0.1, seq_len=5, loss="gan", batch=32, steps=30,
+        fault="deep_squash",
+    )  # fmt: skip
+    sc = build(config)
+    scopes = {part: gradscope.watch(sc.parts[part], optimizer=sc.optimizers[part]) for part in "GD"}
+    for step in range(config.steps):
+        sc.train_step(step, lambda part, loss: scopes[part].log_loss(loss))
+    for scope in scopes.values():
+        scope.detach()
+    (vanishing,) = [f for f in scopes["D"].report().at_least("warning")]
+    assert (vanishing.kind, vanishing.layer) == ("vanishing_gradient", "net.0.0")
+    assert "(1.63 -> 1.39)" in vanishing.message
+    assert vanishing.suggestions[0].kind == "use_relu"
+
+
 def test_an_inf_at_the_models_last_layer_is_a_warning_though_the_logged_loss_is_finite():
     """A GAN in one model at SGD momentum lr 9 (held-out run 31939, the draw's one
     non-finite miss): the discriminator's logits reach +Inf at step 5, so its loss, which
