@@ -703,6 +703,24 @@ def identical_rows(
     return out
 
 
+def copied_at_start(
+    history: History, model_info: ModelInfo, t: dict, modules: set[str]
+) -> list[str]:
+    """The weight matrices of ``modules`` whose rows were copies of each other (a share of
+    at least ``t["twin_rows"]``: zero or constant initialisation) on the first record that
+    measured them."""
+    at_start = _first_twins(history)
+    out = []
+    for name, module in zip(history.param_names, history.param_modules, strict=True):
+        shape = model_info.param_shapes.get(name, [])
+        if module not in modules or len(shape) < 2 or shape[0] < 2:
+            continue
+        copied = at_start.get(name, 0.0) >= t["twin_rows"]
+        if copied and not _one_per_row(name, module, shape, model_info):
+            out.append(name)
+    return out
+
+
 def _one_per_row(name: str, module: str, shape: list[int], model_info: ModelInfo) -> bool:
     """Whether ``name`` is a table of one number per row held by a module that is not a
     weight layer (LeViT's per-head attention biases, zero at initialisation): its rows are

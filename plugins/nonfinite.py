@@ -23,6 +23,8 @@ from gradscope.modelinfo import ModelInfo
 from gradscope.signals import init_scale
 from gradscope_plugins import fix_builders as fix
 from gradscope_plugins.judgement import (
+    copied_at_start,
+    copy_lines,
     depth_layers,
     fmt,
     growth_before_nonfinite,
@@ -92,7 +94,12 @@ def gradscope_detect(
         if isinstance(began, int) and began < step
         else ""
     )
+    # On the first recorded step, before any update: the weights as initialised (or
+    # loaded) and the batch made it, so no step-size fix can help.
+    first = where == "forward" and bool(history.steps) and step == history.steps[0]
+    copies = _copies(history, model_info, config, culprit) if first else []
     message = _message(detail, skipped, poisoned, at_the_loss) + _rise(rose, t)
+    message += _first_step_text(copies) if first and poisoned else ""
     return [
         Finding(
             kind="nonfinite_gradient",
@@ -115,11 +122,51 @@ def gradscope_detect(
                 "loss_rise_before": rose,
                 "init_scale": {layer.name: init_scale(layer, model_info) for layer in layers},
                 "grew_before": any(x is not None and x >= t["lr_growth"] for x in (grew, rose)),
+                "before_any_update": first,
+                "copied_at_start": copies,
                 "threshold_lr_growth": t["lr_growth"],
                 "loss_multiplier": loss_multiplier(history),
             },
         )
     ]
+
+
+def _copies(
+    history: History, model_info: ModelInfo, config: dict[str, Any], culprit: str | None
+) -> list[str]:
+    """The weight matrices inside the culprit or before it in forward order whose rows
+    were copies at the start (all zero: a normalisation of their zero output divides 0 by
+    0), [] when that was not measured."""
+    rank = history.depth_rank()
+    limit = rank.get(culprit or "", math.inf)  # the whole model's own forward: every module
+    modules = {
+        module
+        for module in history.param_modules
+        if rank.get(module, math.inf) < limit
+        or module == culprit
+        or module.startswith(f"{culprit}.")
+    }
+    try:
+        return copied_at_start(history, model_info, copy_lines(config), modules)
+    except KeyError:  # a report saved before the row statistics existed
+        return []
+
+
+def _first_step_text(copies: list[str]) -> str:
+    """The sentence for a NaN/Inf made in the forward pass of the first recorded step."""
+    text = (
+        " It appeared on the first recorded step, before any update: the weights as they "
+        "were initialised or loaded, with this batch, make it, so clipping or a lower "
+        "learning rate cannot help."
+    )
+    if copies:
+        names = ", ".join(copies[:3]) + (f" and {len(copies) - 3} more" if len(copies) > 3 else "")
+        text += (
+            f" {len(copies)} weight matrices ({names}) started with identical rows (zero or "
+            "constant initialisation): their outputs are alike for every unit, and a "
+            "normalisation of an all-zero vector divides 0 by 0."
+        )
+    return text
 
 
 def _growth_before(history: History, layers: list) -> tuple[float | None, float | None]:
@@ -356,6 +403,10 @@ def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
         # A layer with weights overflowing, the weights several times Kaiming's size at the
         # start (evidence ``init_scale``, x 1/sqrt(fan_in)): the init ranks first.
         return [fix.init_for(info), fix.lower_lr, fix.clip_grad_norm]
+    if where == "forward" and finding.evidence.get("before_any_update"):
+        # Made before any update: the initialisation (identical rows) or the formula.
+        copies = [fix.random_init] if finding.evidence.get("copied_at_start") else []
+        return [*copies, fix.fix_loss_numerics, fix.check_inputs]
     if finding.evidence.get("grew_before"):
         # The values grew for many steps before they overflowed: the step size is the cause.
         return [fix.lower_lr, fix.clip_grad_norm, fix.fix_loss_numerics]

@@ -595,3 +595,47 @@ def test_units_dead_behind_a_frozen_layer_get_batchnorm_after_it_first_and_say_w
     exec(first.code, namespace)  # noqa: S102 - the snippet as printed, on its own model
     assert isinstance(model.inp, nn.Sequential) and isinstance(model.inp[1], nn.BatchNorm1d)
     assert model(x).shape == (64, 3)
+
+
+class _Normalised(nn.Module):
+    """Embeddings scaled to unit length, as contrastive models (CLIP) compare them."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x / x.norm(dim=-1, keepdim=True)
+
+
+class _Log(nn.Module):
+    """A log of values that can be negative: NaN from the first forward on."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(x)
+
+
+def _nan_on_the_first_step(zero: bool) -> Finding:
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 8))
+    if zero:
+        for p in encoder.parameters():
+            nn.init.zeros_(p)
+    model = nn.Sequential(encoder, _Normalised() if zero else _Log(), nn.Linear(8, 3))
+    report = _watched(model, torch.randn(32, 6), torch.randint(0, 3, (32,)), steps=4)
+    (nan,) = [f for f in report.findings if f.kind == "nonfinite_gradient"]
+    return nan
+
+
+def test_a_nan_made_before_any_update_by_zero_weights_asks_for_random_init_not_clipping():
+    """A stranger session's CLIP with every weight zeroed: its normalised embeddings are 0/0
+    on the first forward, and gradient clipping, then the only fix printed, cannot help a
+    forward pass no update has touched yet."""
+    nan = _nan_on_the_first_step(zero=True)
+    assert nan.layer == "1" and nan.step == 0
+    assert "before any update" in nan.message
+    assert "(0.0.weight, 0.2.weight) started with identical rows" in nan.message
+    kinds = [s.kind for s in nan.suggestions]
+    assert kinds[0] == "random_init" and "clip_grad_norm" not in kinds
+
+
+def test_a_nan_made_before_any_update_with_random_weights_is_the_formulas():
+    nan = _nan_on_the_first_step(zero=False)
+    assert nan.evidence["copied_at_start"] == []
+    assert [s.kind for s in nan.suggestions] == ["fix_loss_numerics", "check_inputs"]
