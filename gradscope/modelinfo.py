@@ -189,7 +189,9 @@ class ModelInfo:
 
     def hidden_roles(self) -> set[str]:
         """The roles of the layers up to the last weight layer in forward order: an
-        output activation after it (a sigmoid for BCE, a tanh image) is left out."""
+        output activation after it (a sigmoid for BCE, a tanh image) is left out, and so
+        are channel gates' (:meth:`gate_layers`: a squeeze-excitation sigmoid is a gate
+        between 0 and 1, not a hidden activation a ReLU could replace)."""
         weights = [
             k
             for k, layer in enumerate(self.layers)
@@ -197,7 +199,27 @@ class ModelInfo:
         ]
         if not weights:
             return self.roles()
-        return {layer.role for layer in self.layers[: weights[-1] + 1]}
+        gates = self.gate_layers()
+        return {layer.role for layer in self.layers[: weights[-1] + 1] if layer.name not in gates}
+
+    def gate_layers(self) -> set[str]:
+        """Layers that compute a channel gate (the squeeze-excitation blocks of
+        MobileNetV3, EfficientNet, RegNet): from a pooling layer that keeps one value per
+        channel (an image-like output of spatial size 1) through the layers after it, all
+        of spatial size 1, to the sigmoid that makes the gate, with more of the network
+        after it.  Their gradient is small by design (it reaches a whole channel through one
+        multiplier), and their sigmoid must stay one."""
+        gates: set[str] = set()
+        for k, layer in enumerate(self.layers):
+            if layer.role != "other" or layer.params or not _one_per_channel(layer):
+                continue
+            for j in range(k + 1, len(self.layers) - 1):
+                if not _one_per_channel(self.layers[j]):
+                    break
+                if self.layers[j].role == "sigmoid":
+                    gates.update(gate.name for gate in self.layers[k : j + 1])
+                    break
+        return gates
 
     def sequence_length(self, name: str) -> int | None:
         """Time steps a recurrent layer ran over (from its first output's shape)."""
@@ -217,6 +239,13 @@ class ModelInfo:
             if layer.role in ("weight", "vanilla_rnn", "gated_rnn"):
                 return None
         return None
+
+
+def _one_per_channel(layer: LayerInfo) -> bool:
+    """Whether a layer's output is (batch, channels, 1, 1) (or 1, 1, 1): one value per
+    channel of an image-like tensor."""
+    shape = layer.output_shape
+    return shape is not None and len(shape) in (4, 5) and max(shape[2:]) == 1
 
 
 def hooked_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:

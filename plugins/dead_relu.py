@@ -59,6 +59,7 @@ def gradscope_detect(
     silent = history.act_series("silent_units")
     units = history.act_series("units")
     functional = functional_activations(history)
+    gates = model_info.gate_layers()
     findings = []
     for j, name in enumerate(history.module_names):
         measured = torch.isfinite(dead[:, j])
@@ -87,7 +88,9 @@ def gradscope_detect(
             Finding(
                 kind="dead_relu",
                 layer=name,
-                severity=harm_severity(fraction, t, stalled),
+                # Units of a channel gate: the block's main path carries the gradient past
+                # them, so the layers before it still learn.
+                severity="info" if name in gates else harm_severity(fraction, t, stalled),
                 step=first,
                 message=(
                     f"{int(dead[k, j])} of {int(n_units)} units of {what} ({fmt(100 * fraction)}%) "
@@ -96,6 +99,7 @@ def gradscope_detect(
                     + (f" ({feeding})" if feeding else "")
                     + " stop learning and the unit never recovers. "
                     + _frozen_text(frozen)
+                    + (_GATE_TEXT if name in gates else "")
                     + "Usual causes: a learning rate so large that one step pushed the biases "
                     "far negative, or an initialisation with negative biases."
                 ),
@@ -115,6 +119,14 @@ def gradscope_detect(
             )
         )
     return findings
+
+
+#: What dead units inside a channel gate (squeeze-excitation) mean for training.
+_GATE_TEXT = (
+    "They are inside a channel gate (squeeze-excitation): the block's main path carries the "
+    "gradient past the gate, so the layers before it still learn, and the gate only scales "
+    "its channels by a fixed amount. "
+)
 
 
 def _when(finite_outputs: torch.Tensor, k: int) -> str:

@@ -53,15 +53,19 @@ def depth_layers(history: History, model_info: ModelInfo) -> list[LayerSignal]:
     layers whose forward hook never fired (so their depth is unknown) are left out: their
     gradients are small or sparse by design and would make healthy models look vanishing.
     So are layers whose weights are all zero: gradient sizes relative to zero weights mean
-    nothing (``symmetric_weights`` reports them).
+    nothing (``symmetric_weights`` reports them), and channel gates
+    (:meth:`ModelInfo.gate_layers`, squeeze-excitation), small by design as query/key
+    projections are.
     """
     roles = {layer.name: layer.role for layer in model_info.layers}
+    gates = model_info.gate_layers()
     calls = zip(history.module_names, history.calls_total, strict=True)
     called = {name for name, count in calls if count}
     return [
         s
         for s in layer_signals(history)
         if roles.get(s.name) in DEPTH_ROLES
+        and s.name not in gates
         # A layer whose hook never fired (attention's out_proj) has no place in forward order.
         and (s.name in called or not called)
         and s.name.rsplit(".", 1)[-1].lower() not in QUERY_KEY_NAMES

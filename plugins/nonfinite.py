@@ -56,25 +56,7 @@ def gradscope_detect(
     if not candidates:
         return []
     step = min(candidates)
-    rank = history.depth_rank()
-    order = _replay_order(history, step)
-    bad_outputs = sorted(
-        (
-            name
-            for name, s in zip(history.module_names, history.first_nonfinite_act, strict=True)
-            if s == step
-        ),
-        # The call that went wrong first; forward order where the replay did not say.
-        key=lambda name: (order.get(name, math.inf), rank.get(name, len(rank))),
-    )
-    bad_grads = sorted(
-        {
-            module
-            for module, s in zip(history.param_modules, history.first_nonfinite_grad, strict=True)
-            if s == step
-        },
-        key=lambda name: rank.get(name, len(rank)),
-    )
+    bad_outputs, bad_grads = _nonfinite_at(history, step)
     inside = model_info.extra.get("nonfinite_inside")
     culprit, where, detail = _explain(history, step, bad_outputs, bad_grads, inside)
     layers = depth_layers(history, model_info)
@@ -129,6 +111,24 @@ def gradscope_detect(
             },
         )
     ]
+
+
+def _nonfinite_at(history: History, step: int) -> tuple[list[str], list[str]]:
+    """The modules whose outputs, and those whose gradients, first held NaN/Inf at
+    ``step``: outputs by the call that went wrong first (forward order where the replay
+    did not say), gradients in forward order."""
+    rank = history.depth_rank()
+    order = _replay_order(history, step)
+    outputs = zip(history.module_names, history.first_nonfinite_act, strict=True)
+    bad_outputs = sorted(
+        (name for name, s in outputs if s == step),
+        key=lambda name: (order.get(name, math.inf), rank.get(name, len(rank))),
+    )
+    grads = zip(history.param_modules, history.first_nonfinite_grad, strict=True)
+    bad_grads = sorted(
+        {module for module, s in grads if s == step}, key=lambda name: rank.get(name, len(rank))
+    )
+    return bad_outputs, bad_grads
 
 
 def _copies(

@@ -191,11 +191,14 @@ def _feeding_scale(model_info: ModelInfo, signals: dict, name: str) -> float:
 
 def plan(finding: Finding, info: ModelInfo) -> list[fix.Builder]:
     """Fixes for a saturated activation, best first, chosen by its evidence; never another
-    activation for the model's output (its sigmoid/tanh is what the loss expects)."""
-    if finding.evidence.get("model_output"):
+    activation for the model's output (its sigmoid/tanh is what the loss expects) or for a
+    channel gate (:meth:`ModelInfo.gate_layers`: its sigmoid makes the gate)."""
+    gate = finding.layer in info.gate_layers()  # squeeze-excitation: a gate must stay one
+    if finding.evidence.get("model_output") or gate:
         # Outputs pinned on the wrong side: weights that started too large, else steps.
         first = fix.xavier_init if fix.started_too_large(finding) else fix.lower_lr
-        return [first] + [b for b in (fix.lower_lr, fix.xavier_init) if b is not first]
+        rest = [b for b in (fix.lower_lr, fix.xavier_init) if b is not first]
+        return [first, *rest, fix.add_batchnorm] if gate else [first, *rest]
     if finding.evidence.get("functional"):
         # A function in forward() is no module to swap: use_relu would change nothing.
         return [b for b in _plan(finding, info) if b is not fix.use_relu]

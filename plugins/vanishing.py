@@ -592,8 +592,13 @@ def _cause(
     """Why the gradient is missing: weights a large step blew up, units that pass nothing
     back, layers whose units are copies of each other, or activations that shrink it layer
     by layer."""
+    gates = model_info.gate_layers()  # a squeeze-excitation sigmoid is a gate, not a layer
     activations = sorted(
-        {layer.role for layer in model_info.layers if layer.role in ("sigmoid", "tanh")}
+        {
+            layer.role
+            for layer in model_info.layers
+            if layer.role in ("sigmoid", "tanh") and layer.name not in gates
+        }
     )
     if copies:
         return (
