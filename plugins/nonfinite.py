@@ -355,7 +355,11 @@ def _before_module(
     last finite module, one of its own (``inside``: the scope's ``nonfinite_inside``)."""
     previous = _last_finite_before(history, module, step)
     holder = (inside or {}).get("module") if (inside or {}).get("step") == step else None
-    if previous is not None and holder and previous.startswith(holder + "."):
+    # The holder returned before ``module`` ran: one that holds both (the whole model,
+    # replayed on weights a detail step's NaN gradients already reached) says less than
+    # "between" does.
+    closed = bool(holder) and not module.startswith(f"{holder}.")
+    if previous is not None and closed and previous.startswith(f"{holder}."):
         return holder, "inside", (
             f"the output of {previous} was finite but the output of {holder}, which holds "
             f"it, was not at step {step}: the NaN/Inf is made inside {holder}'s forward() "

@@ -1442,3 +1442,54 @@ def test_a_policy_thrown_deterministic_by_one_step_is_named_though_its_loss_read
     healthy, regret = _reinforce(lr=0.01)
     assert sum(regret[-5:]) < 0.5 * sum(regret[:5])  # the same loop at a sane rate learns
     assert healthy.at_least("warning") == [], healthy
+
+
+class _PoisonedBlock(nn.Module):
+    """A block that owns no parameters itself and, from ``bad_step`` on, ends with a log
+    of 0 in one channel (BLOOM's MLP in a stranger session, patched the same way)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+        self.poisoned = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.lin(x)
+        if self.poisoned:
+            mask = torch.ones_like(out)
+            mask[..., 0] = 0.0
+            out = out + torch.log(mask)
+        return out
+
+
+class _Nested(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 8), _PoisonedBlock(), nn.Linear(8, 8))
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.body(x)))
+
+
+def test_a_nan_made_at_the_end_of_a_block_is_not_placed_inside_a_container_that_ran_it_all():
+    """On a detail step the container replay runs after the optimizer applied the NaN
+    gradients; every container then goes non-finite and the first with finite inputs was
+    the one holding the whole body, so the NaN was said to be made "inside body" (BLOOM:
+    "inside transformer").  A container that holds the module whose input went bad did not
+    return before it: "between" the two modules is what the hooks know."""
+    torch.manual_seed(0)
+    model = _Nested()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    with gradscope.watch(model, optimizer=opt) as scope:
+        for step in range(6):
+            model.body[1].poisoned = step >= 3  # a detail step
+            x = torch.randn(16, 4)
+            loss = nn.functional.cross_entropy(model(x), (x[:, 0] > 0).long())
+            opt.zero_grad()
+            scope.log_loss(loss)
+            loss.backward()
+            opt.step()
+    (finding,) = [f for f in scope.report().findings if f.kind == "nonfinite_gradient"]
+    assert (finding.layer, finding.step, finding.evidence["where"]) == ("body.2", 3, "between")
+    assert "between body.1.lin and body.2" in finding.message
