@@ -84,6 +84,21 @@ def watch_generated(config):
     return scope.report()
 
 
+def watch_generated_players(config) -> dict:
+    """A generated GAN trained by its own two-optimizer loop, each player under its own
+    ``gradscope.watch`` (the standard loop); part ("G", "D") -> its report."""
+    import gradscope
+    from gradscope_scenarios.generated.space import build
+
+    sc = build(config)
+    scopes = {part: gradscope.watch(sc.parts[part], optimizer=sc.optimizers[part]) for part in "GD"}
+    for step in range(config.steps):
+        sc.train_step(step, lambda part, loss: scopes[part].log_loss(loss))
+    for scope in scopes.values():
+        scope.detach()
+    return {part: scope.report() for part, scope in scopes.items()}
+
+
 def five_class_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Eight batches of 64 samples of 20 features, labelled by a fixed random linear map
     into 5 classes."""

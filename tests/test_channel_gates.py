@@ -6,6 +6,7 @@ with "replace the sigmoids by ReLU" as the fix)."""
 from __future__ import annotations
 
 import torch
+from helpers import watch_loop
 from torch import nn
 
 import gradscope
@@ -44,14 +45,7 @@ def _train(model: nn.Module, steps: int = 12) -> gradscope.Report:
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(32, 3, 8, 8, generator=g), torch.randint(0, 4, (32,), generator=g)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    with gradscope.watch(model, optimizer=opt) as scope:
-        for _ in range(steps):
-            opt.zero_grad()
-            loss = nn.functional.cross_entropy(model(x), y)
-            scope.log_loss(loss)
-            loss.backward()
-            opt.step()
-    return scope.report()
+    return watch_loop(model, opt, lambda k: (x, y), steps)
 
 
 def test_the_layers_from_the_squeeze_to_the_sigmoid_are_a_gate_and_the_main_path_is_not():

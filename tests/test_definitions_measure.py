@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from helpers import watch_generated, watch_loop
+from helpers import watch_generated, watch_generated_players, watch_loop
 from torch import nn
 
 from gradscope.judge import rejudge
@@ -306,21 +306,12 @@ def test_a_discriminator_whose_loss_ends_worse_than_a_guess_is_harmed():
     (generated tuning run 4986, labelled vanishing on D.net.0.0 by the oracle).  Its loss
     fell by far more than 10%, so only the guessing line shows the harm; the absurd first
     loss puts the initialisation first."""
-    import gradscope
-    from gradscope_scenarios.generated.space import build
-
     config = Config(
         seed=4986, family="gan", width=24, activation="gelu", init="kaiming", init_scale=6.0,
         optimizer="rmsprop", lr=0.003, seq_len=8, loss="gan", batch=64, steps=50,
         fault="large_init",
     )  # fmt: skip
-    sc = build(config)
-    scopes = {part: gradscope.watch(sc.parts[part], optimizer=sc.optimizers[part]) for part in "GD"}
-    for step in range(config.steps):
-        sc.train_step(step, lambda part, loss: scopes[part].log_loss(loss))
-    for scope in scopes.values():
-        scope.detach()
-    report = scopes["D"].report()
+    report = watch_generated_players(config)["D"]
     (vanishing,) = [f for f in report.at_least("warning") if f.kind == "vanishing_gradient"]
     assert vanishing.layer == "net.0.0", report
     assert "worse than a discriminator that scores every sample alike" in vanishing.message
@@ -335,21 +326,12 @@ def test_a_discriminator_whose_loss_ends_at_a_guesss_is_harmed():
     get ~1/400 of the later layers' gradient.  The loss fell by more than 10% and stays
     below the 4 a discriminator of unknown loss must pass, so before gradscope read the
     two-term loss's own constant it said nothing above info."""
-    import gradscope
-    from gradscope_scenarios.generated.space import build
-
     config = Config(
         seed=107986, family="gan", depth=9, width=24, activation="sigmoid", init="normal",
         init_scale=0.3, optimizer="sgd", lr=0.1, seq_len=5, loss="gan", batch=32, steps=30,
         fault="deep_squash",
     )  # fmt: skip
-    sc = build(config)
-    scopes = {part: gradscope.watch(sc.parts[part], optimizer=sc.optimizers[part]) for part in "GD"}
-    for step in range(config.steps):
-        sc.train_step(step, lambda part, loss: scopes[part].log_loss(loss))
-    for scope in scopes.values():
-        scope.detach()
-    (vanishing,) = [f for f in scopes["D"].report().at_least("warning")]
+    (vanishing,) = [f for f in watch_generated_players(config)["D"].at_least("warning")]
     assert (vanishing.kind, vanishing.layer) == ("vanishing_gradient", "net.0.0")
     assert "(1.63 -> 1.39)" in vanishing.message
     assert vanishing.suggestions[0].kind == "use_relu"
